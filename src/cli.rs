@@ -1,0 +1,465 @@
+//! The command line: clap definitions, and their translation into validated requests.
+//!
+//! Nothing clap-specific leaves this module: [`parse`] returns an [`Invocation`] of domain
+//! values (scopes, durations, actions) that the commands use without checking again.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit::Exit;
+use crate::scope::{self, Action, Scope};
+use crate::{config, ttl};
+
+const EXAMPLES: &str = "\
+Examples:
+  Launch an agent with a token that can only read articles and write drafts, for 30 minutes:
+    lease run --scope read:articles,write:draft --ttl 30m -- ./agent.sh
+
+  In a CI job step:
+    lease run --scope deploy:staging --ttl 10m -- ./deploy.sh staging
+
+  In a Makefile target:
+    publish: ; lease run --scope write:site -- ./publish.sh
+
+  Inside the child, a tool asks whether the token grants an action:
+    lease verify write:draft && echo allowed";
+
+/// Short-lived, narrowly scoped credentials for each command, CI step or agent run.
+///
+/// lease mints a random token for one run, hands it to the command in its environment, and
+/// revokes it when the command exits. Tools the command calls ask `lease verify ACTION`
+/// whether the token is still valid and grants that action.
+#[derive(Debug, Parser)]
+#[command(name = "lease", version, after_help = EXAMPLES, propagate_version = true)]
+#[command(arg_required_else_help = true, max_term_width = 100)]
+struct Cli {
+    /// Where leases are recorded [default: $XDG_STATE_HOME/lease, i.e. ~/.local/state/lease]
+    #[arg(long, global = true, env = "LEASE_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Config file [default: $XDG_CONFIG_HOME/lease/config.toml, if it exists]
+    #[arg(long, global = true, env = "LEASE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Run a command with a fresh token that is revoked when the command exits
+    ///
+    /// The command gets LEASE_TOKEN (the secret), LEASE_ID, LEASE_SCOPE, LEASE_EXPIRES_AT and
+    /// LEASE_STATE_DIR in its environment. lease exits with the command's status, forwards
+    /// signals to it, and revokes the token on every path, however the command ends.
+    #[command(after_help = "\
+Examples:
+  lease run --scope read:articles,write:draft --ttl 300 -- ./agent.sh
+  lease run --scope 'read:*' --env GITHUB_TOKEN -- make test
+  lease run --scope deploy:staging --ttl 5m -- sh -c 'lease verify deploy:staging && ./deploy.sh'")]
+    Run(RunArgs),
+
+    /// Check that the presented token is valid and grants ACTION (exit 0 yes, 1 no, 2 unsure)
+    ///
+    /// The token is read from $LEASE_TOKEN, from the variable named by --token-env, or from
+    /// standard input with --token-stdin; never from the command line.
+    #[command(after_help = "\
+Examples:
+  lease verify write:draft
+  lease verify deploy:staging --token-env DEPLOY_TOKEN
+  printf '%s' \"$TOKEN\" | lease verify read:articles --token-stdin --json")]
+    Verify(VerifyArgs),
+
+    /// Mint a detached lease (no owning process) and print its token
+    ///
+    /// For work that spans several CI steps: the lease ends at its TTL or with `lease revoke`.
+    #[command(after_help = "\
+Examples:
+  token=$(lease issue --scope deploy:staging --ttl 30m)
+  lease issue --scope 'read:*' --json")]
+    Issue(IssueArgs),
+
+    /// List active leases (--all: also revoked and expired ones still on record)
+    List(ListArgs),
+
+    /// Revoke leases by id, or all of them with --all
+    Revoke(RevokeArgs),
+
+    /// Remove records of leases that have expired, were revoked, or whose owner is gone
+    Gc,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Scopes to grant, comma-separated; repeatable (e.g. read:articles,write:draft or read:*)
+    #[arg(long, required = true, value_name = "S[,S...]")]
+    scope: Vec<String>,
+
+    /// Lifetime: whole seconds (300) or a duration (5m, 1h30m) [default: 600, or default_ttl]
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    ttl: Option<Duration>,
+
+    /// Put the token in this variable instead of LEASE_TOKEN
+    #[arg(long, value_name = "NAME", value_parser = parse_env_name)]
+    env: Option<String>,
+
+    /// The command to run, after `--`
+    #[arg(last = true, required = true, value_name = "CMD", num_args = 1.., value_parser = clap::value_parser!(OsString))]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The action to check, e.g. write:draft
+    #[arg(value_name = "ACTION")]
+    action: String,
+
+    /// Read the token from standard input (one line)
+    #[arg(long, conflicts_with = "token_env")]
+    token_stdin: bool,
+
+    /// Read the token from this variable instead of LEASE_TOKEN
+    #[arg(long, value_name = "NAME", value_parser = parse_env_name)]
+    token_env: Option<String>,
+
+    /// Print the decision as JSON: {"granted","reason","id","expires_at"}
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct IssueArgs {
+    /// Scopes to grant, comma-separated; repeatable
+    #[arg(long, required = true, value_name = "S[,S...]")]
+    scope: Vec<String>,
+
+    /// Lifetime: whole seconds (300) or a duration (5m, 1h30m) [default: 600, or default_ttl]
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    ttl: Option<Duration>,
+
+    /// Print {"id","token","scope","expires_at"} instead of the bare token
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Also show revoked and expired leases still on record
+    #[arg(long)]
+    all: bool,
+
+    /// Print a JSON array instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct RevokeArgs {
+    /// Lease ids, as shown by `lease list`
+    #[arg(value_name = "ID")]
+    ids: Vec<String>,
+
+    /// Revoke every active lease
+    #[arg(long)]
+    all: bool,
+}
+
+fn parse_ttl(text: &str) -> Result<Duration> {
+    ttl::parse(text)
+}
+
+fn parse_env_name(text: &str) -> Result<String> {
+    config::validate_env_name(text)?;
+    Ok(text.to_owned())
+}
+
+/// A parsed, validated command line.
+#[derive(Debug)]
+pub struct Invocation {
+    /// Options that apply to every subcommand.
+    pub globals: Globals,
+    /// The subcommand and its validated arguments.
+    pub command: Command,
+}
+
+/// Options that apply to every subcommand.
+#[derive(Debug, Default)]
+pub struct Globals {
+    /// `--state-dir` or `LEASE_STATE_DIR`.
+    pub state_dir: Option<PathBuf>,
+    /// `--config` or `LEASE_CONFIG`.
+    pub config: Option<PathBuf>,
+}
+
+/// A subcommand with validated arguments.
+#[derive(Debug)]
+pub enum Command {
+    /// `lease run`.
+    Run(RunRequest),
+    /// `lease verify`.
+    Verify(VerifyRequest),
+    /// `lease issue`.
+    Issue(IssueRequest),
+    /// `lease list`.
+    List {
+        /// Include revoked and expired leases.
+        all: bool,
+        /// JSON output.
+        json: bool,
+    },
+    /// `lease revoke`.
+    Revoke(RevokeTarget),
+    /// `lease gc`.
+    Gc,
+}
+
+/// What `lease run` was asked to do.
+#[derive(Debug)]
+pub struct RunRequest {
+    /// Scopes to grant, in order.
+    pub scopes: Vec<Scope>,
+    /// `--ttl`, if given.
+    pub ttl: Option<Duration>,
+    /// `--env`, if given.
+    pub env: Option<String>,
+    /// The program to run.
+    pub program: OsString,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+}
+
+/// Where `verify` reads the token from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A variable: the one named, or the configured default (`LEASE_TOKEN`).
+    Env(Option<String>),
+    /// One line of standard input.
+    Stdin,
+}
+
+/// What `lease verify` was asked.
+#[derive(Debug)]
+pub struct VerifyRequest {
+    /// The action to check.
+    pub action: Action,
+    /// Where the token comes from.
+    pub source: TokenSource,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// What `lease issue` was asked to mint.
+#[derive(Debug)]
+pub struct IssueRequest {
+    /// Scopes to grant.
+    pub scopes: Vec<Scope>,
+    /// `--ttl`, if given.
+    pub ttl: Option<Duration>,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// Which leases `lease revoke` ends.
+#[derive(Debug)]
+pub enum RevokeTarget {
+    /// These ids, as given.
+    Ids(Vec<String>),
+    /// Every active lease.
+    All,
+}
+
+impl Command {
+    /// The status for a failure of this subcommand: 125 for `run`, so that lease's own
+    /// failures are not mistaken for the command's, and 2 for every other subcommand.
+    pub fn failure_exit(&self) -> Exit {
+        match self {
+            Command::Run(_) => Exit::RunFailure,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+/// Why the command line did not produce an [`Invocation`].
+#[derive(Debug)]
+pub enum Rejected {
+    /// Help or version was asked for: print this on stdout and exit 0.
+    Info(String),
+    /// Help shown because something is missing: print this on stderr and exit with this status.
+    Help(String, Exit),
+    /// The arguments are wrong: print this one-line message and exit with this status.
+    Usage(String, Exit),
+}
+
+/// Parses and validates the command line.
+pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
+    let failure = usage_exit(&args);
+    let cli = Cli::try_parse_from(&args).map_err(|err| reject(&err, &args, failure))?;
+    let globals = Globals {
+        state_dir: cli.state_dir.filter(|p| !p.as_os_str().is_empty()),
+        config: cli.config.filter(|p| !p.as_os_str().is_empty()),
+    };
+    let command = validate(cli.command).map_err(|err| Rejected::Usage(format!("{err:#}"), failure))?;
+    Ok(Invocation { globals, command })
+}
+
+fn validate(sub: Sub) -> Result<Command> {
+    Ok(match sub {
+        Sub::Run(args) => {
+            let mut command = args.command.into_iter();
+            let program = command.next().context("no command given: put it after `--`")?;
+            Command::Run(RunRequest {
+                scopes: scope::parse_list(&args.scope)?,
+                ttl: args.ttl,
+                env: args.env,
+                program,
+                args: command.collect(),
+            })
+        }
+        Sub::Verify(args) => Command::Verify(VerifyRequest {
+            action: Action::parse(&args.action)?,
+            source: if args.token_stdin {
+                TokenSource::Stdin
+            } else {
+                TokenSource::Env(args.token_env)
+            },
+            json: args.json,
+        }),
+        Sub::Issue(args) => Command::Issue(IssueRequest {
+            scopes: scope::parse_list(&args.scope)?,
+            ttl: args.ttl,
+            json: args.json,
+        }),
+        Sub::List(args) => Command::List {
+            all: args.all,
+            json: args.json,
+        },
+        Sub::Revoke(args) if args.all => Command::Revoke(RevokeTarget::All),
+        Sub::Revoke(args) => Command::Revoke(RevokeTarget::Ids(args.ids)),
+        Sub::Gc => Command::Gc,
+    })
+}
+
+/// The subcommand named on the command line, skipping global options and their values.
+fn subcommand_name(args: &[OsString]) -> Option<&str> {
+    let mut rest = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(arg) = rest.next() {
+        match arg {
+            "--state-dir" | "--config" => {
+                rest.next();
+            }
+            _ if arg.starts_with('-') => {}
+            _ => return Some(arg),
+        }
+    }
+    None
+}
+
+/// `run` reports its own failures with 125, so that they cannot be mistaken for the
+/// command's; every other subcommand uses 2.
+fn usage_exit(args: &[OsString]) -> Exit {
+    if subcommand_name(args) == Some("run") {
+        Exit::RunFailure
+    } else {
+        Exit::Failure
+    }
+}
+
+/// Turns a clap error into one line: what is wrong, and how to fix it.
+fn reject(err: &clap::Error, args: &[OsString], failure: Exit) -> Rejected {
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            return Rejected::Info(err.render().to_string());
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            return Rejected::Help(err.render().to_string(), failure);
+        }
+        _ => {}
+    }
+    let rendered = err.render().to_string();
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let what = lines
+        .next()
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .unwrap_or("invalid arguments")
+        .trim_end_matches(':');
+    let detail: Vec<&str> = lines
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(|l| l.strip_prefix("tip: ").unwrap_or(l))
+        .collect();
+    let sub = subcommand_name(args).filter(|s| Cli::command_has(s));
+    let help = match sub {
+        Some(sub) => format!("see 'lease {sub} --help'"),
+        None => "see 'lease --help'".to_owned(),
+    };
+    let missing_separator = sub == Some("run") && !args.iter().any(|a| a == "--");
+    let message = if missing_separator {
+        format!("{what}: put `--` before the command, e.g. lease run --scope read:x -- CMD [ARG...]")
+    } else if detail.is_empty() {
+        format!("{what}; {help}")
+    } else {
+        format!("{what}: {}; {help}", detail.join(" "))
+    };
+    Rejected::Usage(message, failure)
+}
+
+impl Cli {
+    fn command_has(name: &str) -> bool {
+        use clap::CommandFactory;
+        Cli::command().get_subcommands().any(|c| c.get_name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn finds_the_subcommand_past_global_options() {
+        assert_eq!(subcommand_name(&args(&["lease", "--state-dir", "run", "verify", "x"])), Some("verify"));
+        assert_eq!(subcommand_name(&args(&["lease", "--state-dir=/x", "run"])), Some("run"));
+        assert_eq!(subcommand_name(&args(&["lease"])), None);
+    }
+
+    #[test]
+    fn bad_run_arguments_exit_125_in_one_line() {
+        for bad in [
+            &["lease", "run", "--scope", "a", "echo"][..],
+            &["lease", "run", "--", "echo"],
+            &["lease", "run", "--scope", "a b", "--", "echo"],
+            &["lease", "run", "--scope", "a", "--ttl", "0", "--", "echo"],
+            &["lease", "run", "--bogus", "--scope", "a", "--", "echo"],
+        ] {
+            match parse(args(bad)) {
+                Err(Rejected::Usage(message, exit)) => {
+                    assert_eq!(exit, Exit::RunFailure, "{bad:?}");
+                    assert!(!message.contains('\n'), "{bad:?}: {message}");
+                }
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_separator_says_how_to_fix_it() {
+        match parse(args(&["lease", "run", "--scope", "a", "echo", "hi"])) {
+            Err(Rejected::Usage(message, _)) => assert!(message.contains("put `--` before the command"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! `lease issue`: mint a detached lease and print its token.
+
+use std::io::Write;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::{Context, print_json};
+use crate::cli::IssueRequest;
+use crate::exit::Exit;
+use crate::record::rfc3339;
+use crate::store::Open;
+
+#[derive(Serialize)]
+struct Issued<'a> {
+    id: &'a str,
+    token: &'a str,
+    scope: Vec<&'a str>,
+    expires_at: String,
+}
+
+pub fn issue(context: &Context, request: IssueRequest) -> Result<Exit> {
+    let ttl = context.config.ttl(request.ttl)?;
+    let store = context.store(Open::CreateIfMissing)?;
+    let (token, record) = super::mint(&store, request.scopes, ttl, None)?;
+    if request.json {
+        print_json(&Issued {
+            id: &record.id,
+            token: token.expose(),
+            scope: record.scope.iter().map(|s| s.as_str()).collect(),
+            expires_at: rfc3339::format(record.expires_at),
+        })?;
+    } else {
+        writeln!(std::io::stdout().lock(), "{}", token.expose()).context("writing to standard output")?;
+    }
+    Ok(Exit::Success)
+}

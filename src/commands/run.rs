@@ -1,0 +1,128 @@
+//! `lease run`: mint, start the child, forward signals, wait, revoke.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, Result};
+
+use super::Context;
+use crate::child::{self, Spec};
+use crate::cli::RunRequest;
+use crate::config::DEFAULT_TOKEN_ENV;
+use crate::exit::Exit;
+use crate::owner::Owner;
+use crate::record::rfc3339;
+use crate::scope;
+use crate::signals::Forwarder;
+use crate::store::{Open, Store};
+use crate::token::LeaseId;
+
+pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
+    let ttl = context.config.ttl(request.ttl)?;
+    let token_env = request.env.unwrap_or_else(|| context.config.token_env.clone());
+    // Watch signals before minting, so that none arriving from here on is lost.
+    let mut forwarder = Forwarder::install().context("watching signals")?;
+    let store = context.store(Open::CreateIfMissing)?;
+    let owner = Owner::current(program_name(&request.program))?;
+    let (token, record) = super::mint(&store, request.scopes, ttl, Some(owner))?;
+    let lease = RevokeOnExit::new(&store, token.hash().id());
+
+    if let Some(signal) = forwarder.arrived_before_start() {
+        lease.revoke()?;
+        return Ok(Exit::Signal(signal));
+    }
+
+    let mut set = vec![
+        (token_env.clone(), token.expose().to_owned()),
+        ("LEASE_ID".to_owned(), record.id.clone()),
+        ("LEASE_SCOPE".to_owned(), scope::join(&record.scope)),
+        ("LEASE_EXPIRES_AT".to_owned(), rfc3339::format(record.expires_at)),
+    ];
+    set.push(("LEASE_STATE_DIR".to_owned(), store.dir().to_string_lossy().into_owned()));
+    // An inherited token under the usual names must not ride along beside the new one.
+    let remove = [DEFAULT_TOKEN_ENV, context.config.token_env.as_str()]
+        .into_iter()
+        .filter(|name| *name != token_env)
+        .map(str::to_owned)
+        .collect();
+    let spec = Spec {
+        program: &request.program,
+        args: &request.args,
+        set,
+        remove,
+    };
+    let mut child = child::spawn(spec, forwarder.ignore_in_child())?;
+    let status = forwarder.wait(&mut child).context("waiting for the command")?;
+    let outcome = exit_of(status);
+
+    match lease.revoke() {
+        Ok(()) => Ok(outcome),
+        Err(err) if outcome == Exit::Child(0) => {
+            Err(err.context("the command succeeded, but its lease could not be revoked"))
+        }
+        Err(err) => {
+            // The child's failure is the more useful exit status; still say what happened.
+            eprintln!("lease: revoking the lease failed: {err:#}");
+            Ok(outcome)
+        }
+    }
+}
+
+/// The status lease should end with, given how the child ended.
+fn exit_of(status: ExitStatus) -> Exit {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Exit::Child(code),
+        (None, Some(signal)) => Exit::Signal(signal),
+        (None, None) => Exit::RunFailure,
+    }
+}
+
+/// The program's name as recorded in the lease (argv[0] only: arguments may hold secrets).
+fn program_name(program: &std::ffi::OsStr) -> String {
+    let name = Path::new(program).file_name().unwrap_or(program);
+    name.to_string_lossy().into_owned()
+}
+
+/// Revokes the lease when dropped, so that every way out of `run` (an error, a failed spawn,
+/// a panic unwinding) ends the lease. The normal path calls [`RevokeOnExit::revoke`] to learn
+/// whether revocation worked.
+struct RevokeOnExit<'a> {
+    store: &'a Store,
+    id: LeaseId,
+    done: bool,
+}
+
+impl<'a> RevokeOnExit<'a> {
+    fn new(store: &'a Store, id: LeaseId) -> RevokeOnExit<'a> {
+        RevokeOnExit {
+            store,
+            id,
+            done: false,
+        }
+    }
+
+    fn revoke(mut self) -> Result<()> {
+        self.done = true;
+        revoke(self.store, &self.id)
+    }
+}
+
+impl Drop for RevokeOnExit<'_> {
+    fn drop(&mut self) {
+        if !self.done
+            && let Err(err) = revoke(self.store, &self.id)
+        {
+            eprintln!("lease: revoking the lease failed: {err:#}");
+        }
+    }
+}
+
+fn revoke(store: &Store, id: &LeaseId) -> Result<()> {
+    let now = SystemTime::now();
+    store
+        .update(id, |record| record.revoke(now))
+        .with_context(|| format!("revoking lease {id}"))?;
+    Ok(())
+}

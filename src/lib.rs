@@ -1,0 +1,58 @@
+//! lease: short-lived, narrowly scoped credentials for each command, CI step or agent run.
+//!
+//! `lease run` mints a random token, records its hash in a local store, hands the token to a
+//! command in its environment, forwards signals, and revokes the token when the command exits.
+//! `lease verify ACTION` is the other side: it tells a tool whether a presented token is still
+//! valid and grants the action. See `docs/design.md` for how a run flows through the modules.
+
+pub mod child;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod exit;
+pub mod owner;
+pub mod record;
+pub mod scope;
+pub mod signals;
+pub mod store;
+pub mod token;
+pub mod ttl;
+
+use std::ffi::OsString;
+use std::panic::{self, AssertUnwindSafe};
+
+use cli::Rejected;
+use exit::{Exit, ExitError};
+
+/// Runs lease with these arguments (including argv[0]) and returns how it should exit.
+/// Errors are printed here, once, as `lease: what went wrong: why`.
+pub fn main(args: Vec<OsString>) -> Exit {
+    panic::set_hook(Box::new(|info| {
+        eprintln!("lease: internal error: {info}; please report this bug");
+    }));
+    let invocation = match cli::parse(args) {
+        Ok(invocation) => invocation,
+        Err(Rejected::Info(text)) => {
+            print!("{text}");
+            return Exit::Success;
+        }
+        Err(Rejected::Help(text, exit)) => {
+            eprint!("{text}");
+            return exit;
+        }
+        Err(Rejected::Usage(message, exit)) => {
+            eprintln!("lease: {message}");
+            return exit;
+        }
+    };
+    let failure = invocation.command.failure_exit();
+    match panic::catch_unwind(AssertUnwindSafe(|| commands::dispatch(invocation))) {
+        Ok(Ok(exit)) => exit,
+        Ok(Err(err)) => {
+            eprintln!("lease: {err:#}");
+            err.downcast_ref::<ExitError>().map_or(failure, ExitError::exit)
+        }
+        // The hook has printed the panic; any lease was revoked while unwinding.
+        Err(_) => failure,
+    }
+}

@@ -1,0 +1,136 @@
+//! Who owns a lease, and whether that owner is still alive.
+//!
+//! A lease made by `lease run` belongs to that process. Its record holds the owner's pid, the
+//! pid's start time (so a recycled pid is not mistaken for the owner) and the boot id (so a
+//! record from before a reboot is never mistaken for a live one). `verify` denies a lease whose
+//! owner is gone, which is how a wrapper killed with SIGKILL leaves no live token behind.
+
+use std::fs;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The process that owns a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    /// The pid of the `lease run` process.
+    pub pid: u32,
+    /// The process start time, in clock ticks since boot (field 22 of `/proc/PID/stat`).
+    pub start_time: u64,
+    /// The kernel's boot id at the time the lease was made.
+    pub boot_id: String,
+    /// The program the lease was made for (argv[0] only: arguments may hold secrets).
+    pub command: String,
+}
+
+/// Whether the owner of a lease is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerState {
+    /// The owning process is running.
+    Alive,
+    /// The owning process has exited, or the machine has rebooted since.
+    Gone,
+}
+
+impl Owner {
+    /// Describes the current process as the owner of a lease made for `command`.
+    pub fn current(command: String) -> Result<Owner> {
+        let pid = std::process::id();
+        let start_time = start_time(pid)
+            .with_context(|| format!("reading the start time of process {pid}"))?
+            .context("the current process has no /proc entry")?;
+        Ok(Owner {
+            pid,
+            start_time,
+            boot_id: boot_id()?,
+            command,
+        })
+    }
+
+    /// Whether the owner is still running. Anything that cannot be confirmed counts as gone,
+    /// so that verify fails closed.
+    pub fn state(&self) -> OwnerState {
+        let same_boot = boot_id().is_ok_and(|id| id == self.boot_id);
+        let same_process = matches!(start_time(self.pid), Ok(Some(t)) if t == self.start_time);
+        if same_boot && same_process {
+            OwnerState::Alive
+        } else {
+            OwnerState::Gone
+        }
+    }
+}
+
+/// The start time of a running process, or `None` if there is no such live process (a zombie
+/// counts as gone: it has exited, only its exit status is left).
+#[cfg(target_os = "linux")]
+fn start_time(pid: u32) -> Result<Option<u64>> {
+    let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    // The command name (field 2) is in parentheses and may hold spaces or ')'; the fields we
+    // want come after the last ')'. Field 3 is the state, field 22 the start time.
+    let rest = stat
+        .rfind(')')
+        .map(|end| &stat[end + 1..])
+        .context("unexpected /proc stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first().is_some_and(|state| *state == "Z" || *state == "X") {
+        return Ok(None);
+    }
+    match fields.get(19).map(|t| t.parse::<u64>()) {
+        Some(Ok(ticks)) => Ok(Some(ticks)),
+        _ => bail!("unexpected /proc stat format"),
+    }
+}
+
+/// Without /proc, a process counts as alive while a signal 0 can reach it; start time is 0.
+#[cfg(not(target_os = "linux"))]
+fn start_time(pid: u32) -> Result<Option<u64>> {
+    use nix::{errno::Errno, sys::signal::kill, unistd::Pid};
+    let pid = i32::try_from(pid).context("pid out of range")?;
+    match kill(Pid::from_raw(pid), None) {
+        Ok(()) | Err(Errno::EPERM) => Ok(Some(0)),
+        Err(_) => Ok(None),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn boot_id() -> Result<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .context("reading /proc/sys/kernel/random/boot_id")?;
+    Ok(id.trim().to_owned())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn boot_id() -> Result<String> {
+    Ok(String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_process_is_alive() {
+        let owner = Owner::current("test".into()).expect("owner");
+        assert_eq!(owner.state(), OwnerState::Alive);
+    }
+
+    #[test]
+    fn recycled_pid_or_other_boot_is_gone() {
+        let owner = Owner::current("test".into()).expect("owner");
+        let recycled = Owner {
+            start_time: owner.start_time + 1,
+            ..owner.clone()
+        };
+        assert_eq!(recycled.state(), OwnerState::Gone);
+        let rebooted = Owner {
+            boot_id: "another-boot".into(),
+            ..owner
+        };
+        assert_eq!(rebooted.state(), OwnerState::Gone);
+    }
+}

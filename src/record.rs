@@ -1,0 +1,205 @@
+//! The record of one lease, as stored in `leases/<id>.toml`, and the status derived from it.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::owner::{Owner, OwnerState};
+use crate::scope::{Action, Scope};
+use crate::token::{LeaseId, TokenHash};
+
+/// What a record says about its lease. `Active` is the only state that can grant anything,
+/// and a record never goes back to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not revoked, and not yet found past its expiry.
+    Active,
+    /// Revoked by `lease revoke` or by its `lease run` ending; kept until its expiry.
+    Revoked,
+    /// Found past its expiry by `verify`; stays expired even if the clock is set back.
+    Expired,
+}
+
+/// One lease as the store keeps it. The token itself is never here, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// The lease id (the first 12 hex digits of `token_sha256`).
+    pub id: String,
+    /// SHA-256 of the token, lower-case hex.
+    pub token_sha256: String,
+    /// The granted scopes, in the order given.
+    pub scope: Vec<Scope>,
+    /// When the lease was minted.
+    #[serde(with = "rfc3339")]
+    pub issued_at: SystemTime,
+    /// When the lease stops working, whatever else happens.
+    #[serde(with = "rfc3339")]
+    pub expires_at: SystemTime,
+    /// Active, revoked or expired.
+    pub state: State,
+    /// When the lease was revoked, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339::option")]
+    pub revoked_at: Option<SystemTime>,
+    /// The `lease run` process that owns the lease; `None` for a detached lease from `issue`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// Where a lease stands right now, all things considered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// It grants its scopes.
+    Active,
+    /// Past its expiry, or marked expired.
+    Expired,
+    /// Revoked.
+    Revoked,
+    /// Its owning `lease run` process is gone.
+    OwnerGone,
+}
+
+impl Status {
+    /// The word used for this status by `verify` reasons and `list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Expired => "expired",
+            Status::Revoked => "revoked",
+            Status::OwnerGone => "owner gone",
+        }
+    }
+}
+
+impl Record {
+    /// A new active record.
+    pub fn new(
+        hash: TokenHash,
+        scope: Vec<Scope>,
+        issued_at: SystemTime,
+        expires_at: SystemTime,
+        owner: Option<Owner>,
+    ) -> Record {
+        Record {
+            id: hash.id().as_str().to_owned(),
+            token_sha256: hash.to_hex(),
+            scope,
+            issued_at,
+            expires_at,
+            state: State::Active,
+            revoked_at: None,
+            owner,
+        }
+    }
+
+    /// The lease id.
+    pub fn lease_id(&self) -> Option<LeaseId> {
+        LeaseId::parse(&self.id)
+    }
+
+    /// Whether the expiry time has passed at `now`.
+    pub fn is_past_expiry(&self, now: SystemTime) -> bool {
+        now >= self.expires_at
+    }
+
+    /// The lease's status at `now`. Revoked wins over expired, expired over a gone owner,
+    /// so that the reason a user sees is the most specific one.
+    pub fn status(&self, now: SystemTime) -> Status {
+        match self.state {
+            State::Revoked => Status::Revoked,
+            State::Expired => Status::Expired,
+            State::Active if self.is_past_expiry(now) => Status::Expired,
+            State::Active => match &self.owner {
+                Some(owner) if owner.state() == OwnerState::Gone => Status::OwnerGone,
+                _ => Status::Active,
+            },
+        }
+    }
+
+    /// Marks the lease revoked at `now`; returns whether anything changed (a lease that is
+    /// already revoked or expired stays as it is).
+    pub fn revoke(&mut self, now: SystemTime) -> bool {
+        if self.state != State::Active {
+            return false;
+        }
+        self.state = State::Revoked;
+        self.revoked_at = Some(now);
+        true
+    }
+
+    /// Marks an active lease found past its expiry as expired, so that it stays expired even
+    /// if the clock is later set back; returns whether anything changed.
+    pub fn mark_expired(&mut self, now: SystemTime) -> bool {
+        if self.state != State::Active || !self.is_past_expiry(now) {
+            return false;
+        }
+        self.state = State::Expired;
+        true
+    }
+
+    /// Whether `gc` may remove this record: it can no longer grant anything, and it is not a
+    /// revoked lease that is still kept (until its expiry) so that `verify` can say `revoked`.
+    pub fn is_garbage(&self, now: SystemTime) -> bool {
+        match self.status(now) {
+            Status::Active => false,
+            Status::Revoked => self.is_past_expiry(now),
+            Status::Expired | Status::OwnerGone => true,
+        }
+    }
+
+    /// Whether the lease's scopes grant `action` (regardless of its status).
+    pub fn grants(&self, action: &Action) -> bool {
+        crate::scope::any_grants(&self.scope, action)
+    }
+}
+
+/// RFC 3339 UTC timestamps to whole seconds, e.g. `2026-11-25T22:50:16Z`.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    /// Formats a time as lease prints and stores it.
+    pub fn format(time: SystemTime) -> String {
+        humantime::format_rfc3339_seconds(time).to_string()
+    }
+
+    /// Serializes a time as RFC 3339.
+    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format(*time))
+    }
+
+    /// Deserializes an RFC 3339 time.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_rfc3339(&text).map_err(D::Error::custom)
+    }
+
+    /// The same for optional times.
+    pub mod option {
+        use std::time::SystemTime;
+
+        use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+        /// Serializes a present time as RFC 3339 (absent ones are skipped by the caller).
+        pub fn serialize<S: Serializer>(
+            time: &Option<SystemTime>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match time {
+                Some(time) => super::serialize(time, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        /// Deserializes an optional RFC 3339 time.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
+            let text = Option::<String>::deserialize(deserializer)?;
+            text.map(|t| humantime::parse_rfc3339(&t).map_err(D::Error::custom))
+                .transpose()
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Scopes: what a lease grants, and whether an action falls inside it.
+//!
+//! A scope is 1 to 128 characters of `A-Z a-z 0-9 : . _ / -`, optionally ending in `*`. An
+//! action is granted by a scope equal to it, or by a scope `P*` when the action starts with `P`.
+
+use std::fmt;
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The longest scope (or action) accepted, in characters.
+pub const MAX_LEN: usize = 128;
+/// The most scopes one lease may hold; keeps the child's environment and the record small.
+pub const MAX_SCOPES: usize = 256;
+
+/// One validated scope, such as `read:articles` or `read:*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Scope(String);
+
+impl TryFrom<String> for Scope {
+    type Error = anyhow::Error;
+
+    fn try_from(text: String) -> Result<Scope> {
+        validate(&text, "scope")?;
+        Ok(Scope(text))
+    }
+}
+
+impl From<Scope> for String {
+    fn from(scope: Scope) -> String {
+        scope.0
+    }
+}
+
+impl Scope {
+    /// Parses one scope item, naming the problem when it is not valid.
+    pub fn parse(text: &str) -> Result<Scope> {
+        validate(text, "scope")?;
+        Ok(Scope(text.to_owned()))
+    }
+
+    /// Whether this scope grants `action`.
+    pub fn grants(&self, action: &Action) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => action.0.starts_with(prefix),
+            None => self.0 == action.0,
+        }
+    }
+
+    /// The scope as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The action a tool asks `lease verify` about, such as `write:draft`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action(String);
+
+impl Action {
+    /// Parses an action; it uses the same alphabet as a scope.
+    pub fn parse(text: &str) -> Result<Action> {
+        validate(text, "action")?;
+        Ok(Action(text.to_owned()))
+    }
+
+    /// The action as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Parses a list of `--scope` values, each of which may hold several comma-separated items,
+/// keeping the order given and dropping repeats.
+pub fn parse_list<S: AsRef<str>>(values: &[S]) -> Result<Vec<Scope>> {
+    let mut scopes: Vec<Scope> = Vec::new();
+    for value in values {
+        for item in value.as_ref().split(',') {
+            let scope = Scope::parse(item)?;
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+    }
+    if scopes.is_empty() {
+        bail!("no scope given: pass --scope, e.g. --scope read:articles");
+    }
+    if scopes.len() > MAX_SCOPES {
+        bail!("too many scopes: {} given, at most {MAX_SCOPES} allowed", scopes.len());
+    }
+    Ok(scopes)
+}
+
+/// Whether any of `scopes` grants `action`.
+pub fn any_grants(scopes: &[Scope], action: &Action) -> bool {
+    scopes.iter().any(|scope| scope.grants(action))
+}
+
+/// Joins scopes with commas, as `LEASE_SCOPE` carries them.
+pub fn join(scopes: &[Scope]) -> String {
+    let parts: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
+    parts.join(",")
+}
+
+fn validate(text: &str, what: &str) -> Result<()> {
+    if text.is_empty() {
+        bail!("invalid {what} '': it is empty (check for a stray or doubled comma)");
+    }
+    let len = text.chars().count();
+    if len > MAX_LEN {
+        bail!("invalid {what}: {len} characters long, at most {MAX_LEN} allowed");
+    }
+    let body = text.strip_suffix('*').unwrap_or(text);
+    if let Some(bad) = body.chars().find(|c| !allowed(*c)) {
+        let shown = text.escape_debug();
+        if bad == '*' {
+            bail!("invalid {what} '{shown}': '*' is only allowed as the last character");
+        }
+        bail!(
+            "invalid {what} '{shown}': character '{}' is not allowed (use A-Z a-z 0-9 : . _ / -, and an optional trailing *)",
+            bad.escape_debug()
+        );
+    }
+    Ok(())
+}
+
+fn allowed(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, ':' | '.' | '_' | '/' | '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants(scope: &str, action: &str) -> bool {
+        Scope::parse(scope)
+            .expect("valid scope")
+            .grants(&Action::parse(action).expect("valid action"))
+    }
+
+    #[test]
+    fn exact_and_wildcard_matching() {
+        assert!(grants("read:articles", "read:articles"));
+        assert!(!grants("read:articles", "read:articles2"));
+        assert!(!grants("read:articles", "read"));
+        assert!(grants("read:*", "read:anything/at/all"));
+        assert!(grants("read:*", "read:"));
+        assert!(!grants("read:*", "write:x"));
+        assert!(!grants("read:*", "rea"));
+        assert!(grants("*", "deploy:prod"));
+    }
+
+    #[test]
+    fn rejects_bad_scopes() {
+        for bad in ["", "a b", "read:*x", "a*b", "é", "a,b", "x\ny", &"a".repeat(129)] {
+            assert!(Scope::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(Scope::parse(&"a".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn list_keeps_order_and_drops_repeats() {
+        let scopes = parse_list(&["b:1,a:2", "b:1", "c:*"]).expect("valid");
+        assert_eq!(join(&scopes), "b:1,a:2,c:*");
+        assert!(parse_list(&["a,,b"]).is_err());
+        assert!(parse_list::<&str>(&[]).is_err());
+    }
+}

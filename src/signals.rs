@@ -1,0 +1,149 @@
+//! The one place that touches signal dispositions.
+//!
+//! While a child runs, lease watches the signals a user or a supervisor uses to stop a job
+//! (INT, TERM, HUP, QUIT, USR1, USR2) and SIGCHLD. A signal that another process sent to lease's
+//! pid is forwarded to the child once. A signal the terminal delivered to the whole foreground
+//! process group (Ctrl-C, Ctrl-\) already reached the child, so it is not sent again, unless
+//! the child has left lease's process group (e.g. called `setsid`), in which case the terminal's
+//! signal never reached it and lease passes it on. Signals that were ignored when lease started
+//! (`nohup`) are left alone, so the child inherits them ignored.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::process::{Child, ExitStatus};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::libc::{self, c_int};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, getpgid, getpgrp};
+use signal_hook::consts::signal::{SIGCHLD, SIGHUP, SIGINT, SIGPIPE, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::iterator::SignalsInfo;
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::low_level::siginfo::{Cause, Origin};
+
+/// The signals lease forwards to its child.
+pub const FORWARDED: [c_int; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
+
+/// Whether SIGPIPE was ignored when the process started. The Rust runtime sets SIGPIPE to
+/// ignored before `main`, so the original disposition is read earlier, from `.init_array`.
+static SIGPIPE_IGNORED_AT_START: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn record_sigpipe_at_start() {
+    SIGPIPE_IGNORED_AT_START.store(is_ignored(SIGPIPE), Ordering::Relaxed);
+}
+
+// SAFETY: the function only queries a signal disposition and stores a flag; it touches no Rust
+// runtime state, so it is sound to run before `main`.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static RECORD_SIGPIPE_AT_START: extern "C" fn() = record_sigpipe_at_start;
+
+/// Watches signals for the lifetime of one child and forwards them to it.
+#[derive(Debug)]
+pub struct Forwarder {
+    signals: SignalsInfo<WithOrigin>,
+    ignore_in_child: Vec<c_int>,
+}
+
+impl Forwarder {
+    /// Starts watching. Call before minting, so no signal between minting and the child's
+    /// start is lost.
+    pub fn install() -> io::Result<Forwarder> {
+        let mut watched: Vec<c_int> = FORWARDED.into_iter().filter(|&s| !is_ignored(s)).collect();
+        // SIGCHLD must be caught for lease to wait; if it was ignored, the child gets it back.
+        let mut ignore_in_child = Vec::new();
+        if is_ignored(SIGCHLD) {
+            ignore_in_child.push(SIGCHLD);
+        }
+        if SIGPIPE_IGNORED_AT_START.load(Ordering::Relaxed) {
+            ignore_in_child.push(SIGPIPE);
+        }
+        watched.push(SIGCHLD);
+        Ok(Forwarder {
+            signals: SignalsInfo::<WithOrigin>::new(&watched)?,
+            ignore_in_child,
+        })
+    }
+
+    /// Signals that lease caught or that the runtime changed, but that were ignored when lease
+    /// started: the child must have them ignored again (see [`crate::child`]).
+    pub fn ignore_in_child(&self) -> &[c_int] {
+        &self.ignore_in_child
+    }
+
+    /// A stopping signal that arrived before the child started, if any. lease then cleans up
+    /// and dies of it instead of starting the child.
+    pub fn arrived_before_start(&mut self) -> Option<c_int> {
+        self.signals
+            .pending()
+            .map(|origin| origin.signal)
+            .find(|signal| FORWARDED.contains(signal))
+    }
+
+    /// Waits for `child` to exit, forwarding signals to it meanwhile. Returns as soon as the
+    /// child itself exits, whatever its own children still do.
+    pub fn wait(&mut self, child: &mut Child) -> io::Result<ExitStatus> {
+        let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            // Blocks until at least one signal arrives; SIGCHLD wakes it when the child exits.
+            for origin in self.signals.wait() {
+                if origin.signal != SIGCHLD {
+                    forward(&origin, pid);
+                }
+            }
+        }
+    }
+}
+
+/// Sends `origin.signal` on to the child unless the child already got it from the terminal.
+/// The child has not been reaped yet, so its pid cannot have been reused.
+fn forward(origin: &Origin, child: Pid) {
+    let from_terminal = matches!(origin.cause, Cause::Kernel);
+    if from_terminal && getpgid(Some(child)).is_ok_and(|group| group == getpgrp()) {
+        return;
+    }
+    if let Ok(signal) = Signal::try_from(origin.signal) {
+        // The child may have exited a moment ago; its SIGCHLD ends the wait.
+        let _ = kill(child, signal);
+    }
+}
+
+/// Whether `signal` is currently ignored.
+fn is_ignored(signal: c_int) -> bool {
+    let mut old = MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: a null new action makes sigaction only report the current disposition into
+    // `old`, which is a valid, writable sigaction.
+    let rc = unsafe { libc::sigaction(signal, ptr::null(), old.as_mut_ptr()) };
+    // SAFETY: sigaction returned 0, so it filled `old` (and it was zeroed to begin with).
+    rc == 0 && unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN
+}
+
+/// Ignores `signals` in a freshly forked child, before exec.
+///
+/// # Safety
+/// Only to be called between fork and exec; it only calls `sigaction`, which is
+/// async-signal-safe.
+pub unsafe fn ignore_after_fork(signals: &[c_int]) {
+    for &signal in signals {
+        // SAFETY: an all-zero sigaction is valid: empty mask, no flags, SIG_DFL.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = libc::SIG_IGN;
+        // SAFETY: `action` is a valid sigaction; a null old-action pointer is allowed.
+        unsafe { libc::sigaction(signal, &action, ptr::null_mut()) };
+    }
+}
+
+/// Dies of `signal`, the way the child did: core dumps off (the child already dumped, if it
+/// was going to), default disposition restored, the signal raised. Falls back to exiting with
+/// 128 + N for a signal whose default action does not end the process.
+pub fn die_of(signal: c_int) -> ! {
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    let _ = signal_hook::low_level::emulate_default_handler(signal);
+    std::process::exit(128 + signal)
+}

@@ -1,0 +1,305 @@
+//! The state dir: one TOML record per lease, private permissions, atomic writes.
+//!
+//! Layout: `<state dir>/leases/<id>.toml`, where the id is derived from the token's hash, so
+//! `verify` reads exactly one file whatever the number of leases. Every write goes to a
+//! temporary file in the same directory and is renamed into place, so a reader sees either the
+//! old record or the new one, never a torn one. Updates lock the one record they change (and
+//! check, after locking, that the file they locked is still the one in place), so concurrent
+//! runs never serialise on a global lock.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+
+use crate::record::Record;
+use crate::token::LeaseId;
+
+/// Records larger than this are not read: no real record comes near it.
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+/// Prefix of the temporary files that writes go through.
+const TEMP_PREFIX: &str = ".tmp-";
+/// A temporary file older than this belongs to a writer that died; `gc` removes it.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
+
+/// The lease store in one state dir.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    leases: PathBuf,
+}
+
+/// What reading one record found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No record with that id.
+    Missing,
+    /// The record.
+    Found(Record),
+    /// A file is there but is not a valid record; the text says why.
+    Corrupt(String),
+}
+
+/// Whether the store may be created when it does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// Create the state dir (0700) if it is missing: for commands that mint leases.
+    CreateIfMissing,
+    /// Use it only if it exists; a missing store simply holds no leases.
+    ExistingOnly,
+}
+
+impl Store {
+    /// Opens the store in `dir`, refusing a directory that is not private to this user.
+    pub fn open(dir: &Path, mode: Open) -> Result<Store> {
+        let dir = std::path::absolute(dir)
+            .with_context(|| format!("resolving state dir {}", dir.display()))?;
+        let leases = dir.join("leases");
+        let store = Store { dir, leases };
+        let exists = match fs::metadata(&store.dir) {
+            Ok(_) => true,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => false,
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("reading state dir {}", store.dir.display()));
+            }
+        };
+        if exists || mode == Open::CreateIfMissing {
+            ensure_private_dir(&store.dir, "state dir", mode)?;
+            if mode == Open::CreateIfMissing || store.leases.exists() {
+                ensure_private_dir(&store.leases, "lease dir", Open::CreateIfMissing)?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The absolute path of the state dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, id: &LeaseId) -> PathBuf {
+        self.leases.join(format!("{id}.toml"))
+    }
+
+    /// Writes a new record. Returns `false`, writing nothing, if a record with the same id
+    /// already exists (the caller mints another token).
+    pub fn insert(&self, record: &Record) -> Result<bool> {
+        let id = record.lease_id().context("record has an invalid id")?;
+        let text = toml::to_string(record).context("encoding the lease record")?;
+        let temp = self.write_temp(&text)?;
+        match temp.persist_noclobber(self.path(&id)) {
+            Ok(_) => Ok(true),
+            Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(err) => Err(err.error)
+                .with_context(|| format!("recording the lease in {}", self.leases.display())),
+        }
+    }
+
+    /// Reads one record. Symlinks are not followed; anything that is not a small regular file
+    /// holding a valid record for this id is `Corrupt`.
+    pub fn load(&self, id: &LeaseId) -> Result<Loaded> {
+        let path = self.path(id);
+        let mut file = match open_nofollow(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+            Err(err) if is_symlink_error(&err) => {
+                return Ok(Loaded::Corrupt("record is a symlink".into()));
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("reading {}", path.display()));
+            }
+        };
+        Ok(read_record(&mut file, id, &path)?)
+    }
+
+    /// Changes one record under its lock: `change` gets the current record and returns whether
+    /// it changed it; only then is the record rewritten. Returns the record as it now stands,
+    /// or `Loaded::Missing`/`Loaded::Corrupt` (unchanged) when there is no valid record.
+    pub fn update(&self, id: &LeaseId, change: impl FnOnce(&mut Record) -> bool) -> Result<Loaded> {
+        let path = self.path(id);
+        let Some(mut locked) = self.lock(&path)? else {
+            return Ok(Loaded::Missing);
+        };
+        let mut record = match read_record(&mut locked, id, &path)? {
+            Loaded::Found(record) => record,
+            other => return Ok(other),
+        };
+        if change(&mut record) {
+            let text = toml::to_string(&record).context("encoding the lease record")?;
+            self.write_temp(&text)?
+                .persist(&path)
+                .map_err(|err| err.error)
+                .with_context(|| format!("updating {}", path.display()))?;
+        }
+        Ok(Loaded::Found(record))
+    }
+
+    /// Removes a record if `should_remove` says so, under the record's lock.
+    pub fn remove_if(&self, id: &LeaseId, should_remove: impl FnOnce(&Loaded) -> bool) -> Result<bool> {
+        let path = self.path(id);
+        let Some(mut locked) = self.lock(&path)? else {
+            return Ok(false);
+        };
+        let loaded = read_record(&mut locked, id, &path)?;
+        if !should_remove(&loaded) {
+            return Ok(false);
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(err).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+
+    /// The ids of all records in the store, in no particular order. Files that are not
+    /// records (temporary files among them) are left out.
+    pub fn ids(&self) -> Result<Vec<LeaseId>> {
+        let entries = match fs::read_dir(&self.leases) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => {
+                return Err(err).with_context(|| format!("listing {}", self.leases.display()));
+            }
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", self.leases.display()))?;
+            let name = entry.file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".toml"))
+                .and_then(LeaseId::parse);
+            ids.extend(id);
+        }
+        Ok(ids)
+    }
+
+    /// Removes temporary files left by writers that died mid-write. Returns how many.
+    pub fn remove_stale_temp_files(&self, now: SystemTime) -> Result<usize> {
+        let entries = match fs::read_dir(&self.leases) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => {
+                return Err(err).with_context(|| format!("listing {}", self.leases.display()));
+            }
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let is_temp = entry.file_name().to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX));
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| now.duration_since(modified).is_ok_and(|age| age > STALE_TEMP_AGE));
+            if is_temp && stale && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn write_temp(&self, text: &str) -> Result<tempfile::NamedTempFile> {
+        let mut temp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(&self.leases)
+            .with_context(|| format!("writing a record in {}", self.leases.display()))?;
+        temp.write_all(text.as_bytes())
+            .with_context(|| format!("writing a record in {}", self.leases.display()))?;
+        Ok(temp)
+    }
+
+    /// Opens and locks the record at `path`, making sure the locked file is still the one in
+    /// place (a concurrent update may have renamed a new one over it while we waited).
+    fn lock(&self, path: &Path) -> Result<Option<File>> {
+        loop {
+            let file = match open_nofollow(path) {
+                Ok(file) => file,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(err) => return Err(err).with_context(|| format!("opening {}", path.display())),
+            };
+            file.lock().with_context(|| format!("locking {}", path.display()))?;
+            let locked = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+            match fs::symlink_metadata(path) {
+                Ok(current) if current.ino() == locked.ino() && current.dev() == locked.dev() => {
+                    return Ok(Some(file));
+                }
+                Ok(_) => continue,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+            }
+        }
+    }
+}
+
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+}
+
+fn is_symlink_error(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(nix::libc::ELOOP)
+}
+
+/// Reads and checks a record from an open file. I/O errors are errors; anything wrong with
+/// the content is `Corrupt`, so callers fail closed without stopping.
+fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
+    let meta = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        return Ok(Loaded::Corrupt("record is not a regular file".into()));
+    }
+    if meta.len() > MAX_RECORD_BYTES {
+        return Ok(Loaded::Corrupt(format!("record is too large ({} bytes)", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(MAX_RECORD_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Ok(Loaded::Corrupt("record is not UTF-8 text".into()));
+    };
+    let record: Record = match toml::from_str(text) {
+        Ok(record) => record,
+        Err(err) => return Ok(Loaded::Corrupt(format!("record does not parse: {}", err.message()))),
+    };
+    if record.id != id.as_str() || !record.token_sha256.starts_with(id.as_str()) {
+        return Ok(Loaded::Corrupt("record does not belong under this id".into()));
+    }
+    Ok(Loaded::Found(record))
+}
+
+/// Creates `path` as a 0700 directory if needed and refuses one that another user owns or
+/// that group or others can write: such a directory would let someone else plant records.
+fn ensure_private_dir(path: &Path, what: &str, mode: Open) -> Result<()> {
+    if mode == Open::CreateIfMissing {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .with_context(|| format!("creating {what} {}", path.display()))?;
+    }
+    let meta = fs::metadata(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    let shown = path.display();
+    if !meta.is_dir() {
+        bail!("{what} {shown} is not a directory: point --state-dir or LEASE_STATE_DIR at a directory");
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        bail!(
+            "refusing {what} {shown}: it is owned by uid {}, not by you (uid {uid}): use a directory of your own with --state-dir or LEASE_STATE_DIR",
+            meta.uid()
+        );
+    }
+    let perms = meta.mode() & 0o777;
+    if perms & 0o022 != 0 {
+        bail!(
+            "refusing {what} {shown}: it is writable by group or others (mode {perms:o}): run 'chmod 700 {shown}'"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Tokens: minting, their format, and the hash the store knows them by.
+//!
+//! A token is `agt_` followed by the unpadded base64url encoding of 32 bytes from the operating
+//! system's CSPRNG. The store only ever sees its SHA-256; the lease id is the first 48 bits of
+//! that hash in hex, so a record can be found from a token in one step, while an id (which is
+//! printed, listed and logged) reveals nothing that leads back to the token.
+
+use std::fmt;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::TryRng;
+use rand::rngs::SysRng;
+use sha2::{Digest, Sha256};
+
+/// What every lease token starts with, so people and secret scanners can recognise one.
+pub const PREFIX: &str = "agt_";
+/// Random bytes in a token.
+const RANDOM_BYTES: usize = 32;
+/// Bytes of the token hash that make up the lease id.
+const ID_BYTES: usize = 6;
+
+/// A secret bearer token. It never prints itself: `Debug` and `Display` show `agt_***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Mints a new random token from the OS CSPRNG.
+    pub fn mint() -> Result<Token> {
+        let mut bytes = [0u8; RANDOM_BYTES];
+        SysRng
+            .try_fill_bytes(&mut bytes)
+            .context("reading the system random number generator")?;
+        Ok(Token(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))))
+    }
+
+    /// Wraps a token presented by a caller (from the environment or stdin). Any string is
+    /// accepted here: one that is not a lease token simply matches no lease.
+    pub fn presented(text: String) -> Token {
+        Token(text)
+    }
+
+    /// The secret itself, for the few places that must hand it on: the child's environment
+    /// and the output of `lease issue`.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The SHA-256 of the token, which is all the store keeps.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({PREFIX}***)")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PREFIX}***")
+    }
+}
+
+/// The SHA-256 of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    /// The lease id this hash files under.
+    pub fn id(&self) -> LeaseId {
+        LeaseId(hex(&self.0[..ID_BYTES]))
+    }
+
+    /// Lower-case hex, as stored in a record.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// Compares with a stored hex hash in constant time.
+    pub fn matches_hex(&self, stored: &str) -> bool {
+        let ours = self.to_hex();
+        ours.len() == stored.len()
+            && ours
+                .bytes()
+                .zip(stored.bytes())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+}
+
+/// A short public name for a lease: 12 lower-case hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId(String);
+
+impl LeaseId {
+    /// Parses an id given by a user; `None` when it cannot be a lease id.
+    pub fn parse(text: &str) -> Option<LeaseId> {
+        let valid = text.len() == ID_BYTES * 2
+            && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        valid.then(|| LeaseId(text.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_have_the_documented_format() {
+        let token = Token::mint().expect("mint");
+        let body = token.expose().strip_prefix(PREFIX).expect("prefix");
+        assert_eq!(body.len(), 43, "32 bytes in unpadded base64");
+        assert!(body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_ne!(Token::mint().expect("mint"), token);
+    }
+
+    #[test]
+    fn token_never_prints_itself() {
+        let token = Token::mint().expect("mint");
+        assert!(!format!("{token}").contains(token.expose()));
+        assert!(!format!("{token:?}").contains(token.expose()));
+        assert!(!format!("{token:#?}").contains(token.expose()));
+    }
+
+    #[test]
+    fn id_comes_from_the_hash_and_parses_back() {
+        let token = Token::mint().expect("mint");
+        let id = token.hash().id();
+        assert_eq!(LeaseId::parse(id.as_str()), Some(id.clone()));
+        assert!(token.hash().to_hex().starts_with(id.as_str()));
+        assert!(token.hash().matches_hex(&token.hash().to_hex()));
+        assert!(!Token::mint().expect("mint").hash().matches_hex(&token.hash().to_hex()));
+        for bad in ["", "xyz", "ABCDEF012345", "../etc/passw", "0123456789abc"] {
+            assert_eq!(LeaseId::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -51,7 +51,9 @@ pub fn spawn(spec: Spec<'_>, ignore: &[c_int]) -> anyhow::Result<Child> {
         let program = spec.program.to_string_lossy();
         let (exit, why) = match err.kind() {
             io::ErrorKind::NotFound => (Exit::NotFound, "command not found".to_owned()),
-            io::ErrorKind::PermissionDenied => (Exit::CannotExecute, "permission denied".to_owned()),
+            io::ErrorKind::PermissionDenied => {
+                (Exit::CannotExecute, "permission denied".to_owned())
+            }
             _ => (Exit::CannotExecute, err.to_string()),
         };
         ExitError::new(exit, format!("cannot run '{program}': {why}")).into()

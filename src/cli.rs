@@ -36,7 +36,7 @@ Examples:
 /// whether the token is still valid and grants that action.
 #[derive(Debug, Parser)]
 #[command(name = "lease", version, after_help = EXAMPLES, propagate_version = true)]
-#[command(arg_required_else_help = true, max_term_width = 100)]
+#[command(max_term_width = 100)]
 struct Cli {
     /// Where leases are recorded [default: $XDG_STATE_HOME/lease, i.e. ~/.local/state/lease]
     #[arg(long, global = true, env = "LEASE_STATE_DIR", value_name = "DIR")]
@@ -299,12 +299,20 @@ pub enum Rejected {
 /// Parses and validates the command line.
 pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
     let failure = usage_exit(&args);
+    if args.len() <= 1 {
+        use clap::CommandFactory;
+        return Err(Rejected::Help(
+            Cli::command().render_help().to_string(),
+            failure,
+        ));
+    }
     let cli = Cli::try_parse_from(&args).map_err(|err| reject(&err, &args, failure))?;
     let globals = Globals {
         state_dir: cli.state_dir.filter(|p| !p.as_os_str().is_empty()),
         config: cli.config.filter(|p| !p.as_os_str().is_empty()),
     };
-    let command = validate(cli.command).map_err(|err| Rejected::Usage(format!("{err:#}"), failure))?;
+    let command =
+        validate(cli.command).map_err(|err| Rejected::Usage(format!("{err:#}"), failure))?;
     Ok(Invocation { globals, command })
 }
 
@@ -312,7 +320,9 @@ fn validate(sub: Sub) -> Result<Command> {
     Ok(match sub {
         Sub::Run(args) => {
             let mut command = args.command.into_iter();
-            let program = command.next().context("no command given: put it after `--`")?;
+            let program = command
+                .next()
+                .context("no command given: put it after `--`")?;
             Command::Run(RunRequest {
                 scopes: scope::parse_list(&args.scope)?,
                 ttl: args.ttl,
@@ -399,7 +409,9 @@ fn reject(err: &clap::Error, args: &[OsString], failure: Exit) -> Rejected {
     };
     let missing_separator = sub == Some("run") && !args.iter().any(|a| a == "--");
     let message = if missing_separator {
-        format!("{what}: put `--` before the command, e.g. lease run --scope read:x -- CMD [ARG...]")
+        format!(
+            "{what}: put `--` before the command, e.g. lease run --scope read:x -- CMD [ARG...]"
+        )
     } else if detail.is_empty() {
         format!("{what}; {help}")
     } else {
@@ -411,7 +423,9 @@ fn reject(err: &clap::Error, args: &[OsString], failure: Exit) -> Rejected {
 impl Cli {
     fn command_has(name: &str) -> bool {
         use clap::CommandFactory;
-        Cli::command().get_subcommands().any(|c| c.get_name() == name)
+        Cli::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == name)
     }
 }
 
@@ -431,8 +445,14 @@ mod tests {
 
     #[test]
     fn finds_the_subcommand_past_global_options() {
-        assert_eq!(subcommand_name(&args(&["lease", "--state-dir", "run", "verify", "x"])), Some("verify"));
-        assert_eq!(subcommand_name(&args(&["lease", "--state-dir=/x", "run"])), Some("run"));
+        assert_eq!(
+            subcommand_name(&args(&["lease", "--state-dir", "run", "verify", "x"])),
+            Some("verify")
+        );
+        assert_eq!(
+            subcommand_name(&args(&["lease", "--state-dir=/x", "run"])),
+            Some("run")
+        );
         assert_eq!(subcommand_name(&args(&["lease"])), None);
     }
 
@@ -458,7 +478,9 @@ mod tests {
     #[test]
     fn missing_separator_says_how_to_fix_it() {
         match parse(args(&["lease", "run", "--scope", "a", "echo", "hi"])) {
-            Err(Rejected::Usage(message, _)) => assert!(message.contains("put `--` before the command"), "{message}"),
+            Err(Rejected::Usage(message, _)) => {
+                assert!(message.contains("put `--` before the command"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
     }

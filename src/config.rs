@@ -93,9 +93,10 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let shown = path.display();
         let file: File = toml::from_str(text).map_err(|err| {
-            let line = err
-                .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+            let line = unknown_key_line(text, err.message()).or_else(|| {
+                err.span()
+                    .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+            });
             let message = err.message().trim_end().replace('\n', " ");
             match line {
                 Some(line) => anyhow::anyhow!("invalid config {shown}: line {line}: {message}"),
@@ -126,7 +127,8 @@ impl Config {
             );
         }
         if let Some(name) = file.token_env {
-            validate_env_name(&name).with_context(|| format!("invalid config {shown}: token_env"))?;
+            validate_env_name(&name)
+                .with_context(|| format!("invalid config {shown}: token_env"))?;
             config.token_env = name;
         }
         Ok(config)
@@ -153,7 +155,9 @@ impl Config {
 /// Checks that `name` can be an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn validate_env_name(name: &str) -> Result<()> {
     let mut chars = name.chars();
-    let valid_start = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let valid_start = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !valid_start || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         bail!(
             "'{}' is not a valid environment variable name (use letters, digits and _, not starting with a digit)",
@@ -161,6 +165,18 @@ pub fn validate_env_name(name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// toml reports an unknown key with the span of its whole table; find the key's own line.
+fn unknown_key_line(text: &str, message: &str) -> Option<usize> {
+    let key = message.strip_prefix("unknown field `")?.split('`').next()?;
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|index| index + 1)
 }
 
 fn default_path() -> Option<PathBuf> {
@@ -184,7 +200,8 @@ mod tests {
 
     #[test]
     fn reads_durations_as_seconds_or_text() {
-        let config = parse("default_ttl = 120\nmax_ttl = \"1h\"\ntoken_env = \"MY_TOKEN\"").expect("ok");
+        let config =
+            parse("default_ttl = 120\nmax_ttl = \"1h\"\ntoken_env = \"MY_TOKEN\"").expect("ok");
         assert_eq!(config.default_ttl, Duration::from_secs(120));
         assert_eq!(config.max_ttl, Duration::from_secs(3600));
         assert_eq!(config.token_env, "MY_TOKEN");
@@ -193,9 +210,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_key_and_line() {
-        let err = format!("{:#}", parse("max_ttl = \"1h\"\ncolour = 1").expect_err("unknown key"));
-        assert!(err.contains("/etc/lease.toml") && err.contains("colour") && err.contains("line 2"), "{err}");
-        let err = format!("{:#}", parse("default_ttl = \"2h\"\nmax_ttl = \"1h\"").expect_err("too long"));
+        let err = format!(
+            "{:#}",
+            parse("max_ttl = \"1h\"\ncolour = 1").expect_err("unknown key")
+        );
+        assert!(
+            err.contains("/etc/lease.toml") && err.contains("colour") && err.contains("line 2"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            parse("default_ttl = \"2h\"\nmax_ttl = \"1h\"").expect_err("too long")
+        );
         assert!(err.contains("default_ttl"), "{err}");
         let err = format!("{:#}", parse("token_env = \"1X\"").expect_err("bad name"));
         assert!(err.contains("token_env"), "{err}");

@@ -50,7 +50,8 @@ pub fn main(args: Vec<OsString>) -> Exit {
         Ok(Ok(exit)) => exit,
         Ok(Err(err)) => {
             eprintln!("lease: {err:#}");
-            err.downcast_ref::<ExitError>().map_or(failure, ExitError::exit)
+            err.downcast_ref::<ExitError>()
+                .map_or(failure, ExitError::exit)
         }
         // The hook has printed the panic; any lease was revoked while unwinding.
         Err(_) => failure,

@@ -77,7 +77,10 @@ fn start_time(pid: u32) -> Result<Option<u64>> {
         .map(|end| &stat[end + 1..])
         .context("unexpected /proc stat format")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first().is_some_and(|state| *state == "Z" || *state == "X") {
+    if fields
+        .first()
+        .is_some_and(|state| *state == "Z" || *state == "X")
+    {
         return Ok(None);
     }
     match fields.get(19).map(|t| t.parse::<u64>()) {

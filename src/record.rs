@@ -40,7 +40,11 @@ pub struct Record {
     /// Active, revoked or expired.
     pub state: State,
     /// When the lease was revoked, if it was.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339::option"
+    )]
     pub revoked_at: Option<SystemTime>,
     /// The `lease run` process that owns the lease; `None` for a detached lease from `issue`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

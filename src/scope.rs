@@ -93,7 +93,10 @@ pub fn parse_list<S: AsRef<str>>(values: &[S]) -> Result<Vec<Scope>> {
         bail!("no scope given: pass --scope, e.g. --scope read:articles");
     }
     if scopes.len() > MAX_SCOPES {
-        bail!("too many scopes: {} given, at most {MAX_SCOPES} allowed", scopes.len());
+        bail!(
+            "too many scopes: {} given, at most {MAX_SCOPES} allowed",
+            scopes.len()
+        );
     }
     Ok(scopes)
 }
@@ -159,7 +162,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_scopes() {
-        for bad in ["", "a b", "read:*x", "a*b", "é", "a,b", "x\ny", &"a".repeat(129)] {
+        for bad in [
+            "",
+            "a b",
+            "read:*x",
+            "a*b",
+            "é",
+            "a,b",
+            "x\ny",
+            &"a".repeat(129),
+        ] {
             assert!(Scope::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(Scope::parse(&"a".repeat(128)).is_ok());

@@ -113,7 +113,7 @@ impl Store {
                 return Err(err).with_context(|| format!("reading {}", path.display()));
             }
         };
-        Ok(read_record(&mut file, id, &path)?)
+        read_record(&mut file, id, &path)
     }
 
     /// Changes one record under its lock: `change` gets the current record and returns whether
@@ -139,7 +139,11 @@ impl Store {
     }
 
     /// Removes a record if `should_remove` says so, under the record's lock.
-    pub fn remove_if(&self, id: &LeaseId, should_remove: impl FnOnce(&Loaded) -> bool) -> Result<bool> {
+    pub fn remove_if(
+        &self,
+        id: &LeaseId,
+        should_remove: impl FnOnce(&Loaded) -> bool,
+    ) -> Result<bool> {
         let path = self.path(id);
         let Some(mut locked) = self.lock(&path)? else {
             return Ok(false);
@@ -189,11 +193,17 @@ impl Store {
         };
         let mut removed = 0;
         for entry in entries.flatten() {
-            let is_temp = entry.file_name().to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX));
+            let is_temp = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(TEMP_PREFIX));
             let stale = entry
                 .metadata()
                 .and_then(|m| m.modified())
-                .is_ok_and(|modified| now.duration_since(modified).is_ok_and(|age| age > STALE_TEMP_AGE));
+                .is_ok_and(|modified| {
+                    now.duration_since(modified)
+                        .is_ok_and(|age| age > STALE_TEMP_AGE)
+                });
             if is_temp && stale && fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
@@ -221,8 +231,11 @@ impl Store {
                 Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(err) => return Err(err).with_context(|| format!("opening {}", path.display())),
             };
-            file.lock().with_context(|| format!("locking {}", path.display()))?;
-            let locked = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+            file.lock()
+                .with_context(|| format!("locking {}", path.display()))?;
+            let locked = file
+                .metadata()
+                .with_context(|| format!("reading {}", path.display()))?;
             match fs::symlink_metadata(path) {
                 Ok(current) if current.ino() == locked.ino() && current.dev() == locked.dev() => {
                     return Ok(Some(file));
@@ -249,12 +262,17 @@ fn is_symlink_error(err: &io::Error) -> bool {
 /// Reads and checks a record from an open file. I/O errors are errors; anything wrong with
 /// the content is `Corrupt`, so callers fail closed without stopping.
 fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
-    let meta = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
     if !meta.is_file() {
         return Ok(Loaded::Corrupt("record is not a regular file".into()));
     }
     if meta.len() > MAX_RECORD_BYTES {
-        return Ok(Loaded::Corrupt(format!("record is too large ({} bytes)", meta.len())));
+        return Ok(Loaded::Corrupt(format!(
+            "record is too large ({} bytes)",
+            meta.len()
+        )));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     file.take(MAX_RECORD_BYTES + 1)
@@ -265,10 +283,17 @@ fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
     };
     let record: Record = match toml::from_str(text) {
         Ok(record) => record,
-        Err(err) => return Ok(Loaded::Corrupt(format!("record does not parse: {}", err.message()))),
+        Err(err) => {
+            return Ok(Loaded::Corrupt(format!(
+                "record does not parse: {}",
+                err.message()
+            )));
+        }
     };
     if record.id != id.as_str() || !record.token_sha256.starts_with(id.as_str()) {
-        return Ok(Loaded::Corrupt("record does not belong under this id".into()));
+        return Ok(Loaded::Corrupt(
+            "record does not belong under this id".into(),
+        ));
     }
     Ok(Loaded::Found(record))
 }
@@ -276,7 +301,7 @@ fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
 /// Creates `path` as a 0700 directory if needed and refuses one that another user owns or
 /// that group or others can write: such a directory would let someone else plant records.
 fn ensure_private_dir(path: &Path, what: &str, mode: Open) -> Result<()> {
-    if mode == Open::CreateIfMissing {
+    if mode == Open::CreateIfMissing && fs::symlink_metadata(path).is_err() {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -286,7 +311,9 @@ fn ensure_private_dir(path: &Path, what: &str, mode: Open) -> Result<()> {
     let meta = fs::metadata(path).with_context(|| format!("reading {what} {}", path.display()))?;
     let shown = path.display();
     if !meta.is_dir() {
-        bail!("{what} {shown} is not a directory: point --state-dir or LEASE_STATE_DIR at a directory");
+        bail!(
+            "{what} {shown} is not a directory: point --state-dir or LEASE_STATE_DIR at a directory"
+        );
     }
     let uid = nix::unistd::geteuid().as_raw();
     if meta.uid() != uid {

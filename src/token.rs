@@ -100,7 +100,9 @@ impl LeaseId {
     /// Parses an id given by a user; `None` when it cannot be a lease id.
     pub fn parse(text: &str) -> Option<LeaseId> {
         let valid = text.len() == ID_BYTES * 2
-            && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         valid.then(|| LeaseId(text.to_owned()))
     }
 
@@ -118,10 +120,12 @@ impl fmt::Display for LeaseId {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 #[cfg(test)]
@@ -133,7 +137,10 @@ mod tests {
         let token = Token::mint().expect("mint");
         let body = token.expose().strip_prefix(PREFIX).expect("prefix");
         assert_eq!(body.len(), 43, "32 bytes in unpadded base64");
-        assert!(body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            body.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         assert_ne!(Token::mint().expect("mint"), token);
     }
 
@@ -152,7 +159,12 @@ mod tests {
         assert_eq!(LeaseId::parse(id.as_str()), Some(id.clone()));
         assert!(token.hash().to_hex().starts_with(id.as_str()));
         assert!(token.hash().matches_hex(&token.hash().to_hex()));
-        assert!(!Token::mint().expect("mint").hash().matches_hex(&token.hash().to_hex()));
+        assert!(
+            !Token::mint()
+                .expect("mint")
+                .hash()
+                .matches_hex(&token.hash().to_hex())
+        );
         for bad in ["", "xyz", "ABCDEF012345", "../etc/passw", "0123456789abc"] {
             assert_eq!(LeaseId::parse(bad), None, "{bad}");
         }

@@ -29,7 +29,10 @@ pub fn parse(text: &str) -> Result<Duration> {
         }
     };
     if duration.is_zero() {
-        bail!("invalid duration '{}': it must be more than 0", text.escape_debug());
+        bail!(
+            "invalid duration '{}': it must be more than 0",
+            text.escape_debug()
+        );
     }
     if duration.subsec_nanos() != 0 {
         bail!(
@@ -43,13 +46,21 @@ pub fn parse(text: &str) -> Result<Duration> {
 /// Formats a duration for people in whole seconds, e.g. `4m 58s` or `24h`.
 pub fn human(duration: Duration) -> String {
     let total = duration.as_secs();
-    let parts = [(total / 3600, "h"), (total / 60 % 60, "m"), (total % 60, "s")];
+    let parts = [
+        (total / 3600, "h"),
+        (total / 60 % 60, "m"),
+        (total % 60, "s"),
+    ];
     let shown: Vec<String> = parts
         .iter()
         .filter(|(n, _)| *n > 0)
         .map(|(n, unit)| format!("{n}{unit}"))
         .collect();
-    if shown.is_empty() { "0s".to_owned() } else { shown.join(" ") }
+    if shown.is_empty() {
+        "0s".to_owned()
+    } else {
+        shown.join(" ")
+    }
 }
 
 #[cfg(test)]
@@ -73,7 +84,17 @@ mod tests {
 
     #[test]
     fn rejects_zero_fractions_and_garbage() {
-        for bad in ["0", "0s", "", "-5", "1.5s", "500ms", "5 parsecs", "abc", "99999999999999999999999"] {
+        for bad in [
+            "0",
+            "0s",
+            "",
+            "-5",
+            "1.5s",
+            "500ms",
+            "5 parsecs",
+            "abc",
+            "99999999999999999999999",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

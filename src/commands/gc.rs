@@ -28,6 +28,7 @@ pub fn gc(context: &Context) -> Result<Exit> {
     }
     store.remove_stale_temp_files(now)?;
     let plural = if removed == 1 { "" } else { "s" };
-    writeln!(std::io::stdout().lock(), "removed {removed} lease{plural}").context("writing to standard output")?;
+    writeln!(std::io::stdout().lock(), "removed {removed} lease{plural}")
+        .context("writing to standard output")?;
     Ok(Exit::Success)
 }

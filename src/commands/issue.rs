@@ -31,7 +31,8 @@ pub fn issue(context: &Context, request: IssueRequest) -> Result<Exit> {
             expires_at: rfc3339::format(record.expires_at),
         })?;
     } else {
-        writeln!(std::io::stdout().lock(), "{}", token.expose()).context("writing to standard output")?;
+        writeln!(std::io::stdout().lock(), "{}", token.expose())
+            .context("writing to standard output")?;
     }
     Ok(Exit::Success)
 }

@@ -82,7 +82,14 @@ fn print_table(leases: &[(Record, Status)], now: SystemTime) -> std::io::Result<
                 None => ("-".to_owned(), "(detached)".to_owned()),
             };
             let scope = crate::scope::join(&record.scope);
-            [record.id.clone(), status.as_str().to_owned(), left, pid, command, scope]
+            [
+                record.id.clone(),
+                status.as_str().to_owned(),
+                left,
+                pid,
+                command,
+                scope,
+            ]
         })
         .collect();
     let header = ["ID", "STATE", "EXPIRES IN", "PID", "COMMAND", "SCOPE"].map(str::to_owned);

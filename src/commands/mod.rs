@@ -8,7 +8,7 @@ mod run;
 mod verify;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -61,7 +61,9 @@ impl Context {
 
 fn default_state_dir() -> Result<PathBuf> {
     let Some(dirs) = directories::BaseDirs::new() else {
-        bail!("cannot find a state dir: no home directory is known; set LEASE_STATE_DIR or pass --state-dir");
+        bail!(
+            "cannot find a state dir: no home directory is known; set LEASE_STATE_DIR or pass --state-dir"
+        );
     };
     let base = dirs.state_dir().unwrap_or_else(|| dirs.data_local_dir());
     Ok(base.join("lease"))
@@ -72,14 +74,33 @@ fn default_state_dir() -> Result<PathBuf> {
 const MINT_ATTEMPTS: usize = 4;
 
 /// Mints a token and records its lease.
-fn mint(store: &Store, scope: Vec<Scope>, ttl: Duration, owner: Option<Owner>) -> Result<(Token, Record)> {
-    let issued_at = SystemTime::now();
-    let expires_at = issued_at
-        .checked_add(ttl)
+fn mint(
+    store: &Store,
+    scope: Vec<Scope>,
+    ttl: Duration,
+    owner: Option<Owner>,
+) -> Result<(Token, Record)> {
+    // Records keep whole seconds: issued_at rounds down and expires_at up, so a lease lives at
+    // least its ttl (and less than a second more), and the expiry in LEASE_EXPIRES_AT is exact.
+    let now = SystemTime::now();
+    let since_epoch = now
+        .duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?;
+    let issued_at = UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
+    let end = since_epoch + ttl;
+    let end_secs = end.as_secs() + u64::from(end.subsec_nanos() > 0);
+    let expires_at = UNIX_EPOCH
+        .checked_add(Duration::from_secs(end_secs))
         .context("the ttl reaches past the end of time")?;
     for _ in 0..MINT_ATTEMPTS {
         let token = Token::mint()?;
-        let record = Record::new(token.hash(), scope.clone(), issued_at, expires_at, owner.clone());
+        let record = Record::new(
+            token.hash(),
+            scope.clone(),
+            issued_at,
+            expires_at,
+            owner.clone(),
+        );
         if store.insert(&record)? {
             return Ok((token, record));
         }

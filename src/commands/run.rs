@@ -21,7 +21,9 @@ use crate::token::LeaseId;
 
 pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     let ttl = context.config.ttl(request.ttl)?;
-    let token_env = request.env.unwrap_or_else(|| context.config.token_env.clone());
+    let token_env = request
+        .env
+        .unwrap_or_else(|| context.config.token_env.clone());
     // Watch signals before minting, so that none arriving from here on is lost.
     let mut forwarder = Forwarder::install().context("watching signals")?;
     let store = context.store(Open::CreateIfMissing)?;
@@ -38,9 +40,15 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         (token_env.clone(), token.expose().to_owned()),
         ("LEASE_ID".to_owned(), record.id.clone()),
         ("LEASE_SCOPE".to_owned(), scope::join(&record.scope)),
-        ("LEASE_EXPIRES_AT".to_owned(), rfc3339::format(record.expires_at)),
+        (
+            "LEASE_EXPIRES_AT".to_owned(),
+            rfc3339::format(record.expires_at),
+        ),
     ];
-    set.push(("LEASE_STATE_DIR".to_owned(), store.dir().to_string_lossy().into_owned()));
+    set.push((
+        "LEASE_STATE_DIR".to_owned(),
+        store.dir().to_string_lossy().into_owned(),
+    ));
     // An inherited token under the usual names must not ride along beside the new one.
     let remove = [DEFAULT_TOKEN_ENV, context.config.token_env.as_str()]
         .into_iter()
@@ -54,7 +62,9 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         remove,
     };
     let mut child = child::spawn(spec, forwarder.ignore_in_child())?;
-    let status = forwarder.wait(&mut child).context("waiting for the command")?;
+    let status = forwarder
+        .wait(&mut child)
+        .context("waiting for the command")?;
     let outcome = exit_of(status);
 
     match lease.revoke() {

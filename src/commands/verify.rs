@@ -48,7 +48,11 @@ pub fn verify(context: &Context, request: &VerifyRequest) -> Result<Exit> {
         Ok(decision) => decision,
         Err(err) => {
             if request.json {
-                let reason = if err.is::<NoToken>() { "no token" } else { "error" };
+                let reason = if err.is::<NoToken>() {
+                    "no token"
+                } else {
+                    "error"
+                };
                 print_json(&Decision::deny(reason, String::new(), None))?;
             }
             return Err(err.context("cannot verify"));
@@ -78,10 +82,18 @@ fn authorize(store: &Store, token: &Token, action: &Action, now: SystemTime) -> 
     let record = match store.load(&id)? {
         Loaded::Found(record) if hash.matches_hex(&record.token_sha256) => record,
         Loaded::Found(_) | Loaded::Missing => {
-            return Ok(Decision::deny("unknown", "no lease matches this token".into(), None));
+            return Ok(Decision::deny(
+                "unknown",
+                "no lease matches this token".into(),
+                None,
+            ));
         }
         Loaded::Corrupt(why) => {
-            return Ok(Decision::deny("corrupt record", format!("lease {id}: {why}"), None));
+            return Ok(Decision::deny(
+                "corrupt record",
+                format!("lease {id}: {why}"),
+                None,
+            ));
         }
     };
     let status = record.status(now);
@@ -93,8 +105,15 @@ fn authorize(store: &Store, token: &Token, action: &Action, now: SystemTime) -> 
     let at = |time| rfc3339::format(time);
     let decision = match status {
         Status::Revoked => {
-            let when = record.revoked_at.map(|t| format!(" at {}", at(t))).unwrap_or_default();
-            Decision::deny("revoked", format!("lease {id} was revoked{when}"), Some(&record))
+            let when = record
+                .revoked_at
+                .map(|t| format!(" at {}", at(t)))
+                .unwrap_or_default();
+            Decision::deny(
+                "revoked",
+                format!("lease {id} was revoked{when}"),
+                Some(&record),
+            )
         }
         Status::Expired => {
             let detail = format!("lease {id} expired at {}", at(record.expires_at));

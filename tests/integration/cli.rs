@@ -1,0 +1,81 @@
+//! The command line as users read it: help, version, and usage errors.
+
+use crate::harness::Sandbox;
+
+#[test]
+fn help_teaches_with_examples_and_exits_0() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.lease(["--help"]).run().success();
+    assert!(out.stdout.contains("Usage: lease"), "{out:#?}");
+    assert!(out.stdout.contains("Examples:"), "{out:#?}");
+    for sub in ["run", "verify", "issue", "list", "revoke", "gc"] {
+        assert!(out.stdout.contains(sub), "{sub} missing from help");
+        let help = sandbox.lease([sub, "--help"]).run().success();
+        assert!(
+            help.stdout.contains(&format!("Usage: lease {sub}")),
+            "{help:#?}"
+        );
+    }
+    let run_help = sandbox.lease(["run", "-h"]).run().success().stdout;
+    assert!(
+        run_help.contains("--scope") && run_help.contains("--ttl") && run_help.contains("--env")
+    );
+}
+
+#[test]
+fn version_prints_name_and_version() {
+    let out = Sandbox::new().lease(["-V"]).run().success();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("lease {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn usage_errors_outside_run_exit_2_in_one_line() {
+    let sandbox = Sandbox::new();
+    for args in [
+        &["frobnicate"][..],
+        &["list", "--bogus"],
+        &["gc", "extra"],
+        &["--state-dir"],
+    ] {
+        let out = sandbox.lease(args).run();
+        assert_eq!(out.code(), Some(2), "{args:?}: {out:#?}");
+        out.one_error_line();
+    }
+    let bare = sandbox.lease(Vec::<&str>::new()).run();
+    assert_eq!(bare.code(), Some(2));
+    assert!(bare.stderr.contains("Usage: lease"), "{bare:#?}");
+}
+
+#[test]
+fn non_utf8_arguments_are_handled() {
+    use std::os::unix::ffi::OsStrExt;
+    let sandbox = Sandbox::new();
+    let bad = std::ffi::OsStr::from_bytes(b"read:\xff");
+    let out = sandbox
+        .lease([
+            std::ffi::OsStr::new("run"),
+            std::ffi::OsStr::new("--scope"),
+            bad,
+            std::ffi::OsStr::new("--"),
+            std::ffi::OsStr::new("true"),
+        ])
+        .run();
+    assert_eq!(out.code(), Some(125), "{out:#?}");
+    out.one_error_line();
+    // The command's own arguments may be any bytes.
+    let out = sandbox
+        .lease([
+            std::ffi::OsStr::new("run"),
+            std::ffi::OsStr::new("--scope"),
+            std::ffi::OsStr::new("a"),
+            std::ffi::OsStr::new("--"),
+            std::ffi::OsStr::new("printf"),
+            std::ffi::OsStr::new("%s"),
+            bad,
+        ])
+        .run();
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+}

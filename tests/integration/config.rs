@@ -1,0 +1,116 @@
+//! The config file: defaults, limits, the token variable, and errors that name the key.
+
+use std::time::{Duration, SystemTime};
+
+use crate::harness::Sandbox;
+
+#[test]
+fn default_ttl_and_token_env_apply_to_run_and_verify() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("default_ttl = \"2m\"\ntoken_env = \"AGENT_TOKEN\"\n");
+    let before = SystemTime::now();
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--", "sh", "-c"])
+        .arg("echo $LEASE_EXPIRES_AT ${LEASE_TOKEN-none} ${AGENT_TOKEN%%_*}; lease verify a && echo granted")
+        .run()
+        .success();
+    let fields: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(fields[1..], ["none", "agt", "granted"], "{out:#?}");
+    let expires = humantime::parse_rfc3339(fields[0]).unwrap();
+    let ttl = expires.duration_since(before).unwrap();
+    assert!(
+        ttl > Duration::from_secs(118) && ttl <= Duration::from_secs(122),
+        "{ttl:?}"
+    );
+}
+
+#[test]
+fn max_ttl_refuses_longer_leases_naming_the_file() {
+    let sandbox = Sandbox::new();
+    let path = sandbox.write_config("max_ttl = 60\n");
+    sandbox
+        .lease(["run", "--scope", "a", "--ttl", "61", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has(path.to_str().unwrap());
+    sandbox
+        .lease(["issue", "--scope", "a", "--ttl", "2m"])
+        .run()
+        .code_is(2)
+        .one_error_line();
+    sandbox
+        .lease(["run", "--scope", "a", "--ttl", "60", "--", "true"])
+        .run()
+        .success();
+    // The built-in default (600 s) is capped by a smaller max_ttl rather than refused.
+    sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .run()
+        .success();
+    assert!(sandbox.records().len() == 2);
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_errors_naming_key_and_file() {
+    let sandbox = Sandbox::new();
+    let path = sandbox.write_config("default_ttl = \"5m\"\ncolour = \"blue\"\n");
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert!(
+        out.stderr.contains("colour") && out.stderr.contains(path.to_str().unwrap()),
+        "{out:#?}"
+    );
+    assert!(out.stderr.contains("line 2"), "{out:#?}");
+    sandbox
+        .lease(["list"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("colour");
+
+    sandbox.write_config("max_ttl = \"forever\"\n");
+    sandbox
+        .lease(["list"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("max_ttl");
+    sandbox.write_config("token_env = \"not valid\"\n");
+    sandbox
+        .lease(["list"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("token_env");
+    assert!(sandbox.records().is_empty());
+}
+
+#[test]
+fn config_flag_and_env_pick_the_file_and_a_missing_one_is_an_error() {
+    let sandbox = Sandbox::new();
+    let custom = sandbox.path("custom.toml");
+    std::fs::write(&custom, "max_ttl = 10\n").unwrap();
+    let custom = custom.to_str().unwrap();
+    sandbox
+        .lease([
+            "--config", custom, "run", "--scope", "a", "--ttl", "11", "--", "true",
+        ])
+        .run()
+        .code_is(125);
+    sandbox
+        .lease(["run", "--scope", "a", "--ttl", "11", "--", "true"])
+        .env("LEASE_CONFIG", custom)
+        .run()
+        .code_is(125)
+        .stderr_has(custom);
+    sandbox
+        .lease(["list", "--config", "/nonexistent/lease.toml"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("/nonexistent/lease.toml");
+}

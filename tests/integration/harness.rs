@@ -1,0 +1,368 @@
+//! A small harness: each test gets a sandbox (its own state dir, config home and HOME), runs
+//! the real `lease` binary in it, and asserts on status, stdout and stderr.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a test waits for an event before failing.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+pub fn lease_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lease"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A private directory tree standing in for one user's machine.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for sub in ["home", "config"] {
+            fs::create_dir(dir.path().join(sub)).expect("sandbox dirs");
+        }
+        Sandbox { dir }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path("state")
+    }
+
+    pub fn leases_dir(&self) -> PathBuf {
+        self.state_dir().join("leases")
+    }
+
+    /// Writes the default config file ($XDG_CONFIG_HOME/lease/config.toml).
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.path("config/lease/config.toml");
+        fs::create_dir_all(path.parent().expect("parent")).expect("config dir");
+        fs::write(&path, text).expect("config");
+        path
+    }
+
+    /// A `lease` command with this sandbox's environment and nothing else of the caller's,
+    /// except PATH (with lease's own directory first).
+    pub fn lease<I, S>(&self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(lease_bin());
+        command.args(args);
+        self.environment(&mut command);
+        Cmd {
+            command,
+            stdin: None,
+        }
+    }
+
+    /// A `sh -c SCRIPT` command in this sandbox, with `lease` on PATH.
+    pub fn sh(&self, script: &str) -> Cmd {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script);
+        self.environment(&mut command);
+        Cmd {
+            command,
+            stdin: None,
+        }
+    }
+
+    fn environment(&self, command: &mut Command) {
+        let bin_dir = lease_bin().parent().expect("bin dir");
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        command
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", self.path("home"))
+            .env("XDG_CONFIG_HOME", self.path("config"))
+            .env("XDG_STATE_HOME", self.path("xdg-state"))
+            .env("LEASE_STATE_DIR", self.state_dir())
+            .env("LANG", "C.UTF-8")
+            .current_dir(self.dir.path());
+    }
+
+    /// Every lease record on disk, parsed, by id.
+    pub fn records(&self) -> BTreeMap<String, toml::Table> {
+        let Ok(entries) = fs::read_dir(self.leases_dir()) else {
+            return BTreeMap::new();
+        };
+        entries
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .map(|p| {
+                let text = fs::read_to_string(&p).expect("record");
+                let id = p.file_stem().expect("stem").to_string_lossy().into_owned();
+                (id, text.parse::<toml::Table>().expect("record parses"))
+            })
+            .collect()
+    }
+
+    /// Every file under the state dir (recursively).
+    pub fn state_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&self.state_dir(), &mut files);
+        files
+    }
+
+    /// Mints a detached lease and returns its token.
+    pub fn issue(&self, scope: &str) -> String {
+        let out = self.lease(["issue", "--scope", scope]).run().success();
+        out.stdout.trim().to_owned()
+    }
+}
+
+/// A command about to run.
+pub struct Cmd {
+    pub command: Command,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Cmd {
+    /// Appends an argument (for the command after `--`, say).
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Cmd {
+        self.command.arg(arg);
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: impl AsRef<OsStr>) -> Cmd {
+        self.command.env(name, value);
+        self
+    }
+
+    pub fn env_remove(mut self, name: &str) -> Cmd {
+        self.command.env_remove(name);
+        self
+    }
+
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Cmd {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// Runs to completion (failing the test if it takes longer than PATIENCE).
+    pub fn run(mut self) -> Out {
+        self.command
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.command.spawn().expect("spawn");
+        if let Some(bytes) = self.stdin.take() {
+            let mut stdin = child.stdin.take().expect("stdin");
+            thread::spawn(move || {
+                let _ = stdin.write_all(&bytes);
+            });
+        }
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let out_thread = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        let err_thread = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let status = wait_for_exit(&mut child);
+        Out {
+            status,
+            stdout: out_thread.join().expect("stdout thread"),
+            stderr: err_thread.join().expect("stderr thread"),
+        }
+    }
+
+    /// Starts it with stdout readable line by line; stderr is collected.
+    pub fn start(mut self) -> Running {
+        self.command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.command.spawn().expect("spawn");
+        let lines = Lines::from(child.stdout.take().expect("stdout"));
+        Running { child, lines }
+    }
+}
+
+/// A finished command.
+#[derive(Debug)]
+pub struct Out {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    #[track_caller]
+    pub fn success(self) -> Out {
+        self.code_is(0)
+    }
+
+    #[track_caller]
+    pub fn code_is(self, code: i32) -> Out {
+        assert_eq!(self.code(), Some(code), "unexpected status: {self:#?}");
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_has(self, needle: &str) -> Out {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}: {self:#?}"
+        );
+        self
+    }
+
+    /// stderr is exactly one `lease: ...` line.
+    #[track_caller]
+    pub fn one_error_line(self) -> Out {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one line on stderr: {self:#?}");
+        assert!(lines[0].starts_with("lease: "), "{self:#?}");
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
+    }
+}
+
+/// Lines of a child's output, read on a thread so that waiting for one can time out.
+pub struct Lines {
+    rx: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn from(reader: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the next line that contains `needle`, returning it.
+    #[track_caller]
+    pub fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line containing {needle:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Every line until the writer closes the stream.
+    pub fn rest(mut self) -> Vec<String> {
+        while let Ok(line) = self.rx.recv_timeout(PATIENCE) {
+            self.seen.push(line);
+        }
+        self.seen
+    }
+}
+
+/// A started command.
+pub struct Running {
+    pub child: Child,
+    pub lines: Lines,
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid")
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("kill");
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        wait_for_exit(&mut self.child)
+    }
+}
+
+/// Waits for a child to exit, failing the test after PATIENCE.
+pub fn wait_for_exit(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {PATIENCE:?}", child.id());
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The signal a status reports a death by, if any.
+pub fn death_signal(status: ExitStatus) -> Option<i32> {
+    status.signal()
+}
+
+/// Kills a process by pid, ignoring "no such process".
+pub fn kill_pid(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real `lease` binary against real processes, signals, a real
+//! pseudo-terminal and real shells. Each test runs in its own sandbox (see `harness`).
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod config;
+mod harness;
+mod manage;
+mod run;
+mod signals;
+mod store;
+mod verify;

@@ -1,0 +1,274 @@
+//! `issue`, `list`, `revoke` and `gc`.
+
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+
+use crate::harness::{Sandbox, kill_pid};
+
+#[test]
+fn issue_prints_the_token_alone_or_json() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["issue", "--scope", "deploy:staging"])
+        .run()
+        .success();
+    assert!(
+        out.stdout.starts_with("agt_") && out.stdout.ends_with('\n'),
+        "{out:#?}"
+    );
+    assert_eq!(out.stdout.lines().count(), 1);
+    assert!(out.stderr.is_empty());
+
+    let json = sandbox
+        .lease([
+            "issue",
+            "--scope",
+            "read:*,write:draft",
+            "--ttl",
+            "1h",
+            "--json",
+        ])
+        .run()
+        .success()
+        .json();
+    let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 4, "{json}");
+    assert!(json["token"].as_str().unwrap().starts_with("agt_"));
+    assert_eq!(json["scope"], serde_json::json!(["read:*", "write:draft"]));
+    let expires = humantime::parse_rfc3339(json["expires_at"].as_str().unwrap()).unwrap();
+    let left = expires.duration_since(SystemTime::now()).unwrap();
+    assert!(
+        left > Duration::from_secs(3590) && left <= Duration::from_secs(3601),
+        "{left:?}"
+    );
+    assert_eq!(json["id"].as_str().unwrap().len(), 12);
+}
+
+#[test]
+fn issue_rejects_bad_arguments_with_2() {
+    let sandbox = Sandbox::new();
+    for args in [
+        &["issue"][..],
+        &["issue", "--scope", "a b"],
+        &["issue", "--scope", "a", "--ttl", "0"],
+    ] {
+        sandbox.lease(args).run().code_is(2).one_error_line();
+    }
+    assert!(sandbox.records().is_empty());
+}
+
+#[test]
+fn list_shows_active_leases_and_all_adds_ended_ones() {
+    let sandbox = Sandbox::new();
+    let detached = sandbox
+        .lease(["issue", "--scope", "a", "--json"])
+        .run()
+        .success()
+        .json();
+    let gone = sandbox
+        .lease(["issue", "--scope", "b", "--json"])
+        .run()
+        .success()
+        .json();
+    sandbox
+        .lease(["revoke", gone["id"].as_str().unwrap()])
+        .run()
+        .success();
+    let mut run = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "c:1,c:2",
+            "--",
+            "sh",
+            "-c",
+            "echo ready; exec sleep 60",
+        ])
+        .start();
+    run.lines.expect("ready");
+
+    let active = sandbox.lease(["list", "--json"]).run().success().json();
+    let active = active.as_array().unwrap();
+    assert_eq!(active.len(), 2, "{active:?}");
+    let entry = &active[0];
+    assert_eq!(entry["id"], detached["id"]);
+    assert_eq!(entry["scope"], serde_json::json!(["a"]));
+    assert_eq!(entry["pid"], serde_json::Value::Null);
+    assert_eq!(entry["command"], serde_json::Value::Null);
+    assert_eq!(entry["state"], "active");
+    let keys: Vec<&String> = entry.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "command",
+            "expires_at",
+            "id",
+            "issued_at",
+            "pid",
+            "scope",
+            "state"
+        ]
+    );
+    let owned = &active[1];
+    assert_eq!(owned["pid"], run.pid());
+    assert_eq!(owned["command"], "sh");
+    assert_eq!(owned["scope"], serde_json::json!(["c:1", "c:2"]));
+
+    let all = sandbox
+        .lease(["list", "--all", "--json"])
+        .run()
+        .success()
+        .json();
+    let states: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 3);
+    assert!(states.contains(&"revoked"));
+
+    let table = sandbox.lease(["list"]).run().success().stdout;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("EXPIRES IN"),
+        "{table}"
+    );
+    assert!(
+        lines[1].contains(detached["id"].as_str().unwrap()) && lines[1].contains("9m"),
+        "{table}"
+    );
+
+    run.signal(Signal::SIGTERM);
+    run.wait();
+}
+
+#[test]
+fn list_of_an_empty_store_prints_nothing_or_an_empty_array() {
+    let sandbox = Sandbox::new();
+    assert_eq!(sandbox.lease(["list"]).run().success().stdout, "");
+    assert_eq!(
+        sandbox.lease(["list", "--json"]).run().success().json(),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn revoke_by_id_twice_unknown_and_all() {
+    let sandbox = Sandbox::new();
+    let first = sandbox
+        .lease(["issue", "--scope", "a", "--json"])
+        .run()
+        .success()
+        .json();
+    let second = sandbox.issue("b");
+    let id = first["id"].as_str().unwrap();
+    sandbox.lease(["revoke", id]).run().success();
+    sandbox.lease(["revoke", id]).run().success();
+    sandbox
+        .lease(["revoke", "0123456789ab"])
+        .run()
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("unknown lease id");
+    sandbox
+        .lease(["revoke", "../../etc/passwd"])
+        .run()
+        .code_is(1);
+    sandbox
+        .lease(["revoke", id, "ffffffffffff"])
+        .run()
+        .code_is(1);
+    sandbox.lease(["revoke"]).run().code_is(2).one_error_line();
+    sandbox
+        .lease(["revoke", id, "--all"])
+        .run()
+        .code_is(2)
+        .one_error_line();
+
+    sandbox
+        .lease(["verify", "b"])
+        .env("LEASE_TOKEN", &second)
+        .run()
+        .success();
+    sandbox.lease(["revoke", "--all"]).run().success();
+    sandbox
+        .lease(["verify", "b"])
+        .env("LEASE_TOKEN", &second)
+        .run()
+        .code_is(1)
+        .stderr_has("revoked");
+    assert_eq!(
+        sandbox.lease(["list", "--json"]).run().success().json(),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn gc_removes_expired_revoked_past_expiry_and_owner_gone_records() {
+    let sandbox = Sandbox::new();
+    let active = sandbox
+        .lease(["issue", "--scope", "keep", "--json"])
+        .run()
+        .success()
+        .json();
+    let tombstone = sandbox
+        .lease(["issue", "--scope", "tomb", "--json"])
+        .run()
+        .success()
+        .json();
+    sandbox
+        .lease(["revoke", tombstone["id"].as_str().unwrap()])
+        .run()
+        .success();
+    let short = sandbox
+        .lease(["issue", "--scope", "short", "--ttl", "1", "--json"])
+        .run()
+        .success()
+        .json();
+    let revoked_short = sandbox
+        .lease(["issue", "--scope", "rs", "--ttl", "1", "--json"])
+        .run()
+        .success()
+        .json();
+    sandbox
+        .lease(["revoke", revoked_short["id"].as_str().unwrap()])
+        .run()
+        .success();
+
+    let mut orphaned = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "orphan",
+            "--",
+            "sh",
+            "-c",
+            "echo $$; exec sleep 60",
+        ])
+        .start();
+    let child: i32 = orphaned.lines.expect("").trim().parse().unwrap();
+    orphaned.signal(Signal::SIGKILL);
+    orphaned.wait();
+    kill_pid(child);
+
+    let expires = humantime::parse_rfc3339(short["expires_at"].as_str().unwrap()).unwrap();
+    if let Ok(left) = expires.duration_since(SystemTime::now()) {
+        std::thread::sleep(left + Duration::from_millis(50));
+    }
+    let out = sandbox.lease(["gc"]).run().success();
+    assert_eq!(out.stdout.trim(), "removed 3 leases", "{out:#?}");
+    let left: Vec<String> = sandbox.records().into_keys().collect();
+    let mut expected = vec![
+        active["id"].as_str().unwrap().to_owned(),
+        tombstone["id"].as_str().unwrap().to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
+    assert_eq!(
+        sandbox.lease(["gc"]).run().success().stdout.trim(),
+        "removed 0 leases"
+    );
+}

@@ -1,0 +1,289 @@
+//! `lease run`: the child's environment, exit statuses, and revocation on every path.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::harness::{PATIENCE, Sandbox, death_signal, kill_pid};
+
+#[test]
+fn child_gets_the_five_variables() {
+    let sandbox = Sandbox::new();
+    let before = SystemTime::now();
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "read:articles,write:draft",
+            "--scope",
+            "read:x",
+            "--ttl",
+            "300",
+            "--",
+        ])
+        .arg("sh")
+        .arg("-c")
+        .arg("env | grep ^LEASE_")
+        .run()
+        .success();
+    let vars: std::collections::BTreeMap<&str, &str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    assert_eq!(vars.len(), 5, "{vars:?}");
+
+    let token = vars["LEASE_TOKEN"];
+    let body = token.strip_prefix("agt_").expect("agt_ prefix");
+    assert!(
+        body.len() >= 32,
+        "at least 24 random bytes in base64: {token}"
+    );
+    assert!(
+        body.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "base64url: {token}"
+    );
+
+    let id = vars["LEASE_ID"];
+    assert!(
+        id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert!(!token.contains(id), "the id is not a piece of the token");
+
+    assert_eq!(vars["LEASE_SCOPE"], "read:articles,write:draft,read:x");
+    assert_eq!(
+        vars["LEASE_STATE_DIR"],
+        sandbox.state_dir().to_str().unwrap()
+    );
+
+    let expires = humantime::parse_rfc3339(vars["LEASE_EXPIRES_AT"]).expect("RFC 3339 UTC");
+    let ttl = expires.duration_since(before).expect("in the future");
+    assert!(
+        ttl >= Duration::from_secs(299) && ttl <= Duration::from_secs(302),
+        "{ttl:?}"
+    );
+}
+
+#[test]
+fn env_flag_moves_the_token_and_drops_an_inherited_one() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--env", "GITHUB_TOKEN", "--"])
+        .arg("sh")
+        .arg("-c")
+        .arg("echo \"gh=$GITHUB_TOKEN lt=${LEASE_TOKEN-unset}\"")
+        .env("LEASE_TOKEN", "agt_inherited")
+        .run()
+        .success();
+    assert!(out.stdout.starts_with("gh=agt_"), "{}", out.stdout);
+    assert!(
+        out.stdout.trim_end().ends_with("lt=unset"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn relative_state_dir_is_passed_on_as_absolute() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--"])
+        .arg("sh")
+        .arg("-c")
+        .arg("echo $LEASE_STATE_DIR")
+        .env("LEASE_STATE_DIR", "rel/state")
+        .run()
+        .success();
+    assert_eq!(
+        out.stdout.trim(),
+        sandbox.path("rel/state").to_str().unwrap()
+    );
+}
+
+#[test]
+fn exit_code_of_the_child_is_lease_exit_code() {
+    let sandbox = Sandbox::new();
+    for code in [0, 1, 42, 255] {
+        sandbox
+            .lease([
+                "run",
+                "--scope",
+                "a",
+                "--",
+                "sh",
+                "-c",
+                &format!("exit {code}"),
+            ])
+            .run()
+            .code_is(code);
+    }
+}
+
+#[test]
+fn child_killed_by_a_signal_kills_lease_with_the_same_signal() {
+    let sandbox = Sandbox::new();
+    for (name, number) in [("KILL", 9), ("TERM", 15), ("INT", 2)] {
+        let out = sandbox
+            .lease([
+                "run",
+                "--scope",
+                "a",
+                "--",
+                "sh",
+                "-c",
+                &format!("kill -{name} $$"),
+            ])
+            .run();
+        assert_eq!(death_signal(out.status), Some(number), "{name}: {out:#?}");
+        assert!(out.stderr.is_empty(), "{out:#?}");
+    }
+    // As the shell sees it: 128 + N.
+    let out = sandbox
+        .sh("lease run --scope a -- sh -c 'kill -TERM $$'; echo status=$?")
+        .run()
+        .success();
+    assert_eq!(out.stdout.trim(), "status=143");
+    // Every one of those leases was revoked.
+    assert!(
+        sandbox
+            .records()
+            .values()
+            .all(|r| r["state"].as_str() == Some("revoked"))
+    );
+}
+
+#[test]
+fn command_not_found_is_127_and_not_executable_is_126() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .lease(["run", "--scope", "a", "--", "no-such-command-anywhere"])
+        .run()
+        .code_is(127)
+        .one_error_line()
+        .stderr_has("command not found");
+    let script = sandbox.path("not-executable.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    sandbox
+        .lease(["run", "--scope", "a", "--"])
+        .arg(script.to_str().unwrap())
+        .run()
+        .code_is(126)
+        .one_error_line()
+        .stderr_has("permission denied");
+    let records = sandbox.records();
+    assert_eq!(records.len(), 2);
+    assert!(
+        records
+            .values()
+            .all(|r| r["state"].as_str() == Some("revoked")),
+        "{records:?}"
+    );
+}
+
+#[test]
+fn every_bad_argument_is_125_with_one_line_and_no_lease() {
+    let sandbox = Sandbox::new();
+    let cases: &[&[&str]] = &[
+        &["run", "--", "true"],
+        &["run", "--scope", "a"],
+        &["run", "--scope", "a", "true"],
+        &["run", "--scope", "", "--", "true"],
+        &["run", "--scope", "a,,b", "--", "true"],
+        &["run", "--scope", "a b", "--", "true"],
+        &["run", "--scope", "read:*x", "--", "true"],
+        &["run", "--scope", "a;rm", "--", "true"],
+        &["run", "--scope", &"x".repeat(129), "--", "true"],
+        &["run", "--scope", "a", "--ttl", "0", "--", "true"],
+        &["run", "--scope", "a", "--ttl", "-5", "--", "true"],
+        &["run", "--scope", "a", "--ttl", "soon", "--", "true"],
+        &["run", "--scope", "a", "--ttl", "1.5s", "--", "true"],
+        &["run", "--scope", "a", "--ttl", "25h", "--", "true"],
+        &["run", "--scope", "a", "--env", "1BAD", "--", "true"],
+        &["run", "--scope", "a", "--env", "", "--", "true"],
+        &["run", "--scope", "a", "--bogus", "--", "true"],
+        &["run", "--scope", "a", "--ttl", "--", "true"],
+        &["run", "--state-dir", "--scope", "a", "--", "true"],
+    ];
+    for args in cases {
+        let out = sandbox.lease(*args).run();
+        assert_eq!(out.code(), Some(125), "{args:?}: {out:#?}");
+        let out = out.one_error_line();
+        assert!(!out.stderr.contains("panicked"), "{out:#?}");
+    }
+    assert!(
+        sandbox.records().is_empty(),
+        "a bad argument left a lease behind"
+    );
+}
+
+#[test]
+fn missing_separator_error_says_how_to_fix_it() {
+    Sandbox::new()
+        .lease(["run", "--scope", "a", "echo", "hi"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("put `--` before the command");
+}
+
+#[test]
+fn lease_returns_when_the_child_exits_even_if_a_grandchild_lives_on() {
+    let sandbox = Sandbox::new();
+    let started = Instant::now();
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            "sleep 60 >/dev/null 2>&1 & echo $!",
+        ])
+        .run()
+        .success();
+    assert!(
+        started.elapsed() < PATIENCE / 2,
+        "took {:?}",
+        started.elapsed()
+    );
+    let grandchild: i32 = out.stdout.trim().parse().unwrap();
+    assert!(
+        std::path::Path::new(&format!("/proc/{grandchild}")).exists(),
+        "grandchild still runs"
+    );
+    kill_pid(grandchild);
+    assert!(
+        sandbox
+            .records()
+            .values()
+            .all(|r| r["state"].as_str() == Some("revoked"))
+    );
+}
+
+#[test]
+fn child_keeps_stdin() {
+    let out = Sandbox::new()
+        .lease(["run", "--scope", "a", "--", "cat"])
+        .stdin("piped through\n")
+        .run()
+        .success();
+    assert_eq!(out.stdout, "piped through\n");
+}
+
+#[test]
+fn token_is_revoked_after_the_run() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--", "sh", "-c", "echo $LEASE_TOKEN"])
+        .run()
+        .success();
+    let token = out.stdout.trim();
+    sandbox
+        .lease(["verify", "a"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("revoked");
+}

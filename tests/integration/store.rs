@@ -1,0 +1,279 @@
+//! The store: private permissions, no token at rest or on any argv, refusal of unsafe state
+//! dirs, and records that cannot be read failing closed.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use crate::harness::Sandbox;
+
+fn mode(path: &std::path::Path) -> u32 {
+    fs::metadata(path).unwrap().mode() & 0o777
+}
+
+#[test]
+fn state_dir_is_0700_and_records_are_0600() {
+    let sandbox = Sandbox::new();
+    sandbox.issue("a");
+    sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .run()
+        .success();
+    assert_eq!(mode(&sandbox.state_dir()), 0o700);
+    assert_eq!(mode(&sandbox.leases_dir()), 0o700);
+    let files = sandbox.state_files();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for file in files {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+}
+
+#[test]
+fn default_state_dir_is_under_xdg_state_home() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            "echo $LEASE_STATE_DIR",
+        ])
+        .env_remove("LEASE_STATE_DIR")
+        .run()
+        .success();
+    assert_eq!(mode(&sandbox.path("xdg-state/lease")), 0o700);
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            "echo $LEASE_STATE_DIR",
+        ])
+        .env_remove("LEASE_STATE_DIR")
+        .env_remove("XDG_STATE_HOME")
+        .run()
+        .success();
+    assert_eq!(
+        out.stdout.trim(),
+        sandbox.path("home/.local/state/lease").to_str().unwrap()
+    );
+}
+
+#[test]
+fn the_token_is_in_no_file_and_on_no_argv() {
+    let sandbox = Sandbox::new();
+    let mut run = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            "echo $LEASE_TOKEN; read line; lease verify a",
+        ])
+        .start();
+    let token = run.lines.expect("agt_");
+    let secret = token.strip_prefix("agt_").unwrap();
+
+    // While the run is live: no process's command line holds it, and no file in the store.
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
+            assert!(
+                !contains(&cmdline, secret.as_bytes()),
+                "token on the argv of {:?}",
+                entry.path()
+            );
+        }
+    }
+    let assert_not_in_store = || {
+        for file in sandbox.state_files() {
+            let bytes = fs::read(&file).unwrap();
+            assert!(
+                !contains(&bytes, secret.as_bytes()),
+                "token in {}",
+                file.display()
+            );
+        }
+    };
+    assert_not_in_store();
+
+    use std::io::Write;
+    run.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(run.wait().code(), Some(0));
+    assert_not_in_store();
+    assert!(!sandbox.state_files().is_empty());
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn group_or_world_writable_state_dir_is_refused() {
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("a");
+    fs::set_permissions(sandbox.state_dir(), fs::Permissions::from_mode(0o777)).unwrap();
+    let shown = sandbox.state_dir().display().to_string();
+    sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has(&shown)
+        .stderr_has(&format!("chmod 700 {shown}"));
+    sandbox
+        .lease(["verify", "a"])
+        .env("LEASE_TOKEN", &token)
+        .run()
+        .code_is(2)
+        .stderr_has(&shown);
+    for args in [
+        &["list"][..],
+        &["issue", "--scope", "a"],
+        &["gc"],
+        &["revoke", "--all"],
+    ] {
+        sandbox.lease(args).run().code_is(2).one_error_line();
+    }
+    fs::set_permissions(sandbox.state_dir(), fs::Permissions::from_mode(0o770)).unwrap();
+    sandbox
+        .lease(["list"])
+        .run()
+        .code_is(2)
+        .stderr_has("group or others");
+    // Readable by others is allowed (the store holds only hashes), writable is not.
+    fs::set_permissions(sandbox.state_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    sandbox
+        .lease(["verify", "a"])
+        .env("LEASE_TOKEN", &token)
+        .run()
+        .success();
+}
+
+#[test]
+fn state_dir_owned_by_someone_else_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        // Only root can hand a directory to another user; CI runs as root.
+        return;
+    }
+    let sandbox = Sandbox::new();
+    fs::create_dir(sandbox.state_dir()).unwrap();
+    fs::set_permissions(sandbox.state_dir(), fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(sandbox.state_dir(), Some(65534), Some(65534)).unwrap();
+    sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("owned by uid 65534");
+}
+
+#[test]
+fn state_dir_that_is_a_file_is_an_error() {
+    let sandbox = Sandbox::new();
+    fs::write(sandbox.state_dir(), "not a dir").unwrap();
+    sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("not a directory");
+    sandbox.lease(["list"]).run().code_is(2).one_error_line();
+}
+
+#[test]
+fn a_corrupt_record_fails_closed_is_skipped_by_list_and_stops_nothing_else() {
+    let sandbox = Sandbox::new();
+    let broken = sandbox
+        .lease(["issue", "--scope", "a", "--json"])
+        .run()
+        .success()
+        .json();
+    let healthy = sandbox
+        .lease(["issue", "--scope", "a", "--json"])
+        .run()
+        .success()
+        .json();
+    let path = sandbox
+        .leases_dir()
+        .join(format!("{}.toml", broken["id"].as_str().unwrap()));
+    for garbage in [
+        &b""[..],
+        b"state = \"active\"\n",
+        b"\x00\xff\xfe binary",
+        b"id = \"x\"\n[[[",
+        &vec![b'#'; 100_000],
+    ] {
+        fs::write(&path, garbage).unwrap();
+        sandbox
+            .lease(["verify", "a"])
+            .env("LEASE_TOKEN", broken["token"].as_str().unwrap())
+            .run()
+            .code_is(1)
+            .one_error_line()
+            .stderr_has("corrupt record");
+        let listed = sandbox.lease(["list", "--json"]).run().success();
+        assert!(
+            listed.stderr.contains("warning: skipping lease"),
+            "{listed:#?}"
+        );
+        let json = listed.json();
+        let ids: Vec<&str> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [healthy["id"].as_str().unwrap()]);
+        sandbox
+            .lease(["run", "--scope", "b", "--", "lease", "verify", "b"])
+            .run()
+            .success();
+    }
+    // A valid record for another token under this id is not this token's.
+    let other = fs::read(
+        sandbox
+            .leases_dir()
+            .join(format!("{}.toml", healthy["id"].as_str().unwrap())),
+    )
+    .unwrap();
+    fs::write(&path, other).unwrap();
+    sandbox
+        .lease(["verify", "a"])
+        .env("LEASE_TOKEN", broken["token"].as_str().unwrap())
+        .run()
+        .code_is(1);
+    // gc clears what cannot be read.
+    fs::write(&path, "garbage").unwrap();
+    let out = sandbox.lease(["gc"]).run().success();
+    assert!(out.stderr.contains("removing unreadable lease"), "{out:#?}");
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_symlinked_record_is_not_followed() {
+    let sandbox = Sandbox::new();
+    let issued = sandbox
+        .lease(["issue", "--scope", "a", "--json"])
+        .run()
+        .success()
+        .json();
+    let path = sandbox
+        .leases_dir()
+        .join(format!("{}.toml", issued["id"].as_str().unwrap()));
+    let elsewhere = sandbox.path("planted.toml");
+    fs::rename(&path, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+    sandbox
+        .lease(["verify", "a"])
+        .env("LEASE_TOKEN", issued["token"].as_str().unwrap())
+        .run()
+        .code_is(1)
+        .stderr_has("corrupt record");
+}

@@ -1,0 +1,247 @@
+//! `lease verify`: decisions, reasons, token sources and JSON.
+
+use std::time::{Duration, SystemTime};
+
+use crate::harness::Sandbox;
+
+fn verify(sandbox: &Sandbox, token: &str, action: &str) -> crate::harness::Out {
+    sandbox
+        .lease(["verify", action])
+        .env("LEASE_TOKEN", token)
+        .run()
+}
+
+#[test]
+fn granted_inside_a_run_and_out_of_scope_names_the_reason() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "read:articles,write:draft",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(
+            "lease verify read:articles && lease verify write:draft && echo both-granted; \
+             lease verify write:prod; echo denied=$?",
+        )
+        .run()
+        .success();
+    assert!(out.stdout.contains("both-granted"), "{out:#?}");
+    assert!(out.stdout.contains("denied=1"), "{out:#?}");
+    let denial: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(denial.len(), 1, "{out:#?}");
+    assert!(
+        denial[0].starts_with("lease: denied: out of scope"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn wildcard_scopes_grant_by_prefix_only() {
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("read:*,deploy:staging");
+    verify(&sandbox, &token, "read:articles").success();
+    verify(&sandbox, &token, "read:").success();
+    verify(&sandbox, &token, "deploy:staging").success();
+    verify(&sandbox, &token, "deploy:staging2")
+        .code_is(1)
+        .stderr_has("out of scope");
+    verify(&sandbox, &token, "write:articles")
+        .code_is(1)
+        .stderr_has("out of scope");
+    verify(&sandbox, &token, "rea")
+        .code_is(1)
+        .stderr_has("out of scope");
+}
+
+#[test]
+fn unknown_token_is_denied() {
+    let sandbox = Sandbox::new();
+    sandbox.issue("a");
+    verify(
+        &sandbox,
+        "agt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "a",
+    )
+    .code_is(1)
+    .one_error_line()
+    .stderr_has("unknown");
+    verify(&sandbox, "not-even-a-lease-token", "a")
+        .code_is(1)
+        .stderr_has("unknown");
+    // A store that does not exist yet knows no token either, and verify does not create it.
+    let empty = Sandbox::new();
+    verify(&empty, "agt_x", "a")
+        .code_is(1)
+        .stderr_has("unknown");
+    assert!(!empty.state_dir().exists());
+}
+
+#[test]
+fn revoked_token_is_denied_as_revoked() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["issue", "--scope", "a", "--json"])
+        .run()
+        .success()
+        .json();
+    let token = out["token"].as_str().unwrap();
+    sandbox
+        .lease(["revoke", out["id"].as_str().unwrap()])
+        .run()
+        .success();
+    verify(&sandbox, token, "a")
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("revoked");
+}
+
+#[test]
+fn expired_token_is_denied_and_stays_expired_on_record() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["issue", "--scope", "a", "--ttl", "1", "--json"])
+        .run()
+        .success()
+        .json();
+    let token = out["token"].as_str().unwrap();
+    let id = out["id"].as_str().unwrap();
+    verify(&sandbox, token, "a").success();
+    let expires = humantime::parse_rfc3339(out["expires_at"].as_str().unwrap()).unwrap();
+    if let Ok(left) = expires.duration_since(SystemTime::now()) {
+        std::thread::sleep(left + Duration::from_millis(50));
+    }
+    verify(&sandbox, token, "a")
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("expired");
+    assert_eq!(
+        sandbox.records()[id]["state"].as_str(),
+        Some("expired"),
+        "marked on the spot"
+    );
+    verify(&sandbox, token, "a")
+        .code_is(1)
+        .stderr_has("expired");
+}
+
+#[test]
+fn no_token_cannot_decide() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .lease(["verify", "a"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("LEASE_TOKEN is not set");
+    sandbox
+        .lease(["verify", "a"])
+        .env("LEASE_TOKEN", "")
+        .run()
+        .code_is(2);
+    sandbox
+        .lease(["verify", "a", "--token-stdin"])
+        .stdin("")
+        .run()
+        .code_is(2);
+    let out = sandbox
+        .lease(["verify", "a", "--json"])
+        .run()
+        .code_is(2)
+        .json();
+    assert_eq!(out["granted"], false);
+    assert_eq!(out["reason"], "no token");
+}
+
+#[test]
+fn token_from_stdin_or_a_named_variable() {
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("a");
+    sandbox
+        .lease(["verify", "a", "--token-stdin"])
+        .stdin(format!("{token}\n"))
+        .run()
+        .success();
+    sandbox
+        .lease(["verify", "b", "--token-stdin"])
+        .stdin(token.clone())
+        .run()
+        .code_is(1)
+        .stderr_has("out of scope");
+    sandbox
+        .lease(["verify", "a", "--token-env", "MY_TOKEN"])
+        .env("MY_TOKEN", &token)
+        .run()
+        .success();
+    // --token-stdin wins over the environment.
+    sandbox
+        .lease(["verify", "a", "--token-stdin"])
+        .env("LEASE_TOKEN", &token)
+        .stdin("agt_wrong\n")
+        .run()
+        .code_is(1);
+}
+
+#[test]
+fn json_has_the_documented_shape() {
+    let sandbox = Sandbox::new();
+    let issued = sandbox
+        .lease(["issue", "--scope", "a", "--json"])
+        .run()
+        .success()
+        .json();
+    let token = issued["token"].as_str().unwrap();
+    let granted = sandbox
+        .lease(["verify", "a", "--json"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .success()
+        .json();
+    assert_eq!(
+        granted,
+        serde_json::json!({
+            "granted": true,
+            "reason": "granted",
+            "id": issued["id"],
+            "expires_at": issued["expires_at"],
+        })
+    );
+    let denied = sandbox
+        .lease(["verify", "b", "--json"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(1)
+        .json();
+    assert_eq!(denied["granted"], false);
+    assert_eq!(denied["reason"], "out of scope");
+    assert_eq!(denied["id"], issued["id"]);
+    let unknown = sandbox
+        .lease(["verify", "a", "--json"])
+        .env("LEASE_TOKEN", "agt_nope")
+        .run()
+        .code_is(1)
+        .json();
+    assert_eq!(
+        unknown,
+        serde_json::json!({"granted": false, "reason": "unknown", "id": null, "expires_at": null})
+    );
+}
+
+#[test]
+fn bad_usage_is_2() {
+    let sandbox = Sandbox::new();
+    for args in [
+        &["verify"][..],
+        &["verify", "a b"],
+        &["verify", "a", "--token-stdin", "--token-env", "X"],
+        &["verify", "a", "--token", "agt_x"],
+        &["verify", "a", "extra"],
+    ] {
+        let out = sandbox.lease(args).env("LEASE_TOKEN", "agt_x").run();
+        assert_eq!(out.code(), Some(2), "{args:?}: {out:#?}");
+        out.one_error_line();
+    }
+}

@@ -59,15 +59,10 @@ impl Sandbox {
         path
     }
 
-    /// A `lease` command with this sandbox's environment and nothing else of the caller's,
-    /// except PATH (with lease's own directory first).
-    pub fn lease<I, S>(&self, args: I) -> Cmd
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let mut command = Command::new(lease_bin());
-        command.args(args);
+    /// `program` with this sandbox's environment and nothing else of the caller's, except
+    /// PATH (with lease's own directory first).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Cmd {
+        let mut command = Command::new(program);
         self.environment(&mut command);
         Cmd {
             command,
@@ -75,15 +70,20 @@ impl Sandbox {
         }
     }
 
-    /// A `sh -c SCRIPT` command in this sandbox, with `lease` on PATH.
+    /// The `lease` binary with these arguments.
+    pub fn lease<I, S>(&self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.command(lease_bin());
+        cmd.command.args(args);
+        cmd
+    }
+
+    /// `sh -c SCRIPT`, with `lease` on PATH.
     pub fn sh(&self, script: &str) -> Cmd {
-        let mut command = Command::new("sh");
-        command.arg("-c").arg(script);
-        self.environment(&mut command);
-        Cmd {
-            command,
-            stdin: None,
-        }
+        self.command("sh").arg("-c").arg(script)
     }
 
     fn environment(&self, command: &mut Command) {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod config;
+mod examples;
 mod harness;
 mod manage;
 mod run;

@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""A tool an agent calls, which runs an action only if the agent's lease grants it.
+
+    gate.py ACTION COMMAND [ARG...]
+
+It asks `lease verify ACTION --json` (the token comes from $LEASE_TOKEN, never from argv) and
+runs COMMAND only when the answer is granted. Exit status: COMMAND's own when granted; 1 when
+denied; 2 when lease cannot decide (no token, unreadable store).
+"""
+import json
+import os
+import subprocess
+import sys
+
+
+def main() -> int:
+    if len(sys.argv) < 3:
+        print("usage: gate.py ACTION COMMAND [ARG...]", file=sys.stderr)
+        return 2
+    action, command = sys.argv[1], sys.argv[2:]
+    answer = subprocess.run(
+        ["lease", "verify", action, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        check=False,
+    )
+    try:
+        decision = json.loads(answer.stdout)
+    except json.JSONDecodeError:
+        decision = {"granted": False, "reason": "no answer from lease verify"}
+    if answer.returncode != 0 or not decision.get("granted"):
+        print(f"gate: {action} refused: {decision.get('reason')}", file=sys.stderr)
+        return 1 if answer.returncode == 1 else 2
+    os.execvp(command[0], command)
+    return 127  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

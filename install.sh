@@ -1,0 +1,27 @@
+#!/bin/sh
+# Builds lease in release mode and installs it as ${PREFIX:-$HOME/.local}/bin/lease.
+# Safe to run again: the binary is replaced atomically, even while an old one is running.
+set -eu
+
+cd "$(dirname "$0")"
+# shellcheck source=scripts/cargo-env.sh
+. ./scripts/cargo-env.sh
+lease_cargo_env
+
+prefix=${PREFIX:-$HOME/.local}
+bindir=$prefix/bin
+
+cargo build --release --locked --quiet
+mkdir -p "$bindir"
+tmp="$bindir/.lease.install.$$"
+trap 'rm -f "$tmp"' EXIT
+cp target/release/lease "$tmp"
+chmod 0755 "$tmp"
+mv -f "$tmp" "$bindir/lease"
+trap - EXIT
+
+echo "installed $("$bindir/lease" --version) to $bindir/lease"
+case ":$PATH:" in
+    *":$bindir:"*) ;;
+    *) echo "$bindir is not on your PATH; add it with: export PATH=\"$bindir:\$PATH\"" ;;
+esac

@@ -287,3 +287,33 @@ fn token_is_revoked_after_the_run() {
         .one_error_line()
         .stderr_has("revoked");
 }
+
+#[test]
+fn a_failed_revocation_is_reported_and_fails_a_successful_run() {
+    let sandbox = Sandbox::new();
+    // The child swaps the lease dir for a file, so the record can no longer be updated.
+    let sabotage = "mv \"$LEASE_STATE_DIR/leases\" \"$LEASE_STATE_DIR/moved\" && touch \"$LEASE_STATE_DIR/leases\"";
+    sandbox
+        .lease(["run", "--scope", "a", "--", "sh", "-c", sabotage])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("could not be revoked");
+    std::fs::remove_file(sandbox.leases_dir()).unwrap();
+    std::fs::rename(sandbox.state_dir().join("moved"), sandbox.leases_dir()).unwrap();
+    // When the command itself failed, its status wins, and the failure is still reported.
+    sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            &format!("{sabotage}; exit 3"),
+        ])
+        .run()
+        .code_is(3)
+        .one_error_line()
+        .stderr_has("revoking the lease failed");
+}

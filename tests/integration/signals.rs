@@ -67,6 +67,12 @@ fn kill_term_of_lease_ends_a_plain_child_and_lease_dies_of_sigterm() {
     run.signal(Signal::SIGTERM);
     let status = run.wait();
     assert_eq!(death_signal(status), Some(15), "{status:?}");
+    // As a shell reports it: the child sends TERM to its parent, lease.
+    let out = sandbox
+        .sh("lease run --scope a -- sh -c 'kill -TERM $PPID; exec sleep 60'; echo status=$?")
+        .run()
+        .success();
+    assert_eq!(out.stdout.trim(), "status=143", "{out:#?}");
     assert!(
         sandbox
             .records()
@@ -152,6 +158,8 @@ fn libc_sighup() -> i32 {
 
 /// Starts `lease run` on a fresh pseudo-terminal as its session leader, like a shell would.
 struct Terminal {
+    // Held so the terminal stays open for as long as the test runs.
+    _master: Box<dyn portable_pty::MasterPty + Send>,
     child: Box<dyn portable_pty::Child + Send + Sync>,
     writer: Box<dyn Write + Send>,
     lines: Lines,
@@ -178,9 +186,8 @@ impl Terminal {
         drop(pair.slave);
         let reader: Box<dyn Read + Send> = pair.master.try_clone_reader().expect("reader");
         let writer = pair.master.take_writer().expect("writer");
-        // Keep the master open for the terminal's lifetime.
-        std::mem::forget(pair.master);
         Terminal {
+            _master: pair.master,
             child,
             writer,
             lines: Lines::from(reader),

@@ -61,6 +61,11 @@ impl Owner {
     }
 }
 
+/// Whether a process with this pid is running (not a zombie).
+pub fn is_running(pid: u32) -> bool {
+    matches!(start_time(pid), Ok(Some(_)))
+}
+
 /// The start time of a running process, or `None` if there is no such live process (a zombie
 /// counts as gone: it has exited, only its exit status is left).
 #[cfg(target_os = "linux")]

@@ -22,7 +22,8 @@ use crate::token::LeaseId;
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
 /// Prefix of the temporary files that writes go through.
 const TEMP_PREFIX: &str = ".tmp-";
-/// A temporary file older than this belongs to a writer that died; `gc` removes it.
+/// A temporary file older than this belongs to a writer that died (even if its pid has been
+/// reused since); `gc` removes it.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 
 /// The lease store in one state dir.
@@ -182,7 +183,8 @@ impl Store {
         Ok(ids)
     }
 
-    /// Removes temporary files left by writers that died mid-write. Returns how many.
+    /// Removes temporary files left by writers that died mid-write: those whose writer (named
+    /// by the pid in the file name) is gone, or that are older than a minute. Returns how many.
     pub fn remove_stale_temp_files(&self, now: SystemTime) -> Result<usize> {
         let entries = match fs::read_dir(&self.leases) {
             Ok(entries) => entries,
@@ -193,18 +195,23 @@ impl Store {
         };
         let mut removed = 0;
         for entry in entries.flatten() {
-            let is_temp = entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(TEMP_PREFIX));
-            let stale = entry
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
+                continue;
+            };
+            let writer_gone = rest
+                .split('-')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_none_or(|pid| !crate::owner::is_running(pid));
+            let old = entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|modified| {
                     now.duration_since(modified)
                         .is_ok_and(|age| age > STALE_TEMP_AGE)
                 });
-            if is_temp && stale && fs::remove_file(entry.path()).is_ok() {
+            if (writer_gone || old) && fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
         }
@@ -212,8 +219,11 @@ impl Store {
     }
 
     fn write_temp(&self, text: &str) -> Result<tempfile::NamedTempFile> {
+        // The writer's pid is in the name, so gc can tell a write in progress from one whose
+        // writer died.
+        let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
         let mut temp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
+            .prefix(&prefix)
             .permissions(fs::Permissions::from_mode(0o600))
             .tempfile_in(&self.leases)
             .with_context(|| format!("writing a record in {}", self.leases.display()))?;

@@ -1,9 +1,12 @@
 //! Tokens: minting, their format, and the hash the store knows them by.
 //!
-//! A token is `agt_` followed by the unpadded base64url encoding of 32 bytes from the operating
-//! system's CSPRNG. The store only ever sees its SHA-256; the lease id is the first 48 bits of
-//! that hash in hex, so a record can be found from a token in one step, while an id (which is
-//! printed, listed and logged) reveals nothing that leads back to the token.
+//! A token is `agt_` followed by 48 base64url characters: 32 bytes from the operating system's
+//! CSPRNG and a 4-byte checksum of them (the first bytes of their SHA-256), as GitHub's `ghp_`
+//! tokens carry a CRC32. The checksum lets `verify` reject a mistyped or truncated token as
+//! `malformed` without touching the store, and lets secret scanners match lease tokens with few
+//! false positives. The store only ever sees the token's SHA-256; the lease id is the first 48
+//! bits of that hash in hex, so a record can be found from a token in one step, while an id
+//! (which is printed, listed and logged) reveals nothing that leads back to the token.
 
 use std::fmt;
 
@@ -13,32 +16,61 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::TryRng;
 use rand::rngs::SysRng;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 /// What every lease token starts with, so people and secret scanners can recognise one.
 pub const PREFIX: &str = "agt_";
 /// Random bytes in a token.
 const RANDOM_BYTES: usize = 32;
+/// Checksum bytes after the random part.
+const CHECKSUM_BYTES: usize = 4;
+/// Characters after the prefix: base64 of 36 bytes, which needs no padding.
+pub const BODY_LEN: usize = (RANDOM_BYTES + CHECKSUM_BYTES) / 3 * 4;
 /// Bytes of the token hash that make up the lease id.
 const ID_BYTES: usize = 6;
 
-/// A secret bearer token. It never prints itself: `Debug` and `Display` show `agt_***`.
+/// A secret bearer token. It never prints itself (`Debug` and `Display` show `agt_***`), and
+/// its memory is zeroed when it is dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
+pub struct Token(Zeroizing<String>);
 
 impl Token {
     /// Mints a new random token from the OS CSPRNG.
     pub fn mint() -> Result<Token> {
-        let mut bytes = [0u8; RANDOM_BYTES];
+        let mut bytes = Zeroizing::new([0u8; RANDOM_BYTES + CHECKSUM_BYTES]);
+        let (random, checksum) = bytes.split_at_mut(RANDOM_BYTES);
         SysRng
-            .try_fill_bytes(&mut bytes)
+            .try_fill_bytes(random)
             .context("reading the system random number generator")?;
-        Ok(Token(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))))
+        checksum.copy_from_slice(&checksum_of(random));
+        let mut text = Zeroizing::new(String::with_capacity(PREFIX.len() + BODY_LEN));
+        text.push_str(PREFIX);
+        URL_SAFE_NO_PAD.encode_string(&bytes[..], &mut text);
+        Ok(Token(text))
     }
 
     /// Wraps a token presented by a caller (from the environment or stdin). Any string is
-    /// accepted here: one that is not a lease token simply matches no lease.
+    /// accepted here; [`Token::is_well_formed`] tells whether it can be a lease token at all.
     pub fn presented(text: String) -> Token {
-        Token(text)
+        Token(Zeroizing::new(text))
+    }
+
+    /// Whether this has the shape of a lease token: the prefix, 48 base64url characters, and a
+    /// checksum that matches. A typo or a truncated copy fails this without any lookup.
+    pub fn is_well_formed(&self) -> bool {
+        let Some(body) = self.0.strip_prefix(PREFIX) else {
+            return false;
+        };
+        if body.len() != BODY_LEN {
+            return false;
+        }
+        let mut bytes = Zeroizing::new([0u8; RANDOM_BYTES + CHECKSUM_BYTES]);
+        match URL_SAFE_NO_PAD.decode_slice(body, &mut bytes[..]) {
+            Ok(n) if n == bytes.len() => {}
+            _ => return false,
+        }
+        let (random, checksum) = bytes.split_at(RANDOM_BYTES);
+        checksum == checksum_of(random)
     }
 
     /// The secret itself, for the few places that must hand it on: the child's environment
@@ -63,6 +95,13 @@ impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{PREFIX}***")
     }
+}
+
+fn checksum_of(random: &[u8]) -> [u8; CHECKSUM_BYTES] {
+    let digest = Sha256::digest(random);
+    let mut checksum = [0u8; CHECKSUM_BYTES];
+    checksum.copy_from_slice(&digest[..CHECKSUM_BYTES]);
+    checksum
 }
 
 /// The SHA-256 of a token.
@@ -136,12 +175,31 @@ mod tests {
     fn minted_tokens_have_the_documented_format() {
         let token = Token::mint().expect("mint");
         let body = token.expose().strip_prefix(PREFIX).expect("prefix");
-        assert_eq!(body.len(), 43, "32 bytes in unpadded base64");
+        assert_eq!(
+            body.len(),
+            48,
+            "32 random bytes and a 4-byte checksum, in base64"
+        );
+        assert!(token.is_well_formed());
         assert!(
             body.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
         assert_ne!(Token::mint().expect("mint"), token);
+    }
+
+    #[test]
+    fn typos_and_truncations_are_malformed() {
+        let token = Token::mint().expect("mint");
+        let text = token.expose();
+        let truncated = &text[..text.len() - 1];
+        let mut typo: Vec<char> = text.chars().collect();
+        typo[10] = if typo[10] == 'A' { 'B' } else { 'A' };
+        let typo: String = typo.into_iter().collect();
+        let renamed = text.replace("agt_", "agx_");
+        for bad in [truncated, &typo, "agt_", "", "ghp_abc", &renamed] {
+            assert!(!Token::presented(bad.to_owned()).is_well_formed(), "{bad}");
+        }
     }
 
     #[test]

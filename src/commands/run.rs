@@ -1,5 +1,6 @@
 //! `lease run`: mint, start the child, forward signals, wait, revoke.
 
+use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
@@ -36,29 +37,24 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         return Ok(Exit::Signal(signal));
     }
 
-    let mut set = vec![
-        (token_env.clone(), token.expose().to_owned()),
-        ("LEASE_ID".to_owned(), record.id.clone()),
-        ("LEASE_SCOPE".to_owned(), scope::join(&record.scope)),
-        (
-            "LEASE_EXPIRES_AT".to_owned(),
-            rfc3339::format(record.expires_at),
-        ),
-    ];
-    set.push((
-        "LEASE_STATE_DIR".to_owned(),
-        store.dir().to_string_lossy().into_owned(),
-    ));
     // An inherited token under the usual names must not ride along beside the new one.
     let remove = [DEFAULT_TOKEN_ENV, context.config.token_env.as_str()]
         .into_iter()
         .filter(|name| *name != token_env)
         .map(str::to_owned)
         .collect();
+    let scope_list = scope::join(&record.scope);
+    let expires_at = rfc3339::format(record.expires_at);
     let spec = Spec {
         program: &request.program,
         args: &request.args,
-        set,
+        secret: (&token_env, &token),
+        set: vec![
+            ("LEASE_ID", OsStr::new(&record.id)),
+            ("LEASE_SCOPE", OsStr::new(&scope_list)),
+            ("LEASE_EXPIRES_AT", OsStr::new(&expires_at)),
+            ("LEASE_STATE_DIR", store.dir().as_os_str()),
+        ],
         remove,
     };
     let mut child = child::spawn(spec, forwarder.ignore_in_child())?;

@@ -15,7 +15,7 @@ use crate::exit::Exit;
 use crate::record::{Record, Status, rfc3339};
 use crate::scope::Action;
 use crate::store::{Loaded, Open, Store};
-use crate::token::Token;
+use crate::token::{BODY_LEN, PREFIX, Token};
 
 /// Longest token read from standard input; a real token is 47 bytes.
 const MAX_STDIN_BYTES: u64 = 4096;
@@ -71,6 +71,13 @@ pub fn verify(context: &Context, request: &VerifyRequest) -> Result<Exit> {
 
 fn decide(context: &Context, request: &VerifyRequest) -> Result<Decision> {
     let token = read_token(&request.source, &context.config.token_env)?;
+    // A mistyped or truncated token is refused before the store is touched.
+    if !token.is_well_formed() {
+        let detail = format!(
+            "not a lease token (expected {PREFIX} and {BODY_LEN} characters with a valid checksum)"
+        );
+        return Ok(Decision::deny("malformed", detail, None));
+    }
     let store = context.store(Open::ExistingOnly)?;
     authorize(&store, &token, &request.action, SystemTime::now())
 }

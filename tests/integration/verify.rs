@@ -61,23 +61,50 @@ fn wildcard_scopes_grant_by_prefix_only() {
 fn unknown_token_is_denied() {
     let sandbox = Sandbox::new();
     sandbox.issue("a");
-    verify(
-        &sandbox,
-        "agt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-        "a",
-    )
-    .code_is(1)
-    .one_error_line()
-    .stderr_has("unknown");
-    verify(&sandbox, "not-even-a-lease-token", "a")
+    // A well-formed token that this store never issued.
+    let elsewhere = Sandbox::new().issue("a");
+    verify(&sandbox, &elsewhere, "a")
         .code_is(1)
-        .stderr_has("unknown");
+        .one_error_line()
+        .stderr_has("denied: unknown");
     // A store that does not exist yet knows no token either, and verify does not create it.
     let empty = Sandbox::new();
-    verify(&empty, "agt_x", "a")
+    verify(&empty, &elsewhere, "a")
         .code_is(1)
         .stderr_has("unknown");
     assert!(!empty.state_dir().exists());
+}
+
+#[test]
+fn mistyped_or_truncated_token_is_malformed_without_touching_the_store() {
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("a");
+    let truncated = &token[..token.len() - 1];
+    let mut typo = token.clone().into_bytes();
+    typo[12] = if typo[12] == b'A' { b'B' } else { b'A' };
+    let typo = String::from_utf8(typo).unwrap();
+    for bad in [
+        truncated,
+        &typo,
+        "agt_AAAA",
+        "not-a-lease-token",
+        &format!("{token}x"),
+    ] {
+        verify(&sandbox, bad, "a")
+            .code_is(1)
+            .one_error_line()
+            .stderr_has("denied: malformed");
+    }
+    // Not touching the store: even an unusable store does not change the answer.
+    std::fs::set_permissions(
+        sandbox.state_dir(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    verify(&sandbox, truncated, "a")
+        .code_is(1)
+        .stderr_has("malformed");
+    verify(&sandbox, &token, "a").code_is(2);
 }
 
 #[test]
@@ -220,7 +247,7 @@ fn json_has_the_documented_shape() {
     assert_eq!(denied["id"], issued["id"]);
     let unknown = sandbox
         .lease(["verify", "a", "--json"])
-        .env("LEASE_TOKEN", "agt_nope")
+        .env("LEASE_TOKEN", Sandbox::new().issue("a"))
         .run()
         .code_is(1)
         .json();
@@ -228,6 +255,13 @@ fn json_has_the_documented_shape() {
         unknown,
         serde_json::json!({"granted": false, "reason": "unknown", "id": null, "expires_at": null})
     );
+    let malformed = sandbox
+        .lease(["verify", "a", "--json"])
+        .env("LEASE_TOKEN", "agt_nope")
+        .run()
+        .code_is(1)
+        .json();
+    assert_eq!(malformed["reason"], "malformed");
 }
 
 #[test]

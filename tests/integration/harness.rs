@@ -295,17 +295,23 @@ impl Lines {
     /// Waits for the next line that contains `needle`, returning it.
     #[track_caller]
     pub fn expect(&mut self, needle: &str) -> String {
+        self.expect_that(needle, |line| line.contains(needle))
+    }
+
+    /// Waits for the next line for which `wanted` holds; `what` describes it in a failure.
+    #[track_caller]
+    pub fn expect_that(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if line.contains(needle) {
+                    if wanted(&line) {
                         return line;
                     }
                 }
-                Err(_) => panic!("no line containing {needle:?}; saw {:?}", self.seen),
+                Err(_) => panic!("no line {what:?}; saw {:?}", self.seen),
             }
         }
     }

@@ -10,4 +10,5 @@ mod manage;
 mod run;
 mod signals;
 mod store;
+mod terminal;
 mod verify;

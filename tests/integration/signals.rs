@@ -1,12 +1,9 @@
 //! Signals: forwarding exactly once, the terminal's own signals, and what lease leaves behind
 //! when it is killed itself.
 
-use std::io::{Read, Write};
-
 use nix::sys::signal::Signal;
-use portable_pty::{CommandBuilder, PtySize, native_pty_system};
 
-use crate::harness::{Lines, Sandbox, death_signal, fixture, kill_pid, lease_bin, wait_for_exit};
+use crate::harness::{Sandbox, death_signal, fixture, kill_pid, wait_for_exit};
 
 const WATCHED: [&str; 6] = ["INT", "TERM", "HUP", "QUIT", "USR1", "USR2"];
 
@@ -154,78 +151,6 @@ fn nohup_keeps_sighup_ignored_in_the_child() {
 
 fn libc_sighup() -> i32 {
     Signal::SIGHUP as i32
-}
-
-/// Starts `lease run` on a fresh pseudo-terminal as its session leader, like a shell would.
-struct Terminal {
-    // Held so the terminal stays open for as long as the test runs.
-    _master: Box<dyn portable_pty::MasterPty + Send>,
-    child: Box<dyn portable_pty::Child + Send + Sync>,
-    writer: Box<dyn Write + Send>,
-    lines: Lines,
-}
-
-impl Terminal {
-    fn start(sandbox: &Sandbox, args: &[&str]) -> Terminal {
-        let pair = native_pty_system()
-            .openpty(PtySize {
-                rows: 24,
-                cols: 120,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
-            .expect("openpty");
-        let mut command = CommandBuilder::new(lease_bin());
-        command.args(args);
-        command.env_clear();
-        command.env("PATH", std::env::var("PATH").unwrap_or_default());
-        command.env("LEASE_STATE_DIR", sandbox.state_dir());
-        command.env("HOME", sandbox.path("home"));
-        command.env("XDG_CONFIG_HOME", sandbox.path("config"));
-        let child = pair.slave.spawn_command(command).expect("spawn on pty");
-        drop(pair.slave);
-        let reader: Box<dyn Read + Send> = pair.master.try_clone_reader().expect("reader");
-        let writer = pair.master.take_writer().expect("writer");
-        Terminal {
-            _master: pair.master,
-            child,
-            writer,
-            lines: Lines::from(reader),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.process_id().expect("pid")).unwrap()
-    }
-
-    fn type_keys(&mut self, keys: &[u8]) {
-        self.writer.write_all(keys).expect("write to pty");
-        self.writer.flush().expect("flush pty");
-    }
-}
-
-#[test]
-fn ctrl_c_on_a_terminal_reaches_the_child_exactly_once_and_it_keeps_the_terminal() {
-    let sandbox = Sandbox::new();
-    let script = fixture("sigcount.py");
-    let inner = format!(
-        "test -t 0 && test -t 1 && echo on-a-tty; exec python3 -u {} USR1 INT USR1",
-        script.display()
-    );
-    let mut terminal =
-        Terminal::start(&sandbox, &["run", "--scope", "a", "--", "sh", "-c", &inner]);
-    terminal.lines.expect("on-a-tty");
-    terminal.lines.expect("ready");
-    terminal.type_keys(b"\x03");
-    terminal.lines.expect("got INT 1");
-    // USR1 sent to lease is forwarded after lease has handled the terminal's SIGINT, so a
-    // second SIGINT from lease would be counted before it.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(terminal.pid()), Signal::SIGUSR1).unwrap();
-    terminal.lines.expect("got USR1 1");
-    let status = terminal.child.wait().expect("wait");
-    assert!(status.success(), "{status:?}");
-    let lines = terminal.lines.rest();
-    assert!(!lines.iter().any(|l| l.contains("got INT 2")), "{lines:?}");
 }
 
 #[test]

@@ -10,5 +10,6 @@ mod manage;
 mod run;
 mod signals;
 mod store;
+mod stress;
 mod terminal;
 mod verify;

@@ -101,7 +101,7 @@ struct RunArgs {
     scope: Vec<String>,
 
     /// Lifetime: whole seconds (300) or a duration (5m, 1h30m) [default: 600, or default_ttl]
-    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
     ttl: Option<Duration>,
 
     /// Put the token in this variable instead of LEASE_TOKEN
@@ -139,7 +139,7 @@ struct IssueArgs {
     scope: Vec<String>,
 
     /// Lifetime: whole seconds (300) or a duration (5m, 1h30m) [default: 600, or default_ttl]
-    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
     ttl: Option<Duration>,
 
     /// Print {"id","token","scope","expires_at"} instead of the bare token

@@ -191,16 +191,8 @@ impl Cmd {
         }
         let mut stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
-        let out_thread = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stdout.read_to_string(&mut text);
-            text
-        });
-        let err_thread = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
+        let out_thread = thread::spawn(move || read_lossy(&mut stdout));
+        let err_thread = thread::spawn(move || read_lossy(&mut stderr));
         let status = wait_for_exit(&mut child);
         Out {
             status,
@@ -219,6 +211,12 @@ impl Cmd {
         let lines = Lines::from(child.stdout.take().expect("stdout"));
         Running { child, lines }
     }
+}
+
+fn read_lossy(reader: &mut impl Read) -> String {
+    let mut bytes = Vec::new();
+    let _ = reader.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// A finished command.

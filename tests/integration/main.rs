@@ -2,6 +2,7 @@
 //! pseudo-terminal and real shells. Each test runs in its own sandbox (see `harness`).
 #![allow(clippy::unwrap_used)]
 
+mod bad_input;
 mod cli;
 mod config;
 mod examples;

@@ -184,4 +184,58 @@ mod tests {
         assert!(parse_list(&["a,,b"]).is_err());
         assert!(parse_list::<&str>(&[]).is_err());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        const BODY: &str = "[A-Za-z0-9:._/-]{1,100}";
+
+        proptest! {
+            #[test]
+            fn valid_scopes_parse_to_themselves(scope in "[A-Za-z0-9:._/-]{1,127}\\*?") {
+                let parsed = Scope::parse(&scope).expect("valid");
+                prop_assert_eq!(parsed.as_str(), scope.as_str());
+            }
+
+            #[test]
+            fn anything_parses_or_is_refused_without_panicking(text in "\\PC{0,140}") {
+                if let Ok(scope) = Scope::parse(&text) {
+                    let body = scope.as_str().strip_suffix('*').unwrap_or(scope.as_str());
+                    prop_assert!(body.chars().all(allowed));
+                    prop_assert!((1..=MAX_LEN).contains(&text.chars().count()));
+                }
+            }
+
+            #[test]
+            fn a_wildcard_grants_exactly_its_prefix(prefix in BODY, suffix in "[A-Za-z0-9:._/-]{0,20}", other in BODY) {
+                let wildcard = Scope::parse(&format!("{prefix}*")).expect("valid");
+                let action = Action::parse(&format!("{prefix}{suffix}")).expect("valid");
+                prop_assert!(wildcard.grants(&action));
+                let unrelated = Action::parse(&other).expect("valid");
+                prop_assert_eq!(wildcard.grants(&unrelated), other.starts_with(&prefix));
+            }
+
+            #[test]
+            fn an_exact_scope_grants_only_itself(scope in BODY, action in BODY) {
+                let exact = Scope::parse(&scope).expect("valid");
+                prop_assert_eq!(exact.grants(&Action::parse(&action).expect("valid")), scope == action);
+                prop_assert!(exact.grants(&Action::parse(&scope).expect("valid")));
+            }
+
+            #[test]
+            fn lists_join_back_in_order(items in proptest::collection::vec(BODY, 1..20)) {
+                let scopes = parse_list(&[items.join(",")]).expect("valid");
+                let mut unique: Vec<&String> = Vec::new();
+                for item in &items {
+                    if !unique.contains(&item) {
+                        unique.push(item);
+                    }
+                }
+                let expected: Vec<&str> = unique.iter().map(|s| s.as_str()).collect();
+                prop_assert_eq!(join(&scopes), expected.join(","));
+            }
+        }
+    }
 }

@@ -340,3 +340,90 @@ fn ensure_private_dir(path: &Path, what: &str, mode: Open) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::scope::Scope;
+    use crate::token::Token;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("state"), Open::CreateIfMissing).expect("store");
+        (dir, store)
+    }
+
+    fn record(token: &Token) -> Record {
+        let issued = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let scope = vec![Scope::parse("read:x").expect("valid")];
+        Record::new(
+            token.hash(),
+            scope,
+            issued,
+            issued + Duration::from_secs(60),
+            None,
+        )
+    }
+
+    #[test]
+    fn insert_load_update_and_remove() {
+        let (_dir, store) = store();
+        let token = Token::mint().expect("mint");
+        let id = token.hash().id();
+        assert!(store.insert(&record(&token)).expect("insert"));
+        assert!(
+            !store.insert(&record(&token)).expect("second insert"),
+            "no clobbering"
+        );
+        let now = SystemTime::now();
+        assert!(
+            matches!(store.update(&id, |r| r.revoke(now)).expect("update"), Loaded::Found(r) if r.state == crate::record::State::Revoked)
+        );
+        assert!(
+            matches!(store.load(&id).expect("load"), Loaded::Found(r) if r.revoked_at.is_some())
+        );
+        assert_eq!(store.ids().expect("ids"), vec![id.clone()]);
+        assert!(store.remove_if(&id, |_| true).expect("remove"));
+        assert!(matches!(store.load(&id).expect("load"), Loaded::Missing));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The record parser never panics and never errors on content: whatever bytes sit in a
+        /// record file, the answer is a valid record for that id or `Corrupt`.
+        #[test]
+        fn any_bytes_in_a_record_file_load_as_found_or_corrupt(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let (_dir, store) = store();
+            let token = Token::mint().expect("mint");
+            let id = token.hash().id();
+            fs::write(store.path(&id), &bytes).expect("write");
+            match store.load(&id).expect("no I/O error") {
+                Loaded::Found(record) => prop_assert_eq!(record.id, id.as_str()),
+                Loaded::Corrupt(_) => {}
+                Loaded::Missing => prop_assert!(false, "the file is there"),
+            }
+        }
+
+        /// Mutations of a real record: any edit either still parses into a record for this id
+        /// or fails closed.
+        #[test]
+        fn edited_records_load_as_found_or_corrupt(position in 0usize..400, byte in any::<u8>(), cut in 0usize..400) {
+            let (_dir, store) = store();
+            let token = Token::mint().expect("mint");
+            let id = token.hash().id();
+            let mut text = toml::to_string(&record(&token)).expect("encode").into_bytes();
+            if !text.is_empty() {
+                let at = position % text.len();
+                text[at] = byte;
+                text.truncate(cut.max(at));
+            }
+            fs::write(store.path(&id), &text).expect("write");
+            prop_assert!(!matches!(store.load(&id).expect("no I/O error"), Loaded::Missing));
+        }
+    }
+}

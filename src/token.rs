@@ -227,4 +227,39 @@ mod tests {
             assert_eq!(LeaseId::parse(bad), None, "{bad}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+        proptest! {
+            #[test]
+            fn any_one_character_changed_is_malformed(position in 0usize..BODY_LEN, replacement in 0usize..64) {
+                let token = Token::mint().expect("mint");
+                let mut bytes = token.expose().as_bytes().to_vec();
+                let index = PREFIX.len() + position;
+                prop_assume!(bytes[index] != ALPHABET[replacement]);
+                bytes[index] = ALPHABET[replacement];
+                let changed = String::from_utf8(bytes).expect("ascii");
+                prop_assert!(!Token::presented(changed).is_well_formed());
+            }
+
+            #[test]
+            fn any_truncation_or_extension_is_malformed(cut in 0usize..BODY_LEN, extra in "[A-Za-z0-9_-]{1,4}") {
+                let token = Token::mint().expect("mint");
+                let text = token.expose();
+                prop_assert!(!Token::presented(text[..PREFIX.len() + cut].to_owned()).is_well_formed());
+                let extended = format!("{text}{extra}");
+                prop_assert!(!Token::presented(extended).is_well_formed());
+            }
+
+            #[test]
+            fn arbitrary_text_is_not_a_token(text in "\\PC{0,80}") {
+                prop_assert!(!Token::presented(text.clone()).is_well_formed() || text.starts_with(PREFIX));
+            }
+        }
+    }
 }

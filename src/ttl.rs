@@ -98,4 +98,41 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #[test]
+            fn whole_seconds_parse_exactly(seconds in 1u64..10_000_000_000) {
+                prop_assert_eq!(parse(&seconds.to_string()).expect("valid"), Duration::from_secs(seconds));
+            }
+
+            #[test]
+            fn hours_minutes_seconds_add_up(h in 0u64..1000, m in 0u64..600, s in 0u64..600) {
+                let text = format!("{h}h{m}m{s}s");
+                let total = h * 3600 + m * 60 + s;
+                match parse(&text) {
+                    Ok(duration) => prop_assert_eq!(duration, Duration::from_secs(total)),
+                    Err(_) => prop_assert_eq!(total, 0),
+                }
+            }
+
+            #[test]
+            fn human_form_parses_back(seconds in 1u64..100_000_000) {
+                let duration = Duration::from_secs(seconds);
+                prop_assert_eq!(parse(&human(duration)).expect("valid"), duration);
+            }
+
+            #[test]
+            fn anything_parses_to_positive_whole_seconds_or_is_refused(text in "\\PC{0,30}") {
+                if let Ok(duration) = parse(&text) {
+                    prop_assert!(!duration.is_zero());
+                    prop_assert_eq!(duration.subsec_nanos(), 0);
+                }
+            }
+        }
+    }
 }

@@ -9,6 +9,7 @@ mod examples;
 mod harness;
 mod manage;
 mod run;
+mod scanners;
 mod signals;
 mod store;
 mod stress;

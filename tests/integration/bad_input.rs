@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{Out, Sandbox};
+use crate::harness::{Out, Sandbox, wait_until_past};
 
 /// One malformed invocation and what it must produce.
 struct Case {
@@ -362,18 +362,9 @@ fn a_read_only_store_still_verifies_and_refuses_writes_in_one_line() {
         return;
     };
     let live = sandbox.issue("a");
-    let expiring = sandbox
-        .lease(["issue", "--scope", "a", "--ttl", "1", "--json"])
-        .run()
-        .success()
-        .json();
+    let expiring = sandbox.issue_json("a", &["--ttl", "1"]);
     mount.remount("ro");
-    let verify = |token: &str| {
-        sandbox
-            .lease(["verify", "a"])
-            .env("LEASE_TOKEN", token)
-            .run()
-    };
+    let verify = |token: &str| sandbox.verify(token, "a");
     verify(&live).success();
     sandbox.lease(["list"]).run().success();
     for (args, code) in [
@@ -389,10 +380,7 @@ fn a_read_only_store_still_verifies_and_refuses_writes_in_one_line() {
             .stderr_has("Read-only file system");
     }
     // Found expired but unable to record it: still denied.
-    let expires = humantime::parse_rfc3339(expiring["expires_at"].as_str().unwrap()).unwrap();
-    if let Ok(left) = expires.duration_since(std::time::SystemTime::now()) {
-        std::thread::sleep(left + std::time::Duration::from_millis(50));
-    }
+    wait_until_past(&expiring["expires_at"]);
     verify(expiring["token"].as_str().unwrap())
         .code_is(1)
         .one_error_line()
@@ -437,11 +425,7 @@ fn a_full_disk_fails_in_one_line_and_leaves_nothing_behind() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(before, after, "no temp file or record left behind");
-    sandbox
-        .lease(["verify", "a"])
-        .env("LEASE_TOKEN", &token)
-        .run()
-        .success();
+    sandbox.verify(&token, "a").success();
 }
 
 #[test]

@@ -142,6 +142,41 @@ impl Sandbox {
         let out = self.lease(["issue", "--scope", scope]).run().success();
         out.stdout.trim().to_owned()
     }
+
+    /// Mints a detached lease with `issue --json` and these extra arguments.
+    pub fn issue_json(&self, scope: &str, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["issue", "--scope", scope, "--json"];
+        args.extend(extra);
+        self.lease(args).run().success().json()
+    }
+
+    /// `lease verify ACTION` with `token` in LEASE_TOKEN.
+    pub fn verify(&self, token: &str, action: &str) -> Out {
+        self.lease(["verify", action])
+            .env("LEASE_TOKEN", token)
+            .run()
+    }
+
+    /// The record file of a lease.
+    pub fn record_path(&self, id: &serde_json::Value) -> PathBuf {
+        self.leases_dir()
+            .join(format!("{}.toml", id.as_str().expect("id")))
+    }
+
+    /// Whether every lease on record was revoked.
+    pub fn all_revoked(&self) -> bool {
+        self.records()
+            .values()
+            .all(|r| r["state"].as_str() == Some("revoked"))
+    }
+}
+
+/// Sleeps until the RFC 3339 time `at` (a lease's `expires_at`) has passed.
+pub fn wait_until_past(at: &serde_json::Value) {
+    let at = humantime::parse_rfc3339(at.as_str().expect("time")).expect("RFC 3339");
+    if let Ok(left) = at.duration_since(std::time::SystemTime::now()) {
+        thread::sleep(left + Duration::from_millis(50));
+    }
 }
 
 /// A command about to run.

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::Signal;
 
-use crate::harness::{Sandbox, kill_pid};
+use crate::harness::{Sandbox, kill_pid, wait_until_past};
 
 #[test]
 fn issue_prints_the_token_alone_or_json() {
@@ -61,16 +61,8 @@ fn issue_rejects_bad_arguments_with_2() {
 #[test]
 fn list_shows_active_leases_and_all_adds_ended_ones() {
     let sandbox = Sandbox::new();
-    let detached = sandbox
-        .lease(["issue", "--scope", "a", "--json"])
-        .run()
-        .success()
-        .json();
-    let gone = sandbox
-        .lease(["issue", "--scope", "b", "--json"])
-        .run()
-        .success()
-        .json();
+    let detached = sandbox.issue_json("a", &[]);
+    let gone = sandbox.issue_json("b", &[]);
     sandbox
         .lease(["revoke", gone["id"].as_str().unwrap()])
         .run()
@@ -161,11 +153,7 @@ fn list_of_an_empty_store_prints_nothing_or_an_empty_array() {
 #[test]
 fn revoke_by_id_twice_unknown_and_all() {
     let sandbox = Sandbox::new();
-    let first = sandbox
-        .lease(["issue", "--scope", "a", "--json"])
-        .run()
-        .success()
-        .json();
+    let first = sandbox.issue_json("a", &[]);
     let second = sandbox.issue("b");
     let id = first["id"].as_str().unwrap();
     sandbox.lease(["revoke", id]).run().success();
@@ -191,16 +179,10 @@ fn revoke_by_id_twice_unknown_and_all() {
         .code_is(2)
         .one_error_line();
 
-    sandbox
-        .lease(["verify", "b"])
-        .env("LEASE_TOKEN", &second)
-        .run()
-        .success();
+    sandbox.verify(&second, "b").success();
     sandbox.lease(["revoke", "--all"]).run().success();
     sandbox
-        .lease(["verify", "b"])
-        .env("LEASE_TOKEN", &second)
-        .run()
+        .verify(&second, "b")
         .code_is(1)
         .stderr_has("revoked");
     assert_eq!(
@@ -212,30 +194,14 @@ fn revoke_by_id_twice_unknown_and_all() {
 #[test]
 fn gc_removes_expired_revoked_past_expiry_and_owner_gone_records() {
     let sandbox = Sandbox::new();
-    let active = sandbox
-        .lease(["issue", "--scope", "keep", "--json"])
-        .run()
-        .success()
-        .json();
-    let tombstone = sandbox
-        .lease(["issue", "--scope", "tomb", "--json"])
-        .run()
-        .success()
-        .json();
+    let active = sandbox.issue_json("keep", &[]);
+    let tombstone = sandbox.issue_json("tomb", &[]);
     sandbox
         .lease(["revoke", tombstone["id"].as_str().unwrap()])
         .run()
         .success();
-    let short = sandbox
-        .lease(["issue", "--scope", "short", "--ttl", "1", "--json"])
-        .run()
-        .success()
-        .json();
-    let revoked_short = sandbox
-        .lease(["issue", "--scope", "rs", "--ttl", "1", "--json"])
-        .run()
-        .success()
-        .json();
+    let short = sandbox.issue_json("short", &["--ttl", "1"]);
+    let revoked_short = sandbox.issue_json("rs", &["--ttl", "1"]);
     sandbox
         .lease(["revoke", revoked_short["id"].as_str().unwrap()])
         .run()
@@ -257,10 +223,7 @@ fn gc_removes_expired_revoked_past_expiry_and_owner_gone_records() {
     orphaned.wait();
     kill_pid(child);
 
-    let expires = humantime::parse_rfc3339(short["expires_at"].as_str().unwrap()).unwrap();
-    if let Ok(left) = expires.duration_since(SystemTime::now()) {
-        std::thread::sleep(left + Duration::from_millis(50));
-    }
+    wait_until_past(&short["expires_at"]);
     let out = sandbox.lease(["gc"]).run().success();
     assert_eq!(out.stdout.trim(), "removed 3 leases", "{out:#?}");
     let left: Vec<String> = sandbox.records().into_keys().collect();

@@ -144,12 +144,7 @@ fn child_killed_by_a_signal_kills_lease_with_the_same_signal() {
         .success();
     assert_eq!(out.stdout.trim(), "status=143");
     // Every one of those leases was revoked.
-    assert!(
-        sandbox
-            .records()
-            .values()
-            .all(|r| r["state"].as_str() == Some("revoked"))
-    );
+    assert!(sandbox.all_revoked());
 }
 
 #[test]
@@ -172,12 +167,7 @@ fn command_not_found_is_127_and_not_executable_is_126() {
         .stderr_has("permission denied");
     let records = sandbox.records();
     assert_eq!(records.len(), 2);
-    assert!(
-        records
-            .values()
-            .all(|r| r["state"].as_str() == Some("revoked")),
-        "{records:?}"
-    );
+    assert!(sandbox.all_revoked(), "{records:?}");
 }
 
 #[test]
@@ -253,12 +243,7 @@ fn lease_returns_when_the_child_exits_even_if_a_grandchild_lives_on() {
         "grandchild still runs"
     );
     kill_pid(grandchild);
-    assert!(
-        sandbox
-            .records()
-            .values()
-            .all(|r| r["state"].as_str() == Some("revoked"))
-    );
+    assert!(sandbox.all_revoked());
 }
 
 #[test]
@@ -280,9 +265,7 @@ fn token_is_revoked_after_the_run() {
         .success();
     let token = out.stdout.trim();
     sandbox
-        .lease(["verify", "a"])
-        .env("LEASE_TOKEN", token)
-        .run()
+        .verify(token, "a")
         .code_is(1)
         .one_error_line()
         .stderr_has("revoked");

@@ -70,12 +70,7 @@ fn kill_term_of_lease_ends_a_plain_child_and_lease_dies_of_sigterm() {
         .run()
         .success();
     assert_eq!(out.stdout.trim(), "status=143", "{out:#?}");
-    assert!(
-        sandbox
-            .records()
-            .values()
-            .all(|r| r["state"].as_str() == Some("revoked"))
-    );
+    assert!(sandbox.all_revoked());
 }
 
 #[test]
@@ -94,17 +89,11 @@ fn sigkill_of_lease_leaves_a_token_that_verify_denies_as_owner_gone() {
         .start();
     let line = run.lines.expect("agt_");
     let (child, token) = line.split_once(' ').unwrap();
-    sandbox
-        .lease(["verify", "a"])
-        .env("LEASE_TOKEN", token)
-        .run()
-        .success();
+    sandbox.verify(token, "a").success();
     run.signal(Signal::SIGKILL);
     run.wait();
     sandbox
-        .lease(["verify", "a"])
-        .env("LEASE_TOKEN", token)
-        .run()
+        .verify(token, "a")
         .code_is(1)
         .stderr_has("owner gone");
     kill_pid(child.parse().unwrap());
@@ -184,11 +173,7 @@ fn forty_parallel_runs_each_verify_their_own_scope_and_nothing_is_lost() {
     }
     let records = sandbox.records();
     assert_eq!(records.len(), 40, "every lease is on record");
-    assert!(
-        records
-            .values()
-            .all(|r| r["state"].as_str() == Some("revoked"))
-    );
+    assert!(sandbox.all_revoked());
     let active = sandbox.lease(["list", "--json"]).run().success().json();
     assert_eq!(active, serde_json::json!([]));
 }

@@ -127,12 +127,7 @@ fn group_or_world_writable_state_dir_is_refused() {
         .one_error_line()
         .stderr_has(&shown)
         .stderr_has(&format!("chmod 700 {shown}"));
-    sandbox
-        .lease(["verify", "a"])
-        .env("LEASE_TOKEN", &token)
-        .run()
-        .code_is(2)
-        .stderr_has(&shown);
+    sandbox.verify(&token, "a").code_is(2).stderr_has(&shown);
     for args in [
         &["list"][..],
         &["issue", "--scope", "a"],
@@ -149,11 +144,7 @@ fn group_or_world_writable_state_dir_is_refused() {
         .stderr_has("group or others");
     // Readable by others is allowed (the store holds only hashes), writable is not.
     fs::set_permissions(sandbox.state_dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    sandbox
-        .lease(["verify", "a"])
-        .env("LEASE_TOKEN", &token)
-        .run()
-        .success();
+    sandbox.verify(&token, "a").success();
 }
 
 #[test]
@@ -190,19 +181,9 @@ fn state_dir_that_is_a_file_is_an_error() {
 #[test]
 fn a_corrupt_record_fails_closed_is_skipped_by_list_and_stops_nothing_else() {
     let sandbox = Sandbox::new();
-    let broken = sandbox
-        .lease(["issue", "--scope", "a", "--json"])
-        .run()
-        .success()
-        .json();
-    let healthy = sandbox
-        .lease(["issue", "--scope", "a", "--json"])
-        .run()
-        .success()
-        .json();
-    let path = sandbox
-        .leases_dir()
-        .join(format!("{}.toml", broken["id"].as_str().unwrap()));
+    let broken = sandbox.issue_json("a", &[]);
+    let healthy = sandbox.issue_json("a", &[]);
+    let path = sandbox.record_path(&broken["id"]);
     for garbage in [
         &b""[..],
         b"state = \"active\"\n",
@@ -237,12 +218,7 @@ fn a_corrupt_record_fails_closed_is_skipped_by_list_and_stops_nothing_else() {
             .success();
     }
     // A valid record for another token under this id is not this token's.
-    let other = fs::read(
-        sandbox
-            .leases_dir()
-            .join(format!("{}.toml", healthy["id"].as_str().unwrap())),
-    )
-    .unwrap();
+    let other = fs::read(sandbox.record_path(&healthy["id"])).unwrap();
     fs::write(&path, other).unwrap();
     sandbox
         .lease(["verify", "a"])
@@ -259,14 +235,8 @@ fn a_corrupt_record_fails_closed_is_skipped_by_list_and_stops_nothing_else() {
 #[test]
 fn a_symlinked_record_is_not_followed() {
     let sandbox = Sandbox::new();
-    let issued = sandbox
-        .lease(["issue", "--scope", "a", "--json"])
-        .run()
-        .success()
-        .json();
-    let path = sandbox
-        .leases_dir()
-        .join(format!("{}.toml", issued["id"].as_str().unwrap()));
+    let issued = sandbox.issue_json("a", &[]);
+    let path = sandbox.record_path(&issued["id"]);
     let elsewhere = sandbox.path("planted.toml");
     fs::rename(&path, &elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &path).unwrap();

@@ -87,6 +87,29 @@ fn count(lines: &[String], what: &str) -> usize {
         .count()
 }
 
+/// Runs `lease ARGS` on a terminal whose innermost command is a signal counter, types Ctrl-C
+/// `presses` times (waiting for each to be counted), then sends SIGUSR1 to the outermost lease,
+/// which ends the counter. USR1 is forwarded only after lease has handled the terminal's
+/// SIGINTs, so a SIGINT that lease wrongly sent again would be counted before it. Returns the
+/// number of SIGINTs the command saw, and every line of output.
+fn ctrl_c_scenario(sandbox: &Sandbox, args: &[&str], presses: usize) -> (usize, Vec<String>) {
+    let mut terminal = Terminal::lease(sandbox, args);
+    terminal.lines.expect("ready");
+    for press in 1..=presses {
+        terminal.type_keys(b"\x03");
+        terminal.lines.expect(&format!("got INT {press}"));
+    }
+    kill(terminal.pid(), Signal::SIGUSR1).unwrap();
+    terminal.lines.expect("got USR1 1");
+    let (status, lines) = terminal.finish();
+    assert!(status.success(), "{status:?}");
+    (count(&lines, "INT"), lines)
+}
+
+fn run_sh(inner: &str) -> Vec<&str> {
+    vec!["run", "--scope", "a", "--", "sh", "-c", inner]
+}
+
 #[test]
 fn ctrl_c_reaches_the_child_exactly_once_and_it_keeps_the_terminal() {
     let sandbox = Sandbox::new();
@@ -94,37 +117,17 @@ fn ctrl_c_reaches_the_child_exactly_once_and_it_keeps_the_terminal() {
         "test -t 0 && test -t 1 && echo on-a-tty; {}",
         sigcount("USR1", &["INT", "USR1"])
     );
-    let mut terminal =
-        Terminal::lease(&sandbox, &["run", "--scope", "a", "--", "sh", "-c", &inner]);
-    terminal.lines.expect("on-a-tty");
-    terminal.lines.expect("ready");
-    terminal.type_keys(b"\x03");
-    terminal.lines.expect("got INT 1");
-    // USR1 sent to lease is forwarded after lease has handled the terminal's SIGINT, so a
-    // second SIGINT from lease would be counted before it.
-    kill(terminal.pid(), Signal::SIGUSR1).unwrap();
-    terminal.lines.expect("got USR1 1");
-    let (status, lines) = terminal.finish();
-    assert!(status.success(), "{status:?}");
-    assert_eq!(count(&lines, "INT"), 1, "{lines:?}");
+    let (ints, lines) = ctrl_c_scenario(&sandbox, &run_sh(&inner), 1);
+    assert_eq!(ints, 1, "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("on-a-tty")), "{lines:?}");
 }
 
 #[test]
 fn ctrl_c_twice_to_a_child_that_survives_the_first_is_delivered_twice() {
     let sandbox = Sandbox::new();
     let inner = sigcount("USR1", &["INT", "USR1"]);
-    let mut terminal =
-        Terminal::lease(&sandbox, &["run", "--scope", "a", "--", "sh", "-c", &inner]);
-    terminal.lines.expect("ready");
-    terminal.type_keys(b"\x03");
-    terminal.lines.expect("got INT 1");
-    terminal.type_keys(b"\x03");
-    terminal.lines.expect("got INT 2");
-    kill(terminal.pid(), Signal::SIGUSR1).unwrap();
-    terminal.lines.expect("got USR1 1");
-    let (status, lines) = terminal.finish();
-    assert!(status.success(), "{status:?}");
-    assert_eq!(count(&lines, "INT"), 2, "{lines:?}");
+    let (ints, lines) = ctrl_c_scenario(&sandbox, &run_sh(&inner), 2);
+    assert_eq!(ints, 2, "{lines:?}");
 }
 
 #[test]
@@ -132,36 +135,19 @@ fn a_child_that_calls_setsid_still_gets_ctrl_c_exactly_once() {
     let sandbox = Sandbox::new();
     // `setsid` execs in place (the child is not a group leader), leaving lease's session.
     let inner = sigcount("USR1", &["INT", "USR1"]).replacen("exec ", "exec setsid ", 1);
-    let mut terminal =
-        Terminal::lease(&sandbox, &["run", "--scope", "a", "--", "sh", "-c", &inner]);
-    terminal.lines.expect("ready");
-    terminal.type_keys(b"\x03");
-    terminal.lines.expect("got INT 1");
-    kill(terminal.pid(), Signal::SIGUSR1).unwrap();
-    terminal.lines.expect("got USR1 1");
-    let (status, lines) = terminal.finish();
-    assert!(status.success(), "{status:?}");
-    assert_eq!(count(&lines, "INT"), 1, "{lines:?}");
+    let (ints, lines) = ctrl_c_scenario(&sandbox, &run_sh(&inner), 1);
+    assert_eq!(ints, 1, "{lines:?}");
 }
 
 #[test]
 fn nested_leases_pass_ctrl_c_to_the_innermost_child_once() {
     let sandbox = Sandbox::new();
     let inner = sigcount("USR1", &["INT", "USR1"]);
-    let args = [
-        "run", "--scope", "outer", "--", "lease", "run", "--scope", "inner", "--", "sh", "-c",
-        &inner,
-    ];
-    let mut terminal = Terminal::lease(&sandbox, &args);
-    terminal.lines.expect("ready");
-    terminal.type_keys(b"\x03");
-    terminal.lines.expect("got INT 1");
-    // Sent to the outer lease: forwarded to the inner one, which forwards it to the child.
-    kill(terminal.pid(), Signal::SIGUSR1).unwrap();
-    terminal.lines.expect("got USR1 1");
-    let (status, lines) = terminal.finish();
-    assert!(status.success(), "{status:?}");
-    assert_eq!(count(&lines, "INT"), 1, "{lines:?}");
+    // USR1 sent to the outer lease is forwarded to the inner one, which forwards it on.
+    let mut args = vec!["run", "--scope", "outer", "--", "lease"];
+    args.extend(run_sh(&inner));
+    let (ints, lines) = ctrl_c_scenario(&sandbox, &args, 1);
+    assert_eq!(ints, 1, "{lines:?}");
     assert_eq!(sandbox.records().len(), 2);
 }
 
@@ -217,10 +203,5 @@ fn ctrl_z_stops_lease_and_child_and_fg_resumes_both_under_an_interactive_shell()
     let (status, _) = terminal.finish();
     assert!(status.success(), "{status:?}");
     let records = sandbox.records();
-    assert!(
-        records
-            .values()
-            .all(|r| r["state"].as_str() == Some("revoked")),
-        "{records:?}"
-    );
+    assert!(sandbox.all_revoked(), "{records:?}");
 }

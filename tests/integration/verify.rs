@@ -1,8 +1,6 @@
 //! `lease verify`: decisions, reasons, token sources and JSON.
 
-use std::time::{Duration, SystemTime};
-
-use crate::harness::Sandbox;
+use crate::harness::{Sandbox, wait_until_past};
 
 fn verify(sandbox: &Sandbox, token: &str, action: &str) -> crate::harness::Out {
     sandbox
@@ -110,11 +108,7 @@ fn mistyped_or_truncated_token_is_malformed_without_touching_the_store() {
 #[test]
 fn revoked_token_is_denied_as_revoked() {
     let sandbox = Sandbox::new();
-    let out = sandbox
-        .lease(["issue", "--scope", "a", "--json"])
-        .run()
-        .success()
-        .json();
+    let out = sandbox.issue_json("a", &[]);
     let token = out["token"].as_str().unwrap();
     sandbox
         .lease(["revoke", out["id"].as_str().unwrap()])
@@ -129,18 +123,11 @@ fn revoked_token_is_denied_as_revoked() {
 #[test]
 fn expired_token_is_denied_and_stays_expired_on_record() {
     let sandbox = Sandbox::new();
-    let out = sandbox
-        .lease(["issue", "--scope", "a", "--ttl", "1", "--json"])
-        .run()
-        .success()
-        .json();
+    let out = sandbox.issue_json("a", &["--ttl", "1"]);
     let token = out["token"].as_str().unwrap();
     let id = out["id"].as_str().unwrap();
     verify(&sandbox, token, "a").success();
-    let expires = humantime::parse_rfc3339(out["expires_at"].as_str().unwrap()).unwrap();
-    if let Ok(left) = expires.duration_since(SystemTime::now()) {
-        std::thread::sleep(left + Duration::from_millis(50));
-    }
+    wait_until_past(&out["expires_at"]);
     verify(&sandbox, token, "a")
         .code_is(1)
         .one_error_line()
@@ -164,11 +151,7 @@ fn no_token_cannot_decide() {
         .code_is(2)
         .one_error_line()
         .stderr_has("LEASE_TOKEN is not set");
-    sandbox
-        .lease(["verify", "a"])
-        .env("LEASE_TOKEN", "")
-        .run()
-        .code_is(2);
+    sandbox.verify("", "a").code_is(2);
     sandbox
         .lease(["verify", "a", "--token-stdin"])
         .stdin("")
@@ -215,11 +198,7 @@ fn token_from_stdin_or_a_named_variable() {
 #[test]
 fn json_has_the_documented_shape() {
     let sandbox = Sandbox::new();
-    let issued = sandbox
-        .lease(["issue", "--scope", "a", "--json"])
-        .run()
-        .success()
-        .json();
+    let issued = sandbox.issue_json("a", &[]);
     let token = issued["token"].as_str().unwrap();
     let granted = sandbox
         .lease(["verify", "a", "--json"])

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds lease in release mode and installs it as ${PREFIX:-$HOME/.local}/bin/lease.
+# Builds lease in release mode (scripts/build-release.sh: a static binary on Linux with glibc)
+# and installs it as ${PREFIX:-$HOME/.local}/bin/lease.
 # Safe to run again: the binary is replaced atomically, even while an old one is running.
 set -eu
 
@@ -11,11 +12,11 @@ lease_cargo_env
 prefix=${PREFIX:-$HOME/.local}
 bindir=$prefix/bin
 
-cargo build --release --locked --quiet
+built=$(scripts/build-release.sh)
 mkdir -p "$bindir"
 tmp="$bindir/.lease.install.$$"
 trap 'rm -f "$tmp"' EXIT
-cp target/release/lease "$tmp"
+cp "$built" "$tmp"
 chmod 0755 "$tmp"
 mv -f "$tmp" "$bindir/lease"
 trap - EXIT

@@ -5,7 +5,7 @@ mod issue;
 mod list;
 mod revoke;
 mod run;
-mod verify;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

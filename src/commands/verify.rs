@@ -22,13 +22,18 @@ const MAX_STDIN_BYTES: u64 = 4096;
 
 /// The answer, as printed by `--json`.
 #[derive(Debug, Serialize)]
-struct Decision {
-    granted: bool,
-    reason: &'static str,
-    id: Option<String>,
-    expires_at: Option<String>,
+pub struct Decision {
+    /// Whether the action is granted.
+    pub granted: bool,
+    /// `granted`, or why not: `unknown`, `expired`, `revoked`, `out of scope`, ...
+    pub reason: &'static str,
+    /// The lease id, when a lease was found.
+    pub id: Option<String>,
+    /// The lease's expiry (RFC 3339), when a lease was found.
+    pub expires_at: Option<String>,
+    /// A sentence for people, printed after the reason on a denial.
     #[serde(skip)]
-    detail: String,
+    pub detail: String,
 }
 
 impl Decision {
@@ -43,6 +48,8 @@ impl Decision {
     }
 }
 
+/// `lease verify`: prints the decision (a line on stderr when denied; JSON if asked) and
+/// returns exit 0 (granted) or 1 (denied); errors mean it cannot decide (exit 2).
 pub fn verify(context: &Context, request: &VerifyRequest) -> Result<Exit> {
     let decision = match decide(context, request) {
         Ok(decision) => decision,
@@ -82,8 +89,13 @@ fn decide(context: &Context, request: &VerifyRequest) -> Result<Decision> {
     authorize(&store, &token, &request.action, SystemTime::now())
 }
 
-/// Decides whether `token` grants `action` at `now`.
-fn authorize(store: &Store, token: &Token, action: &Action, now: SystemTime) -> Result<Decision> {
+/// Decides whether a well-formed `token` grants `action` at `now`, reading one record.
+pub fn authorize(
+    store: &Store,
+    token: &Token,
+    action: &Action,
+    now: SystemTime,
+) -> Result<Decision> {
     let hash = token.hash();
     let id = hash.id();
     let record = match store.load(&id)? {

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Measures what lease costs next to the floor for each job, side by side, and prints a markdown
+# table of medians and ratios with the target for each. Exits non-zero if a target is missed.
+#
+# Needs: hyperfine and tini (Debian: apt-get install hyperfine tini), python3, cargo.
+# It installs nothing itself. Timings on a shared machine are noisy: compare ratios, not times.
+#   scripts/bench.sh            full run (a few minutes)
+#   RUNS=50 scripts/bench.sh    fewer runs per command
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for tool in hyperfine tini python3; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    echo "bench.sh: missing ${missing[*]}: install them (e.g. apt-get install -y hyperfine tini python3)" >&2
+    exit 2
+fi
+# shellcheck source=scripts/cargo-env.sh
+. ./scripts/cargo-env.sh
+lease_cargo_env
+
+runs=${RUNS:-300}
+fanout=${FANOUT:-200}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# The binary as install.sh builds it.
+lease=$(scripts/build-release.sh)
+export LEASE_CONFIG=/dev/null HOME="$work/home"
+mkdir -p "$HOME"
+
+echo "preparing stores of 10, 1,000 and 10,000 leases in $work ..." >&2
+# One token, present in every store, is the one verify checks.
+token=$("$lease" --state-dir "$work/s10" issue --scope a:b --ttl 1h)
+export LEASE_TOKEN=$token
+record=$(ls "$work/s10/leases/")
+fill() { # fill DIR COUNT: COUNT leases in DIR, the shared token's record among them
+    mkdir -p "$1/leases"
+    chmod 700 "$1" "$1/leases"
+    [ -e "$1/leases/$record" ] || cp -p "$work/s10/leases/$record" "$1/leases/"
+    local have
+    have=$(find "$1/leases" -name '*.toml' | wc -l)
+    if [ "$have" -lt "$2" ]; then
+        seq "$have" $(($2 - 1)) | LEASE_STATE_DIR=$1 xargs -P 4 -I{} "$lease" issue --scope x:y --ttl 1h >/dev/null
+    fi
+}
+for size in 10 1000 10000; do
+    fill "$work/s$size" "$size"
+    test "$(find "$work/s$size/leases" -name '*.toml' | wc -l)" -eq "$size"
+done
+echo abc >"$work/small.txt"
+
+results="$work/results.tsv"
+: >"$results"
+# compare NAME TARGET CMD_A CMD_B: hyperfine both, side by side; record the two medians.
+compare() {
+    local name=$1 target=$2 a=$3 b=$4
+    hyperfine -N --warmup 20 --runs "$runs" --export-json "$work/h.json" "$a" "$b" >/dev/null 2>&1
+    python3 - "$work/h.json" "$name" "$target" "$a" "$b" >>"$results" <<'PY'
+import json, sys
+path, name, target, a, b = sys.argv[1:]
+medians = [r["median"] for r in json.load(open(path))["results"]]
+print("\t".join([name, target, a, f"{medians[0] * 1000:.3f} ms", b, f"{medians[1] * 1000:.3f} ms", f"{medians[0] / medians[1]:.3f}"]))
+PY
+}
+# rss NAME TARGET WRAPPER_A WRAPPER_B: median peak RSS (VmHWM) of each wrapper over 51 runs,
+# read by its child from /proc/$PPID/status while the wrapper waits for it.
+rss() {
+    # shellcheck disable=SC2016 # $PPID is the child's to expand
+    local name=$1 target=$2 a=$3 b=$4 probe='grep VmHWM /proc/$PPID/status'
+    python3 - "$name" "$target" "$a" "$b" "$probe" >>"$results" <<'PY'
+import shlex, statistics, subprocess, sys
+name, target, a, b, probe = sys.argv[1:]
+def peak(wrapper):
+    samples = []
+    for _ in range(51):
+        out = subprocess.run(shlex.split(wrapper) + ["sh", "-c", probe],
+                             capture_output=True, text=True, check=True).stdout
+        samples.append(int(out.split()[1]))
+    return statistics.median(samples)
+pa, pb = peak(a), peak(b)
+print("\t".join([name, target, a + " CMD", f"{pa:.0f} KiB", b + " CMD", f"{pb:.0f} KiB", f"{pa / pb:.3f}"]))
+PY
+}
+
+export LEASE_STATE_DIR="$work/run"
+compare "run vs tini" 1.5 "$lease run --scope a:b -- true" "tini -s -- true"
+compare "verify vs cat of one file" 1.5 "$lease --state-dir $work/s10 verify a:b" "cat $work/small.txt"
+compare "verify at 10,000 vs at 10 leases" 1.1 "$lease --state-dir $work/s10000 verify a:b" "$lease --state-dir $work/s10 verify a:b"
+runs=$((runs / 10 > 10 ? runs / 10 : 10)) compare "list --json at 10,000 vs at 1,000" 12 \
+    "$lease --state-dir $work/s10000 list --json" "$lease --state-dir $work/s1000 list --json"
+runs=$((runs / 20 > 10 ? runs / 20 : 10)) compare "$fanout concurrent runs vs tini (wall)" 1.5 \
+    "scripts/bench-fanout.sh $fanout $lease run --scope a:b -- true" "scripts/bench-fanout.sh $fanout tini -s -- true"
+rss "peak RSS of run vs tini" 3 "$lease run --scope a:b --" "tini -s --"
+
+echo "| what | lease | median | reference | median | ratio | target | |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+missed=0
+while IFS=$'\t' read -r name target a ma b mb ratio; do
+    verdict=pass
+    if python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) <= float(sys.argv[2]) else 1)" "$ratio" "$target"; then :; else
+        verdict=MISS
+        missed=1
+    fi
+    a=${a//$lease/lease} b=${b//$lease/lease}
+    echo "| $name | \`${a//$work/\$W}\` | $ma | \`${b//$work/\$W}\` | $mb | ${ratio}x | <= ${target}x | $verdict |"
+done <"$results"
+echo
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(uname -sr); $(hyperfine --version); $("$lease" --version); $(date -u +%Y-%m-%d)"
+exit "$missed"

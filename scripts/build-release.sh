@@ -1,0 +1,25 @@
+#!/bin/sh
+# Builds lease the way it is installed and prints the binary's path.
+#
+# On Linux with glibc the binary is linked statically (crt-static): no dynamic loader, no
+# libgcc_s/libc to map and relocate at every start, which is most of a short run's cost (see
+# docs/performance.md). The target is named explicitly so that build scripts and proc macros
+# stay dynamic, as they must.
+set -eu
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/cargo-env.sh
+. ./scripts/cargo-env.sh
+lease_cargo_env >&2
+
+host=$(rustc -vV | sed -n 's/^host: //p')
+case "$host" in
+    *-linux-gnu*)
+        var="CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
+        env "$var=-C target-feature=+crt-static" cargo build --release --locked --quiet --target "$host" >&2
+        echo "$PWD/target/$host/release/lease"
+        ;;
+    *)
+        cargo build --release --locked --quiet >&2
+        echo "$PWD/target/release/lease"
+        ;;
+esac

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use lease::commands::verify::authorize;
+use lease::authorize::authorize;
 use lease::record::Record;
 use lease::scope::{Action, Scope};
 use lease::store::{Open, Store};

@@ -12,7 +12,8 @@ use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
 use crate::exit::Exit;
-use crate::scope::{self, Action, Scope};
+use crate::policy::{Asked, OnExpiry};
+use crate::scope::{self, Action};
 use crate::{config, ttl};
 
 const EXAMPLES: &str = "\
@@ -90,23 +91,60 @@ Examples:
     /// Revoke leases by id, or all of them with --all
     Revoke(RevokeArgs),
 
+    /// Extend the lease of the token in the environment (from inside `lease run`)
+    #[command(after_help = "\
+Examples:
+  lease renew --ttl 10m
+  lease renew --token-env DEPLOY_TOKEN")]
+    Renew(RenewArgs),
+
     /// Remove records of leases that have expired, were revoked, or whose owner is gone
     Gc,
 }
 
+/// What a new lease grants: shared by `run` and `issue`.
 #[derive(Debug, Args)]
-struct RunArgs {
-    /// Scopes to grant, comma-separated; repeatable (e.g. read:articles,write:draft or read:*)
-    #[arg(long, required = true, value_name = "S[,S...]")]
+struct MintArgs {
+    /// Take scope, ttl and the other settings from this profile in the config file
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+
+    /// Scopes to grant, comma-separated; repeatable (e.g. read:articles,write:draft or read:*);
+    /// SCOPE=N allows N granted verifies of that scope
+    #[arg(long, value_name = "S[,S...]")]
     scope: Vec<String>,
 
     /// Lifetime: whole seconds (300) or a duration (5m, 1h30m) [default: 600, or default_ttl]
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
     ttl: Option<Duration>,
 
+    /// Allow at most N granted verifies in all
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    uses: Option<u64>,
+
+    /// Mint a root lease even though a parent lease's token is in the environment
+    /// (only where the config sets allow_orphans = true)
+    #[arg(long)]
+    no_parent: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    mint: MintArgs,
+
     /// Put the token in this variable instead of LEASE_TOKEN
     #[arg(long, value_name = "NAME", value_parser = parse_env_name)]
     env: Option<String>,
+
+    /// At expiry: keep the command running (the token just stops working), or end it with
+    /// SIGTERM (then SIGKILL after --grace) or SIGKILL; lease then exits 124
+    #[arg(long, value_name = "keep|term|kill", value_parser = parse_on_expiry)]
+    on_expiry: Option<OnExpiry>,
+
+    /// How long a command ended with --on-expiry term has before SIGKILL [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
+    grace: Option<Duration>,
 
     /// The command to run, after `--`
     #[arg(last = true, required = true, value_name = "CMD", num_args = 1.., value_parser = clap::value_parser!(OsString))]
@@ -134,17 +172,24 @@ struct VerifyArgs {
 
 #[derive(Debug, Args)]
 struct IssueArgs {
-    /// Scopes to grant, comma-separated; repeatable
-    #[arg(long, required = true, value_name = "S[,S...]")]
-    scope: Vec<String>,
-
-    /// Lifetime: whole seconds (300) or a duration (5m, 1h30m) [default: 600, or default_ttl]
-    #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
-    ttl: Option<Duration>,
+    #[command(flatten)]
+    mint: MintArgs,
 
     /// Print {"id","token","scope","expires_at"} instead of the bare token
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RenewArgs {
+    /// How much longer the lease may live [default: default_ttl]; never past max_ttl from its
+    /// first issue, nor past its parent's expiry
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
+    ttl: Option<Duration>,
+
+    /// Read the token from this variable instead of LEASE_TOKEN
+    #[arg(long, value_name = "NAME", value_parser = parse_env_name)]
+    token_env: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +217,10 @@ struct RevokeArgs {
 
 fn parse_ttl(text: &str) -> Result<Duration> {
     ttl::parse(text)
+}
+
+fn parse_on_expiry(text: &str) -> Result<OnExpiry> {
+    text.parse()
 }
 
 fn parse_env_name(text: &str) -> Result<String> {
@@ -215,6 +264,8 @@ pub enum Command {
     },
     /// `lease revoke`.
     Revoke(RevokeTarget),
+    /// `lease renew`.
+    Renew(RenewRequest),
     /// `lease gc`.
     Gc,
 }
@@ -222,12 +273,8 @@ pub enum Command {
 /// What `lease run` was asked to do.
 #[derive(Debug)]
 pub struct RunRequest {
-    /// Scopes to grant, in order.
-    pub scopes: Vec<Scope>,
-    /// `--ttl`, if given.
-    pub ttl: Option<Duration>,
-    /// `--env`, if given.
-    pub env: Option<String>,
+    /// The lease asked for, before policy.
+    pub asked: Asked,
     /// The program to run.
     pub program: OsString,
     /// Its arguments.
@@ -257,12 +304,19 @@ pub struct VerifyRequest {
 /// What `lease issue` was asked to mint.
 #[derive(Debug)]
 pub struct IssueRequest {
-    /// Scopes to grant.
-    pub scopes: Vec<Scope>,
-    /// `--ttl`, if given.
-    pub ttl: Option<Duration>,
+    /// The lease asked for, before policy.
+    pub asked: Asked,
     /// JSON output.
     pub json: bool,
+}
+
+/// What `lease renew` was asked.
+#[derive(Debug)]
+pub struct RenewRequest {
+    /// How much longer, if given.
+    pub ttl: Option<Duration>,
+    /// Where the token is.
+    pub token_env: Option<String>,
 }
 
 /// Which leases `lease revoke` ends.
@@ -323,10 +377,12 @@ fn validate(sub: Sub) -> Result<Command> {
             let program = command
                 .next()
                 .context("no command given: put it after `--`")?;
+            let mut asked = asked(args.mint)?;
+            asked.env = args.env;
+            asked.on_expiry = args.on_expiry;
+            asked.grace = args.grace;
             Command::Run(RunRequest {
-                scopes: scope::parse_list(&args.scope)?,
-                ttl: args.ttl,
-                env: args.env,
+                asked,
                 program,
                 args: command.collect(),
             })
@@ -341,9 +397,12 @@ fn validate(sub: Sub) -> Result<Command> {
             json: args.json,
         }),
         Sub::Issue(args) => Command::Issue(IssueRequest {
-            scopes: scope::parse_list(&args.scope)?,
-            ttl: args.ttl,
+            asked: asked(args.mint)?,
             json: args.json,
+        }),
+        Sub::Renew(args) => Command::Renew(RenewRequest {
+            ttl: args.ttl,
+            token_env: args.token_env,
         }),
         Sub::List(args) => Command::List {
             all: args.all,
@@ -352,6 +411,22 @@ fn validate(sub: Sub) -> Result<Command> {
         Sub::Revoke(args) if args.all => Command::Revoke(RevokeTarget::All),
         Sub::Revoke(args) => Command::Revoke(RevokeTarget::Ids(args.ids)),
         Sub::Gc => Command::Gc,
+    })
+}
+
+fn asked(args: MintArgs) -> Result<Asked> {
+    let scope = if args.scope.is_empty() {
+        None
+    } else {
+        Some(scope::parse_grants(&args.scope)?)
+    };
+    Ok(Asked {
+        profile: args.profile,
+        scope,
+        ttl: args.ttl,
+        uses: args.uses,
+        no_parent: args.no_parent,
+        ..Asked::default()
     })
 }
 
@@ -460,7 +535,6 @@ mod tests {
     fn bad_run_arguments_exit_125_in_one_line() {
         for bad in [
             &["lease", "run", "--scope", "a", "echo"][..],
-            &["lease", "run", "--", "echo"],
             &["lease", "run", "--scope", "a b", "--", "echo"],
             &["lease", "run", "--scope", "a", "--ttl", "0", "--", "echo"],
             &["lease", "run", "--bogus", "--scope", "a", "--", "echo"],

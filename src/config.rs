@@ -1,16 +1,20 @@
 //! The optional config file: `$XDG_CONFIG_HOME/lease/config.toml`, or `--config`/`LEASE_CONFIG`.
 //!
 //! Every key is optional; a missing default file means the built-in defaults. A file named
-//! explicitly must exist. Unknown keys and bad values are errors naming the file and the line.
+//! explicitly must exist. Unknown keys, unknown profile names and bad values are errors naming
+//! the file, the key and the line.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
+use crate::policy::OnExpiry;
+use crate::scope::{self, Grant, Scope};
 use crate::ttl;
 
 /// The default name of the variable that carries the token.
@@ -23,10 +27,33 @@ pub struct Config {
     pub path: Option<PathBuf>,
     /// TTL for leases when `--ttl` is not given.
     pub default_ttl: Duration,
-    /// The longest TTL that may be asked for.
+    /// The longest TTL that may be asked for, and the furthest `renew` may extend a lease.
     pub max_ttl: Duration,
     /// The variable that carries the token to the child and that `verify` reads.
     pub token_env: String,
+    /// When set, the only scopes that may be minted (a requested scope must be covered by one).
+    pub allowed_scopes: Option<Vec<Scope>>,
+    /// Whether `--no-parent` may mint a root lease while a parent token is present.
+    pub allow_orphans: bool,
+    /// Named sets of defaults for `--profile`.
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// A named set of defaults for `run` and `issue`; flags on the command line override each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// Scopes, with optional use budgets.
+    pub scope: Option<Vec<Grant>>,
+    /// Lifetime.
+    pub ttl: Option<Duration>,
+    /// The variable the token goes in.
+    pub env: Option<String>,
+    /// What happens to the command at expiry.
+    pub on_expiry: Option<OnExpiry>,
+    /// Grace between SIGTERM and SIGKILL for `on_expiry = "term"`.
+    pub grace: Option<Duration>,
+    /// Total granted verifies.
+    pub uses: Option<u64>,
 }
 
 impl Default for Config {
@@ -36,6 +63,9 @@ impl Default for Config {
             default_ttl: ttl::DEFAULT_TTL,
             max_ttl: ttl::DEFAULT_MAX_TTL,
             token_env: DEFAULT_TOKEN_ENV.to_owned(),
+            allowed_scopes: None,
+            allow_orphans: false,
+            profiles: BTreeMap::new(),
         }
     }
 }
@@ -47,6 +77,22 @@ struct File {
     default_ttl: Option<DurationValue>,
     max_ttl: Option<DurationValue>,
     token_env: Option<String>,
+    allowed_scopes: Option<Vec<String>>,
+    allow_orphans: Option<bool>,
+    #[serde(default)]
+    profile: BTreeMap<String, ProfileFile>,
+}
+
+/// A `[profile.NAME]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    scope: Option<Vec<String>>,
+    ttl: Option<DurationValue>,
+    env: Option<String>,
+    on_expiry: Option<String>,
+    grace: Option<DurationValue>,
+    uses: Option<u64>,
 }
 
 /// A duration written as whole seconds (`600`) or as text (`"10m"`).
@@ -62,6 +108,27 @@ impl DurationValue {
         match self {
             DurationValue::Seconds(seconds) => ttl::parse(&seconds.to_string()),
             DurationValue::Text(text) => ttl::parse(text),
+        }
+    }
+}
+
+/// Turns a problem with one key's value into an error naming the file, the key and its line.
+struct Located<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Located<'_> {
+    /// `table` is `None` for a top-level key, or the profile name.
+    fn error(&self, table: Option<&str>, key: &str, err: impl std::fmt::Display) -> anyhow::Error {
+        let shown = self.path.display();
+        let name = match table {
+            Some(profile) => format!("profile.{profile}.{key}"),
+            None => key.to_owned(),
+        };
+        match key_line(self.text, table, key) {
+            Some(line) => anyhow!("invalid config {shown}: line {line}: {name}: {err:#}"),
+            None => anyhow!("invalid config {shown}: {name}: {err:#}"),
         }
     }
 }
@@ -99,57 +166,138 @@ impl Config {
             });
             let message = err.message().trim_end().replace('\n', " ");
             match line {
-                Some(line) => anyhow::anyhow!("invalid config {shown}: line {line}: {message}"),
-                None => anyhow::anyhow!("invalid config {shown}: {message}"),
+                Some(line) => anyhow!("invalid config {shown}: line {line}: {message}"),
+                None => anyhow!("invalid config {shown}: {message}"),
             }
         })?;
+        let at = Located { text, path };
         let mut config = Config {
             path: Some(path.to_path_buf()),
             ..Config::default()
         };
         if let Some(value) = &file.max_ttl {
-            config.max_ttl = value
-                .parse()
-                .with_context(|| format!("invalid config {shown}: max_ttl"))?;
+            config.max_ttl = value.parse().map_err(|e| at.error(None, "max_ttl", e))?;
         }
         if let Some(value) = &file.default_ttl {
-            config.default_ttl = value
-                .parse()
-                .with_context(|| format!("invalid config {shown}: default_ttl"))?;
+            config.default_ttl = value.parse().map_err(|e| at.error(None, "default_ttl", e))?;
         } else {
             config.default_ttl = config.default_ttl.min(config.max_ttl);
         }
         if config.default_ttl > config.max_ttl {
-            bail!(
-                "invalid config {shown}: default_ttl ({}) is longer than max_ttl ({})",
+            let why = format!(
+                "{} is longer than max_ttl ({})",
                 ttl::human(config.default_ttl),
                 ttl::human(config.max_ttl)
             );
+            return Err(at.error(None, "default_ttl", why));
         }
         if let Some(name) = file.token_env {
-            validate_env_name(&name)
-                .with_context(|| format!("invalid config {shown}: token_env"))?;
+            validate_env_name(&name).map_err(|e| at.error(None, "token_env", e))?;
             config.token_env = name;
+        }
+        if let Some(scopes) = &file.allowed_scopes {
+            let parsed = if scopes.is_empty() {
+                Ok(Vec::new())
+            } else {
+                scope::parse_list(scopes)
+            };
+            config.allowed_scopes = Some(parsed.map_err(|e| at.error(None, "allowed_scopes", e))?);
+        }
+        config.allow_orphans = file.allow_orphans.unwrap_or(false);
+        for (name, profile) in &file.profile {
+            let profile = parse_profile(profile, |key, err| at.error(Some(name), key, err))?;
+            config.profiles.insert(name.clone(), profile);
         }
         Ok(config)
     }
 
-    /// The TTL for a new lease: `requested` or the default, checked against `max_ttl`.
-    pub fn ttl(&self, requested: Option<Duration>) -> Result<Duration> {
-        let ttl = requested.unwrap_or(self.default_ttl);
+    /// The profile called `name`, or an error naming the file and the profiles it has.
+    pub fn profile(&self, name: &str) -> Result<&Profile> {
+        if let Some(profile) = self.profiles.get(name) {
+            return Ok(profile);
+        }
+        let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+        let file = match &self.path {
+            Some(path) => format!("in {}", path.display()),
+            None => "(no config file was found)".to_owned(),
+        };
+        if known.is_empty() {
+            bail!("unknown profile '{}': no profiles are defined {file}", name.escape_debug());
+        }
+        bail!(
+            "unknown profile '{}': the profiles {file} are {}",
+            name.escape_debug(),
+            known.join(", ")
+        )
+    }
+
+    /// Checks a lifetime against `max_ttl`.
+    pub fn check_ttl(&self, ttl: Duration) -> Result<()> {
         if ttl > self.max_ttl {
-            let source = match &self.path {
-                Some(path) => format!("max_ttl in {}", path.display()),
-                None => "the default max_ttl".to_owned(),
-            };
             bail!(
-                "ttl {} is too long: {source} allows at most {}; ask for less with --ttl",
+                "ttl {} is too long: {} allows at most {}; ask for less with --ttl",
                 ttl::human(ttl),
+                self.source("max_ttl"),
                 ttl::human(self.max_ttl)
             );
         }
-        Ok(ttl)
+        Ok(())
     }
+
+    /// Checks that `scope` may be minted under `allowed_scopes`.
+    pub fn check_allowed(&self, scope: &Scope) -> Result<()> {
+        match &self.allowed_scopes {
+            Some(allowed) if !allowed.iter().any(|a| a.covers(scope)) => bail!(
+                "scope '{scope}' is not allowed: {} permits only {}",
+                self.source("allowed_scopes"),
+                if allowed.is_empty() { "nothing".to_owned() } else { scope::join(allowed) }
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where a setting came from, for messages: "max_ttl in FILE" or "the default max_ttl".
+    fn source(&self, key: &str) -> String {
+        match &self.path {
+            Some(path) => format!("{key} in {}", path.display()),
+            None => format!("the default {key}"),
+        }
+    }
+}
+
+fn parse_profile(
+    file: &ProfileFile,
+    error: impl Fn(&str, anyhow::Error) -> anyhow::Error,
+) -> Result<Profile> {
+    let duration = |value: &Option<DurationValue>, key: &str| {
+        value.as_ref().map(|v| v.parse().map_err(|e| error(key, e))).transpose()
+    };
+    let scope = match &file.scope {
+        Some(items) => Some(scope::parse_grants(items).map_err(|e| error("scope", e))?),
+        None => None,
+    };
+    let env = match &file.env {
+        Some(name) => {
+            validate_env_name(name).map_err(|e| error("env", e))?;
+            Some(name.clone())
+        }
+        None => None,
+    };
+    let on_expiry = match &file.on_expiry {
+        Some(text) => Some(text.parse::<OnExpiry>().map_err(|e| error("on_expiry", e))?),
+        None => None,
+    };
+    if file.uses == Some(0) {
+        return Err(error("uses", anyhow!("must be at least 1")));
+    }
+    Ok(Profile {
+        scope,
+        ttl: duration(&file.ttl, "ttl")?,
+        env,
+        on_expiry,
+        grace: duration(&file.grace, "grace")?,
+        uses: file.uses,
+    })
 }
 
 /// Checks that `name` can be an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -165,6 +313,32 @@ pub fn validate_env_name(name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The line of `key = ...` in the top level (`table` None) or in `[profile.TABLE]`.
+fn key_line(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
+    let mut current: Option<String> = None;
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(header) = trimmed.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            current = header.trim().strip_prefix("profile.").map(|n| n.trim().to_owned());
+            if current.is_none() {
+                current = Some(String::new());
+            }
+            continue;
+        }
+        let in_table = match table {
+            Some(name) => current.as_deref() == Some(name),
+            None => current.is_none(),
+        };
+        let is_key = trimmed
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if in_table && is_key {
+            return Some(index + 1);
+        }
+    }
+    None
 }
 
 /// toml reports an unknown key with the span of its whole table; find the key's own line.
@@ -196,6 +370,7 @@ mod tests {
         let config = parse("").expect("empty config");
         assert_eq!(config.default_ttl, ttl::DEFAULT_TTL);
         assert_eq!(config.token_env, DEFAULT_TOKEN_ENV);
+        assert!(config.allowed_scopes.is_none() && config.profiles.is_empty());
     }
 
     #[test]
@@ -205,7 +380,34 @@ mod tests {
         assert_eq!(config.default_ttl, Duration::from_secs(120));
         assert_eq!(config.max_ttl, Duration::from_secs(3600));
         assert_eq!(config.token_env, "MY_TOKEN");
-        assert!(config.ttl(Some(Duration::from_secs(3601))).is_err());
+        assert!(config.check_ttl(Duration::from_secs(3601)).is_err());
+    }
+
+    #[test]
+    fn reads_the_documented_example() {
+        let config = parse(
+            r#"
+default_ttl = "10m"
+max_ttl = "12h"
+token_env = "LEASE_TOKEN"
+allowed_scopes = ["read:*", "write:draft", "deploy:staging"]
+[profile.deploy]
+scope = ["deploy:staging"]
+ttl = "2m"
+env = "DEPLOY_TOKEN"
+on_expiry = "term"
+uses = 1
+"#,
+        )
+        .expect("valid");
+        let deploy = config.profile("deploy").expect("profile");
+        assert_eq!(deploy.ttl, Some(Duration::from_secs(120)));
+        assert_eq!(deploy.on_expiry, Some(OnExpiry::Term));
+        assert_eq!(deploy.uses, Some(1));
+        let allowed = |s: &str| config.check_allowed(&Scope::parse(s).expect("scope")).is_ok();
+        assert!(allowed("read:articles") && allowed("read:*") && allowed("write:draft"));
+        assert!(!allowed("write:prod") && !allowed("*") && !allowed("read*"));
+        assert!(config.profile("nope").is_err());
     }
 
     #[test]
@@ -222,8 +424,18 @@ mod tests {
             "{:#}",
             parse("default_ttl = \"2h\"\nmax_ttl = \"1h\"").expect_err("too long")
         );
-        assert!(err.contains("default_ttl"), "{err}");
+        assert!(err.contains("default_ttl") && err.contains("line 1"), "{err}");
         let err = format!("{:#}", parse("token_env = \"1X\"").expect_err("bad name"));
         assert!(err.contains("token_env"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse("max_ttl = 60\n[profile.a]\nttl = \"5x\"").expect_err("bad profile ttl")
+        );
+        assert!(err.contains("profile.a.ttl") && err.contains("line 3"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse("[profile.a]\non_expiry = \"explode\"").expect_err("bad on_expiry")
+        );
+        assert!(err.contains("profile.a.on_expiry") && err.contains("line 2"), "{err}");
     }
 }

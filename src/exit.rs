@@ -14,6 +14,8 @@ pub enum Exit {
     Denied,
     /// 2: a subcommand other than `run` failed or was used wrongly; `verify` cannot decide.
     Failure,
+    /// 124: `lease run --on-expiry term|kill` ended the command because its lease expired.
+    Expired,
     /// 125: `lease run` failed before (or instead of) running the command.
     RunFailure,
     /// 126: the command exists but cannot be executed.
@@ -34,6 +36,7 @@ impl Exit {
             Exit::Success => 0,
             Exit::Denied => 1,
             Exit::Failure => 2,
+            Exit::Expired => 124,
             Exit::RunFailure => 125,
             Exit::CannotExecute => 126,
             Exit::NotFound => 127,

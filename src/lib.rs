@@ -5,12 +5,14 @@
 //! `lease verify ACTION` is the other side: it tells a tool whether a presented token is still
 //! valid and grants the action. See `docs/design.md` for how a run flows through the modules.
 
+pub mod authorize;
 pub mod child;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod exit;
 pub mod owner;
+pub mod policy;
 pub mod record;
 pub mod scope;
 pub mod signals;

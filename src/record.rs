@@ -1,5 +1,6 @@
 //! The record of one lease, as stored in `leases/<id>.toml`, and the status derived from it.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -46,9 +47,38 @@ pub struct Record {
         with = "rfc3339::option"
     )]
     pub revoked_at: Option<SystemTime>,
+    /// The furthest `renew` may push `expires_at` (the first issue plus `max_ttl`, and never
+    /// past the parent's); absent in records that cannot be renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339::option")]
+    pub renewable_until: Option<SystemTime>,
+    /// The id of the parent lease, for a nested lease; it is only valid while the parent is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Granted verifies left, when `--uses` limits them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_left: Option<u64>,
+    /// Granted verifies left for scopes with a budget (`--scope write:draft=1`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scope_uses_left: BTreeMap<String, u64>,
     /// The `lease run` process that owns the lease; `None` for a detached lease from `issue`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+}
+
+/// What one granted verify takes from a lease's budgets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// One of the lease-wide uses (`--uses`).
+    pub use_of_lease: bool,
+    /// One use of this budgeted scope.
+    pub use_of_scope: Option<String>,
+}
+
+impl Charge {
+    /// Whether the verify costs nothing, so no lock is needed.
+    pub fn is_free(&self) -> bool {
+        !self.use_of_lease && self.use_of_scope.is_none()
+    }
 }
 
 /// Where a lease stands right now, all things considered.
@@ -93,6 +123,10 @@ impl Record {
             expires_at,
             state: State::Active,
             revoked_at: None,
+            renewable_until: None,
+            parent: None,
+            uses_left: None,
+            scope_uses_left: BTreeMap::new(),
             owner,
         }
     }
@@ -152,9 +186,44 @@ impl Record {
         }
     }
 
-    /// Whether the lease's scopes grant `action` (regardless of its status).
+    /// Whether the lease's scopes grant `action` (regardless of its status and budgets).
     pub fn grants(&self, action: &Action) -> bool {
         crate::scope::any_grants(&self.scope, action)
+    }
+
+    /// What granting `action` would take from this lease's budgets, or `None` when a budget it
+    /// needs is spent. A scope without a budget that grants the action is preferred over a
+    /// budgeted one, so a budget on one scope never limits the others.
+    pub fn charge(&self, action: &Action) -> Option<Charge> {
+        if self.uses_left == Some(0) {
+            return None;
+        }
+        let matching: Vec<&Scope> = self.scope.iter().filter(|s| s.grants(action)).collect();
+        let unlimited = matching
+            .iter()
+            .any(|s| !self.scope_uses_left.contains_key(s.as_str()));
+        let use_of_scope = if unlimited || matching.is_empty() {
+            None
+        } else {
+            let left = |s: &&&Scope| self.scope_uses_left.get(s.as_str()).is_some_and(|n| *n > 0);
+            Some(matching.iter().find(left)?.as_str().to_owned())
+        };
+        Some(Charge {
+            use_of_lease: self.uses_left.is_some(),
+            use_of_scope,
+        })
+    }
+
+    /// Takes `charge` from the budgets.
+    pub fn spend(&mut self, charge: &Charge) {
+        if charge.use_of_lease {
+            self.uses_left = self.uses_left.map(|n| n.saturating_sub(1));
+        }
+        if let Some(scope) = &charge.use_of_scope
+            && let Some(left) = self.scope_uses_left.get_mut(scope)
+        {
+            *left = left.saturating_sub(1);
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! A scope is 1 to 128 characters of `A-Z a-z 0-9 : . _ / -`, optionally ending in `*`. An
 //! action is granted by a scope equal to it, or by a scope `P*` when the action starts with `P`.
+//! On the command line a scope may carry a use budget, `write:draft=1`: a [`Grant`].
 
 use std::fmt;
 
@@ -48,6 +49,15 @@ impl Scope {
         }
     }
 
+    /// Whether everything `other` grants, this scope grants too: `read:*` covers `read:a`
+    /// and `read:a*`, but not `read*` or `*`; an exact scope covers only itself.
+    pub fn covers(&self, other: &Scope) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => other.0.strip_suffix('*').unwrap_or(&other.0).starts_with(prefix),
+            None => self.0 == other.0,
+        }
+    }
+
     /// The scope as written.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -77,28 +87,71 @@ impl Action {
     }
 }
 
-/// Parses a list of `--scope` values, each of which may hold several comma-separated items,
-/// keeping the order given and dropping repeats.
-pub fn parse_list<S: AsRef<str>>(values: &[S]) -> Result<Vec<Scope>> {
-    let mut scopes: Vec<Scope> = Vec::new();
+/// A scope a new lease asks for, with the number of granted verifies it may spend, if limited
+/// (`write:draft=1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The scope.
+    pub scope: Scope,
+    /// How many granted verifies this scope allows; `None` for no limit.
+    pub uses: Option<u64>,
+}
+
+impl Grant {
+    /// Parses `SCOPE` or `SCOPE=N` (N at least 1).
+    pub fn parse(text: &str) -> Result<Grant> {
+        let (scope, uses) = match text.split_once('=') {
+            Some((scope, count)) => match count.parse::<u64>() {
+                Ok(n) if n >= 1 => (scope, Some(n)),
+                _ => bail!(
+                    "invalid use budget in '{}': after '=' comes a whole number of uses, at least 1",
+                    text.escape_debug()
+                ),
+            },
+            None => (text, None),
+        };
+        Ok(Grant {
+            scope: Scope::parse(scope)?,
+            uses,
+        })
+    }
+}
+
+/// Parses a list of `--scope` values, each of which may hold several comma-separated items
+/// (with optional budgets), keeping the order given and dropping repeats.
+pub fn parse_grants<S: AsRef<str>>(values: &[S]) -> Result<Vec<Grant>> {
+    let mut grants: Vec<Grant> = Vec::new();
     for value in values {
         for item in value.as_ref().split(',') {
-            let scope = Scope::parse(item)?;
-            if !scopes.contains(&scope) {
-                scopes.push(scope);
+            let grant = Grant::parse(item)?;
+            match grants.iter().find(|g| g.scope == grant.scope) {
+                Some(seen) if seen.uses != grant.uses => {
+                    bail!("scope '{}' is given twice with different budgets", grant.scope)
+                }
+                Some(_) => {}
+                None => grants.push(grant),
             }
         }
     }
-    if scopes.is_empty() {
+    if grants.is_empty() {
         bail!("no scope given: pass --scope, e.g. --scope read:articles");
     }
-    if scopes.len() > MAX_SCOPES {
+    if grants.len() > MAX_SCOPES {
         bail!(
             "too many scopes: {} given, at most {MAX_SCOPES} allowed",
-            scopes.len()
+            grants.len()
         );
     }
-    Ok(scopes)
+    Ok(grants)
+}
+
+/// Parses a list of scopes without budgets (as `allowed_scopes` holds them).
+pub fn parse_list<S: AsRef<str>>(values: &[S]) -> Result<Vec<Scope>> {
+    let grants = parse_grants(values)?;
+    if let Some(limited) = grants.iter().find(|g| g.uses.is_some()) {
+        bail!("scope '{}' cannot carry a use budget here", limited.scope);
+    }
+    Ok(grants.into_iter().map(|g| g.scope).collect())
 }
 
 /// Whether any of `scopes` grants `action`.
@@ -175,6 +228,32 @@ mod tests {
             assert!(Scope::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(Scope::parse(&"a".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn covers_means_grants_everything_the_other_grants() {
+        let covers = |a: &str, b: &str| Scope::parse(a).expect("a").covers(&Scope::parse(b).expect("b"));
+        assert!(covers("read:*", "read:a"));
+        assert!(covers("read:*", "read:a*"));
+        assert!(covers("read:*", "read:*"));
+        assert!(!covers("read:*", "read*"));
+        assert!(!covers("read:*", "*"));
+        assert!(covers("*", "anything"));
+        assert!(covers("read:a", "read:a"));
+        assert!(!covers("read:a", "read:a*"));
+        assert!(!covers("read:a", "read:b"));
+    }
+
+    #[test]
+    fn grants_carry_optional_budgets() {
+        let grants = parse_grants(&["write:draft=1,read:*", "deploy=3"]).expect("valid");
+        let uses: Vec<Option<u64>> = grants.iter().map(|g| g.uses).collect();
+        assert_eq!(uses, [Some(1), None, Some(3)]);
+        for bad in ["a=0", "a=", "a=x", "a=-1", "=3", "a=1=2"] {
+            assert!(parse_grants(&[bad]).is_err(), "{bad}");
+        }
+        assert!(parse_grants(&["a=1,a=2"]).is_err());
+        assert!(parse_list(&["a=1"]).is_err());
     }
 
     #[test]

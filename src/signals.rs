@@ -6,7 +6,8 @@
 //! process group (Ctrl-C, Ctrl-\) already reached the child, so it is not sent again, unless
 //! the child has left lease's process group (e.g. called `setsid`), in which case the terminal's
 //! signal never reached it and lease passes it on. Signals that were ignored when lease started
-//! (`nohup`) are left alone, so the child inherits them ignored.
+//! (`nohup`) are left alone, so the child inherits them ignored. With `--on-expiry`, SIGALRM is
+//! the expiry timer.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -14,12 +15,13 @@ use std::mem::MaybeUninit;
 use std::process::{Child, ExitStatus};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use nix::libc::{self, c_int};
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::{Pid, getpgid, getpgrp};
+use nix::unistd::{Pid, alarm, getpgid, getpgrp};
 use signal_hook::consts::signal::{
-    SIGCHLD, SIGHUP, SIGINT, SIGPIPE, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
+    SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGPIPE, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
 };
 use signal_hook::iterator::SignalsInfo;
 use signal_hook::iterator::exfiltrator::WithOrigin;
@@ -52,18 +54,22 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Starts watching. Call before minting, so no signal between minting and the child's
-    /// start is lost.
-    pub fn install() -> io::Result<Forwarder> {
+    /// start is lost. With `watch_expiry`, SIGALRM is watched too: it is the expiry timer.
+    pub fn install(watch_expiry: bool) -> io::Result<Forwarder> {
         let mut watched: Vec<c_int> = FORWARDED.into_iter().filter(|&s| !is_ignored(s)).collect();
-        // SIGCHLD must be caught for lease to wait; if it was ignored, the child gets it back.
+        // SIGCHLD (and SIGALRM, when it serves as the expiry timer) must be caught by lease; if
+        // they were ignored, the child gets them back ignored.
         let mut ignore_in_child = Vec::new();
-        if is_ignored(SIGCHLD) {
-            ignore_in_child.push(SIGCHLD);
+        let caught = if watch_expiry { &[SIGCHLD, SIGALRM][..] } else { &[SIGCHLD][..] };
+        for &signal in caught {
+            if is_ignored(signal) {
+                ignore_in_child.push(signal);
+            }
+            watched.push(signal);
         }
         if SIGPIPE_IGNORED_AT_START.load(Ordering::Relaxed) {
             ignore_in_child.push(SIGPIPE);
         }
-        watched.push(SIGCHLD);
         Ok(Forwarder {
             signals: SignalsInfo::<WithOrigin>::new(&watched)?,
             ignore_in_child,
@@ -86,21 +92,107 @@ impl Forwarder {
     }
 
     /// Waits for `child` to exit, forwarding signals to it meanwhile. Returns as soon as the
-    /// child itself exits, whatever its own children still do.
-    pub fn wait(&mut self, child: &mut Child) -> io::Result<ExitStatus> {
+    /// child itself exits, whatever its own children still do. With a `deadline`, the child is
+    /// ended when the lease expires (SIGTERM, then SIGKILL after the grace; or SIGKILL).
+    pub fn wait(&mut self, child: &mut Child, mut deadline: Option<Deadline<'_>>) -> io::Result<Waited> {
         let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
+        let mut stage = Stage::Running;
+        if let Some(deadline) = deadline.as_mut() {
+            stage = deadline.on_alarm(stage, pid);
+        }
         loop {
             if let Some(status) = child.try_wait()? {
-                return Ok(status);
+                alarm::cancel();
+                return Ok(Waited {
+                    status,
+                    ended_at_expiry: stage != Stage::Running,
+                });
             }
             // Blocks until at least one signal arrives; SIGCHLD wakes it when the child exits.
             for origin in self.signals.wait() {
-                if origin.signal != SIGCHLD {
-                    forward(&origin, pid);
+                match (origin.signal, deadline.as_mut()) {
+                    (SIGCHLD, _) => {}
+                    (SIGALRM, Some(deadline)) => stage = deadline.on_alarm(stage, pid),
+                    _ => forward(&origin, pid),
                 }
             }
         }
     }
+}
+
+/// How a child waited for by [`Forwarder::wait`] ended.
+#[derive(Debug)]
+pub struct Waited {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Whether lease ended it because the lease expired.
+    pub ended_at_expiry: bool,
+}
+
+/// Ending the child when its lease expires, timed with `alarm(2)`: SIGALRM arrives through the
+/// same iterator as every other signal, so no thread and no polling are needed.
+pub struct Deadline<'a> {
+    /// SIGKILL at once (`--on-expiry kill`) rather than SIGTERM first (`term`).
+    pub kill_at_once: bool,
+    /// The time between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// The lease's expiry, read afresh each time (a renew may have moved it).
+    pub expires_at: &'a mut dyn FnMut() -> SystemTime,
+}
+
+impl std::fmt::Debug for Deadline<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deadline")
+            .field("kill_at_once", &self.kill_at_once)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the child stands with respect to its lease's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Running,
+    Terminated,
+    Killed,
+}
+
+impl Deadline<'_> {
+    /// Acts on the timer (or on the first call): ends the child if the lease has expired,
+    /// otherwise sets the timer for the expiry.
+    fn on_alarm(&mut self, stage: Stage, child: Pid) -> Stage {
+        match stage {
+            Stage::Running => {
+                let now = SystemTime::now();
+                match (self.expires_at)().duration_since(now) {
+                    Ok(left) if !left.is_zero() => {
+                        set_alarm(left);
+                        Stage::Running
+                    }
+                    _ if self.kill_at_once => {
+                        let _ = kill(child, Signal::SIGKILL);
+                        Stage::Killed
+                    }
+                    _ => {
+                        let _ = kill(child, Signal::SIGTERM);
+                        set_alarm(self.grace);
+                        Stage::Terminated
+                    }
+                }
+            }
+            Stage::Terminated => {
+                let _ = kill(child, Signal::SIGKILL);
+                Stage::Killed
+            }
+            Stage::Killed => Stage::Killed,
+        }
+    }
+}
+
+/// Sets the alarm for `after` from now, rounded up to whole seconds.
+fn set_alarm(after: Duration) {
+    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    alarm::set(u32::try_from(seconds.max(1)).unwrap_or(u32::MAX));
 }
 
 /// Sends `origin.signal` on to the child unless the child already got it from the terminal.

@@ -121,22 +121,30 @@ impl Store {
     /// it changed it; only then is the record rewritten. Returns the record as it now stands,
     /// or `Loaded::Missing`/`Loaded::Corrupt` (unchanged) when there is no valid record.
     pub fn update(&self, id: &LeaseId, change: impl FnOnce(&mut Record) -> bool) -> Result<Loaded> {
-        let path = self.path(id);
-        let Some(mut locked) = self.lock(&path)? else {
+        let Some(mut locked) = self.lock(id)? else {
             return Ok(Loaded::Missing);
         };
-        let mut record = match read_record(&mut locked, id, &path)? {
+        let mut record = match locked.read()? {
             Loaded::Found(record) => record,
             other => return Ok(other),
         };
         if change(&mut record) {
-            let text = toml::to_string(&record).context("encoding the lease record")?;
-            self.write_temp(&text)?
-                .persist(&path)
-                .map_err(|err| err.error)
-                .with_context(|| format!("updating {}", path.display()))?;
+            locked.write(&record)?;
         }
         Ok(Loaded::Found(record))
+    }
+
+    /// Locks one record for a read-modify-write, or `None` if there is no such record. The lock
+    /// is held until the returned value is dropped. Whoever locks several records locks them
+    /// from a lease towards its root, so that two lockers never wait for each other.
+    pub fn lock(&self, id: &LeaseId) -> Result<Option<Locked<'_>>> {
+        let path = self.path(id);
+        Ok(self.lock_path(&path)?.map(|file| Locked {
+            store: self,
+            file,
+            id: id.clone(),
+            path,
+        }))
     }
 
     /// Removes a record if `should_remove` says so, under the record's lock.
@@ -145,11 +153,11 @@ impl Store {
         id: &LeaseId,
         should_remove: impl FnOnce(&Loaded) -> bool,
     ) -> Result<bool> {
-        let path = self.path(id);
-        let Some(mut locked) = self.lock(&path)? else {
+        let Some(mut locked) = self.lock(id)? else {
             return Ok(false);
         };
-        let loaded = read_record(&mut locked, id, &path)?;
+        let loaded = locked.read()?;
+        let path = locked.path.clone();
         if !should_remove(&loaded) {
             return Ok(false);
         }
@@ -234,7 +242,7 @@ impl Store {
 
     /// Opens and locks the record at `path`, making sure the locked file is still the one in
     /// place (a concurrent update may have renamed a new one over it while we waited).
-    fn lock(&self, path: &Path) -> Result<Option<File>> {
+    fn lock_path(&self, path: &Path) -> Result<Option<File>> {
         loop {
             let file = match open_nofollow(path) {
                 Ok(file) => file,
@@ -255,6 +263,38 @@ impl Store {
                 Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
             }
         }
+    }
+}
+
+/// A record locked by [`Store::lock`].
+#[derive(Debug)]
+pub struct Locked<'a> {
+    store: &'a Store,
+    file: File,
+    id: LeaseId,
+    path: PathBuf,
+}
+
+impl Locked<'_> {
+    /// The record as it stands under the lock.
+    pub fn read(&mut self) -> Result<Loaded> {
+        use std::io::Seek;
+        self.file
+            .rewind()
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        read_record(&mut self.file, &self.id, &self.path)
+    }
+
+    /// Replaces the record (atomically); the lock stays held on the old file, which is what
+    /// concurrent lockers wait on and then find replaced.
+    pub fn write(&mut self, record: &Record) -> Result<()> {
+        let text = toml::to_string(record).context("encoding the lease record")?;
+        self.store
+            .write_temp(&text)?
+            .persist(&self.path)
+            .map_err(|err| err.error)
+            .with_context(|| format!("updating {}", self.path.display()))?;
+        Ok(())
     }
 }
 

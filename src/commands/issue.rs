@@ -20,9 +20,9 @@ struct Issued<'a> {
 }
 
 pub fn issue(context: &Context, request: IssueRequest) -> Result<Exit> {
-    let ttl = context.config.ttl(request.ttl)?;
     let store = context.store(Open::CreateIfMissing)?;
-    let (token, record) = super::mint(&store, request.scopes, ttl, None)?;
+    let plan = super::plan(context, request.asked, &store)?;
+    let (token, record) = super::mint(&store, &plan, None)?;
     if request.json {
         print_json(&Issued {
             id: &record.id,

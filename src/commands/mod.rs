@@ -3,12 +3,13 @@
 mod gc;
 mod issue;
 mod list;
+mod renew;
 mod revoke;
 mod run;
-pub mod verify;
+mod verify;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, bail};
 
@@ -16,8 +17,8 @@ use crate::cli::{Command, Globals, Invocation};
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::owner::Owner;
+use crate::policy::{self, Asked, Plan};
 use crate::record::Record;
-use crate::scope::Scope;
 use crate::store::{Open, Store};
 use crate::token::Token;
 
@@ -30,6 +31,7 @@ pub fn dispatch(invocation: Invocation) -> Result<Exit> {
         Command::Issue(request) => issue::issue(&context, request),
         Command::List { all, json } => list::list(&context, all, json),
         Command::Revoke(target) => revoke::revoke(&context, target),
+        Command::Renew(request) => renew::renew(&context, &request),
         Command::Gc => gc::gc(&context),
     }
 }
@@ -73,34 +75,34 @@ fn default_state_dir() -> Result<PathBuf> {
 /// even one retry vanishingly rare).
 const MINT_ATTEMPTS: usize = 4;
 
-/// Mints a token and records its lease.
-fn mint(
-    store: &Store,
-    scope: Vec<Scope>,
-    ttl: Duration,
-    owner: Option<Owner>,
-) -> Result<(Token, Record)> {
-    // Records keep whole seconds: issued_at rounds down and expires_at up, so a lease lives at
-    // least its ttl (and less than a second more), and the expiry in LEASE_EXPIRES_AT is exact.
-    let now = SystemTime::now();
-    let since_epoch = now
-        .duration_since(UNIX_EPOCH)
-        .context("the clock is before 1970")?;
-    let issued_at = UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
-    let end = since_epoch + ttl;
-    let end_secs = end.as_secs() + u64::from(end.subsec_nanos() > 0);
-    let expires_at = UNIX_EPOCH
-        .checked_add(Duration::from_secs(end_secs))
-        .context("the ttl reaches past the end of time")?;
+/// Works out the lease `asked` for under the config and any parent lease in the environment,
+/// printing the policy's notes, or refuses it.
+fn plan(context: &Context, asked: Asked, store: &Store) -> Result<Plan> {
+    let inherited = std::env::var(&context.config.token_env)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(Token::presented);
+    let (plan, notes) = policy::plan(&context.config, asked, store, inherited.as_ref(), SystemTime::now())?;
+    for note in notes {
+        eprintln!("lease: note: {note}");
+    }
+    Ok(plan)
+}
+
+/// Mints a token and records its lease as `plan` says.
+fn mint(store: &Store, plan: &Plan, owner: Option<Owner>) -> Result<(Token, Record)> {
+    let scope: Vec<_> = plan.grants.iter().map(|g| g.scope.clone()).collect();
     for _ in 0..MINT_ATTEMPTS {
         let token = Token::mint()?;
-        let record = Record::new(
-            token.hash(),
-            scope.clone(),
-            issued_at,
-            expires_at,
-            owner.clone(),
-        );
+        let mut record = Record::new(token.hash(), scope.clone(), plan.issued_at, plan.expires_at, owner.clone());
+        record.renewable_until = Some(plan.renewable_until);
+        record.parent = plan.parent.as_ref().map(|p| p.id.clone());
+        record.uses_left = plan.uses;
+        record.scope_uses_left = plan
+            .grants
+            .iter()
+            .filter_map(|g| g.uses.map(|n| (g.scope.as_str().to_owned(), n)))
+            .collect();
         if store.insert(&record)? {
             return Ok((token, record));
         }

@@ -16,27 +16,28 @@ use crate::exit::Exit;
 use crate::owner::Owner;
 use crate::record::rfc3339;
 use crate::scope;
-use crate::signals::Forwarder;
-use crate::store::{Open, Store};
+use crate::policy::OnExpiry;
+use crate::signals::{Deadline, Forwarder};
+use crate::store::{Loaded, Open, Store};
 use crate::token::LeaseId;
 
 pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
-    let ttl = context.config.ttl(request.ttl)?;
-    let token_env = request
-        .env
-        .unwrap_or_else(|| context.config.token_env.clone());
-    // Watch signals before minting, so that none arriving from here on is lost.
-    let mut forwarder = Forwarder::install().context("watching signals")?;
     let store = context.store(Open::CreateIfMissing)?;
+    let plan = super::plan(context, request.asked, &store)?;
+    let ends_at_expiry = plan.on_expiry != OnExpiry::Keep;
+    // Watch signals before minting, so that none arriving from here on is lost.
+    let mut forwarder = Forwarder::install(ends_at_expiry).context("watching signals")?;
     let owner = Owner::current(program_name(&request.program))?;
-    let (token, record) = super::mint(&store, request.scopes, ttl, Some(owner))?;
-    let lease = RevokeOnExit::new(&store, token.hash().id());
+    let (token, record) = super::mint(&store, &plan, Some(owner))?;
+    let id = token.hash().id();
+    let lease = RevokeOnExit::new(&store, id.clone());
 
     if let Some(signal) = forwarder.arrived_before_start() {
         lease.revoke()?;
         return Ok(Exit::Signal(signal));
     }
 
+    let token_env = plan.token_env.as_str();
     // An inherited token under the usual names must not ride along beside the new one.
     let remove = [DEFAULT_TOKEN_ENV, context.config.token_env.as_str()]
         .into_iter()
@@ -48,7 +49,7 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     let spec = Spec {
         program: &request.program,
         args: &request.args,
-        secret: (&token_env, &token),
+        secret: (token_env, &token),
         set: vec![
             ("LEASE_ID", OsStr::new(&record.id)),
             ("LEASE_SCOPE", OsStr::new(&scope_list)),
@@ -58,10 +59,26 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         remove,
     };
     let mut child = child::spawn(spec, forwarder.ignore_in_child())?;
-    let status = forwarder
-        .wait(&mut child)
+    // The expiry is read again when it comes, since `lease renew` may have moved it.
+    let mut current_expiry = || match store.load(&id) {
+        Ok(Loaded::Found(record)) => record.expires_at,
+        _ => SystemTime::now(),
+    };
+    let deadline = ends_at_expiry.then(|| Deadline {
+        kill_at_once: plan.on_expiry == OnExpiry::Kill,
+        grace: plan.grace,
+        expires_at: &mut current_expiry,
+    });
+    let waited = forwarder
+        .wait(&mut child, deadline)
         .context("waiting for the command")?;
-    let outcome = exit_of(status);
+    let outcome = if waited.ended_at_expiry {
+        let how = if plan.on_expiry == OnExpiry::Kill { "SIGKILL" } else { "SIGTERM" };
+        eprintln!("lease: lease {id} expired: the command was ended with {how} (--on-expiry {})", if plan.on_expiry == OnExpiry::Kill { "kill" } else { "term" });
+        Exit::Expired
+    } else {
+        exit_of(waited.status)
+    };
 
     match lease.revoke() {
         Ok(()) => Ok(outcome),

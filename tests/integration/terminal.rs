@@ -144,7 +144,7 @@ fn nested_leases_pass_ctrl_c_to_the_innermost_child_once() {
     let sandbox = Sandbox::new();
     let inner = sigcount("USR1", &["INT", "USR1"]);
     // USR1 sent to the outer lease is forwarded to the inner one, which forwards it on.
-    let mut args = vec!["run", "--scope", "outer", "--", "lease"];
+    let mut args = vec!["run", "--scope", "a,b", "--", "lease"];
     args.extend(run_sh(&inner));
     let (ints, lines) = ctrl_c_scenario(&sandbox, &args, 1);
     assert_eq!(ints, 1, "{lines:?}");

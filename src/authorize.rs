@@ -1,0 +1,274 @@
+//! Deciding whether a token grants an action: the lease, its ancestors, and its budgets.
+//!
+//! A token's record is found by the id derived from its hash: one read. A nested lease is valid
+//! only while every ancestor is, so the chain up to the root is read too (one record per level).
+//! Leases with use budgets are charged under their records' locks, so concurrent verifies never
+//! grant more than the budget. Anything that cannot be confirmed denies: fail closed.
+
+use std::time::SystemTime;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::record::{Charge, Record, Status, rfc3339};
+use crate::scope::Action;
+use crate::store::{Loaded, Store};
+use crate::token::{LeaseId, Token};
+
+/// The deepest chain of nested leases that is followed; a longer one (or a loop, which only a
+/// tampered store can hold) fails closed.
+const MAX_DEPTH: usize = 10_000;
+
+/// The answer, as `verify --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// Whether the action is granted.
+    pub granted: bool,
+    /// `granted`, or why not: `unknown`, `malformed`, `expired`, `revoked`, `owner gone`,
+    /// `out of scope`, `used up`, `parent revoked` (or another `parent ...`), `corrupt record`.
+    pub reason: &'static str,
+    /// The lease id, when a lease was found.
+    pub id: Option<String>,
+    /// The lease's expiry (RFC 3339), when a lease was found.
+    pub expires_at: Option<String>,
+    /// A sentence for people, printed after the reason on a denial.
+    #[serde(skip)]
+    pub detail: String,
+}
+
+impl Decision {
+    /// A denial, naming the lease if one was found.
+    pub fn deny(reason: &'static str, detail: String, record: Option<&Record>) -> Decision {
+        Decision {
+            granted: false,
+            reason,
+            id: record.map(|r| r.id.clone()),
+            expires_at: record.map(|r| rfc3339::format(r.expires_at)),
+            detail,
+        }
+    }
+
+    fn grant(record: &Record) -> Decision {
+        Decision {
+            granted: true,
+            reason: "granted",
+            id: Some(record.id.clone()),
+            expires_at: Some(rfc3339::format(record.expires_at)),
+            detail: String::new(),
+        }
+    }
+}
+
+/// A token's lease and its ancestors.
+#[derive(Debug)]
+pub enum Chain {
+    /// No lease in this store matches the token.
+    Unknown,
+    /// The lease and every ancestor can grant: the lease first, then its parent, up to the root.
+    Live(Vec<Record>),
+    /// The lease cannot grant anything.
+    Dead {
+        /// The reason word, as verify prints it.
+        reason: &'static str,
+        /// A sentence for people.
+        detail: String,
+        /// The token's own lease, if it was found.
+        leaf: Option<Record>,
+    },
+}
+
+/// Finds the lease of `token` and its ancestors, and whether all of them are live at `now`.
+/// A lease found past its expiry is marked `expired` on the spot, so that it stays expired even
+/// if the clock is set back.
+pub fn chain(store: &Store, token: &Token, now: SystemTime) -> Result<Chain> {
+    let hash = token.hash();
+    let id = hash.id();
+    let leaf = match store.load(&id)? {
+        Loaded::Found(record) if hash.matches_hex(&record.token_sha256) => record,
+        Loaded::Found(_) | Loaded::Missing => return Ok(Chain::Unknown),
+        Loaded::Corrupt(why) => {
+            return Ok(Chain::Dead {
+                reason: "corrupt record",
+                detail: format!("lease {id}: {why}"),
+                leaf: None,
+            });
+        }
+    };
+    let (chain, expired) = walk(leaf, now, |id| store.load(id))?;
+    if let Some(id) = expired.as_ref().and_then(Record::lease_id) {
+        // The answer is a denial either way: a store that cannot be written changes nothing.
+        let _ = store.update(&id, |r| r.mark_expired(now));
+    }
+    Ok(chain)
+}
+
+/// Follows `leaf` up to its root through `load`, and says whether every lease on the way is
+/// live at `now`. Also returns the lease found past its expiry, if that is what ended the chain.
+pub fn walk(
+    leaf: Record,
+    now: SystemTime,
+    mut load: impl FnMut(&LeaseId) -> Result<Loaded>,
+) -> Result<(Chain, Option<Record>)> {
+    let mut records: Vec<Record> = Vec::new();
+    let mut next = Some(leaf);
+    while let Some(record) = next.take() {
+        let depth = records.len();
+        let dead = |reason, detail, leaf: Option<&Record>| Chain::Dead {
+            reason,
+            detail,
+            leaf: leaf.cloned(),
+        };
+        let leaf = records.first().unwrap_or(&record);
+        if let Some((reason, detail)) = why_dead(&record, now) {
+            let culprit = (reason == "expired").then(|| record.clone());
+            let reason = if depth == 0 { reason } else { parent_reason(reason) };
+            return Ok((dead(reason, detail, Some(leaf)), culprit));
+        }
+        if depth >= MAX_DEPTH {
+            let detail = format!("lease {} is nested too deep", record.id);
+            return Ok((dead("corrupt record", detail, Some(leaf)), None));
+        }
+        if let Some(parent_id) = &record.parent {
+            let loaded = match LeaseId::parse(parent_id) {
+                Some(id) => load(&id)?,
+                None => Loaded::Corrupt("the parent id is not a lease id".into()),
+            };
+            match loaded {
+                Loaded::Found(parent) if parent.id == *parent_id => {
+                    if parent.id == record.id || records.iter().any(|r| r.id == parent.id) {
+                        let detail = format!("lease {} is its own ancestor", record.id);
+                        return Ok((dead("corrupt record", detail, Some(leaf)), None));
+                    }
+                    next = Some(parent);
+                }
+                Loaded::Corrupt(why) => {
+                    let detail = format!("parent lease {parent_id}: {why}");
+                    return Ok((dead("corrupt record", detail, Some(leaf)), None));
+                }
+                _ => {
+                    let detail = format!(
+                        "parent lease {parent_id} of lease {} is no longer on record",
+                        record.id
+                    );
+                    return Ok((dead("parent gone", detail, Some(leaf)), None));
+                }
+            }
+        }
+        records.push(record);
+    }
+    Ok((Chain::Live(records), None))
+}
+
+/// Why a lease cannot grant anything at `now`, if so: its reason word and a sentence.
+fn why_dead(record: &Record, now: SystemTime) -> Option<(&'static str, String)> {
+    let id = &record.id;
+    let at = rfc3339::format;
+    match record.status(now) {
+        Status::Active => None,
+        Status::Revoked => {
+            let when = record
+                .revoked_at
+                .map(|t| format!(" at {}", at(t)))
+                .unwrap_or_default();
+            Some(("revoked", format!("lease {id} was revoked{when}")))
+        }
+        Status::Expired => Some((
+            "expired",
+            format!("lease {id} expired at {}", at(record.expires_at)),
+        )),
+        Status::OwnerGone => {
+            let pid = record.owner.as_ref().map_or(0, |o| o.pid);
+            Some((
+                "owner gone",
+                format!("the lease run (pid {pid}) that owned lease {id} has ended"),
+            ))
+        }
+    }
+}
+
+/// The reason a nested lease is denied when an ancestor is dead for `reason`.
+fn parent_reason(reason: &'static str) -> &'static str {
+    match reason {
+        "revoked" => "parent revoked",
+        "expired" => "parent expired",
+        "owner gone" => "parent owner gone",
+        other => other,
+    }
+}
+
+/// Decides whether a well-formed `token` grants `action` at `now`, spending one use from every
+/// budget on the way (the lease's and its ancestors') when it does.
+pub fn authorize(store: &Store, token: &Token, action: &Action, now: SystemTime) -> Result<Decision> {
+    let records = match chain(store, token, now)? {
+        Chain::Unknown => {
+            return Ok(Decision::deny("unknown", "no lease matches this token".into(), None));
+        }
+        Chain::Dead { reason, detail, leaf } => {
+            return Ok(Decision::deny(reason, detail, leaf.as_ref()));
+        }
+        Chain::Live(records) => records,
+    };
+    let leaf = &records[0];
+    if let Some(narrower) = records.iter().find(|r| !r.grants(action)) {
+        let granted = crate::scope::join(&narrower.scope);
+        let whose = if narrower.id == leaf.id { "lease" } else { "its parent lease" };
+        let detail = format!("{whose} {} grants {granted}, not {}", narrower.id, action.as_str());
+        return Ok(Decision::deny("out of scope", detail, Some(leaf)));
+    }
+    let mut charges = Vec::new();
+    for record in &records {
+        match record.charge(action) {
+            Some(charge) if charge.is_free() => {}
+            Some(charge) => charges.push((record, charge)),
+            None => return Ok(used_up(leaf, record)),
+        }
+    }
+    if charges.is_empty() {
+        return Ok(Decision::grant(leaf));
+    }
+    spend(store, leaf, &charges, action, now)
+}
+
+/// Charges every budget under its record's lock, from the lease towards the root; grants only
+/// if every charge can be paid, and then pays them all.
+fn spend(
+    store: &Store,
+    leaf: &Record,
+    charges: &[(&Record, Charge)],
+    action: &Action,
+    now: SystemTime,
+) -> Result<Decision> {
+    let mut locked = Vec::with_capacity(charges.len());
+    for (record, _) in charges {
+        let Some(id) = record.lease_id() else {
+            return Ok(Decision::deny("corrupt record", format!("lease {} has a bad id", record.id), Some(leaf)));
+        };
+        let Some(mut lock) = store.lock(&id)? else {
+            return Ok(Decision::deny("unknown", format!("lease {id} was removed"), Some(leaf)));
+        };
+        let current = match lock.read()? {
+            Loaded::Found(current) => current,
+            _ => return Ok(Decision::deny("corrupt record", format!("lease {id} cannot be read"), Some(leaf))),
+        };
+        let status = current.status(now);
+        if status != Status::Active {
+            let word = status.as_str();
+            let reason = if current.id == leaf.id { word } else { parent_reason(word) };
+            return Ok(Decision::deny(reason, format!("lease {id} ended meanwhile"), Some(leaf)));
+        }
+        let Some(charge) = current.charge(action) else {
+            return Ok(used_up(leaf, &current));
+        };
+        locked.push((lock, current, charge));
+    }
+    for (lock, record, charge) in &mut locked {
+        record.spend(charge);
+        lock.write(record)?;
+    }
+    Ok(Decision::grant(leaf))
+}
+
+fn used_up(leaf: &Record, spent: &Record) -> Decision {
+    let whose = if spent.id == leaf.id { "lease" } else { "its parent lease" };
+    Decision::deny("used up", format!("{whose} {} has no uses left for this action", spent.id), Some(leaf))
+}

@@ -1,0 +1,93 @@
+//! `lease renew`: extend the caller's own lease, within `max_ttl` from its first issue and
+//! never past its parent's expiry (Vault's explicit max TTL).
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, Result};
+
+use super::Context;
+use crate::authorize::{self, Chain};
+use crate::cli::{RenewRequest, TokenSource};
+use crate::exit::Exit;
+use crate::record::{Status, rfc3339};
+use crate::store::{Loaded, Open};
+use crate::ttl;
+
+/// What the update found.
+enum Outcome {
+    Renewed { until: SystemTime, capped: bool },
+    AtLimit(SystemTime),
+    Ended(Status),
+}
+
+pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
+    let source = TokenSource::Env(request.token_env.clone());
+    let token = super::verify::read_token(&source, &context.config.token_env)?;
+    if !token.is_well_formed() {
+        return Ok(refuse("malformed", "not a lease token"));
+    }
+    let store = context.store(Open::ExistingOnly)?;
+    let now = SystemTime::now();
+    let by = request.ttl.unwrap_or(context.config.default_ttl);
+    let records = match authorize::chain(&store, &token, now)? {
+        Chain::Unknown => return Ok(refuse("unknown", "no lease matches this token")),
+        Chain::Dead { reason, detail, .. } => return Ok(refuse(reason, &detail)),
+        Chain::Live(records) => records,
+    };
+    let parent_expiry = records.get(1).map(|parent| parent.expires_at);
+    let id = token.hash().id();
+    let mut outcome = None;
+    let loaded = store.update(&id, |record| {
+        let status = record.status(now);
+        if status != Status::Active {
+            outcome = Some(Outcome::Ended(status));
+            return false;
+        }
+        let mut limit = record.renewable_until.unwrap_or(record.expires_at);
+        if let Some(parent) = parent_expiry {
+            limit = limit.min(parent);
+        }
+        let wanted = record.expires_at + by;
+        let until = wanted.min(limit);
+        if until <= record.expires_at {
+            outcome = Some(Outcome::AtLimit(limit));
+            return false;
+        }
+        record.expires_at = until;
+        outcome = Some(Outcome::Renewed {
+            until,
+            capped: until < wanted,
+        });
+        true
+    })?;
+    match (outcome, loaded) {
+        (Some(Outcome::Renewed { until, capped }), _) => {
+            if capped {
+                eprintln!(
+                    "lease: note: extended only to {}: the lease may not outlive max_ttl from its first issue, nor its parent",
+                    rfc3339::format(until)
+                );
+            }
+            writeln!(std::io::stdout().lock(), "{}", rfc3339::format(until))
+                .context("writing to standard output")?;
+            Ok(Exit::Success)
+        }
+        (Some(Outcome::AtLimit(limit)), _) => Ok(refuse(
+            "max ttl reached",
+            &format!(
+                "lease {id} already lives until {}, as long as it may (max_ttl {} from its first issue, or its parent's expiry)",
+                rfc3339::format(limit),
+                ttl::human(context.config.max_ttl)
+            ),
+        )),
+        (Some(Outcome::Ended(status)), _) => Ok(refuse(status.as_str(), &format!("lease {id} ended meanwhile"))),
+        (None, Loaded::Corrupt(why)) => Ok(refuse("corrupt record", &why)),
+        (None, _) => Ok(refuse("unknown", "the lease was removed meanwhile")),
+    }
+}
+
+fn refuse(reason: &str, detail: &str) -> Exit {
+    eprintln!("lease: renew refused: {reason}: {detail}");
+    Exit::Denied
+}

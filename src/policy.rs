@@ -1,0 +1,197 @@
+//! Policy: what a new lease may be. Combines the command line, a profile, the config's limits
+//! (`max_ttl`, `allowed_scopes`) and the parent lease (a live token in the environment), and
+//! refuses anything the policy does not allow before a lease exists.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Result, anyhow, bail};
+
+use crate::authorize::{self, Chain};
+use crate::config::Config;
+use crate::record::{Record, rfc3339};
+use crate::scope::Grant;
+use crate::store::Store;
+use crate::token::Token;
+
+/// What `lease run` does to its command when the lease expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnExpiry {
+    /// Nothing: the token just stops working.
+    #[default]
+    Keep,
+    /// SIGTERM, then SIGKILL after the grace period.
+    Term,
+    /// SIGKILL.
+    Kill,
+}
+
+impl FromStr for OnExpiry {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<OnExpiry> {
+        match text {
+            "keep" => Ok(OnExpiry::Keep),
+            "term" => Ok(OnExpiry::Term),
+            "kill" => Ok(OnExpiry::Kill),
+            other => bail!(
+                "'{}' is not one of keep, term, kill",
+                other.escape_debug()
+            ),
+        }
+    }
+}
+
+/// The grace between SIGTERM and SIGKILL when `--grace` is not given.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// What the command line asked for, before the profile and the config fill in the rest.
+#[derive(Debug, Default, Clone)]
+pub struct Asked {
+    /// `--profile`.
+    pub profile: Option<String>,
+    /// `--scope` (with budgets), if given.
+    pub scope: Option<Vec<Grant>>,
+    /// `--ttl`.
+    pub ttl: Option<Duration>,
+    /// `--env` (run only).
+    pub env: Option<String>,
+    /// `--on-expiry` (run only).
+    pub on_expiry: Option<OnExpiry>,
+    /// `--grace` (run only).
+    pub grace: Option<Duration>,
+    /// `--uses`.
+    pub uses: Option<u64>,
+    /// `--no-parent`.
+    pub no_parent: bool,
+}
+
+/// A new lease as the policy allows it.
+#[derive(Debug)]
+pub struct Plan {
+    /// Scopes with their budgets, in order.
+    pub grants: Vec<Grant>,
+    /// When the lease ends (capped at the parent's expiry).
+    pub expires_at: SystemTime,
+    /// The furthest `renew` may push `expires_at`: the first issue plus `max_ttl`.
+    pub renewable_until: SystemTime,
+    /// The variable the token goes in.
+    pub token_env: String,
+    /// What happens to the command at expiry.
+    pub on_expiry: OnExpiry,
+    /// Grace between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// Total granted verifies, if limited.
+    pub uses: Option<u64>,
+    /// The parent lease, if this lease is nested.
+    pub parent: Option<Record>,
+    /// When the lease is issued (whole seconds).
+    pub issued_at: SystemTime,
+}
+
+/// Works out the lease `asked` for, or says why the policy refuses it. `inherited` is the token
+/// found in the environment, if any: when it is a live lease of this store, the new lease is
+/// its child. Notes for the user (a capped expiry) are returned for the caller to print.
+pub fn plan(
+    config: &Config,
+    asked: Asked,
+    store: &Store,
+    inherited: Option<&Token>,
+    now: SystemTime,
+) -> Result<(Plan, Vec<String>)> {
+    let profile = match &asked.profile {
+        Some(name) => config.profile(name)?.clone(),
+        None => Default::default(),
+    };
+    let Some(grants) = asked.scope.or(profile.scope) else {
+        bail!("no scope given: pass --scope (e.g. --scope read:articles) or --profile NAME");
+    };
+    let ttl = asked.ttl.or(profile.ttl).unwrap_or(config.default_ttl);
+    config.check_ttl(ttl)?;
+    for grant in &grants {
+        config.check_allowed(&grant.scope)?;
+    }
+    let issued_at = whole_seconds_floor(now)?;
+    let mut expires_at = whole_seconds_ceil(now + ttl)?;
+    let mut renewable_until = issued_at + config.max_ttl;
+    let mut notes = Vec::new();
+
+    let parent = match inherited {
+        Some(token) => live_parent(store, token, now)?,
+        None => None,
+    };
+    let parent = match parent {
+        Some(_) if asked.no_parent && !config.allow_orphans => bail!(
+            "--no-parent is refused while a parent lease's token is in ${}: {}",
+            config.token_env,
+            match &config.path {
+                Some(path) => format!("set allow_orphans = true in {} to allow it", path.display()),
+                None => "set allow_orphans = true in the config file to allow it".to_owned(),
+            }
+        ),
+        Some(_) if asked.no_parent => None,
+        other => other,
+    };
+    if let Some(parent) = &parent {
+        for grant in &grants {
+            if !parent.scope.iter().any(|s| s.covers(&grant.scope)) {
+                bail!(
+                    "scope '{}' is not granted by the parent lease {} (it has {})",
+                    grant.scope,
+                    parent.id,
+                    crate::scope::join(&parent.scope)
+                );
+            }
+        }
+        if expires_at > parent.expires_at {
+            expires_at = parent.expires_at;
+            notes.push(format!(
+                "the lease expires at {}, with its parent lease {}",
+                rfc3339::format(expires_at),
+                parent.id
+            ));
+        }
+        renewable_until = renewable_until.min(parent.renewable_until.unwrap_or(parent.expires_at));
+    }
+    Ok((
+        Plan {
+            grants,
+            expires_at,
+            renewable_until,
+            token_env: asked.env.or(profile.env).unwrap_or_else(|| config.token_env.clone()),
+            on_expiry: asked.on_expiry.or(profile.on_expiry).unwrap_or_default(),
+            grace: asked.grace.or(profile.grace).unwrap_or(DEFAULT_GRACE),
+            uses: asked.uses.or(profile.uses),
+            parent,
+            issued_at,
+        },
+        notes,
+    ))
+}
+
+/// The lease behind an inherited token, if it is one of this store's. A token this store does
+/// not know (another store's, or not a lease token) is no parent; a known one that can no longer
+/// grant anything refuses the new lease, which would be dead on arrival.
+fn live_parent(store: &Store, token: &Token, now: SystemTime) -> Result<Option<Record>> {
+    if !token.is_well_formed() {
+        return Ok(None);
+    }
+    match authorize::chain(store, token, now)? {
+        Chain::Unknown => Ok(None),
+        Chain::Live(records) => Ok(records.into_iter().next()),
+        Chain::Dead { reason, detail, .. } => Err(anyhow!(
+            "the parent lease in the environment is {reason}: {detail}; a child of it could never be used"
+        )),
+    }
+}
+
+fn whole_seconds_floor(time: SystemTime) -> Result<SystemTime> {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| anyhow!("the clock is before 1970"))?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs()))
+}
+
+fn whole_seconds_ceil(time: SystemTime) -> Result<SystemTime> {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| anyhow!("the clock is before 1970"))?;
+    let seconds = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+}

@@ -60,6 +60,8 @@ impl Decision {
 }
 
 /// A token's lease and its ancestors.
+// Returned once per decision and matched at once; boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Chain {
     /// No lease in this store matches the token.
@@ -121,7 +123,11 @@ pub fn walk(
         let leaf = records.first().unwrap_or(&record);
         if let Some((reason, detail)) = why_dead(&record, now) {
             let culprit = (reason == "expired").then(|| record.clone());
-            let reason = if depth == 0 { reason } else { parent_reason(reason) };
+            let reason = if depth == 0 {
+                reason
+            } else {
+                parent_reason(reason)
+            };
             return Ok((dead(reason, detail, Some(leaf)), culprit));
         }
         if depth >= MAX_DEPTH {
@@ -198,12 +204,25 @@ fn parent_reason(reason: &'static str) -> &'static str {
 
 /// Decides whether a well-formed `token` grants `action` at `now`, spending one use from every
 /// budget on the way (the lease's and its ancestors') when it does.
-pub fn authorize(store: &Store, token: &Token, action: &Action, now: SystemTime) -> Result<Decision> {
+pub fn authorize(
+    store: &Store,
+    token: &Token,
+    action: &Action,
+    now: SystemTime,
+) -> Result<Decision> {
     let records = match chain(store, token, now)? {
         Chain::Unknown => {
-            return Ok(Decision::deny("unknown", "no lease matches this token".into(), None));
+            return Ok(Decision::deny(
+                "unknown",
+                "no lease matches this token".into(),
+                None,
+            ));
         }
-        Chain::Dead { reason, detail, leaf } => {
+        Chain::Dead {
+            reason,
+            detail,
+            leaf,
+        } => {
             return Ok(Decision::deny(reason, detail, leaf.as_ref()));
         }
         Chain::Live(records) => records,
@@ -211,8 +230,16 @@ pub fn authorize(store: &Store, token: &Token, action: &Action, now: SystemTime)
     let leaf = &records[0];
     if let Some(narrower) = records.iter().find(|r| !r.grants(action)) {
         let granted = crate::scope::join(&narrower.scope);
-        let whose = if narrower.id == leaf.id { "lease" } else { "its parent lease" };
-        let detail = format!("{whose} {} grants {granted}, not {}", narrower.id, action.as_str());
+        let whose = if narrower.id == leaf.id {
+            "lease"
+        } else {
+            "its parent lease"
+        };
+        let detail = format!(
+            "{whose} {} grants {granted}, not {}",
+            narrower.id,
+            action.as_str()
+        );
         return Ok(Decision::deny("out of scope", detail, Some(leaf)));
     }
     let mut charges = Vec::new();
@@ -241,20 +268,42 @@ fn spend(
     let mut locked = Vec::with_capacity(charges.len());
     for (record, _) in charges {
         let Some(id) = record.lease_id() else {
-            return Ok(Decision::deny("corrupt record", format!("lease {} has a bad id", record.id), Some(leaf)));
+            return Ok(Decision::deny(
+                "corrupt record",
+                format!("lease {} has a bad id", record.id),
+                Some(leaf),
+            ));
         };
         let Some(mut lock) = store.lock(&id)? else {
-            return Ok(Decision::deny("unknown", format!("lease {id} was removed"), Some(leaf)));
+            return Ok(Decision::deny(
+                "unknown",
+                format!("lease {id} was removed"),
+                Some(leaf),
+            ));
         };
         let current = match lock.read()? {
             Loaded::Found(current) => current,
-            _ => return Ok(Decision::deny("corrupt record", format!("lease {id} cannot be read"), Some(leaf))),
+            _ => {
+                return Ok(Decision::deny(
+                    "corrupt record",
+                    format!("lease {id} cannot be read"),
+                    Some(leaf),
+                ));
+            }
         };
         let status = current.status(now);
         if status != Status::Active {
             let word = status.as_str();
-            let reason = if current.id == leaf.id { word } else { parent_reason(word) };
-            return Ok(Decision::deny(reason, format!("lease {id} ended meanwhile"), Some(leaf)));
+            let reason = if current.id == leaf.id {
+                word
+            } else {
+                parent_reason(word)
+            };
+            return Ok(Decision::deny(
+                reason,
+                format!("lease {id} ended meanwhile"),
+                Some(leaf),
+            ));
         }
         let Some(charge) = current.charge(action) else {
             return Ok(used_up(leaf, &current));
@@ -269,6 +318,14 @@ fn spend(
 }
 
 fn used_up(leaf: &Record, spent: &Record) -> Decision {
-    let whose = if spent.id == leaf.id { "lease" } else { "its parent lease" };
-    Decision::deny("used up", format!("{whose} {} has no uses left for this action", spent.id), Some(leaf))
+    let whose = if spent.id == leaf.id {
+        "lease"
+    } else {
+        "its parent lease"
+    };
+    Decision::deny(
+        "used up",
+        format!("{whose} {} has no uses left for this action", spent.id),
+        Some(leaf),
+    )
 }

@@ -179,7 +179,9 @@ impl Config {
             config.max_ttl = value.parse().map_err(|e| at.error(None, "max_ttl", e))?;
         }
         if let Some(value) = &file.default_ttl {
-            config.default_ttl = value.parse().map_err(|e| at.error(None, "default_ttl", e))?;
+            config.default_ttl = value
+                .parse()
+                .map_err(|e| at.error(None, "default_ttl", e))?;
         } else {
             config.default_ttl = config.default_ttl.min(config.max_ttl);
         }
@@ -222,7 +224,10 @@ impl Config {
             None => "(no config file was found)".to_owned(),
         };
         if known.is_empty() {
-            bail!("unknown profile '{}': no profiles are defined {file}", name.escape_debug());
+            bail!(
+                "unknown profile '{}': no profiles are defined {file}",
+                name.escape_debug()
+            );
         }
         bail!(
             "unknown profile '{}': the profiles {file} are {}",
@@ -250,7 +255,11 @@ impl Config {
             Some(allowed) if !allowed.iter().any(|a| a.covers(scope)) => bail!(
                 "scope '{scope}' is not allowed: {} permits only {}",
                 self.source("allowed_scopes"),
-                if allowed.is_empty() { "nothing".to_owned() } else { scope::join(allowed) }
+                if allowed.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    scope::join(allowed)
+                }
             ),
             _ => Ok(()),
         }
@@ -270,7 +279,10 @@ fn parse_profile(
     error: impl Fn(&str, anyhow::Error) -> anyhow::Error,
 ) -> Result<Profile> {
     let duration = |value: &Option<DurationValue>, key: &str| {
-        value.as_ref().map(|v| v.parse().map_err(|e| error(key, e))).transpose()
+        value
+            .as_ref()
+            .map(|v| v.parse().map_err(|e| error(key, e)))
+            .transpose()
     };
     let scope = match &file.scope {
         Some(items) => Some(scope::parse_grants(items).map_err(|e| error("scope", e))?),
@@ -284,7 +296,10 @@ fn parse_profile(
         None => None,
     };
     let on_expiry = match &file.on_expiry {
-        Some(text) => Some(text.parse::<OnExpiry>().map_err(|e| error("on_expiry", e))?),
+        Some(text) => Some(
+            text.parse::<OnExpiry>()
+                .map_err(|e| error("on_expiry", e))?,
+        ),
         None => None,
     };
     if file.uses == Some(0) {
@@ -321,7 +336,10 @@ fn key_line(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
     for (index, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if let Some(header) = trimmed.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            current = header.trim().strip_prefix("profile.").map(|n| n.trim().to_owned());
+            current = header
+                .trim()
+                .strip_prefix("profile.")
+                .map(|n| n.trim().to_owned());
             if current.is_none() {
                 current = Some(String::new());
             }
@@ -404,7 +422,11 @@ uses = 1
         assert_eq!(deploy.ttl, Some(Duration::from_secs(120)));
         assert_eq!(deploy.on_expiry, Some(OnExpiry::Term));
         assert_eq!(deploy.uses, Some(1));
-        let allowed = |s: &str| config.check_allowed(&Scope::parse(s).expect("scope")).is_ok();
+        let allowed = |s: &str| {
+            config
+                .check_allowed(&Scope::parse(s).expect("scope"))
+                .is_ok()
+        };
         assert!(allowed("read:articles") && allowed("read:*") && allowed("write:draft"));
         assert!(!allowed("write:prod") && !allowed("*") && !allowed("read*"));
         assert!(config.profile("nope").is_err());
@@ -424,18 +446,27 @@ uses = 1
             "{:#}",
             parse("default_ttl = \"2h\"\nmax_ttl = \"1h\"").expect_err("too long")
         );
-        assert!(err.contains("default_ttl") && err.contains("line 1"), "{err}");
+        assert!(
+            err.contains("default_ttl") && err.contains("line 1"),
+            "{err}"
+        );
         let err = format!("{:#}", parse("token_env = \"1X\"").expect_err("bad name"));
         assert!(err.contains("token_env"), "{err}");
         let err = format!(
             "{:#}",
             parse("max_ttl = 60\n[profile.a]\nttl = \"5x\"").expect_err("bad profile ttl")
         );
-        assert!(err.contains("profile.a.ttl") && err.contains("line 3"), "{err}");
+        assert!(
+            err.contains("profile.a.ttl") && err.contains("line 3"),
+            "{err}"
+        );
         let err = format!(
             "{:#}",
             parse("[profile.a]\non_expiry = \"explode\"").expect_err("bad on_expiry")
         );
-        assert!(err.contains("profile.a.on_expiry") && err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("profile.a.on_expiry") && err.contains("line 2"),
+            "{err}"
+        );
     }
 }

@@ -34,10 +34,7 @@ impl FromStr for OnExpiry {
             "keep" => Ok(OnExpiry::Keep),
             "term" => Ok(OnExpiry::Term),
             "kill" => Ok(OnExpiry::Kill),
-            other => bail!(
-                "'{}' is not one of keep, term, kill",
-                other.escape_debug()
-            ),
+            other => bail!("'{}' is not one of keep, term, kill", other.escape_debug()),
         }
     }
 }
@@ -158,7 +155,10 @@ pub fn plan(
             grants,
             expires_at,
             renewable_until,
-            token_env: asked.env.or(profile.env).unwrap_or_else(|| config.token_env.clone()),
+            token_env: asked
+                .env
+                .or(profile.env)
+                .unwrap_or_else(|| config.token_env.clone()),
             on_expiry: asked.on_expiry.or(profile.on_expiry).unwrap_or_default(),
             grace: asked.grace.or(profile.grace).unwrap_or(DEFAULT_GRACE),
             uses: asked.uses.or(profile.uses),
@@ -186,12 +186,16 @@ fn live_parent(store: &Store, token: &Token, now: SystemTime) -> Result<Option<R
 }
 
 fn whole_seconds_floor(time: SystemTime) -> Result<SystemTime> {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| anyhow!("the clock is before 1970"))?;
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| anyhow!("the clock is before 1970"))?;
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs()))
 }
 
 fn whole_seconds_ceil(time: SystemTime) -> Result<SystemTime> {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| anyhow!("the clock is before 1970"))?;
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| anyhow!("the clock is before 1970"))?;
     let seconds = since.as_secs() + u64::from(since.subsec_nanos() > 0);
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }

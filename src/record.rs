@@ -49,7 +49,11 @@ pub struct Record {
     pub revoked_at: Option<SystemTime>,
     /// The furthest `renew` may push `expires_at` (the first issue plus `max_ttl`, and never
     /// past the parent's); absent in records that cannot be renewed.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339::option"
+    )]
     pub renewable_until: Option<SystemTime>,
     /// The id of the parent lease, for a nested lease; it is only valid while the parent is.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -53,7 +53,11 @@ impl Scope {
     /// and `read:a*`, but not `read*` or `*`; an exact scope covers only itself.
     pub fn covers(&self, other: &Scope) -> bool {
         match self.0.strip_suffix('*') {
-            Some(prefix) => other.0.strip_suffix('*').unwrap_or(&other.0).starts_with(prefix),
+            Some(prefix) => other
+                .0
+                .strip_suffix('*')
+                .unwrap_or(&other.0)
+                .starts_with(prefix),
             None => self.0 == other.0,
         }
     }
@@ -126,7 +130,10 @@ pub fn parse_grants<S: AsRef<str>>(values: &[S]) -> Result<Vec<Grant>> {
             let grant = Grant::parse(item)?;
             match grants.iter().find(|g| g.scope == grant.scope) {
                 Some(seen) if seen.uses != grant.uses => {
-                    bail!("scope '{}' is given twice with different budgets", grant.scope)
+                    bail!(
+                        "scope '{}' is given twice with different budgets",
+                        grant.scope
+                    )
                 }
                 Some(_) => {}
                 None => grants.push(grant),
@@ -232,7 +239,11 @@ mod tests {
 
     #[test]
     fn covers_means_grants_everything_the_other_grants() {
-        let covers = |a: &str, b: &str| Scope::parse(a).expect("a").covers(&Scope::parse(b).expect("b"));
+        let covers = |a: &str, b: &str| {
+            Scope::parse(a)
+                .expect("a")
+                .covers(&Scope::parse(b).expect("b"))
+        };
         assert!(covers("read:*", "read:a"));
         assert!(covers("read:*", "read:a*"));
         assert!(covers("read:*", "read:*"));

@@ -60,7 +60,11 @@ impl Forwarder {
         // SIGCHLD (and SIGALRM, when it serves as the expiry timer) must be caught by lease; if
         // they were ignored, the child gets them back ignored.
         let mut ignore_in_child = Vec::new();
-        let caught = if watch_expiry { &[SIGCHLD, SIGALRM][..] } else { &[SIGCHLD][..] };
+        let caught = if watch_expiry {
+            &[SIGCHLD, SIGALRM][..]
+        } else {
+            &[SIGCHLD][..]
+        };
         for &signal in caught {
             if is_ignored(signal) {
                 ignore_in_child.push(signal);
@@ -94,7 +98,11 @@ impl Forwarder {
     /// Waits for `child` to exit, forwarding signals to it meanwhile. Returns as soon as the
     /// child itself exits, whatever its own children still do. With a `deadline`, the child is
     /// ended when the lease expires (SIGTERM, then SIGKILL after the grace; or SIGKILL).
-    pub fn wait(&mut self, child: &mut Child, mut deadline: Option<Deadline<'_>>) -> io::Result<Waited> {
+    pub fn wait(
+        &mut self,
+        child: &mut Child,
+        mut deadline: Option<Deadline<'_>>,
+    ) -> io::Result<Waited> {
         let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
         let mut stage = Stage::Running;
         if let Some(deadline) = deadline.as_mut() {

@@ -34,6 +34,8 @@ pub struct Store {
 }
 
 /// What reading one record found.
+// Returned once per read and matched at once; boxing the record would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Loaded {
     /// No record with that id.

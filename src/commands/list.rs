@@ -1,5 +1,6 @@
 //! `lease list`: the leases on record, as a table or JSON.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::time::SystemTime;
 
@@ -7,8 +8,9 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::{Context, print_json};
+use crate::authorize::{self, Chain};
 use crate::exit::Exit;
-use crate::record::{Record, Status, rfc3339};
+use crate::record::{Record, rfc3339};
 use crate::store::{Loaded, Open, Store};
 use crate::ttl;
 
@@ -21,32 +23,32 @@ struct Listed<'a> {
     pid: Option<u32>,
     command: Option<&'a str>,
     state: &'static str,
+    parent: Option<&'a str>,
+    uses_left: Option<u64>,
+    scope_uses_left: &'a BTreeMap<String, u64>,
 }
 
 pub fn list(context: &Context, all: bool, json: bool) -> Result<Exit> {
     let store = context.store(Open::ExistingOnly)?;
     let now = SystemTime::now();
-    let mut leases: Vec<(Record, Status)> = load_all(&store)?
-        .into_iter()
-        .map(|record| {
-            let status = record.status(now);
-            (record, status)
-        })
-        .filter(|(_, status)| all || *status == Status::Active)
-        .collect();
+    let mut leases = states(load_all(&store)?, now)?;
+    leases.retain(|(_, state)| all || *state == "active");
     leases.sort_by(|(a, _), (b, _)| a.issued_at.cmp(&b.issued_at).then_with(|| a.id.cmp(&b.id)));
 
     if json {
         let listed: Vec<Listed<'_>> = leases
             .iter()
-            .map(|(record, status)| Listed {
+            .map(|(record, state)| Listed {
                 id: &record.id,
                 scope: record.scope.iter().map(|s| s.as_str()).collect(),
                 issued_at: rfc3339::format(record.issued_at),
                 expires_at: rfc3339::format(record.expires_at),
                 pid: record.owner.as_ref().map(|o| o.pid),
                 command: record.owner.as_ref().map(|o| o.command.as_str()),
-                state: status.as_str(),
+                state,
+                parent: record.parent.as_deref(),
+                uses_left: record.uses_left,
+                scope_uses_left: &record.scope_uses_left,
             })
             .collect();
         print_json(&listed)?;
@@ -54,6 +56,29 @@ pub fn list(context: &Context, all: bool, json: bool) -> Result<Exit> {
         print_table(&leases, now).context("writing to standard output")?;
     }
     Ok(Exit::Success)
+}
+
+/// Every record with its state, the way verify sees it: `active`, or why not (a nested lease
+/// whose parent was revoked is `parent revoked`).
+fn states(records: Vec<Record>, now: SystemTime) -> Result<Vec<(Record, &'static str)>> {
+    let by_id: HashMap<String, Record> =
+        records.iter().map(|r| (r.id.clone(), r.clone())).collect();
+    let lookup = |id: &crate::token::LeaseId| {
+        Ok(by_id
+            .get(id.as_str())
+            .map_or(Loaded::Missing, |r| Loaded::Found(r.clone())))
+    };
+    records
+        .into_iter()
+        .map(|record| {
+            let state = match authorize::walk(record.clone(), now, lookup)?.0 {
+                Chain::Live(_) => "active",
+                Chain::Dead { reason, .. } => reason,
+                Chain::Unknown => "unknown",
+            };
+            Ok((record, state))
+        })
+        .collect()
 }
 
 /// Every readable record; unreadable ones are skipped with a warning.
@@ -69,31 +94,52 @@ pub(super) fn load_all(store: &Store) -> Result<Vec<Record>> {
     Ok(records)
 }
 
-fn print_table(leases: &[(Record, Status)], now: SystemTime) -> std::io::Result<()> {
-    let rows: Vec<[String; 6]> = leases
+fn print_table(leases: &[(Record, &'static str)], now: SystemTime) -> std::io::Result<()> {
+    let rows: Vec<[String; 8]> = leases
         .iter()
-        .map(|(record, status)| {
+        .map(|(record, state)| {
             let left = match record.expires_at.duration_since(now) {
-                Ok(left) if *status == Status::Active => ttl::human(left),
+                Ok(left) if *state == "active" => ttl::human(left),
                 _ => "-".to_owned(),
             };
             let (pid, command) = match &record.owner {
                 Some(owner) => (owner.pid.to_string(), owner.command.clone()),
                 None => ("-".to_owned(), "(detached)".to_owned()),
             };
-            let scope = crate::scope::join(&record.scope);
+            let scope: Vec<String> = record
+                .scope
+                .iter()
+                .map(|s| match record.scope_uses_left.get(s.as_str()) {
+                    Some(left) => format!("{s}={left}"),
+                    None => s.to_string(),
+                })
+                .collect();
             [
                 record.id.clone(),
-                status.as_str().to_owned(),
+                (*state).to_owned(),
                 left,
                 pid,
                 command,
-                scope,
+                record.parent.clone().unwrap_or_else(|| "-".to_owned()),
+                record
+                    .uses_left
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                scope.join(","),
             ]
         })
         .collect();
-    let header = ["ID", "STATE", "EXPIRES IN", "PID", "COMMAND", "SCOPE"].map(str::to_owned);
-    let mut widths = [0usize; 6];
+    let header = [
+        "ID",
+        "STATE",
+        "EXPIRES IN",
+        "PID",
+        "COMMAND",
+        "PARENT",
+        "USES",
+        "SCOPE",
+    ]
+    .map(str::to_owned);
+    let mut widths = [0usize; 8];
     for row in std::iter::once(&header).chain(&rows) {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());

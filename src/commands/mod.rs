@@ -82,7 +82,13 @@ fn plan(context: &Context, asked: Asked, store: &Store) -> Result<Plan> {
         .ok()
         .filter(|t| !t.is_empty())
         .map(Token::presented);
-    let (plan, notes) = policy::plan(&context.config, asked, store, inherited.as_ref(), SystemTime::now())?;
+    let (plan, notes) = policy::plan(
+        &context.config,
+        asked,
+        store,
+        inherited.as_ref(),
+        SystemTime::now(),
+    )?;
     for note in notes {
         eprintln!("lease: note: {note}");
     }
@@ -94,7 +100,13 @@ fn mint(store: &Store, plan: &Plan, owner: Option<Owner>) -> Result<(Token, Reco
     let scope: Vec<_> = plan.grants.iter().map(|g| g.scope.clone()).collect();
     for _ in 0..MINT_ATTEMPTS {
         let token = Token::mint()?;
-        let mut record = Record::new(token.hash(), scope.clone(), plan.issued_at, plan.expires_at, owner.clone());
+        let mut record = Record::new(
+            token.hash(),
+            scope.clone(),
+            plan.issued_at,
+            plan.expires_at,
+            owner.clone(),
+        );
         record.renewable_until = Some(plan.renewable_until);
         record.parent = plan.parent.as_ref().map(|p| p.id.clone());
         record.uses_left = plan.uses;

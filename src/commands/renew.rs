@@ -81,7 +81,10 @@ pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
                 ttl::human(context.config.max_ttl)
             ),
         )),
-        (Some(Outcome::Ended(status)), _) => Ok(refuse(status.as_str(), &format!("lease {id} ended meanwhile"))),
+        (Some(Outcome::Ended(status)), _) => Ok(refuse(
+            status.as_str(),
+            &format!("lease {id} ended meanwhile"),
+        )),
         (None, Loaded::Corrupt(why)) => Ok(refuse("corrupt record", &why)),
         (None, _) => Ok(refuse("unknown", "the lease was removed meanwhile")),
     }

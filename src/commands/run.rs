@@ -14,9 +14,9 @@ use crate::cli::RunRequest;
 use crate::config::DEFAULT_TOKEN_ENV;
 use crate::exit::Exit;
 use crate::owner::Owner;
+use crate::policy::OnExpiry;
 use crate::record::rfc3339;
 use crate::scope;
-use crate::policy::OnExpiry;
 use crate::signals::{Deadline, Forwarder};
 use crate::store::{Loaded, Open, Store};
 use crate::token::LeaseId;
@@ -73,8 +73,19 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         .wait(&mut child, deadline)
         .context("waiting for the command")?;
     let outcome = if waited.ended_at_expiry {
-        let how = if plan.on_expiry == OnExpiry::Kill { "SIGKILL" } else { "SIGTERM" };
-        eprintln!("lease: lease {id} expired: the command was ended with {how} (--on-expiry {})", if plan.on_expiry == OnExpiry::Kill { "kill" } else { "term" });
+        let how = if plan.on_expiry == OnExpiry::Kill {
+            "SIGKILL"
+        } else {
+            "SIGTERM"
+        };
+        eprintln!(
+            "lease: lease {id} expired: the command was ended with {how} (--on-expiry {})",
+            if plan.on_expiry == OnExpiry::Kill {
+                "kill"
+            } else {
+                "term"
+            }
+        );
         Exit::Expired
     } else {
         exit_of(waited.status)

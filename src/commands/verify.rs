@@ -8,9 +8,9 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result, bail};
 
 use super::{Context, print_json};
+use crate::authorize::{Decision, authorize};
 use crate::cli::{TokenSource, VerifyRequest};
 use crate::exit::Exit;
-use crate::authorize::{Decision, authorize};
 use crate::store::Open;
 use crate::token::{BODY_LEN, PREFIX, Token};
 

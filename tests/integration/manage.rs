@@ -98,11 +98,17 @@ fn list_shows_active_leases_and_all_adds_ended_ones() {
             "expires_at",
             "id",
             "issued_at",
+            "parent",
             "pid",
             "scope",
-            "state"
+            "scope_uses_left",
+            "state",
+            "uses_left"
         ]
     );
+    assert_eq!(entry["parent"], serde_json::Value::Null);
+    assert_eq!(entry["uses_left"], serde_json::Value::Null);
+    assert_eq!(entry["scope_uses_left"], serde_json::json!({}));
     let owned = active.iter().find(|e| e["id"] != detached["id"]).unwrap();
     assert_eq!(owned["pid"], run.pid());
     assert_eq!(owned["command"], "sh");

@@ -1,0 +1,642 @@
+//! Policy: profiles, allowed scopes, nested leases that can only narrow, use budgets, what
+//! happens at expiry, and renew.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::harness::{Sandbox, wait_for_exit};
+
+const EXAMPLE_CONFIG: &str = r#"
+default_ttl = "10m"
+max_ttl = "12h"
+token_env = "LEASE_TOKEN"
+allowed_scopes = ["read:*", "write:draft", "deploy:staging"]
+[profile.deploy]
+scope = ["deploy:staging"]
+ttl = "2m"
+env = "DEPLOY_TOKEN"
+on_expiry = "term"
+uses = 1
+"#;
+
+fn seconds_from_now(rfc3339: &str) -> u64 {
+    let at = humantime::parse_rfc3339(rfc3339.trim()).unwrap();
+    at.duration_since(SystemTime::now())
+        .unwrap_or_default()
+        .as_secs()
+}
+
+#[test]
+fn a_profile_supplies_scope_ttl_env_and_uses_and_flags_override_it() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config(EXAMPLE_CONFIG);
+    let show = "echo $LEASE_SCOPE; echo $LEASE_EXPIRES_AT; echo ${DEPLOY_TOKEN%%_*}; echo ${LEASE_TOKEN-none}";
+    let out = sandbox
+        .lease(["run", "--profile", "deploy", "--", "sh", "-c", show])
+        .run()
+        .success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "deploy:staging");
+    assert!(
+        (118..=121).contains(&seconds_from_now(lines[1])),
+        "{out:#?}"
+    );
+    assert_eq!(lines[2..], ["agt", "none"]);
+
+    // Flags override the profile, one by one.
+    let out = sandbox
+        .lease([
+            "run",
+            "--profile",
+            "deploy",
+            "--ttl",
+            "30",
+            "--scope",
+            "read:x",
+            "--env",
+            "T",
+            "--",
+        ])
+        .arg("sh")
+        .arg("-c")
+        .arg("echo $LEASE_SCOPE; echo $LEASE_EXPIRES_AT; echo ${T%%_*}")
+        .run()
+        .success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "read:x");
+    assert!((28..=31).contains(&seconds_from_now(lines[1])), "{out:#?}");
+    assert_eq!(lines[2], "agt");
+
+    let issued = sandbox
+        .lease(["issue", "--profile", "deploy", "--json"])
+        .run()
+        .success()
+        .json();
+    assert_eq!(issued["scope"], serde_json::json!(["deploy:staging"]));
+    let listed = sandbox.lease(["list", "--json"]).run().success().json();
+    assert_eq!(listed[0]["uses_left"], 1);
+}
+
+#[test]
+fn unknown_profiles_and_disallowed_scopes_and_ttls_are_refused_naming_the_file() {
+    let sandbox = Sandbox::new();
+    let path = sandbox.write_config(EXAMPLE_CONFIG);
+    let file = path.to_str().unwrap();
+    sandbox
+        .lease(["run", "--profile", "nope", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("unknown profile 'nope'")
+        .stderr_has(file);
+    sandbox
+        .lease(["run", "--scope", "read:x,write:prod", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("scope 'write:prod' is not allowed")
+        .stderr_has(file);
+    sandbox
+        .lease(["run", "--scope", "*", "--", "true"])
+        .run()
+        .code_is(125)
+        .stderr_has("'*'");
+    sandbox
+        .lease(["issue", "--scope", "write:prod"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("not allowed");
+    sandbox
+        .lease(["run", "--scope", "read:x", "--ttl", "13h", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("max_ttl")
+        .stderr_has(file);
+    // Within policy, all is well: read:* covers read:anything, even read:a*.
+    sandbox
+        .lease([
+            "run",
+            "--scope",
+            "read:articles,read:a*,write:draft",
+            "--",
+            "true",
+        ])
+        .run()
+        .success();
+    assert_eq!(
+        sandbox.records().len(),
+        1,
+        "only the allowed run left a lease"
+    );
+}
+
+#[test]
+fn a_profile_over_max_ttl_or_with_bad_values_is_an_error_naming_key_and_line() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("max_ttl = \"1m\"\n[profile.slow]\nscope = [\"a\"]\nttl = \"1h\"\n");
+    sandbox
+        .lease(["run", "--profile", "slow", "--", "true"])
+        .run()
+        .code_is(125)
+        .stderr_has("max_ttl");
+    sandbox.write_config("[profile.p]\nscope = [\"a\"]\nuses = 0\n");
+    sandbox
+        .lease(["list"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("profile.p.uses")
+        .stderr_has("line 3");
+    sandbox.write_config("[profile.p]\nscope = [\"a b\"]\n");
+    sandbox
+        .lease(["list"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("profile.p.scope")
+        .stderr_has("line 2");
+    sandbox.write_config("[profile.p]\ncolour = \"red\"\n");
+    sandbox
+        .lease(["list"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("colour")
+        .stderr_has("line 2");
+}
+
+#[test]
+fn a_nested_lease_may_narrow_but_never_widen() {
+    let sandbox = Sandbox::new();
+    let parent = sandbox.issue_json("read:*,write:draft", &[]);
+    let token = parent["token"].as_str().unwrap();
+    let child = sandbox
+        .lease(["issue", "--scope", "read:articles", "--json"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .success()
+        .json();
+    let listed = sandbox.lease(["list", "--json"]).run().success().json();
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == child["id"])
+        .unwrap();
+    assert_eq!(entry["parent"], parent["id"]);
+    sandbox
+        .lease(["issue", "--scope", "write:*"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("scope 'write:*' is not granted by the parent lease");
+    sandbox
+        .lease(["run", "--scope", "deploy:prod", "--", "true"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(125)
+        .stderr_has("deploy:prod");
+    // A nested run verifies its own narrower scope.
+    sandbox
+        .lease([
+            "run",
+            "--scope",
+            "read:x",
+            "--",
+            "sh",
+            "-c",
+            "lease verify read:x && ! lease verify write:draft 2>/dev/null",
+        ])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .success();
+}
+
+#[test]
+fn a_nested_lease_expires_with_its_parent_and_says_so() {
+    let sandbox = Sandbox::new();
+    let parent = sandbox.issue_json("a", &["--ttl", "60"]);
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--ttl",
+            "600",
+            "--",
+            "sh",
+            "-c",
+            "echo $LEASE_EXPIRES_AT",
+        ])
+        .env("LEASE_TOKEN", parent["token"].as_str().unwrap())
+        .run()
+        .success();
+    assert_eq!(out.stdout.trim(), parent["expires_at"].as_str().unwrap());
+    assert!(
+        out.stderr.contains("lease: note:") && out.stderr.contains("with its parent lease"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn revoking_the_root_kills_a_three_level_chain_at_once() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.issue_json("a:*", &[]);
+    let issue_under = |parent: &serde_json::Value, scope: &str| {
+        sandbox
+            .lease(["issue", "--scope", scope, "--json"])
+            .env("LEASE_TOKEN", parent["token"].as_str().unwrap())
+            .run()
+            .success()
+            .json()
+    };
+    let child = issue_under(&root, "a:b*");
+    let grandchild = issue_under(&child, "a:b:c");
+    let token = grandchild["token"].as_str().unwrap();
+    sandbox.verify(token, "a:b:c").success();
+    sandbox
+        .lease(["revoke", root["id"].as_str().unwrap()])
+        .run()
+        .success();
+    sandbox
+        .verify(token, "a:b:c")
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("denied: parent revoked");
+    sandbox
+        .verify(child["token"].as_str().unwrap(), "a:b")
+        .code_is(1)
+        .stderr_has("parent revoked");
+    let out = sandbox
+        .lease(["verify", "a:b:c", "--json"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(1)
+        .json();
+    assert_eq!(out["reason"], "parent revoked");
+    // A child of a dead lease cannot be minted at all.
+    sandbox
+        .lease(["issue", "--scope", "a:b:c"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(2)
+        .stderr_has("parent revoked");
+}
+
+#[test]
+fn a_tree_of_a_hundred_leases_dies_with_its_root() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.issue_json("t:*", &[]);
+    let mut tokens = Vec::new();
+    for i in 0..9 {
+        let child = sandbox
+            .lease(["issue", "--scope", &format!("t:{i}*"), "--json"])
+            .env("LEASE_TOKEN", root["token"].as_str().unwrap())
+            .run()
+            .success()
+            .json();
+        for j in 0..10 {
+            let grandchild = sandbox
+                .lease(["issue", "--scope", &format!("t:{i}:{j}")])
+                .env("LEASE_TOKEN", child["token"].as_str().unwrap())
+                .run()
+                .success();
+            tokens.push((format!("t:{i}:{j}"), grandchild.stdout.trim().to_owned()));
+        }
+        tokens.push((
+            format!("t:{i}:x"),
+            child["token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(sandbox.records().len(), 100);
+    sandbox.verify(&tokens[0].1, &tokens[0].0).success();
+    sandbox
+        .lease(["revoke", root["id"].as_str().unwrap()])
+        .run()
+        .success();
+    for (action, token) in &tokens {
+        sandbox
+            .verify(token, action)
+            .code_is(1)
+            .stderr_has("parent revoked");
+    }
+    assert_eq!(
+        sandbox.lease(["list", "--json"]).run().success().json(),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn a_nested_lease_dies_when_the_parent_run_ends() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease([
+            "run", "--scope", "a", "--", "lease", "issue", "--scope", "a",
+        ])
+        .run()
+        .success();
+    let child = out.stdout.trim();
+    sandbox
+        .verify(child, "a")
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("parent revoked");
+}
+
+#[test]
+fn no_parent_is_refused_unless_orphans_are_allowed() {
+    let sandbox = Sandbox::new();
+    let parent = sandbox.issue("a");
+    sandbox
+        .lease(["issue", "--scope", "b", "--no-parent"])
+        .env("LEASE_TOKEN", &parent)
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("allow_orphans");
+    sandbox
+        .lease(["run", "--scope", "b", "--no-parent", "--", "true"])
+        .env("LEASE_TOKEN", &parent)
+        .run()
+        .code_is(125);
+    sandbox.write_config("allow_orphans = true\n");
+    let orphan = sandbox
+        .lease(["issue", "--scope", "b", "--no-parent", "--json"])
+        .env("LEASE_TOKEN", &parent)
+        .run()
+        .success()
+        .json();
+    let listed = sandbox.lease(["list", "--json"]).run().success().json();
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == orphan["id"])
+        .unwrap();
+    assert_eq!(entry["parent"], serde_json::Value::Null);
+    // Without a parent in the environment, --no-parent changes nothing.
+    let plain = Sandbox::new();
+    plain
+        .lease(["issue", "--scope", "b", "--no-parent"])
+        .run()
+        .success();
+}
+
+#[test]
+fn fifty_concurrent_verifies_of_a_three_use_token_grant_exactly_three() {
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue_json("a", &["--uses", "3"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let verifies: Vec<_> = (0..50)
+        .map(|_| {
+            let mut cmd = sandbox.lease(["verify", "a"]).env("LEASE_TOKEN", &token);
+            cmd.command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd.command.spawn().unwrap()
+        })
+        .collect();
+    let codes: Vec<Option<i32>> = verifies
+        .into_iter()
+        .map(|mut c| wait_for_exit(&mut c).code())
+        .collect();
+    assert_eq!(
+        codes.iter().filter(|c| **c == Some(0)).count(),
+        3,
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes.iter().filter(|c| **c == Some(1)).count(),
+        47,
+        "{codes:?}"
+    );
+    sandbox
+        .verify(&token, "a")
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("denied: used up");
+    let listed = sandbox.lease(["list", "--json"]).run().success().json();
+    assert_eq!(listed[0]["uses_left"], 0);
+}
+
+#[test]
+fn a_scope_budget_limits_that_scope_only() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["run", "--scope", "write:draft=2,read:*", "--", "sh", "-c"])
+        .arg(
+            "echo $LEASE_SCOPE; lease list --json; \
+             lease verify write:draft && lease verify write:draft && ! lease verify write:draft 2>/dev/null && \
+             lease verify read:a && lease verify read:b && lease verify read:c && lease verify read:d && echo budgets-ok",
+        )
+        .run()
+        .success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "write:draft,read:*", "LEASE_SCOPE has no budgets");
+    let listed: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(
+        listed[0]["scope_uses_left"],
+        serde_json::json!({"write:draft": 2})
+    );
+    assert_eq!(lines[2], "budgets-ok", "{out:#?}");
+}
+
+#[test]
+fn a_child_spends_its_parents_budget_too() {
+    let sandbox = Sandbox::new();
+    let parent = sandbox.issue_json("a", &["--uses", "2"]);
+    let child = sandbox
+        .lease(["issue", "--scope", "a"])
+        .env("LEASE_TOKEN", parent["token"].as_str().unwrap())
+        .run()
+        .success();
+    let child = child.stdout.trim();
+    sandbox.verify(child, "a").success();
+    sandbox
+        .verify(parent["token"].as_str().unwrap(), "a")
+        .success();
+    sandbox.verify(child, "a").code_is(1).stderr_has("used up");
+}
+
+#[test]
+fn on_expiry_term_ends_the_command_near_the_ttl_with_124() {
+    let sandbox = Sandbox::new();
+    let started = Instant::now();
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--ttl",
+            "1",
+            "--on-expiry",
+            "term",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .run()
+        .code_is(124)
+        .one_error_line()
+        .stderr_has("expired: the command was ended with SIGTERM");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(3_500),
+        "{took:?} {out:#?}"
+    );
+}
+
+#[test]
+fn on_expiry_term_kills_a_command_that_ignores_sigterm_after_the_grace() {
+    let sandbox = Sandbox::new();
+    let started = Instant::now();
+    sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--ttl",
+            "1",
+            "--on-expiry",
+            "term",
+            "--grace",
+            "1",
+            "--",
+        ])
+        .arg("sh")
+        .arg("-c")
+        .arg("trap '' TERM; exec sleep 30")
+        .run()
+        .code_is(124);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(4_500),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn on_expiry_kill_and_keep() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--ttl",
+            "1",
+            "--on-expiry",
+            "kill",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .run()
+        .code_is(124)
+        .stderr_has("SIGKILL");
+    // keep (the default): the command runs on; only the token stops working.
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--ttl", "1", "--", "sh", "-c"])
+        .arg("sleep 2; lease verify a; echo verify=$?")
+        .run()
+        .success();
+    assert!(
+        out.stdout.contains("verify=1") && out.stderr.contains("expired"),
+        "{out:#?}"
+    );
+    sandbox
+        .lease(["run", "--scope", "a", "--on-expiry", "later", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line();
+}
+
+#[test]
+fn renew_extends_within_max_ttl_and_refuses_beyond_it() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("max_ttl = 100\n");
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--ttl", "40", "--", "sh", "-c"])
+        .arg("echo $LEASE_EXPIRES_AT; lease renew --ttl 30; lease renew --ttl 60; lease renew --ttl 1; echo refused=$?")
+        .run()
+        .success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let at = |line: &str| humantime::parse_rfc3339(line).unwrap();
+    let first = at(lines[0]);
+    assert_eq!(at(lines[1]), first + Duration::from_secs(30), "{out:#?}");
+    assert!(
+        at(lines[2]) > at(lines[1]) && at(lines[2]) < first + Duration::from_secs(61),
+        "capped: {out:#?}"
+    );
+    assert_eq!(lines[3], "refused=1", "{out:#?}");
+    assert!(out.stderr.contains("extended only to"), "{out:#?}");
+    assert!(
+        out.stderr.contains("renew refused: max ttl reached"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn renew_refuses_revoked_and_expired_leases_and_needs_a_token() {
+    let sandbox = Sandbox::new();
+    let revoked = sandbox.issue_json("a", &[]);
+    sandbox
+        .lease(["revoke", revoked["id"].as_str().unwrap()])
+        .run()
+        .success();
+    sandbox
+        .lease(["renew"])
+        .env("LEASE_TOKEN", revoked["token"].as_str().unwrap())
+        .run()
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("renew refused: revoked");
+    let expiring = sandbox.issue_json("a", &["--ttl", "1"]);
+    crate::harness::wait_until_past(&expiring["expires_at"]);
+    sandbox
+        .lease(["renew"])
+        .env("LEASE_TOKEN", expiring["token"].as_str().unwrap())
+        .run()
+        .code_is(1)
+        .stderr_has("renew refused: expired");
+    sandbox
+        .lease(["renew"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("LEASE_TOKEN is not set");
+}
+
+#[test]
+fn renew_moves_the_on_expiry_deadline() {
+    let sandbox = Sandbox::new();
+    let started = Instant::now();
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--ttl",
+            "2",
+            "--on-expiry",
+            "kill",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("lease renew --ttl 3 >/dev/null && sleep 3 && echo survived")
+        .run();
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "{out:#?} after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.stdout.trim(), "survived");
+}

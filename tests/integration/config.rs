@@ -114,3 +114,28 @@ fn config_flag_and_env_pick_the_file_and_a_missing_one_is_an_error() {
         .one_error_line()
         .stderr_has("/nonexistent/lease.toml");
 }
+
+#[test]
+fn the_readme_policy_example_is_a_valid_config() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let policy = &readme[readme.find("## Policy").unwrap()..];
+    let start = policy.find("```toml\n").unwrap() + "```toml\n".len();
+    let example = &policy[start..start + policy[start..].find("```").unwrap()];
+    let sandbox = Sandbox::new();
+    sandbox.write_config(example);
+    sandbox.lease(["list"]).run().success();
+    let out = sandbox
+        .lease([
+            "run",
+            "--profile",
+            "deploy",
+            "--",
+            "sh",
+            "-c",
+            "echo $LEASE_SCOPE ${DEPLOY_TOKEN%%_*}",
+        ])
+        .run()
+        .success();
+    assert_eq!(out.stdout.trim(), "deploy:staging agt");
+}

@@ -165,6 +165,11 @@ pub fn walk(
     Ok((Chain::Live(records), None))
 }
 
+/// The state of one lease on its own (ignoring its ancestors): `active`, or why it cannot grant.
+pub fn own_state(record: &Record, now: SystemTime) -> &'static str {
+    why_dead(record, now).map_or("active", |(reason, _)| reason)
+}
+
 /// Why a lease cannot grant anything at `now`, if so: its reason word and a sentence.
 fn why_dead(record: &Record, now: SystemTime) -> Option<(&'static str, String)> {
     let id = &record.id;

@@ -59,26 +59,28 @@ pub fn list(context: &Context, all: bool, json: bool) -> Result<Exit> {
 }
 
 /// Every record with its state, the way verify sees it: `active`, or why not (a nested lease
-/// whose parent was revoked is `parent revoked`).
+/// whose parent was revoked is `parent revoked`). Only nested leases need their chain walked.
 fn states(records: Vec<Record>, now: SystemTime) -> Result<Vec<(Record, &'static str)>> {
-    let by_id: HashMap<String, Record> =
-        records.iter().map(|r| (r.id.clone(), r.clone())).collect();
+    let by_id: HashMap<&str, &Record> = records.iter().map(|r| (r.id.as_str(), r)).collect();
     let lookup = |id: &crate::token::LeaseId| {
         Ok(by_id
             .get(id.as_str())
-            .map_or(Loaded::Missing, |r| Loaded::Found(r.clone())))
+            .map_or(Loaded::Missing, |r| Loaded::Found((*r).clone())))
     };
-    records
-        .into_iter()
-        .map(|record| {
-            let state = match authorize::walk(record.clone(), now, lookup)?.0 {
+    let mut states = Vec::with_capacity(records.len());
+    for record in &records {
+        let state = if record.parent.is_none() {
+            authorize::own_state(record, now)
+        } else {
+            match authorize::walk(record.clone(), now, lookup)?.0 {
                 Chain::Live(_) => "active",
                 Chain::Dead { reason, .. } => reason,
                 Chain::Unknown => "unknown",
-            };
-            Ok((record, state))
-        })
-        .collect()
+            }
+        };
+        states.push(state);
+    }
+    Ok(records.into_iter().zip(states).collect())
 }
 
 /// Every readable record; unreadable ones are skipped with a warning.

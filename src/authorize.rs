@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::audit::Event;
 use crate::record::{Charge, Record, Status, rfc3339};
 use crate::scope::Action;
 use crate::store::{Loaded, Store};
@@ -34,6 +35,12 @@ pub struct Decision {
     /// A sentence for people, printed after the reason on a denial.
     #[serde(skip)]
     pub detail: String,
+    /// The lease's parent, for the audit trail.
+    #[serde(skip)]
+    pub parent: Option<String>,
+    /// The lease's run, for the audit trail.
+    #[serde(skip)]
+    pub run: Option<String>,
 }
 
 impl Decision {
@@ -45,6 +52,8 @@ impl Decision {
             id: record.map(|r| r.id.clone()),
             expires_at: record.map(|r| rfc3339::format(r.expires_at)),
             detail,
+            parent: record.and_then(|r| r.parent.clone()),
+            run: record.and_then(|r| r.run.clone()),
         }
     }
 
@@ -55,6 +64,8 @@ impl Decision {
             id: Some(record.id.clone()),
             expires_at: Some(rfc3339::format(record.expires_at)),
             detail: String::new(),
+            parent: record.parent.clone(),
+            run: record.run.clone(),
         }
     }
 }
@@ -97,9 +108,20 @@ pub fn chain(store: &Store, token: &Token, now: SystemTime) -> Result<Chain> {
         }
     };
     let (chain, expired) = walk(leaf, now, |id| store.load(id))?;
-    if let Some(id) = expired.as_ref().and_then(Record::lease_id) {
+    if let Some(record) = &expired
+        && let Some(id) = record.lease_id()
+    {
         // The answer is a denial either way: a store that cannot be written changes nothing.
-        let _ = store.update(&id, |r| r.mark_expired(now));
+        let mut marked = false;
+        let _ = store.update(&id, |r| {
+            marked = r.mark_expired(now);
+            marked
+        });
+        if marked {
+            let mut event = Event::new("expired", Some(record));
+            event.reason = Some("ttl".to_owned());
+            let _ = store.audit().append(&event);
+        }
     }
     Ok(chain)
 }

@@ -37,6 +37,10 @@ pub struct Config {
     pub allow_orphans: bool,
     /// Named sets of defaults for `--profile`.
     pub profiles: BTreeMap<String, Profile>,
+    /// The audit log is rotated when it would grow past this size.
+    pub audit_max_bytes: u64,
+    /// Glob patterns of variables removed from every child's environment.
+    pub scrub_env: Vec<glob::Pattern>,
 }
 
 /// A named set of defaults for `run` and `issue`; flags on the command line override each.
@@ -66,6 +70,8 @@ impl Default for Config {
             allowed_scopes: None,
             allow_orphans: false,
             profiles: BTreeMap::new(),
+            audit_max_bytes: crate::audit::DEFAULT_MAX_BYTES,
+            scrub_env: Vec::new(),
         }
     }
 }
@@ -79,6 +85,8 @@ struct File {
     token_env: Option<String>,
     allowed_scopes: Option<Vec<String>>,
     allow_orphans: Option<bool>,
+    audit_max_bytes: Option<u64>,
+    scrub_env: Option<Vec<String>>,
     #[serde(default)]
     profile: BTreeMap<String, ProfileFile>,
 }
@@ -206,6 +214,16 @@ impl Config {
             config.allowed_scopes = Some(parsed.map_err(|e| at.error(None, "allowed_scopes", e))?);
         }
         config.allow_orphans = file.allow_orphans.unwrap_or(false);
+        if let Some(bytes) = file.audit_max_bytes {
+            if bytes < 1024 {
+                return Err(at.error(None, "audit_max_bytes", "must be at least 1024"));
+            }
+            config.audit_max_bytes = bytes;
+        }
+        for pattern in file.scrub_env.iter().flatten() {
+            let parsed = glob::Pattern::new(pattern).map_err(|e| at.error(None, "scrub_env", e))?;
+            config.scrub_env.push(parsed);
+        }
         for (name, profile) in &file.profile {
             let profile = parse_profile(profile, |key, err| at.error(Some(name), key, err))?;
             config.profiles.insert(name.clone(), profile);

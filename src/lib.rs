@@ -5,6 +5,7 @@
 //! `lease verify ACTION` is the other side: it tells a tool whether a presented token is still
 //! valid and grants the action. See `docs/design.md` for how a run flows through the modules.
 
+pub mod audit;
 pub mod authorize;
 pub mod child;
 pub mod cli;

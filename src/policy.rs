@@ -26,6 +26,17 @@ pub enum OnExpiry {
     Kill,
 }
 
+impl OnExpiry {
+    /// The word the command line and the config use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnExpiry::Keep => "keep",
+            OnExpiry::Term => "term",
+            OnExpiry::Kill => "kill",
+        }
+    }
+}
+
 impl FromStr for OnExpiry {
     type Err = anyhow::Error;
 

@@ -58,6 +58,10 @@ pub struct Record {
     /// The id of the parent lease, for a nested lease; it is only valid while the parent is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// The lease of the `lease run` this lease belongs to: its own id when a run made it, else
+    /// its parent's run (used to group the audit trail by run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
     /// Granted verifies left, when `--uses` limits them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses_left: Option<u64>,
@@ -129,6 +133,7 @@ impl Record {
             revoked_at: None,
             renewable_until: None,
             parent: None,
+            run: None,
             uses_left: None,
             scope_uses_left: BTreeMap::new(),
             owner,

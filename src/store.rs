@@ -31,6 +31,7 @@ const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 pub struct Store {
     dir: PathBuf,
     leases: PathBuf,
+    audit: crate::audit::Log,
 }
 
 /// What reading one record found.
@@ -61,7 +62,8 @@ impl Store {
         let dir = std::path::absolute(dir)
             .with_context(|| format!("resolving state dir {}", dir.display()))?;
         let leases = dir.join("leases");
-        let store = Store { dir, leases };
+        let audit = crate::audit::Log::new(&dir, crate::audit::DEFAULT_MAX_BYTES);
+        let store = Store { dir, leases, audit };
         let exists = match fs::metadata(&store.dir) {
             Ok(_) => true,
             Err(err) if err.kind() == io::ErrorKind::NotFound => false,
@@ -82,6 +84,17 @@ impl Store {
     /// The absolute path of the state dir.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The audit trail kept beside the records.
+    pub fn audit(&self) -> &crate::audit::Log {
+        &self.audit
+    }
+
+    /// Rotates the audit trail past `max_bytes` instead of the default.
+    pub fn with_audit_limit(mut self, max_bytes: u64) -> Store {
+        self.audit = crate::audit::Log::new(&self.dir, max_bytes);
+        self
     }
 
     fn path(&self, id: &LeaseId) -> PathBuf {

@@ -6,7 +6,9 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result};
 
 use super::Context;
+use crate::audit::Event;
 use crate::exit::Exit;
+use crate::record::{State, Status};
 use crate::store::{Loaded, Open};
 
 pub fn gc(context: &Context) -> Result<Exit> {
@@ -14,8 +16,22 @@ pub fn gc(context: &Context) -> Result<Exit> {
     let now = SystemTime::now();
     let mut removed = 0usize;
     for id in store.ids()? {
+        let mut event = None;
         let garbage = |loaded: &Loaded| match loaded {
-            Loaded::Found(record) => record.is_garbage(now),
+            Loaded::Found(record) => {
+                let garbage = record.is_garbage(now);
+                // The trail records how an active lease ended, if nothing did before.
+                event = match (garbage, record.state, record.status(now)) {
+                    (true, State::Active, Status::OwnerGone) => {
+                        Some(Event::new("owner_gone", Some(record)))
+                    }
+                    (true, State::Active, Status::Expired) => {
+                        Some(Event::new("expired", Some(record)))
+                    }
+                    _ => None,
+                };
+                garbage
+            }
             Loaded::Corrupt(why) => {
                 eprintln!("lease: warning: removing unreadable lease {id}: {why}");
                 true
@@ -24,6 +40,10 @@ pub fn gc(context: &Context) -> Result<Exit> {
         };
         if store.remove_if(&id, garbage)? {
             removed += 1;
+            if let Some(mut event) = event {
+                event.reason = Some("gc".to_owned());
+                super::log(&store, &event);
+            }
         }
     }
     store.remove_stale_temp_files(now)?;

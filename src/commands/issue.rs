@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::{Context, print_json};
+use crate::audit::Process;
 use crate::cli::IssueRequest;
 use crate::exit::Exit;
 use crate::record::rfc3339;
@@ -22,7 +23,7 @@ struct Issued<'a> {
 pub fn issue(context: &Context, request: IssueRequest) -> Result<Exit> {
     let store = context.store(Open::CreateIfMissing)?;
     let plan = super::plan(context, request.asked, &store)?;
-    let (token, record) = super::mint(&store, &plan, None)?;
+    let (token, record) = super::mint(&store, &plan, None, &Process::caller())?;
     if request.json {
         print_json(&Issued {
             id: &record.id,

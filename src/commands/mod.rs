@@ -4,7 +4,7 @@ mod gc;
 mod issue;
 mod list;
 mod renew;
-mod revoke;
+pub(crate) mod revoke;
 mod run;
 mod verify;
 
@@ -13,12 +13,13 @@ use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::audit::{Event, Process};
 use crate::cli::{Command, Globals, Invocation};
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::owner::Owner;
 use crate::policy::{self, Asked, Plan};
-use crate::record::Record;
+use crate::record::{Record, rfc3339};
 use crate::store::{Open, Store};
 use crate::token::Token;
 
@@ -57,7 +58,7 @@ impl Context {
             Some(dir) => dir.clone(),
             None => default_state_dir()?,
         };
-        Store::open(&dir, mode)
+        Ok(Store::open(&dir, mode)?.with_audit_limit(self.config.audit_max_bytes))
     }
 }
 
@@ -95,8 +96,21 @@ fn plan(context: &Context, asked: Asked, store: &Store) -> Result<Plan> {
     Ok(plan)
 }
 
-/// Mints a token and records its lease as `plan` says.
-fn mint(store: &Store, plan: &Plan, owner: Option<Owner>) -> Result<(Token, Record)> {
+/// Appends `event` to the store's audit trail; a trail that cannot be written is reported, and
+/// does not stop the command.
+fn log(store: &Store, event: &Event) {
+    if let Err(err) = store.audit().append(event) {
+        eprintln!("lease: warning: {err:#}");
+    }
+}
+
+/// Mints a token and records its lease as `plan` says; `process` is who it is for.
+fn mint(
+    store: &Store,
+    plan: &Plan,
+    owner: Option<Owner>,
+    process: &Process,
+) -> Result<(Token, Record)> {
     let scope: Vec<_> = plan.grants.iter().map(|g| g.scope.clone()).collect();
     for _ in 0..MINT_ATTEMPTS {
         let token = Token::mint()?;
@@ -109,6 +123,11 @@ fn mint(store: &Store, plan: &Plan, owner: Option<Owner>) -> Result<(Token, Reco
         );
         record.renewable_until = Some(plan.renewable_until);
         record.parent = plan.parent.as_ref().map(|p| p.id.clone());
+        record.run = if record.owner.is_some() {
+            Some(record.id.clone())
+        } else {
+            plan.parent.as_ref().and_then(|p| p.run.clone())
+        };
         record.uses_left = plan.uses;
         record.scope_uses_left = plan
             .grants
@@ -116,6 +135,10 @@ fn mint(store: &Store, plan: &Plan, owner: Option<Owner>) -> Result<(Token, Reco
             .filter_map(|g| g.uses.map(|n| (g.scope.as_str().to_owned(), n)))
             .collect();
         if store.insert(&record)? {
+            let mut event = Event::new("issued", Some(&record)).process(process);
+            event.scope = Some(record.scope.iter().map(|s| s.to_string()).collect());
+            event.expires_at = Some(rfc3339::format(record.expires_at));
+            log(store, &event);
             return Ok((token, record));
         }
     }

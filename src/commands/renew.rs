@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result};
 
 use super::Context;
+use crate::audit::{Event, Process};
 use crate::authorize::{self, Chain};
 use crate::cli::{RenewRequest, TokenSource};
 use crate::exit::Exit;
@@ -62,7 +63,10 @@ pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
         true
     })?;
     match (outcome, loaded) {
-        (Some(Outcome::Renewed { until, capped }), _) => {
+        (Some(Outcome::Renewed { until, capped }), Loaded::Found(record)) => {
+            let mut event = Event::new("renewed", Some(&record)).process(&Process::caller());
+            event.expires_at = Some(rfc3339::format(until));
+            super::log(&store, &event);
             if capped {
                 eprintln!(
                     "lease: note: extended only to {}: the lease may not outlive max_ttl from its first issue, nor its parent",
@@ -86,7 +90,7 @@ pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
             &format!("lease {id} ended meanwhile"),
         )),
         (None, Loaded::Corrupt(why)) => Ok(refuse("corrupt record", &why)),
-        (None, _) => Ok(refuse("unknown", "the lease was removed meanwhile")),
+        (_, _) => Ok(refuse("unknown", "the lease was removed meanwhile")),
     }
 }
 

@@ -5,19 +5,20 @@ use std::time::SystemTime;
 use anyhow::{Result, bail};
 
 use super::Context;
+use crate::audit::{Event, Process};
 use crate::cli::RevokeTarget;
 use crate::exit::Exit;
-use crate::store::{Loaded, Open};
+use crate::store::{Loaded, Open, Store};
 use crate::token::LeaseId;
 
 pub fn revoke(context: &Context, target: RevokeTarget) -> Result<Exit> {
     let store = context.store(Open::ExistingOnly)?;
-    let now = SystemTime::now();
+    let caller = Process::caller();
     match target {
         RevokeTarget::All => {
             for id in store.ids()? {
                 // A record that cannot be read grants nothing; there is nothing to revoke.
-                store.update(&id, |record| record.revoke(now))?;
+                revoke_one(&store, &id, "revoke --all", &caller)?;
             }
             Ok(Exit::Success)
         }
@@ -25,7 +26,7 @@ pub fn revoke(context: &Context, target: RevokeTarget) -> Result<Exit> {
             let mut unknown = Vec::new();
             for text in &ids {
                 let loaded = match LeaseId::parse(text) {
-                    Some(id) => store.update(&id, |record| record.revoke(now))?,
+                    Some(id) => revoke_one(&store, &id, "revoke", &caller)?,
                     None => Loaded::Missing,
                 };
                 match loaded {
@@ -45,4 +46,26 @@ pub fn revoke(context: &Context, target: RevokeTarget) -> Result<Exit> {
             Ok(Exit::Denied)
         }
     }
+}
+
+/// Revokes one lease (a lease already revoked or expired stays as it is) and, when this call
+/// revoked it, records a `revoked` event saying `why`.
+pub(super) fn revoke_one(
+    store: &Store,
+    id: &LeaseId,
+    why: &str,
+    process: &Process,
+) -> Result<Loaded> {
+    let now = SystemTime::now();
+    let mut changed = false;
+    let loaded = store.update(id, |record| {
+        changed = record.revoke(now);
+        changed
+    })?;
+    if let (true, Loaded::Found(record)) = (changed, &loaded) {
+        let mut event = Event::new("revoked", Some(record)).process(process);
+        event.reason = Some(why.to_owned());
+        super::log(store, &event);
+    }
+    Ok(loaded)
 }

@@ -4,11 +4,12 @@ use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
 
 use super::Context;
+use crate::audit::{self, Event, Process};
 use crate::child::{self, Spec};
 use crate::cli::RunRequest;
 use crate::config::DEFAULT_TOKEN_ENV;
@@ -28,9 +29,14 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     // Watch signals before minting, so that none arriving from here on is lost.
     let mut forwarder = Forwarder::install(ends_at_expiry).context("watching signals")?;
     let owner = Owner::current(program_name(&request.program))?;
-    let (token, record) = super::mint(&store, &plan, Some(owner))?;
+    let process = Process {
+        pid: std::process::id(),
+        command: Some(request.program.to_string_lossy().into_owned()),
+        argc: Some(request.args.len()),
+    };
+    let (token, record) = super::mint(&store, &plan, Some(owner), &process)?;
     let id = token.hash().id();
-    let lease = RevokeOnExit::new(&store, id.clone());
+    let lease = RevokeOnExit::new(&store, id.clone(), &process);
 
     if let Some(signal) = forwarder.arrived_before_start() {
         lease.revoke()?;
@@ -59,6 +65,7 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         remove,
     };
     let mut child = child::spawn(spec, forwarder.ignore_in_child())?;
+    let started = Instant::now();
     // The expiry is read again when it comes, since `lease renew` may have moved it.
     let mut current_expiry = || match store.load(&id) {
         Ok(Loaded::Found(record)) => record.expires_at,
@@ -72,7 +79,15 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     let waited = forwarder
         .wait(&mut child, deadline)
         .context("waiting for the command")?;
+    let mut exited = Event::new("child_exit", Some(&record)).process(&process);
+    exited.exit_code = waited.status.code();
+    exited.signal = waited.status.signal();
+    exited.duration_ms = Some(audit::millis(started.elapsed()));
+    super::log(&store, &exited);
     let outcome = if waited.ended_at_expiry {
+        let mut expired = Event::new("expired", Some(&record)).process(&process);
+        expired.reason = Some(format!("on-expiry {}", plan.on_expiry.as_str()));
+        super::log(&store, &expired);
         let how = if plan.on_expiry == OnExpiry::Kill {
             "SIGKILL"
         } else {
@@ -80,11 +95,7 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         };
         eprintln!(
             "lease: lease {id} expired: the command was ended with {how} (--on-expiry {})",
-            if plan.on_expiry == OnExpiry::Kill {
-                "kill"
-            } else {
-                "term"
-            }
+            plan.on_expiry.as_str()
         );
         Exit::Expired
     } else {
@@ -125,38 +136,38 @@ fn program_name(program: &std::ffi::OsStr) -> String {
 struct RevokeOnExit<'a> {
     store: &'a Store,
     id: LeaseId,
+    process: &'a Process,
     done: bool,
 }
 
 impl<'a> RevokeOnExit<'a> {
-    fn new(store: &'a Store, id: LeaseId) -> RevokeOnExit<'a> {
+    fn new(store: &'a Store, id: LeaseId, process: &'a Process) -> RevokeOnExit<'a> {
         RevokeOnExit {
             store,
             id,
+            process,
             done: false,
         }
     }
 
     fn revoke(mut self) -> Result<()> {
         self.done = true;
-        revoke(self.store, &self.id)
+        self.revoke_now()
+    }
+
+    fn revoke_now(&self) -> Result<()> {
+        super::revoke::revoke_one(self.store, &self.id, "run ended", self.process)
+            .with_context(|| format!("revoking lease {}", self.id))
+            .map(|_| ())
     }
 }
 
 impl Drop for RevokeOnExit<'_> {
     fn drop(&mut self) {
         if !self.done
-            && let Err(err) = revoke(self.store, &self.id)
+            && let Err(err) = self.revoke_now()
         {
             eprintln!("lease: revoking the lease failed: {err:#}");
         }
     }
-}
-
-fn revoke(store: &Store, id: &LeaseId) -> Result<()> {
-    let now = SystemTime::now();
-    store
-        .update(id, |record| record.revoke(now))
-        .with_context(|| format!("revoking lease {id}"))?;
-    Ok(())
 }

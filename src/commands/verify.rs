@@ -8,10 +8,11 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result, bail};
 
 use super::{Context, print_json};
+use crate::audit::{Event, Process};
 use crate::authorize::{Decision, authorize};
 use crate::cli::{TokenSource, VerifyRequest};
 use crate::exit::Exit;
-use crate::store::Open;
+use crate::store::{Open, Store};
 use crate::token::{BODY_LEN, PREFIX, Token};
 
 /// Longest token read from standard input; a real token is 47 bytes.
@@ -20,8 +21,8 @@ const MAX_STDIN_BYTES: u64 = 4096;
 /// `lease verify`: prints the decision (a line on stderr when denied; JSON if asked) and
 /// returns exit 0 (granted) or 1 (denied); errors mean it cannot decide (exit 2).
 pub fn verify(context: &Context, request: &VerifyRequest) -> Result<Exit> {
-    let decision = match decide(context, request) {
-        Ok(decision) => decision,
+    let (decision, store) = match decide(context, request) {
+        Ok(decided) => decided,
         Err(err) => {
             if request.json {
                 let reason = if err.is::<NoToken>() {
@@ -37,25 +38,45 @@ pub fn verify(context: &Context, request: &VerifyRequest) -> Result<Exit> {
     if request.json {
         print_json(&decision)?;
     }
-    if decision.granted {
-        Ok(Exit::Success)
-    } else {
+    if !decision.granted {
         eprintln!("lease: denied: {}: {}", decision.reason, decision.detail);
-        Ok(Exit::Denied)
     }
+    // The trail is written after the answer is given, so that a trail that cannot be written
+    // is reported after (and never instead of) the answer.
+    if let Some(store) = store.filter(|s| s.dir().exists()) {
+        let kind = if decision.granted {
+            "granted"
+        } else {
+            "denied"
+        };
+        let mut event = Event::new(kind, None).process(&Process::caller());
+        event.lease.clone_from(&decision.id);
+        event.parent.clone_from(&decision.parent);
+        event.run.clone_from(&decision.run);
+        event.action = Some(request.action.as_str().to_owned());
+        event.reason = Some(decision.reason.to_owned());
+        super::log(&store, &event);
+    }
+    Ok(if decision.granted {
+        Exit::Success
+    } else {
+        Exit::Denied
+    })
 }
 
-fn decide(context: &Context, request: &VerifyRequest) -> Result<Decision> {
+/// The decision, and the store it was read from (none for a malformed token).
+fn decide(context: &Context, request: &VerifyRequest) -> Result<(Decision, Option<Store>)> {
     let token = read_token(&request.source, &context.config.token_env)?;
     // A mistyped or truncated token is refused before the store is touched.
     if !token.is_well_formed() {
         let detail = format!(
             "not a lease token (expected {PREFIX} and {BODY_LEN} characters with a valid checksum)"
         );
-        return Ok(Decision::deny("malformed", detail, None));
+        return Ok((Decision::deny("malformed", detail, None), None));
     }
     let store = context.store(Open::ExistingOnly)?;
-    authorize(&store, &token, &request.action, SystemTime::now())
+    let decision = authorize(&store, &token, &request.action, SystemTime::now())?;
+    Ok((decision, Some(store)))
 }
 
 /// No token was presented: verify cannot decide (exit 2).

@@ -21,7 +21,8 @@ fn state_dir_is_0700_and_records_are_0600() {
     assert_eq!(mode(&sandbox.state_dir()), 0o700);
     assert_eq!(mode(&sandbox.leases_dir()), 0o700);
     let files = sandbox.state_files();
-    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files.len(), 3, "two records and the audit log: {files:?}");
+    assert!(sandbox.state_dir().join("audit.jsonl").is_file());
     for file in files {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }

@@ -5,26 +5,63 @@
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 
 use nix::libc::c_int;
 
 use crate::exit::{Exit, ExitError};
-use crate::token::Token;
 
-/// What to run and what to add to its environment.
+/// What to run, in which environment.
 #[derive(Debug)]
 pub struct Spec<'a> {
     /// The program (looked up on `PATH` when it has no slash).
-    pub program: &'a OsString,
+    pub program: &'a OsStr,
     /// Its arguments.
     pub args: &'a [OsString],
-    /// The variable that carries the token, and the token.
-    pub secret: (&'a str, &'a Token),
-    /// Other variables to set.
-    pub set: Vec<(&'static str, &'a OsStr)>,
-    /// Variables to remove.
-    pub remove: Vec<String>,
+    /// Its complete environment (see [`environment`]).
+    pub env: Vec<(OsString, OsString)>,
+    /// Whether its stdout and stderr are pipes to lease (`--mask`) instead of lease's own.
+    pub mask: bool,
+}
+
+/// How the command's environment is made from lease's own.
+#[derive(Debug, Default)]
+pub struct EnvRules<'a> {
+    /// Start from nothing but `keep` (`--clean-env`).
+    pub clean: bool,
+    /// Variables kept by `--clean-env`.
+    pub keep: &'a [String],
+    /// Variables removed by name pattern (`--scrub`, `scrub_env`).
+    pub scrub: Vec<&'a glob::Pattern>,
+    /// Variables removed by name (an inherited token under the usual names).
+    pub remove: Vec<&'a str>,
+}
+
+impl EnvRules<'_> {
+    fn passes(&self, name: &OsStr) -> bool {
+        let text = name.to_string_lossy();
+        if self.clean {
+            return self.keep.iter().any(|k| *k == text);
+        }
+        !self.remove.iter().any(|r| *r == text) && !self.scrub.iter().any(|p| p.matches(&text))
+    }
+}
+
+/// The command's environment: what `rules` let through of `inherited`, then the lease's own
+/// variables (which no rule removes), sorted by name.
+pub fn environment(
+    inherited: impl IntoIterator<Item = (OsString, OsString)>,
+    rules: &EnvRules<'_>,
+    lease: Vec<(OsString, OsString)>,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = inherited
+        .into_iter()
+        .filter(|(name, _)| rules.passes(name))
+        .filter(|(name, _)| !lease.iter().any(|(own, _)| own == name))
+        .collect();
+    env.extend(lease);
+    env.sort();
+    env
 }
 
 /// Starts the child. It stays in lease's process group and session, so it keeps the terminal;
@@ -38,15 +75,10 @@ pub struct Spec<'a> {
 /// A program that is not found gives exit 127; one that cannot be executed, 126.
 pub fn spawn(spec: Spec<'_>, ignore: &[c_int]) -> anyhow::Result<Child> {
     let mut command = Command::new(spec.program);
-    command.args(spec.args);
-    for name in &spec.remove {
-        command.env_remove(name);
+    command.args(spec.args).env_clear().envs(spec.env);
+    if spec.mask {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
-    for (name, value) in &spec.set {
-        command.env(name, value);
-    }
-    let (name, token) = spec.secret;
-    command.env(name, token.expose());
     let ignore = ignore.to_vec();
     let lease_pid = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Result, bail};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
@@ -91,6 +91,42 @@ Examples:
     /// Revoke leases by id, or all of them with --all
     Revoke(RevokeArgs),
 
+    /// Show the audit trail: who was granted or denied what, and how each run ended
+    #[command(after_help = "\
+Examples:
+  lease log --since 1h
+  lease log --id 3f9a2b1c4d5e --json")]
+    Log(LogArgs),
+
+    /// Suggest the narrowest --scope list a finished lease needed, from its trail
+    #[command(after_help = "\
+Examples:
+  lease suggest 3f9a2b1c4d5e
+  lease suggest 3f9a2b1c4d5e --json")]
+    Suggest(SuggestArgs),
+
+    /// Show the lease of the token in the environment: scopes, expiry, uses left, parent
+    #[command(after_help = "\
+Examples:
+  lease run --scope read:x -- lease status
+  lease status --json")]
+    Status(StatusArgs),
+
+    /// Print a shell completion script (bash, zsh or fish)
+    #[command(after_help = "\
+Examples:
+  lease completions bash > ~/.local/share/bash-completion/completions/lease
+  lease completions zsh > ~/.zfunc/_lease
+  lease completions fish > ~/.config/fish/completions/lease.fish")]
+    Completions(CompletionsArgs),
+
+    /// Print the man page (roff)
+    #[command(after_help = "\
+Examples:
+  lease man | man -l -
+  lease man > ~/.local/share/man/man1/lease.1")]
+    Man,
+
     /// Extend the lease of the token in the environment (from inside `lease run`)
     #[command(after_help = "\
 Examples:
@@ -146,8 +182,36 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
     grace: Option<Duration>,
 
+    /// Remove variables whose names match this glob from the command's environment
+    /// (repeatable; e.g. '*_TOKEN', 'AWS_*'); adds to scrub_env in the config
+    #[arg(long, value_name = "PATTERN", value_parser = parse_glob)]
+    scrub: Vec<glob::Pattern>,
+
+    /// Start the command from an empty environment: only the lease variables, PATH-less,
+    /// plus each --keep NAME
+    #[arg(long)]
+    clean_env: bool,
+
+    /// With --clean-env, keep this variable (repeatable)
+    #[arg(long, value_name = "NAME", requires = "clean_env")]
+    keep: Vec<String>,
+
+    /// Print the environment the command would get (the token hidden) and exit; mints nothing
+    #[arg(long)]
+    print_env: bool,
+
+    /// Replace the token with *** in the command's stdout and stderr (for CI logs); the
+    /// command's output then goes through lease, line by line
+    #[arg(long)]
+    mask: bool,
+
+    /// When the run ends, write a JSON receipt to FILE: the lease, every verify decision, the
+    /// exit and the duration
+    #[arg(long, value_name = "FILE")]
+    receipt: Option<PathBuf>,
+
     /// The command to run, after `--`
-    #[arg(last = true, required = true, value_name = "CMD", num_args = 1.., value_parser = clap::value_parser!(OsString))]
+    #[arg(last = true, required_unless_present = "print_env", value_name = "CMD", num_args = 1.., value_parser = clap::value_parser!(OsString))]
     command: Vec<OsString>,
 }
 
@@ -178,6 +242,61 @@ struct IssueArgs {
     /// Print {"id","token","scope","expires_at"} instead of the bare token
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct LogArgs {
+    /// Only events of this lease (or of the run it made)
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+
+    /// Only events of the last DURATION (e.g. 1h, 30m)
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
+    since: Option<Duration>,
+
+    /// Print the events as JSON lines, as they are stored
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SuggestArgs {
+    /// The lease, as shown by `lease list --all`
+    #[arg(value_name = "ID")]
+    id: String,
+
+    /// Print {"id","suggested","unused","denied"} as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Read the token from this variable instead of LEASE_TOKEN
+    #[arg(long, value_name = "NAME", value_parser = parse_env_name)]
+    token_env: Option<String>,
+
+    /// Print the status as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    shell: Shell,
+}
+
+/// Shells `lease completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    /// bash (with bash-completion)
+    Bash,
+    /// zsh
+    Zsh,
+    /// fish
+    Fish,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +336,11 @@ struct RevokeArgs {
 
 fn parse_ttl(text: &str) -> Result<Duration> {
     ttl::parse(text)
+}
+
+fn parse_glob(text: &str) -> Result<glob::Pattern> {
+    glob::Pattern::new(text)
+        .map_err(|err| anyhow::anyhow!("invalid pattern '{}': {err}", text.escape_debug()))
 }
 
 fn parse_on_expiry(text: &str) -> Result<OnExpiry> {
@@ -266,6 +390,33 @@ pub enum Command {
     Revoke(RevokeTarget),
     /// `lease renew`.
     Renew(RenewRequest),
+    /// `lease log`.
+    Log {
+        /// Only this lease (or run).
+        id: Option<String>,
+        /// Only this recent.
+        since: Option<Duration>,
+        /// JSON lines.
+        json: bool,
+    },
+    /// `lease suggest`.
+    Suggest {
+        /// The lease.
+        id: String,
+        /// JSON output.
+        json: bool,
+    },
+    /// `lease status`.
+    Status {
+        /// Where the token is.
+        token_env: Option<String>,
+        /// JSON output.
+        json: bool,
+    },
+    /// `lease completions`.
+    Completions(Shell),
+    /// `lease man`.
+    Man,
     /// `lease gc`.
     Gc,
 }
@@ -275,10 +426,29 @@ pub enum Command {
 pub struct RunRequest {
     /// The lease asked for, before policy.
     pub asked: Asked,
-    /// The program to run.
-    pub program: OsString,
+    /// The program to run (`None` only with `--print-env`).
+    pub program: Option<OsString>,
     /// Its arguments.
     pub args: Vec<OsString>,
+    /// How the command's environment is built.
+    pub env: EnvRequest,
+    /// Only print the environment.
+    pub print_env: bool,
+    /// Mask the token in the command's output.
+    pub mask: bool,
+    /// Where to write the receipt.
+    pub receipt: Option<PathBuf>,
+}
+
+/// How the command's environment is built from lease's own.
+#[derive(Debug, Default, Clone)]
+pub struct EnvRequest {
+    /// `--scrub` patterns.
+    pub scrub: Vec<glob::Pattern>,
+    /// `--clean-env`.
+    pub clean: bool,
+    /// `--keep` names.
+    pub keep: Vec<String>,
 }
 
 /// Where `verify` reads the token from.
@@ -374,9 +544,10 @@ fn validate(sub: Sub) -> Result<Command> {
     Ok(match sub {
         Sub::Run(args) => {
             let mut command = args.command.into_iter();
-            let program = command
-                .next()
-                .context("no command given: put it after `--`")?;
+            let program = command.next();
+            if program.is_none() && !args.print_env {
+                bail!("no command given: put it after `--`");
+            }
             let mut asked = asked(args.mint)?;
             asked.env = args.env;
             asked.on_expiry = args.on_expiry;
@@ -385,6 +556,14 @@ fn validate(sub: Sub) -> Result<Command> {
                 asked,
                 program,
                 args: command.collect(),
+                env: EnvRequest {
+                    scrub: args.scrub,
+                    clean: args.clean_env,
+                    keep: args.keep,
+                },
+                print_env: args.print_env,
+                mask: args.mask,
+                receipt: args.receipt,
             })
         }
         Sub::Verify(args) => Command::Verify(VerifyRequest {
@@ -400,6 +579,21 @@ fn validate(sub: Sub) -> Result<Command> {
             asked: asked(args.mint)?,
             json: args.json,
         }),
+        Sub::Log(args) => Command::Log {
+            id: args.id,
+            since: args.since,
+            json: args.json,
+        },
+        Sub::Suggest(args) => Command::Suggest {
+            id: args.id,
+            json: args.json,
+        },
+        Sub::Status(args) => Command::Status {
+            token_env: args.token_env,
+            json: args.json,
+        },
+        Sub::Completions(args) => Command::Completions(args.shell),
+        Sub::Man => Command::Man,
         Sub::Renew(args) => Command::Renew(RenewRequest {
             ttl: args.ttl,
             token_env: args.token_env,
@@ -493,6 +687,12 @@ fn reject(err: &clap::Error, args: &[OsString], failure: Exit) -> Rejected {
         format!("{what}: {}; {help}", detail.join(" "))
     };
     Rejected::Usage(message, failure)
+}
+
+/// The full clap command, for completions and the man page.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
 }
 
 impl Cli {

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod exit;
+pub mod mask;
 pub mod owner;
 pub mod policy;
 pub mod record;
@@ -59,4 +60,12 @@ pub fn main(args: Vec<OsString>) -> Exit {
         // The hook has printed the panic; any lease was revoked while unwinding.
         Err(_) => failure,
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

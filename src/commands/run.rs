@@ -1,37 +1,67 @@
-//! `lease run`: mint, start the child, forward signals, wait, revoke.
+//! `lease run`: mint, start the child, forward signals, wait, revoke; and what goes with it:
+//! the child's environment, masking, the receipt.
 
-use std::ffi::OsStr;
+use std::ffi::OsString;
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
+use serde::Serialize;
 
 use super::Context;
 use crate::audit::{self, Event, Process};
-use crate::child::{self, Spec};
+use crate::child::{self, EnvRules, Spec};
 use crate::cli::RunRequest;
 use crate::config::DEFAULT_TOKEN_ENV;
 use crate::exit::Exit;
+use crate::mask::Masker;
 use crate::owner::Owner;
-use crate::policy::OnExpiry;
-use crate::record::rfc3339;
+use crate::policy::{OnExpiry, Plan};
+use crate::record::{Record, rfc3339};
 use crate::scope;
-use crate::signals::{Deadline, Forwarder};
+use crate::signals::{Deadline, Forwarder, Waited};
 use crate::store::{Loaded, Open, Store};
 use crate::token::LeaseId;
 
 pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
-    let store = context.store(Open::CreateIfMissing)?;
+    let mode = if request.print_env {
+        Open::ExistingOnly
+    } else {
+        Open::CreateIfMissing
+    };
+    let store = context.store(mode)?;
     let plan = super::plan(context, request.asked, &store)?;
+    let scrub: Vec<&glob::Pattern> = context
+        .config
+        .scrub_env
+        .iter()
+        .chain(&request.env.scrub)
+        .collect();
+    // An inherited token under the usual names must not ride along beside the new one.
+    let remove = [DEFAULT_TOKEN_ENV, context.config.token_env.as_str()]
+        .into_iter()
+        .filter(|name| *name != plan.token_env)
+        .collect();
+    let rules = EnvRules {
+        clean: request.env.clean,
+        keep: &request.env.keep,
+        scrub,
+        remove,
+    };
+    let Some(program) = request.program else {
+        return print_env(&plan, &rules, &store);
+    };
+
     let ends_at_expiry = plan.on_expiry != OnExpiry::Keep;
     // Watch signals before minting, so that none arriving from here on is lost.
     let mut forwarder = Forwarder::install(ends_at_expiry).context("watching signals")?;
-    let owner = Owner::current(program_name(&request.program))?;
+    let owner = Owner::current(program_name(&program))?;
     let process = Process {
         pid: std::process::id(),
-        command: Some(request.program.to_string_lossy().into_owned()),
+        command: Some(program.to_string_lossy().into_owned()),
         argc: Some(request.args.len()),
     };
     let (token, record) = super::mint(&store, &plan, Some(owner), &process)?;
@@ -43,29 +73,25 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         return Ok(Exit::Signal(signal));
     }
 
-    let token_env = plan.token_env.as_str();
-    // An inherited token under the usual names must not ride along beside the new one.
-    let remove = [DEFAULT_TOKEN_ENV, context.config.token_env.as_str()]
-        .into_iter()
-        .filter(|name| *name != token_env)
-        .map(str::to_owned)
-        .collect();
-    let scope_list = scope::join(&record.scope);
-    let expires_at = rfc3339::format(record.expires_at);
+    let mut vars = lease_vars(&record, &store);
+    vars.push((plan.token_env.clone().into(), token.expose().into()));
     let spec = Spec {
-        program: &request.program,
+        program: &program,
         args: &request.args,
-        secret: (token_env, &token),
-        set: vec![
-            ("LEASE_ID", OsStr::new(&record.id)),
-            ("LEASE_SCOPE", OsStr::new(&scope_list)),
-            ("LEASE_EXPIRES_AT", OsStr::new(&expires_at)),
-            ("LEASE_STATE_DIR", store.dir().as_os_str()),
-        ],
-        remove,
+        env: child::environment(std::env::vars_os(), &rules, vars),
+        mask: request.mask,
     };
+    let started_at = SystemTime::now();
     let mut child = child::spawn(spec, forwarder.ignore_in_child())?;
     let started = Instant::now();
+    let masker = request.mask.then(|| {
+        Masker::start(
+            child.stdout.take(),
+            child.stderr.take(),
+            token.expose().as_bytes(),
+        )
+    });
+    drop(token);
     // The expiry is read again when it comes, since `lease renew` may have moved it.
     let mut current_expiry = || match store.load(&id) {
         Ok(Loaded::Found(record)) => record.expires_at,
@@ -79,39 +105,209 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     let waited = forwarder
         .wait(&mut child, deadline)
         .context("waiting for the command")?;
-    let mut exited = Event::new("child_exit", Some(&record)).process(&process);
+    if let Some(masker) = masker {
+        masker.finish();
+    }
+    let duration_ms = audit::millis(started.elapsed());
+    let outcome = record_exit(&store, &record, &plan, &process, &waited, duration_ms);
+
+    let mut problems = Vec::new();
+    if let Err(err) = lease.revoke() {
+        problems.push(format!("its lease could not be revoked: {err:#}"));
+    }
+    if let Some(path) = &request.receipt {
+        let receipt = Receipt::new(&store, &record, &waited, started_at, duration_ms);
+        if let Err(err) = receipt.write(path) {
+            problems.push(format!("its receipt could not be written: {err:#}"));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(outcome);
+    }
+    let problems = problems.join("; and ");
+    if outcome == Exit::Child(0) {
+        anyhow::bail!("the command succeeded, but {problems}");
+    }
+    // The command's failure is the more useful exit status; still say what went wrong.
+    eprintln!("lease: the command failed, and {problems}");
+    Ok(outcome)
+}
+
+/// The lease's variables for the child, except the token.
+fn lease_vars(record: &Record, store: &Store) -> Vec<(OsString, OsString)> {
+    vec![
+        ("LEASE_ID".into(), record.id.clone().into()),
+        ("LEASE_SCOPE".into(), scope::join(&record.scope).into()),
+        (
+            "LEASE_EXPIRES_AT".into(),
+            rfc3339::format(record.expires_at).into(),
+        ),
+        ("LEASE_STATE_DIR".into(), store.dir().as_os_str().to_owned()),
+    ]
+}
+
+/// `--print-env`: the environment the command would get, with the secret and the id (which do
+/// not exist yet) shown as placeholders. Nothing is minted.
+fn print_env(plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
+    let scope: Vec<_> = plan.grants.iter().map(|g| g.scope.clone()).collect();
+    let vars = vec![
+        ("LEASE_ID".into(), "<minted when the command starts>".into()),
+        ("LEASE_SCOPE".into(), scope::join(&scope).into()),
+        (
+            "LEASE_EXPIRES_AT".into(),
+            rfc3339::format(plan.expires_at).into(),
+        ),
+        ("LEASE_STATE_DIR".into(), store.dir().as_os_str().to_owned()),
+        (
+            plan.token_env.clone().into(),
+            "<token: minted when the command starts>".into(),
+        ),
+    ];
+    let mut out = std::io::stdout().lock();
+    for (name, value) in child::environment(std::env::vars_os(), rules, vars) {
+        let mut line = name.into_encoded_bytes();
+        line.push(b'=');
+        line.extend_from_slice(value.as_encoded_bytes());
+        line.push(b'\n');
+        out.write_all(&line).context("writing to standard output")?;
+    }
+    Ok(Exit::Success)
+}
+
+/// Records how the command ended in the trail, and returns the status lease ends with.
+fn record_exit(
+    store: &Store,
+    record: &Record,
+    plan: &Plan,
+    process: &Process,
+    waited: &Waited,
+    duration_ms: u64,
+) -> Exit {
+    let mut exited = Event::new("child_exit", Some(record)).process(process);
     exited.exit_code = waited.status.code();
     exited.signal = waited.status.signal();
-    exited.duration_ms = Some(audit::millis(started.elapsed()));
-    super::log(&store, &exited);
-    let outcome = if waited.ended_at_expiry {
-        let mut expired = Event::new("expired", Some(&record)).process(&process);
-        expired.reason = Some(format!("on-expiry {}", plan.on_expiry.as_str()));
-        super::log(&store, &expired);
-        let how = if plan.on_expiry == OnExpiry::Kill {
-            "SIGKILL"
-        } else {
-            "SIGTERM"
-        };
-        eprintln!(
-            "lease: lease {id} expired: the command was ended with {how} (--on-expiry {})",
-            plan.on_expiry.as_str()
-        );
-        Exit::Expired
+    exited.duration_ms = Some(duration_ms);
+    super::log(store, &exited);
+    if !waited.ended_at_expiry {
+        return exit_of(waited.status);
+    }
+    let mut expired = Event::new("expired", Some(record)).process(process);
+    expired.reason = Some(format!("on-expiry {}", plan.on_expiry.as_str()));
+    super::log(store, &expired);
+    let how = if plan.on_expiry == OnExpiry::Kill {
+        "SIGKILL"
     } else {
-        exit_of(waited.status)
+        "SIGTERM"
     };
+    eprintln!(
+        "lease: lease {} expired: the command was ended with {how} (--on-expiry {})",
+        record.id,
+        plan.on_expiry.as_str()
+    );
+    Exit::Expired
+}
 
-    match lease.revoke() {
-        Ok(()) => Ok(outcome),
-        Err(err) if outcome == Exit::Child(0) => {
-            Err(err.context("the command succeeded, but its lease could not be revoked"))
+/// What `--receipt FILE` holds: the lease, every verify decision of the run, the exit.
+#[derive(Serialize)]
+struct Receipt {
+    lease: ReceiptLease,
+    decisions: Vec<Decision>,
+    exit: ReceiptExit,
+    started_at: String,
+    ended_at: String,
+    duration_ms: u64,
+}
+
+#[derive(Serialize)]
+struct ReceiptLease {
+    id: String,
+    scope: Vec<String>,
+    issued_at: String,
+    expires_at: String,
+    parent: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Decision {
+    time: String,
+    lease: Option<String>,
+    action: Option<String>,
+    granted: bool,
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ReceiptExit {
+    code: Option<i32>,
+    signal: Option<i32>,
+    ended_at_expiry: bool,
+}
+
+impl Receipt {
+    fn new(
+        store: &Store,
+        record: &Record,
+        waited: &Waited,
+        started_at: SystemTime,
+        duration_ms: u64,
+    ) -> Receipt {
+        // Decisions about this lease and any lease nested in it during the run.
+        let decisions = store
+            .audit()
+            .read()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                e.run.as_deref() == Some(&record.id) || e.lease.as_deref() == Some(&record.id)
+            })
+            .filter(|e| e.event == "granted" || e.event == "denied")
+            .map(|e| Decision {
+                granted: e.event == "granted",
+                time: e.time,
+                lease: e.lease,
+                action: e.action,
+                reason: e.reason,
+            })
+            .collect();
+        Receipt {
+            lease: ReceiptLease {
+                id: record.id.clone(),
+                scope: record.scope.iter().map(|s| s.to_string()).collect(),
+                issued_at: rfc3339::format(record.issued_at),
+                expires_at: rfc3339::format(record.expires_at),
+                parent: record.parent.clone(),
+            },
+            decisions,
+            exit: ReceiptExit {
+                code: waited.status.code(),
+                signal: waited.status.signal(),
+                ended_at_expiry: waited.ended_at_expiry,
+            },
+            started_at: rfc3339::format(started_at),
+            ended_at: rfc3339::format(SystemTime::now()),
+            duration_ms,
         }
-        Err(err) => {
-            // The child's failure is the more useful exit status; still say what happened.
-            eprintln!("lease: revoking the lease failed: {err:#}");
-            Ok(outcome)
-        }
+    }
+
+    /// Writes the receipt (0600, replaced atomically) to `path`.
+    fn write(&self, path: &Path) -> Result<()> {
+        let mut text = serde_json::to_vec_pretty(self).context("encoding the receipt")?;
+        text.push(b'\n');
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let shown = path.display();
+        let mut temp = tempfile::Builder::new()
+            .prefix(".lease-receipt-")
+            .tempfile_in(dir)
+            .with_context(|| format!("writing the receipt {shown}"))?;
+        temp.write_all(&text)
+            .with_context(|| format!("writing the receipt {shown}"))?;
+        temp.persist(path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("writing the receipt {shown}"))?;
+        Ok(())
     }
 }
 

@@ -298,5 +298,5 @@ fn a_failed_revocation_is_reported_and_fails_a_successful_run() {
         .run()
         .code_is(3)
         .one_error_line()
-        .stderr_has("revoking the lease failed");
+        .stderr_has("could not be revoked");
 }

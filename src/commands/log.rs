@@ -1,0 +1,73 @@
+//! `lease log`: the audit trail, newest last.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result};
+
+use super::Context;
+use crate::audit::Event;
+use crate::exit::Exit;
+use crate::store::Open;
+
+pub fn log(
+    context: &Context,
+    id: Option<&str>,
+    since: Option<Duration>,
+    json: bool,
+) -> Result<Exit> {
+    let store = context.store(Open::ExistingOnly)?;
+    let cutoff = since.and_then(|d| SystemTime::now().checked_sub(d));
+    let events = store.audit().read()?.into_iter().filter(|event| {
+        let about = id.is_none_or(|id| {
+            event.lease.as_deref() == Some(id) || event.run.as_deref() == Some(id)
+        });
+        let recent = cutoff.is_none_or(|cutoff| {
+            humantime::parse_rfc3339(&event.time).is_ok_and(|time| time >= cutoff)
+        });
+        about && recent
+    });
+    let mut out = std::io::stdout().lock();
+    for event in events {
+        let line = if json {
+            serde_json::to_string(&event).context("encoding an event")?
+        } else {
+            human(&event)
+        };
+        writeln!(out, "{line}").context("writing to standard output")?;
+    }
+    Ok(Exit::Success)
+}
+
+/// One line for people: time, event, lease, then whatever else the event says.
+fn human(event: &Event) -> String {
+    let mut line = format!(
+        "{}  {:<10}  {}",
+        event.time,
+        event.event,
+        event.lease.as_deref().unwrap_or("-")
+    );
+    let mut field = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            line.push_str(&format!(" {name}={value}"));
+        }
+    };
+    field("action", event.action.clone());
+    field("reason", event.reason.clone());
+    field("scope", event.scope.as_ref().map(|s| s.join(",")));
+    field("expires", event.expires_at.clone());
+    field("exit", event.exit_code.map(|c| c.to_string()));
+    field("signal", event.signal.map(|s| s.to_string()));
+    field("duration", event.duration_ms.map(|ms| format!("{ms}ms")));
+    field("parent", event.parent.clone());
+    field("run", event.run.clone());
+    field("pid", event.pid.map(|p| p.to_string()));
+    field(
+        "command",
+        event.command.as_ref().map(|c| match event.argc {
+            Some(argc) => format!("{c}({argc} args)"),
+            None => c.clone(),
+        }),
+    );
+    line
+}

@@ -1,0 +1,122 @@
+//! `lease status`: the caller's own lease, from inside `lease run`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::{Context, print_json};
+use crate::authorize::{self, Chain};
+use crate::cli::TokenSource;
+use crate::exit::Exit;
+use crate::record::{Record, rfc3339};
+use crate::store::Open;
+use crate::ttl;
+
+#[derive(Serialize)]
+struct Status<'a> {
+    id: &'a str,
+    valid: bool,
+    state: &'a str,
+    scope: Vec<&'a str>,
+    expires_at: String,
+    seconds_left: u64,
+    uses_left: Option<u64>,
+    scope_uses_left: &'a BTreeMap<String, u64>,
+    parent: Option<&'a str>,
+    run: Option<&'a str>,
+}
+
+pub fn status(context: &Context, token_env: Option<String>, json: bool) -> Result<Exit> {
+    let token = super::verify::read_token(&TokenSource::Env(token_env), &context.config.token_env)?;
+    if !token.is_well_formed() {
+        eprintln!(
+            "lease: no valid lease: malformed: the token in the environment is not a lease token"
+        );
+        return Ok(Exit::Denied);
+    }
+    let store = context.store(Open::ExistingOnly)?;
+    let now = SystemTime::now();
+    let (record, state, detail): (Record, &str, String) =
+        match authorize::chain(&store, &token, now)? {
+            Chain::Unknown => {
+                eprintln!(
+                    "lease: no valid lease: unknown: no lease in {} matches the token",
+                    store.dir().display()
+                );
+                return Ok(Exit::Denied);
+            }
+            Chain::Dead {
+                reason,
+                detail,
+                leaf: Some(leaf),
+            } => (leaf, reason, detail),
+            Chain::Dead {
+                reason,
+                detail,
+                leaf: None,
+            } => {
+                eprintln!("lease: no valid lease: {reason}: {detail}");
+                return Ok(Exit::Denied);
+            }
+            Chain::Live(mut records) => (records.swap_remove(0), "active", String::new()),
+        };
+    let left = record.expires_at.duration_since(now).unwrap_or_default();
+    let status = Status {
+        id: &record.id,
+        valid: state == "active",
+        state,
+        scope: record.scope.iter().map(|s| s.as_str()).collect(),
+        expires_at: rfc3339::format(record.expires_at),
+        seconds_left: if state == "active" { left.as_secs() } else { 0 },
+        uses_left: record.uses_left,
+        scope_uses_left: &record.scope_uses_left,
+        parent: record.parent.as_deref(),
+        run: record.run.as_deref(),
+    };
+    if json {
+        print_json(&status)?;
+    } else {
+        print_human(&status, &record).context("writing to standard output")?;
+    }
+    if status.valid {
+        Ok(Exit::Success)
+    } else {
+        eprintln!(
+            "lease: lease {} is no longer valid: {state}: {detail}",
+            record.id
+        );
+        Ok(Exit::Denied)
+    }
+}
+
+fn print_human(status: &Status<'_>, record: &Record) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let scope: Vec<String> = record
+        .scope
+        .iter()
+        .map(|s| match record.scope_uses_left.get(s.as_str()) {
+            Some(left) => format!("{s}={left}"),
+            None => s.to_string(),
+        })
+        .collect();
+    writeln!(out, "lease:     {} ({})", status.id, status.state)?;
+    writeln!(out, "scope:     {}", scope.join(","))?;
+    let left = if status.valid {
+        format!(
+            " (in {})",
+            ttl::human(std::time::Duration::from_secs(status.seconds_left))
+        )
+    } else {
+        String::new()
+    };
+    writeln!(out, "expires:   {}{left}", status.expires_at)?;
+    let uses = status
+        .uses_left
+        .map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    writeln!(out, "uses left: {uses}")?;
+    writeln!(out, "parent:    {}", status.parent.unwrap_or("-"))?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! `lease suggest ID`: least privilege from the trail. The narrowest `--scope` list that would
+//! have granted every action the lease was granted, the scopes it never used, and what it was
+//! denied.
+
+use std::io::Write;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::{Context, print_json};
+use crate::exit::Exit;
+use crate::scope::{Action, Scope};
+use crate::store::{Loaded, Open};
+use crate::token::LeaseId;
+
+#[derive(Serialize)]
+struct Suggestion {
+    id: String,
+    suggested: Vec<String>,
+    unused: Vec<String>,
+    denied: Vec<Denial>,
+}
+
+#[derive(Serialize, PartialEq, Eq)]
+struct Denial {
+    action: String,
+    reason: String,
+}
+
+pub fn suggest(context: &Context, id: &str, json: bool) -> Result<Exit> {
+    let store = context.store(Open::ExistingOnly)?;
+    let events: Vec<_> = store
+        .audit()
+        .read()?
+        .into_iter()
+        .filter(|e| e.lease.as_deref() == Some(id))
+        .collect();
+    // The scopes the lease was given: from its record, or from the trail if gc removed it.
+    let record_scope = match LeaseId::parse(id)
+        .map(|lease| store.load(&lease))
+        .transpose()?
+    {
+        Some(Loaded::Found(record)) => Some(record.scope),
+        _ => None,
+    };
+    let issued_scope = events
+        .iter()
+        .find(|e| e.event == "issued")
+        .and_then(|e| e.scope.clone())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|s| Scope::parse(s).ok())
+                .collect::<Vec<_>>()
+        });
+    let Some(granted_scope) = record_scope.or(issued_scope) else {
+        eprintln!(
+            "lease: unknown lease id: {}: neither the store nor the audit trail knows it",
+            id.escape_debug()
+        );
+        return Ok(Exit::Denied);
+    };
+
+    let mut used: Vec<String> = Vec::new();
+    let mut denied: Vec<Denial> = Vec::new();
+    for event in &events {
+        let Some(action) = &event.action else {
+            continue;
+        };
+        match event.event.as_str() {
+            "granted" if !used.contains(action) => used.push(action.clone()),
+            "denied" => {
+                let denial = Denial {
+                    action: action.clone(),
+                    reason: event.reason.clone().unwrap_or_default(),
+                };
+                if !denied.contains(&denial) {
+                    denied.push(denial);
+                }
+            }
+            _ => {}
+        }
+    }
+    let actions: Vec<Action> = used.iter().filter_map(|a| Action::parse(a).ok()).collect();
+    let unused: Vec<String> = granted_scope
+        .iter()
+        .filter(|scope| !actions.iter().any(|a| scope.grants(a)))
+        .map(|s| s.to_string())
+        .collect();
+    let suggestion = Suggestion {
+        id: id.to_owned(),
+        suggested: used,
+        unused,
+        denied,
+    };
+    if json {
+        print_json(&suggestion)?;
+    } else {
+        print_human(&suggestion).context("writing to standard output")?;
+    }
+    Ok(Exit::Success)
+}
+
+fn print_human(s: &Suggestion) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if s.suggested.is_empty() {
+        writeln!(
+            out,
+            "lease {} was granted nothing: it needs no scope at all",
+            s.id
+        )?;
+    } else {
+        writeln!(out, "--scope {}", s.suggested.join(","))?;
+    }
+    if !s.unused.is_empty() {
+        writeln!(out, "unused: {}", s.unused.join(","))?;
+    }
+    for denial in &s.denied {
+        writeln!(out, "denied: {} ({})", denial.action, denial.reason)?;
+    }
+    Ok(())
+}

@@ -52,6 +52,8 @@ pub fn main(args: Vec<OsString>) -> Exit {
     let failure = invocation.command.failure_exit();
     match panic::catch_unwind(AssertUnwindSafe(|| commands::dispatch(invocation))) {
         Ok(Ok(exit)) => exit,
+        // The reader went away (`lease log | head`): nothing to report, as with any filter.
+        Ok(Err(err)) if is_broken_pipe(&err) => Exit::Success,
         Ok(Err(err)) => {
             eprintln!("lease: {err:#}");
             err.downcast_ref::<ExitError>()

@@ -197,6 +197,12 @@ impl Cmd {
         self
     }
 
+    /// Runs in `dir` instead of the sandbox's root.
+    pub fn command_dir(mut self, dir: &Path) -> Cmd {
+        self.command.current_dir(dir);
+        self
+    }
+
     pub fn env_remove(mut self, name: &str) -> Cmd {
         self.command.env_remove(name);
         self

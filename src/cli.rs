@@ -18,16 +18,20 @@ use crate::{config, ttl};
 
 const EXAMPLES: &str = "\
 Examples:
-  Launch an agent with a token that can only read articles and write drafts, for 30 minutes:
-    lease run --scope read:articles,write:draft --ttl 30m -- ./agent.sh
+  Launch an agent with a token that can only read articles and write drafts, for 30 minutes,
+  and keep a receipt of what it did:
+    lease run --scope read:articles,write:draft --ttl 30m --receipt agent.json -- ./agent.sh
 
-  In a CI job step:
-    lease run --scope deploy:staging --ttl 10m -- ./deploy.sh staging
+  In a CI job step, with the token masked in the log and the step ended when the lease expires:
+    lease run --scope deploy:staging --ttl 10m --mask --on-expiry term -- ./deploy.sh staging
 
   In a Makefile target:
     publish: ; lease run --scope write:site -- ./publish.sh
 
-  Inside the child, a tool asks whether the token grants an action:
+  A one-off command, without the long-lived secrets in its environment:
+    lease run --scope 'read:*' --scrub '*_TOKEN' --env GITHUB_TOKEN -- gh api /user
+
+  Inside the command, a tool asks whether the token grants an action:
     lease verify write:draft && echo allowed";
 
 /// Short-lived, narrowly scoped credentials for each command, CI step or agent run.
@@ -86,9 +90,17 @@ Examples:
     Issue(IssueArgs),
 
     /// List active leases (--all: also revoked and expired ones still on record)
+    #[command(after_help = "\
+Examples:
+  lease list
+  lease list --all --json | jq '.[] | select(.state == \"active\") | .id'")]
     List(ListArgs),
 
     /// Revoke leases by id, or all of them with --all
+    #[command(after_help = "\
+Examples:
+  lease revoke 3f9a2b1c4d5e
+  lease revoke --all          # e.g. in a CI job's always-run last step")]
     Revoke(RevokeArgs),
 
     /// Show the audit trail: who was granted or denied what, and how each run ended
@@ -135,6 +147,10 @@ Examples:
     Renew(RenewArgs),
 
     /// Remove records of leases that have expired, were revoked, or whose owner is gone
+    #[command(after_help = "\
+Examples:
+  lease gc
+  lease --state-dir /tmp/ci-leases gc")]
     Gc,
 }
 

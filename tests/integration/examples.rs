@@ -1,6 +1,6 @@
 //! The shipped examples, run for real: make, sh, python3, and the CI job definitions' steps.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -115,7 +115,7 @@ fn ci_project(sandbox: &Sandbox) -> PathBuf {
 /// Runs GitHub Actions steps in order, each in a shell of its own, as the runner does, passing
 /// `$GITHUB_ENV` on between steps; `env` is the job's environment. `lease` is already on PATH
 /// (installing it is what `.ci/run` tests), so install steps are skipped. Returns the output.
-fn run_steps(sandbox: &Sandbox, project: &PathBuf, env: &str, steps: &[String]) -> String {
+fn run_steps(sandbox: &Sandbox, project: &Path, env: &str, steps: &[String]) -> String {
     let mut script = format!(
         "set -e\nexport {env} GITHUB_ENV=\"$PWD/.github_env\" GITHUB_PATH=/dev/null\n: > \"$GITHUB_ENV\"\n"
     );

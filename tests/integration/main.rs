@@ -15,4 +15,5 @@ mod signals;
 mod store;
 mod stress;
 mod terminal;
+mod trail;
 mod verify;

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds lease in release mode (scripts/build-release.sh: a static binary on Linux with glibc)
-# and installs it as ${PREFIX:-$HOME/.local}/bin/lease.
+# and installs it as ${PREFIX:-$HOME/.local}/bin/lease, with its shell completions (bash, zsh,
+# fish) and man page under ${PREFIX:-$HOME/.local}/share, where the shells and man look.
 # Safe to run again: the binary is replaced atomically, even while an old one is running.
 set -eu
 
@@ -21,7 +22,21 @@ chmod 0755 "$tmp"
 mv -f "$tmp" "$bindir/lease"
 trap - EXIT
 
+share=$prefix/share
+install_generated() { # install_generated FILE COMMAND...: writes COMMAND's output to FILE
+    file=$1
+    shift
+    mkdir -p "$(dirname "$file")"
+    "$@" >"$file.tmp.$$"
+    mv -f "$file.tmp.$$" "$file"
+}
+install_generated "$share/bash-completion/completions/lease" "$bindir/lease" completions bash
+install_generated "$share/zsh/site-functions/_lease" "$bindir/lease" completions zsh
+install_generated "$share/fish/vendor_completions.d/lease.fish" "$bindir/lease" completions fish
+install_generated "$share/man/man1/lease.1" "$bindir/lease" man
+
 echo "installed $("$bindir/lease" --version) to $bindir/lease"
+echo "installed completions for bash, zsh and fish, and the man page, under $share"
 case ":$PATH:" in
     *":$bindir:"*) ;;
     *) echo "$bindir is not on your PATH; add it with: export PATH=\"$bindir:\$PATH\"" ;;

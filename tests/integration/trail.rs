@@ -334,7 +334,8 @@ fn status_inside_a_run_and_after_it() {
     );
     assert_eq!(lines[1], "scope:     read:x,write:y=2");
     assert!(
-        lines[2].starts_with("expires:") && (lines[2].contains("(in 9m") || lines[2].contains("(in 10m")),
+        lines[2].starts_with("expires:")
+            && (lines[2].contains("(in 9m") || lines[2].contains("(in 10m")),
         "{out:#?}"
     );
     assert_eq!(lines[3], "uses left: 5");

@@ -11,6 +11,7 @@ use anyhow::{Result, bail};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::Profile;
 use crate::exit::Exit;
 use crate::policy::{Asked, OnExpiry};
 use crate::scope::{self, Action};
@@ -565,9 +566,9 @@ fn validate(sub: Sub) -> Result<Command> {
                 bail!("no command given: put it after `--`");
             }
             let mut asked = asked(args.mint)?;
-            asked.env = args.env;
-            asked.on_expiry = args.on_expiry;
-            asked.grace = args.grace;
+            asked.flags.env = args.env;
+            asked.flags.on_expiry = args.on_expiry;
+            asked.flags.grace = args.grace;
             Command::Run(RunRequest {
                 asked,
                 program,
@@ -632,11 +633,13 @@ fn asked(args: MintArgs) -> Result<Asked> {
     };
     Ok(Asked {
         profile: args.profile,
-        scope,
-        ttl: args.ttl,
-        uses: args.uses,
+        flags: Profile {
+            scope,
+            ttl: args.ttl,
+            uses: args.uses,
+            ..Profile::default()
+        },
         no_parent: args.no_parent,
-        ..Asked::default()
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Result, anyhow, bail};
 
 use crate::authorize::{self, Chain};
-use crate::config::Config;
+use crate::config::{Config, Profile};
 use crate::record::{Record, rfc3339};
 use crate::scope::Grant;
 use crate::store::Store;
@@ -58,18 +58,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 pub struct Asked {
     /// `--profile`.
     pub profile: Option<String>,
-    /// `--scope` (with budgets), if given.
-    pub scope: Option<Vec<Grant>>,
-    /// `--ttl`.
-    pub ttl: Option<Duration>,
-    /// `--env` (run only).
-    pub env: Option<String>,
-    /// `--on-expiry` (run only).
-    pub on_expiry: Option<OnExpiry>,
-    /// `--grace` (run only).
-    pub grace: Option<Duration>,
-    /// `--uses`.
-    pub uses: Option<u64>,
+    /// The settings given as flags (`--scope`, `--ttl`, `--env`, ...): each overrides the
+    /// profile's.
+    pub flags: Profile,
     /// `--no-parent`.
     pub no_parent: bool,
 }
@@ -111,10 +102,11 @@ pub fn plan(
         Some(name) => config.profile(name)?.clone(),
         None => Default::default(),
     };
-    let Some(grants) = asked.scope.or(profile.scope) else {
+    let flags = asked.flags;
+    let Some(grants) = flags.scope.or(profile.scope) else {
         bail!("no scope given: pass --scope (e.g. --scope read:articles) or --profile NAME");
     };
-    let ttl = asked.ttl.or(profile.ttl).unwrap_or(config.default_ttl);
+    let ttl = flags.ttl.or(profile.ttl).unwrap_or(config.default_ttl);
     config.check_ttl(ttl)?;
     for grant in &grants {
         config.check_allowed(&grant.scope)?;
@@ -166,13 +158,13 @@ pub fn plan(
             grants,
             expires_at,
             renewable_until,
-            token_env: asked
+            token_env: flags
                 .env
                 .or(profile.env)
                 .unwrap_or_else(|| config.token_env.clone()),
-            on_expiry: asked.on_expiry.or(profile.on_expiry).unwrap_or_default(),
-            grace: asked.grace.or(profile.grace).unwrap_or(DEFAULT_GRACE),
-            uses: asked.uses.or(profile.uses),
+            on_expiry: flags.on_expiry.or(profile.on_expiry).unwrap_or_default(),
+            grace: flags.grace.or(profile.grace).unwrap_or(DEFAULT_GRACE),
+            uses: flags.uses.or(profile.uses),
             parent,
             issued_at,
         },

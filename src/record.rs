@@ -195,6 +195,19 @@ impl Record {
         }
     }
 
+    /// The scopes as people read them, budgets shown as uses left: `read:*,write:draft=1`.
+    pub fn scope_with_uses_left(&self) -> String {
+        let items: Vec<String> = self
+            .scope
+            .iter()
+            .map(|s| match self.scope_uses_left.get(s.as_str()) {
+                Some(left) => format!("{s}={left}"),
+                None => s.to_string(),
+            })
+            .collect();
+        items.join(",")
+    }
+
     /// Whether the lease's scopes grant `action` (regardless of its status and budgets).
     pub fn grants(&self, action: &Action) -> bool {
         crate::scope::any_grants(&self.scope, action)

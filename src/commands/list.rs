@@ -108,14 +108,6 @@ fn print_table(leases: &[(Record, &'static str)], now: SystemTime) -> std::io::R
                 Some(owner) => (owner.pid.to_string(), owner.command.clone()),
                 None => ("-".to_owned(), "(detached)".to_owned()),
             };
-            let scope: Vec<String> = record
-                .scope
-                .iter()
-                .map(|s| match record.scope_uses_left.get(s.as_str()) {
-                    Some(left) => format!("{s}={left}"),
-                    None => s.to_string(),
-                })
-                .collect();
             [
                 record.id.clone(),
                 (*state).to_owned(),
@@ -126,7 +118,7 @@ fn print_table(leases: &[(Record, &'static str)], now: SystemTime) -> std::io::R
                 record
                     .uses_left
                     .map_or_else(|| "-".to_owned(), |n| n.to_string()),
-                scope.join(","),
+                record.scope_with_uses_left(),
             ]
         })
         .collect();

@@ -94,16 +94,8 @@ pub fn status(context: &Context, token_env: Option<String>, json: bool) -> Resul
 
 fn print_human(status: &Status<'_>, record: &Record) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    let scope: Vec<String> = record
-        .scope
-        .iter()
-        .map(|s| match record.scope_uses_left.get(s.as_str()) {
-            Some(left) => format!("{s}={left}"),
-            None => s.to_string(),
-        })
-        .collect();
     writeln!(out, "lease:     {} ({})", status.id, status.state)?;
-    writeln!(out, "scope:     {}", scope.join(","))?;
+    writeln!(out, "scope:     {}", record.scope_with_uses_left())?;
     let left = if status.valid {
         format!(
             " (in {})",

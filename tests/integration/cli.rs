@@ -8,18 +8,53 @@ fn help_teaches_with_examples_and_exits_0() {
     let out = sandbox.lease(["--help"]).run().success();
     assert!(out.stdout.contains("Usage: lease"), "{out:#?}");
     assert!(out.stdout.contains("Examples:"), "{out:#?}");
-    for sub in ["run", "verify", "issue", "list", "revoke", "gc"] {
+    for place in ["agent", "CI job step", "Makefile", "one-off"] {
+        assert!(
+            out.stdout.contains(place),
+            "no example for {place}: {}",
+            out.stdout
+        );
+    }
+    let subcommands = [
+        "run",
+        "verify",
+        "issue",
+        "list",
+        "revoke",
+        "gc",
+        "renew",
+        "status",
+        "log",
+        "suggest",
+        "completions",
+        "man",
+    ];
+    for sub in subcommands {
         assert!(out.stdout.contains(sub), "{sub} missing from help");
         let help = sandbox.lease([sub, "--help"]).run().success();
         assert!(
             help.stdout.contains(&format!("Usage: lease {sub}")),
             "{help:#?}"
         );
+        assert!(
+            help.stdout.contains("Examples:"),
+            "no examples in `lease {sub} --help`"
+        );
     }
     let run_help = sandbox.lease(["run", "-h"]).run().success().stdout;
-    assert!(
-        run_help.contains("--scope") && run_help.contains("--ttl") && run_help.contains("--env")
-    );
+    for flag in [
+        "--scope",
+        "--ttl",
+        "--env",
+        "--profile",
+        "--uses",
+        "--on-expiry",
+        "--mask",
+        "--receipt",
+        "--scrub",
+    ] {
+        assert!(run_help.contains(flag), "{flag} missing from run help");
+    }
 }
 
 #[test]

@@ -251,14 +251,21 @@ impl Receipt {
         started_at: SystemTime,
         duration_ms: u64,
     ) -> Receipt {
-        // Decisions about this lease and any lease nested in it during the run.
+        // Decisions about this lease and any lease nested in it (at any depth) during the run:
+        // the trail names each lease's parent when it is issued, before it is used.
+        let mut ours = std::collections::HashSet::from([record.id.clone()]);
         let decisions = store
             .audit()
             .read()
             .unwrap_or_default()
             .into_iter()
             .filter(|e| {
-                e.run.as_deref() == Some(&record.id) || e.lease.as_deref() == Some(&record.id)
+                if let (Some(lease), Some(parent)) = (&e.lease, &e.parent)
+                    && ours.contains(parent)
+                {
+                    ours.insert(lease.clone());
+                }
+                e.lease.as_ref().is_some_and(|l| ours.contains(l))
             })
             .filter(|e| e.event == "granted" || e.event == "denied")
             .map(|e| Decision {

@@ -229,7 +229,7 @@ fn a_receipt_holds_the_lease_every_decision_and_the_exit() {
     let receipt = sandbox.path("receipt.json");
     let out = sandbox
         .lease(["run", "--scope", "read:*", "--receipt", receipt.to_str().unwrap(), "--", "sh", "-c"])
-        .arg("echo $LEASE_TOKEN; lease verify read:a; lease verify write:b; lease issue --scope read:x | LEASE_TOKEN= lease verify read:x --token-stdin")
+        .arg("echo $LEASE_TOKEN; lease verify read:a; lease verify write:b; lease issue --scope read:x | LEASE_TOKEN= lease verify read:x --token-stdin; lease run --scope read:y -- lease verify read:y")
         .run()
         .success();
     let token = out.stdout.lines().next().unwrap().to_owned();
@@ -250,8 +250,13 @@ fn a_receipt_holds_the_lease_every_decision_and_the_exit() {
         .collect();
     assert_eq!(
         decisions,
-        [("read:a", true), ("write:b", false), ("read:x", true)],
-        "nested leases count too"
+        [
+            ("read:a", true),
+            ("write:b", false),
+            ("read:x", true),
+            ("read:y", true)
+        ],
+        "nested leases and nested runs count too"
     );
     assert_eq!(json["exit"]["code"], 0);
     assert!(json["duration_ms"].as_u64().is_some());

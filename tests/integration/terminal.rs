@@ -183,14 +183,13 @@ fn ctrl_z_stops_lease_and_child_and_fg_resumes_both_under_an_interactive_shell()
     terminal.type_keys(b"PS1=''; PROMPT_COMMAND='echo prompt-$((1+1))'\n");
     terminal.lines.expect("prompt-2");
     terminal.type_keys(
-        b"lease run --scope a -- sh -c 'echo child=$$; read line; echo \"child read $line\"; exit 5'\n",
+        b"lease run --scope a -- sh -c 'echo lease=$PPID; echo child=$$; read line; echo \"child read $line\"; exit 5'\n",
     );
+    let lease = number_after(&mut terminal.lines, "lease=");
     let child = number_after(&mut terminal.lines, "child=");
     terminal.type_keys(b"\x1a");
     terminal.lines.expect("Stopped");
     terminal.lines.expect("prompt-2");
-    terminal.type_keys(b"echo job=$(jobs -p)\n");
-    let lease = number_after(&mut terminal.lines, "job=");
     assert_eq!(process_state(lease), 'T', "lease is stopped");
     assert_eq!(process_state(child), 'T', "the child is stopped");
     terminal.type_keys(b"fg\n");

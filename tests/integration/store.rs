@@ -248,3 +248,47 @@ fn a_symlinked_record_is_not_followed() {
         .code_is(1)
         .stderr_has("corrupt record");
 }
+
+#[test]
+fn a_record_from_another_boot_is_owner_gone() {
+    let sandbox = Sandbox::new();
+    let mut run = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            "echo $LEASE_ID $LEASE_TOKEN; read line",
+        ])
+        .start();
+    let line = run.lines.expect("agt_");
+    let (id, token) = line.split_once(' ').unwrap();
+    sandbox.verify(token, "a").success();
+    // The owner is alive, but the record says it was made before a reboot.
+    let path = sandbox.record_path(&serde_json::json!(id));
+    let record = fs::read_to_string(&path).unwrap();
+    let boot_line = record.lines().find(|l| l.starts_with("boot_id")).unwrap();
+    fs::write(
+        &path,
+        record.replace(
+            boot_line,
+            "boot_id = \"00000000-0000-0000-0000-000000000000\"",
+        ),
+    )
+    .unwrap();
+    sandbox
+        .verify(token, "a")
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("owner gone");
+    use std::io::Write;
+    run.child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"done\n")
+        .unwrap();
+    run.wait();
+}

@@ -104,6 +104,20 @@ Examples:
   lease revoke --all          # e.g. in a CI job's always-run last step")]
     Revoke(RevokeArgs),
 
+    /// Extend the lease of the token in the environment (from inside `lease run`)
+    #[command(after_help = "\
+Examples:
+  lease renew --ttl 10m
+  lease renew --token-env DEPLOY_TOKEN")]
+    Renew(RenewArgs),
+
+    /// Show the lease of the token in the environment: scopes, expiry, uses left, parent
+    #[command(after_help = "\
+Examples:
+  lease run --scope read:x -- lease status
+  lease status --json")]
+    Status(StatusArgs),
+
     /// Show the audit trail: who was granted or denied what, and how each run ended
     #[command(after_help = "\
 Examples:
@@ -118,12 +132,12 @@ Examples:
   lease suggest 3f9a2b1c4d5e --json")]
     Suggest(SuggestArgs),
 
-    /// Show the lease of the token in the environment: scopes, expiry, uses left, parent
+    /// Remove records of leases that have expired, were revoked, or whose owner is gone
     #[command(after_help = "\
 Examples:
-  lease run --scope read:x -- lease status
-  lease status --json")]
-    Status(StatusArgs),
+  lease gc
+  lease --state-dir /tmp/ci-leases gc")]
+    Gc,
 
     /// Print a shell completion script (bash, zsh or fish)
     #[command(after_help = "\
@@ -139,20 +153,6 @@ Examples:
   lease man | man -l -
   lease man > ~/.local/share/man/man1/lease.1")]
     Man,
-
-    /// Extend the lease of the token in the environment (from inside `lease run`)
-    #[command(after_help = "\
-Examples:
-  lease renew --ttl 10m
-  lease renew --token-env DEPLOY_TOKEN")]
-    Renew(RenewArgs),
-
-    /// Remove records of leases that have expired, were revoked, or whose owner is gone
-    #[command(after_help = "\
-Examples:
-  lease gc
-  lease --state-dir /tmp/ci-leases gc")]
-    Gc,
 }
 
 /// What a new lease grants: shared by `run` and `issue`.

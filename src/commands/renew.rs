@@ -24,7 +24,8 @@ enum Outcome {
 
 pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
     let source = TokenSource::Env(request.token_env.clone());
-    let token = super::verify::read_token(&source, &context.config.token_env)?;
+    let token =
+        super::verify::read_token(&source, &context.config.token_env).context("cannot renew")?;
     if !token.is_well_formed() {
         return Ok(refuse("malformed", "not a lease token"));
     }

@@ -30,7 +30,8 @@ struct Status<'a> {
 }
 
 pub fn status(context: &Context, token_env: Option<String>, json: bool) -> Result<Exit> {
-    let token = super::verify::read_token(&TokenSource::Env(token_env), &context.config.token_env)?;
+    let token = super::verify::read_token(&TokenSource::Env(token_env), &context.config.token_env)
+        .context("cannot show the lease's status")?;
     if !token.is_well_formed() {
         eprintln!(
             "lease: no valid lease: malformed: the token in the environment is not a lease token"

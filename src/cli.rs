@@ -689,23 +689,46 @@ fn reject(err: &clap::Error, args: &[OsString], failure: Exit) -> Rejected {
     let detail: Vec<&str> = lines
         .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .map(|l| l.strip_prefix("tip: ").unwrap_or(l))
+        // clap's "use '-- --x' to pass it as a value" would make it lease's command.
+        .filter(|l| !l.starts_with("to pass '"))
         .collect();
     let sub = subcommand_name(args).filter(|s| Cli::command_has(s));
     let help = match sub {
         Some(sub) => format!("see 'lease {sub} --help'"),
         None => "see 'lease --help'".to_owned(),
     };
-    let missing_separator = sub == Some("run") && !args.iter().any(|a| a == "--");
-    let message = if missing_separator {
+    let what = if detail.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what}: {}", detail.join(" "))
+    };
+    let message = if sub == Some("run") && lacks_separator(err, args) {
         format!(
             "{what}: put `--` before the command, e.g. lease run --scope read:x -- CMD [ARG...]"
         )
-    } else if detail.is_empty() {
-        format!("{what}; {help}")
     } else {
-        format!("{what}: {}; {help}", detail.join(" "))
+        format!("{what}; {help}")
     };
     Rejected::Usage(message, failure)
+}
+
+/// Whether a `run` error comes from a command given without `--` before it: an unexpected
+/// word that is not an option, or no command at all.
+fn lacks_separator(err: &clap::Error, args: &[OsString]) -> bool {
+    use clap::error::{ContextKind, ContextValue};
+    if args.iter().any(|a| a == "--") {
+        return false;
+    }
+    let invalid = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.clone(),
+        Some(ContextValue::Strings(args)) => args.join(" "),
+        _ => return false,
+    };
+    match err.kind() {
+        ErrorKind::UnknownArgument => !invalid.starts_with('-'),
+        ErrorKind::MissingRequiredArgument => invalid.contains("CMD"),
+        _ => false,
+    }
 }
 
 /// The full clap command, for completions and the man page.
@@ -766,6 +789,29 @@ mod tests {
                 other => panic!("{bad:?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn usage_errors_suggest_the_right_fix() {
+        let message = |list: &[&str]| match parse(args(list)) {
+            Err(Rejected::Usage(message, _)) => message,
+            other => panic!("{list:?} gave {other:?}"),
+        };
+        let bogus = message(&["lease", "run", "--bogus", "--scope", "a"]);
+        assert!(
+            !bogus.contains("put `--`") && !bogus.contains("'-- --bogus'"),
+            "{bogus}"
+        );
+        let typo = message(&["lease", "run", "--scop", "a", "--", "true"]);
+        assert!(
+            typo.contains("a similar argument exists: '--scope'"),
+            "{typo}"
+        );
+        let no_command = message(&["lease", "run", "--scope", "a"]);
+        assert!(
+            no_command.contains("<CMD>") && no_command.contains("put `--` before the command"),
+            "{no_command}"
+        );
     }
 
     #[test]

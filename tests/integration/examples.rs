@@ -68,10 +68,7 @@ fn gate_runs_granted_actions_and_refuses_others() {
         "{g} write:draft echo ran-granted; {g} write:prod echo ran-denied; echo denied=$?",
         g = gate.display()
     );
-    let out = sandbox
-        .lease(["run", "--scope", "write:draft", "--", "sh", "-c", &script])
-        .run()
-        .success();
+    let out = sandbox.run_sh("write:draft", &script).run().success();
     assert!(out.stdout.contains("ran-granted"), "{out:#?}");
     assert!(!out.stdout.contains("ran-denied"), "{out:#?}");
     assert!(out.stdout.contains("denied=1"), "{out:#?}");

@@ -81,6 +81,28 @@ impl Sandbox {
         cmd
     }
 
+    /// `lease run --scope SCOPE -- sh -c SCRIPT`.
+    pub fn run_sh(&self, scope: &str, script: &str) -> Cmd {
+        self.lease(["run", "--scope", scope, "--", "sh", "-c", script])
+    }
+
+    /// The entry of lease `id` in `lease list --all --json`.
+    pub fn listed(&self, id: &serde_json::Value) -> serde_json::Value {
+        let all = self
+            .lease(["list", "--all", "--json"])
+            .run()
+            .success()
+            .json();
+        let entry = all
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|e| e["id"] == *id);
+        entry
+            .unwrap_or_else(|| panic!("{id} is not listed: {all}"))
+            .clone()
+    }
+
     /// `sh -c SCRIPT`, with `lease` on PATH.
     pub fn sh(&self, script: &str) -> Cmd {
         self.command("sh").arg("-c").arg(script)

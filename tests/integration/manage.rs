@@ -68,15 +68,7 @@ fn list_shows_active_leases_and_all_adds_ended_ones() {
         .run()
         .success();
     let mut run = sandbox
-        .lease([
-            "run",
-            "--scope",
-            "c:1,c:2",
-            "--",
-            "sh",
-            "-c",
-            "echo ready; exec sleep 60",
-        ])
+        .run_sh("c:1,c:2", "echo ready; exec sleep 60")
         .start();
     run.lines.expect("ready");
 
@@ -213,17 +205,7 @@ fn gc_removes_expired_revoked_past_expiry_and_owner_gone_records() {
         .run()
         .success();
 
-    let mut orphaned = sandbox
-        .lease([
-            "run",
-            "--scope",
-            "orphan",
-            "--",
-            "sh",
-            "-c",
-            "echo $$; exec sleep 60",
-        ])
-        .start();
+    let mut orphaned = sandbox.run_sh("orphan", "echo $$; exec sleep 60").start();
     let child: i32 = orphaned.lines.expect("").trim().parse().unwrap();
     orphaned.signal(Signal::SIGKILL);
     orphaned.wait();

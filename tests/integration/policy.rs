@@ -178,13 +178,7 @@ fn a_nested_lease_may_narrow_but_never_widen() {
         .run()
         .success()
         .json();
-    let listed = sandbox.lease(["list", "--json"]).run().success().json();
-    let entry = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == child["id"])
-        .unwrap();
+    let entry = sandbox.listed(&child["id"]);
     assert_eq!(entry["parent"], parent["id"]);
     sandbox
         .lease(["issue", "--scope", "write:*"])
@@ -201,15 +195,10 @@ fn a_nested_lease_may_narrow_but_never_widen() {
         .stderr_has("deploy:prod");
     // A nested run verifies its own narrower scope.
     sandbox
-        .lease([
-            "run",
-            "--scope",
+        .run_sh(
             "read:x",
-            "--",
-            "sh",
-            "-c",
             "lease verify read:x && ! lease verify write:draft 2>/dev/null",
-        ])
+        )
         .env("LEASE_TOKEN", token)
         .run()
         .success();
@@ -369,13 +358,7 @@ fn no_parent_is_refused_unless_orphans_are_allowed() {
         .run()
         .success()
         .json();
-    let listed = sandbox.lease(["list", "--json"]).run().success().json();
-    let entry = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == orphan["id"])
-        .unwrap();
+    let entry = sandbox.listed(&orphan["id"]);
     assert_eq!(entry["parent"], serde_json::Value::Null);
     // Without a parent in the environment, --no-parent changes nothing.
     let plain = Sandbox::new();

@@ -221,15 +221,7 @@ fn lease_returns_when_the_child_exits_even_if_a_grandchild_lives_on() {
     let sandbox = Sandbox::new();
     let started = Instant::now();
     let out = sandbox
-        .lease([
-            "run",
-            "--scope",
-            "a",
-            "--",
-            "sh",
-            "-c",
-            "sleep 60 >/dev/null 2>&1 & echo $!",
-        ])
+        .run_sh("a", "sleep 60 >/dev/null 2>&1 & echo $!")
         .run()
         .success();
     assert!(
@@ -259,10 +251,7 @@ fn child_keeps_stdin() {
 #[test]
 fn token_is_revoked_after_the_run() {
     let sandbox = Sandbox::new();
-    let out = sandbox
-        .lease(["run", "--scope", "a", "--", "sh", "-c", "echo $LEASE_TOKEN"])
-        .run()
-        .success();
+    let out = sandbox.run_sh("a", "echo $LEASE_TOKEN").run().success();
     let token = out.stdout.trim();
     sandbox
         .verify(token, "a")
@@ -277,7 +266,7 @@ fn a_failed_revocation_is_reported_and_fails_a_successful_run() {
     // The child swaps the lease dir for a file, so the record can no longer be updated.
     let sabotage = "mv \"$LEASE_STATE_DIR/leases\" \"$LEASE_STATE_DIR/moved\" && touch \"$LEASE_STATE_DIR/leases\"";
     sandbox
-        .lease(["run", "--scope", "a", "--", "sh", "-c", sabotage])
+        .run_sh("a", sabotage)
         .run()
         .code_is(125)
         .one_error_line()

@@ -49,17 +49,7 @@ fn each_forwarded_signal_reaches_the_child_exactly_once() {
 #[test]
 fn kill_term_of_lease_ends_a_plain_child_and_lease_dies_of_sigterm() {
     let sandbox = Sandbox::new();
-    let mut run = sandbox
-        .lease([
-            "run",
-            "--scope",
-            "a",
-            "--",
-            "sh",
-            "-c",
-            "echo ready; exec sleep 60",
-        ])
-        .start();
+    let mut run = sandbox.run_sh("a", "echo ready; exec sleep 60").start();
     run.lines.expect("ready");
     run.signal(Signal::SIGTERM);
     let status = run.wait();
@@ -77,15 +67,7 @@ fn kill_term_of_lease_ends_a_plain_child_and_lease_dies_of_sigterm() {
 fn sigkill_of_lease_leaves_a_token_that_verify_denies_as_owner_gone() {
     let sandbox = Sandbox::new();
     let mut run = sandbox
-        .lease([
-            "run",
-            "--scope",
-            "a",
-            "--",
-            "sh",
-            "-c",
-            "echo $$ $LEASE_TOKEN; exec sleep 60",
-        ])
+        .run_sh("a", "echo $$ $LEASE_TOKEN; exec sleep 60")
         .start();
     let line = run.lines.expect("agt_");
     let (child, token) = line.split_once(' ').unwrap();
@@ -151,17 +133,7 @@ fn forty_parallel_runs_each_verify_their_own_scope_and_nothing_is_lost() {
                 "lease verify job:{i} && ! lease verify job:{} 2>/dev/null",
                 i + 1
             );
-            let mut command = sandbox
-                .lease([
-                    "run",
-                    "--scope",
-                    &format!("job:{i}"),
-                    "--",
-                    "sh",
-                    "-c",
-                    &script,
-                ])
-                .command;
+            let mut command = sandbox.run_sh(&format!("job:{i}"), &script).command;
             command
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null());

@@ -32,29 +32,13 @@ fn state_dir_is_0700_and_records_are_0600() {
 fn default_state_dir_is_under_xdg_state_home() {
     let sandbox = Sandbox::new();
     sandbox
-        .lease([
-            "run",
-            "--scope",
-            "a",
-            "--",
-            "sh",
-            "-c",
-            "echo $LEASE_STATE_DIR",
-        ])
+        .run_sh("a", "echo $LEASE_STATE_DIR")
         .env_remove("LEASE_STATE_DIR")
         .run()
         .success();
     assert_eq!(mode(&sandbox.path("xdg-state/lease")), 0o700);
     let out = sandbox
-        .lease([
-            "run",
-            "--scope",
-            "a",
-            "--",
-            "sh",
-            "-c",
-            "echo $LEASE_STATE_DIR",
-        ])
+        .run_sh("a", "echo $LEASE_STATE_DIR")
         .env_remove("LEASE_STATE_DIR")
         .env_remove("XDG_STATE_HOME")
         .run()
@@ -69,15 +53,7 @@ fn default_state_dir_is_under_xdg_state_home() {
 fn the_token_is_in_no_file_and_on_no_argv() {
     let sandbox = Sandbox::new();
     let mut run = sandbox
-        .lease([
-            "run",
-            "--scope",
-            "a",
-            "--",
-            "sh",
-            "-c",
-            "echo $LEASE_TOKEN; read line; lease verify a",
-        ])
+        .run_sh("a", "echo $LEASE_TOKEN; read line; lease verify a")
         .start();
     let token = run.lines.expect("agt_");
     let secret = token.strip_prefix("agt_").unwrap();
@@ -253,15 +229,7 @@ fn a_symlinked_record_is_not_followed() {
 fn a_record_from_another_boot_is_owner_gone() {
     let sandbox = Sandbox::new();
     let mut run = sandbox
-        .lease([
-            "run",
-            "--scope",
-            "a",
-            "--",
-            "sh",
-            "-c",
-            "echo $LEASE_ID $LEASE_TOKEN; read line",
-        ])
+        .run_sh("a", "echo $LEASE_ID $LEASE_TOKEN; read line")
         .start();
     let line = run.lines.expect("agt_");
     let (id, token) = line.split_once(' ').unwrap();

@@ -130,15 +130,7 @@ fn two_hundred_concurrent_runs_and_issues_lose_nothing() {
                 "lease verify job:{i} && ! lease verify job:{} 2>/dev/null",
                 i + 1
             );
-            spawn_quiet(sandbox.lease([
-                "run",
-                "--scope",
-                &format!("job:{i}"),
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ]))
+            spawn_quiet(sandbox.run_sh(&format!("job:{i}"), &script))
         })
         .collect();
     let issues: Vec<Child> = (0..200)

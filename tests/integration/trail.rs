@@ -33,17 +33,7 @@ fn every_event_type_is_logged_with_its_fields_and_never_the_token() {
         .code_is(3);
     let run_token = out.stdout.trim().to_owned();
     let expiring = sandbox.issue_json("e", &["--ttl", "1"]);
-    let mut killed = sandbox
-        .lease([
-            "run",
-            "--scope",
-            "k",
-            "--",
-            "sh",
-            "-c",
-            "echo $$; exec sleep 60",
-        ])
-        .start();
+    let mut killed = sandbox.run_sh("k", "echo $$; exec sleep 60").start();
     let child: i32 = killed.lines.expect("").trim().parse().unwrap();
     killed.signal(Signal::SIGKILL);
     killed.wait();

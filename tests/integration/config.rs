@@ -117,13 +117,9 @@ fn config_flag_and_env_pick_the_file_and_a_missing_one_is_an_error() {
 
 #[test]
 fn the_readme_policy_example_is_a_valid_config() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let policy = &readme[readme.find("## Policy").unwrap()..];
-    let start = policy.find("```toml\n").unwrap() + "```toml\n".len();
-    let example = &policy[start..start + policy[start..].find("```").unwrap()];
+    let example = crate::harness::readme_policy_example();
     let sandbox = Sandbox::new();
-    sandbox.write_config(example);
+    sandbox.write_config(&example);
     sandbox.lease(["list"]).run().success();
     let out = sandbox
         .lease([

@@ -45,18 +45,14 @@ fn agent_wrapper_narrows_the_scope_scrubs_secrets_and_writes_a_receipt() {
     let receipt: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(sandbox.path("agent-receipt.json")).unwrap())
             .unwrap();
-    let decisions: Vec<(&str, bool)> = receipt["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["action"].as_str().unwrap(),
-                d["granted"].as_bool().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(decisions, [("write:draft", true), ("deploy:prod", false)]);
+    let decisions = crate::harness::receipt_decisions(&receipt);
+    assert_eq!(
+        decisions,
+        [
+            ("write:draft".to_owned(), true),
+            ("deploy:prod".to_owned(), false)
+        ]
+    );
     assert_eq!(receipt["exit"]["code"], 7);
 }
 

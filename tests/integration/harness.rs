@@ -193,6 +193,29 @@ impl Sandbox {
     }
 }
 
+/// The (action, granted) pairs of a receipt's decisions, in order.
+pub fn receipt_decisions(receipt: &serde_json::Value) -> Vec<(String, bool)> {
+    let decisions = receipt["decisions"].as_array().expect("decisions");
+    decisions
+        .iter()
+        .map(|d| {
+            (
+                d["action"].as_str().expect("action").to_owned(),
+                d["granted"] == true,
+            )
+        })
+        .collect()
+}
+
+/// The config example in the README's Policy section: the one source of the example config.
+pub fn readme_policy_example() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let policy = &readme[readme.find("## Policy").expect("a Policy section")..];
+    let start = policy.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    policy[start..start + policy[start..].find("```").expect("end of block")].to_owned()
+}
+
 /// Sleeps until the RFC 3339 time `at` (a lease's `expires_at`) has passed.
 pub fn wait_until_past(at: &serde_json::Value) {
     let at = humantime::parse_rfc3339(at.as_str().expect("time")).expect("RFC 3339");

@@ -4,20 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::harness::{Sandbox, wait_for_exit};
-
-const EXAMPLE_CONFIG: &str = r#"
-default_ttl = "10m"
-max_ttl = "12h"
-token_env = "LEASE_TOKEN"
-allowed_scopes = ["read:*", "write:draft", "deploy:staging"]
-[profile.deploy]
-scope = ["deploy:staging"]
-ttl = "2m"
-env = "DEPLOY_TOKEN"
-on_expiry = "term"
-uses = 1
-"#;
+use crate::harness::{Sandbox, readme_policy_example, wait_for_exit};
 
 fn seconds_from_now(rfc3339: &str) -> u64 {
     let at = humantime::parse_rfc3339(rfc3339.trim()).unwrap();
@@ -29,7 +16,7 @@ fn seconds_from_now(rfc3339: &str) -> u64 {
 #[test]
 fn a_profile_supplies_scope_ttl_env_and_uses_and_flags_override_it() {
     let sandbox = Sandbox::new();
-    sandbox.write_config(EXAMPLE_CONFIG);
+    sandbox.write_config(&readme_policy_example());
     let show = "echo $LEASE_SCOPE; echo $LEASE_EXPIRES_AT; echo ${DEPLOY_TOKEN%%_*}; echo ${LEASE_TOKEN-none}";
     let out = sandbox
         .lease(["run", "--profile", "deploy", "--", "sh", "-c", show])
@@ -80,7 +67,7 @@ fn a_profile_supplies_scope_ttl_env_and_uses_and_flags_override_it() {
 #[test]
 fn unknown_profiles_and_disallowed_scopes_and_ttls_are_refused_naming_the_file() {
     let sandbox = Sandbox::new();
-    let path = sandbox.write_config(EXAMPLE_CONFIG);
+    let path = sandbox.write_config(&readme_policy_example());
     let file = path.to_str().unwrap();
     sandbox
         .lease(["run", "--profile", "nope", "--", "true"])

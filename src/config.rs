@@ -421,21 +421,12 @@ mod tests {
 
     #[test]
     fn reads_the_documented_example() {
-        let config = parse(
-            r#"
-default_ttl = "10m"
-max_ttl = "12h"
-token_env = "LEASE_TOKEN"
-allowed_scopes = ["read:*", "write:draft", "deploy:staging"]
-[profile.deploy]
-scope = ["deploy:staging"]
-ttl = "2m"
-env = "DEPLOY_TOKEN"
-on_expiry = "term"
-uses = 1
-"#,
-        )
-        .expect("valid");
+        // The example in the README's Policy section, so that the documentation stays true.
+        let readme = include_str!("../README.md");
+        let policy = &readme[readme.find("## Policy").expect("a Policy section")..];
+        let start = policy.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let example = &policy[start..start + policy[start..].find("```").expect("its end")];
+        let config = parse(example).expect("valid");
         let deploy = config.profile("deploy").expect("profile");
         assert_eq!(deploy.ttl, Some(Duration::from_secs(120)));
         assert_eq!(deploy.on_expiry, Some(OnExpiry::Term));

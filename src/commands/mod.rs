@@ -29,26 +29,21 @@ use crate::token::Token;
 
 /// Runs a validated invocation.
 pub fn dispatch(invocation: Invocation) -> Result<Exit> {
-    // These describe lease itself: no config or store is needed, or read.
+    // Completions and the man page describe lease itself: they read no config and no store.
+    let context = || Context::new(invocation.globals);
     match invocation.command {
-        Command::Completions(shell) => return shell::completions(shell),
-        Command::Man => return shell::man(),
-        _ => {}
-    }
-    let context = Context::new(invocation.globals)?;
-    match invocation.command {
-        Command::Run(request) => run::run(&context, request),
-        Command::Verify(request) => verify::verify(&context, &request),
-        Command::Issue(request) => issue::issue(&context, request),
-        Command::List { all, json } => list::list(&context, all, json),
-        Command::Revoke(target) => revoke::revoke(&context, target),
-        Command::Renew(request) => renew::renew(&context, &request),
-        Command::Log { id, since, json } => log::log(&context, id.as_deref(), since, json),
-        Command::Suggest { id, json } => suggest::suggest(&context, &id, json),
-        Command::Status { token_env, json } => status::status(&context, token_env, json),
         Command::Completions(shell) => shell::completions(shell),
         Command::Man => shell::man(),
-        Command::Gc => gc::gc(&context),
+        Command::Run(request) => run::run(&context()?, request),
+        Command::Verify(request) => verify::verify(&context()?, &request),
+        Command::Issue(request) => issue::issue(&context()?, request),
+        Command::List { all, json } => list::list(&context()?, all, json),
+        Command::Revoke(target) => revoke::revoke(&context()?, target),
+        Command::Renew(request) => renew::renew(&context()?, &request),
+        Command::Log { id, since, json } => log::log(&context()?, id.as_deref(), since, json),
+        Command::Suggest { id, json } => suggest::suggest(&context()?, &id, json),
+        Command::Status { token_env, json } => status::status(&context()?, token_env, json),
+        Command::Gc => gc::gc(&context()?),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::exit::Exit;
 use crate::store::{Open, Store};
 use crate::token::{BODY_LEN, PREFIX, Token};
 
-/// Longest token read from standard input; a real token is 47 bytes.
+/// Longest token read from standard input; a real token is 52 bytes.
 const MAX_STDIN_BYTES: u64 = 4096;
 
 /// `lease verify`: prints the decision (a line on stderr when denied; JSON if asked) and

@@ -32,7 +32,17 @@ use exit::{Exit, ExitError};
 /// Errors are printed here, once, as `lease: what went wrong: why`.
 pub fn main(args: Vec<OsString>) -> Exit {
     panic::set_hook(Box::new(|info| {
-        eprintln!("lease: internal error: {info}; please report this bug");
+        let payload = info.payload();
+        let what = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a panic");
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("lease: internal error{at}: {what}; please report this bug");
     }));
     let invocation = match cli::parse(args) {
         Ok(invocation) => invocation,

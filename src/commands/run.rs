@@ -68,6 +68,12 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     let id = token.hash().id();
     let lease = RevokeOnExit::new(&store, id.clone(), &process);
 
+    // Debug builds only: lets the test suite prove that a panic still revokes the lease.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("LEASE_DEBUG_PANIC_AFTER_MINT").is_some() {
+        panic!("LEASE_DEBUG_PANIC_AFTER_MINT is set");
+    }
+
     if let Some(signal) = forwarder.arrived_before_start() {
         lease.revoke()?;
         return Ok(Exit::Signal(signal));

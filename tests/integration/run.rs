@@ -289,3 +289,24 @@ fn a_failed_revocation_is_reported_and_fails_a_successful_run() {
         .one_error_line()
         .stderr_has("could not be revoked");
 }
+
+#[test]
+fn a_panic_after_minting_still_revokes_the_lease() {
+    // Debug builds of lease panic on purpose when this variable is set (release builds do not
+    // contain the hook): the guard revokes while unwinding, and the exit is 125.
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .env("LEASE_DEBUG_PANIC_AFTER_MINT", "1")
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert!(
+        out.stderr.starts_with("lease: internal error at "),
+        "{out:#?}"
+    );
+    assert!(!out.stderr.contains("agt_"), "{out:#?}");
+    let records = sandbox.records();
+    assert_eq!(records.len(), 1);
+    assert!(sandbox.all_revoked(), "{records:?}");
+}

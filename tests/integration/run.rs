@@ -105,15 +105,7 @@ fn exit_code_of_the_child_is_lease_exit_code() {
     let sandbox = Sandbox::new();
     for code in [0, 1, 42, 255] {
         sandbox
-            .lease([
-                "run",
-                "--scope",
-                "a",
-                "--",
-                "sh",
-                "-c",
-                &format!("exit {code}"),
-            ])
+            .run_sh("a", &format!("exit {code}"))
             .run()
             .code_is(code);
     }
@@ -123,17 +115,7 @@ fn exit_code_of_the_child_is_lease_exit_code() {
 fn child_killed_by_a_signal_kills_lease_with_the_same_signal() {
     let sandbox = Sandbox::new();
     for (name, number) in [("KILL", 9), ("TERM", 15), ("INT", 2)] {
-        let out = sandbox
-            .lease([
-                "run",
-                "--scope",
-                "a",
-                "--",
-                "sh",
-                "-c",
-                &format!("kill -{name} $$"),
-            ])
-            .run();
+        let out = sandbox.run_sh("a", &format!("kill -{name} $$")).run();
         assert_eq!(death_signal(out.status), Some(number), "{name}: {out:#?}");
         assert!(out.stderr.is_empty(), "{out:#?}");
     }
@@ -275,15 +257,7 @@ fn a_failed_revocation_is_reported_and_fails_a_successful_run() {
     std::fs::rename(sandbox.state_dir().join("moved"), sandbox.leases_dir()).unwrap();
     // When the command itself failed, its status wins, and the failure is still reported.
     sandbox
-        .lease([
-            "run",
-            "--scope",
-            "a",
-            "--",
-            "sh",
-            "-c",
-            &format!("{sabotage}; exit 3"),
-        ])
+        .run_sh("a", &format!("{sabotage}; exit 3"))
         .run()
         .code_is(3)
         .one_error_line()

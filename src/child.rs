@@ -47,8 +47,8 @@ impl EnvRules<'_> {
     }
 }
 
-/// The command's environment: what `rules` let through of `inherited`, then the lease's own
-/// variables (which no rule removes), sorted by name.
+/// The command's environment: what `rules` let through of `inherited`, less anything holding a
+/// lease token, then the lease's own variables (which no rule removes), sorted by name.
 pub fn environment(
     inherited: impl IntoIterator<Item = (OsString, OsString)>,
     rules: &EnvRules<'_>,
@@ -57,6 +57,9 @@ pub fn environment(
     let mut env: Vec<(OsString, OsString)> = inherited
         .into_iter()
         .filter(|(name, _)| rules.passes(name))
+        // The command gets one lease token, its own: any other (a parent's, copied under
+        // another name) stays behind.
+        .filter(|(_, value)| !value.to_str().is_some_and(crate::token::is_token_shaped))
         .filter(|(name, _)| !lease.iter().any(|(own, _)| own == name))
         .collect();
     env.extend(lease);

@@ -186,8 +186,9 @@ struct RunArgs {
     #[command(flatten)]
     mint: MintArgs,
 
-    /// Put the token in this variable instead of LEASE_TOKEN
-    #[arg(long, value_name = "NAME", value_parser = parse_env_name)]
+    /// Put the token in this variable instead of LEASE_TOKEN (not PATH, LD_*, DYLD_* or the
+    /// other LEASE_* variables)
+    #[arg(long, value_name = "NAME", value_parser = parse_token_env)]
     env: Option<String>,
 
     /// At expiry: keep the command running (the token just stops working), or end it with
@@ -210,10 +211,11 @@ struct RunArgs {
     clean_env: bool,
 
     /// With --clean-env, keep this variable (repeatable)
-    #[arg(long, value_name = "NAME", requires = "clean_env")]
+    #[arg(long, value_name = "NAME", requires = "clean_env", value_parser = parse_env_name)]
     keep: Vec<String>,
 
     /// Print the environment the command would get (the token hidden) and exit; mints nothing
+    /// and runs nothing, even when a command is given
     #[arg(long)]
     print_env: bool,
 
@@ -356,6 +358,11 @@ fn parse_ttl(text: &str) -> Result<Duration> {
 }
 
 fn parse_glob(text: &str) -> Result<glob::Pattern> {
+    not_a_token(
+        text,
+        "a variable name pattern",
+        "pass a pattern such as '*_TOKEN'",
+    )?;
     glob::Pattern::new(text)
         .map_err(|err| anyhow::anyhow!("invalid pattern '{}': {err}", text.escape_debug()))
 }
@@ -367,6 +374,30 @@ fn parse_on_expiry(text: &str) -> Result<OnExpiry> {
 fn parse_env_name(text: &str) -> Result<String> {
     config::validate_env_name(text)?;
     Ok(text.to_owned())
+}
+
+fn parse_token_env(text: &str) -> Result<String> {
+    config::validate_token_env(text)?;
+    Ok(text.to_owned())
+}
+
+/// Refuses text shaped like a token where `what` is expected, without quoting it: a token
+/// typed in the wrong place must not be echoed back or logged.
+fn not_a_token(text: &str, what: &str, fix: &str) -> Result<()> {
+    if crate::token::is_token_shaped(text) {
+        bail!("that is a token, not {what}: {fix}");
+    }
+    Ok(())
+}
+
+/// A lease id given by a user, refused if it is a token.
+fn lease_id_arg(text: String) -> Result<String> {
+    not_a_token(
+        &text,
+        "a lease id",
+        "pass the 12-digit id shown by `lease list --all`, or use `lease revoke --self` to end the lease of a token",
+    )?;
+    Ok(text)
 }
 
 /// A parsed, validated command line.
@@ -443,18 +474,28 @@ pub enum Command {
 pub struct RunRequest {
     /// The lease asked for, before policy.
     pub asked: Asked,
-    /// The program to run (`None` only with `--print-env`).
-    pub program: Option<OsString>,
-    /// Its arguments.
-    pub args: Vec<OsString>,
+    /// Run a command, or only print the environment it would get.
+    pub mode: RunMode,
     /// How the command's environment is built.
     pub env: EnvRequest,
-    /// Only print the environment.
-    pub print_env: bool,
     /// Mask the token in the command's output.
     pub mask: bool,
     /// Where to write the receipt.
     pub receipt: Option<PathBuf>,
+}
+
+/// What `lease run` does: one or the other, never both.
+#[derive(Debug)]
+pub enum RunMode {
+    /// `--print-env`: print the environment the command would get; mint nothing, run nothing.
+    PrintEnv,
+    /// Run this program with these arguments.
+    Exec {
+        /// The program (looked up on PATH when it has no slash).
+        program: OsString,
+        /// Its arguments.
+        args: Vec<OsString>,
+    },
 }
 
 /// How the command's environment is built from lease's own.
@@ -561,30 +602,39 @@ fn validate(sub: Sub) -> Result<Command> {
     Ok(match sub {
         Sub::Run(args) => {
             let mut command = args.command.into_iter();
-            let program = command.next();
-            if program.is_none() && !args.print_env {
-                bail!("no command given: put it after `--`");
-            }
+            let mode = match command.next() {
+                _ if args.print_env => RunMode::PrintEnv,
+                Some(program) => RunMode::Exec {
+                    program,
+                    args: command.collect(),
+                },
+                None => bail!("no command given: put it after `--`"),
+            };
             let mut asked = asked(args.mint)?;
             asked.flags.env = args.env;
             asked.flags.on_expiry = args.on_expiry;
             asked.flags.grace = args.grace;
             Command::Run(RunRequest {
                 asked,
-                program,
-                args: command.collect(),
+                mode,
                 env: EnvRequest {
                     scrub: args.scrub,
                     clean: args.clean_env,
                     keep: args.keep,
                 },
-                print_env: args.print_env,
                 mask: args.mask,
                 receipt: args.receipt,
             })
         }
         Sub::Verify(args) => Command::Verify(VerifyRequest {
-            action: Action::parse(&args.action)?,
+            action: {
+                not_a_token(
+                    &args.action,
+                    "an action",
+                    "the token goes in $LEASE_TOKEN, --token-env NAME or --token-stdin; ACTION is what to check, e.g. write:draft",
+                )?;
+                Action::parse(&args.action)?
+            },
             source: if args.token_stdin {
                 TokenSource::Stdin
             } else {
@@ -597,12 +647,12 @@ fn validate(sub: Sub) -> Result<Command> {
             json: args.json,
         }),
         Sub::Log(args) => Command::Log {
-            id: args.id,
+            id: args.id.map(lease_id_arg).transpose()?,
             since: args.since,
             json: args.json,
         },
         Sub::Suggest(args) => Command::Suggest {
-            id: args.id,
+            id: lease_id_arg(args.id)?,
             json: args.json,
         },
         Sub::Status(args) => Command::Status {
@@ -620,12 +670,24 @@ fn validate(sub: Sub) -> Result<Command> {
             json: args.json,
         },
         Sub::Revoke(args) if args.all => Command::Revoke(RevokeTarget::All),
-        Sub::Revoke(args) => Command::Revoke(RevokeTarget::Ids(args.ids)),
+        Sub::Revoke(args) => Command::Revoke(RevokeTarget::Ids(
+            args.ids
+                .into_iter()
+                .map(lease_id_arg)
+                .collect::<Result<_>>()?,
+        )),
         Sub::Gc => Command::Gc,
     })
 }
 
 fn asked(args: MintArgs) -> Result<Asked> {
+    for text in args.scope.iter().chain(&args.profile) {
+        not_a_token(
+            text,
+            "a scope or a profile",
+            "pass what the lease may do, e.g. --scope read:articles",
+        )?;
+    }
     let scope = if args.scope.is_empty() {
         None
     } else {

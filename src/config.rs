@@ -19,6 +19,9 @@ use crate::ttl;
 
 /// The default name of the variable that carries the token.
 pub const DEFAULT_TOKEN_ENV: &str = "LEASE_TOKEN";
+/// The variable, set by `lease run` in its command's environment, that names the variable the
+/// token is in, so that nested runs and `verify` find it under any name.
+pub const TOKEN_ENV_VAR: &str = "LEASE_TOKEN_ENV";
 
 /// Settings after defaults are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,7 +205,7 @@ impl Config {
             return Err(at.error(None, "default_ttl", why));
         }
         if let Some(name) = file.token_env {
-            validate_env_name(&name).map_err(|e| at.error(None, "token_env", e))?;
+            validate_token_env(&name).map_err(|e| at.error(None, "token_env", e))?;
             config.token_env = name;
         }
         if let Some(scopes) = &file.allowed_scopes {
@@ -308,7 +311,7 @@ fn parse_profile(
     };
     let env = match &file.env {
         Some(name) => {
-            validate_env_name(name).map_err(|e| error("env", e))?;
+            validate_token_env(name).map_err(|e| error("env", e))?;
             Some(name.clone())
         }
         None => None,
@@ -333,8 +336,28 @@ fn parse_profile(
     })
 }
 
+/// Checks that `name` may carry a token into a command: a valid name, and none that lease sets
+/// itself (`LEASE_*` other than `LEASE_TOKEN`), that finds programs (`PATH`), or that the dynamic
+/// loader reads (`LD_*`, `DYLD_*`): the token there would break the run or reach the loader.
+pub fn validate_token_env(name: &str) -> Result<()> {
+    validate_env_name(name)?;
+    let why = if name.starts_with("LEASE_") && name != DEFAULT_TOKEN_ENV {
+        "lease sets the LEASE_* variables itself"
+    } else if name == "PATH" {
+        "PATH is where commands are looked up"
+    } else if name.starts_with("LD_") || name.starts_with("DYLD_") {
+        "the dynamic loader reads LD_* and DYLD_* variables"
+    } else {
+        return Ok(());
+    };
+    bail!("{name} cannot carry the token: {why}; choose another name, e.g. DEPLOY_TOKEN")
+}
+
 /// Checks that `name` can be an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn validate_env_name(name: &str) -> Result<()> {
+    if crate::token::is_token_shaped(name) {
+        bail!("that is a token, not a variable name: pass the name of the variable that holds it");
+    }
     let mut chars = name.chars();
     let valid_start = chars
         .next()

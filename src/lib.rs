@@ -31,6 +31,10 @@ use exit::{Exit, ExitError};
 /// Runs lease with these arguments (including argv[0]) and returns how it should exit.
 /// Errors are printed here, once, as `lease: what went wrong: why`.
 pub fn main(args: Vec<OsString>) -> Exit {
+    // lease holds tokens in memory: no core dump, and no ptrace by other processes of the user,
+    // may read them. The command it starts is dumpable again from its exec on.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_dumpable(false);
     panic::set_hook(Box::new(|info| {
         let payload = info.payload();
         let what = payload
@@ -42,6 +46,7 @@ pub fn main(args: Vec<OsString>) -> Exit {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
+        let what = token::redact(what);
         eprintln!("lease: internal error{at}: {what}; please report this bug");
     }));
     let invocation = match cli::parse(args) {
@@ -55,7 +60,8 @@ pub fn main(args: Vec<OsString>) -> Exit {
             return exit;
         }
         Err(Rejected::Usage(message, exit)) => {
-            eprintln!("lease: {message}");
+            // A value typed in the wrong place may be a token: never echo one back.
+            eprintln!("lease: {}", token::redact(&message));
             return exit;
         }
     };
@@ -65,7 +71,7 @@ pub fn main(args: Vec<OsString>) -> Exit {
         // The reader went away (`lease log | head`): nothing to report, as with any filter.
         Ok(Err(err)) if is_broken_pipe(&err) => Exit::Success,
         Ok(Err(err)) => {
-            eprintln!("lease: {err:#}");
+            eprintln!("lease: {}", token::redact(&format!("{err:#}")));
             err.downcast_ref::<ExitError>()
                 .map_or(failure, ExitError::exit)
         }

@@ -157,6 +157,56 @@ impl fmt::Display for LeaseId {
     }
 }
 
+/// Whether `text` is shaped like a lease token, or holds one: it starts with the prefix, or the
+/// prefix appears in it followed by what could be a token's body. Such text is refused where an
+/// id, an action, a variable name or a scope is expected, so that it is never echoed or logged.
+pub fn is_token_shaped(text: &str) -> bool {
+    text.starts_with(PREFIX) || token_spans(text).next().is_some()
+}
+
+/// `text` with everything shaped like a token replaced by `agt_***`: the last guard before a
+/// message that may quote user input (a clap error, say) is printed.
+pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut spans = token_spans(text).peekable();
+    if spans.peek().is_none() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (start, end) in spans {
+        out.push_str(&text[copied..start]);
+        out.push_str(PREFIX);
+        out.push_str("***");
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Where a token could stand in `text`: the prefix followed by at least a few characters of a
+/// token's body, as (start, end) byte ranges.
+fn token_spans(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    /// Fewer body characters than this after the prefix cannot be (a useful part of) a token.
+    const MIN_BODY: usize = 8;
+    let is_body = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        while let Some(found) = text[from..].find(PREFIX) {
+            let start = from + found;
+            let body = text.as_bytes()[start + PREFIX.len()..]
+                .iter()
+                .take_while(|b| is_body(b))
+                .count();
+            let end = start + PREFIX.len() + body;
+            from = end.max(start + 1);
+            if body >= MIN_BODY {
+                return Some((start, end));
+            }
+        }
+        None
+    })
+}
+
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
@@ -226,6 +276,26 @@ mod tests {
         for bad in ["", "xyz", "ABCDEF012345", "../etc/passw", "0123456789abc"] {
             assert_eq!(LeaseId::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn token_shaped_text_is_recognised_and_redacted() {
+        let token = Token::mint().expect("mint");
+        let text = token.expose();
+        for shaped in [text, "agt_", "agt_short", &format!("read:{text}")] {
+            assert!(is_token_shaped(shaped), "{shaped}");
+        }
+        for plain in ["read:articles", "LEASE_TOKEN", "3f9a2b1c4d5e", "x agt_ab y"] {
+            assert!(!is_token_shaped(plain), "{plain}");
+        }
+        let message = format!("invalid value '{text}' for '--ttl': and '{text}x' again");
+        let redacted = redact(&message);
+        assert!(!redacted.contains(text), "{redacted}");
+        assert_eq!(
+            redacted,
+            "invalid value 'agt_***' for '--ttl': and 'agt_***' again"
+        );
+        assert_eq!(redact("nothing here"), "nothing here");
     }
 
     mod properties {

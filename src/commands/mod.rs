@@ -89,7 +89,8 @@ const MINT_ATTEMPTS: usize = 4;
 /// Works out the lease `asked` for under the config and any parent lease in the environment,
 /// printing the policy's notes, or refuses it.
 fn plan(context: &Context, asked: Asked, store: &Store) -> Result<Plan> {
-    let inherited = std::env::var(&context.config.token_env)
+    let at = verify::token_env_in_use(&context.config.token_env)?;
+    let inherited = std::env::var(at)
         .ok()
         .filter(|t| !t.is_empty())
         .map(Token::presented);

@@ -14,8 +14,8 @@ use serde::Serialize;
 use super::Context;
 use crate::audit::{self, Event, Process};
 use crate::child::{self, EnvRules, Spec};
-use crate::cli::RunRequest;
-use crate::config::DEFAULT_TOKEN_ENV;
+use crate::cli::{RunMode, RunRequest};
+use crate::config::{DEFAULT_TOKEN_ENV, TOKEN_ENV_VAR};
 use crate::exit::Exit;
 use crate::mask::Masker;
 use crate::owner::Owner;
@@ -27,12 +27,11 @@ use crate::store::{Loaded, Open, Store};
 use crate::token::LeaseId;
 
 pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
-    let mode = if request.print_env {
-        Open::ExistingOnly
-    } else {
-        Open::CreateIfMissing
-    };
-    let store = context.store(mode)?;
+    // `--print-env` creates nothing: it reads a parent lease, if there is one, and mints nothing.
+    let store = context.store(match request.mode {
+        RunMode::PrintEnv => Open::ExistingOnly,
+        RunMode::Exec { .. } => Open::CreateIfMissing,
+    })?;
     let plan = super::plan(context, request.asked, &store)?;
     let scrub: Vec<&glob::Pattern> = context
         .config
@@ -40,9 +39,12 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         .iter()
         .chain(&request.env.scrub)
         .collect();
-    // An inherited token under the usual names must not ride along beside the new one.
+    // An inherited token must not ride along beside the new one: the variables that name one
+    // go, and so does every other variable holding something shaped like a token.
+    let inherited_at = super::verify::token_env_in_use(&context.config.token_env).ok();
     let remove = [DEFAULT_TOKEN_ENV, context.config.token_env.as_str()]
         .into_iter()
+        .chain(inherited_at.as_deref())
         .filter(|name| *name != plan.token_env)
         .collect();
     let rules = EnvRules {
@@ -51,9 +53,14 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         scrub,
         remove,
     };
-    let Some(program) = request.program else {
-        return print_env(&plan, &rules, &store);
+    let (program, args) = match request.mode {
+        RunMode::PrintEnv => return print_env(&plan, &rules, &store),
+        RunMode::Exec { program, args } => (program, args),
     };
+    // A receipt that could not be written must stop the run before it starts, not after.
+    if let Some(path) = &request.receipt {
+        receipt_can_be_written(path)?;
+    }
 
     let ends_at_expiry = plan.on_expiry != OnExpiry::Keep;
     // Watch signals before minting, so that none arriving from here on is lost.
@@ -62,7 +69,7 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     let process = Process {
         pid: std::process::id(),
         command: Some(program.to_string_lossy().into_owned()),
-        argc: Some(request.args.len()),
+        argc: Some(args.len()),
     };
     let (token, record) = super::mint(&store, &plan, Some(owner), &process)?;
     let id = token.hash().id();
@@ -79,11 +86,16 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         return Ok(Exit::Signal(signal));
     }
 
-    let mut vars = lease_vars(&record, &store);
-    vars.push((plan.token_env.clone().into(), token.expose().into()));
+    let vars = lease_vars(
+        &store,
+        &plan,
+        &record.id,
+        &scope::join(&record.scope),
+        token.expose(),
+    );
     let spec = Spec {
         program: &program,
-        args: &request.args,
+        args: &args,
         env: child::environment(std::env::vars_os(), &rules, vars),
         mask: request.mask,
     };
@@ -139,36 +151,39 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     Ok(outcome)
 }
 
-/// The lease's variables for the child, except the token.
-fn lease_vars(record: &Record, store: &Store) -> Vec<(OsString, OsString)> {
+/// The lease's variables for the child: its id, scope, expiry, store, the token and the name of
+/// the variable that holds it (so that nested runs and `verify` find it under any name).
+fn lease_vars(
+    store: &Store,
+    plan: &Plan,
+    id: &str,
+    scope: &str,
+    token: &str,
+) -> Vec<(OsString, OsString)> {
     vec![
-        ("LEASE_ID".into(), record.id.clone().into()),
-        ("LEASE_SCOPE".into(), scope::join(&record.scope).into()),
-        (
-            "LEASE_EXPIRES_AT".into(),
-            rfc3339::format(record.expires_at).into(),
-        ),
-        ("LEASE_STATE_DIR".into(), store.dir().as_os_str().to_owned()),
-    ]
-}
-
-/// `--print-env`: the environment the command would get, with the secret and the id (which do
-/// not exist yet) shown as placeholders. Nothing is minted.
-fn print_env(plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
-    let scope: Vec<_> = plan.grants.iter().map(|g| g.scope.clone()).collect();
-    let vars = vec![
-        ("LEASE_ID".into(), "<minted when the command starts>".into()),
-        ("LEASE_SCOPE".into(), scope::join(&scope).into()),
+        ("LEASE_ID".into(), id.into()),
+        ("LEASE_SCOPE".into(), scope.into()),
         (
             "LEASE_EXPIRES_AT".into(),
             rfc3339::format(plan.expires_at).into(),
         ),
         ("LEASE_STATE_DIR".into(), store.dir().as_os_str().to_owned()),
-        (
-            plan.token_env.clone().into(),
-            "<token: minted when the command starts>".into(),
-        ),
-    ];
+        (TOKEN_ENV_VAR.into(), plan.token_env.clone().into()),
+        (plan.token_env.clone().into(), token.into()),
+    ]
+}
+
+/// `--print-env`: the environment the command would get, with the secret and the id (which do
+/// not exist yet) shown as placeholders. Nothing is minted and nothing is run.
+fn print_env(plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
+    let scope: Vec<_> = plan.grants.iter().map(|g| g.scope.clone()).collect();
+    let vars = lease_vars(
+        store,
+        plan,
+        "<minted when the command starts>",
+        &scope::join(&scope),
+        "<token: minted when the command starts>",
+    );
     let mut out = std::io::stdout().lock();
     for (name, value) in child::environment(std::env::vars_os(), rules, vars) {
         let mut line = name.into_encoded_bytes();
@@ -302,25 +317,57 @@ impl Receipt {
         }
     }
 
-    /// Writes the receipt (0600, replaced atomically) to `path`.
+    /// Writes the receipt (0600, replaced atomically) to `path`: as a new regular file in its
+    /// directory, renamed into place only over nothing or over a regular file.
     fn write(&self, path: &Path) -> Result<()> {
         let mut text = serde_json::to_vec_pretty(self).context("encoding the receipt")?;
         text.push(b'\n');
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
         let shown = path.display();
-        let mut temp = tempfile::Builder::new()
-            .prefix(".lease-receipt-")
-            .tempfile_in(dir)
-            .with_context(|| format!("writing the receipt {shown}"))?;
+        let mut temp = receipt_temp_file(path)?;
         temp.write_all(&text)
             .with_context(|| format!("writing the receipt {shown}"))?;
+        refuse_non_regular(path)?;
         temp.persist(path)
             .map_err(|e| e.error)
             .with_context(|| format!("writing the receipt {shown}"))?;
         Ok(())
+    }
+}
+
+/// Checks, before anything is minted, that the receipt can be written: its directory takes a
+/// new file, and `path` is not something other than a regular file.
+fn receipt_can_be_written(path: &Path) -> Result<()> {
+    refuse_non_regular(path)?;
+    receipt_temp_file(path).map(drop)
+}
+
+/// A new private temporary file beside `path` (removed when dropped unless persisted).
+fn receipt_temp_file(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".lease-receipt-")
+        .tempfile_in(dir)
+        .with_context(|| {
+            format!(
+                "cannot write the receipt {}: its directory {} does not take new files",
+                path.display(),
+                dir.display()
+            )
+        })
+}
+
+/// Refuses a receipt path that exists as anything but a regular file (a device, a FIFO, a
+/// directory, a symlink): a receipt never replaces one.
+fn refuse_non_regular(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => anyhow::bail!(
+            "cannot write the receipt {}: it exists and is not a regular file; choose a new file name",
+            path.display()
+        ),
+        _ => Ok(()),
     }
 }
 

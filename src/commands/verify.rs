@@ -11,6 +11,7 @@ use super::{Context, print_json};
 use crate::audit::{Event, Process};
 use crate::authorize::{Decision, authorize};
 use crate::cli::{TokenSource, VerifyRequest};
+use crate::config::TOKEN_ENV_VAR;
 use crate::exit::Exit;
 use crate::store::{Open, Store};
 use crate::token::{BODY_LEN, PREFIX, Token};
@@ -91,11 +92,27 @@ impl std::fmt::Display for NoToken {
 
 impl std::error::Error for NoToken {}
 
+/// The variable the token is in when no `--token-env` is given: the one `LEASE_TOKEN_ENV` names
+/// (set by `lease run` for its command), else `default_env` (the config's `token_env`).
+pub(super) fn token_env_in_use(default_env: &str) -> Result<String> {
+    match std::env::var(TOKEN_ENV_VAR) {
+        Ok(name) if !name.is_empty() => {
+            crate::config::validate_env_name(&name)
+                .with_context(|| format!("${TOKEN_ENV_VAR} does not name a variable"))?;
+            Ok(name)
+        }
+        _ => Ok(default_env.to_owned()),
+    }
+}
+
 pub(super) fn read_token(source: &TokenSource, default_env: &str) -> Result<Token> {
     let text = match source {
         TokenSource::Env(name) => {
-            let name = name.as_deref().unwrap_or(default_env);
-            let value = std::env::var_os(name).unwrap_or_default();
+            let name = match name {
+                Some(name) => name.clone(),
+                None => token_env_in_use(default_env)?,
+            };
+            let value = std::env::var_os(&name).unwrap_or_default();
             if value.is_empty() {
                 return Err(NoToken(format!(
                     "no token: ${name} is not set; run this inside `lease run`, or pass --token-env NAME or --token-stdin"

@@ -338,6 +338,13 @@ impl Out {
         self
     }
 
+    /// stderr is exactly `expected`.
+    #[track_caller]
+    pub fn stderr_is(self, expected: &str) -> Out {
+        assert_eq!(self.stderr, expected, "unexpected stderr: {self:#?}");
+        self
+    }
+
     /// stderr is exactly one `lease: ...` line.
     #[track_caller]
     pub fn one_error_line(self) -> Out {
@@ -455,4 +462,9 @@ pub fn kill_pid(pid: i32) {
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     );
+}
+
+/// Reports a test that cannot check what it names on this machine.
+pub fn skip(reason: &str) {
+    eprintln!("skipped: {reason}");
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod config;
 mod examples;
+mod hardening;
 mod harness;
 mod manage;
 mod policy;

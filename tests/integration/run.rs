@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::harness::{PATIENCE, Sandbox, death_signal, kill_pid};
 
 #[test]
-fn child_gets_the_five_variables() {
+fn child_gets_the_six_variables() {
     let sandbox = Sandbox::new();
     let before = SystemTime::now();
     let out = sandbox
@@ -29,7 +29,8 @@ fn child_gets_the_five_variables() {
         .lines()
         .filter_map(|l| l.split_once('='))
         .collect();
-    assert_eq!(vars.len(), 5, "{vars:?}");
+    assert_eq!(vars.len(), 6, "{vars:?}");
+    assert_eq!(vars["LEASE_TOKEN_ENV"], "LEASE_TOKEN");
 
     let token = vars["LEASE_TOKEN"];
     let body = token.strip_prefix("agt_").expect("agt_ prefix");

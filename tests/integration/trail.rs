@@ -2,7 +2,7 @@
 //! completions and the man page, environment scrubbing, masking.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -248,21 +248,49 @@ fn a_receipt_holds_the_lease_every_decision_and_the_exit() {
         std::fs::metadata(&receipt).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    // A receipt that cannot be written fails a successful run, like a failed revocation.
-    sandbox
-        .lease([
-            "run",
-            "--scope",
-            "a",
-            "--receipt",
-            "/nonexistent/dir/r.json",
-            "--",
-            "true",
-        ])
-        .run()
-        .code_is(125)
-        .one_error_line()
-        .stderr_has("receipt could not be written");
+}
+
+#[test]
+fn a_receipt_that_cannot_be_written_stops_the_run_before_it_starts() {
+    let sandbox = Sandbox::new();
+    let ran = sandbox.path("ran");
+    let script = format!("touch '{}'", ran.display());
+    for (receipt, why) in [
+        (
+            "/nonexistent/dir/r.json".to_owned(),
+            "lease: cannot write the receipt /nonexistent/dir/r.json: its directory /nonexistent/dir does not take new files: ",
+        ),
+        (
+            "/dev/full".to_owned(),
+            "lease: cannot write the receipt /dev/full: it exists and is not a regular file; choose a new file name\n",
+        ),
+    ] {
+        let out = sandbox
+            .lease(["run", "--scope", "a", "--receipt", &receipt, "--"])
+            .arg("sh")
+            .arg("-c")
+            .arg(&script)
+            .run()
+            .code_is(125)
+            .one_error_line();
+        assert!(out.stderr.starts_with(why), "{out:#?}");
+        assert!(
+            !ran.exists(),
+            "the command ran although its receipt could not be written"
+        );
+        assert!(
+            sandbox.records().is_empty(),
+            "nothing is minted: {:?}",
+            sandbox.records()
+        );
+    }
+    assert!(
+        std::fs::metadata("/dev/full")
+            .unwrap()
+            .file_type()
+            .is_char_device(),
+        "/dev/full is still the device"
+    );
 }
 
 #[test]
@@ -411,7 +439,7 @@ fn scrub_removes_long_lived_secrets_and_clean_env_starts_from_nothing() {
         .success();
     assert_eq!(
         out.stdout.trim(),
-        "HOME KEEP_ME LEASE_EXPIRES_AT LEASE_ID LEASE_SCOPE LEASE_STATE_DIR LEASE_TOKEN"
+        "HOME KEEP_ME LEASE_EXPIRES_AT LEASE_ID LEASE_SCOPE LEASE_STATE_DIR LEASE_TOKEN LEASE_TOKEN_ENV"
     );
     let out = sandbox
         .lease([
@@ -440,7 +468,8 @@ fn scrub_removes_long_lived_secrets_and_clean_env_starts_from_nothing() {
             "LEASE_ID",
             "LEASE_SCOPE",
             "LEASE_STATE_DIR",
-            "LEASE_TOKEN"
+            "LEASE_TOKEN",
+            "LEASE_TOKEN_ENV"
         ]
     );
     sandbox

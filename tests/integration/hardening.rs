@@ -1,0 +1,252 @@
+//! Issue 9's regressions: tokens typed in the wrong place, tokens under other names, core dumps,
+//! `--print-env`, and variable names that cannot carry a token.
+
+use std::fs;
+
+use crate::harness::Sandbox;
+
+/// Every place a token might be typed by mistake: each is refused with the subcommand's usage
+/// code, in one line that never quotes the token, and nothing reaches the trail.
+#[test]
+fn a_token_typed_in_the_wrong_place_is_never_echoed_or_logged() {
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("read:x");
+    let t = token.as_str();
+    let cases: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["revoke", t], 2),
+        (vec!["suggest", t], 2),
+        (vec!["log", "--id", t], 2),
+        (vec!["verify", t], 2),
+        (vec!["verify", "read:x", "--token-env", t], 2),
+        (vec!["status", "--token-env", t], 2),
+        (vec!["list", t], 2),
+        (vec!["issue", "--scope", t], 2),
+        (vec!["issue", "--profile", t], 2),
+        (vec!["run", "--scope", t, "--", "true"], 125),
+        (vec!["run", "--scope", "a", "--env", t, "--", "true"], 125),
+        (vec!["run", "--scope", "a", "--ttl", t, "--", "true"], 125),
+        (vec!["run", "--scope", "a", "--scrub", t, "--", "true"], 125),
+        (
+            vec![
+                "run",
+                "--scope",
+                "a",
+                "--clean-env",
+                "--keep",
+                t,
+                "--",
+                "true",
+            ],
+            125,
+        ),
+    ];
+    for (args, code) in cases {
+        let out = sandbox.lease(&args).run();
+        assert_eq!(out.code(), Some(code), "{args:?}: {out:#?}");
+        assert!(
+            !out.stderr.contains(t) && !out.stdout.contains(t),
+            "{args:?} echoed the token: {out:#?}"
+        );
+        let out = out.one_error_line();
+        if args[0] != "list" && !args.contains(&"--ttl") {
+            assert!(
+                out.stderr.contains("that is a token, not "),
+                "{args:?}: {out:#?}"
+            );
+        }
+    }
+    // The two most likely slips, pinned whole.
+    sandbox.lease(["revoke", t]).run().code_is(2).stderr_is(
+        "lease: that is a token, not a lease id: pass the 12-digit id shown by `lease list --all`, or use `lease revoke --self` to end the lease of a token\n",
+    );
+    sandbox.lease(["verify", t]).run().code_is(2).stderr_is(
+        "lease: that is a token, not an action: the token goes in $LEASE_TOKEN, --token-env NAME or --token-stdin; ACTION is what to check, e.g. write:draft\n",
+    );
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).unwrap();
+    assert!(!trail.contains(t), "the token is in audit.jsonl");
+    let log = sandbox.lease(["log", "--json"]).run().success();
+    assert!(!log.stdout.contains(t));
+    // Only the issue made it into the trail: nothing was decided or revoked.
+    assert_eq!(log.stdout.lines().count(), 1, "{}", log.stdout);
+}
+
+/// A run whose token is in another variable (`--env GH_TOKEN`) is still the parent of runs
+/// nested in it: they find its token through LEASE_TOKEN_ENV, narrow it, and never see it.
+#[test]
+fn a_token_under_another_name_still_parents_nested_runs_and_stays_behind() {
+    let sandbox = Sandbox::new();
+    let inner = r#"
+        echo "inner-env-token=${GH_TOKEN:-none}"
+        env | grep -c '=agt_' | sed 's/^/inner-tokens=/'
+        lease status --json | sed 's/^/inner-status=/'
+    "#;
+    let outer = format!(
+        r#"
+        echo "outer-id=$LEASE_ID"
+        echo "outer-token-env=$LEASE_TOKEN_ENV"
+        lease verify read:x && echo outer-verify=granted
+        lease run --scope '*' -- true 2>/dev/null; echo "widen=$?"
+        lease run --print-env --scope read:x > printed
+        grep -c "$GH_TOKEN" printed | sed 's/^/printed-token=/'
+        lease run --scope read:x -- sh -c '{}'
+        lease issue --scope read:x --json | sed 's/^/issued=/'
+        "#,
+        inner.replace('\'', r"'\''")
+    );
+    let out = sandbox
+        .lease([
+            "run", "--scope", "read:*", "--env", "GH_TOKEN", "--", "sh", "-c",
+        ])
+        .arg(&outer)
+        .run()
+        .success();
+    let value = |key: &str| -> String {
+        let prefix = format!("{key}=");
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {key} in {out:#?}"))
+            .to_owned()
+    };
+    let outer_id = value("outer-id");
+    assert_eq!(value("outer-token-env"), "GH_TOKEN");
+    assert_eq!(value("outer-verify"), "granted");
+    assert_eq!(
+        value("widen"),
+        "125",
+        "a nested run cannot widen its parent"
+    );
+    assert_eq!(
+        value("printed-token"),
+        "0",
+        "--print-env showed the parent's token"
+    );
+    assert_eq!(
+        value("inner-env-token"),
+        "none",
+        "the parent's GH_TOKEN reached the child"
+    );
+    assert_eq!(
+        value("inner-tokens"),
+        "1",
+        "the nested command has one token, its own"
+    );
+    let status: serde_json::Value = serde_json::from_str(&value("inner-status")).unwrap();
+    assert_eq!(status["parent"], outer_id.as_str(), "{status}");
+    let issued: serde_json::Value = serde_json::from_str(&value("issued")).unwrap();
+    let listed = sandbox.listed(&issued["id"]);
+    assert_eq!(listed["parent"], outer_id.as_str(), "{listed}");
+}
+
+/// lease holds its token in memory for the whole run: it must not dump core.
+#[test]
+fn a_run_killed_by_a_core_dumping_signal_leaves_no_core_file() {
+    let pattern = fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    if pattern.trim() != "core" {
+        crate::harness::skip(&format!(
+            "core_pattern is {:?}, not \"core\": core files cannot be looked for here",
+            pattern.trim()
+        ));
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path("work");
+    fs::create_dir(&dir).unwrap();
+    // A control first: the same shell dumps core on SIGABRT, so the check can see a core file.
+    let control = sandbox
+        .sh("ulimit -c unlimited; sh -c 'kill -ABRT $$'; ls")
+        .command_dir(&dir)
+        .run();
+    let cores = |listing: &str| listing.lines().filter(|l| l.starts_with("core")).count();
+    if cores(&control.stdout) == 0 {
+        crate::harness::skip("this machine writes no core files even for a plain shell");
+        return;
+    }
+    for entry in fs::read_dir(&dir).unwrap() {
+        fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let out = sandbox
+        .sh(r#"ulimit -c unlimited; lease run --scope a -- sh -c 'kill -ABRT $PPID; sleep 5'; echo "status=$?"; ls"#)
+        .command_dir(&dir)
+        .run()
+        .success();
+    assert!(out.stdout.contains("status=134"), "{out:#?}");
+    assert_eq!(cores(&out.stdout), 0, "lease dumped core: {out:#?}");
+}
+
+/// `--print-env` prints and exits: no store is created, nothing is minted, the command does not
+/// run.
+#[test]
+fn print_env_with_a_command_runs_nothing_and_creates_no_store() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease([
+            "run",
+            "--print-env",
+            "--scope",
+            "read:x",
+            "--",
+            "touch",
+            "ran",
+        ])
+        .run()
+        .success();
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l == "LEASE_TOKEN=<token: minted when the command starts>"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l == "LEASE_TOKEN_ENV=LEASE_TOKEN")
+    );
+    assert!(!sandbox.path("ran").exists(), "the command ran");
+    assert!(!sandbox.state_dir().exists(), "the store was created");
+}
+
+/// Names lease sets, PATH and the loader's variables cannot carry the token, from the command
+/// line or from the config.
+#[test]
+fn env_names_that_would_break_the_run_are_refused() {
+    let sandbox = Sandbox::new();
+    for (name, why) in [
+        ("LEASE_ID", "lease sets the LEASE_* variables itself"),
+        ("LEASE_TOKEN_ENV", "lease sets the LEASE_* variables itself"),
+        ("PATH", "PATH is where commands are looked up"),
+        (
+            "LD_PRELOAD",
+            "the dynamic loader reads LD_* and DYLD_* variables",
+        ),
+        (
+            "DYLD_INSERT_LIBRARIES",
+            "the dynamic loader reads LD_* and DYLD_* variables",
+        ),
+    ] {
+        let out = sandbox
+            .lease(["run", "--scope", "a", "--env", name, "--", "touch", "ran"])
+            .run()
+            .code_is(125)
+            .one_error_line();
+        let expected =
+            format!("{name} cannot carry the token: {why}; choose another name, e.g. DEPLOY_TOKEN");
+        assert!(out.stderr.contains(&expected), "{out:#?}");
+        assert!(!sandbox.path("ran").exists());
+    }
+    sandbox.write_config("[profile.deploy]\nscope = [\"a\"]\nenv = \"LD_PRELOAD\"\n");
+    sandbox
+        .lease(["run", "--profile", "deploy", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("LD_PRELOAD cannot carry the token");
+    sandbox.write_config("token_env = \"PATH\"\n");
+    sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("PATH cannot carry the token");
+    assert!(sandbox.records().is_empty());
+}

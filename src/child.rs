@@ -2,12 +2,16 @@
 //! state it inherits.
 #![allow(unsafe_code)]
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::process::{ChildStderr, ChildStdout};
 
-use nix::libc::c_int;
+use anyhow::Context as _;
+use nix::fcntl::OFlag;
+use nix::libc::{self, c_int};
+use nix::unistd::{ForkResult, Pid, pipe2};
 
 use crate::exit::{Exit, ExitError};
 
@@ -67,60 +71,361 @@ pub fn environment(
     env
 }
 
-/// Starts the child. It stays in lease's process group and session, so it keeps the terminal;
-/// its signal mask is empty (the standard library resets it) and `ignore` lists the signals
-/// that must be ignored again because they were when lease started.
+/// What the child's signal dispositions must be made before it runs the command.
+#[derive(Debug, Clone, Default)]
+pub struct SignalPlan {
+    /// Signals lease caught (with handlers that must not run in the child): back to default.
+    pub reset: Vec<c_int>,
+    /// Signals that were ignored when lease started: ignored again in the child.
+    pub ignore: Vec<c_int>,
+}
+
+/// A child that is forked and held just before `exec`: it has its environment, its signal
+/// state and its death signal, and waits for [`Held::start`]. Holding it lets lease record the
+/// command's own identity (pid and start time) in the lease before the command runs a single
+/// instruction, so `verify` can deny the token the moment the command is gone, whatever happens
+/// to lease. Dropped without being started, the child is killed and reaped.
+#[derive(Debug)]
+pub struct Held {
+    pid: Pid,
+    go: Option<OwnedFd>,
+    exec_error: Option<OwnedFd>,
+    program: String,
+    /// The read end of the command's stdout, with `mask`.
+    pub stdout: Option<ChildStdout>,
+    /// The read end of the command's stderr, with `mask`.
+    pub stderr: Option<ChildStderr>,
+}
+
+/// Forks the child and holds it before `exec` (see [`Held`]). It stays in lease's process group
+/// and session, so it keeps the terminal; its signal mask is empty; the signals in
+/// `signals.reset` are back to their default action and those in `signals.ignore` ignored.
 ///
-/// On Linux the child is told when lease dies: `PR_SET_PDEATHSIG` sends it SIGTERM if lease is
-/// killed (even with SIGKILL) before it, so a killed wrapper leaves no unnoticed child. Call
-/// from the main thread: the kernel ties the death signal to the thread that forked.
-///
-/// A program that is not found gives exit 127; one that cannot be executed, 126.
-pub fn spawn(spec: Spec<'_>, ignore: &[c_int]) -> anyhow::Result<Child> {
-    let mut command = Command::new(spec.program);
-    command.args(spec.args).env_clear().envs(spec.env);
-    if spec.mask {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    }
-    let ignore = ignore.to_vec();
+/// On Linux the child is told when lease dies: `PR_SET_PDEATHSIG` sends it SIGTERM (SIGKILL if
+/// SIGTERM was ignored when lease started) if lease is killed, even with SIGKILL, before it;
+/// the death signal is armed only after the child's dispositions are reset, so it cannot land
+/// in one of lease's handlers. If lease died before the death signal was armed, the child sees
+/// another parent and never runs the command. Call from the main thread: the kernel ties the
+/// death signal to the thread that forked.
+pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
+    let program = spec.program.to_string_lossy().into_owned();
+    let mut prepared = Prepared::new(&spec).with_context(|| format!("cannot run '{program}'"))?;
+    let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
+    let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
+    let outputs = if spec.mask {
+        Some((
+            pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?,
+            pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?,
+        ))
+    } else {
+        None
+    };
+    let death = if signals.reset.contains(&libc::SIGTERM) {
+        libc::SIGTERM
+    } else {
+        libc::SIGKILL
+    };
     let lease_pid = nix::unistd::getpid();
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls (sigaction, prctl, getppid); it allocates nothing (`ignore` was built before the
-    // fork, and the error it may return is a raw OS error).
-    unsafe {
-        command.pre_exec(move || {
-            crate::signals::ignore_after_fork(&ignore);
-            die_with(lease_pid)
-        });
-    }
-    command.spawn().map_err(|err| {
-        let program = spec.program.to_string_lossy();
-        let (exit, why) = match err.kind() {
-            io::ErrorKind::NotFound => (Exit::NotFound, "command not found".to_owned()),
-            io::ErrorKind::PermissionDenied => {
-                (Exit::CannotExecute, "permission denied".to_owned())
+    // SAFETY: lease is single-threaded at this point (the mask pumps start after the child
+    // does), and the child only makes async-signal-safe system calls on memory prepared before
+    // the fork, then execs or exits.
+    match unsafe { nix::unistd::fork() }.context("cannot start the command: fork failed")? {
+        ForkResult::Child => {
+            let streams = outputs
+                .as_ref()
+                .map(|((_, out), (_, err))| (out.as_raw_fd(), err.as_raw_fd()));
+            // SAFETY: we are the forked child; see `in_child`.
+            unsafe {
+                in_child(
+                    &mut prepared,
+                    signals,
+                    death,
+                    lease_pid,
+                    go_read.as_raw_fd(),
+                    error_write.as_raw_fd(),
+                    streams,
+                )
             }
-            _ => (Exit::CannotExecute, err.to_string()),
-        };
-        ExitError::new(exit, format!("cannot run '{program}': {why}")).into()
-    })
-}
-
-/// Asks the kernel to send SIGTERM to this (forked) process when lease dies, then closes the
-/// race where lease died before the request: the parent is then no longer `lease_pid`, and the
-/// command is not started at all.
-#[cfg(target_os = "linux")]
-fn die_with(lease_pid: nix::unistd::Pid) -> io::Result<()> {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
-    if nix::unistd::getppid() != lease_pid {
-        return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+        }
+        ForkResult::Parent { child } => {
+            drop((go_read, error_write));
+            let (stdout, stderr) = match outputs {
+                Some(((out, _), (err, _))) => {
+                    (Some(ChildStdout::from(out)), Some(ChildStderr::from(err)))
+                }
+                None => (None, None),
+            };
+            Ok(Held {
+                pid: child,
+                go: Some(go_write),
+                exec_error: Some(error_read),
+                program,
+                stdout,
+                stderr,
+            })
+        }
     }
-    Ok(())
 }
 
-/// Elsewhere there is no parent-death signal; the owner check still denies the token of a
-/// killed wrapper (see docs/security.md).
-#[cfg(not(target_os = "linux"))]
-fn die_with(_lease_pid: nix::unistd::Pid) -> io::Result<()> {
-    Ok(())
+impl Held {
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw().unsigned_abs()
+    }
+
+    /// Lets the child run the command, and waits until it has (or could not). A program that is
+    /// not found gives exit 127; one that cannot be executed, 126.
+    pub fn start(mut self) -> anyhow::Result<Pid> {
+        let go = self.go.take();
+        if let Some(go) = &go {
+            write_all(go.as_raw_fd(), b"x").context("cannot start the command")?;
+        }
+        drop(go);
+        let Some(exec_error) = self.exec_error.take() else {
+            return Ok(self.pid);
+        };
+        // The pipe closes on a successful exec (it is close-on-exec), or carries errno.
+        let mut errno = [0u8; 4];
+        let read = read_full(exec_error.as_raw_fd(), &mut errno);
+        if read < errno.len() {
+            let pid = self.pid;
+            self.pid = Pid::from_raw(0);
+            return Ok(pid);
+        }
+        let errno = i32::from_ne_bytes(errno);
+        reap(self.pid);
+        self.pid = Pid::from_raw(0);
+        let program = &self.program;
+        let (exit, why) = match errno {
+            libc::ENOENT | libc::ENOTDIR => (Exit::NotFound, "command not found".to_owned()),
+            libc::EACCES | libc::EPERM => (Exit::CannotExecute, "permission denied".to_owned()),
+            other => (
+                Exit::CannotExecute,
+                io::Error::from_raw_os_error(other).to_string(),
+            ),
+        };
+        Err(ExitError::new(exit, format!("cannot run '{program}': {why}")).into())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.pid.as_raw() > 0 {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            reap(self.pid);
+        }
+    }
+}
+
+/// Waits for a child that was killed or failed to exec.
+fn reap(pid: Pid) {
+    while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
+}
+
+/// Writes all of `bytes`, retrying on EINTR.
+fn write_all(fd: c_int, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: `fd` is an open descriptor we own, and `bytes` is valid for its length.
+    match unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) } {
+        n if n == isize::try_from(bytes.len()).unwrap_or(-1) => Ok(()),
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {
+            write_all(fd, bytes)
+        }
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Reads until `buf` is full or the end of the stream; returns how much was read.
+fn read_full(fd: c_int, buf: &mut [u8]) -> usize {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: `fd` is an open descriptor we own; the pointer and length stay in `buf`.
+        let n = unsafe { libc::read(fd, buf[filled..].as_mut_ptr().cast(), buf.len() - filled) };
+        match n {
+            0 => break,
+            n if n > 0 => filled += n.unsigned_abs(),
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => break,
+        }
+    }
+    filled
+}
+
+/// The command, its arguments and its environment as C strings, and every place `exec` will
+/// look for the program: all allocated before the fork, since the child may not allocate.
+struct Prepared {
+    candidates: Vec<CString>,
+    /// The strings `argv_ptrs` and `envp_ptrs` point into, kept alive until the exec.
+    _strings: (Vec<CString>, Vec<CString>),
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    /// `/bin/sh FILE ARG...`, for a file exec refuses as not an executable format (what
+    /// `execvp` does); slot 1 is filled with the candidate in the child.
+    sh_ptrs: Vec<*const libc::c_char>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").finish_non_exhaustive()
+    }
+}
+
+/// `/bin/sh`, which runs a file without a `#!` line (as `execvp` does).
+const SH: &CStr = c"/bin/sh";
+
+impl Prepared {
+    fn new(spec: &Spec<'_>) -> anyhow::Result<Prepared> {
+        let c = |bytes: &[u8]| {
+            CString::new(bytes)
+                .map_err(|_| anyhow::anyhow!("an argument or variable holds a NUL byte"))
+        };
+        let program = spec.program.as_bytes();
+        let candidates = if program.contains(&b'/') {
+            vec![c(program)?]
+        } else if program.is_empty() {
+            Vec::new()
+        } else {
+            // The command's own PATH if it has one; else lease's (as with --clean-env).
+            let path = spec
+                .env
+                .iter()
+                .find(|(name, _)| name == "PATH")
+                .map(|(_, value)| value.clone())
+                .or_else(|| std::env::var_os("PATH"))
+                .unwrap_or_else(|| "/bin:/usr/bin".into());
+            path.as_bytes()
+                .split(|b| *b == b':')
+                .map(|dir| {
+                    let dir = if dir.is_empty() { &b"."[..] } else { dir };
+                    let mut full = dir.to_vec();
+                    full.push(b'/');
+                    full.extend_from_slice(program);
+                    c(&full)
+                })
+                .collect::<anyhow::Result<_>>()?
+        };
+        let mut argv = vec![c(program)?];
+        for arg in spec.args {
+            argv.push(c(arg.as_bytes())?);
+        }
+        let mut envp = Vec::with_capacity(spec.env.len());
+        for (name, value) in &spec.env {
+            let mut entry = name.as_bytes().to_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            envp.push(c(&entry)?);
+        }
+        let pointers = |strings: &[CString]| {
+            let mut ptrs: Vec<_> = strings.iter().map(|s| s.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            ptrs
+        };
+        let argv_ptrs = pointers(&argv);
+        let envp_ptrs = pointers(&envp);
+        let mut sh_ptrs = vec![SH.as_ptr(), std::ptr::null()];
+        sh_ptrs.extend_from_slice(&argv_ptrs[1..]);
+        Ok(Prepared {
+            candidates,
+            _strings: (argv, envp),
+            argv_ptrs,
+            envp_ptrs,
+            sh_ptrs,
+        })
+    }
+}
+
+/// The forked child: signal state, death signal, output pipes, the wait for lease, then `exec`
+/// (trying each place on PATH, as `execvp` does). Never returns.
+///
+/// # Safety
+/// Only in the child of a fork of a single-threaded process: it makes only async-signal-safe
+/// system calls, on memory prepared before the fork.
+#[allow(clippy::too_many_arguments)]
+unsafe fn in_child(
+    prepared: &mut Prepared,
+    signals: &SignalPlan,
+    death: c_int,
+    lease_pid: Pid,
+    go: c_int,
+    exec_error: c_int,
+    streams: Option<(c_int, c_int)>,
+) -> ! {
+    // SAFETY (whole body): each call is an async-signal-safe system call on valid memory that
+    // was allocated before the fork; nothing here allocates or takes a lock.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        for &signal in &signals.reset {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+        crate::signals::ignore_after_fork(&signals.ignore);
+        #[cfg(target_os = "linux")]
+        {
+            let death = libc::c_ulong::try_from(death).unwrap_or(9);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death, 0, 0, 0) != 0
+                || libc::getppid() != lease_pid.as_raw()
+            {
+                libc::_exit(127);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (death, lease_pid);
+        if let Some((out, err)) = streams
+            && (libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0)
+        {
+            fail(exec_error);
+        }
+        // Wait for lease to record the lease; an end of stream means it gave up.
+        let mut byte = 0u8;
+        loop {
+            match libc::read(go, (&raw mut byte).cast(), 1) {
+                1 => break,
+                n if n < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR => {}
+                _ => libc::_exit(127),
+            }
+        }
+        let mut denied = false;
+        let mut last = libc::ENOENT;
+        for candidate in &prepared.candidates {
+            libc::execve(
+                candidate.as_ptr(),
+                prepared.argv_ptrs.as_ptr(),
+                prepared.envp_ptrs.as_ptr(),
+            );
+            last = nix::errno::Errno::last_raw();
+            if last == libc::ENOEXEC {
+                prepared.sh_ptrs[1] = candidate.as_ptr();
+                libc::execve(
+                    SH.as_ptr(),
+                    prepared.sh_ptrs.as_ptr(),
+                    prepared.envp_ptrs.as_ptr(),
+                );
+                last = nix::errno::Errno::last_raw();
+            }
+            match last {
+                libc::EACCES => denied = true,
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                _ => break,
+            }
+        }
+        if denied && matches!(last, libc::ENOENT | libc::ENOTDIR) {
+            last = libc::EACCES;
+        }
+        let bytes = last.to_ne_bytes();
+        libc::write(exec_error, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
+}
+
+/// Reports a failure before exec to lease and exits.
+///
+/// # Safety
+/// As for [`in_child`].
+unsafe fn fail(exec_error: c_int) -> ! {
+    // SAFETY: async-signal-safe calls on a local buffer.
+    unsafe {
+        let bytes = nix::errno::Errno::last_raw().to_ne_bytes();
+        libc::write(exec_error, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
 }

@@ -22,6 +22,12 @@ pub struct Owner {
     pub boot_id: String,
     /// The program the lease was made for (argv[0] only: arguments may hold secrets).
     pub command: String,
+    /// The pid of that command, the process `lease run` started (recorded before it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_pid: Option<u32>,
+    /// The command's start time, as for `start_time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_start_time: Option<u64>,
 }
 
 /// Whether the owner of a lease is still running.
@@ -45,15 +51,35 @@ impl Owner {
             start_time,
             boot_id: boot_id()?,
             command,
+            command_pid: None,
+            command_start_time: None,
         })
     }
 
-    /// Whether the owner is still running. Anything that cannot be confirmed counts as gone,
-    /// so that verify fails closed.
+    /// The same owner, running the command with this pid (started, and not yet reaped).
+    pub fn running(mut self, command_pid: u32) -> Result<Owner> {
+        let start_time = start_time(command_pid)
+            .with_context(|| format!("reading the start time of process {command_pid}"))?
+            .with_context(|| format!("the command (pid {command_pid}) is already gone"))?;
+        self.command_pid = Some(command_pid);
+        self.command_start_time = Some(start_time);
+        Ok(self)
+    }
+
+    /// Whether the owner is still running, and the command it started too (once that command
+    /// has exited, its lease is over even if `lease run` could not yet say so: it may be
+    /// stopped, or blocked by a lock another process holds). Anything that cannot be confirmed
+    /// counts as gone, so that verify fails closed.
     pub fn state(&self) -> OwnerState {
+        let alive = |pid, started| matches!(start_time(pid), Ok(Some(t)) if t == started);
         let same_boot = boot_id().is_ok_and(|id| id == self.boot_id);
-        let same_process = matches!(start_time(self.pid), Ok(Some(t)) if t == self.start_time);
-        if same_boot && same_process {
+        let same_process = alive(self.pid, self.start_time);
+        let command_runs = match (self.command_pid, self.command_start_time) {
+            (Some(pid), Some(started)) => alive(pid, started),
+            (None, None) => true,
+            _ => false,
+        };
+        if same_boot && same_process && command_runs {
             OwnerState::Alive
         } else {
             OwnerState::Gone

@@ -12,13 +12,15 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 use std::ptr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use nix::libc::{self, c_int};
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, alarm, getpgid, getpgrp};
 use signal_hook::consts::signal::{
     SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGPIPE, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
@@ -26,6 +28,8 @@ use signal_hook::consts::signal::{
 use signal_hook::iterator::SignalsInfo;
 use signal_hook::iterator::exfiltrator::WithOrigin;
 use signal_hook::low_level::siginfo::{Cause, Origin};
+
+use crate::child::SignalPlan;
 
 /// The signals lease forwards to its child.
 pub const FORWARDED: [c_int; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
@@ -49,7 +53,10 @@ static RECORD_SIGPIPE_AT_START: extern "C" fn() = record_sigpipe_at_start;
 #[derive(Debug)]
 pub struct Forwarder {
     signals: SignalsInfo<WithOrigin>,
+    watched: Vec<c_int>,
     ignore_in_child: Vec<c_int>,
+    /// Set once the child has exited: a SIGINT or SIGTERM then ends lease at once.
+    finishing: Arc<AtomicBool>,
 }
 
 impl Forwarder {
@@ -74,10 +81,42 @@ impl Forwarder {
         if SIGPIPE_IGNORED_AT_START.load(Ordering::Relaxed) {
             ignore_in_child.push(SIGPIPE);
         }
+        let finishing = Arc::new(AtomicBool::new(false));
+        for signal in [SIGINT, SIGTERM] {
+            if watched.contains(&signal) {
+                let status = 128 + signal;
+                signal_hook::flag::register_conditional_shutdown(
+                    signal,
+                    status,
+                    Arc::clone(&finishing),
+                )?;
+            }
+        }
         Ok(Forwarder {
             signals: SignalsInfo::<WithOrigin>::new(&watched)?,
+            watched,
             ignore_in_child,
+            finishing,
         })
+    }
+
+    /// What the child's signal state must be made before it runs the command: lease's
+    /// handlers (and the runtime's SIGPIPE) back to default, and what was ignored when lease
+    /// started ignored again.
+    pub fn child_signals(&self) -> SignalPlan {
+        let mut reset = self.watched.clone();
+        reset.push(SIGPIPE);
+        SignalPlan {
+            reset,
+            ignore: self.ignore_in_child.clone(),
+        }
+    }
+
+    /// The child has exited and lease is cleaning up: from now on a SIGINT or SIGTERM (a user
+    /// or a supervisor losing patience) ends lease at once, with 128 + the signal. The token
+    /// is dead already: `verify` denies it once its command is gone.
+    pub fn finishing(&self) {
+        self.finishing.store(true, Ordering::SeqCst);
     }
 
     /// Signals that lease caught or that the runtime changed, but that were ignored when lease
@@ -98,18 +137,13 @@ impl Forwarder {
     /// Waits for `child` to exit, forwarding signals to it meanwhile. Returns as soon as the
     /// child itself exits, whatever its own children still do. With a `deadline`, the child is
     /// ended when the lease expires (SIGTERM, then SIGKILL after the grace; or SIGKILL).
-    pub fn wait(
-        &mut self,
-        child: &mut Child,
-        mut deadline: Option<Deadline<'_>>,
-    ) -> io::Result<Waited> {
-        let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
+    pub fn wait(&mut self, pid: Pid, mut deadline: Option<Deadline<'_>>) -> io::Result<Waited> {
         let mut stage = Stage::Running;
         if let Some(deadline) = deadline.as_mut() {
             stage = deadline.on_alarm(stage, pid);
         }
         loop {
-            if let Some(status) = child.try_wait()? {
+            if let Some(status) = try_wait(pid)? {
                 alarm::cancel();
                 return Ok(Waited {
                     status,
@@ -125,6 +159,23 @@ impl Forwarder {
                 }
             }
         }
+    }
+}
+
+/// The child's exit status if it has exited (reaping it), or `None` while it runs.
+fn try_wait(pid: Pid) -> io::Result<Option<ExitStatus>> {
+    use std::os::unix::process::ExitStatusExt;
+    loop {
+        return match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::from_raw((code & 0xff) << 8))),
+            Ok(WaitStatus::Signaled(_, signal, core)) => {
+                let core = if core { 0x80 } else { 0 };
+                Ok(Some(ExitStatus::from_raw(signal as i32 | core)))
+            }
+            Ok(_) => Ok(None),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => Err(err.into()),
+        };
     }
 }
 

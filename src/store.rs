@@ -11,7 +11,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
@@ -22,6 +22,9 @@ use crate::token::LeaseId;
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
 /// Prefix of the temporary files that writes go through.
 const TEMP_PREFIX: &str = ".tmp-";
+/// How long lease waits for a record's lock before giving up: a lock is held for a read and a
+/// write, so only a stuck or hostile process holds one longer.
+const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 /// A temporary file older than this belongs to a writer that died (even if its pid has been
 /// reused since); `gc` removes it.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
@@ -264,7 +267,7 @@ impl Store {
                 Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(err) => return Err(err).with_context(|| format!("opening {}", path.display())),
             };
-            file.lock()
+            lock_within(&file, LOCK_PATIENCE)
                 .with_context(|| format!("locking {}", path.display()))?;
             let locked = file
                 .metadata()
@@ -310,6 +313,33 @@ impl Locked<'_> {
             .map_err(|err| err.error)
             .with_context(|| format!("updating {}", self.path.display()))?;
         Ok(())
+    }
+}
+
+/// Takes `file`'s exclusive lock, or fails once `patience` has passed. `flock` has no timeout,
+/// so the lock is tried again after pauses that grow from half a millisecond to 20 ms.
+fn lock_within(file: &File, patience: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_micros(500);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(fs::TryLockError::Error(err)) => return Err(err),
+            Err(fs::TryLockError::WouldBlock) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "another process has held it locked for {} s",
+                            patience.as_secs()
+                        ),
+                    ));
+                }
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+        }
     }
 }
 

@@ -23,7 +23,7 @@ struct Issued<'a> {
 pub fn issue(context: &Context, request: IssueRequest) -> Result<Exit> {
     let store = context.store(Open::CreateIfMissing)?;
     let plan = super::plan(context, request.asked, &store)?;
-    let (token, record) = super::mint(&store, &plan, None, &Process::caller())?;
+    let (token, record, ()) = super::mint(&store, &plan, &Process::caller(), |_| Ok((None, ())))?;
     if request.json {
         print_json(&Issued {
             id: &record.id,

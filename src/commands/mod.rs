@@ -115,22 +115,26 @@ fn log(store: &Store, event: &Event) {
     }
 }
 
-/// Mints a token and records its lease as `plan` says; `process` is who it is for.
-fn mint(
+/// Mints a token and records its lease as `plan` says; `process` is who it is for. `bind` gets
+/// the token before its record exists and says who owns the lease (for `run`, it starts the
+/// command held before its exec, and the owner names both); what else it returns is handed
+/// back, or dropped if the lease id is taken and another token is minted.
+fn mint<T>(
     store: &Store,
     plan: &Plan,
-    owner: Option<Owner>,
     process: &Process,
-) -> Result<(Token, Record)> {
+    mut bind: impl FnMut(&Token) -> Result<(Option<Owner>, T)>,
+) -> Result<(Token, Record, T)> {
     let scope: Vec<_> = plan.grants.iter().map(|g| g.scope.clone()).collect();
     for _ in 0..MINT_ATTEMPTS {
         let token = Token::mint()?;
+        let (owner, bound) = bind(&token)?;
         let mut record = Record::new(
             token.hash(),
             scope.clone(),
             plan.issued_at,
             plan.expires_at,
-            owner.clone(),
+            owner,
         );
         record.renewable_until = Some(plan.renewable_until);
         record.parent = plan.parent.as_ref().map(|p| p.id.clone());
@@ -150,7 +154,7 @@ fn mint(
             event.scope = Some(record.scope.iter().map(|s| s.to_string()).collect());
             event.expires_at = Some(rfc3339::format(record.expires_at));
             log(store, &event);
-            return Ok((token, record));
+            return Ok((token, record, bound));
         }
     }
     bail!("could not find a free lease id after {MINT_ATTEMPTS} attempts")

@@ -65,13 +65,33 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     let ends_at_expiry = plan.on_expiry != OnExpiry::Keep;
     // Watch signals before minting, so that none arriving from here on is lost.
     let mut forwarder = Forwarder::install(ends_at_expiry).context("watching signals")?;
-    let owner = Owner::current(program_name(&program))?;
     let process = Process {
         pid: std::process::id(),
         command: Some(program.to_string_lossy().into_owned()),
         argc: Some(args.len()),
     };
-    let (token, record) = super::mint(&store, &plan, Some(owner), &process)?;
+    let child_signals = forwarder.child_signals();
+    // The command is forked and held just before its exec while its lease is recorded, with
+    // the command's own pid and start time: from its first instruction on, `verify` can tell
+    // whether it still runs, whatever becomes of lease.
+    let (token, record, mut held) = super::mint(&store, &plan, &process, |token| {
+        let vars = lease_vars(
+            &store,
+            &plan,
+            token.hash().id().as_str(),
+            &plan_scope(&plan),
+            token.expose(),
+        );
+        let spec = Spec {
+            program: &program,
+            args: &args,
+            env: child::environment(std::env::vars_os(), &rules, vars),
+            mask: request.mask,
+        };
+        let held = child::spawn(spec, &child_signals)?;
+        let owner = Owner::current(program_name(&program))?.running(held.pid())?;
+        Ok((Some(owner), held))
+    })?;
     let id = token.hash().id();
     let lease = RevokeOnExit::new(&store, id.clone(), &process);
 
@@ -82,33 +102,18 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     }
 
     if let Some(signal) = forwarder.arrived_before_start() {
+        drop(held);
         lease.revoke()?;
         return Ok(Exit::Signal(signal));
     }
 
-    let vars = lease_vars(
-        &store,
-        &plan,
-        &record.id,
-        &scope::join(&record.scope),
-        token.expose(),
-    );
-    let spec = Spec {
-        program: &program,
-        args: &args,
-        env: child::environment(std::env::vars_os(), &rules, vars),
-        mask: request.mask,
-    };
     let started_at = SystemTime::now();
-    let mut child = child::spawn(spec, forwarder.ignore_in_child())?;
+    let (stdout, stderr) = (held.stdout.take(), held.stderr.take());
+    let child = held.start()?;
     let started = Instant::now();
-    let masker = request.mask.then(|| {
-        Masker::start(
-            child.stdout.take(),
-            child.stderr.take(),
-            token.expose().as_bytes(),
-        )
-    });
+    let masker = request
+        .mask
+        .then(|| Masker::start(stdout, stderr, token.expose().as_bytes()));
     drop(token);
     // The expiry is read again when it comes, since `lease renew` may have moved it.
     let mut current_expiry = || match store.load(&id) {
@@ -121,8 +126,9 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         expires_at: &mut current_expiry,
     });
     let waited = forwarder
-        .wait(&mut child, deadline)
+        .wait(child, deadline)
         .context("waiting for the command")?;
+    forwarder.finishing();
     if let Some(masker) = masker {
         masker.finish();
     }
@@ -176,12 +182,11 @@ fn lease_vars(
 /// `--print-env`: the environment the command would get, with the secret and the id (which do
 /// not exist yet) shown as placeholders. Nothing is minted and nothing is run.
 fn print_env(plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
-    let scope: Vec<_> = plan.grants.iter().map(|g| g.scope.clone()).collect();
     let vars = lease_vars(
         store,
         plan,
         "<minted when the command starts>",
-        &scope::join(&scope),
+        &plan_scope(plan),
         "<token: minted when the command starts>",
     );
     let mut out = std::io::stdout().lock();
@@ -193,6 +198,12 @@ fn print_env(plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
         out.write_all(&line).context("writing to standard output")?;
     }
     Ok(Exit::Success)
+}
+
+/// The scopes the plan grants, comma-joined, as `LEASE_SCOPE` shows them.
+fn plan_scope(plan: &Plan) -> String {
+    let scope: Vec<_> = plan.grants.iter().map(|g| g.scope.clone()).collect();
+    scope::join(&scope)
 }
 
 /// Records how the command ended in the trail, and returns the status lease ends with.

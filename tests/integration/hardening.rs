@@ -2,8 +2,11 @@
 //! `--print-env`, and variable names that cannot carry a token.
 
 use std::fs;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use crate::harness::Sandbox;
+use crate::harness::{PATIENCE, Sandbox};
 
 /// Every place a token might be typed by mistake: each is refused with the subcommand's usage
 /// code, in one line that never quotes the token, and nothing reaches the trail.
@@ -249,4 +252,97 @@ fn env_names_that_would_break_the_run_are_refused() {
         .one_error_line()
         .stderr_has("PATH cannot carry the token");
     assert!(sandbox.records().is_empty());
+}
+
+/// Polls `verify` until it denies `token`, failing if that takes longer than `within`; returns
+/// the reason.
+fn denied_within(sandbox: &Sandbox, token: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = sandbox
+            .lease(["verify", "read:x", "--json"])
+            .env("LEASE_TOKEN", token)
+            .run();
+        if out.code() == Some(1) {
+            return out.json()["reason"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the token of a finished command was still granted after {within:?}: {out:#?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `path` exists (the command wrote it) and returns its content.
+fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if let Ok(text) = fs::read_to_string(path)
+            && !text.is_empty()
+        {
+            return text;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} never appeared", path.display());
+}
+
+/// The command's leftover holds its record's lock, so lease cannot write the revocation: the
+/// token is denied within a second of the command's exit anyway (its record names the command,
+/// which is gone), lease gives up on the lock in bounded time, a SIGTERM while it finishes ends
+/// it at once, and `revoke --all` does not hang either.
+#[test]
+fn a_token_dies_with_its_command_even_while_a_leftover_holds_its_lock() {
+    let sandbox = Sandbox::new();
+    let script = r#"printf %s "$LEASE_TOKEN" > token
+        setsid flock -s "$LEASE_STATE_DIR/leases/$LEASE_ID.toml" sh -c 'echo $$ > holder; exec sleep 60' </dev/null >/dev/null 2>&1 &
+        while ! [ -s holder ]; do sleep 0.01; done
+        exit 0"#;
+    let mut run = sandbox.run_sh("read:x", script).start();
+    let holder: i32 = wait_for_file(&sandbox.path("holder"))
+        .trim()
+        .parse()
+        .unwrap();
+    let token = wait_for_file(&sandbox.path("token"));
+    let reason = denied_within(&sandbox, &token, Duration::from_secs(1));
+    assert_eq!(reason, "owner gone");
+    // lease is stuck on the lock: a SIGTERM now ends it at once.
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    let ended = Instant::now();
+    let status = run.wait();
+    assert!(
+        ended.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        ended.elapsed()
+    );
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    let started = Instant::now();
+    sandbox.lease(["revoke", "--all"]).run();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "revoke --all hung"
+    );
+    crate::harness::kill_pid(holder);
+    assert_eq!(
+        denied_within(&sandbox, &token, Duration::ZERO),
+        "owner gone"
+    );
+}
+
+/// The command stops lease (`kill -STOP $PPID`) and exits: the token is denied at once; when
+/// lease is continued it revokes as usual and exits with the command's status.
+#[test]
+fn a_token_dies_with_its_command_even_while_lease_is_stopped() {
+    let sandbox = Sandbox::new();
+    let script = r#"printf %s "$LEASE_TOKEN" > token; kill -STOP $PPID; exit 3"#;
+    let mut run = sandbox.run_sh("read:x", script).start();
+    let token = wait_for_file(&sandbox.path("token"));
+    assert_eq!(
+        denied_within(&sandbox, &token, Duration::from_secs(1)),
+        "owner gone"
+    );
+    run.signal(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(run.wait().code(), Some(3));
+    assert_eq!(denied_within(&sandbox, &token, Duration::ZERO), "revoked");
 }

@@ -29,8 +29,10 @@ Examples:
   In a Makefile target:
     publish: ; lease run --scope write:site -- ./publish.sh
 
-  A one-off command, without the long-lived secrets in its environment:
-    lease run --scope 'read:*' --scrub '*_TOKEN' --env GITHUB_TOKEN -- gh api /user
+  A one-off command, without the long-lived secrets in its environment, given its token in
+  DEPLOY_TOKEN (a lease token: the command's tools check it with `lease verify`; it is not a
+  credential for GitHub or any other service):
+    lease run --scope deploy:staging --scrub '*_TOKEN' --env DEPLOY_TOKEN -- ./deploy.sh
 
   Inside the command, a tool asks whether the token grants an action:
     lease verify write:draft && echo allowed";
@@ -66,7 +68,7 @@ enum Sub {
     #[command(after_help = "\
 Examples:
   lease run --scope read:articles,write:draft --ttl 300 -- ./agent.sh
-  lease run --scope 'read:*' --env GITHUB_TOKEN -- make test
+  lease run --scope 'read:*' --scrub '*_TOKEN' -- make test
   lease run --scope deploy:staging --ttl 5m -- sh -c 'lease verify deploy:staging && ./deploy.sh'")]
     Run(RunArgs),
 

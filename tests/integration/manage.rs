@@ -369,3 +369,24 @@ fn revoke_self_without_a_usable_token_exits_2_in_one_line() {
     }
     assert_eq!(sandbox.listed(&kept["id"])["state"], "active");
 }
+
+#[test]
+fn revoke_help_shows_self_for_a_ci_jobs_last_step() {
+    let sandbox = Sandbox::new();
+    let help = sandbox.lease(["revoke", "--help"]).run().success().stdout;
+    assert!(
+        help.ends_with(
+            "Examples:
+  lease revoke 3f9a2b1c4d5e
+  lease revoke --self         # e.g. in a CI job's always-run last step
+  lease revoke --self --token-env DEPLOY_TOKEN
+  lease revoke --all
+"
+        ),
+        "{help}"
+    );
+    assert!(
+        help.contains("Usage: lease revoke [OPTIONS] <ID|--all|--self>"),
+        "{help}"
+    );
+}

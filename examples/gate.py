@@ -4,8 +4,9 @@
     gate.py ACTION COMMAND [ARG...]
 
 It asks `lease verify ACTION --json` (the token comes from $LEASE_TOKEN, never from argv) and
-runs COMMAND only when the answer is granted. Exit status: COMMAND's own when granted; 1 when
-denied; 2 when lease cannot decide (no token, unreadable store).
+runs COMMAND only when the answer is granted. $LEASE names the lease binary when it is not on
+PATH (examples/Makefile passes it on). Exit status: COMMAND's own when granted; 1 when denied;
+2 when lease cannot decide (no token, unreadable store, no lease binary).
 """
 import json
 import os
@@ -18,13 +19,18 @@ def main() -> int:
         print("usage: gate.py ACTION COMMAND [ARG...]", file=sys.stderr)
         return 2
     action, command = sys.argv[1], sys.argv[2:]
-    answer = subprocess.run(
-        ["lease", "verify", action, "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        check=False,
-    )
+    lease = os.environ.get("LEASE") or "lease"
+    try:
+        answer = subprocess.run(
+            [lease, "verify", action, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            check=False,
+        )
+    except OSError as err:
+        print(f"gate: cannot run {lease}: {err.strerror}: set LEASE to its path", file=sys.stderr)
+        return 2
     try:
         decision = json.loads(answer.stdout)
     except json.JSONDecodeError:

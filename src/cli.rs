@@ -29,8 +29,10 @@ Examples:
   In a Makefile target:
     publish: ; lease run --scope write:site -- ./publish.sh
 
-  A one-off command, without the long-lived secrets in its environment:
-    lease run --scope 'read:*' --scrub '*_TOKEN' --env GITHUB_TOKEN -- gh api /user
+  A one-off command, without the long-lived secrets in its environment, given its token in
+  DEPLOY_TOKEN (a lease token: the command's tools check it with `lease verify`; it is not a
+  credential for GitHub or any other service):
+    lease run --scope deploy:staging --scrub '*_TOKEN' --env DEPLOY_TOKEN -- ./deploy.sh
 
   Inside the command, a tool asks whether the token grants an action:
     lease verify write:draft && echo allowed";
@@ -66,7 +68,7 @@ enum Sub {
     #[command(after_help = "\
 Examples:
   lease run --scope read:articles,write:draft --ttl 300 -- ./agent.sh
-  lease run --scope 'read:*' --env GITHUB_TOKEN -- make test
+  lease run --scope 'read:*' --scrub '*_TOKEN' -- make test
   lease run --scope deploy:staging --ttl 5m -- sh -c 'lease verify deploy:staging && ./deploy.sh'")]
     Run(RunArgs),
 
@@ -97,11 +99,19 @@ Examples:
   lease list --all --json | jq '.[] | select(.state == \"active\") | .id'")]
     List(ListArgs),
 
-    /// Revoke leases by id, or all of them with --all
+    /// Revoke leases by id, your own lease with --self, or all of them with --all
+    ///
+    /// --self revokes the lease whose token is in $LEASE_TOKEN (or in the variable named by
+    /// --token-env, or on standard input with --token-stdin) and every lease nested under it:
+    /// the always-run last step of a CI job that issued its own lease, which leaves the
+    /// leases of other jobs sharing the store alone. It succeeds when the lease is already
+    /// revoked or expired, and exits 2 when there is no token or no lease matches it.
     #[command(after_help = "\
 Examples:
   lease revoke 3f9a2b1c4d5e
-  lease revoke --all          # e.g. in a CI job's always-run last step")]
+  lease revoke --self         # e.g. in a CI job's always-run last step
+  lease revoke --self --token-env DEPLOY_TOKEN
+  lease revoke --all")]
     Revoke(RevokeArgs),
 
     /// Extend the lease of the token in the environment (from inside `lease run`)
@@ -342,7 +352,7 @@ struct ListArgs {
 }
 
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
+#[command(group = clap::ArgGroup::new("target").args(["ids", "all", "own"]).required(true))]
 struct RevokeArgs {
     /// Lease ids, as shown by `lease list`
     #[arg(value_name = "ID")]
@@ -351,6 +361,19 @@ struct RevokeArgs {
     /// Revoke every active lease
     #[arg(long)]
     all: bool,
+
+    /// Revoke the lease whose token is presented (in $LEASE_TOKEN unless told otherwise), and
+    /// every lease nested under it
+    #[arg(long = "self", id = "own")]
+    own: bool,
+
+    /// With --self, read the token from standard input (one line)
+    #[arg(long, conflicts_with_all = ["ids", "all", "token_env"])]
+    token_stdin: bool,
+
+    /// With --self, read the token from this variable instead of LEASE_TOKEN
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["ids", "all"], value_parser = parse_env_name)]
+    token_env: Option<String>,
 }
 
 fn parse_ttl(text: &str) -> Result<Duration> {
@@ -509,7 +532,7 @@ pub struct EnvRequest {
     pub keep: Vec<String>,
 }
 
-/// Where `verify` reads the token from.
+/// Where `verify` and `revoke --self` read the token from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     /// A variable: the one named, or the configured default (`LEASE_TOKEN`).
@@ -554,6 +577,8 @@ pub enum RevokeTarget {
     Ids(Vec<String>),
     /// Every active lease.
     All,
+    /// The lease of the token presented here, and every lease nested under it (`--self`).
+    Own(TokenSource),
 }
 
 impl Command {
@@ -635,11 +660,7 @@ fn validate(sub: Sub) -> Result<Command> {
                 )?;
                 Action::parse(&args.action)?
             },
-            source: if args.token_stdin {
-                TokenSource::Stdin
-            } else {
-                TokenSource::Env(args.token_env)
-            },
+            source: token_source(args.token_stdin, args.token_env),
             json: args.json,
         }),
         Sub::Issue(args) => Command::Issue(IssueRequest {
@@ -670,6 +691,10 @@ fn validate(sub: Sub) -> Result<Command> {
             json: args.json,
         },
         Sub::Revoke(args) if args.all => Command::Revoke(RevokeTarget::All),
+        Sub::Revoke(args) if args.own => Command::Revoke(RevokeTarget::Own(token_source(
+            args.token_stdin,
+            args.token_env,
+        ))),
         Sub::Revoke(args) => Command::Revoke(RevokeTarget::Ids(
             args.ids
                 .into_iter()
@@ -678,6 +703,15 @@ fn validate(sub: Sub) -> Result<Command> {
         )),
         Sub::Gc => Command::Gc,
     })
+}
+
+/// Where `--token-stdin` and `--token-env NAME` say the token is.
+fn token_source(stdin: bool, env: Option<String>) -> TokenSource {
+    if stdin {
+        TokenSource::Stdin
+    } else {
+        TokenSource::Env(env)
+    }
 }
 
 fn asked(args: MintArgs) -> Result<Asked> {

@@ -1,12 +1,13 @@
-//! `lease revoke ID... | --all`: end leases now.
+//! `lease revoke ID... | --self | --all`: end leases now.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use super::Context;
 use crate::audit::{Event, Process};
-use crate::cli::RevokeTarget;
+use crate::cli::{RevokeTarget, TokenSource};
 use crate::exit::Exit;
 use crate::store::{Loaded, Open, Store};
 use crate::token::LeaseId;
@@ -22,6 +23,7 @@ pub fn revoke(context: &Context, target: RevokeTarget) -> Result<Exit> {
             }
             Ok(Exit::Success)
         }
+        RevokeTarget::Own(source) => revoke_own(context, &store, &source, &caller),
         RevokeTarget::Ids(ids) => {
             let mut unknown = Vec::new();
             for text in &ids {
@@ -46,6 +48,66 @@ pub fn revoke(context: &Context, target: RevokeTarget) -> Result<Exit> {
             Ok(Exit::Denied)
         }
     }
+}
+
+/// `revoke --self`: the lease of the presented token, then every lease nested under it. A lease
+/// that already ended is left as it is, and that is success: this is a CI job's always-run
+/// last step, which may run after the lease expired or after an earlier attempt.
+fn revoke_own(
+    context: &Context,
+    store: &Store,
+    source: &TokenSource,
+    caller: &Process,
+) -> Result<Exit> {
+    const WHY: &str = "revoke --self";
+    let token =
+        super::verify::read_token(source, &context.config.token_env).context("cannot revoke")?;
+    if !token.is_well_formed() {
+        bail!(
+            "cannot revoke: the token presented is not a lease token (mistyped or truncated?): present the one `lease issue` printed or `lease run` set"
+        );
+    }
+    let hash = token.hash();
+    let id = hash.id();
+    match store.load(&id)? {
+        Loaded::Found(record) if hash.matches_hex(&record.token_sha256) => {}
+        Loaded::Corrupt(why) => bail!("cannot revoke lease {id}: {why}"),
+        Loaded::Found(_) | Loaded::Missing => bail!(
+            "cannot revoke: no lease in {} matches the token: pass the state dir it was issued in (--state-dir or LEASE_STATE_DIR)",
+            store.dir().display()
+        ),
+    }
+    // The lease first: from then on nothing nested under it grants, and no new lease can be
+    // nested under it, so the walk below finds every lease there will ever be in its tree.
+    revoke_one(store, &id, WHY, caller)?;
+    for nested in descendants(store, &id)? {
+        revoke_one(store, &nested, WHY, caller)?;
+    }
+    Ok(Exit::Success)
+}
+
+/// The leases nested under `root`, at any depth: those whose chain of parents leads to it.
+/// Records that cannot be read are skipped (with a warning): they grant nothing.
+fn descendants(store: &Store, root: &LeaseId) -> Result<Vec<LeaseId>> {
+    let mut children: HashMap<String, Vec<LeaseId>> = HashMap::new();
+    for record in super::list::load_all(store)? {
+        if let (Some(parent), Some(id)) = (record.parent, LeaseId::parse(&record.id)) {
+            children.entry(parent).or_default().push(id);
+        }
+    }
+    let mut found = Vec::new();
+    let mut next = vec![root.clone()];
+    // Each parent's children are taken once, so even a loop (only a tampered store has one)
+    // ends.
+    while let Some(id) = next.pop() {
+        for child in children.remove(id.as_str()).unwrap_or_default() {
+            if child != *root {
+                found.push(child.clone());
+                next.push(child);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Revokes one lease (a lease already revoked or expired stays as it is) and, when this call

@@ -4,7 +4,22 @@ use std::path::{Path, PathBuf};
 
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::harness::Sandbox;
+use crate::harness::{Cmd, Out, Sandbox, lease_bin};
+
+/// PATH on a fresh CI runner or a user's machine without lease installed: the system's tools
+/// only, so a script that does not say where lease is fails to find it.
+const SYSTEM_PATH: &str = "/usr/bin:/bin";
+
+/// `cmd` with PATH set to [`SYSTEM_PATH`], after checking that lease is not there.
+fn without_lease_on_path(cmd: Cmd) -> Cmd {
+    for dir in SYSTEM_PATH.split(':') {
+        assert!(
+            !Path::new(dir).join("lease").exists(),
+            "lease is installed in {dir}: these tests need a PATH without it"
+        );
+    }
+    cmd.env("PATH", SYSTEM_PATH)
+}
 
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -22,6 +37,22 @@ fn makefile_runs_leased_targets_under_make_j8() {
         .arg(example("Makefile"))
         .run()
         .success();
+    for line in ["fetch: lease", "build: wrote a draft", "publish: lease"] {
+        assert!(out.stdout.contains(line), "{line}: {out:#?}");
+    }
+    assert_eq!(sandbox.records().len(), 3);
+    assert!(sandbox.all_revoked());
+}
+
+#[test]
+fn makefile_passes_the_lease_variable_on_to_its_recipes_and_the_gate() {
+    let sandbox = Sandbox::new();
+    let out = without_lease_on_path(sandbox.command("make"))
+        .arg("-f")
+        .arg(example("Makefile"))
+        .arg(format!("LEASE={}", lease_bin().display()))
+        .run();
+    assert_eq!(out.code(), Some(0), "{out:#?}");
     for line in ["fetch: lease", "build: wrote a draft", "publish: lease"] {
         assert!(out.stdout.contains(line), "{line}: {out:#?}");
     }
@@ -56,14 +87,18 @@ fn agent_wrapper_narrows_the_scope_scrubs_secrets_and_writes_a_receipt() {
     assert_eq!(receipt["exit"]["code"], 7);
 }
 
+/// A script that asks the gate for a granted action, then for one out of scope.
+fn gate_script() -> String {
+    format!(
+        "{g} write:draft echo ran-granted; {g} write:prod echo ran-denied; echo denied=$?",
+        g = example("gate.py").display()
+    )
+}
+
 #[test]
 fn gate_runs_granted_actions_and_refuses_others() {
     let sandbox = Sandbox::new();
-    let gate = example("gate.py");
-    let script = format!(
-        "{g} write:draft echo ran-granted; {g} write:prod echo ran-denied; echo denied=$?",
-        g = gate.display()
-    );
+    let script = gate_script();
     let out = sandbox.run_sh("write:draft", &script).run().success();
     assert!(out.stdout.contains("ran-granted"), "{out:#?}");
     assert!(!out.stdout.contains("ran-denied"), "{out:#?}");
@@ -74,19 +109,47 @@ fn gate_runs_granted_actions_and_refuses_others() {
     );
     // Outside any lease there is no token: lease cannot decide, and the gate says so.
     sandbox
-        .command(gate)
+        .command(example("gate.py"))
         .arg("read:x")
         .arg("true")
         .run()
         .code_is(2);
 }
 
+#[test]
+fn gate_runs_the_lease_binary_named_by_lease_when_lease_is_not_on_path() {
+    let sandbox = Sandbox::new();
+    let script = gate_script();
+    let out = without_lease_on_path(sandbox.run_sh("write:draft", &script))
+        .env("LEASE", lease_bin())
+        .run()
+        .success();
+    assert_eq!(out.stdout, "ran-granted\ndenied=1\n", "{out:#?}");
+    assert_eq!(out.stderr, "gate: write:prod refused: out of scope\n");
+    // Without LEASE, and lease not on PATH, the gate cannot decide, and says why in one line.
+    let out = without_lease_on_path(sandbox.run_sh("write:draft", &script))
+        .run()
+        .success();
+    assert_eq!(out.stdout, "denied=2\n", "{out:#?}");
+    assert_eq!(
+        out.stderr,
+        "gate: cannot run lease: No such file or directory: set LEASE to its path\n\
+         gate: cannot run lease: No such file or directory: set LEASE to its path\n"
+    );
+}
+
 /// A CI job's project: stand-ins for the scripts the job definitions call, each checking with
-/// `lease verify` that it was handed the right lease.
+/// `lease verify` that it was handed the right lease, and for lease's `install.sh` (which
+/// `.ci/run` runs for real): it puts lease where the real one does, in `~/.local/bin`.
 fn ci_project(sandbox: &Sandbox) -> PathBuf {
     let project = sandbox.path("project");
     std::fs::create_dir_all(&project).unwrap();
+    let install = format!(
+        "mkdir -p \"$HOME/.local/bin\" && ln -sf '{}' \"$HOME/.local/bin/lease\"",
+        lease_bin().display()
+    );
     let scripts = [
+        ("install.sh", install.as_str()),
         (
             "fetch-artifacts.sh",
             "lease verify read:artifacts && ! lease verify deploy:staging 2>/dev/null && echo fetched",
@@ -105,24 +168,122 @@ fn ci_project(sandbox: &Sandbox) -> PathBuf {
     project
 }
 
-/// Runs GitHub Actions steps in order, each in a shell of its own, as the runner does, passing
-/// `$GITHUB_ENV` on between steps; `env` is the job's environment. `lease` is already on PATH
-/// (installing it is what `.ci/run` tests), so install steps are skipped. Returns the output.
-fn run_steps(sandbox: &Sandbox, project: &Path, env: &str, steps: &[String]) -> String {
-    let mut script = format!(
-        "set -e\nexport {env} GITHUB_ENV=\"$PWD/.github_env\" GITHUB_PATH=/dev/null\n: > \"$GITHUB_ENV\"\n"
-    );
-    for step in steps.iter().filter(|s| !s.contains("install.sh")) {
-        script.push_str(&format!("( {step}\n)\nset -a; . \"$GITHUB_ENV\"; set +a\n"));
+/// A job's shell, as the CI runner starts it: bash with errexit and pipefail, in the project,
+/// with only the system's PATH, and the job's variables.
+fn job_shell(
+    sandbox: &Sandbox,
+    project: &Path,
+    variables: &[(String, String)],
+    script: &str,
+) -> Cmd {
+    let mut cmd = without_lease_on_path(sandbox.command("bash"))
+        .arg("--noprofile")
+        .arg("--norc")
+        .arg("-eo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script)
+        .command_dir(project);
+    for (name, value) in variables {
+        cmd = cmd.env(name, value);
     }
-    let out = sandbox.sh(&script).command_dir(project).run();
-    assert_eq!(out.code(), Some(0), "{out:#?}");
-    out.stdout + &out.stderr
+    cmd
+}
+
+/// Runs GitHub Actions steps in order, each in a shell of its own, as the runner does: what a
+/// step writes to `$GITHUB_PATH` and `$GITHUB_ENV` is in the PATH and environment of every
+/// later step, and nothing else is. `env` is the job's environment. Returns the output.
+fn run_steps(
+    sandbox: &Sandbox,
+    project: &Path,
+    env: &[(String, String)],
+    steps: &[String],
+) -> String {
+    let github_env = sandbox.path("github-env");
+    let github_path = sandbox.path("github-path");
+    let mut carried: Vec<(String, String)> = env.to_vec();
+    let mut path: Vec<String> = Vec::new();
+    let mut output = String::new();
+    for step in steps {
+        std::fs::write(&github_env, "").unwrap();
+        std::fs::write(&github_path, "").unwrap();
+        let mut variables = carried.clone();
+        variables.push(("GITHUB_ENV".into(), github_env.display().to_string()));
+        variables.push(("GITHUB_PATH".into(), github_path.display().to_string()));
+        let mut cmd = job_shell(sandbox, project, &variables, step);
+        if !path.is_empty() {
+            cmd = cmd.env("PATH", format!("{}:{SYSTEM_PATH}", path.join(":")));
+        }
+        let out = cmd.run();
+        assert_eq!(out.code(), Some(0), "step {step:?}: {out:#?}");
+        output += &out.stdout;
+        output += &out.stderr;
+        for line in std::fs::read_to_string(&github_env).unwrap().lines() {
+            let (name, value) = line.split_once('=').expect("NAME=value");
+            carried.push((name.to_owned(), value.to_owned()));
+        }
+        for line in std::fs::read_to_string(&github_path).unwrap().lines() {
+            path.insert(0, line.to_owned());
+        }
+    }
+    output
 }
 
 fn yaml(name: &str) -> Yaml {
     let text = std::fs::read_to_string(example(name)).unwrap();
     YamlLoader::load_from_str(&text).unwrap().remove(0)
+}
+
+/// Every lease in the store at `state`, as `lease list --all --json` shows it.
+fn listed(sandbox: &Sandbox, state: &Path) -> Vec<serde_json::Value> {
+    let listed = sandbox
+        .lease(["list", "--all", "--json"])
+        .env("LEASE_STATE_DIR", state)
+        .run()
+        .success()
+        .json();
+    listed.as_array().unwrap().clone()
+}
+
+/// A lease another job holds in the same store, which this job must leave alone.
+fn other_jobs_lease(sandbox: &Sandbox, state: &Path) -> serde_json::Value {
+    sandbox
+        .lease(["issue", "--scope", "deploy:prod", "--json"])
+        .env("LEASE_STATE_DIR", state)
+        .run()
+        .success()
+        .json()["id"]
+        .clone()
+}
+
+/// Asserts that the store holds the other job's lease, still active, and this job's three
+/// leases (its own and one per acting command, nested in it), all revoked.
+#[track_caller]
+fn assert_only_the_jobs_leases_were_revoked(
+    leases: &[serde_json::Value],
+    other: &serde_json::Value,
+) {
+    let summary: Vec<String> = leases
+        .iter()
+        .map(|l| format!("{} {} parent={}", l["id"], l["state"], l["parent"]))
+        .collect();
+    assert_eq!(
+        leases.len(),
+        4,
+        "the other job's lease, and the job's three: {summary:#?}"
+    );
+    let (others, job): (Vec<_>, Vec<_>) = leases.iter().partition(|l| l["id"] == *other);
+    assert_eq!(others[0]["state"], "active", "{summary:#?}");
+    assert!(job.iter().all(|l| l["state"] == "revoked"), "{summary:#?}");
+    let root = job
+        .iter()
+        .find(|l| l["parent"].is_null())
+        .expect("the job's lease");
+    assert_eq!(
+        job.iter().filter(|l| l["parent"] == root["id"]).count(),
+        2,
+        "command leases nest in the job's: {summary:#?}"
+    );
 }
 
 #[test]
@@ -141,10 +302,11 @@ fn github_actions_job_runs_its_steps_with_a_job_lease_and_step_leases() {
         .filter_map(|step| step["run"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(steps.len(), 5);
+    let other = other_jobs_lease(&sandbox, Path::new(&state));
     let output = run_steps(
         &sandbox,
         &project,
-        &format!("LEASE_STATE_DIR={state}"),
+        &[("LEASE_STATE_DIR".into(), state.clone())],
         &steps,
     );
     assert!(output.contains("fetched"), "{output}");
@@ -152,27 +314,11 @@ fn github_actions_job_runs_its_steps_with_a_job_lease_and_step_leases() {
         output.contains("deployed to staging with ***"),
         "the deploy step masks its token: {output}"
     );
-    let listed = sandbox
-        .lease(["--state-dir", &state, "list", "--all", "--json"])
-        .run()
-        .success()
-        .json();
-    let leases = listed.as_array().unwrap();
-    assert_eq!(
-        leases.len(),
-        3,
-        "the job's lease and one per acting step: {listed}"
-    );
-    assert!(leases.iter().all(|l| l["state"] == "revoked"), "{listed}");
-    assert_eq!(
-        leases.iter().filter(|l| l["parent"].is_string()).count(),
-        2,
-        "step leases nest in the job's"
-    );
+    assert_only_the_jobs_leases_were_revoked(&listed(&sandbox, Path::new(&state)), &other);
 }
 
 #[test]
-fn gitlab_ci_job_runs_its_scripts_with_a_job_lease_and_command_leases() {
+fn gitlab_ci_job_revokes_its_lease_in_an_after_script_of_its_own() {
     let sandbox = Sandbox::new();
     let project = ci_project(&sandbox);
     let job = &yaml("gitlab-ci.yml")["deploy"];
@@ -184,36 +330,42 @@ fn gitlab_ci_job_runs_its_scripts_with_a_job_lease_and_command_leases() {
             .map(|l| l.as_str().unwrap().to_owned())
             .collect()
     };
+    // The job's variables, expanded as GitLab does, and the predefined one they use.
+    let project_dir = project.to_str().unwrap();
+    let mut variables = vec![("CI_PROJECT_DIR".to_owned(), project_dir.to_owned())];
+    for (name, value) in job["variables"].as_hash().unwrap() {
+        let value = value
+            .as_str()
+            .unwrap()
+            .replace("$CI_PROJECT_DIR", project_dir);
+        variables.push((name.as_str().unwrap().to_owned(), value));
+    }
     let state = project.join(".lease");
-    // before_script and script share one shell; after_script runs in a shell of its own.
-    let main: Vec<String> = std::iter::once(format!("export LEASE_STATE_DIR={}", state.display()))
-        .chain(lines("before_script"))
-        .chain(lines("script"))
-        .filter(|l| !l.contains("install.sh"))
-        .collect();
-    let out = sandbox
-        .sh(&format!("set -e\n{}", main.join("\n")))
-        .command_dir(&project)
-        .run();
+    assert!(variables.contains(&("LEASE_STATE_DIR".into(), state.display().to_string())));
+    let other = other_jobs_lease(&sandbox, &state);
+
+    // before_script and script share one shell.
+    let main = [lines("before_script"), lines("script")]
+        .concat()
+        .join("\n");
+    let out = job_shell(&sandbox, &project, &variables, &main).run();
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert!(
         out.stdout.contains("fetched") && out.stdout.contains("deployed to staging with ***"),
         "{out:#?}"
     );
+    let before = listed(&sandbox, &state);
+    let job_lease = before
+        .iter()
+        .find(|l| l["parent"].is_null() && l["id"] != other)
+        .expect("the job's lease");
+    assert_eq!(job_lease["state"], "active", "{before:#?}");
+
+    // after_script runs in a fresh shell, with the job's variables and nothing the others
+    // exported: neither PATH nor LEASE_TOKEN.
     let after = lines("after_script").join("\n");
-    sandbox
-        .sh(&after)
-        .env("LEASE_STATE_DIR", &state)
-        .command_dir(&project)
-        .run()
-        .success();
-    let listed = sandbox
-        .lease(["list", "--all", "--json"])
-        .env("LEASE_STATE_DIR", &state)
-        .run()
-        .success()
-        .json();
-    let leases = listed.as_array().unwrap();
-    assert_eq!(leases.len(), 3, "{listed}");
-    assert!(leases.iter().all(|l| l["state"] == "revoked"), "{listed}");
+    let out: Out = job_shell(&sandbox, &project, &variables, &after).run();
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""));
+    assert_only_the_jobs_leases_were_revoked(&listed(&sandbox, &state), &other);
 }

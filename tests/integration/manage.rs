@@ -226,3 +226,167 @@ fn gc_removes_expired_revoked_past_expiry_and_owner_gone_records() {
         "removed 0 leases"
     );
 }
+
+/// The state field of each record, by id.
+fn record_states(sandbox: &Sandbox) -> Vec<(String, String)> {
+    sandbox
+        .records()
+        .into_iter()
+        .map(|(id, record)| (id, record["state"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// The leases that `revoked` events with this reason name, in order.
+fn revoked_by(sandbox: &Sandbox, reason: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).unwrap();
+    log.lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|e| e["event"] == "revoked" && e["reason"] == reason)
+        .map(|e| e["lease"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn revoke_self_revokes_the_presented_lease_and_its_descendants_only() {
+    let sandbox = Sandbox::new();
+    // Two CI jobs sharing one store, each with a job lease and leases nested in it.
+    let issue_under = |parent: &str, scope: &str| {
+        sandbox
+            .lease(["issue", "--scope", scope, "--json"])
+            .env("LEASE_TOKEN", parent)
+            .run()
+            .success()
+            .json()
+    };
+    let job = sandbox.issue_json("deploy:*", &[]);
+    let job_token = job["token"].as_str().unwrap();
+    let step = issue_under(job_token, "deploy:staging");
+    let nested = issue_under(step["token"].as_str().unwrap(), "deploy:staging");
+    let other_job = sandbox.issue_json("deploy:*", &[]);
+    let other_step = issue_under(other_job["token"].as_str().unwrap(), "deploy:prod");
+    let id = |lease: &serde_json::Value| lease["id"].as_str().unwrap().to_owned();
+    let mine = [id(&job), id(&step), id(&nested)];
+
+    let out = sandbox
+        .lease(["revoke", "--self"])
+        .env("LEASE_TOKEN", job_token)
+        .run()
+        .success();
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""));
+    let mut expected: Vec<(String, String)> = mine
+        .iter()
+        .map(|id| (id.clone(), "revoked".to_owned()))
+        .chain([id(&other_job), id(&other_step)].map(|id| (id, "active".to_owned())))
+        .collect();
+    expected.sort();
+    assert_eq!(record_states(&sandbox), expected);
+    let mut logged = revoked_by(&sandbox, "revoke --self");
+    logged.sort();
+    let mut mine_sorted = mine.to_vec();
+    mine_sorted.sort();
+    assert_eq!(logged, mine_sorted, "one revoked event per lease");
+
+    // The always-run last step may run twice, or after the lease ended: still success, and
+    // nothing is recorded again.
+    sandbox
+        .lease(["revoke", "--self"])
+        .env("LEASE_TOKEN", job_token)
+        .run()
+        .success();
+    assert_eq!(revoked_by(&sandbox, "revoke --self").len(), 3);
+
+    // The token can come from another variable, or from standard input.
+    sandbox
+        .lease(["revoke", "--self", "--token-env", "DEPLOY_TOKEN"])
+        .env("DEPLOY_TOKEN", other_step["token"].as_str().unwrap())
+        .run()
+        .success();
+    assert_eq!(sandbox.listed(&other_step["id"])["state"], "revoked");
+    assert_eq!(sandbox.listed(&other_job["id"])["state"], "active");
+    sandbox
+        .lease(["revoke", "--self", "--token-stdin"])
+        .stdin(format!("{}\n", other_job["token"].as_str().unwrap()))
+        .run()
+        .success();
+    assert!(sandbox.all_revoked());
+}
+
+#[test]
+fn revoke_self_of_an_expired_lease_succeeds() {
+    let sandbox = Sandbox::new();
+    let lease = sandbox.issue_json("a", &["--ttl", "1"]);
+    wait_until_past(&lease["expires_at"]);
+    sandbox
+        .lease(["revoke", "--self"])
+        .env("LEASE_TOKEN", lease["token"].as_str().unwrap())
+        .run()
+        .success();
+    assert_ne!(sandbox.listed(&lease["id"])["state"], "active");
+}
+
+#[test]
+fn revoke_self_without_a_usable_token_exits_2_in_one_line() {
+    let sandbox = Sandbox::new();
+    let kept = sandbox.issue_json("a", &[]);
+    let state = sandbox.state_dir();
+    let stranger = {
+        let elsewhere = Sandbox::new();
+        elsewhere.issue("a")
+    };
+    let truncated = &stranger[..stranger.len() - 1];
+    let no_token = "lease: cannot revoke: no token: $LEASE_TOKEN is not set; run this inside `lease run`, or pass --token-env NAME or --token-stdin\n".to_owned();
+    let not_a_token = "lease: cannot revoke: the token presented is not a lease token (mistyped or truncated?): present the one `lease issue` printed or `lease run` set\n".to_owned();
+    let unknown = format!(
+        "lease: cannot revoke: no lease in {} matches the token: pass the state dir it was issued in (--state-dir or LEASE_STATE_DIR)\n",
+        state.display()
+    );
+    for (token, expected) in [
+        (None, no_token),
+        (Some(truncated), not_a_token),
+        (Some(stranger.as_str()), unknown),
+    ] {
+        let mut cmd = sandbox.lease(["revoke", "--self"]);
+        if let Some(token) = token {
+            cmd = cmd.env("LEASE_TOKEN", token);
+        }
+        let out = cmd.run().code_is(2);
+        assert_eq!(out.stderr, expected);
+        assert_eq!(out.stdout, "");
+    }
+    for conflicting in [
+        &["revoke", "--self", "--all"][..],
+        &["revoke", "--self", kept["id"].as_str().unwrap()],
+        &["revoke", "--all", "--token-env", "DEPLOY_TOKEN"],
+        &[
+            "revoke",
+            "--self",
+            "--token-stdin",
+            "--token-env",
+            "DEPLOY_TOKEN",
+        ],
+    ] {
+        sandbox.lease(conflicting).run().code_is(2).one_error_line();
+    }
+    assert_eq!(sandbox.listed(&kept["id"])["state"], "active");
+}
+
+#[test]
+fn revoke_help_shows_self_for_a_ci_jobs_last_step() {
+    let sandbox = Sandbox::new();
+    let help = sandbox.lease(["revoke", "--help"]).run().success().stdout;
+    assert!(
+        help.ends_with(
+            "Examples:
+  lease revoke 3f9a2b1c4d5e
+  lease revoke --self         # e.g. in a CI job's always-run last step
+  lease revoke --self --token-env DEPLOY_TOKEN
+  lease revoke --all
+"
+        ),
+        "{help}"
+    );
+    assert!(
+        help.contains("Usage: lease revoke [OPTIONS] <ID|--all|--self>"),
+        "{help}"
+    );
+}

@@ -8,6 +8,7 @@ mod config;
 mod examples;
 mod harness;
 mod manage;
+mod output;
 mod policy;
 mod run;
 mod scanners;

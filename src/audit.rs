@@ -4,12 +4,21 @@
 //! writers never interleave partial lines. The file is rotated to `audit.jsonl.1` when it would
 //! grow past `audit_max_bytes` (one rotated file is kept). The token is never part of an event;
 //! commands are recorded as argv[0] and an argument count, never their arguments.
+//!
+//! The log is only ever opened with `O_NOFOLLOW | O_NONBLOCK` and used only if it is then a
+//! regular file owned by the user: a symlink, FIFO, device or someone else's file planted as
+//! `audit.jsonl` can neither hang lease nor feed it without end. Such a log is reported once,
+//! as a warning on stderr, and the events are not recorded (the decision is still made, the run
+//! still runs); `lease log` refuses to read it. Reading takes at most the rotation limit plus
+//! [`READ_SLACK`] from each file: the newest part, if a file is larger than that.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -22,6 +31,11 @@ pub const FILE_NAME: &str = "audit.jsonl";
 pub const ROTATED_NAME: &str = "audit.jsonl.1";
 /// The size past which the log is rotated when the config says nothing.
 pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// How much more than the rotation limit is read from one file: a file may pass the limit by
+/// a line, or the limit may have been lowered since the file was written.
+pub const READ_SLACK: u64 = 1024 * 1024;
+/// How long a rotation waits for the log's lock before appending without rotating.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// One event of the trail.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +73,8 @@ pub struct Event {
     /// The command's exit code (`child_exit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    /// The signal the command died of (`child_exit`).
+    /// The signal the command died of (`child_exit`); the last signal lease sent it because
+    /// its lease expired (`expired`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
     /// How long the command ran, in milliseconds (`child_exit`).
@@ -124,7 +139,23 @@ pub struct Log {
     path: PathBuf,
     rotated: PathBuf,
     max_bytes: u64,
+    /// Whether an unusable log (not a regular file of the user's) was already reported: it is
+    /// reported once, not once per event.
+    reported: Arc<AtomicBool>,
 }
+
+/// A log file that lease refuses to use: a symlink, FIFO, device, directory or socket, or a
+/// file owned by someone else. The message is one line naming the file and what is wrong.
+#[derive(Debug)]
+pub struct Unusable(String);
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unusable {}
 
 impl Log {
     /// The log in `dir`, rotated past `max_bytes`.
@@ -133,14 +164,29 @@ impl Log {
             path: dir.join(FILE_NAME),
             rotated: dir.join(ROTATED_NAME),
             max_bytes,
+            reported: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Appends one event as one line, in one write.
+    ///
+    /// A log that is not a regular file of the user's ([`Unusable`]) is not written: the
+    /// first time, a one-line warning says so on stderr (here, since some callers do not
+    /// report a failed append), and the event is dropped without an error, so that a run with
+    /// many events reports its missing trail once and carries on.
     pub fn append(&self, event: &Event) -> Result<()> {
         let mut line = serde_json::to_vec(event).context("encoding an audit event")?;
         line.push(b'\n');
-        let mut file = self.open()?;
+        let mut file = match self.open_for_append() {
+            Ok(file) => file,
+            Err(err) if err.is::<Unusable>() => {
+                if !self.reported.swap(true, Ordering::SeqCst) {
+                    eprintln!("lease: warning: {err:#}");
+                }
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        };
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         if size > 0 && size + line.len() as u64 > self.max_bytes {
             file = self.rotate(file)?;
@@ -149,21 +195,38 @@ impl Log {
             .with_context(|| format!("writing the audit log {}", self.path.display()))
     }
 
-    fn open(&self) -> Result<File> {
-        OpenOptions::new()
+    /// Opens the log to append to, creating it if missing, and checks that it is usable.
+    fn open_for_append(&self) -> Result<File> {
+        let opened = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&self.path)
-            .with_context(|| format!("opening the audit log {}", self.path.display()))
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&self.path);
+        let file =
+            opened.map_err(|err| opening_failed(&self.path, err, "the trail is not written"))?;
+        check_usable(&file, &self.path, "the trail is not written")?;
+        Ok(file)
     }
 
     /// Moves a full log aside, once: under the log's lock, and only if no other writer has
-    /// rotated it meanwhile. Returns a file to append to.
+    /// rotated it meanwhile. Returns a file to append to. A lock held by someone else for
+    /// longer than [`LOCK_WAIT`] is not waited for: the event goes to the log unrotated.
     fn rotate(&self, file: File) -> Result<File> {
-        file.lock()
-            .with_context(|| format!("locking the audit log {}", self.path.display()))?;
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Ok(file),
+                Err(fs::TryLockError::Error(err)) => {
+                    return Err(err)
+                        .with_context(|| format!("locking the audit log {}", self.path.display()));
+                }
+            }
+        }
         let locked = file.metadata().context("reading the audit log")?;
         let current = fs::symlink_metadata(&self.path);
         let still_ours = current.is_ok_and(|m| m.ino() == locked.ino() && m.dev() == locked.dev());
@@ -172,28 +235,184 @@ impl Log {
                 .with_context(|| format!("rotating the audit log {}", self.path.display()))?;
         }
         drop(file);
-        self.open()
+        self.open_for_append()
     }
 
     /// Every event on record, oldest first: the rotated file, then the current one. Lines that
-    /// do not parse (there should be none) are skipped.
+    /// do not parse (there should be none) are skipped. A file that is not a regular file of
+    /// the user's is an error ([`Unusable`]); of a file larger than the rotation limit plus
+    /// [`READ_SLACK`], only that much, its newest part, is read (with a warning).
     pub fn read(&self) -> Result<Vec<Event>> {
         let mut events = Vec::new();
         for path in [&self.rotated, &self.path] {
-            let text = match fs::read_to_string(path) {
-                Ok(text) => text,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                Err(err) => {
-                    return Err(err).with_context(|| format!("reading {}", path.display()));
-                }
+            let Some(text) = self.read_file(path)? else {
+                continue;
             };
+            let text = String::from_utf8_lossy(&text);
             events.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
         }
         Ok(events)
+    }
+
+    /// The bytes of one log file (whole lines only), or `None` if it does not exist.
+    fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>> {
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(path);
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(opening_failed(path, err, "it is not read")),
+        };
+        let meta = check_usable(&file, path, "it is not read")?;
+        let limit = self.max_bytes.saturating_add(READ_SLACK);
+        let skip = meta.len().saturating_sub(limit);
+        if skip > 0 {
+            eprintln!(
+                "lease: warning: the audit log {} is larger than {limit} bytes: only its last {limit} bytes are read",
+                path.display()
+            );
+            file.seek(SeekFrom::Start(skip))
+                .with_context(|| format!("reading {}", path.display()))?;
+        }
+        let mut bytes = Vec::new();
+        file.take(limit)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if skip > 0 {
+            // The first line was cut by the seek.
+            let start = bytes
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(bytes.len(), |n| n + 1);
+            bytes.drain(..start);
+        }
+        Ok(Some(bytes))
+    }
+}
+
+/// The error for a log file that could not be opened: [`Unusable`] when what is there is not a
+/// regular file (a symlink gives `ELOOP` under `O_NOFOLLOW`; a FIFO without a reader, `ENXIO`).
+fn opening_failed(path: &Path, err: io::Error, consequence: &str) -> anyhow::Error {
+    let unusable = matches!(
+        err.raw_os_error(),
+        Some(nix::libc::ELOOP | nix::libc::ENXIO | nix::libc::EISDIR | nix::libc::ENODEV)
+    );
+    if unusable && let Ok(meta) = fs::symlink_metadata(path) {
+        return Unusable(format!(
+            "the audit log {} is {}, not a regular file: {consequence}",
+            path.display(),
+            kind(&meta.file_type())
+        ))
+        .into();
+    }
+    anyhow::Error::new(err).context(format!("opening the audit log {}", path.display()))
+}
+
+/// Checks that an open log file is a regular file owned by the user.
+fn check_usable(file: &File, path: &Path, consequence: &str) -> Result<fs::Metadata> {
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading the audit log {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(Unusable(format!(
+            "the audit log {} is {}, not a regular file: {consequence}",
+            path.display(),
+            kind(&meta.file_type())
+        ))
+        .into());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(Unusable(format!(
+            "the audit log {} is owned by uid {}, not by you (uid {me}): {consequence}",
+            path.display(),
+            meta.uid()
+        ))
+        .into());
+    }
+    Ok(meta)
+}
+
+/// What a file that is not a regular file is, for a message.
+fn kind(file_type: &fs::FileType) -> &'static str {
+    if file_type.is_symlink() {
+        "a symbolic link"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() || file_type.is_block_device() {
+        "a device"
+    } else {
+        "an unknown kind of file"
     }
 }
 
 /// Milliseconds in a duration, for `duration_ms`.
 pub fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: usize) -> Event {
+        Event {
+            event: "granted".to_owned(),
+            action: Some(format!("action:{n}")),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn reading_takes_at_most_the_limit_plus_slack_from_a_file_the_newest_part() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = Log::new(dir.path(), 1024);
+        let mut text = Vec::new();
+        let mut count = 0;
+        while text.len() as u64 <= 3 * READ_SLACK {
+            let mut line = serde_json::to_vec(&event(count)).expect("encoded");
+            line.push(b'\n');
+            text.extend(line);
+            count += 1;
+        }
+        fs::write(dir.path().join(FILE_NAME), &text).expect("log written");
+        let events = log.read().expect("read");
+        let line_len = text.len() / count;
+        assert!(
+            events.len() * line_len <= usize::try_from(1024 + READ_SLACK).expect("small"),
+            "{} events read",
+            events.len()
+        );
+        assert!(events.len() > 1000, "{} events read", events.len());
+        assert_eq!(events.last(), Some(&event(count - 1)), "the newest is read");
+    }
+
+    #[test]
+    fn a_log_owned_by_someone_else_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // only root can give a file away
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(FILE_NAME);
+        fs::write(&path, b"").expect("log written");
+        std::os::unix::fs::chown(&path, Some(65534), None).expect("chown");
+        let log = Log::new(dir.path(), 1024);
+        let err = log.read().expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the audit log {} is owned by uid 65534, not by you (uid 0): it is not read",
+                path.display()
+            )
+        );
+        // Appending is refused too, with no error (the warning is printed once).
+        log.append(&event(1)).expect("carries on");
+        assert_eq!(fs::metadata(&path).expect("still there").len(), 0);
+    }
 }

@@ -7,7 +7,7 @@
 //! the child has left lease's process group (e.g. called `setsid`), in which case the terminal's
 //! signal never reached it and lease passes it on. Signals that were ignored when lease started
 //! (`nohup`) are left alone, so the child inherits them ignored. With `--on-expiry`, SIGALRM is
-//! the expiry timer.
+//! the expiry timer (`setitimer(ITIMER_REAL)`, to the microsecond).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use nix::libc::{self, c_int};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{Pid, alarm, getpgid, getpgrp};
+use nix::unistd::{Pid, getpgid, getpgrp};
 use signal_hook::consts::signal::{
     SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGPIPE, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
 };
@@ -144,10 +144,13 @@ impl Forwarder {
         }
         loop {
             if let Some(status) = try_wait(pid)? {
-                alarm::cancel();
+                if deadline.is_some() {
+                    cancel_alarm();
+                }
                 return Ok(Waited {
                     status,
                     ended_at_expiry: stage != Stage::Running,
+                    sent_at_expiry: stage.sent(),
                 });
             }
             // Blocks until at least one signal arrives; SIGCHLD wakes it when the child exits.
@@ -186,10 +189,15 @@ pub struct Waited {
     pub status: ExitStatus,
     /// Whether lease ended it because the lease expired.
     pub ended_at_expiry: bool,
+    /// The last signal lease sent it because the lease expired (SIGTERM, or SIGKILL after the
+    /// grace or with `--on-expiry kill`), if any.
+    pub sent_at_expiry: Option<c_int>,
 }
 
-/// Ending the child when its lease expires, timed with `alarm(2)`: SIGALRM arrives through the
-/// same iterator as every other signal, so no thread and no polling are needed.
+/// Ending the child when its lease expires, timed with `setitimer(ITIMER_REAL)`: SIGALRM
+/// arrives through the same iterator as every other signal, so no thread and no polling are
+/// needed. The timer has microsecond precision, so the child is signalled within a few
+/// milliseconds of the moment `verify` starts denying its token (`now >= expires_at`).
 pub struct Deadline<'a> {
     /// SIGKILL at once (`--on-expiry kill`) rather than SIGTERM first (`term`).
     pub kill_at_once: bool,
@@ -214,6 +222,17 @@ enum Stage {
     Running,
     Terminated,
     Killed,
+}
+
+impl Stage {
+    /// The signal lease sent last at this stage.
+    fn sent(self) -> Option<c_int> {
+        match self {
+            Stage::Running => None,
+            Stage::Terminated => Some(SIGTERM),
+            Stage::Killed => Some(signal_hook::consts::signal::SIGKILL),
+        }
+    }
 }
 
 impl Deadline<'_> {
@@ -248,10 +267,45 @@ impl Deadline<'_> {
     }
 }
 
-/// Sets the alarm for `after` from now, rounded up to whole seconds.
+/// Sets the expiry timer to deliver SIGALRM `after` from now, rounded up to the microsecond
+/// (never zero, which would disarm it; a timer that fires early is simply set again).
 fn set_alarm(after: Duration) {
-    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-    alarm::set(u32::try_from(seconds.max(1)).unwrap_or(u32::MAX));
+    set_timer(timeval(after.max(Duration::from_micros(1))));
+}
+
+/// Disarms the expiry timer.
+fn cancel_alarm() {
+    set_timer(libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    });
+}
+
+fn set_timer(value: libc::timeval) {
+    let timer = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: value,
+    };
+    // SAFETY: `timer` is a valid itimerval; a null old-value pointer is allowed. setitimer only
+    // arms the process's real-time timer, whose SIGALRM lease catches while the timer is set.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, ptr::null_mut()) };
+}
+
+/// `after` as a `timeval`, rounded up to the microsecond and capped at about 68 years.
+fn timeval(after: Duration) -> libc::timeval {
+    const MAX_SECONDS: u128 = i32::MAX as u128;
+    let micros = after.as_nanos().div_ceil(1000);
+    let (seconds, micros) = match micros / 1_000_000 {
+        seconds if seconds >= MAX_SECONDS => (MAX_SECONDS, 0),
+        seconds => (seconds, micros % 1_000_000),
+    };
+    libc::timeval {
+        tv_sec: libc::time_t::try_from(seconds).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::try_from(micros).unwrap_or(0),
+    }
 }
 
 /// Sends `origin.signal` on to the child unless the child already got it from the terminal.
@@ -299,4 +353,25 @@ pub fn die_of(signal: c_int) -> ! {
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
     let _ = signal_hook::low_level::emulate_default_handler(signal);
     std::process::exit(128 + signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_values_round_up_to_the_microsecond_and_are_capped() {
+        let tv = |d: Duration| {
+            let t = timeval(d);
+            (t.tv_sec, t.tv_usec)
+        };
+        assert_eq!(tv(Duration::from_nanos(1)), (0, 1));
+        assert_eq!(tv(Duration::from_millis(2_300)), (2, 300_000));
+        assert_eq!(tv(Duration::from_nanos(1_999_999_999)), (2, 0));
+        assert_eq!(tv(Duration::MAX), (i64::from(i32::MAX), 0));
+        assert_eq!(
+            tv(Duration::from_secs(u64::from(i32::MAX.unsigned_abs())) + Duration::from_micros(7)),
+            (i64::from(i32::MAX), 0)
+        );
+    }
 }

@@ -223,16 +223,21 @@ fn record_exit(
     if !waited.ended_at_expiry {
         return exit_of(waited.status);
     }
+    // What lease sent last, and what the command died of (the same, unless it caught the
+    // signal and exited): stderr, the trail and the receipt all report these.
+    let name =
+        |signal: i32| nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
     let mut expired = Event::new("expired", Some(record)).process(process);
     expired.reason = Some(format!("on-expiry {}", plan.on_expiry.as_str()));
+    expired.signal = waited.sent_at_expiry;
     super::log(store, &expired);
-    let how = if plan.on_expiry == OnExpiry::Kill {
-        "SIGKILL"
-    } else {
-        "SIGTERM"
+    let how = match (waited.status.signal(), waited.sent_at_expiry) {
+        (Some(died_of), _) => format!("the command was ended with {}", name(died_of)),
+        (None, Some(sent)) => format!("the command was sent {} and exited", name(sent)),
+        (None, None) => "the command was ended".to_owned(),
     };
     eprintln!(
-        "lease: lease {} expired: the command was ended with {how} (--on-expiry {})",
+        "lease: lease {} expired: {how} (--on-expiry {})",
         record.id,
         plan.on_expiry.as_str()
     );

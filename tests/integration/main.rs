@@ -9,6 +9,7 @@ mod examples;
 mod hardening;
 mod harness;
 mod manage;
+mod output;
 mod policy;
 mod run;
 mod scanners;

@@ -466,7 +466,7 @@ fn on_expiry_term_ends_the_command_near_the_ttl_with_124() {
 fn on_expiry_term_kills_a_command_that_ignores_sigterm_after_the_grace() {
     let sandbox = Sandbox::new();
     let started = Instant::now();
-    sandbox
+    let out = sandbox
         .lease([
             "run",
             "--scope",
@@ -477,6 +477,8 @@ fn on_expiry_term_kills_a_command_that_ignores_sigterm_after_the_grace() {
             "term",
             "--grace",
             "1",
+            "--receipt",
+            "receipt.json",
             "--",
         ])
         .arg("sh")
@@ -489,6 +491,83 @@ fn on_expiry_term_kills_a_command_that_ignores_sigterm_after_the_grace() {
         took >= Duration::from_secs(2) && took < Duration::from_millis(4_500),
         "{took:?}"
     );
+    // stderr, the trail and the receipt all say what ended it: SIGKILL, signal 9.
+    let line = regex::Regex::new(
+        r"^lease: lease [0-9a-f]{12} expired: the command was ended with SIGKILL \(--on-expiry term\)\n$",
+    )
+    .unwrap();
+    assert!(line.is_match(&out.stderr), "{out:#?}");
+    let log = sandbox.lease(["log", "--json"]).run().success().stdout;
+    let event = |kind: &str| -> serde_json::Value {
+        let found = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+        found
+            .into_iter()
+            .find(|e| e["event"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}: {log}"))
+    };
+    assert_eq!(event("child_exit")["signal"], 9, "{log}");
+    assert_eq!(event("expired")["signal"], 9, "{log}");
+    let receipt = std::fs::read_to_string(sandbox.path("receipt.json")).unwrap();
+    let receipt: serde_json::Value = serde_json::from_str(&receipt).unwrap();
+    assert_eq!(
+        receipt["exit"],
+        serde_json::json!({"code": null, "signal": 9, "ended_at_expiry": true})
+    );
+}
+
+/// The command traps SIGTERM and prints how long after its lease's expiry it got it.
+#[test]
+fn on_expiry_signals_the_command_within_100_ms_of_the_moment_verify_denies() {
+    let sandbox = Sandbox::new();
+    let script = "\
+import calendar, os, signal, time
+expires = calendar.timegm(time.strptime(os.environ['LEASE_EXPIRES_AT'], '%Y-%m-%dT%H:%M:%SZ'))
+def on_term(signal_number, frame):
+    print('after_expiry_ms', (time.time() - expires) * 1000, flush=True)
+    raise SystemExit(0)
+signal.signal(signal.SIGTERM, on_term)
+print('ready', flush=True)
+while True:
+    time.sleep(10)
+";
+    for ttl in ["1", "2"] {
+        let out = sandbox
+            .lease([
+                "run",
+                "--scope",
+                "a",
+                "--ttl",
+                ttl,
+                "--on-expiry",
+                "term",
+                "--",
+            ])
+            .arg("python3")
+            .arg("-c")
+            .arg(script)
+            .run()
+            .code_is(124);
+        let delay: f64 = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("after_expiry_ms "))
+            .unwrap_or_else(|| panic!("no SIGTERM: {out:#?}"))
+            .parse()
+            .unwrap();
+        // verify denies from `expires_at` on (`now >= expires_at`): SIGTERM comes after that,
+        // and less than 100 ms after.
+        assert!(
+            (0.0..100.0).contains(&delay),
+            "SIGTERM {delay} ms after the expiry: {out:#?}"
+        );
+        assert!(
+            out.stderr
+                .contains("the command was sent SIGTERM and exited"),
+            "{out:#?}"
+        );
+    }
 }
 
 #[test]

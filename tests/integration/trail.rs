@@ -176,6 +176,117 @@ fn the_log_rotates_past_audit_max_bytes_keeping_one_old_file() {
     );
 }
 
+/// What is planted as `audit.jsonl` in the audit-log tests.
+enum Planted {
+    Fifo,
+    /// A FIFO that a reader (this test) holds open, so that opening it never fails.
+    FifoWithReader,
+    SymlinkToDevZero,
+}
+
+#[test]
+fn an_audit_log_that_is_a_fifo_or_a_symlink_to_dev_zero_hangs_nothing() {
+    for (planted, kind) in [
+        (Planted::Fifo, "a FIFO"),
+        (Planted::FifoWithReader, "a FIFO"),
+        (Planted::SymlinkToDevZero, "a symbolic link"),
+    ] {
+        let sandbox = Sandbox::new();
+        let token = sandbox.issue("a");
+        let log = sandbox.state_dir().join("audit.jsonl");
+        std::fs::remove_file(&log).unwrap();
+        let _reader = match planted {
+            Planted::SymlinkToDevZero => {
+                std::os::unix::fs::symlink("/dev/zero", &log).unwrap();
+                None
+            }
+            Planted::Fifo | Planted::FifoWithReader => {
+                nix::unistd::mkfifo(&log, nix::sys::stat::Mode::S_IRWXU).unwrap();
+                matches!(planted, Planted::FifoWithReader).then(|| {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(nix::libc::O_NONBLOCK)
+                        .open(&log)
+                        .unwrap()
+                })
+            }
+        };
+        let within_deadline = |cmd: crate::harness::Cmd| {
+            let started = Instant::now();
+            let out = cmd.run();
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{kind}: took {:?}: {out:#?}",
+                started.elapsed()
+            );
+            out
+        };
+        let warning = format!(
+            "lease: warning: the audit log {} is {kind}, not a regular file: the trail is not written",
+            log.display()
+        );
+        // verify decides and answers; the missing trail is one warning line.
+        let granted =
+            within_deadline(sandbox.lease(["verify", "a"]).env("LEASE_TOKEN", &token)).success();
+        assert_eq!(
+            granted.stderr.lines().collect::<Vec<_>>(),
+            [&*warning],
+            "{granted:#?}"
+        );
+        let denied =
+            within_deadline(sandbox.lease(["verify", "b"]).env("LEASE_TOKEN", &token)).code_is(1);
+        let lines: Vec<&str> = denied.stderr.lines().collect();
+        assert!(
+            lines.len() == 2 && lines[0].contains("out of scope") && lines[1] == warning,
+            "{denied:#?}"
+        );
+        // run runs the command and revokes its lease; its several events give one warning.
+        let ran = within_deadline(sandbox.run_sh("a", "echo ran")).success();
+        assert_eq!(ran.stdout, "ran\n");
+        assert_eq!(
+            ran.stderr.lines().collect::<Vec<_>>(),
+            [&*warning],
+            "{ran:#?}"
+        );
+        let records = sandbox.records();
+        let active = records
+            .values()
+            .filter(|r| r["state"].as_str() == Some("active"));
+        assert_eq!(
+            active.count(),
+            1,
+            "only the issued lease is active: {records:?}"
+        );
+        // log refuses, in one line, exit 2.
+        within_deadline(sandbox.lease(["log"]))
+            .code_is(2)
+            .one_error_line()
+            .stderr_has(&format!("{kind}, not a regular file"));
+        assert!(
+            std::fs::symlink_metadata(&log)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+                == matches!(planted, Planted::SymlinkToDevZero),
+            "the planted file is left as it is"
+        );
+    }
+}
+
+#[test]
+fn a_rotated_audit_log_that_is_not_a_regular_file_is_refused_by_log() {
+    let sandbox = Sandbox::new();
+    sandbox.issue("a");
+    std::os::unix::fs::symlink("/dev/zero", sandbox.state_dir().join("audit.jsonl.1")).unwrap();
+    sandbox
+        .lease(["log"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("audit.jsonl.1 is a symbolic link");
+}
+
 #[test]
 fn log_filters_by_lease_and_time() {
     let sandbox = Sandbox::new();

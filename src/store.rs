@@ -297,6 +297,10 @@ impl Locked<'_> {
     /// The record as it stands under the lock.
     pub fn read(&mut self) -> Result<Loaded> {
         use std::io::Seek;
+        // A FIFO or a device cannot be rewound; it is no record either way.
+        if !self.file.metadata().is_ok_and(|m| m.is_file()) {
+            return Ok(Loaded::Corrupt("record is not a regular file".into()));
+        }
         self.file
             .rewind()
             .with_context(|| format!("reading {}", self.path.display()))?;

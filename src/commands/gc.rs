@@ -15,8 +15,10 @@ pub fn gc(context: &Context) -> Result<Exit> {
     let store = context.store(Open::ExistingOnly)?;
     let now = SystemTime::now();
     let mut removed = 0usize;
+    let mut skipped = super::Skipped::default();
     for id in store.ids()? {
         let mut event = None;
+        let mut unreadable = None;
         let garbage = |loaded: &Loaded| match loaded {
             Loaded::Found(record) => {
                 let garbage = record.is_garbage(now);
@@ -33,13 +35,23 @@ pub fn gc(context: &Context) -> Result<Exit> {
                 garbage
             }
             Loaded::Corrupt(why) => {
-                eprintln!("lease: warning: removing unreadable lease {id}: {why}");
+                unreadable = Some(why.clone());
                 true
             }
             Loaded::Missing => false,
         };
-        if store.remove_if(&id, garbage)? {
+        let removed_it = match store.remove_if(&id, garbage) {
+            Ok(removed_it) => removed_it,
+            Err(err) => {
+                skipped.entry(&id, &format!("{err:#}"));
+                false
+            }
+        };
+        if removed_it {
             removed += 1;
+            if let Some(why) = unreadable {
+                eprintln!("lease: warning: removed unreadable lease {id}: {why}");
+            }
             if let Some(mut event) = event {
                 event.reason = Some("gc".to_owned());
                 super::log(&store, &event);
@@ -50,5 +62,5 @@ pub fn gc(context: &Context) -> Result<Exit> {
     let plural = if removed == 1 { "" } else { "s" };
     writeln!(std::io::stdout().lock(), "removed {removed} lease{plural}")
         .context("writing to standard output")?;
-    Ok(Exit::Success)
+    skipped.into_result("collected")
 }

@@ -160,6 +160,31 @@ fn mint<T>(
     bail!("could not find a free lease id after {MINT_ATTEMPTS} attempts")
 }
 
+/// Entries of the store that a pass over every lease (`revoke --all`, `gc`) had to skip: each
+/// is reported at once in one warning line, and the pass goes on with the rest.
+#[derive(Debug, Default)]
+struct Skipped(usize);
+
+impl Skipped {
+    fn entry(&mut self, id: &crate::token::LeaseId, why: &str) {
+        self.0 += 1;
+        eprintln!("lease: warning: skipping the store entry for lease {id}: {why}");
+    }
+
+    /// Success if nothing was skipped; otherwise an error (exit 2) saying the rest was `done`.
+    fn into_result(self, done: &str) -> Result<Exit> {
+        match self.0 {
+            0 => Ok(Exit::Success),
+            1 => bail!(
+                "1 store entry could not be {done} (see the warning above); every other lease was"
+            ),
+            n => bail!(
+                "{n} store entries could not be {done} (see the warnings above); every other lease was"
+            ),
+        }
+    }
+}
+
 /// Prints one JSON document on its own line.
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     use std::io::Write;

@@ -17,11 +17,16 @@ pub fn revoke(context: &Context, target: RevokeTarget) -> Result<Exit> {
     let caller = Process::caller();
     match target {
         RevokeTarget::All => {
+            // One bad entry must not keep the good leases alive: it is reported and skipped.
+            let mut skipped = super::Skipped::default();
             for id in store.ids()? {
-                // A record that cannot be read grants nothing; there is nothing to revoke.
-                revoke_one(&store, &id, "revoke --all", &caller)?;
+                match revoke_one(&store, &id, "revoke --all", &caller) {
+                    Ok(Loaded::Found(_) | Loaded::Missing) => {}
+                    Ok(Loaded::Corrupt(why)) => skipped.entry(&id, &why),
+                    Err(err) => skipped.entry(&id, &format!("{err:#}")),
+                }
             }
-            Ok(Exit::Success)
+            skipped.into_result("revoked")
         }
         RevokeTarget::Own(source) => revoke_own(context, &store, &source, &caller),
         RevokeTarget::Ids(ids) => {

@@ -346,3 +346,71 @@ fn a_token_dies_with_its_command_even_while_lease_is_stopped() {
     assert_eq!(run.wait().code(), Some(3));
     assert_eq!(denied_within(&sandbox, &token, Duration::ZERO), "revoked");
 }
+
+/// A symlink, a FIFO and a directory planted as records stop neither `revoke --all` nor `gc`:
+/// each is skipped with one warning, every good lease is still revoked or collected, and the
+/// exit status (2) says some entries were bad.
+#[test]
+fn bad_store_entries_are_skipped_by_revoke_all_and_gc() {
+    let sandbox = Sandbox::new();
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            let issued = sandbox.issue_json("read:x", &["--ttl", "1"]);
+            issued["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let leases = sandbox.leases_dir();
+    std::os::unix::fs::symlink("/etc/passwd", leases.join("aaaaaaaaaaaa.toml")).unwrap();
+    nix::unistd::mkfifo(
+        &leases.join("bbbbbbbbbbbb.toml"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    fs::create_dir(leases.join("cccccccccccc.toml")).unwrap();
+
+    let out = sandbox.lease(["revoke", "--all"]).run().code_is(2);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{out:#?}");
+    for bad in ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"] {
+        let warned = format!("lease: warning: skipping the store entry for lease {bad}: ");
+        assert!(
+            lines.iter().any(|l| l.starts_with(&warned)),
+            "{bad}: {out:#?}"
+        );
+    }
+    assert_eq!(
+        lines[3],
+        "lease: 3 store entries could not be revoked (see the warnings above); every other lease was"
+    );
+    let record = |id: &str| {
+        let path = leases.join(format!("{id}.toml"));
+        fs::read_to_string(path)
+            .ok()
+            .map(|t| t.parse::<toml::Table>().unwrap())
+    };
+    for id in &ids {
+        let state = record(id).unwrap()["state"].clone();
+        assert_eq!(state.as_str(), Some("revoked"), "{id}");
+    }
+
+    let last = sandbox.issue_json("read:x", &["--ttl", "1"]);
+    sandbox
+        .lease(["revoke", last["id"].as_str().unwrap()])
+        .run()
+        .success();
+    crate::harness::wait_until_past(&last["expires_at"]);
+    let out = sandbox.lease(["gc"]).run().code_is(2);
+    // The FIFO is unreadable as a record, so gc removes it; the symlink and the directory stay.
+    assert_eq!(out.stdout, "removed 5 leases\n", "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("skipping the store entry for lease aaaaaaaaaaaa")
+    );
+    assert!(
+        out.stderr
+            .contains("skipping the store entry for lease cccccccccccc")
+    );
+    for id in ids.iter().map(String::as_str).chain(last["id"].as_str()) {
+        assert!(record(id).is_none(), "{id} was not collected");
+    }
+}

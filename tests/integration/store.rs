@@ -205,7 +205,7 @@ fn a_corrupt_record_fails_closed_is_skipped_by_list_and_stops_nothing_else() {
     // gc clears what cannot be read.
     fs::write(&path, "garbage").unwrap();
     let out = sandbox.lease(["gc"]).run().success();
-    assert!(out.stderr.contains("removing unreadable lease"), "{out:#?}");
+    assert!(out.stderr.contains("removed unreadable lease"), "{out:#?}");
     assert!(!path.exists());
 }
 

@@ -50,8 +50,9 @@ pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
         if let Some(parent) = parent_expiry {
             limit = limit.min(parent);
         }
-        let wanted = record.expires_at + by;
-        let until = wanted.min(limit);
+        // `by` is at most ttl::MAX; past what lease can store is past any limit too.
+        let wanted = ttl::after(record.expires_at, by);
+        let until = wanted.map_or(limit, |wanted| wanted.min(limit));
         if until <= record.expires_at {
             outcome = Some(Outcome::AtLimit(limit));
             return false;
@@ -59,7 +60,7 @@ pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
         record.expires_at = until;
         outcome = Some(Outcome::Renewed {
             until,
-            capped: until < wanted,
+            capped: wanted.is_none_or(|wanted| until < wanted),
         });
         true
     })?;

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use super::Context;
 use crate::audit::{Event, Process};
 use crate::authorize::{self, Chain};
-use crate::cli::{RenewRequest, TokenSource};
+use crate::cli::RenewRequest;
 use crate::exit::Exit;
 use crate::record::{Status, rfc3339};
 use crate::store::{Loaded, Open};
@@ -23,9 +23,8 @@ enum Outcome {
 }
 
 pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
-    let source = TokenSource::Env(request.token_env.clone());
-    let token =
-        super::verify::read_token(&source, &context.config.token_env).context("cannot renew")?;
+    let token = super::verify::read_token(&request.source, &context.config.token_env)
+        .context("cannot renew")?;
     if !token.is_well_formed() {
         return Ok(refuse("malformed", "not a lease token"));
     }

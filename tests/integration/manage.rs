@@ -216,6 +216,36 @@ fn list_of_a_three_thousand_deep_chain_is_quick_and_right() {
 }
 
 #[test]
+fn gc_keeps_a_revoked_lease_until_its_expiry_as_its_help_says() {
+    let sandbox = Sandbox::new();
+    let help = sandbox.lease(["gc", "--help"]).run().success().stdout;
+    let summary: Vec<&str> = help.split("\n\n").take(2).collect();
+    assert_eq!(
+        summary
+            .join(" ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        "Remove records that can never grant again: expired leases, leases whose run has ended, \
+         and revoked leases once past their expiry \
+         A revoked lease is kept until its expiry, so that `verify` says `revoked` rather than \
+         `unknown`; gc removes it once it has expired."
+    );
+    let revoked = sandbox.issue_json("a", &["--ttl", "1"]);
+    let id = revoked["id"].as_str().unwrap();
+    sandbox.lease(["revoke", id]).run().success();
+    let out = sandbox.lease(["gc"]).run().success();
+    assert_eq!(out.stdout, "removed 0 leases\n");
+    sandbox
+        .verify(revoked["token"].as_str().unwrap(), "a")
+        .code_is(1)
+        .stderr_has("denied: revoked");
+    wait_until_past(&revoked["expires_at"]);
+    let out = sandbox.lease(["gc"]).run().success();
+    assert_eq!(out.stdout, "removed 1 lease\n");
+}
+
+#[test]
 fn revoke_by_id_twice_unknown_and_all() {
     let sandbox = Sandbox::new();
     let first = sandbox.issue_json("a", &[]);

@@ -192,7 +192,7 @@ fn a_nested_lease_may_narrow_but_never_widen() {
 }
 
 #[test]
-fn a_nested_lease_expires_with_its_parent_and_says_so() {
+fn a_nested_lease_expires_with_its_parent_and_says_so_only_when_verbose() {
     let sandbox = Sandbox::new();
     let parent = sandbox.issue_json("a", &["--ttl", "60"]);
     let out = sandbox
@@ -211,9 +211,19 @@ fn a_nested_lease_expires_with_its_parent_and_says_so() {
         .run()
         .success();
     assert_eq!(out.stdout.trim(), parent["expires_at"].as_str().unwrap());
-    assert!(
-        out.stderr.contains("lease: note:") && out.stderr.contains("with its parent lease"),
-        "{out:#?}"
+    assert_eq!(out.stderr, "", "lease run is silent");
+    let out = sandbox
+        .lease(["-v", "run", "--scope", "a", "--ttl", "600", "--", "true"])
+        .env("LEASE_TOKEN", parent["token"].as_str().unwrap())
+        .run()
+        .success();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "lease: note: the lease expires at {}, with its parent lease {}\n",
+            parent["expires_at"].as_str().unwrap(),
+            parent["id"].as_str().unwrap()
+        )
     );
 }
 

@@ -539,3 +539,120 @@ fn mask_streams_line_by_line_and_a_lingering_grandchild_does_not_hold_lease() {
     kill_pid(grandchild);
     assert!(out.stdout.ends_with("done\n"), "{out:#?}");
 }
+
+#[test]
+fn status_of_a_used_up_lease_is_invalid_and_exits_1() {
+    let sandbox = Sandbox::new();
+    for (scope, uses) in [("a", "--uses=1"), ("a=1", "--uses=9")] {
+        let out = sandbox
+            .lease(["run", "--scope", scope, uses, "--", "sh", "-c"])
+            .arg("lease verify a; lease status; echo status=$?; echo $LEASE_ID")
+            .run()
+            .success();
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let id = lines.last().unwrap();
+        assert_eq!(lines[0], format!("lease:     {id} (used up)"), "{out:#?}");
+        assert_eq!(lines[lines.len() - 2], "status=1", "{out:#?}");
+        assert_eq!(
+            out.stderr,
+            format!("lease: lease {id} is no longer valid: used up: lease {id} has no uses left\n")
+        );
+    }
+    let token = sandbox.issue_json("a", &["--uses", "1"]);
+    sandbox
+        .verify(token["token"].as_str().unwrap(), "a")
+        .success();
+    let out = sandbox
+        .lease(["status", "--json"])
+        .env("LEASE_TOKEN", token["token"].as_str().unwrap())
+        .run()
+        .code_is(1);
+    let json = out.json();
+    assert_eq!(
+        (&json["valid"], &json["state"], &json["seconds_left"]),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!("used up"),
+            &serde_json::json!(0)
+        )
+    );
+}
+
+#[test]
+fn status_and_renew_take_the_token_from_standard_input() {
+    let sandbox = Sandbox::new();
+    let issued = sandbox.issue_json("a", &["--ttl", "60"]);
+    let (id, token) = (
+        issued["id"].as_str().unwrap(),
+        issued["token"].as_str().unwrap(),
+    );
+    let out = sandbox
+        .lease(["status", "--token-stdin"])
+        .stdin(format!("{token}\n"))
+        .run()
+        .success();
+    assert_eq!(
+        out.stdout.lines().next(),
+        Some(format!("lease:     {id} (active)").as_str())
+    );
+    let out = sandbox
+        .lease(["renew", "--token-stdin", "--ttl", "60"])
+        .stdin(token)
+        .run()
+        .success();
+    assert!(
+        humantime::parse_rfc3339(out.stdout.trim()).is_ok() && out.stderr.is_empty(),
+        "{out:#?}"
+    );
+    // The fix the error suggests is one these subcommands accept.
+    for sub in ["status", "renew"] {
+        let out = sandbox.lease([sub]).run().code_is(2).one_error_line();
+        assert!(
+            out.stderr
+                .ends_with("pass --token-env NAME or --token-stdin\n"),
+            "{out:#?}"
+        );
+        let out = sandbox
+            .lease([sub, "--token-stdin"])
+            .stdin("")
+            .run()
+            .code_is(2)
+            .one_error_line();
+        assert!(
+            out.stderr
+                .ends_with(": no token: standard input is empty\n"),
+            "{out:#?}"
+        );
+    }
+}
+
+#[test]
+fn suggest_on_a_lease_that_has_not_ended_says_so() {
+    let sandbox = Sandbox::new();
+    let issued = sandbox.issue_json("read:a,write:b", &[]);
+    let id = issued["id"].as_str().unwrap();
+    let suggest = |args: &[&str]| {
+        let mut all = vec!["suggest", id];
+        all.extend(args);
+        sandbox.lease(all).run().success()
+    };
+    assert_eq!(
+        suggest(&[]).stdout,
+        format!(
+            "lease {id} has not ended yet: it has been granted nothing so far\nunused: read:a,write:b\n"
+        )
+    );
+    sandbox
+        .verify(issued["token"].as_str().unwrap(), "read:a")
+        .success();
+    assert_eq!(
+        suggest(&[]).stdout,
+        format!(
+            "lease {id} has not ended yet: this is what it has used so far\n--scope read:a\nunused: write:b\n"
+        )
+    );
+    assert_eq!(suggest(&["--json"]).json()["ended"], false);
+    sandbox.lease(["revoke", id]).run().success();
+    assert_eq!(suggest(&[]).stdout, "--scope read:a\nunused: write:b\n");
+    assert_eq!(suggest(&["--json"]).json()["ended"], true);
+}

@@ -159,12 +159,24 @@ Examples:
   lease completions fish > ~/.config/fish/completions/lease.fish")]
     Completions(CompletionsArgs),
 
-    /// Print the man page (roff)
+    /// Print a man page (roff): lease(1), or lease-SUBCOMMAND(1); --dir writes them all
     #[command(after_help = "\
 Examples:
   lease man | man -l -
-  lease man > ~/.local/share/man/man1/lease.1")]
-    Man,
+  lease man run | man -l -
+  lease man --dir ~/.local/share/man/man1")]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+struct ManArgs {
+    /// The subcommand whose page to print, e.g. run for lease-run(1) [default: lease(1)]
+    #[arg(value_name = "SUBCOMMAND", value_parser = parse_subcommand, conflicts_with = "dir")]
+    subcommand: Option<String>,
+
+    /// Write every page (lease.1, lease-run.1, ...) into DIR instead, creating it if needed
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 /// What a new lease grants: shared by `run` and `issue`.
@@ -396,6 +408,22 @@ fn parse_on_expiry(text: &str) -> Result<OnExpiry> {
     text.parse()
 }
 
+fn parse_subcommand(text: &str) -> Result<String> {
+    if Cli::command_has(text) {
+        return Ok(text.to_owned());
+    }
+    use clap::CommandFactory;
+    let names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    bail!(
+        "'{}' is not a subcommand: the pages are for {}",
+        text.escape_debug(),
+        names.join(", ")
+    )
+}
+
 fn parse_env_name(text: &str) -> Result<String> {
     config::validate_env_name(text)?;
     Ok(text.to_owned())
@@ -467,9 +495,18 @@ pub enum Command {
     /// `lease completions`.
     Completions(Shell),
     /// `lease man`.
-    Man,
+    Man(ManPage),
     /// `lease gc`.
     Gc,
+}
+
+/// Which man pages `lease man` produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManPage {
+    /// Print lease(1), or lease-SUBCOMMAND(1) for this subcommand.
+    Print(Option<String>),
+    /// Write every page into this directory.
+    WriteAll(PathBuf),
 }
 
 /// What `lease run` was asked to do.
@@ -645,7 +682,10 @@ fn validate(sub: Sub) -> Result<Command> {
             json: args.json,
         },
         Sub::Completions(args) => Command::Completions(args.shell),
-        Sub::Man => Command::Man,
+        Sub::Man(args) => Command::Man(match args.dir {
+            Some(dir) => ManPage::WriteAll(dir),
+            None => ManPage::Print(args.subcommand),
+        }),
         Sub::Renew(args) => Command::Renew(RenewRequest {
             ttl: args.ttl,
             source: args.token.source(),

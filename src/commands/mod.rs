@@ -33,7 +33,7 @@ pub fn dispatch(invocation: Invocation) -> Result<Exit> {
     let context = || Context::new(invocation.globals);
     match invocation.command {
         Command::Completions(shell) => shell::completions(shell),
-        Command::Man => shell::man(),
+        Command::Man(page) => shell::man(&page),
         Command::Run(request) => run::run(&context()?, request),
         Command::Verify(request) => verify::verify(&context()?, &request),
         Command::Issue(request) => issue::issue(&context()?, request),

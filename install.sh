@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds lease in release mode (scripts/build-release.sh: a static binary on Linux with glibc)
 # and installs it as ${PREFIX:-$HOME/.local}/bin/lease, with its shell completions (bash, zsh,
-# fish) and man page under ${PREFIX:-$HOME/.local}/share, where the shells and man look.
+# fish) and man pages under ${PREFIX:-$HOME/.local}/share, where the shells and man look.
 # Safe to run again: the binary is replaced atomically, even while an old one is running.
 set -eu
 
@@ -33,10 +33,10 @@ install_generated() { # install_generated FILE COMMAND...: writes COMMAND's outp
 install_generated "$share/bash-completion/completions/lease" "$bindir/lease" completions bash
 install_generated "$share/zsh/site-functions/_lease" "$bindir/lease" completions zsh
 install_generated "$share/fish/vendor_completions.d/lease.fish" "$bindir/lease" completions fish
-install_generated "$share/man/man1/lease.1" "$bindir/lease" man
+"$bindir/lease" man --dir "$share/man/man1" # lease.1 and a page per subcommand, lease-run.1 ...
 
 echo "installed $("$bindir/lease" --version) to $bindir/lease"
-echo "installed completions for bash, zsh and fish, and the man page, under $share"
+echo "installed completions for bash, zsh and fish, and the man pages, under $share"
 case ":$PATH:" in
     *":$bindir:"*) ;;
     *) echo "$bindir is not on your PATH; add it with: export PATH=\"$bindir:\$PATH\"" ;;

@@ -6,6 +6,7 @@
 # It installs nothing itself. Timings on a shared machine are noisy: compare ratios, not times.
 #   scripts/bench.sh            full run (a few minutes)
 #   RUNS=50 scripts/bench.sh    fewer runs per command
+#   DEPTH=2000 scripts/bench.sh the depth of the nested chain that list reads (default 5000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ lease_cargo_env
 
 runs=${RUNS:-300}
 fanout=${FANOUT:-200}
+depth=${DEPTH:-5000}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -49,6 +51,30 @@ for size in 10 1000 10000; do
     fill "$work/s$size" "$size"
     test "$(find "$work/s$size/leases" -name '*.toml' | wc -l)" -eq "$size"
 done
+# write_leases DIR COUNT NESTED: COUNT detached leases written as record files, each the child
+# of the one before if NESTED is 1 (one chain COUNT deep), all roots if it is 0.
+write_leases() {
+    python3 - "$@" <<'PY'
+import os, sys, time
+root, count, nested = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+leases = os.path.join(root, "leases")
+os.makedirs(leases, mode=0o700)
+stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+now = time.time()
+for n in range(1, count + 1):
+    lease_id = f"{n:012x}"
+    text = (f'id = "{lease_id}"\ntoken_sha256 = "{lease_id}{"0" * 52}"\nscope = ["a:b"]\n'
+            f'issued_at = "{stamp(now)}"\nexpires_at = "{stamp(now + 3600)}"\nstate = "active"\n')
+    if nested and n > 1:
+        text += f'parent = "{n - 1:012x}"\n'
+    fd = os.open(os.path.join(leases, lease_id + ".toml"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, text.encode())
+    os.close(fd)
+PY
+}
+echo "writing a chain of $depth nested leases and $depth root leases ..." >&2
+write_leases "$work/chain" "$depth" 1
+write_leases "$work/roots" "$depth" 0
 echo abc >"$work/small.txt"
 # Exported only now: with it in the environment, the fill's issues would be nested leases.
 export LEASE_TOKEN=$token
@@ -92,6 +118,8 @@ compare "verify vs cat of one file" 1.5 "$lease --state-dir $work/s10 verify a:b
 compare "verify at 10,000 vs at 10 leases" 1.1 "$lease --state-dir $work/s10000 verify a:b" "$lease --state-dir $work/s10 verify a:b"
 runs=$((runs / 10 > 10 ? runs / 10 : 10)) compare "list --json at 10,000 vs at 1,000" 12 \
     "$lease --state-dir $work/s10000 list --json" "$lease --state-dir $work/s1000 list --json"
+runs=$((runs / 10 > 10 ? runs / 10 : 10)) compare "list --json of a $depth-deep chain vs $depth roots" 1.5 \
+    "$lease --state-dir $work/chain list --json" "$lease --state-dir $work/roots list --json"
 runs=$((runs / 20 > 10 ? runs / 20 : 10)) compare "$fanout concurrent runs vs tini (wall)" 1.5 \
     "scripts/bench-fanout.sh $fanout $lease run --scope a:b -- true" "scripts/bench-fanout.sh $fanout tini -s -- true"
 rss "peak RSS of run vs tini" 3 "$lease run --scope a:b --" "tini -s --"

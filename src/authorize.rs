@@ -18,7 +18,7 @@ use crate::token::{LeaseId, Token};
 
 /// The deepest chain of nested leases that is followed; a longer one (or a loop, which only a
 /// tampered store can hold) fails closed.
-const MAX_DEPTH: usize = 10_000;
+pub const MAX_DEPTH: usize = 10_000;
 
 /// The answer, as `verify --json` prints it.
 #[derive(Debug, Clone, Serialize)]
@@ -220,7 +220,7 @@ fn why_dead(record: &Record, now: SystemTime) -> Option<(&'static str, String)> 
 }
 
 /// The reason a nested lease is denied when an ancestor is dead for `reason`.
-fn parent_reason(reason: &'static str) -> &'static str {
+pub fn parent_reason(reason: &'static str) -> &'static str {
     match reason {
         "revoked" => "parent revoked",
         "expired" => "parent expired",

@@ -54,6 +54,11 @@ struct Cli {
     #[arg(long, global = true, env = "LEASE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
+    /// Also print notes on stderr, such as a nested lease's expiry capped at its parent's
+    /// (without it, `lease run` prints nothing of its own unless something fails)
+    #[arg(short, long, global = true)]
+    verbose: bool,
+
     #[command(subcommand)]
     command: Sub,
 }
@@ -118,14 +123,16 @@ Examples:
     #[command(after_help = "\
 Examples:
   lease renew --ttl 10m
-  lease renew --token-env DEPLOY_TOKEN")]
+  lease renew --token-env DEPLOY_TOKEN
+  printf '%s' \"$TOKEN\" | lease renew --token-stdin")]
     Renew(RenewArgs),
 
     /// Show the lease of the token in the environment: scopes, expiry, uses left, parent
     #[command(after_help = "\
 Examples:
   lease run --scope read:x -- lease status
-  lease status --json")]
+  lease status --json
+  printf '%s' \"$TOKEN\" | lease status --token-stdin")]
     Status(StatusArgs),
 
     /// Show the audit trail: who was granted or denied what, and how each run ended
@@ -135,14 +142,19 @@ Examples:
   lease log --id 3f9a2b1c4d5e --json")]
     Log(LogArgs),
 
-    /// Suggest the narrowest --scope list a finished lease needed, from its trail
+    /// Suggest the narrowest --scope list a lease needed, from its trail (so far, if it has not
+    /// ended yet)
     #[command(after_help = "\
 Examples:
   lease suggest 3f9a2b1c4d5e
   lease suggest 3f9a2b1c4d5e --json")]
     Suggest(SuggestArgs),
 
-    /// Remove records of leases that have expired, were revoked, or whose owner is gone
+    /// Remove records that can never grant again: expired leases, leases whose run has ended,
+    /// and revoked leases once past their expiry
+    ///
+    /// A revoked lease is kept until its expiry, so that `verify` says `revoked` rather than
+    /// `unknown`; gc removes it once it has expired.
     #[command(after_help = "\
 Examples:
   lease gc
@@ -157,12 +169,24 @@ Examples:
   lease completions fish > ~/.config/fish/completions/lease.fish")]
     Completions(CompletionsArgs),
 
-    /// Print the man page (roff)
+    /// Print a man page (roff): lease(1), or lease-SUBCOMMAND(1); --dir writes them all
     #[command(after_help = "\
 Examples:
   lease man | man -l -
-  lease man > ~/.local/share/man/man1/lease.1")]
-    Man,
+  lease man run | man -l -
+  lease man --dir ~/.local/share/man/man1")]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+struct ManArgs {
+    /// The subcommand whose page to print, e.g. run for lease-run(1) [default: lease(1)]
+    #[arg(value_name = "SUBCOMMAND", value_parser = parse_subcommand, conflicts_with = "dir")]
+    subcommand: Option<String>,
+
+    /// Write every page (lease.1, lease-run.1, ...) into DIR instead, creating it if needed
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 /// What a new lease grants: shared by `run` and `issue`.
@@ -294,16 +318,15 @@ struct SuggestArgs {
     #[arg(value_name = "ID")]
     id: String,
 
-    /// Print {"id","suggested","unused","denied"} as JSON
+    /// Print {"id","ended","suggested","unused","denied"} as JSON
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// Read the token from this variable instead of LEASE_TOKEN
-    #[arg(long, value_name = "NAME", value_parser = parse_env_name)]
-    token_env: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
 
     /// Print the status as JSON
     #[arg(long)]
@@ -335,9 +358,30 @@ struct RenewArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl, allow_hyphen_values = true)]
     ttl: Option<Duration>,
 
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+/// Where `status` and `renew` read the token.
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// Read the token from standard input (one line)
+    #[arg(long, conflicts_with = "token_env")]
+    token_stdin: bool,
+
     /// Read the token from this variable instead of LEASE_TOKEN
     #[arg(long, value_name = "NAME", value_parser = parse_env_name)]
     token_env: Option<String>,
+}
+
+impl TokenArgs {
+    fn source(self) -> TokenSource {
+        if self.token_stdin {
+            TokenSource::Stdin
+        } else {
+            TokenSource::Env(self.token_env)
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -394,6 +438,22 @@ fn parse_on_expiry(text: &str) -> Result<OnExpiry> {
     text.parse()
 }
 
+fn parse_subcommand(text: &str) -> Result<String> {
+    if Cli::command_has(text) {
+        return Ok(text.to_owned());
+    }
+    use clap::CommandFactory;
+    let names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    bail!(
+        "'{}' is not a subcommand: the pages are for {}",
+        text.escape_debug(),
+        names.join(", ")
+    )
+}
+
 fn parse_env_name(text: &str) -> Result<String> {
     config::validate_env_name(text)?;
     Ok(text.to_owned())
@@ -439,6 +499,8 @@ pub struct Globals {
     pub state_dir: Option<PathBuf>,
     /// `--config` or `LEASE_CONFIG`.
     pub config: Option<PathBuf>,
+    /// `-v`/`--verbose`: print notes on stderr.
+    pub verbose: bool,
 }
 
 /// A subcommand with validated arguments.
@@ -480,16 +542,25 @@ pub enum Command {
     /// `lease status`.
     Status {
         /// Where the token is.
-        token_env: Option<String>,
+        source: TokenSource,
         /// JSON output.
         json: bool,
     },
     /// `lease completions`.
     Completions(Shell),
     /// `lease man`.
-    Man,
+    Man(ManPage),
     /// `lease gc`.
     Gc,
+}
+
+/// Which man pages `lease man` produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManPage {
+    /// Print lease(1), or lease-SUBCOMMAND(1) for this subcommand.
+    Print(Option<String>),
+    /// Write every page into this directory.
+    WriteAll(PathBuf),
 }
 
 /// What `lease run` was asked to do.
@@ -532,7 +603,7 @@ pub struct EnvRequest {
     pub keep: Vec<String>,
 }
 
-/// Where `verify` and `revoke --self` read the token from.
+/// Where `verify`, `status`, `renew` and `revoke --self` read the token from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     /// A variable: the one named, or the configured default (`LEASE_TOKEN`).
@@ -567,7 +638,7 @@ pub struct RenewRequest {
     /// How much longer, if given.
     pub ttl: Option<Duration>,
     /// Where the token is.
-    pub token_env: Option<String>,
+    pub source: TokenSource,
 }
 
 /// Which leases `lease revoke` ends.
@@ -617,6 +688,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
     let globals = Globals {
         state_dir: cli.state_dir.filter(|p| !p.as_os_str().is_empty()),
         config: cli.config.filter(|p| !p.as_os_str().is_empty()),
+        verbose: cli.verbose,
     };
     let command =
         validate(cli.command).map_err(|err| Rejected::Usage(format!("{err:#}"), failure))?;
@@ -677,14 +749,17 @@ fn validate(sub: Sub) -> Result<Command> {
             json: args.json,
         },
         Sub::Status(args) => Command::Status {
-            token_env: args.token_env,
+            source: args.token.source(),
             json: args.json,
         },
         Sub::Completions(args) => Command::Completions(args.shell),
-        Sub::Man => Command::Man,
+        Sub::Man(args) => Command::Man(match args.dir {
+            Some(dir) => ManPage::WriteAll(dir),
+            None => ManPage::Print(args.subcommand),
+        }),
         Sub::Renew(args) => Command::Renew(RenewRequest {
             ttl: args.ttl,
-            token_env: args.token_env,
+            source: args.token.source(),
         }),
         Sub::List(args) => Command::List {
             all: args.all,

@@ -108,7 +108,10 @@ struct ProfileFile {
 
 /// A duration written as whole seconds (`600`) or as text (`"10m"`).
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected whole seconds (600) or a duration (\"10m\"), at most 10 years"
+)]
 enum DurationValue {
     Seconds(u64),
     Text(String),
@@ -175,7 +178,13 @@ impl Config {
                 err.span()
                     .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
             });
-            let message = err.message().trim_end().replace('\n', " ");
+            let mut message = err.message().trim_end().replace('\n', " ");
+            // A bad value's message does not say whose value it is: name the key on its line.
+            if let Some(key) = line.and_then(|line| key_at(text, line))
+                && !message.contains(&key)
+            {
+                message = format!("{key}: {message}");
+            }
             match line {
                 Some(line) => anyhow!("invalid config {shown}: line {line}: {message}"),
                 None => anyhow!("invalid config {shown}: {message}"),
@@ -400,6 +409,24 @@ fn key_line(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
     None
 }
 
+/// The key that line `line` (from 1) sets, with its table: `max_ttl` or `profile.NAME.ttl`.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let before = text.lines().take(line.checked_sub(1)?);
+    let table = before
+        .filter_map(|l| l.trim().strip_prefix('[')?.strip_suffix(']'))
+        .last();
+    let (key, _) = text.lines().nth(line - 1)?.split_once('=')?;
+    let key = key.trim();
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if key.is_empty() || !key.chars().all(bare) {
+        return None;
+    }
+    Some(match table {
+        Some(table) => format!("{}.{key}", table.trim()),
+        None => key.to_owned(),
+    })
+}
+
 /// toml reports an unknown key with the span of its whole table; find the key's own line.
 fn unknown_key_line(text: &str, message: &str) -> Option<usize> {
     let key = message.strip_prefix("unknown field `")?.split('`').next()?;
@@ -500,5 +527,114 @@ mod tests {
             err.contains("profile.a.on_expiry") && err.contains("line 2"),
             "{err}"
         );
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Any integer TOML can hold, with the values around lease's limits as likely as the rest.
+        fn any_integer() -> impl Strategy<Value = i128> {
+            let max = i128::from(ttl::MAX.as_secs());
+            prop_oneof![
+                any::<i64>().prop_map(i128::from),
+                any::<u64>().prop_map(i128::from),
+                -10i128..2000,
+                max - 1000..max + 1000,
+                i128::from(u64::MAX) - 1000..=i128::from(u64::MAX),
+            ]
+        }
+
+        /// Checks that a bad value is one line naming the file, the line and `key`.
+        fn one_line_naming(
+            err: &anyhow::Error,
+            line: usize,
+            key: &str,
+        ) -> Result<(), TestCaseError> {
+            let message = format!("{err:#}");
+            prop_assert!(!message.contains('\n'), "{}", message);
+            let start = format!("invalid config /etc/lease.toml: line {line}: {key}: ");
+            prop_assert!(message.starts_with(&start), "{}", message);
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn a_duration_key_takes_whole_seconds_up_to_ten_years(
+                n in any_integer(),
+                (table, key) in prop_oneof![
+                    Just(("", "max_ttl")),
+                    Just(("", "default_ttl")),
+                    Just(("[profile.p]\n", "ttl")),
+                    Just(("[profile.p]\n", "grace")),
+                ],
+            ) {
+                let limit = if key == "max_ttl" { "" } else { "max_ttl = \"10y\"\n" };
+                let text = format!("{limit}{table}{key} = {n}");
+                let line = text.lines().count();
+                let shown = if table.is_empty() { key.to_owned() } else { format!("profile.p.{key}") };
+                let in_range = (1..=i128::from(ttl::MAX.as_secs())).contains(&n);
+                match parse(&text) {
+                    Ok(config) => {
+                        prop_assert!(in_range, "{} was accepted", n);
+                        let expected = Duration::from_secs(u64::try_from(n).expect("in range"));
+                        let got = match key {
+                            "max_ttl" => Some(config.max_ttl),
+                            "default_ttl" => Some(config.default_ttl),
+                            "ttl" => config.profiles["p"].ttl,
+                            _ => config.profiles["p"].grace,
+                        };
+                        prop_assert_eq!(got, Some(expected));
+                    }
+                    Err(err) => {
+                        prop_assert!(!in_range, "{} was refused: {:#}", n, err);
+                        one_line_naming(&err, line, &shown)?;
+                    }
+                }
+            }
+
+            #[test]
+            fn a_duration_in_years_is_refused_past_ten(n in any_integer()) {
+                let text = format!("max_ttl = \"{n}y\"");
+                let in_range = (1..=10).contains(&n);
+                match parse(&text) {
+                    Ok(config) => {
+                        prop_assert!(in_range);
+                        prop_assert_eq!(config.max_ttl.as_secs(), u64::try_from(n).expect("in range") * 31_557_600);
+                    }
+                    Err(err) => {
+                        prop_assert!(!in_range);
+                        one_line_naming(&err, 1, "max_ttl")?;
+                    }
+                }
+            }
+
+            #[test]
+            fn a_count_key_takes_any_whole_number_from_its_minimum(
+                n in any_integer(),
+                (table, key, least) in prop_oneof![
+                    Just(("[profile.p]\n", "uses", 1)),
+                    Just(("", "audit_max_bytes", 1024)),
+                ],
+            ) {
+                let text = format!("{table}{key} = {n}");
+                let line = text.lines().count();
+                let shown = if table.is_empty() { key.to_owned() } else { format!("profile.p.{key}") };
+                let in_range = (least..=i128::from(u64::MAX)).contains(&n);
+                match parse(&text) {
+                    Ok(config) => {
+                        prop_assert!(in_range, "{} was accepted", n);
+                        let expected = u64::try_from(n).expect("in range");
+                        let got = if key == "uses" { config.profiles["p"].uses } else { Some(config.audit_max_bytes) };
+                        prop_assert_eq!(got, Some(expected));
+                    }
+                    Err(err) => {
+                        prop_assert!(!in_range, "{} was refused: {:#}", n, err);
+                        one_line_naming(&err, line, &shown)?;
+                    }
+                }
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@ use crate::record::{Record, rfc3339};
 use crate::scope::Grant;
 use crate::store::Store;
 use crate::token::Token;
+use crate::ttl;
 
 /// What `lease run` does to its command when the lease expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,8 +113,8 @@ pub fn plan(
         config.check_allowed(&grant.scope)?;
     }
     let issued_at = whole_seconds_floor(now)?;
-    let mut expires_at = whole_seconds_ceil(now + ttl)?;
-    let mut renewable_until = issued_at + config.max_ttl;
+    let mut expires_at = whole_seconds_ceil(later(now, ttl)?)?;
+    let mut renewable_until = later(issued_at, config.max_ttl)?;
     let mut notes = Vec::new();
 
     let parent = match inherited {
@@ -188,6 +189,14 @@ fn live_parent(store: &Store, token: &Token, now: SystemTime) -> Result<Option<R
     }
 }
 
+/// `time + by`; durations are at most [`ttl::MAX`], so this fails only with a clock set
+/// thousands of years ahead.
+fn later(time: SystemTime, by: Duration) -> Result<SystemTime> {
+    ttl::after(time, by).ok_or_else(|| {
+        anyhow!("the system clock is too far ahead: a lease from now would end after the year 9999")
+    })
+}
+
 fn whole_seconds_floor(time: SystemTime) -> Result<SystemTime> {
     let since = time
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -199,6 +208,8 @@ fn whole_seconds_ceil(time: SystemTime) -> Result<SystemTime> {
     let since = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(|_| anyhow!("the clock is before 1970"))?;
-    let seconds = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+    let seconds = since
+        .as_secs()
+        .saturating_add(u64::from(since.subsec_nanos() > 0));
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }

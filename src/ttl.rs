@@ -1,6 +1,6 @@
 //! Lifetimes: parsing `--ttl` and config durations, and the limits they must respect.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, bail};
 
@@ -9,9 +9,17 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 /// The longest lifetime allowed when the config sets no `max_ttl`.
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The longest duration lease accepts anywhere (`--ttl`, `--grace`, `--since`, the config):
+/// ten years of 365.25 days, which is what `10y` means. Anything longer is refused where it is
+/// read, so that no later time arithmetic can overflow.
+pub const MAX: Duration = Duration::from_secs(10 * 31_557_600);
+
+/// The latest time lease stores or prints: the end of year 9999, the last RFC 3339 can write.
+const LATEST: Duration = Duration::from_secs(253_402_300_799);
+
 /// Parses a duration given as whole seconds (`300`) or in human form (`5m`, `1h30m`).
 ///
-/// The result must be a positive whole number of seconds.
+/// The result must be a positive whole number of seconds, at most [`MAX`].
 pub fn parse(text: &str) -> Result<Duration> {
     let trimmed = text.trim();
     let duration = if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
@@ -40,7 +48,20 @@ pub fn parse(text: &str) -> Result<Duration> {
             text.escape_debug()
         );
     }
+    if duration > MAX {
+        bail!(
+            "invalid duration '{}': too long: at most 10 years (10y, {} seconds)",
+            text.escape_debug(),
+            MAX.as_secs()
+        );
+    }
     Ok(duration)
+}
+
+/// `time + by`, or `None` when that is later than any time lease can store (the year 9999).
+pub fn after(time: SystemTime, by: Duration) -> Option<SystemTime> {
+    let latest = SystemTime::UNIX_EPOCH + LATEST;
+    time.checked_add(by).filter(|later| *later <= latest)
 }
 
 /// Formats a duration for people in whole seconds, e.g. `4m 58s` or `24h`.
@@ -99,15 +120,104 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ten_years_is_the_longest_duration() {
+        assert_eq!(parse("10y").expect("ok"), MAX);
+        assert_eq!(parse("315576000").expect("ok"), MAX);
+        let err = parse("315576001").expect_err("too long");
+        assert_eq!(
+            format!("{err:#}"),
+            "invalid duration '315576001': too long: at most 10 years (10y, 315576000 seconds)"
+        );
+        for bad in ["18446744073709551615", "99999999y", "100000000y", "11y"] {
+            assert!(parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn after_refuses_times_lease_cannot_store() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            after(now, Duration::from_secs(60)),
+            Some(now + Duration::from_secs(60))
+        );
+        assert_eq!(after(now, Duration::MAX), None);
+        assert_eq!(
+            after(SystemTime::UNIX_EPOCH + LATEST, Duration::from_secs(1)),
+            None
+        );
+        assert!(after(SystemTime::UNIX_EPOCH + LATEST - MAX, MAX).is_some());
+    }
+
     mod properties {
         use proptest::prelude::*;
 
         use super::super::*;
 
+        /// Any u64, with the values around the limits as likely as the rest.
+        fn any_count() -> impl Strategy<Value = u64> {
+            let max = MAX.as_secs();
+            prop_oneof![
+                any::<u64>(),
+                0u64..1000,
+                max - 1000..max + 1000,
+                u64::MAX - 1000..=u64::MAX,
+            ]
+        }
+
         proptest! {
             #[test]
-            fn whole_seconds_parse_exactly(seconds in 1u64..10_000_000_000) {
-                prop_assert_eq!(parse(&seconds.to_string()).expect("valid"), Duration::from_secs(seconds));
+            fn every_whole_number_of_seconds_is_exact_or_refused_in_one_line(seconds in any_count()) {
+                let text = seconds.to_string();
+                match parse(&text) {
+                    Ok(duration) => {
+                        prop_assert!((1..=MAX.as_secs()).contains(&seconds));
+                        prop_assert_eq!(duration, Duration::from_secs(seconds));
+                    }
+                    Err(err) => {
+                        prop_assert!(seconds == 0 || seconds > MAX.as_secs());
+                        let message = format!("{err:#}");
+                        prop_assert!(!message.contains('\n'), "{}", message);
+                        prop_assert!(message.starts_with(&format!("invalid duration '{text}': ")), "{}", message);
+                    }
+                }
+            }
+
+            #[test]
+            fn every_number_of_each_unit_is_exact_or_refused(
+                n in any_count(),
+                (unit, seconds_per) in prop_oneof![
+                    Just(("s", 1u64)),
+                    Just(("m", 60)),
+                    Just(("h", 3600)),
+                    Just(("d", 86_400)),
+                    Just(("w", 604_800)),
+                    Just(("y", 31_557_600)),
+                ],
+            ) {
+                let total = n.checked_mul(seconds_per).filter(|t| (1..=MAX.as_secs()).contains(t));
+                match (parse(&format!("{n}{unit}")), total) {
+                    (Ok(duration), Some(total)) => prop_assert_eq!(duration, Duration::from_secs(total)),
+                    (Err(err), None) => {
+                        let message = format!("{err:#}");
+                        prop_assert!(!message.contains('\n'), "{}", message);
+                    }
+                    (result, total) => prop_assert!(false, "{}{}: {:?}, expected {:?}", n, unit, result, total),
+                }
+            }
+
+            #[test]
+            fn any_valid_duration_can_be_added_to_any_time_up_to_the_year_9999(
+                seconds in 1u64..=MAX.as_secs(),
+                since_epoch in 0u64..=LATEST.as_secs(),
+            ) {
+                let time = SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch);
+                let later = after(time, Duration::from_secs(seconds));
+                prop_assert_eq!(later.is_some(), since_epoch + seconds <= LATEST.as_secs());
+                if let Some(later) = later {
+                    // Whatever `after` returns can be written as RFC 3339.
+                    prop_assert!(humantime::format_rfc3339_seconds(later).to_string().len() == 20);
+                }
             }
 
             #[test]
@@ -129,7 +239,7 @@ mod tests {
             #[test]
             fn anything_parses_to_positive_whole_seconds_or_is_refused(text in "\\PC{0,30}") {
                 if let Ok(duration) = parse(&text) {
-                    prop_assert!(!duration.is_zero());
+                    prop_assert!(!duration.is_zero() && duration <= MAX);
                     prop_assert_eq!(duration.subsec_nanos(), 0);
                 }
             }

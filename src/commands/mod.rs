@@ -33,7 +33,7 @@ pub fn dispatch(invocation: Invocation) -> Result<Exit> {
     let context = || Context::new(invocation.globals);
     match invocation.command {
         Command::Completions(shell) => shell::completions(shell),
-        Command::Man => shell::man(),
+        Command::Man(page) => shell::man(&page),
         Command::Run(request) => run::run(&context()?, request),
         Command::Verify(request) => verify::verify(&context()?, &request),
         Command::Issue(request) => issue::issue(&context()?, request),
@@ -42,7 +42,7 @@ pub fn dispatch(invocation: Invocation) -> Result<Exit> {
         Command::Renew(request) => renew::renew(&context()?, &request),
         Command::Log { id, since, json } => log::log(&context()?, id.as_deref(), since, json),
         Command::Suggest { id, json } => suggest::suggest(&context()?, &id, json),
-        Command::Status { token_env, json } => status::status(&context()?, token_env, json),
+        Command::Status { source, json } => status::status(&context()?, &source, json),
         Command::Gc => gc::gc(&context()?),
     }
 }
@@ -52,6 +52,7 @@ pub fn dispatch(invocation: Invocation) -> Result<Exit> {
 pub struct Context {
     config: Config,
     state_dir: Option<PathBuf>,
+    verbose: bool,
 }
 
 impl Context {
@@ -59,6 +60,7 @@ impl Context {
         Ok(Context {
             config: Config::load(globals.config.as_deref())?,
             state_dir: globals.state_dir,
+            verbose: globals.verbose,
         })
     }
 
@@ -87,7 +89,7 @@ fn default_state_dir() -> Result<PathBuf> {
 const MINT_ATTEMPTS: usize = 4;
 
 /// Works out the lease `asked` for under the config and any parent lease in the environment,
-/// printing the policy's notes, or refuses it.
+/// or refuses it. The policy's notes are printed only with `--verbose`: `lease run` is silent.
 fn plan(context: &Context, asked: Asked, store: &Store) -> Result<Plan> {
     let at = verify::token_env_in_use(&context.config.token_env)?;
     let inherited = std::env::var(at)
@@ -101,8 +103,10 @@ fn plan(context: &Context, asked: Asked, store: &Store) -> Result<Plan> {
         inherited.as_ref(),
         SystemTime::now(),
     )?;
-    for note in notes {
-        eprintln!("lease: note: {note}");
+    if context.verbose {
+        for note in notes {
+            eprintln!("lease: note: {note}");
+        }
     }
     Ok(plan)
 }

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use super::Context;
 use crate::audit::{Event, Process};
 use crate::authorize::{self, Chain};
-use crate::cli::{RenewRequest, TokenSource};
+use crate::cli::RenewRequest;
 use crate::exit::Exit;
 use crate::record::{Status, rfc3339};
 use crate::store::{Loaded, Open};
@@ -23,9 +23,8 @@ enum Outcome {
 }
 
 pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
-    let source = TokenSource::Env(request.token_env.clone());
-    let token =
-        super::verify::read_token(&source, &context.config.token_env).context("cannot renew")?;
+    let token = super::verify::read_token(&request.source, &context.config.token_env)
+        .context("cannot renew")?;
     if !token.is_well_formed() {
         return Ok(refuse("malformed", "not a lease token"));
     }
@@ -50,8 +49,9 @@ pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
         if let Some(parent) = parent_expiry {
             limit = limit.min(parent);
         }
-        let wanted = record.expires_at + by;
-        let until = wanted.min(limit);
+        // `by` is at most ttl::MAX; past what lease can store is past any limit too.
+        let wanted = ttl::after(record.expires_at, by);
+        let until = wanted.map_or(limit, |wanted| wanted.min(limit));
         if until <= record.expires_at {
             outcome = Some(Outcome::AtLimit(limit));
             return false;
@@ -59,7 +59,7 @@ pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
         record.expires_at = until;
         outcome = Some(Outcome::Renewed {
             until,
-            capped: until < wanted,
+            capped: wanted.is_none_or(|wanted| until < wanted),
         });
         true
     })?;

@@ -29,13 +29,11 @@ struct Status<'a> {
     run: Option<&'a str>,
 }
 
-pub fn status(context: &Context, token_env: Option<String>, json: bool) -> Result<Exit> {
-    let token = super::verify::read_token(&TokenSource::Env(token_env), &context.config.token_env)
+pub fn status(context: &Context, source: &TokenSource, json: bool) -> Result<Exit> {
+    let token = super::verify::read_token(source, &context.config.token_env)
         .context("cannot show the lease's status")?;
     if !token.is_well_formed() {
-        eprintln!(
-            "lease: no valid lease: malformed: the token in the environment is not a lease token"
-        );
+        eprintln!("lease: no valid lease: malformed: the token given is not a lease token");
         return Ok(Exit::Denied);
     }
     let store = context.store(Open::ExistingOnly)?;
@@ -62,7 +60,10 @@ pub fn status(context: &Context, token_env: Option<String>, json: bool) -> Resul
                 eprintln!("lease: no valid lease: {reason}: {detail}");
                 return Ok(Exit::Denied);
             }
-            Chain::Live(mut records) => (records.swap_remove(0), "active", String::new()),
+            Chain::Live(records) => match used_up(&records) {
+                Some(detail) => (records[0].clone(), "used up", detail),
+                None => (records[0].clone(), "active", String::new()),
+            },
         };
     let left = record.expires_at.duration_since(now).unwrap_or_default();
     let status = Status {
@@ -91,6 +92,24 @@ pub fn status(context: &Context, token_env: Option<String>, json: bool) -> Resul
         );
         Ok(Exit::Denied)
     }
+}
+
+/// Why a live chain can grant nothing more, if so: the lease or an ancestor has no uses left
+/// (`--uses`), or none of its scopes has (every scope budgeted, every budget spent).
+fn used_up(records: &[Record]) -> Option<String> {
+    let spent = records.iter().find(|r| {
+        r.uses_left == Some(0)
+            || !r.scope.is_empty()
+                && r.scope
+                    .iter()
+                    .all(|s| r.scope_uses_left.get(s.as_str()) == Some(&0))
+    })?;
+    let whose = if spent.id == records[0].id {
+        "lease"
+    } else {
+        "its parent lease"
+    };
+    Some(format!("{whose} {} has no uses left", spent.id))
 }
 
 fn print_human(status: &Status<'_>, record: &Record) -> std::io::Result<()> {

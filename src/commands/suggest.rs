@@ -3,12 +3,14 @@
 //! denied.
 
 use std::io::Write;
+use std::time::SystemTime;
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::{Context, print_json};
 use crate::exit::Exit;
+use crate::record::Status;
 use crate::scope::{Action, Scope};
 use crate::store::{Loaded, Open};
 use crate::token::LeaseId;
@@ -16,6 +18,9 @@ use crate::token::LeaseId;
 #[derive(Serialize)]
 struct Suggestion {
     id: String,
+    /// Whether the lease has ended (revoked, expired, its run over, or no longer on record);
+    /// until then the suggestion covers only what it has used so far.
+    ended: bool,
     suggested: Vec<String>,
     unused: Vec<String>,
     denied: Vec<Denial>,
@@ -36,12 +41,15 @@ pub fn suggest(context: &Context, id: &str, json: bool) -> Result<Exit> {
         .filter(|e| e.lease.as_deref() == Some(id))
         .collect();
     // The scopes the lease was given: from its record, or from the trail if gc removed it.
-    let record_scope = match LeaseId::parse(id)
+    let (record_scope, ended) = match LeaseId::parse(id)
         .map(|lease| store.load(&lease))
         .transpose()?
     {
-        Some(Loaded::Found(record)) => Some(record.scope),
-        _ => None,
+        Some(Loaded::Found(record)) => {
+            let ended = record.status(SystemTime::now()) != Status::Active;
+            (Some(record.scope), ended)
+        }
+        _ => (None, true),
     };
     let issued_scope = events
         .iter()
@@ -89,6 +97,7 @@ pub fn suggest(context: &Context, id: &str, json: bool) -> Result<Exit> {
         .collect();
     let suggestion = Suggestion {
         id: id.to_owned(),
+        ended,
         suggested: used,
         unused,
         denied,
@@ -103,13 +112,21 @@ pub fn suggest(context: &Context, id: &str, json: bool) -> Result<Exit> {
 
 fn print_human(s: &Suggestion) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    if s.suggested.is_empty() {
+    if !s.ended {
+        let what = if s.suggested.is_empty() {
+            "it has been granted nothing so far"
+        } else {
+            "this is what it has used so far"
+        };
+        writeln!(out, "lease {} has not ended yet: {what}", s.id)?;
+    }
+    if s.suggested.is_empty() && s.ended {
         writeln!(
             out,
             "lease {} was granted nothing: it needs no scope at all",
             s.id
         )?;
-    } else {
+    } else if !s.suggested.is_empty() {
         writeln!(out, "--scope {}", s.suggested.join(","))?;
     }
     if !s.unused.is_empty() {

@@ -1,6 +1,7 @@
 //! `issue`, `list`, `revoke` and `gc`.
 
-use std::time::{Duration, SystemTime};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 
@@ -146,6 +147,102 @@ fn list_of_an_empty_store_prints_nothing_or_an_empty_array() {
         sandbox.lease(["list", "--json"]).run().success().json(),
         serde_json::json!([])
     );
+}
+
+/// Writes `depth` detached leases as record files, each the parent of the next, the root first;
+/// the one at `revoked` is revoked. Returns their ids, root first.
+fn write_chain(sandbox: &Sandbox, depth: usize, revoked: usize) -> Vec<String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let now = SystemTime::now();
+    let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let (issued, expires) = (at(now), at(now + Duration::from_secs(3600)));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(sandbox.leases_dir())
+        .unwrap();
+    let ids: Vec<String> = (1..=depth).map(|n| format!("{n:012x}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let mut text = format!(
+            "id = \"{id}\"\ntoken_sha256 = \"{id}{}\"\nscope = [\"a\"]\nissued_at = \"{issued}\"\nexpires_at = \"{expires}\"\n",
+            "0".repeat(52)
+        );
+        if n == revoked {
+            text.push_str(&format!("state = \"revoked\"\nrevoked_at = \"{issued}\"\n"));
+        } else {
+            text.push_str("state = \"active\"\n");
+        }
+        if let Some(parent) = n.checked_sub(1) {
+            text.push_str(&format!("parent = \"{}\"\n", ids[parent]));
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(sandbox.leases_dir().join(format!("{id}.toml")))
+            .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+            .unwrap();
+    }
+    ids
+}
+
+#[test]
+fn list_of_a_three_thousand_deep_chain_is_quick_and_right() {
+    let sandbox = Sandbox::new();
+    let (depth, revoked) = (3000, 2000);
+    let ids = write_chain(&sandbox, depth, revoked);
+    let started = Instant::now();
+    let out = sandbox.lease(["list", "--all", "--json"]).run().success();
+    let took = started.elapsed();
+    let listed = out.json();
+    let states: BTreeMap<&str, &str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states.len(), depth);
+    for (n, id) in ids.iter().enumerate() {
+        let expected = match n {
+            _ if n < revoked => "active",
+            _ if n == revoked => "revoked",
+            _ => "parent revoked",
+        };
+        assert_eq!(states[id.as_str()], expected, "lease {n} of the chain");
+    }
+    // Linear, this takes a few hundred milliseconds even in a debug build on a busy machine;
+    // walking every chain from its leaf took over a minute.
+    assert!(took < Duration::from_secs(10), "list took {took:?}");
+}
+
+#[test]
+fn gc_keeps_a_revoked_lease_until_its_expiry_as_its_help_says() {
+    let sandbox = Sandbox::new();
+    let help = sandbox.lease(["gc", "--help"]).run().success().stdout;
+    let summary: Vec<&str> = help.split("\n\n").take(2).collect();
+    assert_eq!(
+        summary
+            .join(" ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        "Remove records that can never grant again: expired leases, leases whose run has ended, \
+         and revoked leases once past their expiry \
+         A revoked lease is kept until its expiry, so that `verify` says `revoked` rather than \
+         `unknown`; gc removes it once it has expired."
+    );
+    let revoked = sandbox.issue_json("a", &["--ttl", "1"]);
+    let id = revoked["id"].as_str().unwrap();
+    sandbox.lease(["revoke", id]).run().success();
+    let out = sandbox.lease(["gc"]).run().success();
+    assert_eq!(out.stdout, "removed 0 leases\n");
+    sandbox
+        .verify(revoked["token"].as_str().unwrap(), "a")
+        .code_is(1)
+        .stderr_has("denied: revoked");
+    wait_until_past(&revoked["expires_at"]);
+    let out = sandbox.lease(["gc"]).run().success();
+    assert_eq!(out.stdout, "removed 1 lease\n");
 }
 
 #[test]

@@ -192,7 +192,7 @@ fn a_nested_lease_may_narrow_but_never_widen() {
 }
 
 #[test]
-fn a_nested_lease_expires_with_its_parent_and_says_so() {
+fn a_nested_lease_expires_with_its_parent_and_says_so_only_when_verbose() {
     let sandbox = Sandbox::new();
     let parent = sandbox.issue_json("a", &["--ttl", "60"]);
     let out = sandbox
@@ -211,9 +211,19 @@ fn a_nested_lease_expires_with_its_parent_and_says_so() {
         .run()
         .success();
     assert_eq!(out.stdout.trim(), parent["expires_at"].as_str().unwrap());
-    assert!(
-        out.stderr.contains("lease: note:") && out.stderr.contains("with its parent lease"),
-        "{out:#?}"
+    assert_eq!(out.stderr, "", "lease run is silent");
+    let out = sandbox
+        .lease(["-v", "run", "--scope", "a", "--ttl", "600", "--", "true"])
+        .env("LEASE_TOKEN", parent["token"].as_str().unwrap())
+        .run()
+        .success();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "lease: note: the lease expires at {}, with its parent lease {}\n",
+            parent["expires_at"].as_str().unwrap(),
+            parent["id"].as_str().unwrap()
+        )
     );
 }
 
@@ -688,4 +698,90 @@ fn renew_moves_the_on_expiry_deadline() {
         started.elapsed()
     );
     assert_eq!(out.stdout.trim(), "survived");
+}
+
+#[test]
+fn durations_past_ten_years_are_refused_in_one_line_naming_the_flag_or_the_file() {
+    let sandbox = Sandbox::new();
+    let too_long = |text: &str| {
+        format!("invalid duration '{text}': too long: at most 10 years (10y, 315576000 seconds)")
+    };
+    let token = sandbox.issue("a");
+    let out = sandbox
+        .lease(["renew", "--ttl", "18446744073709551615"])
+        .env("LEASE_TOKEN", &token)
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "lease: invalid value '18446744073709551615' for '--ttl <DURATION>': {}; see 'lease renew --help'\n",
+            too_long("18446744073709551615")
+        )
+    );
+
+    let path = sandbox.write_config("max_ttl = 18446744073709551615\n");
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "lease: invalid config {}: line 1: max_ttl: {}\n",
+            path.display(),
+            too_long("18446744073709551615")
+        )
+    );
+
+    let path = sandbox.write_config("max_ttl = \"100000000y\"\n");
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--ttl", "99999999y", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "lease: invalid value '99999999y' for '--ttl <DURATION>': {}; see 'lease run --help'\n",
+            too_long("99999999y")
+        )
+    );
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--ttl", "1m", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "lease: invalid config {}: line 1: max_ttl: {}\n",
+            path.display(),
+            too_long("100000000y")
+        )
+    );
+    assert!(sandbox.records().len() == 1, "only the issued lease exists");
+}
+
+#[test]
+fn the_longest_ttl_and_the_longest_renewal_are_ten_years() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("max_ttl = \"10y\"\n");
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--ttl", "10y", "--", "sh", "-c"])
+        .arg("echo $LEASE_EXPIRES_AT; lease renew --ttl 10y; echo refused=$?")
+        .run()
+        .success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let years = seconds_from_now(lines[0]) as f64 / (365.25 * 86400.0);
+    assert!((9.99..=10.0).contains(&years), "{out:#?}");
+    assert_eq!(lines[1], "refused=1", "{out:#?}");
+    assert!(
+        out.stderr
+            .starts_with("lease: renew refused: max ttl reached: lease "),
+        "{out:#?}"
+    );
+    assert!(!out.stderr.contains("internal error"), "{out:#?}");
 }

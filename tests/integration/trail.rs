@@ -534,6 +534,122 @@ fn completions_and_man_page_are_generated_and_bash_offers_the_subcommands() {
 }
 
 #[test]
+fn every_subcommand_has_a_man_page_and_lease_1_names_only_pages_that_exist() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path("man1");
+    let out = sandbox.lease(["man", "--dir"]).arg(&dir).run().success();
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""));
+    let mut written: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    written.sort();
+    let subcommands = [
+        "completions",
+        "gc",
+        "issue",
+        "list",
+        "log",
+        "man",
+        "renew",
+        "revoke",
+        "run",
+        "status",
+        "suggest",
+        "verify",
+    ];
+    let mut expected: Vec<String> = subcommands.iter().map(|s| format!("lease-{s}.1")).collect();
+    expected.push("lease.1".to_owned());
+    expected.sort();
+    assert_eq!(written, expected);
+
+    let have_man = sandbox.command("man").arg("--version").run().code() == Some(0);
+    for (page, args) in std::iter::once(("lease".to_owned(), vec![]))
+        .chain(subcommands.iter().map(|s| (format!("lease-{s}"), vec![*s])))
+    {
+        let file = dir.join(format!("{page}.1"));
+        let roff = std::fs::read_to_string(&file).unwrap();
+        let printed = sandbox
+            .lease([&["man"][..], &args].concat())
+            .run()
+            .success();
+        assert_eq!(printed.stdout, roff, "lease man {args:?} prints {page}.1");
+        let title = format!(".TH {page} 1 ");
+        assert!(
+            roff.contains(&title) && roff.contains(".SH NAME") && roff.contains(".SH SYNOPSIS"),
+            "{page}: {roff}"
+        );
+        if have_man {
+            let rendered = sandbox
+                .command("man")
+                .arg("--warnings")
+                .arg("-l")
+                .arg(&file)
+                .env("MANWIDTH", "80")
+                .run()
+                .success();
+            assert_eq!(rendered.stderr, "", "{page} renders without warnings");
+            assert!(
+                rendered.stdout.contains("SYNOPSIS"),
+                "{page}: {rendered:#?}"
+            );
+        }
+    }
+
+    let lease = std::fs::read_to_string(dir.join("lease.1")).unwrap();
+    let section = |name: &str| {
+        let start = lease
+            .find(&format!(".SH {name}\n"))
+            .unwrap_or_else(|| panic!("lease(1) has no {name} section"));
+        let body = &lease[start + name.len() + 5..];
+        body[..body.find(".SH ").unwrap_or(body.len())].to_owned()
+    };
+    let exit_status = section("\"EXIT STATUS\"");
+    for code in ["0", "1", "2", "124", "125", "126", "127", "128"] {
+        assert!(
+            exit_status.contains(&format!("\\fB{code}\\fR")),
+            "{code}: {exit_status}"
+        );
+    }
+    let environment = section("ENVIRONMENT");
+    for name in [
+        "LEASE_TOKEN",
+        "LEASE_STATE_DIR",
+        "LEASE_CONFIG",
+        "LEASE_ID",
+        "LEASE_SCOPE",
+    ] {
+        assert!(
+            environment.contains(&format!("\\fB{name}\\fR")),
+            "{name}: {environment}"
+        );
+    }
+    let files = section("FILES");
+    for path in ["config.toml", "leases/ID.toml", "audit.jsonl"] {
+        assert!(files.contains(path), "{path}: {files}");
+    }
+    // Every page lease(1) refers to, in SEE ALSO and SUBCOMMANDS alike, is one that exists.
+    let refers = regex::Regex::new(r"(lease(?:\\-[a-z]+)*)(?:\\fR)?\((\d)\)").unwrap();
+    let see_also = section("\"SEE ALSO\"");
+    let named: Vec<String> = refers
+        .captures_iter(&see_also)
+        .map(|c| format!("{}.{}", c[1].replace("\\-", "-"), &c[2]))
+        .collect();
+    let mut subpages = expected.clone();
+    subpages.retain(|p| p != "lease.1");
+    let mut sorted = named.clone();
+    sorted.sort();
+    assert_eq!(sorted, subpages, "SEE ALSO names every subcommand's page");
+    for reference in refers.captures_iter(&lease) {
+        let page = format!("{}.{}", reference[1].replace("\\-", "-"), &reference[2]);
+        assert!(
+            expected.contains(&page),
+            "lease(1) refers to {page}, which does not exist"
+        );
+    }
+}
+
+#[test]
 fn scrub_removes_long_lived_secrets_and_clean_env_starts_from_nothing() {
     let sandbox = Sandbox::new();
     sandbox.write_config("scrub_env = [\"AWS_*\"]\n");
@@ -678,4 +794,121 @@ fn mask_streams_line_by_line_and_a_lingering_grandchild_does_not_hold_lease() {
     let grandchild: i32 = out.stdout.lines().next().unwrap().parse().unwrap();
     kill_pid(grandchild);
     assert!(out.stdout.ends_with("done\n"), "{out:#?}");
+}
+
+#[test]
+fn status_of_a_used_up_lease_is_invalid_and_exits_1() {
+    let sandbox = Sandbox::new();
+    for (scope, uses) in [("a", "--uses=1"), ("a=1", "--uses=9")] {
+        let out = sandbox
+            .lease(["run", "--scope", scope, uses, "--", "sh", "-c"])
+            .arg("lease verify a; lease status; echo status=$?; echo $LEASE_ID")
+            .run()
+            .success();
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let id = lines.last().unwrap();
+        assert_eq!(lines[0], format!("lease:     {id} (used up)"), "{out:#?}");
+        assert_eq!(lines[lines.len() - 2], "status=1", "{out:#?}");
+        assert_eq!(
+            out.stderr,
+            format!("lease: lease {id} is no longer valid: used up: lease {id} has no uses left\n")
+        );
+    }
+    let token = sandbox.issue_json("a", &["--uses", "1"]);
+    sandbox
+        .verify(token["token"].as_str().unwrap(), "a")
+        .success();
+    let out = sandbox
+        .lease(["status", "--json"])
+        .env("LEASE_TOKEN", token["token"].as_str().unwrap())
+        .run()
+        .code_is(1);
+    let json = out.json();
+    assert_eq!(
+        (&json["valid"], &json["state"], &json["seconds_left"]),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!("used up"),
+            &serde_json::json!(0)
+        )
+    );
+}
+
+#[test]
+fn status_and_renew_take_the_token_from_standard_input() {
+    let sandbox = Sandbox::new();
+    let issued = sandbox.issue_json("a", &["--ttl", "60"]);
+    let (id, token) = (
+        issued["id"].as_str().unwrap(),
+        issued["token"].as_str().unwrap(),
+    );
+    let out = sandbox
+        .lease(["status", "--token-stdin"])
+        .stdin(format!("{token}\n"))
+        .run()
+        .success();
+    assert_eq!(
+        out.stdout.lines().next(),
+        Some(format!("lease:     {id} (active)").as_str())
+    );
+    let out = sandbox
+        .lease(["renew", "--token-stdin", "--ttl", "60"])
+        .stdin(token)
+        .run()
+        .success();
+    assert!(
+        humantime::parse_rfc3339(out.stdout.trim()).is_ok() && out.stderr.is_empty(),
+        "{out:#?}"
+    );
+    // The fix the error suggests is one these subcommands accept.
+    for sub in ["status", "renew"] {
+        let out = sandbox.lease([sub]).run().code_is(2).one_error_line();
+        assert!(
+            out.stderr
+                .ends_with("pass --token-env NAME or --token-stdin\n"),
+            "{out:#?}"
+        );
+        let out = sandbox
+            .lease([sub, "--token-stdin"])
+            .stdin("")
+            .run()
+            .code_is(2)
+            .one_error_line();
+        assert!(
+            out.stderr
+                .ends_with(": no token: standard input is empty\n"),
+            "{out:#?}"
+        );
+    }
+}
+
+#[test]
+fn suggest_on_a_lease_that_has_not_ended_says_so() {
+    let sandbox = Sandbox::new();
+    let issued = sandbox.issue_json("read:a,write:b", &[]);
+    let id = issued["id"].as_str().unwrap();
+    let suggest = |args: &[&str]| {
+        let mut all = vec!["suggest", id];
+        all.extend(args);
+        sandbox.lease(all).run().success()
+    };
+    assert_eq!(
+        suggest(&[]).stdout,
+        format!(
+            "lease {id} has not ended yet: it has been granted nothing so far\nunused: read:a,write:b\n"
+        )
+    );
+    sandbox
+        .verify(issued["token"].as_str().unwrap(), "read:a")
+        .success();
+    assert_eq!(
+        suggest(&[]).stdout,
+        format!(
+            "lease {id} has not ended yet: this is what it has used so far\n--scope read:a\nunused: write:b\n"
+        )
+    );
+    assert_eq!(suggest(&["--json"]).json()["ended"], false);
+    sandbox.lease(["revoke", id]).run().success();
+    assert_eq!(suggest(&[]).stdout, "--scope read:a\nunused: write:b\n");
+    assert_eq!(suggest(&["--json"]).json()["ended"], true);
 }

@@ -171,6 +171,11 @@ named by \fB\-\-env\fR, a profile's \fBenv\fR or the config's \fBtoken_env\fR);
 \fB\-\-token\-env\fR or \fB\-\-token\-stdin\fR; \fBrun\fR and \fBissue\fR started with a
 live lease's token here mint a nested lease.
 .TP
+\fBLEASE_TOKEN_ENV\fR
+Set by \fBlease run\fR for the command: the name of the variable that holds its token.
+Without \fB\-\-token\-env\fR, \fBverify\fR, \fBstatus\fR, \fBrenew\fR, \fBrevoke \-\-self\fR
+and nested \fBrun\fR and \fBissue\fR look for the token there first.
+.TP
 \fBLEASE_ID\fR, \fBLEASE_SCOPE\fR, \fBLEASE_EXPIRES_AT\fR
 Set by \fBlease run\fR for the command: the lease's id (not secret), its scopes,
 comma-joined, and its expiry (RFC 3339, UTC).

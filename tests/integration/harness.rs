@@ -456,3 +456,45 @@ pub fn kill_pid(pid: i32) {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
+
+/// Pids of live (non-zombie) processes whose environment carries this sandbox's state dir:
+/// lease processes of this sandbox and the children they started.
+pub fn live_children_of(sandbox: &Sandbox) -> Vec<i32> {
+    let marker = format!("LEASE_STATE_DIR={}\0", sandbox.state_dir().display());
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let ours = environ
+            .windows(marker.len())
+            .any(|w| w == marker.as_bytes());
+        if ours && process_state(pid).is_some_and(|state| state != 'Z') {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The state letter of process `pid` in /proc (`R`, `S`, `Z`...), if it exists.
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let end = stat.rfind(')')?;
+    stat[end + 2..].chars().next()
+}
+
+/// The parent pid of process `pid`, if it exists.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let end = stat.rfind(')')?;
+    stat[end + 2..].split(' ').nth(1)?.parse().ok()
+}
+
+/// The name (`comm`) of process `pid`: its program after exec, if it exists.
+pub fn program_of(pid: i32) -> Option<String> {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_owned())
+}

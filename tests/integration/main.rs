@@ -8,6 +8,7 @@ mod config;
 mod examples;
 mod harness;
 mod manage;
+mod orphans;
 mod policy;
 mod run;
 mod scanners;

@@ -25,8 +25,7 @@ fn makefile_runs_leased_targets_under_make_j8() {
     for line in ["fetch: lease", "build: wrote a draft", "publish: lease"] {
         assert!(out.stdout.contains(line), "{line}: {out:#?}");
     }
-    assert_eq!(sandbox.records().len(), 3);
-    assert!(sandbox.all_revoked());
+    sandbox.assert_all_revoked(3);
 }
 
 #[test]

@@ -185,11 +185,18 @@ impl Sandbox {
             .join(format!("{}.toml", id.as_str().expect("id")))
     }
 
-    /// Whether every lease on record was revoked.
-    pub fn all_revoked(&self) -> bool {
-        self.records()
-            .values()
-            .all(|r| r["state"].as_str() == Some("revoked"))
+    /// Asserts that exactly `count` leases are on record and that every one was revoked.
+    #[track_caller]
+    pub fn assert_all_revoked(&self, count: usize) {
+        let records = self.records();
+        assert_eq!(records.len(), count, "leases on record: {records:#?}");
+        for (id, record) in &records {
+            assert_eq!(
+                record["state"].as_str(),
+                Some("revoked"),
+                "lease {id} is not revoked: {record:#?}"
+            );
+        }
     }
 }
 
@@ -335,6 +342,16 @@ impl Out {
             self.stderr.contains(needle),
             "stderr lacks {needle:?}: {self:#?}"
         );
+        self
+    }
+
+    /// Neither stream shows `token`, nor the part after its `agt_` prefix.
+    #[track_caller]
+    pub fn lacks_token(self, token: &str) -> Out {
+        let body = token.strip_prefix("agt_").unwrap_or(token);
+        for (name, text) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            assert!(!text.contains(body), "{name} shows the token: {self:#?}");
+        }
         self
     }
 

@@ -103,11 +103,13 @@ fn relative_state_dir_is_passed_on_as_absolute() {
 #[test]
 fn exit_code_of_the_child_is_lease_exit_code() {
     let sandbox = Sandbox::new();
-    for code in [0, 1, 42, 255] {
+    for (runs, code) in [0, 1, 42, 255].into_iter().enumerate() {
         sandbox
             .run_sh("a", &format!("exit {code}"))
             .run()
             .code_is(code);
+        // Whatever the code, the lease was revoked before lease exited.
+        sandbox.assert_all_revoked(runs + 1);
     }
 }
 
@@ -126,7 +128,7 @@ fn child_killed_by_a_signal_kills_lease_with_the_same_signal() {
         .success();
     assert_eq!(out.stdout.trim(), "status=143");
     // Every one of those leases was revoked.
-    assert!(sandbox.all_revoked());
+    sandbox.assert_all_revoked(4);
 }
 
 #[test]
@@ -147,9 +149,7 @@ fn command_not_found_is_127_and_not_executable_is_126() {
         .code_is(126)
         .one_error_line()
         .stderr_has("permission denied");
-    let records = sandbox.records();
-    assert_eq!(records.len(), 2);
-    assert!(sandbox.all_revoked(), "{records:?}");
+    sandbox.assert_all_revoked(2);
 }
 
 #[test]
@@ -217,7 +217,7 @@ fn lease_returns_when_the_child_exits_even_if_a_grandchild_lives_on() {
         "grandchild still runs"
     );
     kill_pid(grandchild);
-    assert!(sandbox.all_revoked());
+    sandbox.assert_all_revoked(1);
 }
 
 #[test]
@@ -280,7 +280,5 @@ fn a_panic_after_minting_still_revokes_the_lease() {
         "{out:#?}"
     );
     assert!(!out.stderr.contains("agt_"), "{out:#?}");
-    let records = sandbox.records();
-    assert_eq!(records.len(), 1);
-    assert!(sandbox.all_revoked(), "{records:?}");
+    sandbox.assert_all_revoked(1);
 }

@@ -194,14 +194,30 @@ fn a_corrupt_record_fails_closed_is_skipped_by_list_and_stops_nothing_else() {
             .run()
             .success();
     }
-    // A valid record for another token under this id is not this token's.
-    let other = fs::read(sandbox.record_path(&healthy["id"])).unwrap();
-    fs::write(&path, other).unwrap();
+    // A valid record for another token, copied under this id, names another lease.
+    let other = fs::read_to_string(sandbox.record_path(&healthy["id"])).unwrap();
+    fs::write(&path, &other).unwrap();
     sandbox
         .lease(["verify", "a"])
         .env("LEASE_TOKEN", broken["token"].as_str().unwrap())
         .run()
-        .code_is(1);
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("denied: corrupt record");
+    // Edited to carry this id as well (so that only the full SHA-256 tells them apart), it is
+    // still not this token's lease.
+    let (healthy_id, broken_id) = (
+        healthy["id"].as_str().unwrap(),
+        broken["id"].as_str().unwrap(),
+    );
+    fs::write(&path, other.replace(healthy_id, broken_id)).unwrap();
+    sandbox
+        .lease(["verify", "a"])
+        .env("LEASE_TOKEN", broken["token"].as_str().unwrap())
+        .run()
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("denied: unknown: no lease matches this token");
     // gc clears what cannot be read.
     fs::write(&path, "garbage").unwrap();
     let out = sandbox.lease(["gc"]).run().success();

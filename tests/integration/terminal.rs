@@ -214,6 +214,5 @@ fn ctrl_z_stops_lease_and_child_and_fg_resumes_both_under_an_interactive_shell()
     terminal.type_keys(b"exit\n");
     let (status, _) = terminal.finish();
     assert!(status.success(), "{status:?}");
-    let records = sandbox.records();
-    assert!(sandbox.all_revoked(), "{records:?}");
+    sandbox.assert_all_revoked(1);
 }

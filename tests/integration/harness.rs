@@ -515,3 +515,22 @@ pub fn program_of(pid: i32) -> Option<String> {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     Some(comm.trim_end().to_owned())
 }
+
+/// Marks the rest of a test as skipped for `why`, where the run shows it (on the real stderr,
+/// which libtest does not capture). Under `CI=true` a skip fails the test, unless `.ci/run`
+/// declares `key` in `LEASE_TEST_ALLOW_SKIP` (a comma-separated list): a security test that
+/// cannot run there must be a decision, not an accident. The caller returns after this.
+#[track_caller]
+pub fn skip(key: &str, why: &str) {
+    let declared = std::env::var("LEASE_TEST_ALLOW_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .any(|k| k.trim() == key);
+    let test = thread::current().name().unwrap_or("a test").to_owned();
+    if std::env::var("CI").is_ok_and(|v| v == "true") && !declared {
+        panic!(
+            "{test} cannot run here ({why}); under CI=true that fails unless .ci/run declares {key} in LEASE_TEST_ALLOW_SKIP"
+        );
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test} ({key}): {why}");
+}

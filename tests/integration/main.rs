@@ -10,6 +10,7 @@ mod harness;
 mod manage;
 mod orphans;
 mod policy;
+mod races;
 mod run;
 mod scanners;
 mod signals;

@@ -124,6 +124,7 @@ impl Sandbox {
             .env("LEASE_STATE_DIR", self.state_dir())
             .env("LANG", "C.UTF-8")
             .current_dir(self.dir.path());
+        default_signal_dispositions(command);
     }
 
     /// Every lease record on disk, parsed, by id.
@@ -197,6 +198,30 @@ impl Sandbox {
                 "lease {id} is not revoked: {record:#?}"
             );
         }
+    }
+}
+
+/// Starts `command` with every signal at its default disposition, as from a fresh login shell:
+/// the suite must pass however it is launched (`nohup`, a script with `trap '' INT`), and lease
+/// keeps signals that it finds ignored ignored for its child, which would change what the
+/// signal tests see.
+#[allow(unsafe_code)]
+fn default_signal_dispositions(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls sigaction, which is
+    // async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            for signal in nix::sys::signal::Signal::iterator() {
+                if !matches!(
+                    signal,
+                    nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
+                ) {
+                    nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl)?;
+                }
+            }
+            Ok(())
+        });
     }
 }
 

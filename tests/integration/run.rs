@@ -282,3 +282,26 @@ fn a_panic_after_minting_still_revokes_the_lease() {
     assert!(!out.stderr.contains("agt_"), "{out:#?}");
     sandbox.assert_all_revoked(1);
 }
+
+#[test]
+fn lease_dies_of_the_childs_signal_with_core_dumps_off() {
+    // The child may dump core; lease, re-raising its signal, must not dump a second one.
+    use std::os::unix::process::ExitStatusExt;
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    if pattern.starts_with('|') {
+        // A core handler program receives dumps whatever RLIMIT_CORE says.
+        crate::harness::skip("core-pipe", "core dumps go to a handler program here");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    for (signal, number) in [("QUIT", 3), ("SEGV", 11), ("ABRT", 6)] {
+        let out = sandbox
+            .sh(&format!(
+                "ulimit -c unlimited && exec lease run --scope a -- sh -c 'kill -{signal} $$'"
+            ))
+            .run();
+        assert_eq!(death_signal(out.status), Some(number), "{out:#?}");
+        assert!(!out.status.core_dumped(), "lease dumped core: {out:#?}");
+    }
+    sandbox.assert_all_revoked(3);
+}

@@ -305,3 +305,21 @@ fn lease_dies_of_the_childs_signal_with_core_dumps_off() {
     }
     sandbox.assert_all_revoked(3);
 }
+
+#[test]
+fn renewing_a_nested_lease_never_takes_it_past_its_parents_expiry() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("max_ttl = 1000\n");
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--ttl", "60", "--", "sh", "-c"])
+        .arg("echo $LEASE_EXPIRES_AT; lease run --scope a --ttl 30 -- lease renew --ttl 500")
+        .run()
+        .success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:#?}");
+    assert_eq!(
+        lines[1], lines[0],
+        "capped at the parent's expiry: {out:#?}"
+    );
+    assert!(out.stderr.contains("extended only to"), "{out:#?}");
+}

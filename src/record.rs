@@ -369,6 +369,21 @@ mod tests {
     }
 
     #[test]
+    fn status_words_are_the_ones_verify_and_list_print() {
+        // `verify` names a budgeted lease that ended between its read and its lock by this
+        // word (authorize::spend), a path no integration test reaches on purpose.
+        let words = [
+            (Status::Active, "active"),
+            (Status::Expired, "expired"),
+            (Status::Revoked, "revoked"),
+            (Status::OwnerGone, "owner gone"),
+        ];
+        for (status, word) in words {
+            assert_eq!(status.as_str(), word);
+        }
+    }
+
+    #[test]
     fn a_revoked_record_is_kept_until_its_expiry() {
         let issued = SystemTime::UNIX_EPOCH + 1000 * HOUR;
         let mut record = record_issued_at(issued);

@@ -337,11 +337,34 @@ fn spend(
         };
         locked.push((lock, current, charge));
     }
+    // Debug builds only: lets the test suite hold two verifies here at once, to prove that
+    // budgets are charged under the locks, on the records read under them.
+    #[cfg(debug_assertions)]
+    debug_charge_barrier();
     for (lock, record, charge) in &mut locked {
         record.spend(charge);
         lock.write(record)?;
     }
     Ok(Decision::grant(leaf))
+}
+
+/// With `LEASE_DEBUG_CHARGE_BARRIER=DIR`, waits (at most 2 s) until two verifies have reached
+/// this point, each leaving a file in DIR. Under the record's lock a second verify cannot get
+/// here before the first has paid, so the wait runs out; without it, both would pay at once.
+#[cfg(debug_assertions)]
+fn debug_charge_barrier() {
+    let Some(dir) = std::env::var_os("LEASE_DEBUG_CHARGE_BARRIER") else {
+        return;
+    };
+    let dir = std::path::Path::new(&dir);
+    let _ = std::fs::write(dir.join(std::process::id().to_string()), "");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if std::fs::read_dir(dir).map_or(0, Iterator::count) >= 2 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 fn used_up(leaf: &Record, spent: &Record) -> Decision {

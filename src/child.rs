@@ -126,6 +126,12 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
         libc::SIGKILL
     };
     let lease_pid = nix::unistd::getpid();
+    // Debug builds only: lets the test suite kill lease while the child sits between arming
+    // the death signal and exec, the window a random kill rarely hits.
+    #[cfg(debug_assertions)]
+    let hold_before_exec = std::env::var_os("LEASE_DEBUG_HOLD_BEFORE_EXEC").is_some();
+    #[cfg(not(debug_assertions))]
+    let hold_before_exec = false;
     // SAFETY: lease is single-threaded at this point (the mask pumps start after the child
     // does), and the child only makes async-signal-safe system calls on memory prepared before
     // the fork, then execs or exits.
@@ -144,6 +150,7 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
                     go_read.as_raw_fd(),
                     error_write.as_raw_fd(),
                     streams,
+                    hold_before_exec,
                 )
             }
         }
@@ -348,6 +355,7 @@ unsafe fn in_child(
     go: c_int,
     exec_error: c_int,
     streams: Option<(c_int, c_int)>,
+    hold_before_exec: bool,
 ) -> ! {
     // SAFETY (whole body): each call is an async-signal-safe system call on valid memory that
     // was allocated before the fork; nothing here allocates or takes a lock.
@@ -355,6 +363,8 @@ unsafe fn in_child(
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        restore_default_handlers();
+        // SIGPIPE is ignored by the Rust runtime, not handled: default again, like the rest.
         for &signal in &signals.reset {
             libc::signal(signal, libc::SIG_DFL);
         }
@@ -369,7 +379,9 @@ unsafe fn in_child(
             }
         }
         #[cfg(not(target_os = "linux"))]
-        let _ = (death, lease_pid);
+        let _ = death;
+        #[cfg(not(debug_assertions))]
+        let _ = (hold_before_exec, lease_pid);
         if let Some((out, err)) = streams
             && (libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0)
         {
@@ -383,6 +395,10 @@ unsafe fn in_child(
                 n if n < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR => {}
                 _ => libc::_exit(127),
             }
+        }
+        #[cfg(debug_assertions)]
+        if hold_before_exec {
+            hold_while_parent_is(lease_pid);
         }
         let mut denied = false;
         let mut last = libc::ENOENT;
@@ -427,5 +443,48 @@ unsafe fn fail(exec_error: c_int) -> ! {
         let bytes = nix::errno::Errno::last_raw().to_ne_bytes();
         libc::write(exec_error, bytes.as_ptr().cast(), bytes.len());
         libc::_exit(127)
+    }
+}
+
+/// Sets every signal that has a handler back to its default disposition, as exec would; ignored
+/// signals stay ignored. lease's handlers (signal-hook's, the runtime's) are still installed in
+/// the fork: a death signal landing in one of them would be swallowed, and exec would go ahead.
+///
+/// # Safety
+/// Only between fork and exec: it only calls `sigaction`, which is async-signal-safe.
+unsafe fn restore_default_handlers() {
+    // Signal numbers run from 1 to 64 on Linux; sigaction refuses the few it reserves
+    // (SIGKILL, SIGSTOP, libc's own), which is harmless here.
+    for signal in 1..=64 {
+        // SAFETY: an all-zero sigaction is valid (empty mask, no flags, SIG_DFL); a null new
+        // action only reads the disposition into `old`.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction != libc::SIG_DFL
+                && old.sa_sigaction != libc::SIG_IGN
+            {
+                let default: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+/// Debug builds only (`LEASE_DEBUG_HOLD_BEFORE_EXEC`): waits, at most 10 s, until lease is no
+/// longer this process's parent, then lets exec go ahead. A child still alive by then has
+/// survived its wrapper's death. Call between fork and exec only.
+#[cfg(debug_assertions)]
+fn hold_while_parent_is(lease_pid: Pid) {
+    for _ in 0..10_000 {
+        if nix::unistd::getppid() != lease_pid {
+            return;
+        }
+        // SAFETY: nanosleep is async-signal-safe; the timespec is valid.
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
     }
 }

@@ -5,6 +5,11 @@
 //! `lease verify ACTION` is the other side: it tells a tool whether a presented token is still
 //! valid and grants the action. See `docs/design.md` for how a run flows through the modules.
 
+// `lease run` revokes its lease while a panic unwinds (`RevokeOnExit` in commands/run.rs); with
+// `panic = "abort"` a panic would leave the lease live until its TTL. Refuse to build so.
+#[cfg(panic = "abort")]
+compile_error!("lease must be built with panic = \"unwind\": a panic must still revoke the lease");
+
 pub mod audit;
 pub mod authorize;
 pub mod child;

@@ -298,3 +298,97 @@ pub mod rfc3339 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::token::Token;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// An active, detached record issued at `at`, expiring an hour later.
+    fn record_issued_at(at: SystemTime) -> Record {
+        let token = Token::mint().expect("token");
+        let scope = vec![Scope::parse("a").expect("scope")];
+        Record::new(token.hash(), scope, at, at + HOUR, None)
+    }
+
+    #[test]
+    fn an_expired_record_stays_expired_when_the_clock_is_set_back() {
+        let issued = SystemTime::UNIX_EPOCH + 1000 * HOUR;
+        let mut record = record_issued_at(issued);
+        assert_eq!(record.status(issued), Status::Active);
+        assert!(
+            !record.mark_expired(issued + HOUR / 2),
+            "not yet past expiry"
+        );
+        assert_eq!(record.state, State::Active);
+        assert!(record.mark_expired(issued + 2 * HOUR));
+        assert_eq!(record.state, State::Expired);
+        // The clock goes back to before the expiry, even before the issue: still expired.
+        for back in [issued + HOUR / 2, issued, issued - HOUR] {
+            assert_eq!(record.status(back), Status::Expired, "at {back:?}");
+            assert!(!record.mark_expired(back));
+            assert!(
+                !record.revoke(back),
+                "an expired lease is not revoked again"
+            );
+            assert_eq!(record.state, State::Expired);
+        }
+    }
+
+    #[test]
+    fn a_revoked_record_stays_revoked_at_any_time() {
+        let issued = SystemTime::UNIX_EPOCH + 1000 * HOUR;
+        let mut record = record_issued_at(issued);
+        assert!(record.revoke(issued));
+        assert_eq!(record.revoked_at, Some(issued));
+        assert!(!record.revoke(issued + HOUR / 2), "revoked once");
+        assert!(
+            !record.mark_expired(issued + 2 * HOUR),
+            "revoked wins over expired"
+        );
+        for at in [issued - HOUR, issued, issued + 2 * HOUR] {
+            assert_eq!(record.status(at), Status::Revoked);
+        }
+    }
+
+    #[test]
+    fn status_is_expired_from_the_expiry_on_even_before_it_is_marked() {
+        let issued = SystemTime::UNIX_EPOCH + 1000 * HOUR;
+        let record = record_issued_at(issued);
+        assert_eq!(
+            record.status(issued + HOUR - Duration::from_secs(1)),
+            Status::Active
+        );
+        assert_eq!(record.status(issued + HOUR), Status::Expired);
+        assert!(record.is_garbage(issued + HOUR));
+        assert!(!record.is_garbage(issued));
+    }
+
+    #[test]
+    fn status_words_are_the_ones_verify_and_list_print() {
+        // `verify` names a budgeted lease that ended between its read and its lock by this
+        // word (authorize::spend), a path no integration test reaches on purpose.
+        let words = [
+            (Status::Active, "active"),
+            (Status::Expired, "expired"),
+            (Status::Revoked, "revoked"),
+            (Status::OwnerGone, "owner gone"),
+        ];
+        for (status, word) in words {
+            assert_eq!(status.as_str(), word);
+        }
+    }
+
+    #[test]
+    fn a_revoked_record_is_kept_until_its_expiry() {
+        let issued = SystemTime::UNIX_EPOCH + 1000 * HOUR;
+        let mut record = record_issued_at(issued);
+        record.revoke(issued);
+        assert!(!record.is_garbage(issued + HOUR / 2));
+        assert!(record.is_garbage(issued + HOUR));
+    }
+}

@@ -252,6 +252,24 @@ mod tests {
         }
     }
 
+    /// Compiles only for a type that zeroes its memory when dropped.
+    fn zeroed_when_dropped<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+
+    #[test]
+    fn the_token_text_lives_in_memory_that_is_zeroed_on_drop() {
+        // Reading the freed buffer would be undefined behaviour; instead the token's storage
+        // must be a `ZeroizeOnDrop` type (zeroize wipes it, spare capacity included, before
+        // freeing it). A plain `String` here does not compile.
+        let minted = Token::mint().expect("mint");
+        zeroed_when_dropped(&minted.0);
+        let presented = Token::presented(minted.expose().to_owned());
+        zeroed_when_dropped(&presented.0);
+        // And what zeroize does to it, seen through a copy that is not freed yet.
+        let mut copy = minted.0.clone();
+        zeroize::Zeroize::zeroize(&mut copy);
+        assert!(copy.is_empty());
+    }
+
     #[test]
     fn token_never_prints_itself() {
         let token = Token::mint().expect("mint");

@@ -358,7 +358,7 @@ impl Drop for Tmpfs {
 fn a_read_only_store_still_verifies_and_refuses_writes_in_one_line() {
     let sandbox = Sandbox::new();
     let Some(mount) = Tmpfs::mount(&sandbox.state_dir(), "mode=0700,size=1m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        crate::harness::skip("no-tmpfs", "cannot mount a tmpfs here (not root?)");
         return;
     };
     let live = sandbox.issue("a");
@@ -412,7 +412,7 @@ fn a_read_only_store_still_verifies_and_refuses_writes_in_one_line() {
 fn a_full_disk_fails_in_one_line_and_leaves_nothing_behind() {
     let sandbox = Sandbox::new();
     let Some(_mount) = Tmpfs::mount(&sandbox.state_dir(), "mode=0700,size=64k") else {
-        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        crate::harness::skip("no-tmpfs", "cannot mount a tmpfs here (not root?)");
         return;
     };
     let token = sandbox.issue("a");

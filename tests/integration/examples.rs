@@ -40,8 +40,7 @@ fn makefile_runs_leased_targets_under_make_j8() {
     for line in ["fetch: lease", "build: wrote a draft", "publish: lease"] {
         assert!(out.stdout.contains(line), "{line}: {out:#?}");
     }
-    assert_eq!(sandbox.records().len(), 3);
-    assert!(sandbox.all_revoked());
+    sandbox.assert_all_revoked(3);
 }
 
 #[test]
@@ -56,8 +55,7 @@ fn makefile_passes_the_lease_variable_on_to_its_recipes_and_the_gate() {
     for line in ["fetch: lease", "build: wrote a draft", "publish: lease"] {
         assert!(out.stdout.contains(line), "{line}: {out:#?}");
     }
-    assert_eq!(sandbox.records().len(), 3);
-    assert!(sandbox.all_revoked());
+    sandbox.assert_all_revoked(3);
 }
 
 #[test]

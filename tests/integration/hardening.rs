@@ -146,10 +146,13 @@ fn a_token_under_another_name_still_parents_nested_runs_and_stays_behind() {
 fn a_run_killed_by_a_core_dumping_signal_leaves_no_core_file() {
     let pattern = fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
     if pattern.trim() != "core" {
-        crate::harness::skip(&format!(
-            "core_pattern is {:?}, not \"core\": core files cannot be looked for here",
-            pattern.trim()
-        ));
+        crate::harness::skip(
+            "core-files",
+            &format!(
+                "core_pattern is {:?}, not \"core\": core files cannot be looked for here",
+                pattern.trim()
+            ),
+        );
         return;
     }
     let sandbox = Sandbox::new();
@@ -162,7 +165,10 @@ fn a_run_killed_by_a_core_dumping_signal_leaves_no_core_file() {
         .run();
     let cores = |listing: &str| listing.lines().filter(|l| l.starts_with("core")).count();
     if cores(&control.stdout) == 0 {
-        crate::harness::skip("this machine writes no core files even for a plain shell");
+        crate::harness::skip(
+            "core-files",
+            "this machine writes no core files even for a plain shell",
+        );
         return;
     }
     for entry in fs::read_dir(&dir).unwrap() {

@@ -124,6 +124,7 @@ impl Sandbox {
             .env("LEASE_STATE_DIR", self.state_dir())
             .env("LANG", "C.UTF-8")
             .current_dir(self.dir.path());
+        default_signal_dispositions(command);
     }
 
     /// Every lease record on disk, parsed, by id.
@@ -185,11 +186,42 @@ impl Sandbox {
             .join(format!("{}.toml", id.as_str().expect("id")))
     }
 
-    /// Whether every lease on record was revoked.
-    pub fn all_revoked(&self) -> bool {
-        self.records()
-            .values()
-            .all(|r| r["state"].as_str() == Some("revoked"))
+    /// Asserts that exactly `count` leases are on record and that every one was revoked.
+    #[track_caller]
+    pub fn assert_all_revoked(&self, count: usize) {
+        let records = self.records();
+        assert_eq!(records.len(), count, "leases on record: {records:#?}");
+        for (id, record) in &records {
+            assert_eq!(
+                record["state"].as_str(),
+                Some("revoked"),
+                "lease {id} is not revoked: {record:#?}"
+            );
+        }
+    }
+}
+
+/// Starts `command` with every signal at its default disposition, as from a fresh login shell:
+/// the suite must pass however it is launched (`nohup`, a script with `trap '' INT`), and lease
+/// keeps signals that it finds ignored ignored for its child, which would change what the
+/// signal tests see.
+#[allow(unsafe_code)]
+fn default_signal_dispositions(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls sigaction, which is
+    // async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            for signal in nix::sys::signal::Signal::iterator() {
+                if !matches!(
+                    signal,
+                    nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
+                ) {
+                    nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl)?;
+                }
+            }
+            Ok(())
+        });
     }
 }
 
@@ -345,6 +377,16 @@ impl Out {
         self
     }
 
+    /// Neither stream shows `token`, nor the part after its `agt_` prefix.
+    #[track_caller]
+    pub fn lacks_token(self, token: &str) -> Out {
+        let body = token.strip_prefix("agt_").unwrap_or(token);
+        for (name, text) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            assert!(!text.contains(body), "{name} shows the token: {self:#?}");
+        }
+        self
+    }
+
     /// stderr is exactly one `lease: ...` line.
     #[track_caller]
     pub fn one_error_line(self) -> Out {
@@ -464,7 +506,63 @@ pub fn kill_pid(pid: i32) {
     );
 }
 
-/// Reports a test that cannot check what it names on this machine.
-pub fn skip(reason: &str) {
-    eprintln!("skipped: {reason}");
+/// Pids of live (non-zombie) processes whose environment carries this sandbox's state dir:
+/// lease processes of this sandbox and the children they started.
+pub fn live_children_of(sandbox: &Sandbox) -> Vec<i32> {
+    let marker = format!("LEASE_STATE_DIR={}\0", sandbox.state_dir().display());
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let ours = environ
+            .windows(marker.len())
+            .any(|w| w == marker.as_bytes());
+        if ours && process_state(pid).is_some_and(|state| state != 'Z') {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The state letter of process `pid` in /proc (`R`, `S`, `Z`...), if it exists.
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let end = stat.rfind(')')?;
+    stat[end + 2..].chars().next()
+}
+
+/// The parent pid of process `pid`, if it exists.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let end = stat.rfind(')')?;
+    stat[end + 2..].split(' ').nth(1)?.parse().ok()
+}
+
+/// The name (`comm`) of process `pid`: its program after exec, if it exists.
+pub fn program_of(pid: i32) -> Option<String> {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_owned())
+}
+
+/// Marks the rest of a test as skipped for `why`, where the run shows it (on the real stderr,
+/// which libtest does not capture). Under `CI=true` a skip fails the test, unless `.ci/run`
+/// declares `key` in `LEASE_TEST_ALLOW_SKIP` (a comma-separated list): a security test that
+/// cannot run there must be a decision, not an accident. The caller returns after this.
+#[track_caller]
+pub fn skip(key: &str, why: &str) {
+    let declared = std::env::var("LEASE_TEST_ALLOW_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .any(|k| k.trim() == key);
+    let test = thread::current().name().unwrap_or("a test").to_owned();
+    if std::env::var("CI").is_ok_and(|v| v == "true") && !declared {
+        panic!(
+            "{test} cannot run here ({why}); under CI=true that fails unless .ci/run declares {key} in LEASE_TEST_ALLOW_SKIP"
+        );
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test} ({key}): {why}");
 }

@@ -405,7 +405,7 @@ fn revoke_self_revokes_the_presented_lease_and_its_descendants_only() {
         .stdin(format!("{}\n", other_job["token"].as_str().unwrap()))
         .run()
         .success();
-    assert!(sandbox.all_revoked());
+    sandbox.assert_all_revoked(5);
 }
 
 #[test]

@@ -148,7 +148,7 @@ fn mask_with_a_reader_that_goes_away_ends_as_the_bare_pipeline_does() {
     );
     // A command that ignores SIGPIPE gets EPIPE instead, and says so, as without lease.
     assert_eq!(out.stderr.matches("Broken pipe").count(), 2, "{out:#?}");
-    assert!(sandbox.all_revoked());
+    sandbox.assert_all_revoked(2);
 }
 
 /// The command writes a piece, alternating streams, and waits for the test to see it before

@@ -128,6 +128,7 @@ fn group_or_world_writable_state_dir_is_refused() {
 fn state_dir_owned_by_someone_else_is_refused() {
     if !nix::unistd::geteuid().is_root() {
         // Only root can hand a directory to another user; CI runs as root.
+        crate::harness::skip("not-root", "only root can give a directory to another user");
         return;
     }
     let sandbox = Sandbox::new();
@@ -194,14 +195,30 @@ fn a_corrupt_record_fails_closed_is_skipped_by_list_and_stops_nothing_else() {
             .run()
             .success();
     }
-    // A valid record for another token under this id is not this token's.
-    let other = fs::read(sandbox.record_path(&healthy["id"])).unwrap();
-    fs::write(&path, other).unwrap();
+    // A valid record for another token, copied under this id, names another lease.
+    let other = fs::read_to_string(sandbox.record_path(&healthy["id"])).unwrap();
+    fs::write(&path, &other).unwrap();
     sandbox
         .lease(["verify", "a"])
         .env("LEASE_TOKEN", broken["token"].as_str().unwrap())
         .run()
-        .code_is(1);
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("denied: corrupt record");
+    // Edited to carry this id as well (so that only the full SHA-256 tells them apart), it is
+    // still not this token's lease.
+    let (healthy_id, broken_id) = (
+        healthy["id"].as_str().unwrap(),
+        broken["id"].as_str().unwrap(),
+    );
+    fs::write(&path, other.replace(healthy_id, broken_id)).unwrap();
+    sandbox
+        .lease(["verify", "a"])
+        .env("LEASE_TOKEN", broken["token"].as_str().unwrap())
+        .run()
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("denied: unknown: no lease matches this token");
     // gc clears what cannot be read.
     fs::write(&path, "garbage").unwrap();
     let out = sandbox.lease(["gc"]).run().success();
@@ -259,4 +276,38 @@ fn a_record_from_another_boot_is_owner_gone() {
         .write_all(b"done\n")
         .unwrap();
     run.wait();
+}
+
+#[test]
+fn every_change_to_a_record_replaces_its_file_and_never_rewrites_it_in_place() {
+    // A record rewritten in place could be read torn or empty; a new file renamed over the old
+    // one cannot. The inode tells which happened.
+    use std::os::unix::fs::MetadataExt;
+    let sandbox = Sandbox::new();
+    let issued = sandbox.issue_json("a", &["--uses", "2"]);
+    let token = issued["token"].as_str().unwrap();
+    let path = sandbox.record_path(&issued["id"]);
+    let inode = || fs::metadata(&path).unwrap().ino();
+    // Each replaced file is kept open, so that its inode cannot be reused by a later one.
+    let mut kept = vec![fs::File::open(&path).unwrap()];
+    let mut seen = vec![inode()];
+    let changes: [&dyn Fn(); 2] = [&|| drop(sandbox.verify(token, "a").success()), &|| {
+        drop(
+            sandbox
+                .lease(["revoke", issued["id"].as_str().unwrap()])
+                .run()
+                .success(),
+        )
+    }];
+    for change in changes {
+        change();
+        let now = inode();
+        assert!(!seen.contains(&now), "rewritten in place (inode {now})");
+        seen.push(now);
+        kept.push(fs::File::open(&path).unwrap());
+    }
+    assert_eq!(
+        sandbox.records()[issued["id"].as_str().unwrap()]["state"].as_str(),
+        Some("revoked")
+    );
 }

@@ -9,35 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::harness::{Sandbox, wait_for_exit};
-
-/// Pids of live (non-zombie) processes whose environment carries this state dir: the children
-/// lease started for this sandbox.
-fn live_children_of(sandbox: &Sandbox) -> Vec<i32> {
-    let marker = format!("LEASE_STATE_DIR={}\0", sandbox.state_dir().display());
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(environ) = fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let zombie = stat
-            .rfind(')')
-            .is_some_and(|end| stat[end + 2..].starts_with('Z'));
-        let ours = environ
-            .windows(marker.len())
-            .any(|w| w == marker.as_bytes());
-        if ours && !zombie {
-            pids.push(pid);
-        }
-    }
-    pids
-}
+use crate::harness::{Sandbox, live_children_of, wait_for_exit};
 
 fn spawn_quiet(mut cmd: crate::harness::Cmd) -> Child {
     cmd.command

@@ -1,5 +1,5 @@
-//! lease on a real pseudo-terminal: the terminal's own signals (Ctrl-C, Ctrl-Z), job control
-//! under an interactive shell, a child that leaves the session, and nested leases.
+//! lease on a real pseudo-terminal: the terminal's own signals (Ctrl-C, Ctrl-\, Ctrl-Z), job
+//! control under an interactive shell, a child that leaves the session, and nested leases.
 
 use std::io::{Read, Write};
 
@@ -93,17 +93,29 @@ fn count(lines: &[String], what: &str) -> usize {
 /// SIGINTs, so a SIGINT that lease wrongly sent again would be counted before it. Returns the
 /// number of SIGINTs the command saw, and every line of output.
 fn ctrl_c_scenario(sandbox: &Sandbox, args: &[&str], presses: usize) -> (usize, Vec<String>) {
+    key_scenario(sandbox, args, (b"\x03", "INT"), presses)
+}
+
+/// The same for any key that makes the terminal signal its foreground group: `key` is the
+/// byte typed and the name of the signal it raises.
+fn key_scenario(
+    sandbox: &Sandbox,
+    args: &[&str],
+    key: (&[u8], &str),
+    presses: usize,
+) -> (usize, Vec<String>) {
+    let (bytes, signal) = key;
     let mut terminal = Terminal::lease(sandbox, args);
     terminal.lines.expect("ready");
     for press in 1..=presses {
-        terminal.type_keys(b"\x03");
-        terminal.lines.expect(&format!("got INT {press}"));
+        terminal.type_keys(bytes);
+        terminal.lines.expect(&format!("got {signal} {press}"));
     }
     kill(terminal.pid(), Signal::SIGUSR1).unwrap();
     terminal.lines.expect("got USR1 1");
     let (status, lines) = terminal.finish();
     assert!(status.success(), "{status:?}");
-    (count(&lines, "INT"), lines)
+    (count(&lines, signal), lines)
 }
 
 fn run_sh(inner: &str) -> Vec<&str> {
@@ -120,6 +132,16 @@ fn ctrl_c_reaches_the_child_exactly_once_and_it_keeps_the_terminal() {
     let (ints, lines) = ctrl_c_scenario(&sandbox, &run_sh(&inner), 1);
     assert_eq!(ints, 1, "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("on-a-tty")), "{lines:?}");
+    sandbox.assert_all_revoked(1);
+}
+
+#[test]
+fn ctrl_backslash_reaches_the_child_exactly_once_and_the_lease_is_revoked() {
+    let sandbox = Sandbox::new();
+    let inner = sigcount("USR1", &["QUIT", "USR1"]);
+    let (quits, lines) = key_scenario(&sandbox, &run_sh(&inner), (b"\x1c", "QUIT"), 1);
+    assert_eq!(quits, 1, "{lines:?}");
+    sandbox.assert_all_revoked(1);
 }
 
 #[test]
@@ -214,6 +236,5 @@ fn ctrl_z_stops_lease_and_child_and_fg_resumes_both_under_an_interactive_shell()
     terminal.type_keys(b"exit\n");
     let (status, _) = terminal.finish();
     assert!(status.success(), "{status:?}");
-    let records = sandbox.records();
-    assert!(sandbox.all_revoked(), "{records:?}");
+    sandbox.assert_all_revoked(1);
 }

@@ -74,6 +74,58 @@ fn unknown_token_is_denied() {
 }
 
 #[test]
+fn no_denial_shows_the_presented_token() {
+    let sandbox = Sandbox::new();
+    let elsewhere = Sandbox::new().issue("a");
+    let token = sandbox.issue_json("a", &["--uses", "1"]);
+    let (token, id) = (
+        token["token"].as_str().unwrap(),
+        token["id"].as_str().unwrap(),
+    );
+    let mut typo = token.to_owned().into_bytes();
+    typo[12] = if typo[12] == b'A' { b'B' } else { b'A' };
+    let typo = String::from_utf8(typo).unwrap();
+    let denials = [
+        (elsewhere.as_str(), "a", "unknown"),
+        (typo.as_str(), "a", "malformed"),
+        (token, "b", "out of scope"),
+    ];
+    for (presented, action, reason) in denials {
+        verify(&sandbox, presented, action)
+            .code_is(1)
+            .stderr_has(&format!("denied: {reason}"))
+            .lacks_token(presented);
+        let json = sandbox
+            .lease(["verify", "--json", action])
+            .env("LEASE_TOKEN", presented)
+            .run()
+            .code_is(1)
+            .lacks_token(presented)
+            .json();
+        assert_eq!(json["reason"], reason);
+    }
+    verify(&sandbox, token, "a").success().lacks_token(token);
+    verify(&sandbox, token, "a")
+        .code_is(1)
+        .stderr_has("denied: used up")
+        .lacks_token(token);
+    sandbox.lease(["revoke", id]).run().success();
+    verify(&sandbox, token, "a")
+        .code_is(1)
+        .stderr_has("denied: revoked")
+        .lacks_token(token);
+    std::fs::write(sandbox.record_path(&id.into()), "garbage").unwrap();
+    verify(&sandbox, token, "a")
+        .code_is(1)
+        .stderr_has("denied: corrupt record")
+        .lacks_token(token);
+    let trail = std::fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).unwrap();
+    for presented in [token, &elsewhere, &typo] {
+        assert!(!trail.contains(&presented[4..]), "the trail shows a token");
+    }
+}
+
+#[test]
 fn mistyped_or_truncated_token_is_malformed_without_touching_the_store() {
     let sandbox = Sandbox::new();
     let token = sandbox.issue("a");

@@ -1,0 +1,34 @@
+#!/bin/sh
+# Mutation testing of lease's security-critical modules: cargo-mutants breaks each function in
+# the obvious ways and runs the whole suite (unit and integration tests) against every mutant;
+# a mutant the suite does not notice is a guarantee nothing proves. Too slow for .ci/run on two
+# cores (hours for every module): run it before each release and keep the figures in
+# docs/security.md ("Mutation testing") current.
+#
+#   scripts/mutants.sh                  every security-critical module
+#   scripts/mutants.sh token record     only these (src/token.rs, src/record.rs)
+#
+# JOBS (default 1) mutants are tested at once; TIMEOUT (seconds, default 900) caps each test
+# run. Results are in mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt).
+# Needs cargo-mutants: cargo install --locked cargo-mutants
+set -eu
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/cargo-env.sh
+. ./scripts/cargo-env.sh
+lease_cargo_env
+if ! cargo mutants --version >/dev/null 2>&1; then
+    echo "$0: cargo-mutants is not installed: cargo install --locked cargo-mutants" >&2
+    exit 2
+fi
+if [ "$#" -eq 0 ]; then
+    set -- token store authorize record owner child signals
+fi
+for module in "$@"; do
+    if [ ! -f "src/$module.rs" ]; then
+        echo "$0: no module src/$module.rs" >&2
+        exit 2
+    fi
+    set -- "$@" --file "src/$module.rs"
+    shift
+done
+exec cargo mutants --jobs "${JOBS:-1}" --timeout "${TIMEOUT:-900}" "$@" -- --locked

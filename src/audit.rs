@@ -5,22 +5,27 @@
 //! grow past `audit_max_bytes` (one rotated file is kept). The token is never part of an event;
 //! commands are recorded as argv[0] and an argument count, never their arguments.
 //!
-//! The log is only ever opened with `O_NOFOLLOW | O_NONBLOCK` and used only if it is then a
-//! regular file owned by the user: a symlink, FIFO, device or someone else's file planted as
+//! The log is reached through the state dir's handle (opened and checked once by the store), only
+//! ever opened with `O_NOFOLLOW | O_NONBLOCK`, and used only if it is then a regular file owned
+//! by the user: a symlink, FIFO, device or someone else's file planted as
 //! `audit.jsonl` can neither hang lease nor feed it without end. Such a log is reported once,
 //! as a warning on stderr, and the events are not recorded (the decision is still made, the run
 //! still runs); `lease log` refuses to read it. Reading takes at most the rotation limit plus
 //! [`READ_SLACK`] from each file: the newest part, if a file is larger than that.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
 use serde::{Deserialize, Serialize};
 
 use crate::record::{Record, rfc3339};
@@ -136,6 +141,9 @@ impl Process {
 /// The audit log of one state dir.
 #[derive(Debug, Clone)]
 pub struct Log {
+    /// The state dir's handle; `None` when there is no store, and so no trail.
+    dir: Option<Arc<OwnedFd>>,
+    /// The log's path, for messages.
     path: PathBuf,
     rotated: PathBuf,
     max_bytes: u64,
@@ -158,11 +166,13 @@ impl std::fmt::Display for Unusable {
 impl std::error::Error for Unusable {}
 
 impl Log {
-    /// The log in `dir`, rotated past `max_bytes`.
-    pub fn new(dir: &Path, max_bytes: u64) -> Log {
+    /// The log in the directory open as `dir` (whose path is `shown`), rotated past
+    /// `max_bytes`. Without a directory (no store yet) nothing is recorded and nothing read.
+    pub fn new(shown: &Path, dir: Option<Arc<OwnedFd>>, max_bytes: u64) -> Log {
         Log {
-            path: dir.join(FILE_NAME),
-            rotated: dir.join(ROTATED_NAME),
+            dir,
+            path: shown.join(FILE_NAME),
+            rotated: shown.join(ROTATED_NAME),
             max_bytes,
             reported: Arc::new(AtomicBool::new(false)),
         }
@@ -173,11 +183,15 @@ impl Log {
     /// A log that is not a regular file of the user's ([`Unusable`]) is not written: the
     /// first time, a one-line warning says so on stderr (here, since some callers do not
     /// report a failed append), and the event is dropped without an error, so that a run with
-    /// many events reports its missing trail once and carries on.
+    /// many events reports its missing trail once and carries on. Without a store there is no
+    /// trail, and nothing is written.
     pub fn append(&self, event: &Event) -> Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
         let mut line = serde_json::to_vec(event).context("encoding an audit event")?;
         line.push(b'\n');
-        let mut file = match self.open_for_append() {
+        let mut file = match self.open_for_append(dir) {
             Ok(file) => file,
             Err(err) if err.is::<Unusable>() => {
                 if !self.reported.swap(true, Ordering::SeqCst) {
@@ -189,22 +203,28 @@ impl Log {
         };
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         if size > 0 && size + line.len() as u64 > self.max_bytes {
-            file = self.rotate(file)?;
+            file = self.rotate(dir, file)?;
         }
         file.write_all(&line)
             .with_context(|| format!("writing the audit log {}", self.path.display()))
     }
 
     /// Opens the log to append to, creating it if missing, and checks that it is usable.
-    fn open_for_append(&self) -> Result<File> {
-        let opened = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(&self.path);
-        let file =
-            opened.map_err(|err| opening_failed(&self.path, err, "the trail is not written"))?;
+    fn open_for_append(&self, dir: &OwnedFd) -> Result<File> {
+        let opened = nix::fcntl::openat(
+            dir,
+            FILE_NAME,
+            OFlag::O_WRONLY
+                | OFlag::O_APPEND
+                | OFlag::O_CREAT
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        );
+        let file = File::from(opened.map_err(|err| {
+            opening_failed(dir, FILE_NAME, &self.path, err, "the trail is not written")
+        })?);
         check_usable(&file, &self.path, "the trail is not written")?;
         Ok(file)
     }
@@ -212,7 +232,7 @@ impl Log {
     /// Moves a full log aside, once: under the log's lock, and only if no other writer has
     /// rotated it meanwhile. Returns a file to append to. A lock held by someone else for
     /// longer than [`LOCK_WAIT`] is not waited for: the event goes to the log unrotated.
-    fn rotate(&self, file: File) -> Result<File> {
+    fn rotate(&self, dir: &OwnedFd, file: File) -> Result<File> {
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             match file.try_lock() {
@@ -228,14 +248,16 @@ impl Log {
             }
         }
         let locked = file.metadata().context("reading the audit log")?;
-        let current = fs::symlink_metadata(&self.path);
-        let still_ours = current.is_ok_and(|m| m.ino() == locked.ino() && m.dev() == locked.dev());
+        let current = nix::sys::stat::fstatat(dir, FILE_NAME, AtFlags::AT_SYMLINK_NOFOLLOW);
+        let still_ours =
+            current.is_ok_and(|m| m.st_ino == locked.ino() && m.st_dev == locked.dev());
         if still_ours && locked.len() > 0 {
-            fs::rename(&self.path, &self.rotated)
+            nix::fcntl::renameat(dir, FILE_NAME, dir, ROTATED_NAME)
+                .map_err(io::Error::from)
                 .with_context(|| format!("rotating the audit log {}", self.path.display()))?;
         }
         drop(file);
-        self.open_for_append()
+        self.open_for_append(dir)
     }
 
     /// Every event on record, oldest first: the rotated file, then the current one. Lines that
@@ -244,8 +266,11 @@ impl Log {
     /// [`READ_SLACK`], only that much, its newest part, is read (with a warning).
     pub fn read(&self) -> Result<Vec<Event>> {
         let mut events = Vec::new();
-        for path in [&self.rotated, &self.path] {
-            let Some(text) = self.read_file(path)? else {
+        let Some(dir) = &self.dir else {
+            return Ok(events);
+        };
+        for (name, path) in [(ROTATED_NAME, &self.rotated), (FILE_NAME, &self.path)] {
+            let Some(text) = self.read_file(dir, name, path)? else {
                 continue;
             };
             let text = String::from_utf8_lossy(&text);
@@ -255,15 +280,17 @@ impl Log {
     }
 
     /// The bytes of one log file (whole lines only), or `None` if it does not exist.
-    fn read_file(&self, path: &Path) -> Result<Option<Vec<u8>>> {
-        let opened = OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(path);
+    fn read_file(&self, dir: &OwnedFd, name: &str, path: &Path) -> Result<Option<Vec<u8>>> {
+        let opened = nix::fcntl::openat(
+            dir,
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        );
         let mut file = match opened {
-            Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(opening_failed(path, err, "it is not read")),
+            Ok(fd) => File::from(fd),
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(err) => return Err(opening_failed(dir, name, path, err, "it is not read")),
         };
         let meta = check_usable(&file, path, "it is not read")?;
         let limit = self.max_bytes.saturating_add(READ_SLACK);
@@ -294,20 +321,27 @@ impl Log {
 
 /// The error for a log file that could not be opened: [`Unusable`] when what is there is not a
 /// regular file (a symlink gives `ELOOP` under `O_NOFOLLOW`; a FIFO without a reader, `ENXIO`).
-fn opening_failed(path: &Path, err: io::Error, consequence: &str) -> anyhow::Error {
+fn opening_failed(
+    dir: &OwnedFd,
+    name: &str,
+    path: &Path,
+    err: Errno,
+    consequence: &str,
+) -> anyhow::Error {
     let unusable = matches!(
-        err.raw_os_error(),
-        Some(nix::libc::ELOOP | nix::libc::ENXIO | nix::libc::EISDIR | nix::libc::ENODEV)
+        err,
+        Errno::ELOOP | Errno::ENXIO | Errno::EISDIR | Errno::ENODEV
     );
-    if unusable && let Ok(meta) = fs::symlink_metadata(path) {
+    if unusable && let Ok(st) = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         return Unusable(format!(
             "the audit log {} is {}, not a regular file: {consequence}",
             path.display(),
-            kind(&meta.file_type())
+            kind(st.st_mode)
         ))
         .into();
     }
-    anyhow::Error::new(err).context(format!("opening the audit log {}", path.display()))
+    anyhow::Error::new(io::Error::from(err))
+        .context(format!("opening the audit log {}", path.display()))
 }
 
 /// Checks that an open log file is a regular file owned by the user.
@@ -319,7 +353,7 @@ fn check_usable(file: &File, path: &Path, consequence: &str) -> Result<fs::Metad
         return Err(Unusable(format!(
             "the audit log {} is {}, not a regular file: {consequence}",
             path.display(),
-            kind(&meta.file_type())
+            kind(meta.mode())
         ))
         .into());
     }
@@ -336,16 +370,17 @@ fn check_usable(file: &File, path: &Path, consequence: &str) -> Result<fs::Metad
 }
 
 /// What a file that is not a regular file is, for a message.
-fn kind(file_type: &fs::FileType) -> &'static str {
-    if file_type.is_symlink() {
+fn kind(mode: u32) -> &'static str {
+    let kind = SFlag::from_bits_truncate(mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFLNK {
         "a symbolic link"
-    } else if file_type.is_fifo() {
+    } else if kind == SFlag::S_IFIFO {
         "a FIFO"
-    } else if file_type.is_dir() {
+    } else if kind == SFlag::S_IFDIR {
         "a directory"
-    } else if file_type.is_socket() {
+    } else if kind == SFlag::S_IFSOCK {
         "a socket"
-    } else if file_type.is_char_device() || file_type.is_block_device() {
+    } else if kind == SFlag::S_IFCHR || kind == SFlag::S_IFBLK {
         "a device"
     } else {
         "an unknown kind of file"
@@ -361,6 +396,11 @@ pub fn millis(duration: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    fn open_dir(path: &Path) -> Arc<OwnedFd> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        Arc::new(nix::fcntl::open(path, flags, Mode::empty()).expect("dir opened"))
+    }
+
     fn event(n: usize) -> Event {
         Event {
             event: "granted".to_owned(),
@@ -372,7 +412,7 @@ mod tests {
     #[test]
     fn reading_takes_at_most_the_limit_plus_slack_from_a_file_the_newest_part() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = Log::new(dir.path(), 1024);
+        let log = Log::new(dir.path(), Some(open_dir(dir.path())), 1024);
         let mut text = Vec::new();
         let mut count = 0;
         while text.len() as u64 <= 3 * READ_SLACK {
@@ -402,7 +442,7 @@ mod tests {
         let path = dir.path().join(FILE_NAME);
         fs::write(&path, b"").expect("log written");
         std::os::unix::fs::chown(&path, Some(65534), None).expect("chown");
-        let log = Log::new(dir.path(), 1024);
+        let log = Log::new(dir.path(), Some(open_dir(dir.path())), 1024);
         let err = log.read().expect_err("refused");
         assert_eq!(
             err.to_string(),

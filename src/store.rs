@@ -6,14 +6,27 @@
 //! old record or the new one, never a torn one. Updates lock the one record they change (and
 //! check, after locking, that the file they locked is still the one in place), so concurrent
 //! runs never serialise on a global lock.
+//!
+//! The state dir is opened once, after every directory above it was checked (OpenSSH's
+//! StrictModes rules), and checked through that handle; the leases dir is opened relative to it,
+//! and every record operation after that works relative to the leases dir's handle (`openat`,
+//! `renameat`, `unlinkat`, `fstatat`). Whoever renames directories on the path afterwards changes
+//! nothing for an open store.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, RenameFlags};
+use nix::sys::stat::Mode;
 
 use crate::record::Record;
 use crate::token::LeaseId;
@@ -22,18 +35,26 @@ use crate::token::LeaseId;
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
 /// Prefix of the temporary files that writes go through.
 const TEMP_PREFIX: &str = ".tmp-";
+/// The directory of the records in the state dir.
+const LEASES: &str = "leases";
 /// How long lease waits for a record's lock before giving up: a lock is held for a read and a
 /// write, so only a stuck or hostile process holds one longer.
 const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 /// A temporary file older than this belongs to a writer that died (even if its pid has been
 /// reused since); `gc` removes it.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
+/// How many symbolic links resolving the state dir may pass through (the kernel's own limit).
+const MAX_SYMLINKS: usize = 40;
 
 /// The lease store in one state dir.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
-    leases: PathBuf,
+    /// The state dir, opened once and checked; `None` if it does not exist (and was not to be
+    /// created).
+    state: Option<Arc<OwnedFd>>,
+    /// `leases` in the state dir, opened relative to `state` and checked; `None` if missing.
+    leases: Option<OwnedFd>,
     audit: crate::audit::Log,
 }
 
@@ -60,31 +81,45 @@ pub enum Open {
 }
 
 impl Store {
-    /// Opens the store in `dir`, refusing a directory that is not private to this user.
+    /// Opens the store in `dir`, refusing a directory that is not private to this user or that
+    /// lies under a directory someone else could change (see [`resolve`]). The state dir and
+    /// its `leases` dir are opened once here; everything after works relative to those handles,
+    /// so what was checked is what is used, whatever happens to the paths meanwhile.
     pub fn open(dir: &Path, mode: Open) -> Result<Store> {
         let dir = std::path::absolute(dir)
             .with_context(|| format!("resolving state dir {}", dir.display()))?;
-        let leases = dir.join("leases");
-        let audit = crate::audit::Log::new(&dir, crate::audit::DEFAULT_MAX_BYTES);
-        let store = Store { dir, leases, audit };
-        let exists = match fs::metadata(&store.dir) {
-            Ok(_) => true,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => false,
-            Err(err) => {
-                return Err(err)
-                    .with_context(|| format!("reading state dir {}", store.dir.display()));
-            }
+        let mut store = Store {
+            audit: crate::audit::Log::new(&dir, None, crate::audit::DEFAULT_MAX_BYTES),
+            dir,
+            state: None,
+            leases: None,
         };
-        if exists || mode == Open::CreateIfMissing {
-            ensure_private_dir(&store.dir, "state dir", mode)?;
-            if mode == Open::CreateIfMissing || store.leases.exists() {
-                ensure_private_dir(&store.leases, "lease dir", Open::CreateIfMissing)?;
-            }
-        }
+        let Some(real) = resolve(&store.dir, mode)? else {
+            return Ok(store);
+        };
+        let Some(state) = open_private_dir(None, &real, &store.dir, "state dir", mode)? else {
+            return Ok(store);
+        };
+        let state = Arc::new(state);
+        let leases_shown = store.dir.join(LEASES);
+        store.leases = open_private_dir(
+            Some(&state),
+            Path::new(LEASES),
+            &leases_shown,
+            "lease dir",
+            mode,
+        )?;
+        store.audit = crate::audit::Log::new(
+            &store.dir,
+            Some(state.clone()),
+            crate::audit::DEFAULT_MAX_BYTES,
+        );
+        store.state = Some(state);
         Ok(store)
     }
 
-    /// The absolute path of the state dir.
+    /// The absolute path of the state dir, as it was given (for messages and for
+    /// `LEASE_STATE_DIR`); the store itself is used through the handle opened by [`Store::open`].
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -96,12 +131,29 @@ impl Store {
 
     /// Rotates the audit trail past `max_bytes` instead of the default.
     pub fn with_audit_limit(mut self, max_bytes: u64) -> Store {
-        self.audit = crate::audit::Log::new(&self.dir, max_bytes);
+        self.audit = crate::audit::Log::new(&self.dir, self.state.clone(), max_bytes);
         self
     }
 
-    fn path(&self, id: &LeaseId) -> PathBuf {
-        self.leases.join(format!("{id}.toml"))
+    /// The leases dir, or an error saying it is missing (only a store opened with
+    /// [`Open::ExistingOnly`] can lack it, and such a store is only read).
+    fn leases(&self) -> Result<&OwnedFd> {
+        self.leases.as_ref().with_context(|| {
+            format!(
+                "writing a record in {}: the lease dir does not exist",
+                self.leases_shown().display()
+            )
+        })
+    }
+
+    fn leases_shown(&self) -> PathBuf {
+        self.dir.join(LEASES)
+    }
+
+    /// The path of a record file in messages (the file itself is always reached through the
+    /// leases dir's handle).
+    fn shown(&self, name: &str) -> PathBuf {
+        self.leases_shown().join(name)
     }
 
     /// Writes a new record. Returns `false`, writing nothing, if a record with the same id
@@ -109,30 +161,53 @@ impl Store {
     pub fn insert(&self, record: &Record) -> Result<bool> {
         let id = record.lease_id().context("record has an invalid id")?;
         let text = toml::to_string(record).context("encoding the lease record")?;
+        let leases = self.leases()?;
         let temp = self.write_temp(&text)?;
-        match temp.persist_noclobber(self.path(&id)) {
-            Ok(_) => Ok(true),
-            Err(err) if err.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(err) => Err(err.error)
-                .with_context(|| format!("recording the lease in {}", self.leases.display())),
+        let name = record_name(&id);
+        let placed = match nix::fcntl::renameat2(
+            leases,
+            temp.name.as_str(),
+            leases,
+            name.as_str(),
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            // A file system without RENAME_NOREPLACE: a hard link does not clobber either.
+            Err(Errno::EINVAL | Errno::ENOSYS) => nix::unistd::linkat(
+                leases,
+                temp.name.as_str(),
+                leases,
+                name.as_str(),
+                AtFlags::empty(),
+            ),
+            done => done,
+        };
+        match placed {
+            Ok(()) => Ok(true),
+            Err(Errno::EEXIST) => Ok(false),
+            Err(err) => Err(io::Error::from(err)).with_context(|| {
+                format!("recording the lease in {}", self.leases_shown().display())
+            }),
         }
+        // `temp` is removed on drop if it is still there (after a link, or a failure).
     }
 
     /// Reads one record. Symlinks are not followed; anything that is not a small regular file
-    /// holding a valid record for this id is `Corrupt`.
+    /// of the user's, private to them, holding a valid record for this id is `Corrupt`.
     pub fn load(&self, id: &LeaseId) -> Result<Loaded> {
-        let path = self.path(id);
-        let mut file = match open_nofollow(&path) {
+        let Some(leases) = &self.leases else {
+            return Ok(Loaded::Missing);
+        };
+        let name = record_name(id);
+        let mut file = match open_record(leases, &name) {
             Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Missing),
-            Err(err) if is_symlink_error(&err) => {
-                return Ok(Loaded::Corrupt("record is a symlink".into()));
-            }
+            Err(Errno::ENOENT) => return Ok(Loaded::Missing),
+            Err(Errno::ELOOP) => return Ok(Loaded::Corrupt("record is a symlink".into())),
             Err(err) => {
-                return Err(err).with_context(|| format!("reading {}", path.display()));
+                return Err(io::Error::from(err))
+                    .with_context(|| format!("reading {}", self.shown(&name).display()));
             }
         };
-        read_record(&mut file, id, &path)
+        read_record(&mut file, id, &self.shown(&name))
     }
 
     /// Changes one record under its lock: `change` gets the current record and returns whether
@@ -156,12 +231,15 @@ impl Store {
     /// is held until the returned value is dropped. Whoever locks several records locks them
     /// from a lease towards its root, so that two lockers never wait for each other.
     pub fn lock(&self, id: &LeaseId) -> Result<Option<Locked<'_>>> {
-        let path = self.path(id);
-        Ok(self.lock_path(&path)?.map(|file| Locked {
+        let Some(leases) = &self.leases else {
+            return Ok(None);
+        };
+        let name = record_name(id);
+        Ok(self.lock_record(leases, &name)?.map(|file| Locked {
             store: self,
             file,
             id: id.clone(),
-            path,
+            name,
         }))
     }
 
@@ -175,53 +253,40 @@ impl Store {
             return Ok(false);
         };
         let loaded = locked.read()?;
-        let path = locked.path.clone();
         if !should_remove(&loaded) {
             return Ok(false);
         }
-        match fs::remove_file(&path) {
+        let leases = self.leases()?;
+        match nix::unistd::unlinkat(
+            leases,
+            locked.name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
             Ok(()) => Ok(true),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(err) => Err(err).with_context(|| format!("removing {}", path.display())),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(err) => Err(io::Error::from(err))
+                .with_context(|| format!("removing {}", self.shown(&locked.name).display())),
         }
     }
 
     /// The ids of all records in the store, in no particular order. Files that are not
     /// records (temporary files among them) are left out.
     pub fn ids(&self) -> Result<Vec<LeaseId>> {
-        let entries = match fs::read_dir(&self.leases) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => {
-                return Err(err).with_context(|| format!("listing {}", self.leases.display()));
-            }
-        };
-        let mut ids = Vec::new();
-        for entry in entries {
-            let entry = entry.with_context(|| format!("listing {}", self.leases.display()))?;
-            let name = entry.file_name();
-            let id = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".toml"))
-                .and_then(LeaseId::parse);
-            ids.extend(id);
-        }
-        Ok(ids)
+        let names = self.names()?;
+        Ok(names
+            .iter()
+            .filter_map(|n| n.to_str()?.strip_suffix(".toml").and_then(LeaseId::parse))
+            .collect())
     }
 
     /// Removes temporary files left by writers that died mid-write: those whose writer (named
     /// by the pid in the file name) is gone, or that are older than a minute. Returns how many.
     pub fn remove_stale_temp_files(&self, now: SystemTime) -> Result<usize> {
-        let entries = match fs::read_dir(&self.leases) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(err) => {
-                return Err(err).with_context(|| format!("listing {}", self.leases.display()));
-            }
+        let Some(leases) = &self.leases else {
+            return Ok(0);
         };
         let mut removed = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
+        for name in self.names()? {
             let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
                 continue;
             };
@@ -230,57 +295,137 @@ impl Store {
                 .next()
                 .and_then(|pid| pid.parse::<u32>().ok())
                 .is_none_or(|pid| !crate::owner::is_running(pid));
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|modified| {
-                    now.duration_since(modified)
-                        .is_ok_and(|age| age > STALE_TEMP_AGE)
-                });
-            if (writer_gone || old) && fs::remove_file(entry.path()).is_ok() {
+            let old =
+                nix::sys::stat::fstatat(leases, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .ok()
+                    .and_then(|st| u64::try_from(st.st_mtime).ok())
+                    .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+                    .is_some_and(|modified| {
+                        now.duration_since(modified)
+                            .is_ok_and(|age| age > STALE_TEMP_AGE)
+                    });
+            let gone = || {
+                nix::unistd::unlinkat(
+                    leases,
+                    name.as_os_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                )
+                .is_ok()
+            };
+            if (writer_gone || old) && gone() {
                 removed += 1;
             }
         }
         Ok(removed)
     }
 
-    fn write_temp(&self, text: &str) -> Result<tempfile::NamedTempFile> {
-        // The writer's pid is in the name, so gc can tell a write in progress from one whose
-        // writer died.
-        let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
-        let mut temp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(&self.leases)
-            .with_context(|| format!("writing a record in {}", self.leases.display()))?;
-        temp.write_all(text.as_bytes())
-            .with_context(|| format!("writing a record in {}", self.leases.display()))?;
+    /// The names in the leases dir (none if it is missing), read through its handle.
+    fn names(&self) -> Result<Vec<OsString>> {
+        use std::os::unix::ffi::OsStrExt;
+        let Some(leases) = &self.leases else {
+            return Ok(Vec::new());
+        };
+        let listing = || format!("listing {}", self.leases_shown().display());
+        // A new handle on the same directory, so each listing starts at its beginning.
+        let mut dir = nix::dir::Dir::openat(
+            leases,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)
+        .with_context(listing)?;
+        let mut names = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(io::Error::from).with_context(listing)?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsStr::from_bytes(name).to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Creates a private temporary file in the leases dir holding `text`. Its name carries the
+    /// writer's pid, so gc can tell a write in progress from one whose writer died.
+    fn write_temp(&self, text: &str) -> Result<Temp<'_>> {
+        let leases = self.leases()?;
+        let writing = || format!("writing a record in {}", self.leases_shown().display());
+        let mut attempts = 0;
+        let (name, fd) = loop {
+            let name = format!(
+                "{TEMP_PREFIX}{}-{:016x}",
+                std::process::id(),
+                rand::random::<u64>()
+            );
+            match nix::fcntl::openat(
+                leases,
+                name.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::S_IRUSR | Mode::S_IWUSR,
+            ) {
+                Ok(fd) => break (name, fd),
+                Err(Errno::EEXIST) if attempts < 8 => attempts += 1,
+                Err(err) => return Err(io::Error::from(err)).with_context(writing),
+            }
+        };
+        let temp = Temp { leases, name };
+        File::from(fd)
+            .write_all(text.as_bytes())
+            .with_context(writing)?;
         Ok(temp)
     }
 
-    /// Opens and locks the record at `path`, making sure the locked file is still the one in
+    /// Opens and locks the record `name`, making sure the locked file is still the one in
     /// place (a concurrent update may have renamed a new one over it while we waited).
-    fn lock_path(&self, path: &Path) -> Result<Option<File>> {
+    fn lock_record(&self, leases: &OwnedFd, name: &str) -> Result<Option<File>> {
+        let shown = || self.shown(name).display().to_string();
         loop {
-            let file = match open_nofollow(path) {
+            let file = match open_record(leases, name) {
                 Ok(file) => file,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(err) => return Err(err).with_context(|| format!("opening {}", path.display())),
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(err) => {
+                    return Err(io::Error::from(err))
+                        .with_context(|| format!("opening {}", shown()));
+                }
             };
-            lock_within(&file, LOCK_PATIENCE)
-                .with_context(|| format!("locking {}", path.display()))?;
+            lock_within(&file, LOCK_PATIENCE).with_context(|| format!("locking {}", shown()))?;
             let locked = file
                 .metadata()
-                .with_context(|| format!("reading {}", path.display()))?;
-            match fs::symlink_metadata(path) {
-                Ok(current) if current.ino() == locked.ino() && current.dev() == locked.dev() => {
+                .with_context(|| format!("reading {}", shown()))?;
+            match nix::sys::stat::fstatat(leases, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(current) if current.st_ino == locked.ino() && current.st_dev == locked.dev() => {
                     return Ok(Some(file));
                 }
                 Ok(_) => continue,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(err) => {
+                    return Err(io::Error::from(err))
+                        .with_context(|| format!("reading {}", shown()));
+                }
             }
         }
+    }
+}
+
+/// A temporary file in the leases dir, removed when dropped unless it was renamed away.
+struct Temp<'a> {
+    leases: &'a OwnedFd,
+    name: String,
+}
+
+impl Drop for Temp<'_> {
+    fn drop(&mut self) {
+        // After a successful rename the name is gone and this fails harmlessly with ENOENT.
+        let _ = nix::unistd::unlinkat(
+            self.leases,
+            self.name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
 }
 
@@ -290,7 +435,7 @@ pub struct Locked<'a> {
     store: &'a Store,
     file: File,
     id: LeaseId,
-    path: PathBuf,
+    name: String,
 }
 
 impl Locked<'_> {
@@ -301,22 +446,22 @@ impl Locked<'_> {
         if !self.file.metadata().is_ok_and(|m| m.is_file()) {
             return Ok(Loaded::Corrupt("record is not a regular file".into()));
         }
+        let shown = self.store.shown(&self.name);
         self.file
             .rewind()
-            .with_context(|| format!("reading {}", self.path.display()))?;
-        read_record(&mut self.file, &self.id, &self.path)
+            .with_context(|| format!("reading {}", shown.display()))?;
+        read_record(&mut self.file, &self.id, &shown)
     }
 
     /// Replaces the record (atomically); the lock stays held on the old file, which is what
     /// concurrent lockers wait on and then find replaced.
     pub fn write(&mut self, record: &Record) -> Result<()> {
         let text = toml::to_string(record).context("encoding the lease record")?;
-        self.store
-            .write_temp(&text)?
-            .persist(&self.path)
-            .map_err(|err| err.error)
-            .with_context(|| format!("updating {}", self.path.display()))?;
-        Ok(())
+        let leases = self.store.leases()?;
+        let temp = self.store.write_temp(&text)?;
+        nix::fcntl::renameat(leases, temp.name.as_str(), leases, self.name.as_str())
+            .map_err(io::Error::from)
+            .with_context(|| format!("updating {}", self.store.shown(&self.name).display()))
     }
 }
 
@@ -347,25 +492,46 @@ fn lock_within(file: &File, patience: Duration) -> io::Result<()> {
     }
 }
 
-fn open_nofollow(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
+/// The file name of a record.
+fn record_name(id: &LeaseId) -> String {
+    format!("{id}.toml")
 }
 
-fn is_symlink_error(err: &io::Error) -> bool {
-    err.raw_os_error() == Some(nix::libc::ELOOP)
+/// Opens a record read-only in the leases dir: never through a symlink, and never blocking
+/// (a FIFO planted as a record opens at once and is then refused as not a regular file).
+fn open_record(leases: &OwnedFd, name: &str) -> nix::Result<File> {
+    nix::fcntl::openat(
+        leases,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(File::from)
 }
 
 /// Reads and checks a record from an open file. I/O errors are errors; anything wrong with
-/// the content is `Corrupt`, so callers fail closed without stopping.
+/// the file or its content is `Corrupt`, so callers fail closed without stopping. A record
+/// must be a regular file owned by the user with no permission for group or others (lease
+/// writes them 0600; a 0400 record is still private and is read).
 fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
     let meta = file
         .metadata()
         .with_context(|| format!("reading {}", path.display()))?;
     if !meta.is_file() {
         return Ok(Loaded::Corrupt("record is not a regular file".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Ok(Loaded::Corrupt(format!(
+            "record is owned by uid {}, not by you (uid {me})",
+            meta.uid()
+        )));
+    }
+    let perms = meta.mode() & 0o7777;
+    if perms & 0o077 != 0 {
+        return Ok(Loaded::Corrupt(format!(
+            "record is open to group or others (mode {perms:o}, not 600)"
+        )));
     }
     if meta.len() > MAX_RECORD_BYTES {
         return Ok(Loaded::Corrupt(format!(
@@ -397,37 +563,210 @@ fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
     Ok(Loaded::Found(record))
 }
 
-/// Creates `path` as a 0700 directory if needed and refuses one that another user owns or
-/// that group or others can write: such a directory would let someone else plant records.
-fn ensure_private_dir(path: &Path, what: &str, mode: Open) -> Result<()> {
-    if mode == Open::CreateIfMissing && fs::symlink_metadata(path).is_err() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .with_context(|| format!("creating {what} {}", path.display()))?;
+/// One step of resolving a path.
+enum Step {
+    Root,
+    Up,
+    Name(OsString),
+}
+
+fn steps(path: &Path) -> impl DoubleEndedIterator<Item = Step> + '_ {
+    path.components().filter_map(|c| match c {
+        Component::RootDir => Some(Step::Root),
+        Component::ParentDir => Some(Step::Up),
+        Component::Normal(name) => Some(Step::Name(name.to_owned())),
+        Component::CurDir | Component::Prefix(_) => None,
+    })
+}
+
+/// Resolves the absolute path `dir` from `/` down, one `lstat` per component, and checks every
+/// directory it passes through as OpenSSH's StrictModes does: owned by root or the user, and
+/// not writable by group or others unless sticky (as `/tmp` is). Such a directory's entries
+/// cannot be changed by anyone else, so the state dir found under them stays the one found.
+/// A symbolic link on the way is followed only if root or the user owns it (the rule the
+/// kernel's `protected_symlinks` applies in sticky directories). Missing directories are
+/// created 0700 with [`Open::CreateIfMissing`]; with [`Open::ExistingOnly`] a missing one means
+/// there is no store (`None`). Returns the state dir's real path; the state dir itself is
+/// checked after it is opened (see [`open_private_dir`]).
+fn resolve(dir: &Path, mode: Open) -> Result<Option<PathBuf>> {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut real = PathBuf::from("/");
+    check_ancestor(
+        dir,
+        &real,
+        &fs::symlink_metadata(&real).context("reading /")?,
+        me,
+    )?;
+    let mut pending: VecDeque<Step> = steps(dir).collect();
+    let mut detours = 0;
+    while let Some(step) = pending.pop_front() {
+        let name = match step {
+            Step::Root => {
+                real = PathBuf::from("/");
+                continue;
+            }
+            Step::Up => {
+                real.pop();
+                continue;
+            }
+            Step::Name(name) => name,
+        };
+        let next = real.join(&name);
+        let meta = match fs::symlink_metadata(&next) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                if mode == Open::ExistingOnly {
+                    return Ok(None);
+                }
+                detours += 1;
+                if detours > MAX_SYMLINKS {
+                    bail!(
+                        "creating state dir {}: {} keeps disappearing",
+                        dir.display(),
+                        next.display()
+                    );
+                }
+                match DirBuilder::new().mode(0o700).create(&next) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(err) => {
+                        return Err(err)
+                            .with_context(|| format!("creating state dir {}", dir.display()));
+                    }
+                }
+                pending.push_front(Step::Name(name));
+                continue;
+            }
+            Err(err) => return Err(err).with_context(|| format!("reading {}", next.display())),
+        };
+        if meta.file_type().is_symlink() {
+            detours += 1;
+            if detours > MAX_SYMLINKS {
+                bail!(
+                    "refusing state dir {}: too many symbolic links on its path",
+                    dir.display()
+                );
+            }
+            if meta.uid() != me && meta.uid() != 0 {
+                bail!(
+                    "refusing state dir {}: the symbolic link {} on its path is owned by uid {}, neither you (uid {me}) nor root: use a directory of your own with --state-dir or LEASE_STATE_DIR",
+                    dir.display(),
+                    next.display(),
+                    meta.uid()
+                );
+            }
+            let target =
+                fs::read_link(&next).with_context(|| format!("reading {}", next.display()))?;
+            for step in steps(&target).rev() {
+                pending.push_front(step);
+            }
+            continue;
+        }
+        if pending.is_empty() {
+            // The state dir itself: checked once it is open.
+            return Ok(Some(next));
+        }
+        check_ancestor(dir, &next, &meta, me)?;
+        real = next;
     }
-    let meta = fs::metadata(path).with_context(|| format!("reading {what} {}", path.display()))?;
-    let shown = path.display();
+    Ok(Some(real))
+}
+
+/// Refuses `ancestor` of the state dir `dir` if it is not a directory, if someone other than
+/// root or the user owns it, or if group or others can write it and it is not sticky.
+fn check_ancestor(dir: &Path, ancestor: &Path, meta: &fs::Metadata, me: u32) -> Result<()> {
+    let (dir_shown, shown) = (dir.display(), ancestor.display());
+    let which = if dir.parent() == Some(ancestor) {
+        format!("its parent {shown}")
+    } else {
+        format!("the directory {shown} above it")
+    };
     if !meta.is_dir() {
         bail!(
-            "{what} {shown} is not a directory: point --state-dir or LEASE_STATE_DIR at a directory"
+            "refusing state dir {dir_shown}: {shown} on its path is not a directory: point --state-dir or LEASE_STATE_DIR at a directory"
         );
     }
-    let uid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != uid {
+    if meta.uid() != me && meta.uid() != 0 {
         bail!(
-            "refusing {what} {shown}: it is owned by uid {}, not by you (uid {uid}): use a directory of your own with --state-dir or LEASE_STATE_DIR",
+            "refusing state dir {dir_shown}: {which} is owned by uid {}, neither you (uid {me}) nor root: use a directory of your own with --state-dir or LEASE_STATE_DIR",
             meta.uid()
         );
     }
-    let perms = meta.mode() & 0o777;
-    if perms & 0o022 != 0 {
+    let perms = meta.mode() & 0o7777;
+    let sticky = perms & 0o1000 != 0;
+    if perms & 0o022 != 0 && !sticky {
         bail!(
-            "refusing {what} {shown}: it is writable by group or others (mode {perms:o}): run 'chmod 700 {shown}'"
+            "refusing state dir {dir_shown}: {which} is writable by group or others (mode {:o}) and not sticky: run 'chmod go-w {shown}' or choose another --state-dir",
+            perms & 0o777
         );
     }
     Ok(())
+}
+
+/// Opens the directory `path` (relative to `at`, or absolute) once, without following a
+/// symlink, creating it 0700 if `mode` says so, and refuses it unless it is a directory owned
+/// by the user that group and others cannot write: such a directory would let someone else
+/// plant records. `None` if it is missing and may not be created.
+fn open_private_dir(
+    at: Option<&OwnedFd>,
+    path: &Path,
+    shown: &Path,
+    what: &str,
+    mode: Open,
+) -> Result<Option<OwnedFd>> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let open = || match at {
+        Some(at) => nix::fcntl::openat(at, path, flags, Mode::empty()),
+        None => nix::fcntl::openat(nix::fcntl::AT_FDCWD, path, flags, Mode::empty()),
+    };
+    let shown_text = shown.display();
+    let opened = match open() {
+        Err(Errno::ENOENT) if mode == Open::CreateIfMissing => {
+            let made = match at {
+                Some(at) => nix::sys::stat::mkdirat(at, path, Mode::S_IRWXU),
+                None => nix::sys::stat::mkdirat(nix::fcntl::AT_FDCWD, path, Mode::S_IRWXU),
+            };
+            match made {
+                Ok(()) | Err(Errno::EEXIST) => open(),
+                Err(err) => {
+                    return Err(io::Error::from(err))
+                        .with_context(|| format!("creating {what} {shown_text}"));
+                }
+            }
+        }
+        opened => opened,
+    };
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) if mode == Open::ExistingOnly => return Ok(None),
+        Err(Errno::ENOTDIR) => bail!(
+            "{what} {shown_text} is not a directory: point --state-dir or LEASE_STATE_DIR at a directory"
+        ),
+        Err(Errno::ELOOP) => bail!(
+            "refusing {what} {shown_text}: it is a symbolic link: point --state-dir or LEASE_STATE_DIR at the directory itself"
+        ),
+        Err(err) => {
+            return Err(io::Error::from(err))
+                .with_context(|| format!("opening {what} {shown_text}"));
+        }
+    };
+    let st = nix::sys::stat::fstat(&fd)
+        .map_err(io::Error::from)
+        .with_context(|| format!("reading {what} {shown_text}"))?;
+    let uid = nix::unistd::geteuid().as_raw();
+    if st.st_uid != uid {
+        bail!(
+            "refusing {what} {shown_text}: it is owned by uid {}, not by you (uid {uid}): use a directory of your own with --state-dir or LEASE_STATE_DIR",
+            st.st_uid
+        );
+    }
+    let perms = st.st_mode & 0o777;
+    if perms & 0o022 != 0 {
+        bail!(
+            "refusing {what} {shown_text}: it is writable by group or others (mode {perms:o}): run 'chmod 700 {shown_text}'"
+        );
+    }
+    Ok(Some(fd))
 }
 
 #[cfg(test)]
@@ -458,6 +797,40 @@ mod tests {
         )
     }
 
+    fn record_path(store: &Store, id: &LeaseId) -> PathBuf {
+        store.dir().join(LEASES).join(record_name(id))
+    }
+
+    /// Writes a record file by path, as someone editing the store by hand would.
+    fn write_record_file(store: &Store, id: &LeaseId, bytes: &[u8], mode: u32) {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let path = record_path(store, id);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .expect("record file");
+        file.write_all(bytes).expect("written");
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("mode");
+    }
+
+    fn corrupt_reason(loaded: Loaded) -> String {
+        match loaded {
+            Loaded::Corrupt(why) => why,
+            other => panic!("not corrupt: {other:?}"),
+        }
+    }
+
+    fn leftover_temp_files(store: &Store) -> Vec<OsString> {
+        let names = store.names().expect("names");
+        names
+            .into_iter()
+            .filter(|n| n.to_string_lossy().starts_with(TEMP_PREFIX))
+            .collect()
+    }
+
     #[test]
     fn insert_load_update_and_remove() {
         let (_dir, store) = store();
@@ -478,6 +851,150 @@ mod tests {
         assert_eq!(store.ids().expect("ids"), vec![id.clone()]);
         assert!(store.remove_if(&id, |_| true).expect("remove"));
         assert!(matches!(store.load(&id).expect("load"), Loaded::Missing));
+        assert_eq!(leftover_temp_files(&store), Vec::<OsString>::new());
+    }
+
+    /// Once open, the store is used through its handles: renaming the state dir away (and
+    /// putting something else at its path) changes nothing for the open store.
+    #[test]
+    fn an_open_store_works_through_its_handles_whatever_happens_to_the_path() {
+        let (dir, store) = store();
+        let token = Token::mint().expect("mint");
+        let id = token.hash().id();
+        let moved = dir.path().join("moved");
+        fs::rename(store.dir(), &moved).expect("moved");
+        fs::create_dir(store.dir()).expect("a decoy at the old path");
+        assert!(store.insert(&record(&token)).expect("insert"));
+        assert!(moved.join(LEASES).join(record_name(&id)).is_file());
+        assert!(matches!(store.load(&id).expect("load"), Loaded::Found(_)));
+        let now = SystemTime::now();
+        assert!(matches!(
+            store.update(&id, |r| r.revoke(now)).expect("update"),
+            Loaded::Found(_)
+        ));
+        assert_eq!(store.ids().expect("ids"), vec![id.clone()]);
+        store
+            .audit()
+            .append(&crate::audit::Event::new("issued", None))
+            .expect("appended");
+        assert!(moved.join(crate::audit::FILE_NAME).is_file());
+        assert!(store.remove_if(&id, |_| true).expect("remove"));
+        assert_eq!(fs::read_dir(store.dir()).expect("decoy").count(), 0);
+    }
+
+    #[test]
+    fn a_record_open_to_group_or_others_or_owned_by_someone_else_is_corrupt() {
+        let (_dir, store) = store();
+        let token = Token::mint().expect("mint");
+        let id = token.hash().id();
+        let text = toml::to_string(&record(&token)).expect("encode");
+        write_record_file(&store, &id, text.as_bytes(), 0o644);
+        assert_eq!(
+            corrupt_reason(store.load(&id).expect("load")),
+            "record is open to group or others (mode 644, not 600)"
+        );
+        assert!(matches!(
+            store
+                .update(&id, |r| r.revoke(SystemTime::now()))
+                .expect("update"),
+            Loaded::Corrupt(_)
+        ));
+        // Private but read-only is still private.
+        write_record_file(&store, &id, text.as_bytes(), 0o400);
+        assert!(matches!(store.load(&id).expect("load"), Loaded::Found(_)));
+        if nix::unistd::geteuid().is_root() {
+            write_record_file(&store, &id, text.as_bytes(), 0o600);
+            std::os::unix::fs::chown(record_path(&store, &id), Some(65534), None).expect("chown");
+            assert_eq!(
+                corrupt_reason(store.load(&id).expect("load")),
+                "record is owned by uid 65534, not by you (uid 0)"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_store_opened_existing_only_holds_nothing_and_creates_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("a/b/state");
+        let store = Store::open(&path, Open::ExistingOnly).expect("store");
+        let id = Token::mint().expect("mint").hash().id();
+        assert!(matches!(store.load(&id).expect("load"), Loaded::Missing));
+        assert!(store.ids().expect("ids").is_empty());
+        assert!(store.lock(&id).expect("lock").is_none());
+        assert!(store.audit().read().expect("read").is_empty());
+        store
+            .audit()
+            .append(&crate::audit::Event::new("denied", None))
+            .expect("nothing to append to");
+        assert!(!dir.path().join("a").exists());
+        // Created, every missing directory on the way is private.
+        let store = Store::open(&path, Open::CreateIfMissing).expect("store");
+        for made in ["a", "a/b", "a/b/state", "a/b/state/leases"] {
+            let mode = fs::metadata(dir.path().join(made)).expect(made).mode() & 0o777;
+            assert_eq!(mode, 0o700, "{made}");
+        }
+        assert_eq!(store.dir(), path);
+    }
+
+    /// Opening `state` is refused because of `ancestor`, a directory further up its path.
+    fn assert_refused_for(state: &Path, ancestor: &Path) {
+        let err = Store::open(state, Open::ExistingOnly).expect_err("refused");
+        let named = format!("the directory {} above it", ancestor.display());
+        assert!(err.to_string().contains(&named), "{err}");
+    }
+
+    #[test]
+    fn ancestors_writable_by_others_are_refused_unless_sticky() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).expect("shared");
+        let state = shared.join("state");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod");
+        for mode in [Open::CreateIfMissing, Open::ExistingOnly] {
+            let err = Store::open(&state, mode).expect_err("refused");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "refusing state dir {}: its parent {} is writable by group or others (mode 777) and not sticky: run 'chmod go-w {}' or choose another --state-dir",
+                    state.display(),
+                    shared.display(),
+                    shared.display()
+                ),
+                "{mode:?}"
+            );
+        }
+        assert!(!state.exists(), "nothing was created under it");
+        // Further up, the message names the directory above.
+        let deeper = shared.join("x/state");
+        assert_refused_for(&deeper, &shared);
+        // Sticky, as /tmp is: others cannot rename or remove what is ours in it.
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        Store::open(&state, Open::CreateIfMissing).expect("accepted");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o775)).expect("chmod");
+        let err = Store::open(&state, Open::ExistingOnly).expect_err("refused");
+        assert!(err.to_string().contains("(mode 775)"), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_on_the_path_is_followed_and_checked_where_it_leads() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let real = dir.path().join("real");
+        fs::create_dir(&real).expect("real");
+        std::os::unix::fs::symlink("real", dir.path().join("link")).expect("symlink");
+        let via_link = dir.path().join("link/state");
+        let store = Store::open(&via_link, Open::CreateIfMissing).expect("store");
+        assert_eq!(store.dir(), via_link, "the path as given");
+        assert!(real.join("state/leases").is_dir());
+        // Where the link leads is what is checked.
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert_refused_for(&via_link, &real);
+        // The state dir itself may be a link to a private directory.
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).expect("chmod");
+        let linked = dir.path().join("linked-state");
+        std::os::unix::fs::symlink(real.join("state"), &linked).expect("symlink");
+        Store::open(&linked, Open::ExistingOnly).expect("store");
     }
 
     proptest! {
@@ -490,7 +1007,7 @@ mod tests {
             let (_dir, store) = store();
             let token = Token::mint().expect("mint");
             let id = token.hash().id();
-            fs::write(store.path(&id), &bytes).expect("write");
+            write_record_file(&store, &id, &bytes, 0o600);
             match store.load(&id).expect("no I/O error") {
                 Loaded::Found(record) => prop_assert_eq!(record.id, id.as_str()),
                 Loaded::Corrupt(_) => {}
@@ -511,7 +1028,7 @@ mod tests {
                 text[at] = byte;
                 text.truncate(cut.max(at));
             }
-            fs::write(store.path(&id), &text).expect("write");
+            write_record_file(&store, &id, &text, 0o600);
             prop_assert!(!matches!(store.load(&id).expect("no I/O error"), Loaded::Missing));
         }
     }

@@ -246,16 +246,17 @@ fn token_is_revoked_after_the_run() {
 #[test]
 fn a_failed_revocation_is_reported_and_fails_a_successful_run() {
     let sandbox = Sandbox::new();
-    // The child swaps the lease dir for a file, so the record can no longer be updated.
-    let sabotage = "mv \"$LEASE_STATE_DIR/leases\" \"$LEASE_STATE_DIR/moved\" && touch \"$LEASE_STATE_DIR/leases\"";
+    // A leftover of the child holds the record's lock for longer than lease waits for it (2 s),
+    // so the record can no longer be updated. (Moving the lease dir away no longer sabotages
+    // anything: lease works through the handle it opened.)
+    let sabotage = "setsid flock -s \"$LEASE_STATE_DIR/leases/$LEASE_ID.toml\" sh -c 'touch locked-$LEASE_ID; exec sleep 4' </dev/null >/dev/null 2>&1 &
+        while ! [ -e locked-$LEASE_ID ]; do sleep 0.01; done";
     sandbox
         .run_sh("a", sabotage)
         .run()
         .code_is(125)
         .one_error_line()
         .stderr_has("could not be revoked");
-    std::fs::remove_file(sandbox.leases_dir()).unwrap();
-    std::fs::rename(sandbox.state_dir().join("moved"), sandbox.leases_dir()).unwrap();
     // When the command itself failed, its status wins, and the failure is still reported.
     sandbox
         .run_sh("a", &format!("{sabotage}; exit 3"))

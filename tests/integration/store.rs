@@ -311,3 +311,173 @@ fn every_change_to_a_record_replaces_its_file_and_never_rewrites_it_in_place() {
         Some("revoked")
     );
 }
+
+/// A directory above the state dir that others can write lets them swap the store (or a
+/// directory on its path) for their own: lease refuses it, naming it, before touching anything.
+#[test]
+fn a_group_or_world_writable_ancestor_is_refused_naming_it_unless_sticky() {
+    let sandbox = Sandbox::new();
+    let shared = sandbox.path("shared");
+    fs::create_dir(&shared).unwrap();
+    let state = shared.join("state");
+    let token = issue_in(&sandbox, &state);
+    let refused = format!(
+        "lease: refusing state dir {state}: its parent {shared} is writable by group or others (mode 777) and not sticky: run 'chmod go-w {shared}' or choose another --state-dir\n",
+        state = state.display(),
+        shared = shared.display()
+    );
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .env("LEASE_STATE_DIR", &state)
+        .run()
+        .code_is(125)
+        .stderr_is(&refused);
+    sandbox
+        .lease(["verify", "a"])
+        .env("LEASE_STATE_DIR", &state)
+        .env("LEASE_TOKEN", &token)
+        .run()
+        .code_is(2)
+        .stderr_is(&refused.replace("lease: ", "lease: cannot verify: "));
+    sandbox
+        .lease(["list"])
+        .env("LEASE_STATE_DIR", &state)
+        .run()
+        .code_is(2)
+        .stderr_is(&refused);
+    // Further up, the message names the directory above, and nothing is created under it.
+    sandbox
+        .lease(["issue", "--scope", "a"])
+        .env("LEASE_STATE_DIR", shared.join("new/state"))
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has(&format!("the directory {} above it", shared.display()));
+    assert!(!shared.join("new").exists());
+    // Sticky, as /tmp is: others may add entries but not rename or remove ours.
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    sandbox
+        .lease(["verify", "a"])
+        .env("LEASE_STATE_DIR", &state)
+        .env("LEASE_TOKEN", &token)
+        .run()
+        .success();
+}
+
+/// A record lease did not write as the user's private file is not trusted: it fails closed.
+#[test]
+fn a_record_open_to_others_or_owned_by_someone_else_is_corrupt() {
+    let sandbox = Sandbox::new();
+    let issued = sandbox.issue_json("a", &[]);
+    let token = issued["token"].as_str().unwrap();
+    let path = sandbox.record_path(&issued["id"]);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    sandbox
+        .verify(token, "a")
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("corrupt record")
+        .stderr_has("record is open to group or others (mode 644, not 600)");
+    let listed = sandbox.lease(["list"]).run().success();
+    assert!(
+        listed.stderr.contains("warning: skipping lease"),
+        "{listed:#?}"
+    );
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    sandbox.verify(token, "a").success();
+    if !nix::unistd::geteuid().is_root() {
+        return; // only root can give a file away; CI runs as root
+    }
+    std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+    sandbox
+        .verify(token, "a")
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("corrupt record")
+        .stderr_has("record is owned by uid 65534, not by you (uid 0)");
+}
+
+/// A local user who can rename entries in a directory above the store swaps the state dir for
+/// a copy of their own (holding a forged record) while `lease verify` runs. lease opens the
+/// state dir once and works relative to that handle, so whatever it checked is what it reads:
+/// the forged record is never granted.
+#[test]
+fn swapping_the_state_dir_under_verify_never_grants_a_forged_record() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    if !nix::unistd::geteuid().is_root() {
+        // The attacker's copy must belong to another user; CI runs as root.
+        return;
+    }
+    let sandbox = Sandbox::new();
+    sandbox.issue("a");
+    let attacker = sandbox.path("attacker");
+    let forged = issue_in(&sandbox, &attacker);
+    chown_tree(&attacker, 65534);
+    // The forged token is good in the attacker's store and unknown in ours.
+    sandbox.verify(&forged, "a").code_is(1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, state, attacker) = (stop.clone(), sandbox.state_dir(), attacker.clone());
+        std::thread::spawn(move || {
+            use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+            let exchange = || {
+                renameat2(
+                    AT_FDCWD,
+                    &state,
+                    AT_FDCWD,
+                    &attacker,
+                    RenameFlags::RENAME_EXCHANGE,
+                )
+                .expect("exchange");
+            };
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                exchange();
+                swaps += 1;
+            }
+            if swaps % 2 == 1 {
+                exchange();
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut tries, mut grants) = (0, 0);
+    while tries < 1500 && Instant::now() < deadline {
+        tries += 1;
+        if sandbox.verify(&forged, "a").code() == Some(0) {
+            grants += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().expect("swapper");
+    eprintln!("{grants} grants in {tries} tries");
+    assert!(tries >= 100, "only {tries} tries in 10 s");
+    assert_eq!(
+        grants, 0,
+        "a forged record was granted {grants} times in {tries} tries"
+    );
+}
+
+/// Mints a detached lease with scope `a` in the store at `state_dir`; returns its token.
+fn issue_in(sandbox: &Sandbox, state_dir: &std::path::Path) -> String {
+    let out = sandbox
+        .lease(["issue", "--scope", "a"])
+        .env("LEASE_STATE_DIR", state_dir)
+        .run()
+        .success();
+    out.stdout.trim().to_owned()
+}
+
+fn chown_tree(path: &std::path::Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+    if fs::symlink_metadata(path).unwrap().is_dir() {
+        for entry in fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid);
+        }
+    }
+}

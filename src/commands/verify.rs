@@ -44,7 +44,7 @@ pub fn verify(context: &Context, request: &VerifyRequest) -> Result<Exit> {
     }
     // The trail is written after the answer is given, so that a trail that cannot be written
     // is reported after (and never instead of) the answer.
-    if let Some(store) = store.filter(|s| s.dir().exists()) {
+    if let Some(store) = store {
         let kind = if decision.granted {
             "granted"
         } else {

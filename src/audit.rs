@@ -42,14 +42,52 @@ pub const READ_SLACK: u64 = 1024 * 1024;
 /// How long a rotation waits for the log's lock before appending without rotating.
 const LOCK_WAIT: Duration = Duration::from_millis(500);
 
+/// What an event of the trail records; stored as its snake_case name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A lease was minted.
+    #[default]
+    Issued,
+    /// A verify granted an action.
+    Granted,
+    /// A verify denied an action.
+    Denied,
+    /// A lease was revoked.
+    Revoked,
+    /// A lease was found past its expiry, or its command was ended at expiry.
+    Expired,
+    /// `gc` found a lease whose owner was gone.
+    OwnerGone,
+    /// The command of a run exited.
+    ChildExit,
+    /// A lease was renewed.
+    Renewed,
+}
+
+impl EventKind {
+    /// The name stored in the trail and shown by `lease log`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Issued => "issued",
+            EventKind::Granted => "granted",
+            EventKind::Denied => "denied",
+            EventKind::Revoked => "revoked",
+            EventKind::Expired => "expired",
+            EventKind::OwnerGone => "owner_gone",
+            EventKind::ChildExit => "child_exit",
+            EventKind::Renewed => "renewed",
+        }
+    }
+}
+
 /// One event of the trail.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// When it happened (RFC 3339, UTC).
     pub time: String,
-    /// `issued`, `granted`, `denied`, `revoked`, `expired`, `owner_gone`, `child_exit` or
-    /// `renewed`.
-    pub event: String,
+    /// What happened.
+    pub event: EventKind,
     /// The lease it concerns, if one was found.
     pub lease: Option<String>,
     /// That lease's parent, for a nested lease.
@@ -89,10 +127,10 @@ pub struct Event {
 
 impl Event {
     /// An event of kind `event` about `record` (if any), now.
-    pub fn new(event: &str, record: Option<&Record>) -> Event {
+    pub fn new(event: EventKind, record: Option<&Record>) -> Event {
         Event {
             time: rfc3339::format(SystemTime::now()),
-            event: event.to_owned(),
+            event,
             lease: record.map(|r| r.id.clone()),
             parent: record.and_then(|r| r.parent.clone()),
             run: record.and_then(|r| r.run.clone()),
@@ -403,7 +441,7 @@ mod tests {
 
     fn event(n: usize) -> Event {
         Event {
-            event: "granted".to_owned(),
+            event: EventKind::Granted,
             action: Some(format!("action:{n}")),
             ..Event::default()
         }

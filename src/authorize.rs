@@ -5,12 +5,13 @@
 //! Leases with use budgets are charged under their records' locks, so concurrent verifies never
 //! grant more than the budget. Anything that cannot be confirmed denies: fail closed.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::audit::Event;
+use crate::audit::{Event, EventKind};
 use crate::record::{Charge, Record, Status, rfc3339};
 use crate::scope::Action;
 use crate::store::{Loaded, Store};
@@ -20,14 +21,143 @@ use crate::token::{LeaseId, Token};
 /// tampered store can hold) fails closed.
 pub const MAX_DEPTH: usize = 10_000;
 
+/// Why a lease grants an action, or why not: the words `verify` prints, `--json` carries, the
+/// trail records and `list` shows. The one vocabulary every decision is made in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The action is granted.
+    Granted,
+    /// No lease in the store matches the token.
+    Unknown,
+    /// Not a lease token at all (its checksum fails): the store is not consulted.
+    Malformed,
+    /// The lease is past its expiry.
+    Expired,
+    /// The lease was revoked.
+    Revoked,
+    /// Its `lease run`, or the command it started, is gone.
+    OwnerGone,
+    /// The lease (or an ancestor) does not grant the action.
+    OutOfScope,
+    /// A use budget on the way is spent.
+    UsedUp,
+    /// An ancestor was revoked.
+    ParentRevoked,
+    /// An ancestor is past its expiry.
+    ParentExpired,
+    /// An ancestor's `lease run` is gone.
+    ParentOwnerGone,
+    /// An ancestor is no longer on record.
+    ParentGone,
+    /// A record on the way cannot be read as a record.
+    CorruptRecord,
+    /// No token was presented (verify cannot decide).
+    NoToken,
+    /// Something else went wrong (verify cannot decide).
+    Error,
+}
+
+impl Reason {
+    /// The word for this reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Granted => "granted",
+            Reason::Unknown => "unknown",
+            Reason::Malformed => "malformed",
+            Reason::Expired => "expired",
+            Reason::Revoked => "revoked",
+            Reason::OwnerGone => "owner gone",
+            Reason::OutOfScope => "out of scope",
+            Reason::UsedUp => "used up",
+            Reason::ParentRevoked => "parent revoked",
+            Reason::ParentExpired => "parent expired",
+            Reason::ParentOwnerGone => "parent owner gone",
+            Reason::ParentGone => "parent gone",
+            Reason::CorruptRecord => "corrupt record",
+            Reason::NoToken => "no token",
+            Reason::Error => "error",
+        }
+    }
+
+    /// The reason a nested lease gets when an ancestor is dead for this reason.
+    pub fn of_parent(self) -> Reason {
+        match self {
+            Reason::Revoked => Reason::ParentRevoked,
+            Reason::Expired => Reason::ParentExpired,
+            Reason::OwnerGone => Reason::ParentOwnerGone,
+            other => other,
+        }
+    }
+
+    /// The reason a record's own status gives, if it cannot grant.
+    pub fn of_status(status: Status) -> Option<Reason> {
+        match status {
+            Status::Active => None,
+            Status::Expired => Some(Reason::Expired),
+            Status::Revoked => Some(Reason::Revoked),
+            Status::OwnerGone => Some(Reason::OwnerGone),
+        }
+    }
+
+    /// The reason for the lease `dead` when it is the leaf itself (depth 0) or an ancestor.
+    fn at_depth(self, depth: usize) -> Reason {
+        if depth == 0 { self } else { self.of_parent() }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Why a token's lease cannot grant anything: the reason, a sentence for people, and the
+/// token's own record when it was found.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    /// The reason.
+    pub reason: Reason,
+    /// A sentence for people, printed after the reason.
+    pub detail: String,
+    /// The token's own lease, if it was found.
+    pub leaf: Option<Record>,
+}
+
+impl Denial {
+    fn new(reason: Reason, detail: String, leaf: Option<&Record>) -> Denial {
+        Denial {
+            reason,
+            detail,
+            leaf: leaf.cloned(),
+        }
+    }
+}
+
+/// Where a token's lease stands, all things considered but an action: what verify, status,
+/// renew and a nested lease's planning all start from.
+// Returned once per decision and matched at once; boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Standing {
+    /// The lease and every ancestor can grant: the lease first, then its parent, up to the root.
+    Live(Vec<Record>),
+    /// The lease cannot grant anything (including: no lease matches the token).
+    Dead(Denial),
+}
+
 /// The answer, as `verify --json` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
     /// Whether the action is granted.
     pub granted: bool,
-    /// `granted`, or why not: `unknown`, `malformed`, `expired`, `revoked`, `owner gone`,
-    /// `out of scope`, `used up`, `parent revoked` (or another `parent ...`), `corrupt record`.
-    pub reason: &'static str,
+    /// `granted`, or why not.
+    pub reason: Reason,
     /// The lease id, when a lease was found.
     pub id: Option<String>,
     /// The lease's expiry (RFC 3339), when a lease was found.
@@ -45,7 +175,7 @@ pub struct Decision {
 
 impl Decision {
     /// A denial, naming the lease if one was found.
-    pub fn deny(reason: &'static str, detail: String, record: Option<&Record>) -> Decision {
+    pub fn deny(reason: Reason, detail: String, record: Option<&Record>) -> Decision {
         Decision {
             granted: false,
             reason,
@@ -59,55 +189,41 @@ impl Decision {
 
     fn grant(record: &Record) -> Decision {
         Decision {
+            reason: Reason::Granted,
             granted: true,
-            reason: "granted",
-            id: Some(record.id.clone()),
-            expires_at: Some(rfc3339::format(record.expires_at)),
-            detail: String::new(),
-            parent: record.parent.clone(),
-            run: record.run.clone(),
+            ..Decision::deny(Reason::Granted, String::new(), Some(record))
         }
     }
 }
 
-/// A token's lease and its ancestors.
-// Returned once per decision and matched at once; boxing would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Chain {
-    /// No lease in this store matches the token.
-    Unknown,
-    /// The lease and every ancestor can grant: the lease first, then its parent, up to the root.
-    Live(Vec<Record>),
-    /// The lease cannot grant anything.
-    Dead {
-        /// The reason word, as verify prints it.
-        reason: &'static str,
-        /// A sentence for people.
-        detail: String,
-        /// The token's own lease, if it was found.
-        leaf: Option<Record>,
-    },
+impl From<Denial> for Decision {
+    fn from(denial: Denial) -> Decision {
+        Decision::deny(denial.reason, denial.detail, denial.leaf.as_ref())
+    }
 }
 
 /// Finds the lease of `token` and its ancestors, and whether all of them are live at `now`.
 /// A lease found past its expiry is marked `expired` on the spot, so that it stays expired even
 /// if the clock is set back.
-pub fn chain(store: &Store, token: &Token, now: SystemTime) -> Result<Chain> {
+pub fn standing(store: &Store, token: &Token, now: SystemTime) -> Result<Standing> {
     let hash = token.hash();
     let id = hash.id();
     let leaf = match store.load(&id)? {
         Loaded::Found(record) if hash.matches_hex(&record.token_sha256) => record,
-        Loaded::Found(_) | Loaded::Missing => return Ok(Chain::Unknown),
+        Loaded::Found(_) | Loaded::Missing => {
+            let detail = "no lease matches this token".to_owned();
+            return Ok(Standing::Dead(Denial::new(Reason::Unknown, detail, None)));
+        }
         Loaded::Corrupt(why) => {
-            return Ok(Chain::Dead {
-                reason: "corrupt record",
-                detail: format!("lease {id}: {why}"),
-                leaf: None,
-            });
+            let detail = format!("lease {id}: {why}");
+            return Ok(Standing::Dead(Denial::new(
+                Reason::CorruptRecord,
+                detail,
+                None,
+            )));
         }
     };
-    let (chain, expired) = walk(leaf, now, |id| store.load(id))?;
+    let (standing, expired) = walk(leaf, now, |id| store.load(id))?;
     if let Some(record) = &expired
         && let Some(id) = record.lease_id()
     {
@@ -118,12 +234,12 @@ pub fn chain(store: &Store, token: &Token, now: SystemTime) -> Result<Chain> {
             marked
         });
         if marked {
-            let mut event = Event::new("expired", Some(record));
+            let mut event = Event::new(EventKind::Expired, Some(record));
             event.reason = Some("ttl".to_owned());
             let _ = store.audit().append(&event);
         }
     }
-    Ok(chain)
+    Ok(standing)
 }
 
 /// Follows `leaf` up to its root through `load`, and says whether every lease on the way is
@@ -132,29 +248,20 @@ pub fn walk(
     leaf: Record,
     now: SystemTime,
     mut load: impl FnMut(&LeaseId) -> Result<Loaded>,
-) -> Result<(Chain, Option<Record>)> {
+) -> Result<(Standing, Option<Record>)> {
     let mut records: Vec<Record> = Vec::new();
     let mut next = Some(leaf);
     while let Some(record) = next.take() {
         let depth = records.len();
-        let dead = |reason, detail, leaf: Option<&Record>| Chain::Dead {
-            reason,
-            detail,
-            leaf: leaf.cloned(),
-        };
         let leaf = records.first().unwrap_or(&record);
+        let dead = |reason, detail| Standing::Dead(Denial::new(reason, detail, Some(leaf)));
         if let Some((reason, detail)) = why_dead(&record, now) {
-            let culprit = (reason == "expired").then(|| record.clone());
-            let reason = if depth == 0 {
-                reason
-            } else {
-                parent_reason(reason)
-            };
-            return Ok((dead(reason, detail, Some(leaf)), culprit));
+            let culprit = (reason == Reason::Expired).then(|| record.clone());
+            return Ok((dead(reason.at_depth(depth), detail), culprit));
         }
         if depth >= MAX_DEPTH {
             let detail = format!("lease {} is nested too deep", record.id);
-            return Ok((dead("corrupt record", detail, Some(leaf)), None));
+            return Ok((dead(Reason::CorruptRecord, detail), None));
         }
         if let Some(parent_id) = &record.parent {
             let loaded = match LeaseId::parse(parent_id) {
@@ -165,68 +272,206 @@ pub fn walk(
                 Loaded::Found(parent) if parent.id == *parent_id => {
                     if parent.id == record.id || records.iter().any(|r| r.id == parent.id) {
                         let detail = format!("lease {} is its own ancestor", record.id);
-                        return Ok((dead("corrupt record", detail, Some(leaf)), None));
+                        return Ok((dead(Reason::CorruptRecord, detail), None));
                     }
                     next = Some(parent);
                 }
                 Loaded::Corrupt(why) => {
                     let detail = format!("parent lease {parent_id}: {why}");
-                    return Ok((dead("corrupt record", detail, Some(leaf)), None));
+                    return Ok((dead(Reason::CorruptRecord, detail), None));
                 }
                 _ => {
                     let detail = format!(
                         "parent lease {parent_id} of lease {} is no longer on record",
                         record.id
                     );
-                    return Ok((dead("parent gone", detail, Some(leaf)), None));
+                    return Ok((dead(Reason::ParentGone, detail), None));
                 }
             }
         }
         records.push(record);
     }
-    Ok((Chain::Live(records), None))
+    Ok((Standing::Live(records), None))
 }
 
-/// The state of one lease on its own (ignoring its ancestors): `active`, or why it cannot grant.
-pub fn own_state(record: &Record, now: SystemTime) -> &'static str {
-    why_dead(record, now).map_or("active", |(reason, _)| reason)
+/// Why a lease on its own (ignoring its ancestors) cannot grant anything at `now`, if so.
+pub fn own_reason(record: &Record, now: SystemTime) -> Option<Reason> {
+    Reason::of_status(record.status(now))
 }
 
-/// Why a lease cannot grant anything at `now`, if so: its reason word and a sentence.
-fn why_dead(record: &Record, now: SystemTime) -> Option<(&'static str, String)> {
+/// Why a lease cannot grant anything at `now`, if so: its reason and a sentence.
+fn why_dead(record: &Record, now: SystemTime) -> Option<(Reason, String)> {
     let id = &record.id;
     let at = rfc3339::format;
-    match record.status(now) {
-        Status::Active => None,
-        Status::Revoked => {
+    let reason = own_reason(record, now)?;
+    let detail = match reason {
+        Reason::Revoked => {
             let when = record
                 .revoked_at
                 .map(|t| format!(" at {}", at(t)))
                 .unwrap_or_default();
-            Some(("revoked", format!("lease {id} was revoked{when}")))
+            format!("lease {id} was revoked{when}")
         }
-        Status::Expired => Some((
-            "expired",
-            format!("lease {id} expired at {}", at(record.expires_at)),
-        )),
-        Status::OwnerGone => {
+        Reason::Expired => format!("lease {id} expired at {}", at(record.expires_at)),
+        _ => {
             let pid = record.owner.as_ref().map_or(0, |o| o.pid);
-            Some((
-                "owner gone",
-                format!("the lease run (pid {pid}) that owned lease {id} has ended"),
-            ))
+            format!("the lease run (pid {pid}) that owned lease {id} has ended")
+        }
+    };
+    Some((reason, detail))
+}
+
+/// "lease" or "its parent lease": how a denial names the lease on the chain that decided it.
+fn whose(decider: &Record, leaf: &Record) -> &'static str {
+    if decider.id == leaf.id {
+        "lease"
+    } else {
+        "its parent lease"
+    }
+}
+
+/// Whether every use of the chain is spent (a lease-wide budget at zero, or every scope's
+/// budget at zero, on the lease or an ancestor): such a lease can grant nothing any more.
+pub fn spent(records: &[Record]) -> Option<Denial> {
+    let leaf = records.first()?;
+    let spent = records.iter().find(|r| {
+        r.uses_left == Some(0)
+            || !r.scope.is_empty()
+                && r.scope
+                    .iter()
+                    .all(|s| r.scope_uses_left.get(s.as_str()) == Some(&0))
+    })?;
+    let detail = format!("{} {} has no uses left", whose(spent, leaf), spent.id);
+    Some(Denial::new(Reason::UsedUp, detail, Some(leaf)))
+}
+
+/// Every record with its standing, the way verify sees it: `None` while it can grant, or why
+/// not (a nested lease whose parent was revoked is `parent revoked`). For `list`.
+///
+/// Each record's chain is resolved once and remembered, so a record's state comes from its own
+/// and its parent's: linear in the number of records, however deep they nest (walking every
+/// chain from its leaf, as verify does for one token, is quadratic in the depth). The result is
+/// what [`walk`] gives for each record; the tests check the two agree.
+pub fn standings(records: Vec<Record>, now: SystemTime) -> Vec<(Record, Option<Reason>)> {
+    let index: HashMap<&str, usize> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.as_str(), i))
+        .collect();
+    let mut resolved: Vec<Option<Resolved>> = vec![None; records.len()];
+    let mut waiting = vec![false; records.len()];
+    for start in 0..records.len() {
+        // The records whose state waits on their parent's, leaf first.
+        let mut pending: Vec<usize> = Vec::new();
+        let mut at = start;
+        let mut found = loop {
+            if let Some(done) = resolved[at] {
+                break done;
+            }
+            let record = &records[at];
+            if let Some(reason) = own_reason(record, now) {
+                break Resolved::dead_at(reason, 0);
+            }
+            let parent = match &record.parent {
+                None => break Resolved::live(0),
+                Some(parent) if LeaseId::parse(parent).is_none() => {
+                    break Resolved::broken(Reason::CorruptRecord, 0);
+                }
+                Some(parent) => index.get(parent.as_str()).copied(),
+            };
+            let Some(parent) = parent else {
+                break Resolved::broken(Reason::ParentGone, 0);
+            };
+            // A parent that is already waiting closes a loop: only a tampered store holds one.
+            if parent == at || waiting[parent] {
+                break Resolved::broken(Reason::CorruptRecord, 0);
+            }
+            pending.push(at);
+            waiting[at] = true;
+            at = parent;
+        };
+        resolved[at] = Some(found);
+        while let Some(child) = pending.pop() {
+            found = found.child();
+            resolved[child] = Some(found);
+            waiting[child] = false;
+        }
+    }
+    let states = resolved
+        .into_iter()
+        .map(|r| r.map_or(Some(Reason::CorruptRecord), Resolved::reason));
+    records.into_iter().zip(states).collect()
+}
+
+/// How a record's chain ends, counted from the record: what [`walk`] finds.
+#[derive(Debug, Clone, Copy)]
+struct Resolved {
+    /// The reason for this record, or `None` while every lease up to `steps` is live.
+    found: Option<Reason>,
+    /// How many parents up the deciding lease is.
+    steps: usize,
+    /// Whether the reason comes from following the deciding lease's parent link (a parent that
+    /// is gone, a loop) rather than from the lease itself.
+    from_link: bool,
+}
+
+impl Resolved {
+    fn live(steps: usize) -> Resolved {
+        Resolved {
+            found: None,
+            steps,
+            from_link: false,
+        }
+    }
+
+    fn dead_at(reason: Reason, steps: usize) -> Resolved {
+        Resolved {
+            found: Some(reason),
+            steps,
+            from_link: false,
+        }
+    }
+
+    fn broken(reason: Reason, steps: usize) -> Resolved {
+        Resolved {
+            found: Some(reason),
+            steps,
+            from_link: true,
+        }
+    }
+
+    /// The same chain seen from the child one step further down.
+    fn child(self) -> Resolved {
+        let found = match self.found {
+            Some(reason) if !self.from_link => Some(reason.of_parent()),
+            other => other,
+        };
+        Resolved {
+            found,
+            steps: self.steps + 1,
+            from_link: self.from_link,
+        }
+    }
+
+    /// The reason, if any. walk checks a lease before the depth, and the depth before the
+    /// link to the parent; past [`MAX_DEPTH`] a chain fails closed.
+    fn reason(self) -> Option<Reason> {
+        let within = if self.found.is_some() && !self.from_link {
+            self.steps <= MAX_DEPTH
+        } else {
+            self.steps < MAX_DEPTH
+        };
+        if within {
+            self.found
+        } else {
+            Some(Reason::CorruptRecord)
         }
     }
 }
 
-/// The reason a nested lease is denied when an ancestor is dead for `reason`.
-pub fn parent_reason(reason: &'static str) -> &'static str {
-    match reason {
-        "revoked" => "parent revoked",
-        "expired" => "parent expired",
-        "owner gone" => "parent owner gone",
-        other => other,
-    }
+/// The word `list` and `status` show for a lease's standing: `active`, or the reason.
+pub fn state_word(reason: Option<Reason>) -> &'static str {
+    reason.map_or("active", Reason::as_str)
 }
 
 /// Decides whether a well-formed `token` grants `action` at `now`, spending one use from every
@@ -237,37 +482,20 @@ pub fn authorize(
     action: &Action,
     now: SystemTime,
 ) -> Result<Decision> {
-    let records = match chain(store, token, now)? {
-        Chain::Unknown => {
-            return Ok(Decision::deny(
-                "unknown",
-                "no lease matches this token".into(),
-                None,
-            ));
-        }
-        Chain::Dead {
-            reason,
-            detail,
-            leaf,
-        } => {
-            return Ok(Decision::deny(reason, detail, leaf.as_ref()));
-        }
-        Chain::Live(records) => records,
+    let records = match standing(store, token, now)? {
+        Standing::Dead(denial) => return Ok(denial.into()),
+        Standing::Live(records) => records,
     };
     let leaf = &records[0];
     if let Some(narrower) = records.iter().find(|r| !r.grants(action)) {
         let granted = crate::scope::join(&narrower.scope);
-        let whose = if narrower.id == leaf.id {
-            "lease"
-        } else {
-            "its parent lease"
-        };
         let detail = format!(
-            "{whose} {} grants {granted}, not {}",
+            "{} {} grants {granted}, not {}",
+            whose(narrower, leaf),
             narrower.id,
             action.as_str()
         );
-        return Ok(Decision::deny("out of scope", detail, Some(leaf)));
+        return Ok(Decision::deny(Reason::OutOfScope, detail, Some(leaf)));
     }
     let mut charges = Vec::new();
     for record in &records {
@@ -296,14 +524,14 @@ fn spend(
     for (record, _) in charges {
         let Some(id) = record.lease_id() else {
             return Ok(Decision::deny(
-                "corrupt record",
+                Reason::CorruptRecord,
                 format!("lease {} has a bad id", record.id),
                 Some(leaf),
             ));
         };
         let Some(mut lock) = store.lock(&id)? else {
             return Ok(Decision::deny(
-                "unknown",
+                Reason::Unknown,
                 format!("lease {id} was removed"),
                 Some(leaf),
             ));
@@ -312,19 +540,17 @@ fn spend(
             Loaded::Found(current) => current,
             _ => {
                 return Ok(Decision::deny(
-                    "corrupt record",
+                    Reason::CorruptRecord,
                     format!("lease {id} cannot be read"),
                     Some(leaf),
                 ));
             }
         };
-        let status = current.status(now);
-        if status != Status::Active {
-            let word = status.as_str();
+        if let Some(reason) = own_reason(&current, now) {
             let reason = if current.id == leaf.id {
-                word
+                reason
             } else {
-                parent_reason(word)
+                reason.of_parent()
             };
             return Ok(Decision::deny(
                 reason,
@@ -368,14 +594,125 @@ fn debug_charge_barrier() {
 }
 
 fn used_up(leaf: &Record, spent: &Record) -> Decision {
-    let whose = if spent.id == leaf.id {
-        "lease"
-    } else {
-        "its parent lease"
-    };
     Decision::deny(
-        "used up",
-        format!("{whose} {} has no uses left for this action", spent.id),
+        Reason::UsedUp,
+        format!(
+            "{} {} has no uses left for this action",
+            whose(spent, leaf),
+            spent.id
+        ),
         Some(leaf),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::record::State;
+    use crate::scope::Scope;
+    use crate::token::Token;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn id(n: usize) -> String {
+        format!("{n:012x}")
+    }
+
+    /// A detached record with id `n`; `parent` is its parent's id, as written.
+    fn record(n: usize, parent: Option<String>, state: State, expired: bool) -> Record {
+        let hash = Token::mint().expect("mint").hash();
+        let scope = vec![Scope::parse("a").expect("scope")];
+        let expires = if expired {
+            now() - Duration::from_secs(1)
+        } else {
+            now() + Duration::from_secs(60)
+        };
+        let mut record = Record::new(hash, scope, now() - Duration::from_secs(60), expires, None);
+        record.id = id(n);
+        record.parent = parent;
+        record.state = state;
+        record
+    }
+
+    /// Each record's state as verify sees it: its chain walked from the record.
+    fn walked(records: &[Record], which: usize) -> Option<Reason> {
+        let by_id: HashMap<&str, &Record> = records.iter().map(|r| (r.id.as_str(), r)).collect();
+        let lookup = |id: &LeaseId| {
+            Ok(by_id
+                .get(id.as_str())
+                .map_or(Loaded::Missing, |r| Loaded::Found((*r).clone())))
+        };
+        match walk(records[which].clone(), now(), lookup).expect("walk").0 {
+            Standing::Live(_) => None,
+            Standing::Dead(denial) => Some(denial.reason),
+        }
+    }
+
+    fn listed(records: &[Record]) -> Vec<Option<Reason>> {
+        standings(records.to_vec(), now())
+            .into_iter()
+            .map(|(_, state)| state)
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_past_the_deepest_verify_follows_is_corrupt_as_verify_says() {
+        let depth = MAX_DEPTH + 3;
+        for revoked_root in [false, true] {
+            let records: Vec<Record> = (0..depth)
+                .map(|n| {
+                    let parent = n.checked_sub(1).map(id);
+                    let state = if revoked_root && n == 0 {
+                        State::Revoked
+                    } else {
+                        State::Active
+                    };
+                    record(n, parent, state, false)
+                })
+                .collect();
+            let states = listed(&records);
+            for which in [0, 1, depth - 4, depth - 3, depth - 2, depth - 1] {
+                assert_eq!(states[which], walked(&records, which), "record {which}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_state_is_what_walking_its_chain_gives(
+            shapes in prop::collection::vec((0u8..4, any::<bool>(), 0usize..14), 1..12),
+        ) {
+            let count = shapes.len();
+            let records: Vec<Record> = shapes
+                .iter()
+                .enumerate()
+                .map(|(n, (state, expired, parent))| {
+                    let parent = match *parent {
+                        p if p < count => Some(id(p)),
+                        12 => Some(id(999)),
+                        13 => Some("not-an-id".to_owned()),
+                        _ => None,
+                    };
+                    let state = match state {
+                        0 => State::Revoked,
+                        1 => State::Expired,
+                        _ => State::Active,
+                    };
+                    record(n, parent, state, *expired)
+                })
+                .collect();
+            let states = listed(&records);
+            for (which, state) in states.iter().enumerate() {
+                prop_assert_eq!(*state, walked(&records, which), "record {}", which);
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::authorize::{self, Chain};
+use crate::authorize::{self, Denial, Reason, Standing};
 use crate::config::{Config, Profile};
 use crate::record::{Record, rfc3339};
 use crate::scope::Grant;
@@ -180,10 +180,10 @@ fn live_parent(store: &Store, token: &Token, now: SystemTime) -> Result<Option<R
     if !token.is_well_formed() {
         return Ok(None);
     }
-    match authorize::chain(store, token, now)? {
-        Chain::Unknown => Ok(None),
-        Chain::Live(records) => Ok(records.into_iter().next()),
-        Chain::Dead { reason, detail, .. } => Err(anyhow!(
+    match authorize::standing(store, token, now)? {
+        Standing::Dead(denial) if denial.reason == Reason::Unknown => Ok(None),
+        Standing::Live(records) => Ok(records.into_iter().next()),
+        Standing::Dead(Denial { reason, detail, .. }) => Err(anyhow!(
             "the parent lease in the environment is {reason}: {detail}; a child of it could never be used"
         )),
     }

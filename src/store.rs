@@ -875,7 +875,10 @@ mod tests {
         assert_eq!(store.ids().expect("ids"), vec![id.clone()]);
         store
             .audit()
-            .append(&crate::audit::Event::new("issued", None))
+            .append(&crate::audit::Event::new(
+                crate::audit::EventKind::Issued,
+                None,
+            ))
             .expect("appended");
         assert!(moved.join(crate::audit::FILE_NAME).is_file());
         assert!(store.remove_if(&id, |_| true).expect("remove"));
@@ -924,7 +927,10 @@ mod tests {
         assert!(store.audit().read().expect("read").is_empty());
         store
             .audit()
-            .append(&crate::audit::Event::new("denied", None))
+            .append(&crate::audit::Event::new(
+                crate::audit::EventKind::Denied,
+                None,
+            ))
             .expect("nothing to append to");
         assert!(!dir.path().join("a").exists());
         // Created, every missing directory on the way is private.

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result};
 
 use super::Context;
-use crate::audit::Event;
+use crate::audit::{Event, EventKind};
 use crate::exit::Exit;
 use crate::record::{State, Status};
 use crate::store::{Loaded, Open};
@@ -25,10 +25,10 @@ pub fn gc(context: &Context) -> Result<Exit> {
                 // The trail records how an active lease ended, if nothing did before.
                 event = match (garbage, record.state, record.status(now)) {
                     (true, State::Active, Status::OwnerGone) => {
-                        Some(Event::new("owner_gone", Some(record)))
+                        Some(Event::new(EventKind::OwnerGone, Some(record)))
                     }
                     (true, State::Active, Status::Expired) => {
-                        Some(Event::new("expired", Some(record)))
+                        Some(Event::new(EventKind::Expired, Some(record)))
                     }
                     _ => None,
                 };

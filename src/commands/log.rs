@@ -44,7 +44,7 @@ fn human(event: &Event) -> String {
     let mut line = format!(
         "{}  {:<10}  {}",
         event.time,
-        event.event,
+        event.event.as_str(),
         event.lease.as_deref().unwrap_or("-")
     );
     let mut field = |name: &str, value: Option<String>| {

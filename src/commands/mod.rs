@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::audit::{Event, Process};
+use crate::audit::{Event, EventKind, Process};
 use crate::cli::{Command, Globals, Invocation};
 use crate::config::Config;
 use crate::exit::Exit;
@@ -154,7 +154,7 @@ fn mint<T>(
             .filter_map(|g| g.uses.map(|n| (g.scope.as_str().to_owned(), n)))
             .collect();
         if store.insert(&record)? {
-            let mut event = Event::new("issued", Some(&record)).process(process);
+            let mut event = Event::new(EventKind::Issued, Some(&record)).process(process);
             event.scope = Some(record.scope.iter().map(|s| s.to_string()).collect());
             event.expires_at = Some(rfc3339::format(record.expires_at));
             log(store, &event);

@@ -7,11 +7,11 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result};
 
 use super::Context;
-use crate::audit::{Event, Process};
-use crate::authorize::{self, Chain};
+use crate::audit::{Event, EventKind, Process};
+use crate::authorize::{self, Reason, Standing};
 use crate::cli::RenewRequest;
 use crate::exit::Exit;
-use crate::record::{Status, rfc3339};
+use crate::record::rfc3339;
 use crate::store::{Loaded, Open};
 use crate::ttl;
 
@@ -19,30 +19,28 @@ use crate::ttl;
 enum Outcome {
     Renewed { until: SystemTime, capped: bool },
     AtLimit(SystemTime),
-    Ended(Status),
+    Ended(Reason),
 }
 
 pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
     let token = super::verify::read_token(&request.source, &context.config.token_env)
         .context("cannot renew")?;
     if !token.is_well_formed() {
-        return Ok(refuse("malformed", "not a lease token"));
+        return Ok(refuse(Reason::Malformed, "not a lease token"));
     }
     let store = context.store(Open::ExistingOnly)?;
     let now = SystemTime::now();
     let by = request.ttl.unwrap_or(context.config.default_ttl);
-    let records = match authorize::chain(&store, &token, now)? {
-        Chain::Unknown => return Ok(refuse("unknown", "no lease matches this token")),
-        Chain::Dead { reason, detail, .. } => return Ok(refuse(reason, &detail)),
-        Chain::Live(records) => records,
+    let records = match authorize::standing(&store, &token, now)? {
+        Standing::Dead(denial) => return Ok(refuse(denial.reason, &denial.detail)),
+        Standing::Live(records) => records,
     };
     let parent_expiry = records.get(1).map(|parent| parent.expires_at);
     let id = token.hash().id();
     let mut outcome = None;
     let loaded = store.update(&id, |record| {
-        let status = record.status(now);
-        if status != Status::Active {
-            outcome = Some(Outcome::Ended(status));
+        if let Some(reason) = authorize::own_reason(record, now) {
+            outcome = Some(Outcome::Ended(reason));
             return false;
         }
         let mut limit = record.renewable_until.unwrap_or(record.expires_at);
@@ -65,7 +63,8 @@ pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
     })?;
     match (outcome, loaded) {
         (Some(Outcome::Renewed { until, capped }), Loaded::Found(record)) => {
-            let mut event = Event::new("renewed", Some(&record)).process(&Process::caller());
+            let mut event =
+                Event::new(EventKind::Renewed, Some(&record)).process(&Process::caller());
             event.expires_at = Some(rfc3339::format(until));
             super::log(&store, &event);
             if capped {
@@ -86,16 +85,15 @@ pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
                 ttl::human(context.config.max_ttl)
             ),
         )),
-        (Some(Outcome::Ended(status)), _) => Ok(refuse(
-            status.as_str(),
-            &format!("lease {id} ended meanwhile"),
-        )),
-        (None, Loaded::Corrupt(why)) => Ok(refuse("corrupt record", &why)),
-        (_, _) => Ok(refuse("unknown", "the lease was removed meanwhile")),
+        (Some(Outcome::Ended(reason)), _) => {
+            Ok(refuse(reason, &format!("lease {id} ended meanwhile")))
+        }
+        (None, Loaded::Corrupt(why)) => Ok(refuse(Reason::CorruptRecord, &why)),
+        (_, _) => Ok(refuse(Reason::Unknown, "the lease was removed meanwhile")),
     }
 }
 
-fn refuse(reason: &str, detail: &str) -> Exit {
+fn refuse(reason: impl std::fmt::Display, detail: &str) -> Exit {
     eprintln!("lease: renew refused: {reason}: {detail}");
     Exit::Denied
 }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result, bail};
 
 use super::Context;
-use crate::audit::{Event, Process};
+use crate::audit::{Event, EventKind, Process};
 use crate::cli::{RevokeTarget, TokenSource};
 use crate::exit::Exit;
 use crate::store::{Loaded, Open, Store};
@@ -130,7 +130,7 @@ pub(super) fn revoke_one(
         changed
     })?;
     if let (true, Loaded::Found(record)) = (changed, &loaded) {
-        let mut event = Event::new("revoked", Some(record)).process(process);
+        let mut event = Event::new(EventKind::Revoked, Some(record)).process(process);
         event.reason = Some(why.to_owned());
         super::log(store, &event);
     }

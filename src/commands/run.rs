@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::Context;
-use crate::audit::{self, Event, Process};
+use crate::audit::{self, Event, EventKind, Process};
 use crate::child::{self, EnvRules, Spec};
 use crate::cli::{RunMode, RunRequest};
 use crate::config::{DEFAULT_TOKEN_ENV, TOKEN_ENV_VAR};
@@ -215,7 +215,7 @@ fn record_exit(
     waited: &Waited,
     duration_ms: u64,
 ) -> Exit {
-    let mut exited = Event::new("child_exit", Some(record)).process(process);
+    let mut exited = Event::new(EventKind::ChildExit, Some(record)).process(process);
     exited.exit_code = waited.status.code();
     exited.signal = waited.status.signal();
     exited.duration_ms = Some(duration_ms);
@@ -227,7 +227,7 @@ fn record_exit(
     // signal and exited): stderr, the trail and the receipt all report these.
     let name =
         |signal: i32| nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
-    let mut expired = Event::new("expired", Some(record)).process(process);
+    let mut expired = Event::new(EventKind::Expired, Some(record)).process(process);
     expired.reason = Some(format!("on-expiry {}", plan.on_expiry.as_str()));
     expired.signal = waited.sent_at_expiry;
     super::log(store, &expired);
@@ -304,9 +304,9 @@ impl Receipt {
                 }
                 e.lease.as_ref().is_some_and(|l| ours.contains(l))
             })
-            .filter(|e| e.event == "granted" || e.event == "denied")
+            .filter(|e| matches!(e.event, EventKind::Granted | EventKind::Denied))
             .map(|e| Decision {
-                granted: e.event == "granted",
+                granted: e.event == EventKind::Granted,
                 time: e.time,
                 lease: e.lease,
                 action: e.action,

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::{Context, print_json};
-use crate::authorize::{self, Chain};
+use crate::authorize::{self, Denial, Reason, Standing};
 use crate::cli::TokenSource;
 use crate::exit::Exit;
 use crate::record::{Record, rfc3339};
@@ -38,41 +38,44 @@ pub fn status(context: &Context, source: &TokenSource, json: bool) -> Result<Exi
     }
     let store = context.store(Open::ExistingOnly)?;
     let now = SystemTime::now();
-    let (record, state, detail): (Record, &str, String) =
-        match authorize::chain(&store, &token, now)? {
-            Chain::Unknown => {
-                eprintln!(
-                    "lease: no valid lease: unknown: no lease in {} matches the token",
-                    store.dir().display()
-                );
-                return Ok(Exit::Denied);
-            }
-            Chain::Dead {
-                reason,
-                detail,
-                leaf: Some(leaf),
-            } => (leaf, reason, detail),
-            Chain::Dead {
-                reason,
-                detail,
-                leaf: None,
-            } => {
-                eprintln!("lease: no valid lease: {reason}: {detail}");
-                return Ok(Exit::Denied);
-            }
-            Chain::Live(records) => match used_up(&records) {
-                Some(detail) => (records[0].clone(), "used up", detail),
-                None => (records[0].clone(), "active", String::new()),
-            },
-        };
+    let (record, reason, detail) = match authorize::standing(&store, &token, now)? {
+        Standing::Dead(Denial {
+            reason: Reason::Unknown,
+            ..
+        }) => {
+            eprintln!(
+                "lease: no valid lease: unknown: no lease in {} matches the token",
+                store.dir().display()
+            );
+            return Ok(Exit::Denied);
+        }
+        Standing::Dead(Denial {
+            reason,
+            detail,
+            leaf: Some(leaf),
+        }) => (leaf, Some(reason), detail),
+        Standing::Dead(Denial {
+            reason,
+            detail,
+            leaf: None,
+        }) => {
+            eprintln!("lease: no valid lease: {reason}: {detail}");
+            return Ok(Exit::Denied);
+        }
+        Standing::Live(records) => match authorize::spent(&records) {
+            Some(denial) => (records[0].clone(), Some(denial.reason), denial.detail),
+            None => (records[0].clone(), None, String::new()),
+        },
+    };
+    let state = authorize::state_word(reason);
     let left = record.expires_at.duration_since(now).unwrap_or_default();
     let status = Status {
         id: &record.id,
-        valid: state == "active",
+        valid: reason.is_none(),
         state,
         scope: record.scope.iter().map(|s| s.as_str()).collect(),
         expires_at: rfc3339::format(record.expires_at),
-        seconds_left: if state == "active" { left.as_secs() } else { 0 },
+        seconds_left: if reason.is_none() { left.as_secs() } else { 0 },
         uses_left: record.uses_left,
         scope_uses_left: &record.scope_uses_left,
         parent: record.parent.as_deref(),
@@ -96,22 +99,6 @@ pub fn status(context: &Context, source: &TokenSource, json: bool) -> Result<Exi
 
 /// Why a live chain can grant nothing more, if so: the lease or an ancestor has no uses left
 /// (`--uses`), or none of its scopes has (every scope budgeted, every budget spent).
-fn used_up(records: &[Record]) -> Option<String> {
-    let spent = records.iter().find(|r| {
-        r.uses_left == Some(0)
-            || !r.scope.is_empty()
-                && r.scope
-                    .iter()
-                    .all(|s| r.scope_uses_left.get(s.as_str()) == Some(&0))
-    })?;
-    let whose = if spent.id == records[0].id {
-        "lease"
-    } else {
-        "its parent lease"
-    };
-    Some(format!("{whose} {} has no uses left", spent.id))
-}
-
 fn print_human(status: &Status<'_>, record: &Record) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "lease:     {} ({})", status.id, status.state)?;

@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::{Context, print_json};
+use crate::audit::EventKind;
 use crate::exit::Exit;
 use crate::record::Status;
 use crate::scope::{Action, Scope};
@@ -53,7 +54,7 @@ pub fn suggest(context: &Context, id: &str, json: bool) -> Result<Exit> {
     };
     let issued_scope = events
         .iter()
-        .find(|e| e.event == "issued")
+        .find(|e| e.event == EventKind::Issued)
         .and_then(|e| e.scope.clone())
         .map(|items| {
             items
@@ -75,9 +76,9 @@ pub fn suggest(context: &Context, id: &str, json: bool) -> Result<Exit> {
         let Some(action) = &event.action else {
             continue;
         };
-        match event.event.as_str() {
-            "granted" if !used.contains(action) => used.push(action.clone()),
-            "denied" => {
+        match event.event {
+            EventKind::Granted if !used.contains(action) => used.push(action.clone()),
+            EventKind::Denied => {
                 let denial = Denial {
                     action: action.clone(),
                     reason: event.reason.clone().unwrap_or_default(),

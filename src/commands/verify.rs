@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result, bail};
 
 use super::{Context, print_json};
-use crate::audit::{Event, Process};
-use crate::authorize::{Decision, authorize};
+use crate::audit::{Event, EventKind, Process};
+use crate::authorize::{Decision, Reason, authorize};
 use crate::cli::{TokenSource, VerifyRequest};
 use crate::config::TOKEN_ENV_VAR;
 use crate::exit::Exit;
@@ -27,9 +27,9 @@ pub fn verify(context: &Context, request: &VerifyRequest) -> Result<Exit> {
         Err(err) => {
             if request.json {
                 let reason = if err.is::<NoToken>() {
-                    "no token"
+                    Reason::NoToken
                 } else {
-                    "error"
+                    Reason::Error
                 };
                 print_json(&Decision::deny(reason, String::new(), None))?;
             }
@@ -46,16 +46,16 @@ pub fn verify(context: &Context, request: &VerifyRequest) -> Result<Exit> {
     // is reported after (and never instead of) the answer.
     if let Some(store) = store {
         let kind = if decision.granted {
-            "granted"
+            EventKind::Granted
         } else {
-            "denied"
+            EventKind::Denied
         };
         let mut event = Event::new(kind, None).process(&Process::caller());
         event.lease.clone_from(&decision.id);
         event.parent.clone_from(&decision.parent);
         event.run.clone_from(&decision.run);
         event.action = Some(request.action.as_str().to_owned());
-        event.reason = Some(decision.reason.to_owned());
+        event.reason = Some(decision.reason.to_string());
         super::log(&store, &event);
     }
     Ok(if decision.granted {
@@ -73,7 +73,7 @@ fn decide(context: &Context, request: &VerifyRequest) -> Result<(Decision, Optio
         let detail = format!(
             "not a lease token (expected {PREFIX} and {BODY_LEN} characters with a valid checksum)"
         );
-        return Ok((Decision::deny("malformed", detail, None), None));
+        return Ok((Decision::deny(Reason::Malformed, detail, None), None));
     }
     let store = context.store(Open::ExistingOnly)?;
     let decision = authorize(&store, &token, &request.action, SystemTime::now())?;

@@ -13,6 +13,8 @@ use nix::fcntl::OFlag;
 use nix::libc::{self, c_int};
 use nix::unistd::{ForkResult, Pid, pipe2};
 
+use crate::signals::SignalPlan;
+
 use crate::exit::{Exit, ExitError};
 
 /// What to run, in which environment.
@@ -69,15 +71,6 @@ pub fn environment(
     env.extend(lease);
     env.sort();
     env
-}
-
-/// What the child's signal dispositions must be made before it runs the command.
-#[derive(Debug, Clone, Default)]
-pub struct SignalPlan {
-    /// Signals lease caught (with handlers that must not run in the child): back to default.
-    pub reset: Vec<c_int>,
-    /// Signals that were ignored when lease started: ignored again in the child.
-    pub ignore: Vec<c_int>,
 }
 
 /// A child that is forked and held just before `exec`: it has its environment, its signal

@@ -11,9 +11,10 @@ use anyhow::{Result, bail};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::OnExpiry;
 use crate::config::Profile;
 use crate::exit::Exit;
-use crate::policy::{Asked, OnExpiry};
+use crate::policy::Asked;
 use crate::scope::{self, Action};
 use crate::{config, ttl};
 

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
-use crate::policy::OnExpiry;
 use crate::scope::{self, Grant, Scope};
 use crate::ttl;
 
@@ -22,6 +22,42 @@ pub const DEFAULT_TOKEN_ENV: &str = "LEASE_TOKEN";
 /// The variable, set by `lease run` in its command's environment, that names the variable the
 /// token is in, so that nested runs and `verify` find it under any name.
 pub const TOKEN_ENV_VAR: &str = "LEASE_TOKEN_ENV";
+
+/// What `lease run` does to its command when the lease expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnExpiry {
+    /// Nothing: the token just stops working.
+    #[default]
+    Keep,
+    /// SIGTERM, then SIGKILL after the grace period.
+    Term,
+    /// SIGKILL.
+    Kill,
+}
+
+impl OnExpiry {
+    /// The word the command line and the config use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnExpiry::Keep => "keep",
+            OnExpiry::Term => "term",
+            OnExpiry::Kill => "kill",
+        }
+    }
+}
+
+impl FromStr for OnExpiry {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<OnExpiry> {
+        match text {
+            "keep" => Ok(OnExpiry::Keep),
+            "term" => Ok(OnExpiry::Term),
+            "kill" => Ok(OnExpiry::Kill),
+            other => bail!("'{}' is not one of keep, term, kill", other.escape_debug()),
+        }
+    }
+}
 
 /// Settings after defaults are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,37 +302,8 @@ impl Config {
         )
     }
 
-    /// Checks a lifetime against `max_ttl`.
-    pub fn check_ttl(&self, ttl: Duration) -> Result<()> {
-        if ttl > self.max_ttl {
-            bail!(
-                "ttl {} is too long: {} allows at most {}; ask for less with --ttl",
-                ttl::human(ttl),
-                self.source("max_ttl"),
-                ttl::human(self.max_ttl)
-            );
-        }
-        Ok(())
-    }
-
-    /// Checks that `scope` may be minted under `allowed_scopes`.
-    pub fn check_allowed(&self, scope: &Scope) -> Result<()> {
-        match &self.allowed_scopes {
-            Some(allowed) if !allowed.iter().any(|a| a.covers(scope)) => bail!(
-                "scope '{scope}' is not allowed: {} permits only {}",
-                self.source("allowed_scopes"),
-                if allowed.is_empty() {
-                    "nothing".to_owned()
-                } else {
-                    scope::join(allowed)
-                }
-            ),
-            _ => Ok(()),
-        }
-    }
-
     /// Where a setting came from, for messages: "max_ttl in FILE" or "the default max_ttl".
-    fn source(&self, key: &str) -> String {
+    pub fn source(&self, key: &str) -> String {
         match &self.path {
             Some(path) => format!("{key} in {}", path.display()),
             None => format!("the default {key}"),
@@ -466,7 +473,6 @@ mod tests {
         assert_eq!(config.default_ttl, Duration::from_secs(120));
         assert_eq!(config.max_ttl, Duration::from_secs(3600));
         assert_eq!(config.token_env, "MY_TOKEN");
-        assert!(config.check_ttl(Duration::from_secs(3601)).is_err());
     }
 
     #[test]
@@ -481,13 +487,6 @@ mod tests {
         assert_eq!(deploy.ttl, Some(Duration::from_secs(120)));
         assert_eq!(deploy.on_expiry, Some(OnExpiry::Term));
         assert_eq!(deploy.uses, Some(1));
-        let allowed = |s: &str| {
-            config
-                .check_allowed(&Scope::parse(s).expect("scope"))
-                .is_ok()
-        };
-        assert!(allowed("read:articles") && allowed("read:*") && allowed("write:draft"));
-        assert!(!allowed("write:prod") && !allowed("*") && !allowed("read*"));
         assert!(config.profile("nope").is_err());
     }
 

@@ -2,54 +2,17 @@
 //! (`max_ttl`, `allowed_scopes`) and the parent lease (a live token in the environment), and
 //! refuses anything the policy does not allow before a lease exists.
 
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, anyhow, bail};
 
 use crate::authorize::{self, Denial, Reason, Standing};
-use crate::config::{Config, Profile};
+use crate::config::{Config, OnExpiry, Profile};
 use crate::record::{Record, rfc3339};
-use crate::scope::Grant;
+use crate::scope::{Grant, Scope};
 use crate::store::Store;
 use crate::token::Token;
 use crate::ttl;
-
-/// What `lease run` does to its command when the lease expires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnExpiry {
-    /// Nothing: the token just stops working.
-    #[default]
-    Keep,
-    /// SIGTERM, then SIGKILL after the grace period.
-    Term,
-    /// SIGKILL.
-    Kill,
-}
-
-impl OnExpiry {
-    /// The word the command line and the config use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnExpiry::Keep => "keep",
-            OnExpiry::Term => "term",
-            OnExpiry::Kill => "kill",
-        }
-    }
-}
-
-impl FromStr for OnExpiry {
-    type Err = anyhow::Error;
-
-    fn from_str(text: &str) -> Result<OnExpiry> {
-        match text {
-            "keep" => Ok(OnExpiry::Keep),
-            "term" => Ok(OnExpiry::Term),
-            "kill" => Ok(OnExpiry::Kill),
-            other => bail!("'{}' is not one of keep, term, kill", other.escape_debug()),
-        }
-    }
-}
 
 /// The grace between SIGTERM and SIGKILL when `--grace` is not given.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -108,9 +71,9 @@ pub fn plan(
         bail!("no scope given: pass --scope (e.g. --scope read:articles) or --profile NAME");
     };
     let ttl = flags.ttl.or(profile.ttl).unwrap_or(config.default_ttl);
-    config.check_ttl(ttl)?;
+    check_ttl(config, ttl)?;
     for grant in &grants {
-        config.check_allowed(&grant.scope)?;
+        check_allowed(config, &grant.scope)?;
     }
     let issued_at = whole_seconds_floor(now)?;
     let mut expires_at = whole_seconds_ceil(later(now, ttl)?)?;
@@ -173,6 +136,35 @@ pub fn plan(
     ))
 }
 
+/// Checks a lifetime against `max_ttl`.
+pub fn check_ttl(config: &Config, ttl: Duration) -> Result<()> {
+    if ttl > config.max_ttl {
+        bail!(
+            "ttl {} is too long: {} allows at most {}; ask for less with --ttl",
+            ttl::human(ttl),
+            config.source("max_ttl"),
+            ttl::human(config.max_ttl)
+        );
+    }
+    Ok(())
+}
+
+/// Checks that `scope` may be minted under `allowed_scopes`.
+pub fn check_allowed(config: &Config, scope: &Scope) -> Result<()> {
+    match &config.allowed_scopes {
+        Some(allowed) if !allowed.iter().any(|a| a.covers(scope)) => bail!(
+            "scope '{scope}' is not allowed: {} permits only {}",
+            config.source("allowed_scopes"),
+            if allowed.is_empty() {
+                "nothing".to_owned()
+            } else {
+                crate::scope::join(allowed)
+            }
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The lease behind an inherited token, if it is one of this store's. A token this store does
 /// not know (another store's, or not a lease token) is no parent; a known one that can no longer
 /// grant anything refuses the new lease, which would be dead on arrival.
@@ -212,4 +204,24 @@ fn whole_seconds_ceil(time: SystemTime) -> Result<SystemTime> {
         .as_secs()
         .saturating_add(u64::from(since.subsec_nanos() > 0));
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_limits_ttls_and_scopes() {
+        // The example in the README's Policy section, so that the documentation stays true.
+        let readme = include_str!("../README.md");
+        let policy = &readme[readme.find("## Policy").expect("a Policy section")..];
+        let start = policy.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let example = &policy[start..start + policy[start..].find("```").expect("its end")];
+        let config = Config::parse(example, std::path::Path::new("config.toml")).expect("valid");
+        let allowed = |s: &str| check_allowed(&config, &Scope::parse(s).expect("scope")).is_ok();
+        assert!(allowed("read:articles") && allowed("read:*") && allowed("write:draft"));
+        assert!(!allowed("write:prod") && !allowed("*") && !allowed("read*"));
+        assert!(check_ttl(&config, config.max_ttl).is_ok());
+        assert!(check_ttl(&config, config.max_ttl + Duration::from_secs(1)).is_err());
+    }
 }

@@ -29,8 +29,6 @@ use signal_hook::iterator::SignalsInfo;
 use signal_hook::iterator::exfiltrator::WithOrigin;
 use signal_hook::low_level::siginfo::{Cause, Origin};
 
-use crate::child::SignalPlan;
-
 /// The signals lease forwards to its child.
 pub const FORWARDED: [c_int; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 
@@ -48,6 +46,15 @@ extern "C" fn record_sigpipe_at_start() {
 #[used]
 #[unsafe(link_section = ".init_array")]
 static RECORD_SIGPIPE_AT_START: extern "C" fn() = record_sigpipe_at_start;
+
+/// What the child's signal dispositions must be made before it runs the command.
+#[derive(Debug, Clone, Default)]
+pub struct SignalPlan {
+    /// Signals lease caught (with handlers that must not run in the child): back to default.
+    pub reset: Vec<c_int>,
+    /// Signals that were ignored when lease started: ignored again in the child.
+    pub ignore: Vec<c_int>,
+}
 
 /// Watches signals for the lifetime of one child and forwards them to it.
 #[derive(Debug)]

@@ -216,6 +216,14 @@ impl Log {
         }
     }
 
+    /// Appends `event`; a trail that cannot be written is reported on stderr and does not stop
+    /// the command.
+    pub fn note(&self, event: &Event) {
+        if let Err(err) = self.append(event) {
+            eprintln!("lease: warning: {err:#}");
+        }
+    }
+
     /// Appends one event as one line, in one write.
     ///
     /// A log that is not a regular file of the user's ([`Unusable`]) is not written: the

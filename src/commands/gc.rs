@@ -5,14 +5,14 @@ use std::time::SystemTime;
 
 use anyhow::{Context as _, Result};
 
-use super::Context;
+use super::Setup;
 use crate::audit::{Event, EventKind};
 use crate::exit::Exit;
 use crate::record::{State, Status};
 use crate::store::{Loaded, Open};
 
-pub fn gc(context: &Context) -> Result<Exit> {
-    let store = context.store(Open::ExistingOnly)?;
+pub fn gc(setup: &Setup) -> Result<Exit> {
+    let store = setup.store(Open::ExistingOnly)?;
     let now = SystemTime::now();
     let mut removed = 0usize;
     let mut skipped = super::Skipped::default();
@@ -54,7 +54,7 @@ pub fn gc(context: &Context) -> Result<Exit> {
             }
             if let Some(mut event) = event {
                 event.reason = Some("gc".to_owned());
-                super::log(&store, &event);
+                store.audit().note(&event);
             }
         }
     }

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use super::{Context, print_json};
+use super::{Setup, print_json};
 use crate::audit::Process;
 use crate::cli::IssueRequest;
 use crate::exit::Exit;
@@ -20,10 +20,11 @@ struct Issued<'a> {
     expires_at: String,
 }
 
-pub fn issue(context: &Context, request: IssueRequest) -> Result<Exit> {
-    let store = context.store(Open::CreateIfMissing)?;
-    let plan = super::plan(context, request.asked, &store)?;
-    let (token, record, ()) = super::mint(&store, &plan, &Process::caller(), |_| Ok((None, ())))?;
+pub fn issue(setup: &Setup, request: IssueRequest) -> Result<Exit> {
+    let store = setup.store(Open::CreateIfMissing)?;
+    let plan = super::plan(setup, request.asked, &store)?;
+    let (token, record, ()) =
+        crate::lease::mint(&store, &plan, &Process::caller(), |_| Ok((None, ())))?;
     if request.json {
         print_json(&Issued {
             id: &record.id,

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use super::{Context, print_json};
+use super::{Setup, print_json};
 use crate::authorize::{self, Reason};
 use crate::exit::Exit;
 use crate::record::{Record, rfc3339};
@@ -28,8 +28,8 @@ struct Listed<'a> {
     scope_uses_left: &'a BTreeMap<String, u64>,
 }
 
-pub fn list(context: &Context, all: bool, json: bool) -> Result<Exit> {
-    let store = context.store(Open::ExistingOnly)?;
+pub fn list(setup: &Setup, all: bool, json: bool) -> Result<Exit> {
+    let store = setup.store(Open::ExistingOnly)?;
     let now = SystemTime::now();
     let mut leases = authorize::standings(load_all(&store)?, now);
     leases.retain(|(_, reason)| all || reason.is_none());

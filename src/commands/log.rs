@@ -5,18 +5,13 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result};
 
-use super::Context;
+use super::Setup;
 use crate::audit::Event;
 use crate::exit::Exit;
 use crate::store::Open;
 
-pub fn log(
-    context: &Context,
-    id: Option<&str>,
-    since: Option<Duration>,
-    json: bool,
-) -> Result<Exit> {
-    let store = context.store(Open::ExistingOnly)?;
+pub fn log(setup: &Setup, id: Option<&str>, since: Option<Duration>, json: bool) -> Result<Exit> {
+    let store = setup.store(Open::ExistingOnly)?;
     let cutoff = since.and_then(|d| SystemTime::now().checked_sub(d));
     let events = store.audit().read()?.into_iter().filter(|event| {
         let about = id.is_none_or(|id| {

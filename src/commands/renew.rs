@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context as _, Result};
 
-use super::Context;
+use super::Setup;
 use crate::audit::{Event, EventKind, Process};
 use crate::authorize::{self, Reason, Standing};
 use crate::cli::RenewRequest;
@@ -22,15 +22,15 @@ enum Outcome {
     Ended(Reason),
 }
 
-pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
-    let token = super::verify::read_token(&request.source, &context.config.token_env)
+pub fn renew(setup: &Setup, request: &RenewRequest) -> Result<Exit> {
+    let token = super::verify::read_token(&request.source, &setup.config.token_env)
         .context("cannot renew")?;
     if !token.is_well_formed() {
         return Ok(refuse(Reason::Malformed, "not a lease token"));
     }
-    let store = context.store(Open::ExistingOnly)?;
+    let store = setup.store(Open::ExistingOnly)?;
     let now = SystemTime::now();
-    let by = request.ttl.unwrap_or(context.config.default_ttl);
+    let by = request.ttl.unwrap_or(setup.config.default_ttl);
     let records = match authorize::standing(&store, &token, now)? {
         Standing::Dead(denial) => return Ok(refuse(denial.reason, &denial.detail)),
         Standing::Live(records) => records,
@@ -66,7 +66,7 @@ pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
             let mut event =
                 Event::new(EventKind::Renewed, Some(&record)).process(&Process::caller());
             event.expires_at = Some(rfc3339::format(until));
-            super::log(&store, &event);
+            store.audit().note(&event);
             if capped {
                 eprintln!(
                     "lease: note: extended only to {}: the lease may not outlive max_ttl from its first issue, nor its parent",
@@ -82,7 +82,7 @@ pub fn renew(context: &Context, request: &RenewRequest) -> Result<Exit> {
             &format!(
                 "lease {id} already lives until {}, as long as it may (max_ttl {} from its first issue, or its parent's expiry)",
                 rfc3339::format(limit),
-                ttl::human(context.config.max_ttl)
+                ttl::human(setup.config.max_ttl)
             ),
         )),
         (Some(Outcome::Ended(reason)), _) => {

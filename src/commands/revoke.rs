@@ -5,15 +5,15 @@ use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::Context;
+use super::Setup;
 use crate::audit::{Event, EventKind, Process};
 use crate::cli::{RevokeTarget, TokenSource};
 use crate::exit::Exit;
 use crate::store::{Loaded, Open, Store};
 use crate::token::LeaseId;
 
-pub fn revoke(context: &Context, target: RevokeTarget) -> Result<Exit> {
-    let store = context.store(Open::ExistingOnly)?;
+pub fn revoke(setup: &Setup, target: RevokeTarget) -> Result<Exit> {
+    let store = setup.store(Open::ExistingOnly)?;
     let caller = Process::caller();
     match target {
         RevokeTarget::All => {
@@ -28,7 +28,7 @@ pub fn revoke(context: &Context, target: RevokeTarget) -> Result<Exit> {
             }
             skipped.into_result("revoked")
         }
-        RevokeTarget::Own(source) => revoke_own(context, &store, &source, &caller),
+        RevokeTarget::Own(source) => revoke_own(setup, &store, &source, &caller),
         RevokeTarget::Ids(ids) => {
             let mut unknown = Vec::new();
             for text in &ids {
@@ -59,14 +59,14 @@ pub fn revoke(context: &Context, target: RevokeTarget) -> Result<Exit> {
 /// that already ended is left as it is, and that is success: this is a CI job's always-run
 /// last step, which may run after the lease expired or after an earlier attempt.
 fn revoke_own(
-    context: &Context,
+    setup: &Setup,
     store: &Store,
     source: &TokenSource,
     caller: &Process,
 ) -> Result<Exit> {
     const WHY: &str = "revoke --self";
     let token =
-        super::verify::read_token(source, &context.config.token_env).context("cannot revoke")?;
+        super::verify::read_token(source, &setup.config.token_env).context("cannot revoke")?;
     if !token.is_well_formed() {
         bail!(
             "cannot revoke: the token presented is not a lease token (mistyped or truncated?): present the one `lease issue` printed or `lease run` set"
@@ -132,7 +132,7 @@ pub(super) fn revoke_one(
     if let (true, Loaded::Found(record)) = (changed, &loaded) {
         let mut event = Event::new(EventKind::Revoked, Some(record)).process(process);
         event.reason = Some(why.to_owned());
-        super::log(store, &event);
+        store.audit().note(&event);
     }
     Ok(loaded)
 }

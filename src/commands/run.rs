@@ -1,7 +1,6 @@
 //! `lease run`: mint, start the child, forward signals, wait, revoke; and what goes with it:
 //! the child's environment, masking, the receipt.
 
-use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -9,32 +8,32 @@ use std::process::ExitStatus;
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
 
-use super::Context;
+use super::Setup;
 use crate::audit::{self, Event, EventKind, Process};
 use crate::child::{self, EnvRules, Spec};
 use crate::cli::{RunMode, RunRequest};
+use crate::config::DEFAULT_TOKEN_ENV;
 use crate::config::OnExpiry;
-use crate::config::{DEFAULT_TOKEN_ENV, TOKEN_ENV_VAR};
 use crate::exit::Exit;
+use crate::lease;
 use crate::mask::Masker;
 use crate::owner::Owner;
 use crate::policy::Plan;
-use crate::record::{Record, rfc3339};
-use crate::scope;
+use crate::receipt::{self, Receipt};
+use crate::record::Record;
 use crate::signals::{Deadline, Forwarder, Waited};
 use crate::store::{Loaded, Open, Store};
 use crate::token::LeaseId;
 
-pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
+pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
     // `--print-env` creates nothing: it reads a parent lease, if there is one, and mints nothing.
-    let store = context.store(match request.mode {
+    let store = setup.store(match request.mode {
         RunMode::PrintEnv => Open::ExistingOnly,
         RunMode::Exec { .. } => Open::CreateIfMissing,
     })?;
-    let plan = super::plan(context, request.asked, &store)?;
-    let scrub: Vec<&glob::Pattern> = context
+    let plan = super::plan(setup, request.asked, &store)?;
+    let scrub: Vec<&glob::Pattern> = setup
         .config
         .scrub_env
         .iter()
@@ -42,8 +41,8 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
         .collect();
     // An inherited token must not ride along beside the new one: the variables that name one
     // go, and so does every other variable holding something shaped like a token.
-    let inherited_at = super::verify::token_env_in_use(&context.config.token_env).ok();
-    let remove = [DEFAULT_TOKEN_ENV, context.config.token_env.as_str()]
+    let inherited_at = super::verify::token_env_in_use(&setup.config.token_env).ok();
+    let remove = [DEFAULT_TOKEN_ENV, setup.config.token_env.as_str()]
         .into_iter()
         .chain(inherited_at.as_deref())
         .filter(|name| *name != plan.token_env)
@@ -60,7 +59,7 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     };
     // A receipt that could not be written must stop the run before it starts, not after.
     if let Some(path) = &request.receipt {
-        receipt_can_be_written(path)?;
+        receipt::can_be_written(path)?;
     }
 
     let ends_at_expiry = plan.on_expiry != OnExpiry::Keep;
@@ -75,12 +74,12 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     // The command is forked and held just before its exec while its lease is recorded, with
     // the command's own pid and start time: from its first instruction on, `verify` can tell
     // whether it still runs, whatever becomes of lease.
-    let (token, record, mut held) = super::mint(&store, &plan, &process, |token| {
-        let vars = lease_vars(
+    let (token, record, mut held) = lease::mint(&store, &plan, &process, |token| {
+        let vars = lease::variables(
             &store,
             &plan,
             token.hash().id().as_str(),
-            &plan_scope(&plan),
+            &lease::scope_of(&plan),
             token.expose(),
         );
         let spec = Spec {
@@ -158,36 +157,14 @@ pub fn run(context: &Context, request: RunRequest) -> Result<Exit> {
     Ok(outcome)
 }
 
-/// The lease's variables for the child: its id, scope, expiry, store, the token and the name of
-/// the variable that holds it (so that nested runs and `verify` find it under any name).
-fn lease_vars(
-    store: &Store,
-    plan: &Plan,
-    id: &str,
-    scope: &str,
-    token: &str,
-) -> Vec<(OsString, OsString)> {
-    vec![
-        ("LEASE_ID".into(), id.into()),
-        ("LEASE_SCOPE".into(), scope.into()),
-        (
-            "LEASE_EXPIRES_AT".into(),
-            rfc3339::format(plan.expires_at).into(),
-        ),
-        ("LEASE_STATE_DIR".into(), store.dir().as_os_str().to_owned()),
-        (TOKEN_ENV_VAR.into(), plan.token_env.clone().into()),
-        (plan.token_env.clone().into(), token.into()),
-    ]
-}
-
 /// `--print-env`: the environment the command would get, with the secret and the id (which do
 /// not exist yet) shown as placeholders. Nothing is minted and nothing is run.
 fn print_env(plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
-    let vars = lease_vars(
+    let vars = lease::variables(
         store,
         plan,
         "<minted when the command starts>",
-        &plan_scope(plan),
+        &lease::scope_of(plan),
         "<token: minted when the command starts>",
     );
     let mut out = std::io::stdout().lock();
@@ -199,12 +176,6 @@ fn print_env(plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
         out.write_all(&line).context("writing to standard output")?;
     }
     Ok(Exit::Success)
-}
-
-/// The scopes the plan grants, comma-joined, as `LEASE_SCOPE` shows them.
-fn plan_scope(plan: &Plan) -> String {
-    let scope: Vec<_> = plan.grants.iter().map(|g| g.scope.clone()).collect();
-    scope::join(&scope)
 }
 
 /// Records how the command ended in the trail, and returns the status lease ends with.
@@ -220,7 +191,7 @@ fn record_exit(
     exited.exit_code = waited.status.code();
     exited.signal = waited.status.signal();
     exited.duration_ms = Some(duration_ms);
-    super::log(store, &exited);
+    store.audit().note(&exited);
     if !waited.ended_at_expiry {
         return exit_of(waited.status);
     }
@@ -231,7 +202,7 @@ fn record_exit(
     let mut expired = Event::new(EventKind::Expired, Some(record)).process(process);
     expired.reason = Some(format!("on-expiry {}", plan.on_expiry.as_str()));
     expired.signal = waited.sent_at_expiry;
-    super::log(store, &expired);
+    store.audit().note(&expired);
     let how = match (waited.status.signal(), waited.sent_at_expiry) {
         (Some(died_of), _) => format!("the command was ended with {}", name(died_of)),
         (None, Some(sent)) => format!("the command was sent {} and exited", name(sent)),
@@ -243,149 +214,6 @@ fn record_exit(
         plan.on_expiry.as_str()
     );
     Exit::Expired
-}
-
-/// What `--receipt FILE` holds: the lease, every verify decision of the run, the exit.
-#[derive(Serialize)]
-struct Receipt {
-    lease: ReceiptLease,
-    decisions: Vec<Decision>,
-    exit: ReceiptExit,
-    started_at: String,
-    ended_at: String,
-    duration_ms: u64,
-}
-
-#[derive(Serialize)]
-struct ReceiptLease {
-    id: String,
-    scope: Vec<String>,
-    issued_at: String,
-    expires_at: String,
-    parent: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Decision {
-    time: String,
-    lease: Option<String>,
-    action: Option<String>,
-    granted: bool,
-    reason: Option<String>,
-}
-
-#[derive(Serialize)]
-struct ReceiptExit {
-    code: Option<i32>,
-    signal: Option<i32>,
-    ended_at_expiry: bool,
-}
-
-impl Receipt {
-    fn new(
-        store: &Store,
-        record: &Record,
-        waited: &Waited,
-        started_at: SystemTime,
-        duration_ms: u64,
-    ) -> Receipt {
-        // Decisions about this lease and any lease nested in it (at any depth) during the run:
-        // the trail names each lease's parent when it is issued, before it is used.
-        let mut ours = std::collections::HashSet::from([record.id.clone()]);
-        let decisions = store
-            .audit()
-            .read()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| {
-                if let (Some(lease), Some(parent)) = (&e.lease, &e.parent)
-                    && ours.contains(parent)
-                {
-                    ours.insert(lease.clone());
-                }
-                e.lease.as_ref().is_some_and(|l| ours.contains(l))
-            })
-            .filter(|e| matches!(e.event, EventKind::Granted | EventKind::Denied))
-            .map(|e| Decision {
-                granted: e.event == EventKind::Granted,
-                time: e.time,
-                lease: e.lease,
-                action: e.action,
-                reason: e.reason,
-            })
-            .collect();
-        Receipt {
-            lease: ReceiptLease {
-                id: record.id.clone(),
-                scope: record.scope.iter().map(|s| s.to_string()).collect(),
-                issued_at: rfc3339::format(record.issued_at),
-                expires_at: rfc3339::format(record.expires_at),
-                parent: record.parent.clone(),
-            },
-            decisions,
-            exit: ReceiptExit {
-                code: waited.status.code(),
-                signal: waited.status.signal(),
-                ended_at_expiry: waited.ended_at_expiry,
-            },
-            started_at: rfc3339::format(started_at),
-            ended_at: rfc3339::format(SystemTime::now()),
-            duration_ms,
-        }
-    }
-
-    /// Writes the receipt (0600, replaced atomically) to `path`: as a new regular file in its
-    /// directory, renamed into place only over nothing or over a regular file.
-    fn write(&self, path: &Path) -> Result<()> {
-        let mut text = serde_json::to_vec_pretty(self).context("encoding the receipt")?;
-        text.push(b'\n');
-        let shown = path.display();
-        let mut temp = receipt_temp_file(path)?;
-        temp.write_all(&text)
-            .with_context(|| format!("writing the receipt {shown}"))?;
-        refuse_non_regular(path)?;
-        temp.persist(path)
-            .map_err(|e| e.error)
-            .with_context(|| format!("writing the receipt {shown}"))?;
-        Ok(())
-    }
-}
-
-/// Checks, before anything is minted, that the receipt can be written: its directory takes a
-/// new file, and `path` is not something other than a regular file.
-fn receipt_can_be_written(path: &Path) -> Result<()> {
-    refuse_non_regular(path)?;
-    receipt_temp_file(path).map(drop)
-}
-
-/// A new private temporary file beside `path` (removed when dropped unless persisted).
-fn receipt_temp_file(path: &Path) -> Result<tempfile::NamedTempFile> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    tempfile::Builder::new()
-        .prefix(".lease-receipt-")
-        .tempfile_in(dir)
-        .with_context(|| {
-            format!(
-                "cannot write the receipt {}: its directory {} does not take new files",
-                path.display(),
-                dir.display()
-            )
-        })
-}
-
-/// Refuses a receipt path that exists as anything but a regular file (a device, a FIFO, a
-/// directory, a symlink): a receipt never replaces one.
-fn refuse_non_regular(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_file() => anyhow::bail!(
-            "cannot write the receipt {}: it exists and is not a regular file; choose a new file name",
-            path.display()
-        ),
-        _ => Ok(()),
-    }
 }
 
 /// The status lease should end with, given how the child ended.

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use super::{Context, print_json};
+use super::{Setup, print_json};
 use crate::authorize::{self, Denial, Reason, Standing};
 use crate::cli::TokenSource;
 use crate::exit::Exit;
@@ -29,14 +29,14 @@ struct Status<'a> {
     run: Option<&'a str>,
 }
 
-pub fn status(context: &Context, source: &TokenSource, json: bool) -> Result<Exit> {
-    let token = super::verify::read_token(source, &context.config.token_env)
+pub fn status(setup: &Setup, source: &TokenSource, json: bool) -> Result<Exit> {
+    let token = super::verify::read_token(source, &setup.config.token_env)
         .context("cannot show the lease's status")?;
     if !token.is_well_formed() {
         eprintln!("lease: no valid lease: malformed: the token given is not a lease token");
         return Ok(Exit::Denied);
     }
-    let store = context.store(Open::ExistingOnly)?;
+    let store = setup.store(Open::ExistingOnly)?;
     let now = SystemTime::now();
     let (record, reason, detail) = match authorize::standing(&store, &token, now)? {
         Standing::Dead(Denial {

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use super::{Context, print_json};
+use super::{Setup, print_json};
 use crate::audit::EventKind;
 use crate::exit::Exit;
 use crate::record::Status;
@@ -33,8 +33,8 @@ struct Denial {
     reason: String,
 }
 
-pub fn suggest(context: &Context, id: &str, json: bool) -> Result<Exit> {
-    let store = context.store(Open::ExistingOnly)?;
+pub fn suggest(setup: &Setup, id: &str, json: bool) -> Result<Exit> {
+    let store = setup.store(Open::ExistingOnly)?;
     let events: Vec<_> = store
         .audit()
         .read()?

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Context, print_json};
+use super::{Setup, print_json};
 use crate::audit::{Event, EventKind, Process};
 use crate::authorize::{Decision, Reason, authorize};
 use crate::cli::{TokenSource, VerifyRequest};
@@ -21,8 +21,8 @@ const MAX_STDIN_BYTES: u64 = 4096;
 
 /// `lease verify`: prints the decision (a line on stderr when denied; JSON if asked) and
 /// returns exit 0 (granted) or 1 (denied); errors mean it cannot decide (exit 2).
-pub fn verify(context: &Context, request: &VerifyRequest) -> Result<Exit> {
-    let (decision, store) = match decide(context, request) {
+pub fn verify(setup: &Setup, request: &VerifyRequest) -> Result<Exit> {
+    let (decision, store) = match decide(setup, request) {
         Ok(decided) => decided,
         Err(err) => {
             if request.json {
@@ -56,7 +56,7 @@ pub fn verify(context: &Context, request: &VerifyRequest) -> Result<Exit> {
         event.run.clone_from(&decision.run);
         event.action = Some(request.action.as_str().to_owned());
         event.reason = Some(decision.reason.to_string());
-        super::log(&store, &event);
+        store.audit().note(&event);
     }
     Ok(if decision.granted {
         Exit::Success
@@ -66,8 +66,8 @@ pub fn verify(context: &Context, request: &VerifyRequest) -> Result<Exit> {
 }
 
 /// The decision, and the store it was read from (none for a malformed token).
-fn decide(context: &Context, request: &VerifyRequest) -> Result<(Decision, Option<Store>)> {
-    let token = read_token(&request.source, &context.config.token_env)?;
+fn decide(setup: &Setup, request: &VerifyRequest) -> Result<(Decision, Option<Store>)> {
+    let token = read_token(&request.source, &setup.config.token_env)?;
     // A mistyped or truncated token is refused before the store is touched.
     if !token.is_well_formed() {
         let detail = format!(
@@ -75,7 +75,7 @@ fn decide(context: &Context, request: &VerifyRequest) -> Result<(Decision, Optio
         );
         return Ok((Decision::deny(Reason::Malformed, detail, None), None));
     }
-    let store = context.store(Open::ExistingOnly)?;
+    let store = setup.store(Open::ExistingOnly)?;
     let decision = authorize(&store, &token, &request.action, SystemTime::now())?;
     Ok((decision, Some(store)))
 }

@@ -1,0 +1,160 @@
+//! `lease run --receipt FILE`: what a run hands back when it ends: its lease, every verify
+//! decision of the run (nested leases included), the exit and the duration.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::audit::EventKind;
+use crate::record::{Record, rfc3339};
+use crate::signals::Waited;
+use crate::store::Store;
+
+/// What `--receipt FILE` holds: the lease, every verify decision of the run, the exit.
+#[derive(Debug, Serialize)]
+pub struct Receipt {
+    lease: ReceiptLease,
+    decisions: Vec<Decision>,
+    exit: ReceiptExit,
+    started_at: String,
+    ended_at: String,
+    duration_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ReceiptLease {
+    id: String,
+    scope: Vec<String>,
+    issued_at: String,
+    expires_at: String,
+    parent: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Decision {
+    time: String,
+    lease: Option<String>,
+    action: Option<String>,
+    granted: bool,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReceiptExit {
+    code: Option<i32>,
+    signal: Option<i32>,
+    ended_at_expiry: bool,
+}
+
+impl Receipt {
+    /// The receipt of the run whose lease is `record`, from the trail in `store`.
+    pub fn new(
+        store: &Store,
+        record: &Record,
+        waited: &Waited,
+        started_at: SystemTime,
+        duration_ms: u64,
+    ) -> Receipt {
+        // Decisions about this lease and any lease nested in it (at any depth) during the run:
+        // the trail names each lease's parent when it is issued, before it is used.
+        let mut ours = HashSet::from([record.id.clone()]);
+        let decisions = store
+            .audit()
+            .read()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                if let (Some(lease), Some(parent)) = (&e.lease, &e.parent)
+                    && ours.contains(parent)
+                {
+                    ours.insert(lease.clone());
+                }
+                e.lease.as_ref().is_some_and(|l| ours.contains(l))
+            })
+            .filter(|e| matches!(e.event, EventKind::Granted | EventKind::Denied))
+            .map(|e| Decision {
+                granted: e.event == EventKind::Granted,
+                time: e.time,
+                lease: e.lease,
+                action: e.action,
+                reason: e.reason,
+            })
+            .collect();
+        Receipt {
+            lease: ReceiptLease {
+                id: record.id.clone(),
+                scope: record.scope.iter().map(|s| s.to_string()).collect(),
+                issued_at: rfc3339::format(record.issued_at),
+                expires_at: rfc3339::format(record.expires_at),
+                parent: record.parent.clone(),
+            },
+            decisions,
+            exit: ReceiptExit {
+                code: waited.status.code(),
+                signal: waited.status.signal(),
+                ended_at_expiry: waited.ended_at_expiry,
+            },
+            started_at: rfc3339::format(started_at),
+            ended_at: rfc3339::format(SystemTime::now()),
+            duration_ms,
+        }
+    }
+
+    /// Writes the receipt (0600, replaced atomically) to `path`: as a new regular file in its
+    /// directory, renamed into place only over nothing or over a regular file.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut text = serde_json::to_vec_pretty(self).context("encoding the receipt")?;
+        text.push(b'\n');
+        let shown = path.display();
+        let mut temp = receipt_temp_file(path)?;
+        temp.write_all(&text)
+            .with_context(|| format!("writing the receipt {shown}"))?;
+        refuse_non_regular(path)?;
+        temp.persist(path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("writing the receipt {shown}"))?;
+        Ok(())
+    }
+}
+
+/// Checks, before anything is minted, that the receipt can be written: its directory takes a
+/// new file, and `path` is not something other than a regular file.
+pub fn can_be_written(path: &Path) -> Result<()> {
+    refuse_non_regular(path)?;
+    receipt_temp_file(path).map(drop)
+}
+
+/// A new private temporary file beside `path` (removed when dropped unless persisted).
+fn receipt_temp_file(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".lease-receipt-")
+        .tempfile_in(dir)
+        .with_context(|| {
+            format!(
+                "cannot write the receipt {}: its directory {} does not take new files",
+                path.display(),
+                dir.display()
+            )
+        })
+}
+
+/// Refuses a receipt path that exists as anything but a regular file (a device, a FIFO, a
+/// directory, a symlink): a receipt never replaces one.
+fn refuse_non_regular(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => anyhow::bail!(
+            "cannot write the receipt {}: it exists and is not a regular file; choose a new file name",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}

@@ -13,6 +13,7 @@ mod harness;
 mod manage;
 mod orphans;
 mod output;
+mod pinned;
 mod policy;
 mod races;
 mod receipt;

@@ -566,3 +566,136 @@ pub fn skip(key: &str, why: &str) {
     }
     let _ = writeln!(std::io::stderr(), "SKIPPED {test} ({key}): {why}");
 }
+
+/// What the commands of one test printed, pinned whole against a file under tests/snapshots/
+/// that is reviewed in the diff like code: each command as `$ lease ARGS`, its exit status, and
+/// its stdout and stderr exactly, with only what changes from run to run redacted (the
+/// sandbox's path as `[SANDBOX]`, lease ids as `[ID]`, times as `[TIME]`, pids as `[PID]`).
+///
+/// A mismatch fails the test, printing the diff. To accept new output, run the tests with
+/// `SNAPSHOTS=overwrite` (snapbox rewrites the files) and review the diff of tests/snapshots/
+/// before committing; under `CI=true` the files are never rewritten.
+pub struct Transcript<'a> {
+    sandbox: &'a Sandbox,
+    text: String,
+}
+
+impl<'a> Transcript<'a> {
+    pub fn new(sandbox: &'a Sandbox) -> Transcript<'a> {
+        Transcript {
+            sandbox,
+            text: String::new(),
+        }
+    }
+
+    /// Runs `cmd` (a `lease` command) and adds it, with what it printed, to the transcript. A
+    /// token among its arguments is shown as `[TOKEN]`; in what it printed, it stays as it is,
+    /// so that a leak fails the comparison.
+    pub fn run(&mut self, cmd: Cmd) -> Out {
+        let token = regex::Regex::new(r"^agt_[A-Za-z0-9_-]{48}$").expect("regex");
+        let args: Vec<String> = cmd
+            .command
+            .get_args()
+            .map(|a| match a.to_string_lossy() {
+                word if token.is_match(&word) => "[TOKEN]".to_owned(),
+                word => shell_word(&word),
+            })
+            .collect();
+        let out = cmd.run();
+        if !self.text.is_empty() {
+            self.text.push('\n');
+        }
+        let line = std::iter::once("$ lease".to_owned()).chain(args);
+        self.text
+            .push_str(&(line.collect::<Vec<_>>().join(" ") + "\n"));
+        match out.code() {
+            Some(code) => self.text.push_str(&format!("exit {code}\n")),
+            None => self
+                .text
+                .push_str(&format!("killed by {:?}\n", out.status.signal())),
+        }
+        for (name, stream) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            if stream.is_empty() {
+                continue;
+            }
+            self.text.push_str(&format!("--- {name}\n{stream}"));
+            if !stream.ends_with('\n') {
+                self.text.push_str("\n\\ no newline at the end\n");
+            }
+        }
+        out
+    }
+
+    /// Compares the transcript with tests/snapshots/`snapshot`.
+    #[track_caller]
+    pub fn matches(&self, snapshot: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/snapshots")
+            .join(snapshot);
+        let mut redactions = snapbox::Redactions::new();
+        let redact = |redactions: &mut snapbox::Redactions, name, value: snapbox::RedactedValue| {
+            redactions.insert(name, value).expect("a valid redaction");
+        };
+        redact(
+            &mut redactions,
+            "[SANDBOX]",
+            self.sandbox
+                .dir
+                .path()
+                .to_string_lossy()
+                .into_owned()
+                .into(),
+        );
+        redact(
+            &mut redactions,
+            "[ID]",
+            regex::Regex::new(r"\b[0-9a-f]{12}\b")
+                .expect("regex")
+                .into(),
+        );
+        redact(
+            &mut redactions,
+            "[TIME]",
+            regex::Regex::new(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z\b")
+                .expect("regex")
+                .into(),
+        );
+        redact(
+            &mut redactions,
+            "[PID]",
+            regex::Regex::new(r"\bpid (?<redacted>\d+)\b")
+                .expect("regex")
+                .into(),
+        );
+        snapbox::Assert::new()
+            .action(snapshot_action())
+            .normalize_paths(false)
+            .redact_with(redactions)
+            .eq(
+                self.text.as_str(),
+                snapbox::Data::read_from(&path, Some(snapbox::data::DataFormat::Text)),
+            );
+    }
+}
+
+/// Verify, unless `SNAPSHOTS=overwrite` asks for the files to be rewritten outside CI. Only
+/// these two: snapbox's `skip` and `ignore` would let a changed message pass unnoticed.
+fn snapshot_action() -> snapbox::assert::Action {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let overwrite = std::env::var("SNAPSHOTS").is_ok_and(|v| v == "overwrite");
+    if overwrite && !ci {
+        snapbox::assert::Action::Overwrite
+    } else {
+        snapbox::assert::Action::Verify
+    }
+}
+
+/// `word` as a shell would need it typed: quoted if it holds anything but plain characters.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_=:./,@%+".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}

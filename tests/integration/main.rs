@@ -2,22 +2,28 @@
 //! pseudo-terminal and real shells. Each test runs in its own sandbox (see `harness`).
 #![allow(clippy::unwrap_used)]
 
+mod audit;
 mod bad_input;
 mod cli;
 mod config;
+mod environment;
 mod examples;
 mod hardening;
 mod harness;
 mod manage;
 mod orphans;
 mod output;
+mod pinned;
 mod policy;
 mod races;
+mod receipt;
 mod run;
 mod scanners;
+mod shell;
 mod signals;
+mod status;
 mod store;
 mod stress;
+mod suggest;
 mod terminal;
-mod trail;
 mod verify;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use portable_pty::{CommandBuilder, PtySize, native_pty_system};
 
-use crate::harness::{PATIENCE, Sandbox, lease_bin, wait_for_exit};
+use crate::harness::{PATIENCE, Sandbox, kill_pid, lease_bin, wait_for_exit};
 
 /// Bytes from a reader, collected on a thread, so that a test can wait for a partial line.
 struct Bytes {
@@ -236,4 +236,66 @@ fn mask_shows_bash_read_p_prompt_on_a_terminal() {
     keys.flush().unwrap();
     output.expect("hi bob");
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn mask_hides_the_token_on_both_streams_including_a_last_line_without_newline() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--mask", "--", "sh", "-c"])
+        .arg("echo \"out $LEASE_TOKEN end\"; echo \"err $LEASE_TOKEN\" >&2; printf 'twice %s%s' \"$LEASE_TOKEN\" \"$LEASE_TOKEN\"; printf 'x %s' \"$LEASE_TOKEN\" >&2")
+        .run()
+        .success();
+    assert_eq!(out.stdout, "out *** end\ntwice ******");
+    assert_eq!(out.stderr, "err ***\nx ***");
+    let records = sandbox.records();
+    assert_eq!(records.len(), 1);
+}
+
+#[test]
+fn mask_streams_line_by_line_and_a_lingering_grandchild_does_not_hold_lease() {
+    let sandbox = Sandbox::new();
+    let mut run = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--mask",
+            "--",
+            "sh",
+            "-c",
+            "echo first $LEASE_TOKEN; read line; echo second",
+        ])
+        .start();
+    assert_eq!(
+        run.lines.expect("first"),
+        "first ***",
+        "the line arrives while the command still runs"
+    );
+    run.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    run.lines.expect("second");
+    assert!(run.wait().success());
+
+    let started = Instant::now();
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--mask",
+            "--",
+            "sh",
+            "-c",
+            "sleep 30 & echo $!; echo done",
+        ])
+        .run()
+        .success();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "held for {:?}",
+        started.elapsed()
+    );
+    let grandchild: i32 = out.stdout.lines().next().unwrap().parse().unwrap();
+    kill_pid(grandchild);
+    assert!(out.stdout.ends_with("done\n"), "{out:#?}");
 }

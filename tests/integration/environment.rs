@@ -1,0 +1,89 @@
+//! The command's environment: `--scrub`, `scrub_env`, `--clean-env` and `--keep`, and
+//! `--print-env` showing it without minting.
+
+use crate::harness::Sandbox;
+
+#[test]
+fn scrub_removes_long_lived_secrets_and_clean_env_starts_from_nothing() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("scrub_env = [\"AWS_*\"]\n");
+    let show = "env | grep -E '^(AWS_|GITHUB_TOKEN|NPM_TOKEN|KEEP_ME|HOME|LEASE_)' | cut -d= -f1 | sort | tr '\\n' ' '";
+    let out = sandbox
+        .lease([
+            "run", "--scope", "a", "--scrub", "*_TOKEN", "--", "sh", "-c", show,
+        ])
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .env("GITHUB_TOKEN", "y")
+        .env("NPM_TOKEN", "z")
+        .env("KEEP_ME", "k")
+        .run()
+        .success();
+    assert_eq!(
+        out.stdout.trim(),
+        "HOME KEEP_ME LEASE_EXPIRES_AT LEASE_ID LEASE_SCOPE LEASE_STATE_DIR LEASE_TOKEN LEASE_TOKEN_ENV"
+    );
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--clean-env",
+            "--keep",
+            "KEEP_ME",
+            "--",
+            "/usr/bin/env",
+        ])
+        .env("KEEP_ME", "k")
+        .run()
+        .success();
+    let names: Vec<&str> = out
+        .stdout
+        .lines()
+        .map(|l| l.split('=').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "KEEP_ME",
+            "LEASE_EXPIRES_AT",
+            "LEASE_ID",
+            "LEASE_SCOPE",
+            "LEASE_STATE_DIR",
+            "LEASE_TOKEN",
+            "LEASE_TOKEN_ENV"
+        ]
+    );
+    sandbox
+        .lease(["run", "--scope", "a", "--keep", "X", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line();
+}
+
+#[test]
+fn print_env_shows_what_the_command_would_get_without_minting() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a,b",
+            "--scrub",
+            "GITHUB_*",
+            "--print-env",
+        ])
+        .env("GITHUB_TOKEN", "ghp_x")
+        .env("OTHER", "1")
+        .run()
+        .success();
+    assert!(
+        out.stdout.contains("OTHER=1\n") && out.stdout.contains("LEASE_SCOPE=a,b\n"),
+        "{out:#?}"
+    );
+    assert!(!out.stdout.contains("GITHUB_TOKEN"), "{out:#?}");
+    assert!(
+        !out.stdout.contains("agt_"),
+        "no token is shown (or minted)"
+    );
+    assert!(sandbox.records().is_empty(), "nothing was minted");
+}

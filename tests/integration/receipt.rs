@@ -1,0 +1,86 @@
+//! `lease run --receipt FILE`: what a run hands back (its lease, every decision, its exit),
+//! and a receipt that cannot be written stopping the run before it starts.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+use crate::harness::Sandbox;
+
+#[test]
+fn a_receipt_holds_the_lease_every_decision_and_the_exit() {
+    let sandbox = Sandbox::new();
+    let receipt = sandbox.path("receipt.json");
+    let out = sandbox
+        .lease(["run", "--scope", "read:*", "--receipt", receipt.to_str().unwrap(), "--", "sh", "-c"])
+        .arg("echo $LEASE_TOKEN; lease verify read:a; lease verify write:b; lease issue --scope read:x | LEASE_TOKEN= lease verify read:x --token-stdin; lease run --scope read:y -- lease verify read:y")
+        .run()
+        .success();
+    let token = out.stdout.lines().next().unwrap().to_owned();
+    let text = std::fs::read_to_string(&receipt).unwrap();
+    assert!(!text.contains(&token[4..]), "the receipt holds no token");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["lease"]["scope"], serde_json::json!(["read:*"]));
+    let decisions = crate::harness::receipt_decisions(&json);
+    let expected = [
+        ("read:a", true),
+        ("write:b", false),
+        ("read:x", true),
+        ("read:y", true),
+    ];
+    let expected: Vec<(String, bool)> = expected
+        .iter()
+        .map(|(a, g)| ((*a).to_owned(), *g))
+        .collect();
+    assert_eq!(
+        decisions, expected,
+        "nested leases and nested runs count too"
+    );
+    assert_eq!(json["exit"]["code"], 0);
+    assert!(json["duration_ms"].as_u64().is_some());
+    assert_eq!(
+        std::fs::metadata(&receipt).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn a_receipt_that_cannot_be_written_stops_the_run_before_it_starts() {
+    let sandbox = Sandbox::new();
+    let ran = sandbox.path("ran");
+    let script = format!("touch '{}'", ran.display());
+    for (receipt, why) in [
+        (
+            "/nonexistent/dir/r.json".to_owned(),
+            "lease: cannot write the receipt /nonexistent/dir/r.json: its directory /nonexistent/dir does not take new files: ",
+        ),
+        (
+            "/dev/full".to_owned(),
+            "lease: cannot write the receipt /dev/full: it exists and is not a regular file; choose a new file name\n",
+        ),
+    ] {
+        let out = sandbox
+            .lease(["run", "--scope", "a", "--receipt", &receipt, "--"])
+            .arg("sh")
+            .arg("-c")
+            .arg(&script)
+            .run()
+            .code_is(125)
+            .one_error_line();
+        assert!(out.stderr.starts_with(why), "{out:#?}");
+        assert!(
+            !ran.exists(),
+            "the command ran although its receipt could not be written"
+        );
+        assert!(
+            sandbox.records().is_empty(),
+            "nothing is minted: {:?}",
+            sandbox.records()
+        );
+    }
+    assert!(
+        std::fs::metadata("/dev/full")
+            .unwrap()
+            .file_type()
+            .is_char_device(),
+        "/dev/full is still the device"
+    );
+}

@@ -300,6 +300,7 @@ fn wait_for_file(path: &Path) -> String {
 /// it at once, and `revoke --all` does not hang either.
 #[test]
 fn a_token_dies_with_its_command_even_while_a_leftover_holds_its_lock() {
+    let _machine = crate::harness::timing();
     let sandbox = Sandbox::new();
     let script = r#"printf %s "$LEASE_TOKEN" > token
         setsid flock -s "$LEASE_STATE_DIR/leases/$LEASE_ID.toml" sh -c 'echo $$ > holder; exec sleep 60' </dev/null >/dev/null 2>&1 &
@@ -340,6 +341,7 @@ fn a_token_dies_with_its_command_even_while_a_leftover_holds_its_lock() {
 /// lease is continued it revokes as usual and exits with the command's status.
 #[test]
 fn a_token_dies_with_its_command_even_while_lease_is_stopped() {
+    let _machine = crate::harness::timing();
     let sandbox = Sandbox::new();
     let script = r#"printf %s "$LEASE_TOKEN" > token; kill -STOP $PPID; exit 3"#;
     let mut run = sandbox.run_sh("read:x", script).start();

@@ -699,3 +699,22 @@ fn shell_word(word: &str) -> String {
         format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
+
+/// Tests that load the machine on purpose (busy loops, hundreds of processes) and tests that
+/// measure a deadline in milliseconds must not overlap: libtest runs tests in parallel on the
+/// same two cores. A loading test holds [`loading`] (exclusive), a timing test [`timing`]
+/// (shared with other timing tests), so a deadline is measured on a machine as busy as its
+/// own test makes it, not as busy as an unrelated stress test does.
+static LOAD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by a test that loads the machine on purpose, for as long as it does.
+pub fn loading() -> std::sync::RwLockWriteGuard<'static, ()> {
+    LOAD.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Held by a test whose assertion is a deadline of a second or less.
+pub fn timing() -> std::sync::RwLockReadGuard<'static, ()> {
+    LOAD.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

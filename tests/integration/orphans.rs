@@ -156,6 +156,7 @@ fn time_to_spawn(sandbox: &Sandbox) -> Duration {
 
 #[test]
 fn three_hundred_wrappers_killed_around_the_spawn_under_load_leave_no_child() {
+    let _machine = crate::harness::loading();
     let sandbox = Sandbox::new();
     let load = CpuLoad::start();
     // Each wrapper is killed with SIGKILL at a random moment between its start and twice the

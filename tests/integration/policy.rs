@@ -530,6 +530,7 @@ fn on_expiry_term_kills_a_command_that_ignores_sigterm_after_the_grace() {
 /// The command traps SIGTERM and prints how long after its lease's expiry it got it.
 #[test]
 fn on_expiry_signals_the_command_within_100_ms_of_the_moment_verify_denies() {
+    let _machine = crate::harness::timing();
     let sandbox = Sandbox::new();
     let script = "\
 import calendar, os, signal, time

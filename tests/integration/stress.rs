@@ -21,6 +21,7 @@ fn spawn_quiet(mut cmd: crate::harness::Cmd) -> Child {
 
 #[test]
 fn kill_storm_leaves_no_live_token_no_child_and_a_store_gc_can_clean() {
+    let _machine = crate::harness::loading();
     let sandbox = Sandbox::new();
     // Each wrapper is killed with SIGKILL at a random moment in its first 50 ms: before, during
     // or after minting, spawning and recording. Spawning and killing interleave, so each kill
@@ -95,6 +96,7 @@ fn kill_storm_leaves_no_live_token_no_child_and_a_store_gc_can_clean() {
 
 #[test]
 fn two_hundred_concurrent_runs_and_issues_lose_nothing() {
+    let _machine = crate::harness::loading();
     let sandbox = Sandbox::new();
     let runs: Vec<Child> = (0..200)
         .map(|i| {

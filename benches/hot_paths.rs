@@ -77,6 +77,8 @@ fn revoke(bencher: divan::Bencher) {
         })
         .bench_local_values(|id| {
             let now = SystemTime::now();
-            store.update(&id, |record| record.revoke(now)).unwrap()
+            store
+                .update(&id, |record| lease::store::Change::when(record.revoke(now)))
+                .unwrap()
         });
 }

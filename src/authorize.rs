@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::audit::{Event, EventKind};
 use crate::record::{Charge, Record, Status, rfc3339};
 use crate::scope::Action;
-use crate::store::{Loaded, Store};
+use crate::store::{Change, Charged, Loaded, Store, Updated};
 use crate::token::{LeaseId, Token};
 
 /// The deepest chain of nested leases that is followed; a longer one (or a loop, which only a
@@ -208,9 +208,9 @@ impl From<Denial> for Decision {
 pub fn standing(store: &Store, token: &Token, now: SystemTime) -> Result<Standing> {
     let hash = token.hash();
     let id = hash.id();
-    let leaf = match store.load(&id)? {
-        Loaded::Found(record) if hash.matches_hex(&record.token_sha256) => record,
-        Loaded::Found(_) | Loaded::Missing => {
+    let leaf = match store.find(&hash)? {
+        Loaded::Found(record) => record,
+        Loaded::Missing => {
             let detail = "no lease matches this token".to_owned();
             return Ok(Standing::Dead(Denial::new(Reason::Unknown, detail, None)));
         }
@@ -228,12 +228,8 @@ pub fn standing(store: &Store, token: &Token, now: SystemTime) -> Result<Standin
         && let Some(id) = record.lease_id()
     {
         // The answer is a denial either way: a store that cannot be written changes nothing.
-        let mut marked = false;
-        let _ = store.update(&id, |r| {
-            marked = r.mark_expired(now);
-            marked
-        });
-        if marked {
+        let marked = store.update(&id, |r| Change::when(r.mark_expired(now)));
+        if matches!(marked, Ok(Updated::Found(_, true))) {
             let mut event = Event::new(EventKind::Expired, Some(record));
             event.reason = Some("ttl".to_owned());
             let _ = store.audit().append(&event);
@@ -511,8 +507,9 @@ pub fn authorize(
     spend(store, leaf, &charges, action, now)
 }
 
-/// Charges every budget under its record's lock, from the lease towards the root; grants only
-/// if every charge can be paid, and then pays them all.
+/// Charges every budget on the way in one step of the store (under the records' locks, for
+/// the files): each record is checked again as it stands then; grants only if every charge can
+/// be paid, and then pays them all.
 fn spend(
     store: &Store,
     leaf: &Record,
@@ -520,77 +517,41 @@ fn spend(
     action: &Action,
     now: SystemTime,
 ) -> Result<Decision> {
-    let mut locked = Vec::with_capacity(charges.len());
+    let mut chain = Vec::with_capacity(charges.len());
     for (record, _) in charges {
         let Some(id) = record.lease_id() else {
-            return Ok(Decision::deny(
-                Reason::CorruptRecord,
-                format!("lease {} has a bad id", record.id),
-                Some(leaf),
-            ));
+            let detail = format!("lease {} has a bad id", record.id);
+            return Ok(Decision::deny(Reason::CorruptRecord, detail, Some(leaf)));
         };
-        let Some(mut lock) = store.lock(&id)? else {
-            return Ok(Decision::deny(
-                Reason::Unknown,
-                format!("lease {id} was removed"),
-                Some(leaf),
-            ));
-        };
-        let current = match lock.read()? {
-            Loaded::Found(current) => current,
-            _ => {
-                return Ok(Decision::deny(
-                    Reason::CorruptRecord,
-                    format!("lease {id} cannot be read"),
-                    Some(leaf),
-                ));
-            }
-        };
-        if let Some(reason) = own_reason(&current, now) {
+        chain.push(id);
+    }
+    let check = |current: &Record| {
+        if let Some(reason) = own_reason(current, now) {
             let reason = if current.id == leaf.id {
                 reason
             } else {
                 reason.of_parent()
             };
-            return Ok(Decision::deny(
-                reason,
-                format!("lease {id} ended meanwhile"),
-                Some(leaf),
-            ));
+            let detail = format!("lease {} ended meanwhile", current.id);
+            return Err(Box::new(Decision::deny(reason, detail, Some(leaf))));
         }
-        let Some(charge) = current.charge(action) else {
-            return Ok(used_up(leaf, &current));
-        };
-        locked.push((lock, current, charge));
-    }
-    // Debug builds only: lets the test suite hold two verifies here at once, to prove that
-    // budgets are charged under the locks, on the records read under them.
-    #[cfg(debug_assertions)]
-    debug_charge_barrier();
-    for (lock, record, charge) in &mut locked {
-        record.spend(charge);
-        lock.write(record)?;
-    }
-    Ok(Decision::grant(leaf))
-}
-
-/// With `LEASE_DEBUG_CHARGE_BARRIER=DIR`, waits (at most 2 s) until two verifies have reached
-/// this point, each leaving a file in DIR. Under the record's lock a second verify cannot get
-/// here before the first has paid, so the wait runs out; without it, both would pay at once.
-#[cfg(debug_assertions)]
-fn debug_charge_barrier() {
-    let Some(dir) = std::env::var_os("LEASE_DEBUG_CHARGE_BARRIER") else {
-        return;
+        current
+            .charge(action)
+            .ok_or_else(|| Box::new(used_up(leaf, current)))
     };
-    let dir = std::path::Path::new(&dir);
-    let _ = std::fs::write(dir.join(std::process::id().to_string()), "");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while std::time::Instant::now() < deadline {
-        if std::fs::read_dir(dir).map_or(0, Iterator::count) >= 2 {
-            return;
+    Ok(match store.charge(&chain, check)? {
+        Charged::Paid => Decision::grant(leaf),
+        Charged::Refused(decision) => *decision,
+        Charged::Missing(id) => Decision::deny(
+            Reason::Unknown,
+            format!("lease {id} was removed"),
+            Some(leaf),
+        ),
+        Charged::Corrupt(id, _) => {
+            let detail = format!("lease {id} cannot be read");
+            Decision::deny(Reason::CorruptRecord, detail, Some(leaf))
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    })
 }
 
 fn used_up(leaf: &Record, spent: &Record) -> Decision {

@@ -12,7 +12,7 @@ use crate::authorize::{self, Reason, Standing};
 use crate::cli::RenewRequest;
 use crate::exit::Exit;
 use crate::record::rfc3339;
-use crate::store::{Loaded, Open};
+use crate::store::{Change, Open, Updated};
 use crate::ttl;
 
 /// What the update found.
@@ -37,11 +37,9 @@ pub fn renew(setup: &Setup, request: &RenewRequest) -> Result<Exit> {
     };
     let parent_expiry = records.get(1).map(|parent| parent.expires_at);
     let id = token.hash().id();
-    let mut outcome = None;
-    let loaded = store.update(&id, |record| {
+    let updated = store.update(&id, |record| {
         if let Some(reason) = authorize::own_reason(record, now) {
-            outcome = Some(Outcome::Ended(reason));
-            return false;
+            return Change::Keep(Outcome::Ended(reason));
         }
         let mut limit = record.renewable_until.unwrap_or(record.expires_at);
         if let Some(parent) = parent_expiry {
@@ -51,18 +49,21 @@ pub fn renew(setup: &Setup, request: &RenewRequest) -> Result<Exit> {
         let wanted = ttl::after(record.expires_at, by);
         let until = wanted.map_or(limit, |wanted| wanted.min(limit));
         if until <= record.expires_at {
-            outcome = Some(Outcome::AtLimit(limit));
-            return false;
+            return Change::Keep(Outcome::AtLimit(limit));
         }
         record.expires_at = until;
-        outcome = Some(Outcome::Renewed {
+        Change::Write(Outcome::Renewed {
             until,
             capped: wanted.is_none_or(|wanted| until < wanted),
-        });
-        true
+        })
     })?;
-    match (outcome, loaded) {
-        (Some(Outcome::Renewed { until, capped }), Loaded::Found(record)) => {
+    let (record, outcome) = match updated {
+        Updated::Found(record, outcome) => (record, outcome),
+        Updated::Corrupt(why) => return Ok(refuse(Reason::CorruptRecord, &why)),
+        Updated::Missing => return Ok(refuse(Reason::Unknown, "the lease was removed meanwhile")),
+    };
+    match outcome {
+        Outcome::Renewed { until, capped } => {
             let mut event =
                 Event::new(EventKind::Renewed, Some(&record)).process(&Process::caller());
             event.expires_at = Some(rfc3339::format(until));
@@ -77,7 +78,7 @@ pub fn renew(setup: &Setup, request: &RenewRequest) -> Result<Exit> {
                 .context("writing to standard output")?;
             Ok(Exit::Success)
         }
-        (Some(Outcome::AtLimit(limit)), _) => Ok(refuse(
+        Outcome::AtLimit(limit) => Ok(refuse(
             "max ttl reached",
             &format!(
                 "lease {id} already lives until {}, as long as it may (max_ttl {} from its first issue, or its parent's expiry)",
@@ -85,11 +86,7 @@ pub fn renew(setup: &Setup, request: &RenewRequest) -> Result<Exit> {
                 ttl::human(setup.config.max_ttl)
             ),
         )),
-        (Some(Outcome::Ended(reason)), _) => {
-            Ok(refuse(reason, &format!("lease {id} ended meanwhile")))
-        }
-        (None, Loaded::Corrupt(why)) => Ok(refuse(Reason::CorruptRecord, &why)),
-        (_, _) => Ok(refuse(Reason::Unknown, "the lease was removed meanwhile")),
+        Outcome::Ended(reason) => Ok(refuse(reason, &format!("lease {id} ended meanwhile"))),
     }
 }
 

@@ -9,7 +9,7 @@ use super::Setup;
 use crate::audit::{Event, EventKind, Process};
 use crate::cli::{RevokeTarget, TokenSource};
 use crate::exit::Exit;
-use crate::store::{Loaded, Open, Store};
+use crate::store::{Change, Loaded, Open, Store, Updated};
 use crate::token::LeaseId;
 
 pub fn revoke(setup: &Setup, target: RevokeTarget) -> Result<Exit> {
@@ -124,15 +124,18 @@ pub(super) fn revoke_one(
     process: &Process,
 ) -> Result<Loaded> {
     let now = SystemTime::now();
-    let mut changed = false;
-    let loaded = store.update(id, |record| {
-        changed = record.revoke(now);
-        changed
-    })?;
-    if let (true, Loaded::Found(record)) = (changed, &loaded) {
-        let mut event = Event::new(EventKind::Revoked, Some(record)).process(process);
-        event.reason = Some(why.to_owned());
-        store.audit().note(&event);
-    }
-    Ok(loaded)
+    Ok(
+        match store.update(id, |record| Change::when(record.revoke(now)))? {
+            Updated::Found(record, revoked_now) => {
+                if revoked_now {
+                    let mut event = Event::new(EventKind::Revoked, Some(&record)).process(process);
+                    event.reason = Some(why.to_owned());
+                    store.audit().note(&event);
+                }
+                Loaded::Found(record)
+            }
+            Updated::Missing => Loaded::Missing,
+            Updated::Corrupt(why) => Loaded::Corrupt(why),
+        },
+    )
 }

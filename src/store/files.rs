@@ -1,4 +1,4 @@
-//! The state dir: one TOML record per lease, private permissions, atomic writes.
+//! The local backend of the store: the state dir, one TOML record per lease, private permissions, atomic writes.
 //!
 //! Layout: `<state dir>/leases/<id>.toml`, where the id is derived from the token's hash, so
 //! `verify` reads exactly one file whatever the number of leases. Every write goes to a
@@ -28,7 +28,8 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, RenameFlags};
 use nix::sys::stat::Mode;
 
-use crate::record::Record;
+use super::{Change, Charged, Loaded, Open, Updated};
+use crate::record::{Charge, Record};
 use crate::token::LeaseId;
 
 /// Records larger than this are not read: no real record comes near it.
@@ -46,9 +47,9 @@ const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 /// How many symbolic links resolving the state dir may pass through (the kernel's own limit).
 const MAX_SYMLINKS: usize = 40;
 
-/// The lease store in one state dir.
+/// The lease store in one state dir on this machine.
 #[derive(Debug)]
-pub struct Store {
+pub struct Files {
     dir: PathBuf,
     /// The state dir, opened once and checked; `None` if it does not exist (and was not to be
     /// created).
@@ -58,37 +59,15 @@ pub struct Store {
     audit: crate::audit::Log,
 }
 
-/// What reading one record found.
-// Returned once per read and matched at once; boxing the record would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Loaded {
-    /// No record with that id.
-    Missing,
-    /// The record.
-    Found(Record),
-    /// A file is there but is not a valid record; the text says why.
-    Corrupt(String),
-}
-
-/// Whether the store may be created when it does not exist yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Open {
-    /// Create the state dir (0700) if it is missing: for commands that mint leases.
-    CreateIfMissing,
-    /// Use it only if it exists; a missing store simply holds no leases.
-    ExistingOnly,
-}
-
-impl Store {
+impl Files {
     /// Opens the store in `dir`, refusing a directory that is not private to this user or that
     /// lies under a directory someone else could change (see [`resolve`]). The state dir and
     /// its `leases` dir are opened once here; everything after works relative to those handles,
     /// so what was checked is what is used, whatever happens to the paths meanwhile.
-    pub fn open(dir: &Path, mode: Open) -> Result<Store> {
+    pub fn open(dir: &Path, mode: Open) -> Result<Files> {
         let dir = std::path::absolute(dir)
             .with_context(|| format!("resolving state dir {}", dir.display()))?;
-        let mut store = Store {
+        let mut store = Files {
             audit: crate::audit::Log::new(&dir, None, crate::audit::DEFAULT_MAX_BYTES),
             dir,
             state: None,
@@ -119,7 +98,7 @@ impl Store {
     }
 
     /// The absolute path of the state dir, as it was given (for messages and for
-    /// `LEASE_STATE_DIR`); the store itself is used through the handle opened by [`Store::open`].
+    /// `LEASE_STATE_DIR`); the store itself is used through the handle opened by [`Files::open`].
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -130,7 +109,7 @@ impl Store {
     }
 
     /// Rotates the audit trail past `max_bytes` instead of the default.
-    pub fn with_audit_limit(mut self, max_bytes: u64) -> Store {
+    pub fn with_audit_limit(mut self, max_bytes: u64) -> Files {
         self.audit = crate::audit::Log::new(&self.dir, self.state.clone(), max_bytes);
         self
     }
@@ -210,27 +189,68 @@ impl Store {
         read_record(&mut file, id, &self.shown(&name))
     }
 
-    /// Changes one record under its lock: `change` gets the current record and returns whether
-    /// it changed it; only then is the record rewritten. Returns the record as it now stands,
-    /// or `Loaded::Missing`/`Loaded::Corrupt` (unchanged) when there is no valid record.
-    pub fn update(&self, id: &LeaseId, change: impl FnOnce(&mut Record) -> bool) -> Result<Loaded> {
+    /// See [`super::Store::update`]: under the record's lock.
+    pub fn update<T>(
+        &self,
+        id: &LeaseId,
+        change: impl FnOnce(&mut Record) -> Change<T>,
+    ) -> Result<Updated<T>> {
         let Some(mut locked) = self.lock(id)? else {
-            return Ok(Loaded::Missing);
+            return Ok(Updated::Missing);
         };
         let mut record = match locked.read()? {
             Loaded::Found(record) => record,
-            other => return Ok(other),
+            Loaded::Missing => return Ok(Updated::Missing),
+            Loaded::Corrupt(why) => return Ok(Updated::Corrupt(why)),
         };
-        if change(&mut record) {
-            locked.write(&record)?;
+        let value = match change(&mut record) {
+            Change::Write(value) => {
+                locked.write(&record)?;
+                value
+            }
+            Change::Keep(value) => value,
+        };
+        Ok(Updated::Found(record, value))
+    }
+
+    /// See [`super::Store::charge`]: every record is locked, from the lease towards its root
+    /// (the order every locker keeps, so that two never wait for each other), read under its
+    /// lock and checked; only if every check passes is every charge paid.
+    pub fn charge<E>(
+        &self,
+        chain: &[LeaseId],
+        mut check: impl FnMut(&Record) -> std::result::Result<Charge, E>,
+    ) -> Result<Charged<E>> {
+        let mut locked = Vec::with_capacity(chain.len());
+        for id in chain {
+            let Some(mut lock) = self.lock(id)? else {
+                return Ok(Charged::Missing(id.clone()));
+            };
+            let current = match lock.read()? {
+                Loaded::Found(current) => current,
+                Loaded::Missing => return Ok(Charged::Missing(id.clone())),
+                Loaded::Corrupt(why) => return Ok(Charged::Corrupt(id.clone(), why)),
+            };
+            match check(&current) {
+                Ok(charge) => locked.push((lock, current, charge)),
+                Err(refused) => return Ok(Charged::Refused(refused)),
+            }
         }
-        Ok(Loaded::Found(record))
+        // Debug builds only: lets the test suite hold two verifies here at once, to prove that
+        // budgets are charged under the locks, on the records read under them.
+        #[cfg(debug_assertions)]
+        debug_charge_barrier();
+        for (lock, record, charge) in &mut locked {
+            record.spend(charge);
+            lock.write(record)?;
+        }
+        Ok(Charged::Paid)
     }
 
     /// Locks one record for a read-modify-write, or `None` if there is no such record. The lock
     /// is held until the returned value is dropped. Whoever locks several records locks them
     /// from a lease towards its root, so that two lockers never wait for each other.
-    pub fn lock(&self, id: &LeaseId) -> Result<Option<Locked<'_>>> {
+    fn lock(&self, id: &LeaseId) -> Result<Option<Locked<'_>>> {
         let Some(leases) = &self.leases else {
             return Ok(None);
         };
@@ -429,10 +449,10 @@ impl Drop for Temp<'_> {
     }
 }
 
-/// A record locked by [`Store::lock`].
+/// A record locked by [`Files::lock`].
 #[derive(Debug)]
-pub struct Locked<'a> {
-    store: &'a Store,
+struct Locked<'a> {
+    store: &'a Files,
     file: File,
     id: LeaseId,
     name: String,
@@ -440,7 +460,7 @@ pub struct Locked<'a> {
 
 impl Locked<'_> {
     /// The record as it stands under the lock.
-    pub fn read(&mut self) -> Result<Loaded> {
+    fn read(&mut self) -> Result<Loaded> {
         use std::io::Seek;
         // A FIFO or a device cannot be rewound; it is no record either way.
         if !self.file.metadata().is_ok_and(|m| m.is_file()) {
@@ -455,7 +475,7 @@ impl Locked<'_> {
 
     /// Replaces the record (atomically); the lock stays held on the old file, which is what
     /// concurrent lockers wait on and then find replaced.
-    pub fn write(&mut self, record: &Record) -> Result<()> {
+    fn write(&mut self, record: &Record) -> Result<()> {
         let text = toml::to_string(record).context("encoding the lease record")?;
         let leases = self.store.leases()?;
         let temp = self.store.write_temp(&text)?;
@@ -769,6 +789,25 @@ fn open_private_dir(
     Ok(Some(fd))
 }
 
+/// With `LEASE_DEBUG_CHARGE_BARRIER=DIR`, waits (at most 2 s) until two verifies have reached
+/// this point, each leaving a file in DIR. Under the record's lock a second verify cannot get
+/// here before the first has paid, so the wait runs out; without it, both would pay at once.
+#[cfg(debug_assertions)]
+fn debug_charge_barrier() {
+    let Some(dir) = std::env::var_os("LEASE_DEBUG_CHARGE_BARRIER") else {
+        return;
+    };
+    let dir = std::path::Path::new(&dir);
+    let _ = std::fs::write(dir.join(std::process::id().to_string()), "");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if std::fs::read_dir(dir).map_or(0, Iterator::count) >= 2 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
@@ -779,9 +818,9 @@ mod tests {
     use crate::scope::Scope;
     use crate::token::Token;
 
-    fn store() -> (tempfile::TempDir, Store) {
+    fn store() -> (tempfile::TempDir, Files) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("state"), Open::CreateIfMissing).expect("store");
+        let store = Files::open(&dir.path().join("state"), Open::CreateIfMissing).expect("store");
         (dir, store)
     }
 
@@ -797,12 +836,12 @@ mod tests {
         )
     }
 
-    fn record_path(store: &Store, id: &LeaseId) -> PathBuf {
+    fn record_path(store: &Files, id: &LeaseId) -> PathBuf {
         store.dir().join(LEASES).join(record_name(id))
     }
 
     /// Writes a record file by path, as someone editing the store by hand would.
-    fn write_record_file(store: &Store, id: &LeaseId, bytes: &[u8], mode: u32) {
+    fn write_record_file(store: &Files, id: &LeaseId, bytes: &[u8], mode: u32) {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let path = record_path(store, id);
         let mut file = fs::OpenOptions::new()
@@ -823,7 +862,7 @@ mod tests {
         }
     }
 
-    fn leftover_temp_files(store: &Store) -> Vec<OsString> {
+    fn leftover_temp_files(store: &Files) -> Vec<OsString> {
         let names = store.names().expect("names");
         names
             .into_iter()
@@ -843,7 +882,7 @@ mod tests {
         );
         let now = SystemTime::now();
         assert!(
-            matches!(store.update(&id, |r| r.revoke(now)).expect("update"), Loaded::Found(r) if r.state == crate::record::State::Revoked)
+            matches!(store.update(&id, |r| Change::when(r.revoke(now))).expect("update"), Updated::Found(r, true) if r.state == crate::record::State::Revoked)
         );
         assert!(
             matches!(store.load(&id).expect("load"), Loaded::Found(r) if r.revoked_at.is_some())
@@ -869,8 +908,10 @@ mod tests {
         assert!(matches!(store.load(&id).expect("load"), Loaded::Found(_)));
         let now = SystemTime::now();
         assert!(matches!(
-            store.update(&id, |r| r.revoke(now)).expect("update"),
-            Loaded::Found(_)
+            store
+                .update(&id, |r| Change::when(r.revoke(now)))
+                .expect("update"),
+            Updated::Found(_, true)
         ));
         assert_eq!(store.ids().expect("ids"), vec![id.clone()]);
         store
@@ -898,9 +939,9 @@ mod tests {
         );
         assert!(matches!(
             store
-                .update(&id, |r| r.revoke(SystemTime::now()))
+                .update(&id, |r| Change::when(r.revoke(SystemTime::now())))
                 .expect("update"),
-            Loaded::Corrupt(_)
+            Updated::Corrupt(_)
         ));
         // Private but read-only is still private.
         write_record_file(&store, &id, text.as_bytes(), 0o400);
@@ -919,7 +960,7 @@ mod tests {
     fn a_missing_store_opened_existing_only_holds_nothing_and_creates_nothing() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("a/b/state");
-        let store = Store::open(&path, Open::ExistingOnly).expect("store");
+        let store = Files::open(&path, Open::ExistingOnly).expect("store");
         let id = Token::mint().expect("mint").hash().id();
         assert!(matches!(store.load(&id).expect("load"), Loaded::Missing));
         assert!(store.ids().expect("ids").is_empty());
@@ -934,7 +975,7 @@ mod tests {
             .expect("nothing to append to");
         assert!(!dir.path().join("a").exists());
         // Created, every missing directory on the way is private.
-        let store = Store::open(&path, Open::CreateIfMissing).expect("store");
+        let store = Files::open(&path, Open::CreateIfMissing).expect("store");
         for made in ["a", "a/b", "a/b/state", "a/b/state/leases"] {
             let mode = fs::metadata(dir.path().join(made)).expect(made).mode() & 0o777;
             assert_eq!(mode, 0o700, "{made}");
@@ -944,7 +985,7 @@ mod tests {
 
     /// Opening `state` is refused because of `ancestor`, a directory further up its path.
     fn assert_refused_for(state: &Path, ancestor: &Path) {
-        let err = Store::open(state, Open::ExistingOnly).expect_err("refused");
+        let err = Files::open(state, Open::ExistingOnly).expect_err("refused");
         let named = format!("the directory {} above it", ancestor.display());
         assert!(err.to_string().contains(&named), "{err}");
     }
@@ -958,7 +999,7 @@ mod tests {
         let state = shared.join("state");
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod");
         for mode in [Open::CreateIfMissing, Open::ExistingOnly] {
-            let err = Store::open(&state, mode).expect_err("refused");
+            let err = Files::open(&state, mode).expect_err("refused");
             assert_eq!(
                 err.to_string(),
                 format!(
@@ -976,9 +1017,9 @@ mod tests {
         assert_refused_for(&deeper, &shared);
         // Sticky, as /tmp is: others cannot rename or remove what is ours in it.
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).expect("chmod");
-        Store::open(&state, Open::CreateIfMissing).expect("accepted");
+        Files::open(&state, Open::CreateIfMissing).expect("accepted");
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o775)).expect("chmod");
-        let err = Store::open(&state, Open::ExistingOnly).expect_err("refused");
+        let err = Files::open(&state, Open::ExistingOnly).expect_err("refused");
         assert!(err.to_string().contains("(mode 775)"), "{err}");
     }
 
@@ -990,7 +1031,7 @@ mod tests {
         fs::create_dir(&real).expect("real");
         std::os::unix::fs::symlink("real", dir.path().join("link")).expect("symlink");
         let via_link = dir.path().join("link/state");
-        let store = Store::open(&via_link, Open::CreateIfMissing).expect("store");
+        let store = Files::open(&via_link, Open::CreateIfMissing).expect("store");
         assert_eq!(store.dir(), via_link, "the path as given");
         assert!(real.join("state/leases").is_dir());
         // Where the link leads is what is checked.
@@ -1000,7 +1041,7 @@ mod tests {
         fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).expect("chmod");
         let linked = dir.path().join("linked-state");
         std::os::unix::fs::symlink(real.join("state"), &linked).expect("symlink");
-        Store::open(&linked, Open::ExistingOnly).expect("store");
+        Files::open(&linked, Open::ExistingOnly).expect("store");
     }
 
     proptest! {

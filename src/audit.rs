@@ -29,6 +29,7 @@ use nix::sys::stat::{Mode, SFlag};
 use serde::{Deserialize, Serialize};
 
 use crate::record::{Record, rfc3339};
+use crate::token::LeaseId;
 
 /// The log's file name in the state dir.
 pub const FILE_NAME: &str = "audit.jsonl";
@@ -89,12 +90,12 @@ pub struct Event {
     /// What happened.
     pub event: EventKind,
     /// The lease it concerns, if one was found.
-    pub lease: Option<String>,
+    pub lease: Option<LeaseId>,
     /// That lease's parent, for a nested lease.
-    pub parent: Option<String>,
+    pub parent: Option<LeaseId>,
     /// The lease of the `lease run` this event belongs to (a run's own lease, or the nearest
     /// ancestor made by a run); `null` outside any run.
-    pub run: Option<String>,
+    pub run: Option<LeaseId>,
     /// The process the event happened for: a run's own pid, or the caller of a subcommand.
     pub pid: Option<u32>,
     /// That process's program (argv[0] only: arguments may hold secrets).

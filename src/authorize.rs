@@ -159,7 +159,7 @@ pub struct Decision {
     /// `granted`, or why not.
     pub reason: Reason,
     /// The lease id, when a lease was found.
-    pub id: Option<String>,
+    pub id: Option<LeaseId>,
     /// The lease's expiry (RFC 3339), when a lease was found.
     pub expires_at: Option<String>,
     /// A sentence for people, printed after the reason on a denial.
@@ -167,10 +167,10 @@ pub struct Decision {
     pub detail: String,
     /// The lease's parent, for the audit trail.
     #[serde(skip)]
-    pub parent: Option<String>,
+    pub parent: Option<LeaseId>,
     /// The lease's run, for the audit trail.
     #[serde(skip)]
-    pub run: Option<String>,
+    pub run: Option<LeaseId>,
 }
 
 impl Decision {
@@ -224,11 +224,9 @@ pub fn standing(store: &Store, token: &Token, now: SystemTime) -> Result<Standin
         }
     };
     let (standing, expired) = walk(leaf, now, |id| store.load(id))?;
-    if let Some(record) = &expired
-        && let Some(id) = record.lease_id()
-    {
+    if let Some(record) = &expired {
         // The answer is a denial either way: a store that cannot be written changes nothing.
-        let marked = store.update(&id, |r| Change::when(r.mark_expired(now)));
+        let marked = store.update(&record.id, |r| Change::when(r.mark_expired(now)));
         if matches!(marked, Ok(Updated::Found(_, true))) {
             let mut event = Event::new(EventKind::Expired, Some(record));
             event.reason = Some("ttl".to_owned());
@@ -260,11 +258,7 @@ pub fn walk(
             return Ok((dead(Reason::CorruptRecord, detail), None));
         }
         if let Some(parent_id) = &record.parent {
-            let loaded = match LeaseId::parse(parent_id) {
-                Some(id) => load(&id)?,
-                None => Loaded::Corrupt("the parent id is not a lease id".into()),
-            };
-            match loaded {
+            match load(parent_id)? {
                 Loaded::Found(parent) if parent.id == *parent_id => {
                     if parent.id == record.id || records.iter().any(|r| r.id == parent.id) {
                         let detail = format!("lease {} is its own ancestor", record.id);
@@ -370,9 +364,6 @@ pub fn standings(records: Vec<Record>, now: SystemTime) -> Vec<(Record, Option<R
             }
             let parent = match &record.parent {
                 None => break Resolved::live(0),
-                Some(parent) if LeaseId::parse(parent).is_none() => {
-                    break Resolved::broken(Reason::CorruptRecord, 0);
-                }
                 Some(parent) => index.get(parent.as_str()).copied(),
             };
             let Some(parent) = parent else {
@@ -517,14 +508,7 @@ fn spend(
     action: &Action,
     now: SystemTime,
 ) -> Result<Decision> {
-    let mut chain = Vec::with_capacity(charges.len());
-    for (record, _) in charges {
-        let Some(id) = record.lease_id() else {
-            let detail = format!("lease {} has a bad id", record.id);
-            return Ok(Decision::deny(Reason::CorruptRecord, detail, Some(leaf)));
-        };
-        chain.push(id);
-    }
+    let chain: Vec<LeaseId> = charges.iter().map(|(r, _)| r.id.clone()).collect();
     let check = |current: &Record| {
         if let Some(reason) = own_reason(current, now) {
             let reason = if current.id == leaf.id {
@@ -583,12 +567,12 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
 
-    fn id(n: usize) -> String {
-        format!("{n:012x}")
+    fn id(n: usize) -> LeaseId {
+        LeaseId::parse(&format!("{n:012x}")).expect("an id")
     }
 
-    /// A detached record with id `n`; `parent` is its parent's id, as written.
-    fn record(n: usize, parent: Option<String>, state: State, expired: bool) -> Record {
+    /// A detached record with id `n`; `parent` is its parent's id.
+    fn record(n: usize, parent: Option<LeaseId>, state: State, expired: bool) -> Record {
         let hash = Token::mint().expect("mint").hash();
         let scope = vec![Scope::parse("a").expect("scope")];
         let expires = if expired {
@@ -659,7 +643,7 @@ mod tests {
                     let parent = match *parent {
                         p if p < count => Some(id(p)),
                         12 => Some(id(999)),
-                        13 => Some("not-an-id".to_owned()),
+                        13 => Some(id(998)),
                         _ => None,
                     };
                     let state = match state {

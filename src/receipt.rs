@@ -80,18 +80,18 @@ impl Receipt {
             .map(|e| Decision {
                 granted: e.event == EventKind::Granted,
                 time: e.time,
-                lease: e.lease,
+                lease: e.lease.map(String::from),
                 action: e.action,
                 reason: e.reason,
             })
             .collect();
         Receipt {
             lease: ReceiptLease {
-                id: record.id.clone(),
+                id: record.id.to_string(),
                 scope: record.scope.iter().map(|s| s.to_string()).collect(),
                 issued_at: rfc3339::format(record.issued_at),
                 expires_at: rfc3339::format(record.expires_at),
-                parent: record.parent.clone(),
+                parent: record.parent.as_deref().map(str::to_owned),
             },
             decisions,
             exit: ReceiptExit {

@@ -27,7 +27,7 @@ pub enum State {
 #[serde(deny_unknown_fields)]
 pub struct Record {
     /// The lease id (the first 12 hex digits of `token_sha256`).
-    pub id: String,
+    pub id: LeaseId,
     /// SHA-256 of the token, lower-case hex.
     pub token_sha256: String,
     /// The granted scopes, in the order given.
@@ -57,11 +57,11 @@ pub struct Record {
     pub renewable_until: Option<SystemTime>,
     /// The id of the parent lease, for a nested lease; it is only valid while the parent is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
+    pub parent: Option<LeaseId>,
     /// The lease of the `lease run` this lease belongs to: its own id when a run made it, else
     /// its parent's run (used to group the audit trail by run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run: Option<String>,
+    pub run: Option<LeaseId>,
     /// Granted verifies left, when `--uses` limits them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses_left: Option<u64>,
@@ -124,7 +124,7 @@ impl Record {
         owner: Option<Owner>,
     ) -> Record {
         Record {
-            id: hash.id().as_str().to_owned(),
+            id: hash.id(),
             token_sha256: hash.to_hex(),
             scope,
             issued_at,
@@ -138,11 +138,6 @@ impl Record {
             scope_uses_left: BTreeMap::new(),
             owner,
         }
-    }
-
-    /// The lease id.
-    pub fn lease_id(&self) -> Option<LeaseId> {
-        LeaseId::parse(&self.id)
     }
 
     /// Whether the expiry time has passed at `now`.

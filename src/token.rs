@@ -131,9 +131,35 @@ impl TokenHash {
     }
 }
 
-/// A short public name for a lease: 12 lower-case hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A short public name for a lease: 12 lower-case hex digits. Stored and printed as that
+/// text; anything else where an id belongs fails to parse (a record holding one is corrupt).
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct LeaseId(String);
+
+impl TryFrom<String> for LeaseId {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<LeaseId, String> {
+        LeaseId::parse(&text).ok_or_else(|| "not a lease id (12 lower-case hex digits)".to_owned())
+    }
+}
+
+impl std::ops::Deref for LeaseId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<LeaseId> for String {
+    fn from(id: LeaseId) -> String {
+        id.0
+    }
+}
 
 impl LeaseId {
     /// Parses an id given by a user; `None` when it cannot be a lease id.

@@ -84,12 +84,12 @@ fn print_table(leases: &[(Record, Option<Reason>)], now: SystemTime) -> std::io:
                 None => ("-".to_owned(), "(detached)".to_owned()),
             };
             [
-                record.id.clone(),
+                record.id.to_string(),
                 authorize::state_word(*reason).to_owned(),
                 left,
                 pid,
                 command,
-                record.parent.clone().unwrap_or_else(|| "-".to_owned()),
+                record.parent.as_deref().unwrap_or("-").to_owned(),
                 record
                     .uses_left
                     .map_or_else(|| "-".to_owned(), |n| n.to_string()),

@@ -54,8 +54,8 @@ fn human(event: &Event) -> String {
     field("exit", event.exit_code.map(|c| c.to_string()));
     field("signal", event.signal.map(|s| s.to_string()));
     field("duration", event.duration_ms.map(|ms| format!("{ms}ms")));
-    field("parent", event.parent.clone());
-    field("run", event.run.clone());
+    field("parent", event.parent.as_deref().map(str::to_owned));
+    field("run", event.run.as_deref().map(str::to_owned));
     field("pid", event.pid.map(|p| p.to_string()));
     field(
         "command",

@@ -94,10 +94,10 @@ fn revoke_own(
 /// The leases nested under `root`, at any depth: those whose chain of parents leads to it.
 /// Records that cannot be read are skipped (with a warning): they grant nothing.
 fn descendants(store: &Store, root: &LeaseId) -> Result<Vec<LeaseId>> {
-    let mut children: HashMap<String, Vec<LeaseId>> = HashMap::new();
+    let mut children: HashMap<LeaseId, Vec<LeaseId>> = HashMap::new();
     for record in super::list::load_all(store)? {
-        if let (Some(parent), Some(id)) = (record.parent, LeaseId::parse(&record.id)) {
-            children.entry(parent).or_default().push(id);
+        if let Some(parent) = record.parent {
+            children.entry(parent).or_default().push(record.id);
         }
     }
     let mut found = Vec::new();
@@ -105,7 +105,7 @@ fn descendants(store: &Store, root: &LeaseId) -> Result<Vec<LeaseId>> {
     // Each parent's children are taken once, so even a loop (only a tampered store has one)
     // ends.
     while let Some(id) = next.pop() {
-        for child in children.remove(id.as_str()).unwrap_or_default() {
+        for child in children.remove(&id).unwrap_or_default() {
             if child != *root {
                 found.push(child.clone());
                 next.push(child);

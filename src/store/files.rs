@@ -138,11 +138,11 @@ impl Files {
     /// Writes a new record. Returns `false`, writing nothing, if a record with the same id
     /// already exists (the caller mints another token).
     pub fn insert(&self, record: &Record) -> Result<bool> {
-        let id = record.lease_id().context("record has an invalid id")?;
+        let id = &record.id;
         let text = toml::to_string(record).context("encoding the lease record")?;
         let leases = self.leases()?;
         let temp = self.write_temp(&text)?;
-        let name = record_name(&id);
+        let name = record_name(id);
         let placed = match nix::fcntl::renameat2(
             leases,
             temp.name.as_str(),
@@ -575,7 +575,7 @@ fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
             )));
         }
     };
-    if record.id != id.as_str() || !record.token_sha256.starts_with(id.as_str()) {
+    if record.id != *id || !record.token_sha256.starts_with(id.as_str()) {
         return Ok(Loaded::Corrupt(
             "record does not belong under this id".into(),
         ));
@@ -1056,7 +1056,7 @@ mod tests {
             let id = token.hash().id();
             write_record_file(&store, &id, &bytes, 0o600);
             match store.load(&id).expect("no I/O error") {
-                Loaded::Found(record) => prop_assert_eq!(record.id, id.as_str()),
+                Loaded::Found(record) => prop_assert_eq!(record.id, id),
                 Loaded::Corrupt(_) => {}
                 Loaded::Missing => prop_assert!(false, "the file is there"),
             }

@@ -21,6 +21,7 @@ pub mod mask;
 pub mod owner;
 pub mod policy;
 pub mod record;
+pub mod request;
 pub mod scope;
 pub mod signals;
 pub mod store;

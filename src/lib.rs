@@ -71,7 +71,7 @@ pub fn main(args: Vec<OsString>) -> Exit {
             return exit;
         }
     };
-    let failure = invocation.command.failure_exit();
+    let failure = invocation.failure;
     match panic::catch_unwind(AssertUnwindSafe(|| commands::dispatch(invocation))) {
         Ok(Ok(exit)) => exit,
         // The reader went away (`lease log | head`): nothing to report, as with any filter.

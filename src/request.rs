@@ -16,6 +16,8 @@ pub struct Invocation {
     pub globals: Globals,
     /// The subcommand and its validated arguments.
     pub command: Command,
+    /// How lease exits when it fails: 125 for `run`, 2 for the other subcommands.
+    pub failure: Exit,
 }
 
 /// Options that apply to every subcommand.
@@ -176,17 +178,6 @@ pub enum RevokeTarget {
     All,
     /// The lease of the token presented here, and every lease nested under it (`--self`).
     Own(TokenSource),
-}
-
-impl Command {
-    /// The status for a failure of this subcommand: 125 for `run`, so that lease's own
-    /// failures are not mistaken for the command's, and 2 for every other subcommand.
-    pub fn failure_exit(&self) -> Exit {
-        match self {
-            Command::Run(_) => Exit::RunFailure,
-            _ => Exit::Failure,
-        }
-    }
 }
 
 /// Shells `lease completions` writes for.

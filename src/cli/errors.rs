@@ -2,22 +2,24 @@
 
 use std::ffi::OsString;
 
+use clap::CommandFactory;
 use clap::error::ErrorKind;
 
-use super::Rejected;
 use super::args::Cli;
-use crate::exit::Exit;
+use super::{Rejected, failure_exit};
 
 /// Turns a clap error into one line: what is wrong, and how to fix it.
-pub(super) fn reject(err: &clap::Error, args: &[OsString], failure: Exit) -> Rejected {
-    match err.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            return Rejected::Info(err.render().to_string());
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            return Rejected::Help(err.render().to_string(), failure);
-        }
-        _ => {}
+pub(super) fn reject(err: &clap::Error, args: &[OsString]) -> Rejected {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        return Rejected::Info(err.render().to_string());
+    }
+    let found = failed_subcommand(args);
+    let failure = failure_exit(found.as_deref());
+    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return Rejected::Help(err.render().to_string(), failure);
     }
     let rendered = err.render().to_string();
     let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
@@ -32,7 +34,7 @@ pub(super) fn reject(err: &clap::Error, args: &[OsString], failure: Exit) -> Rej
         // clap's "use '-- --x' to pass it as a value" would make it lease's command.
         .filter(|l| !l.starts_with("to pass '"))
         .collect();
-    let sub = subcommand_name(args).filter(|s| Cli::command_has(s));
+    let sub = found.as_deref().filter(|s| Cli::command_has(s));
     let help = match sub {
         Some(sub) => format!("see 'lease {sub} --help'"),
         None => "see 'lease --help'".to_owned(),
@@ -71,27 +73,13 @@ fn lacks_separator(err: &clap::Error, args: &[OsString]) -> bool {
     }
 }
 
-/// The subcommand named on the command line, skipping global options and their values.
-pub(super) fn subcommand_name(args: &[OsString]) -> Option<&str> {
-    let mut rest = args.iter().skip(1).filter_map(|a| a.to_str());
-    while let Some(arg) = rest.next() {
-        match arg {
-            "--state-dir" | "--config" => {
-                rest.next();
-            }
-            _ if arg.starts_with('-') => {}
-            _ => return Some(arg),
-        }
-    }
-    None
-}
-
-/// `run` reports its own failures with 125, so that they cannot be mistaken for the
-/// command's; every other subcommand uses 2.
-pub(super) fn usage_exit(args: &[OsString]) -> Exit {
-    if subcommand_name(args) == Some("run") {
-        Exit::RunFailure
-    } else {
-        Exit::Failure
-    }
+/// The subcommand of a command line clap refused, as clap itself found it: parsed again with
+/// errors ignored, clap goes on into the subcommand whose arguments failed and records it.
+/// `None` when the error came before any subcommand (`lease --bogus run`).
+fn failed_subcommand(args: &[OsString]) -> Option<String> {
+    let matches = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+        .ok()?;
+    matches.subcommand_name().map(str::to_owned)
 }

@@ -12,10 +12,10 @@ mod values;
 
 use std::ffi::OsString;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use args::Cli;
-use errors::{reject, usage_exit};
+use errors::reject;
 use translate::validate;
 
 use crate::exit::Exit;
@@ -37,15 +37,17 @@ pub enum Rejected {
 
 /// Parses and validates the command line.
 pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
-    let failure = usage_exit(&args);
     if args.len() <= 1 {
-        use clap::CommandFactory;
         return Err(Rejected::Help(
             Cli::command().render_help().to_string(),
-            failure,
+            failure_exit(None),
         ));
     }
-    let cli = Cli::try_parse_from(&args).map_err(|err| reject(&err, &args, failure))?;
+    let mut matches = Cli::command()
+        .try_get_matches_from(&args)
+        .map_err(|err| reject(&err, &args))?;
+    let failure = failure_exit(matches.subcommand_name());
+    let cli = Cli::from_arg_matches_mut(&mut matches).map_err(|err| reject(&err, &args))?;
     let globals = Globals {
         state_dir: cli.state_dir.filter(|p| !p.as_os_str().is_empty()),
         config: cli.config.filter(|p| !p.as_os_str().is_empty()),
@@ -53,23 +55,35 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
     };
     let command =
         validate(cli.command).map_err(|err| Rejected::Usage(format!("{err:#}"), failure))?;
-    Ok(Invocation { globals, command })
+    Ok(Invocation {
+        globals,
+        command,
+        failure,
+    })
+}
+
+/// How lease exits when it fails for the subcommand clap found (`None`: no subcommand):
+/// `run` reports its own failures with 125, so that they cannot be mistaken for the
+/// command's; every other subcommand uses 2.
+fn failure_exit(subcommand: Option<&str>) -> Exit {
+    if subcommand == Some("run") {
+        Exit::RunFailure
+    } else {
+        Exit::Failure
+    }
 }
 
 /// The full clap command, for completions and the man page.
 pub fn command() -> clap::Command {
-    use clap::CommandFactory;
     Cli::command()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::errors::subcommand_name;
     use super::*;
 
     #[test]
     fn clap_definition_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
     }
 
@@ -78,16 +92,25 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_subcommand_past_global_options() {
+    fn failures_exit_as_the_subcommand_clap_found_past_global_options() {
+        let exit = |list: &[&str]| match parse(args(list)) {
+            Err(Rejected::Usage(_, exit) | Rejected::Help(_, exit)) => exit,
+            other => panic!("{list:?} gave {other:?}"),
+        };
         assert_eq!(
-            subcommand_name(&args(&["lease", "--state-dir", "run", "verify", "x"])),
-            Some("verify")
+            exit(&["lease", "--state-dir", "run", "verify", "a b"]),
+            Exit::Failure
         );
         assert_eq!(
-            subcommand_name(&args(&["lease", "--state-dir=/x", "run"])),
-            Some("run")
+            exit(&["lease", "--state-dir=/x", "run", "--bogus"]),
+            Exit::RunFailure
         );
-        assert_eq!(subcommand_name(&args(&["lease"])), None);
+        assert_eq!(
+            exit(&["lease", "-v", "--config", "c", "run", "--scope", "a"]),
+            Exit::RunFailure
+        );
+        assert_eq!(exit(&["lease", "--state-dir", "run"]), Exit::Failure);
+        assert_eq!(exit(&["lease"]), Exit::Failure);
     }
 
     #[test]

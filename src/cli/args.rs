@@ -59,6 +59,7 @@ pub(super) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub(super) enum Sub {
     /// Run a command with a fresh token that is revoked when the command exits
     ///
@@ -184,7 +185,8 @@ pub(super) struct ManArgs {
     pub(super) dir: Option<PathBuf>,
 }
 
-/// What a new lease grants: shared by `run` and `issue`.
+// What a new lease grants: shared by `run` and `issue`. A plain comment: with the
+// subcommands deferred, a doc comment here would replace their about text.
 #[derive(Debug, Args)]
 pub(super) struct MintArgs {
     /// Take scope, ttl and the other settings from this profile in the config file
@@ -357,7 +359,7 @@ pub(super) struct RenewArgs {
     pub(super) token: TokenArgs,
 }
 
-/// Where `status` and `renew` read the token.
+// Where `status` and `renew` read the token (a plain comment, as on MintArgs).
 #[derive(Debug, Args)]
 pub(super) struct TokenArgs {
     /// Read the token from standard input (one line)

@@ -23,6 +23,7 @@ pub mod owner;
 pub mod policy;
 pub mod receipt;
 pub mod record;
+pub mod request;
 pub mod scope;
 pub mod signals;
 pub mod store;
@@ -72,7 +73,7 @@ pub fn main(args: Vec<OsString>) -> Exit {
             return exit;
         }
     };
-    let failure = invocation.command.failure_exit();
+    let failure = invocation.failure;
     match panic::catch_unwind(AssertUnwindSafe(|| commands::dispatch(invocation))) {
         Ok(Ok(exit)) => exit,
         // The reader went away (`lease log | head`): nothing to report, as with any filter.

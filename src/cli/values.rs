@@ -1,0 +1,56 @@
+//! Each flag's text turned into a domain value, for clap's value parsers and for
+//! [`super::translate`]; and the refusal of token-shaped text where something else is expected.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use crate::config::OnExpiry;
+use crate::{config, ttl};
+
+pub(super) fn parse_ttl(text: &str) -> Result<Duration> {
+    ttl::parse(text)
+}
+
+pub(super) fn parse_glob(text: &str) -> Result<glob::Pattern> {
+    not_a_token(
+        text,
+        "a variable name pattern",
+        "pass a pattern such as '*_TOKEN'",
+    )?;
+    glob::Pattern::new(text)
+        .map_err(|err| anyhow::anyhow!("invalid pattern '{}': {err}", text.escape_debug()))
+}
+
+pub(super) fn parse_on_expiry(text: &str) -> Result<OnExpiry> {
+    text.parse()
+}
+
+pub(super) fn parse_env_name(text: &str) -> Result<String> {
+    config::validate_env_name(text)?;
+    Ok(text.to_owned())
+}
+
+pub(super) fn parse_token_env(text: &str) -> Result<String> {
+    config::validate_token_env(text)?;
+    Ok(text.to_owned())
+}
+
+/// Refuses text shaped like a token where `what` is expected, without quoting it: a token
+/// typed in the wrong place must not be echoed back or logged.
+pub(super) fn not_a_token(text: &str, what: &str, fix: &str) -> Result<()> {
+    if crate::token::is_token_shaped(text) {
+        bail!("that is a token, not {what}: {fix}");
+    }
+    Ok(())
+}
+
+/// A lease id given by a user, refused if it is a token.
+pub(super) fn lease_id_arg(text: String) -> Result<String> {
+    not_a_token(
+        &text,
+        "a lease id",
+        "pass the 12-digit id shown by `lease list --all`, or use `lease revoke --self` to end the lease of a token",
+    )?;
+    Ok(text)
+}

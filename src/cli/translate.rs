@@ -35,6 +35,13 @@ pub(super) fn validate(sub: Sub) -> Result<Command> {
                 },
                 None => bail!("no command given: put it after `--`"),
             };
+            if let Some(receipt) = &args.receipt {
+                not_a_token(
+                    &receipt.to_string_lossy(),
+                    "a file name",
+                    "--receipt takes the path of the JSON file to write, e.g. --receipt run.json",
+                )?;
+            }
             let mut asked = asked(args.mint)?;
             asked.flags.env = args.env;
             asked.flags.on_expiry = args.on_expiry;

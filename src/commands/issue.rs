@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use super::{Setup, print_json};
 use crate::audit::Process;
-use crate::cli::IssueRequest;
 use crate::exit::Exit;
 use crate::record::rfc3339;
+use crate::request::IssueRequest;
 use crate::store::Open;
 
 #[derive(Serialize)]

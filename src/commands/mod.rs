@@ -17,10 +17,10 @@ use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cli::{Command, Globals, Invocation};
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::policy::{self, Asked, Plan};
+use crate::request::{Command, Globals, Invocation};
 use crate::store::{Open, Store};
 use crate::token::Token;
 

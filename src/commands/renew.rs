@@ -9,9 +9,9 @@ use anyhow::{Context as _, Result};
 use super::Setup;
 use crate::audit::{Event, EventKind, Process};
 use crate::authorize::{self, Reason, Standing};
-use crate::cli::RenewRequest;
 use crate::exit::Exit;
 use crate::record::rfc3339;
+use crate::request::RenewRequest;
 use crate::store::{Change, Open, Updated};
 use crate::ttl;
 

@@ -7,8 +7,8 @@ use anyhow::{Context as _, Result, bail};
 
 use super::Setup;
 use crate::audit::{Event, EventKind, Process};
-use crate::cli::{RevokeTarget, TokenSource};
 use crate::exit::Exit;
+use crate::request::{RevokeTarget, TokenSource};
 use crate::store::{Change, Loaded, Open, Store, Updated};
 use crate::token::LeaseId;
 

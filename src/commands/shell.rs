@@ -7,8 +7,9 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow};
 
-use crate::cli::{self, ManPage, Shell};
+use crate::cli;
 use crate::exit::Exit;
+use crate::request::{ManPage, Shell};
 
 pub fn completions(shell: Shell) -> Result<Exit> {
     let mut command = cli::command();

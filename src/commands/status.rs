@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use super::{Setup, print_json};
 use crate::authorize::{self, Denial, Reason, Standing};
-use crate::cli::TokenSource;
 use crate::exit::Exit;
 use crate::record::{Record, rfc3339};
+use crate::request::TokenSource;
 use crate::store::Open;
 use crate::ttl;
 

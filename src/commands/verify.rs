@@ -10,9 +10,9 @@ use anyhow::{Context as _, Result, bail};
 use super::{Setup, print_json};
 use crate::audit::{Event, EventKind, Process};
 use crate::authorize::{Decision, Reason, authorize};
-use crate::cli::{TokenSource, VerifyRequest};
 use crate::config::TOKEN_ENV_VAR;
 use crate::exit::Exit;
+use crate::request::{TokenSource, VerifyRequest};
 use crate::store::{Open, Store};
 use crate::token::{BODY_LEN, PREFIX, Token};
 

@@ -30,6 +30,10 @@ fn a_token_typed_in_the_wrong_place_is_never_echoed_or_logged() {
         (vec!["run", "--scope", "a", "--ttl", t, "--", "true"], 125),
         (vec!["run", "--scope", "a", "--scrub", t, "--", "true"], 125),
         (
+            vec!["run", "--scope", "a", "--receipt", t, "--", "true"],
+            125,
+        ),
+        (
             vec![
                 "run",
                 "--scope",

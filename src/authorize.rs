@@ -251,6 +251,11 @@ pub fn walk(
         let dead = |reason, detail| Standing::Dead(Denial::new(reason, detail, Some(leaf)));
         if let Some((reason, detail)) = why_dead(&record, now) {
             let culprit = (reason == Reason::Expired).then(|| record.clone());
+            let detail = if depth == 0 {
+                detail
+            } else {
+                format!("{detail}, and lease {} is nested in it", leaf.id)
+            };
             return Ok((dead(reason.at_depth(depth), detail), culprit));
         }
         if depth >= MAX_DEPTH {
@@ -303,10 +308,11 @@ fn why_dead(record: &Record, now: SystemTime) -> Option<(Reason, String)> {
             format!("lease {id} was revoked{when}")
         }
         Reason::Expired => format!("lease {id} expired at {}", at(record.expires_at)),
-        _ => {
-            let pid = record.owner.as_ref().map_or(0, |o| o.pid);
-            format!("the lease run (pid {pid}) that owned lease {id} has ended")
-        }
+        _ => record
+            .owner
+            .as_ref()
+            .and_then(|owner| owner.gone_because(id))
+            .unwrap_or_else(|| format!("the lease run that owned lease {id} has ended")),
     };
     Some((reason, detail))
 }

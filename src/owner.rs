@@ -30,6 +30,17 @@ pub struct Owner {
     pub command_start_time: Option<u64>,
 }
 
+/// What of a lease's owner is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    /// The machine restarted since the lease was made.
+    Rebooted,
+    /// The `lease run` process (or what the record says of the command cannot be checked).
+    Wrapper,
+    /// The command the lease was made for, with its pid.
+    Command(u32),
+}
+
 /// Whether the owner of a lease is still running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnerState {
@@ -71,18 +82,39 @@ impl Owner {
     /// stopped, or blocked by a lock another process holds). Anything that cannot be confirmed
     /// counts as gone, so that verify fails closed.
     pub fn state(&self) -> OwnerState {
-        let alive = |pid, started| matches!(start_time(pid), Ok(Some(t)) if t == started);
-        let same_boot = boot_id().is_ok_and(|id| id == self.boot_id);
-        let same_process = alive(self.pid, self.start_time);
-        let command_runs = match (self.command_pid, self.command_start_time) {
-            (Some(pid), Some(started)) => alive(pid, started),
-            (None, None) => true,
-            _ => false,
-        };
-        if same_boot && same_process && command_runs {
+        if self.gone().is_none() {
             OwnerState::Alive
         } else {
             OwnerState::Gone
+        }
+    }
+
+    /// Why the owner counts as gone, as a sentence about lease `id`; `None` while it runs.
+    pub fn gone_because(&self, id: &str) -> Option<String> {
+        let pid = self.pid;
+        Some(match self.gone()? {
+            Gone::Rebooted => format!(
+                "the lease run (pid {pid}) that owned lease {id} ran before the machine restarted"
+            ),
+            Gone::Wrapper => format!("the lease run (pid {pid}) that owned lease {id} has ended"),
+            Gone::Command(command) => {
+                format!("the command (pid {command}) that lease {id} was made for has exited")
+            }
+        })
+    }
+
+    fn gone(&self) -> Option<Gone> {
+        let alive = |pid, started| matches!(start_time(pid), Ok(Some(t)) if t == started);
+        if !boot_id().is_ok_and(|id| id == self.boot_id) {
+            return Some(Gone::Rebooted);
+        }
+        if !alive(self.pid, self.start_time) {
+            return Some(Gone::Wrapper);
+        }
+        match (self.command_pid, self.command_start_time) {
+            (Some(pid), Some(started)) if !alive(pid, started) => Some(Gone::Command(pid)),
+            (Some(_), None) | (None, Some(_)) => Some(Gone::Wrapper),
+            _ => None,
         }
     }
 }
@@ -151,6 +183,32 @@ mod tests {
     fn current_process_is_alive() {
         let owner = Owner::current("test".into()).expect("owner");
         assert_eq!(owner.state(), OwnerState::Alive);
+    }
+
+    #[test]
+    fn a_lease_whose_command_has_exited_is_gone_and_says_so() {
+        let mut command = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn");
+        let pid = command.id();
+        let owner = Owner::current("test".into())
+            .expect("owner")
+            .running(pid)
+            .expect("the command runs");
+        assert_eq!(owner.state(), OwnerState::Alive);
+        command.kill().expect("kill");
+        command.wait().expect("wait");
+        assert_eq!(owner.state(), OwnerState::Gone);
+        assert_eq!(
+            owner.gone_because("0123456789ab").as_deref(),
+            Some(
+                format!("the command (pid {pid}) that lease 0123456789ab was made for has exited")
+                    .as_str()
+            )
+        );
+        let lease_itself = Owner::current("test".into()).expect("owner");
+        assert_eq!(lease_itself.gone_because("0123456789ab"), None);
     }
 
     #[test]

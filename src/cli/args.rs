@@ -247,7 +247,7 @@ pub(super) struct RunArgs {
 
     /// Print the environment the command would get (the token hidden) and exit; mints nothing
     /// and runs nothing, even when a command is given
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["mask", "receipt", "on_expiry", "grace"])]
     pub(super) print_env: bool,
 
     /// Replace the token with *** in the command's stdout and stderr (for CI logs); the

@@ -217,6 +217,25 @@ fn print_env_with_a_command_runs_nothing_and_creates_no_store() {
     );
     assert!(!sandbox.path("ran").exists(), "the command ran");
     assert!(!sandbox.state_dir().exists(), "the store was created");
+    // What only a run can do is refused beside --print-env, not silently ignored.
+    for (flag, shown) in [
+        ("--mask", "--mask"),
+        ("--receipt=r.json", "--receipt <FILE>"),
+        ("--on-expiry=term", "--on-expiry <keep|term|kill>"),
+        ("--grace=5", "--grace <DURATION>"),
+    ] {
+        let out = sandbox
+            .lease(["run", "--print-env", flag, "--scope", "a"])
+            .run()
+            .code_is(125);
+        assert_eq!(
+            out.stderr,
+            format!(
+                "lease: the argument '--print-env' cannot be used with '{shown}'; see 'lease run --help'\n"
+            ),
+            "{out:#?}"
+        );
+    }
 }
 
 /// Names lease sets, PATH and the loader's variables cannot carry the token, from the command

@@ -65,12 +65,18 @@ pub fn environment(
         .filter(|(name, _)| rules.passes(name))
         // The command gets one lease token, its own: any other (a parent's, copied under
         // another name) stays behind.
-        .filter(|(_, value)| !value.to_str().is_some_and(crate::token::is_token_shaped))
+        .filter(|(name, value)| !holds_token(name) && !holds_token(value))
         .filter(|(name, _)| !lease.iter().any(|(own, _)| own == name))
         .collect();
     env.extend(lease);
     env.sort();
     env
+}
+
+/// Whether a variable's name or value holds something shaped like a lease token, in any bytes
+/// (the prefix and a token's body are ASCII, so invalid UTF-8 around them hides nothing).
+fn holds_token(text: &OsStr) -> bool {
+    crate::token::is_token_shaped(&String::from_utf8_lossy(text.as_bytes()))
 }
 
 /// A child that is forked and held just before `exec`: it has its environment, its signal

@@ -183,6 +183,36 @@ impl Located<'_> {
     }
 }
 
+/// A config file larger than this is refused: no real one comes near it.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a config file without ever blocking (a FIFO is opened `O_NONBLOCK` and refused) and
+/// without reading more than [`MAX_CONFIG_BYTES`] (`/dev/zero` is refused too); `/dev/null` is
+/// an empty config.
+fn read_bounded(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        // `--config /dev/null` is the usual way to say "no config file".
+        if path == Path::new("/dev/null") {
+            return Ok(String::new());
+        }
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(io::Error::other(format!(
+            "it is larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    Ok(text)
+}
+
 impl Config {
     /// Loads the config: from `explicit` if given (it must exist), else from the default
     /// location if a file is there, else the defaults.
@@ -194,7 +224,7 @@ impl Config {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = match fs::read_to_string(&path) {
+        let text = match read_bounded(&path) {
             Ok(text) => text,
             Err(err) if err.kind() == io::ErrorKind::NotFound && !required => {
                 return Ok(Config::default());

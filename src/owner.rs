@@ -140,9 +140,15 @@ fn start_time(pid: u32) -> Result<Option<u64>> {
         .map(|end| &stat[end + 1..])
         .context("unexpected /proc stat format")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
+    // A zombie has exited; but a thread-group leader that called pthread_exit shows as a zombie
+    // while its other threads run on (field 20, the thread count, says so): that process runs.
+    let threads = fields
+        .get(17)
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
     if fields
         .first()
-        .is_some_and(|state| *state == "Z" || *state == "X")
+        .is_some_and(|state| *state == "X" || (*state == "Z" && threads <= 1))
     {
         return Ok(None);
     }

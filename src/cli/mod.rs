@@ -53,13 +53,21 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
     std::mem::forget(definition);
     let failure = failure_exit(matches.subcommand_name());
     let cli = Cli::from_arg_matches_mut(&mut matches).map_err(|err| reject(&err, &args))?;
+    let usage = |err: anyhow::Error| Rejected::Usage(format!("{err:#}"), failure);
+    for path in [&cli.state_dir, &cli.config].into_iter().flatten() {
+        values::not_a_token(
+            &path.to_string_lossy(),
+            "a path",
+            "--state-dir, --config, LEASE_STATE_DIR and LEASE_CONFIG name a directory or a file",
+        )
+        .map_err(usage)?;
+    }
     let globals = Globals {
         state_dir: cli.state_dir.filter(|p| !p.as_os_str().is_empty()),
         config: cli.config.filter(|p| !p.as_os_str().is_empty()),
         verbose: cli.verbose,
     };
-    let command =
-        validate(cli.command).map_err(|err| Rejected::Usage(format!("{err:#}"), failure))?;
+    let command = validate(cli.command).map_err(usage)?;
     Ok(Invocation {
         globals,
         command,

@@ -26,6 +26,20 @@ impl TokenArgs {
 pub(super) fn validate(sub: Sub) -> Result<Command> {
     Ok(match sub {
         Sub::Run(args) => {
+            if let Some(program) = args.command.first() {
+                not_a_token(
+                    &program.to_string_lossy(),
+                    "a command",
+                    "put the command to run after `--`; the token reaches it in $LEASE_TOKEN",
+                )?;
+            }
+            if let Some(receipt) = &args.receipt {
+                not_a_token(
+                    &receipt.to_string_lossy(),
+                    "a file name",
+                    "--receipt takes the path of the JSON file to write, e.g. --receipt run.json",
+                )?;
+            }
             let mut command = args.command.into_iter();
             let mode = match command.next() {
                 _ if args.print_env => RunMode::PrintEnv,
@@ -35,13 +49,6 @@ pub(super) fn validate(sub: Sub) -> Result<Command> {
                 },
                 None => bail!("no command given: put it after `--`"),
             };
-            if let Some(receipt) = &args.receipt {
-                not_a_token(
-                    &receipt.to_string_lossy(),
-                    "a file name",
-                    "--receipt takes the path of the JSON file to write, e.g. --receipt run.json",
-                )?;
-            }
             let mut asked = asked(args.mint)?;
             asked.flags.env = args.env;
             asked.flags.on_expiry = args.on_expiry;
@@ -93,7 +100,14 @@ pub(super) fn validate(sub: Sub) -> Result<Command> {
             Shell::Fish => request::Shell::Fish,
         }),
         Sub::Man(args) => Command::Man(match args.dir {
-            Some(dir) => ManPage::WriteAll(dir),
+            Some(dir) => {
+                not_a_token(
+                    &dir.to_string_lossy(),
+                    "a directory",
+                    "--dir takes the directory to write the pages in",
+                )?;
+                ManPage::WriteAll(dir)
+            }
             None => ManPage::Print(args.subcommand),
         }),
         Sub::Renew(args) => Command::Renew(RenewRequest {

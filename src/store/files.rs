@@ -404,6 +404,9 @@ impl Files {
     /// place (a concurrent update may have renamed a new one over it while we waited).
     fn lock_record(&self, leases: &OwnedFd, name: &str) -> Result<Option<File>> {
         let shown = || self.shown(name).display().to_string();
+        // One deadline for every attempt: a record replaced again and again while we wait
+        // must not keep us here.
+        let deadline = Instant::now() + LOCK_PATIENCE;
         loop {
             let file = match open_record(leases, name) {
                 Ok(file) => file,
@@ -413,7 +416,8 @@ impl Files {
                         .with_context(|| format!("opening {}", shown()));
                 }
             };
-            lock_within(&file, LOCK_PATIENCE).with_context(|| format!("locking {}", shown()))?;
+            let patience = deadline.saturating_duration_since(Instant::now());
+            lock_within(&file, patience).with_context(|| format!("locking {}", shown()))?;
             let locked = file
                 .metadata()
                 .with_context(|| format!("reading {}", shown()))?;

@@ -15,6 +15,7 @@ fn a_token_typed_in_the_wrong_place_is_never_echoed_or_logged() {
     let sandbox = Sandbox::new();
     let token = sandbox.issue("read:x");
     let t = token.as_str();
+    let bin_t = format!("/bin/{t}");
     let cases: Vec<(Vec<&str>, i32)> = vec![
         (vec!["revoke", t], 2),
         (vec!["suggest", t], 2),
@@ -33,6 +34,14 @@ fn a_token_typed_in_the_wrong_place_is_never_echoed_or_logged() {
             vec!["run", "--scope", "a", "--receipt", t, "--", "true"],
             125,
         ),
+        (vec!["run", "--scope", "a", "--", t], 125),
+        (vec!["run", "--scope", "a", "--", &bin_t], 125),
+        (vec!["--state-dir", t, "list"], 2),
+        (
+            vec!["--config", t, "run", "--scope", "a", "--", "true"],
+            125,
+        ),
+        (vec!["man", "--dir", t], 2),
         (
             vec![
                 "run",
@@ -444,4 +453,54 @@ fn bad_store_entries_are_skipped_by_revoke_all_and_gc() {
     for id in ids.iter().map(String::as_str).chain(last["id"].as_str()) {
         assert!(record(id).is_none(), "{id} was not collected");
     }
+}
+
+/// A token hidden in a variable's name, or in a value that is not UTF-8, stays behind too: the
+/// command gets one token, its own, and `--print-env` shows none.
+#[test]
+fn a_token_in_a_variable_name_or_in_bytes_that_are_not_utf8_stays_behind() {
+    use std::os::unix::ffi::OsStringExt;
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("read:x");
+    let mut value = vec![0xff_u8];
+    value.extend_from_slice(token.as_bytes());
+    let value = std::ffi::OsString::from_vec(value);
+    let named = format!("X_{token}");
+    for (args, tokens) in [
+        (vec!["run", "--scope", "a", "--print-env"], 0),
+        (vec!["run", "--scope", "a", "--", "env"], 1),
+    ] {
+        let out = sandbox
+            .lease(&args)
+            .env(&named, "1")
+            .env("BYTES", &value)
+            .run()
+            .success();
+        assert!(!out.stdout.contains(&token), "{args:?}: {out:#?}");
+        assert_eq!(out.stdout.matches("agt_").count(), tokens, "{out:#?}");
+    }
+}
+
+/// A config file that is a FIFO or `/dev/zero` is refused at once, in one line; `/dev/null` is
+/// an empty config.
+#[test]
+fn a_config_that_is_a_fifo_or_dev_zero_is_refused_without_hanging() {
+    let sandbox = Sandbox::new();
+    let fifo = sandbox.path("config.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for config in [fifo.to_str().unwrap(), "/dev/zero"] {
+        let out = sandbox
+            .lease(["--config", config, "list"])
+            .run()
+            .code_is(2)
+            .one_error_line();
+        assert_eq!(
+            out.stderr,
+            format!("lease: reading config {config}: it is not a regular file\n")
+        );
+    }
+    sandbox
+        .lease(["--config", "/dev/null", "list"])
+        .run()
+        .success();
 }

@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::{ChildStderr, ChildStdout};
 
 use anyhow::Context as _;
+use zeroize::Zeroize;
 use nix::fcntl::OFlag;
 use nix::libc::{self, c_int};
 use nix::unistd::{ForkResult, Pid, pipe2};
@@ -108,7 +109,9 @@ pub struct Held {
 /// death signal to the thread that forked.
 pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
     let program = spec.program.to_string_lossy().into_owned();
-    let mut prepared = Prepared::new(&spec).with_context(|| format!("cannot run '{program}'"))?;
+    let prepared = Prepared::new(&spec);
+    wipe(spec.env);
+    let mut prepared = prepared.with_context(|| format!("cannot run '{program}'"))?;
     let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
     let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
     let outputs = if spec.mask {
@@ -269,6 +272,24 @@ struct Prepared {
     sh_ptrs: Vec<*const libc::c_char>,
 }
 
+impl Drop for Prepared {
+    /// The environment holds the token: its bytes are zeroed before they are freed.
+    fn drop(&mut self) {
+        for entry in self._strings.1.drain(..) {
+            entry.into_bytes_with_nul().zeroize();
+        }
+    }
+}
+
+/// Zeroes the bytes of every variable of an environment (the token among them) as it is freed.
+fn wipe(env: Vec<(OsString, OsString)>) {
+    use std::os::unix::ffi::OsStringExt;
+    for (name, value) in env {
+        name.into_vec().zeroize();
+        value.into_vec().zeroize();
+    }
+}
+
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepared").finish_non_exhaustive()
@@ -315,10 +336,15 @@ impl Prepared {
         }
         let mut envp = Vec::with_capacity(spec.env.len());
         for (name, value) in &spec.env {
-            let mut entry = name.as_bytes().to_vec();
+            // Sized exactly (with the NUL), so that no copy of the token is left behind by a
+            // reallocation: the one buffer is zeroed when `Prepared` is dropped.
+            let mut entry = Vec::with_capacity(name.len() + value.len() + 2);
+            entry.extend_from_slice(name.as_bytes());
             entry.push(b'=');
             entry.extend_from_slice(value.as_bytes());
-            envp.push(c(&entry)?);
+            let entry = CString::new(entry)
+                .map_err(|_| anyhow::anyhow!("an argument or variable holds a NUL byte"))?;
+            envp.push(entry);
         }
         let pointers = |strings: &[CString]| {
             let mut ptrs: Vec<_> = strings.iter().map(|s| s.as_ptr()).collect();

@@ -164,11 +164,21 @@ impl Process {
     /// `lease verify`, a script running `lease issue`).
     pub fn caller() -> Process {
         let pid = nix::unistd::getppid().as_raw().unsigned_abs();
-        let argv = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let mut parts = argv.split(|b| *b == 0).filter(|p| !p.is_empty());
-        let command = parts
-            .next()
-            .map(|p| String::from_utf8_lossy(p).into_owned());
+        // At most the first 4 KiB: argv[0] is all that is kept.
+        let argv = fs::File::open(format!("/proc/{pid}/cmdline"))
+            .and_then(|file| {
+                let mut bytes = Vec::new();
+                file.take(4096).read_to_end(&mut bytes).map(|_| bytes)
+            })
+            .unwrap_or_default();
+        let mut parts = argv.strip_suffix(&[0]).unwrap_or(&argv).split(|b| *b == 0);
+        // argv[0] as it is, never a later argument; a process that rewrote its title may have
+        // put its arguments there after a space: only the program is kept, redacted.
+        let command = parts.next().filter(|_| !argv.is_empty()).map(|first| {
+            let first = String::from_utf8_lossy(first);
+            let program = first.split(' ').next().unwrap_or_default();
+            crate::token::redact(program).into_owned()
+        });
         Process {
             pid,
             argc: command.as_ref().map(|_| parts.count()),

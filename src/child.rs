@@ -9,10 +9,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::{ChildStderr, ChildStdout};
 
 use anyhow::Context as _;
-use zeroize::Zeroize;
 use nix::fcntl::OFlag;
 use nix::libc::{self, c_int};
 use nix::unistd::{ForkResult, Pid, pipe2};
+use zeroize::Zeroize;
 
 use crate::signals::SignalPlan;
 

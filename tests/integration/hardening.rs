@@ -504,3 +504,28 @@ fn a_config_that_is_a_fifo_or_dev_zero_is_refused_without_hanging() {
         .run()
         .success();
 }
+
+/// The trail names a caller by its argv[0] only, even when that is empty or a rewritten title:
+/// never one of its arguments, which may hold secrets.
+#[test]
+fn the_trail_never_takes_a_callers_argument_for_its_command() {
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("a");
+    sandbox
+        .command("bash")
+        .arg("-c")
+        .arg(r#"exec -a "" sh -c 'lease verify a; echo "$0" >/dev/null' secret-argument"#)
+        .env("LEASE_TOKEN", &token)
+        .run()
+        .success();
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).unwrap();
+    let granted = trail
+        .lines()
+        .find(|l| l.contains("\"event\":\"granted\""))
+        .expect("a granted event");
+    assert!(
+        !granted.contains("secret-argument") && !granted.contains("\"-c\""),
+        "{granted}"
+    );
+    assert!(granted.contains("\"command\":\"\""), "{granted}");
+}

@@ -6,6 +6,7 @@
 //! checking again.
 
 mod args;
+pub mod docs;
 mod errors;
 mod translate;
 mod values;

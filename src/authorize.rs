@@ -176,22 +176,22 @@ pub struct Decision {
 impl Decision {
     /// A denial, naming the lease if one was found.
     pub fn deny(reason: Reason, detail: String, record: Option<&Record>) -> Decision {
+        Decision::about(record, reason, detail)
+    }
+
+    fn grant(record: &Record) -> Decision {
+        Decision::about(Some(record), Reason::Granted, String::new())
+    }
+
+    fn about(record: Option<&Record>, reason: Reason, detail: String) -> Decision {
         Decision {
-            granted: false,
+            granted: reason == Reason::Granted,
             reason,
             id: record.map(|r| r.id.clone()),
             expires_at: record.map(|r| rfc3339::format(r.expires_at)),
             detail,
             parent: record.and_then(|r| r.parent.clone()),
             run: record.and_then(|r| r.run.clone()),
-        }
-    }
-
-    fn grant(record: &Record) -> Decision {
-        Decision {
-            reason: Reason::Granted,
-            granted: true,
-            ..Decision::deny(Reason::Granted, String::new(), Some(record))
         }
     }
 }

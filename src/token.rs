@@ -198,7 +198,8 @@ fn token_spans(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
                 .take_while(|b| is_body(b))
                 .count();
             let end = start + PREFIX.len() + body;
-            from = end.max(start + 1);
+            // `end` is past the prefix found, so the next search starts after it.
+            from = end;
             if body >= MIN_BODY {
                 return Some((start, end));
             }
@@ -276,6 +277,9 @@ mod tests {
         assert!(!format!("{token}").contains(token.expose()));
         assert!(!format!("{token:?}").contains(token.expose()));
         assert!(!format!("{token:#?}").contains(token.expose()));
+        // What it prints instead, so that a log still shows a token was there.
+        assert_eq!(format!("{token}"), "agt_***");
+        assert_eq!(format!("{token:?}"), "Token(agt_***)");
     }
 
     #[test]
@@ -291,6 +295,15 @@ mod tests {
                 .hash()
                 .matches_hex(&token.hash().to_hex())
         );
+        // Differences that cancel out when XORed together still differ: a fold that XORs the
+        // differences instead of ORing them would take this hash for the stored one.
+        let stored = token.hash().to_hex();
+        let mut cancelling = stored.clone().into_bytes();
+        cancelling[0] ^= 1;
+        cancelling[1] ^= 1;
+        let cancelling = String::from_utf8(cancelling).expect("ascii");
+        assert!(!token.hash().matches_hex(&cancelling), "{cancelling}");
+        assert!(!token.hash().matches_hex(&stored[1..]));
         for bad in ["", "xyz", "ABCDEF012345", "../etc/passw", "0123456789abc"] {
             assert_eq!(LeaseId::parse(bad), None, "{bad}");
         }
@@ -314,6 +327,9 @@ mod tests {
             "invalid value 'agt_***' for '--ttl': and 'agt_***' again"
         );
         assert_eq!(redact("nothing here"), "nothing here");
+        // A token at the very start, as when the whole value is one, and then another.
+        assert_eq!(redact(text), "agt_***");
+        assert_eq!(redact(&format!("{text} {text}")), "agt_*** agt_***");
     }
 
     mod properties {

@@ -8,6 +8,7 @@
 //! bits of that hash in hex, so a record can be found from a token in one step, while an id
 //! (which is printed, listed and logged) reveals nothing that leads back to the token.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use anyhow::{Context, Result};
@@ -166,10 +167,10 @@ pub fn is_token_shaped(text: &str) -> bool {
 
 /// `text` with everything shaped like a token replaced by `agt_***`: the last guard before a
 /// message that may quote user input (a clap error, say) is printed.
-pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+pub fn redact(text: &str) -> Cow<'_, str> {
     let mut spans = token_spans(text).peekable();
     if spans.peek().is_none() {
-        return std::borrow::Cow::Borrowed(text);
+        return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
@@ -180,7 +181,7 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
         copied = end;
     }
     out.push_str(&text[copied..]);
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 /// Where a token could stand in `text`: the prefix followed by at least a few characters of a

@@ -231,4 +231,15 @@ mod tests {
         };
         assert_eq!(rebooted.state(), OwnerState::Gone);
     }
+
+    /// The boot id recorded is the kernel's, not some constant: a constant would be the same
+    /// before and after a reboot, and a record from before one would pass as alive.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_boot_id_recorded_is_the_kernels() {
+        let kernels = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+        let owner = Owner::current("test".into()).expect("owner");
+        assert_eq!(owner.boot_id, kernels.trim());
+        assert_eq!(owner.boot_id.len(), 36, "a UUID: {}", owner.boot_id);
+    }
 }

@@ -8,6 +8,7 @@
 //! bits of that hash in hex, so a record can be found from a token in one step, while an id
 //! (which is printed, listed and logged) reveals nothing that leads back to the token.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use anyhow::{Context, Result};
@@ -192,10 +193,10 @@ pub fn is_token_shaped(text: &str) -> bool {
 
 /// `text` with everything shaped like a token replaced by `agt_***`: the last guard before a
 /// message that may quote user input (a clap error, say) is printed.
-pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+pub fn redact(text: &str) -> Cow<'_, str> {
     let mut spans = token_spans(text).peekable();
     if spans.peek().is_none() {
-        return std::borrow::Cow::Borrowed(text);
+        return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
@@ -206,7 +207,7 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
         copied = end;
     }
     out.push_str(&text[copied..]);
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 /// Where a token could stand in `text`: the prefix followed by at least a few characters of a
@@ -224,7 +225,8 @@ fn token_spans(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
                 .take_while(|b| is_body(b))
                 .count();
             let end = start + PREFIX.len() + body;
-            from = end.max(start + 1);
+            // `end` is past the prefix found, so the next search starts after it.
+            from = end;
             if body >= MIN_BODY {
                 return Some((start, end));
             }
@@ -302,6 +304,9 @@ mod tests {
         assert!(!format!("{token}").contains(token.expose()));
         assert!(!format!("{token:?}").contains(token.expose()));
         assert!(!format!("{token:#?}").contains(token.expose()));
+        // What it prints instead, so that a log still shows a token was there.
+        assert_eq!(format!("{token}"), "agt_***");
+        assert_eq!(format!("{token:?}"), "Token(agt_***)");
     }
 
     #[test]
@@ -317,6 +322,15 @@ mod tests {
                 .hash()
                 .matches_hex(&token.hash().to_hex())
         );
+        // Differences that cancel out when XORed together still differ: a fold that XORs the
+        // differences instead of ORing them would take this hash for the stored one.
+        let stored = token.hash().to_hex();
+        let mut cancelling = stored.clone().into_bytes();
+        cancelling[0] ^= 1;
+        cancelling[1] ^= 1;
+        let cancelling = String::from_utf8(cancelling).expect("ascii");
+        assert!(!token.hash().matches_hex(&cancelling), "{cancelling}");
+        assert!(!token.hash().matches_hex(&stored[1..]));
         for bad in ["", "xyz", "ABCDEF012345", "../etc/passw", "0123456789abc"] {
             assert_eq!(LeaseId::parse(bad), None, "{bad}");
         }
@@ -340,6 +354,9 @@ mod tests {
             "invalid value 'agt_***' for '--ttl': and 'agt_***' again"
         );
         assert_eq!(redact("nothing here"), "nothing here");
+        // A token at the very start, as when the whole value is one, and then another.
+        assert_eq!(redact(text), "agt_***");
+        assert_eq!(redact(&format!("{text} {text}")), "agt_*** agt_***");
     }
 
     mod properties {

@@ -960,6 +960,29 @@ mod tests {
         }
     }
 
+    /// gc removes the temporary files of writers that died mid-write (the pid in the name is
+    /// not running, or is no pid at all) and any older than a minute, but never the file of a
+    /// writer still running: that would be a record being written right now.
+    #[test]
+    fn stale_temp_files_are_removed_and_a_running_writers_is_kept() {
+        let (_dir, store) = store();
+        let leases = store.dir().join(LEASES);
+        let live = format!("{TEMP_PREFIX}{}-0000000000000001", std::process::id());
+        let dead = format!("{TEMP_PREFIX}4000000000-0000000000000002");
+        let no_pid = format!("{TEMP_PREFIX}x-0000000000000003");
+        for name in [&live, &dead, &no_pid] {
+            fs::write(leases.join(name), "").expect("temp file");
+        }
+        let now = SystemTime::now();
+        assert_eq!(store.remove_stale_temp_files(now).expect("gc"), 2);
+        assert_eq!(leftover_temp_files(&store), vec![OsString::from(&live)]);
+        let later = now + Duration::from_secs(30);
+        assert_eq!(store.remove_stale_temp_files(later).expect("gc"), 0);
+        let much_later = now + Duration::from_secs(120);
+        assert_eq!(store.remove_stale_temp_files(much_later).expect("gc"), 1);
+        assert_eq!(leftover_temp_files(&store), Vec::<OsString>::new());
+    }
+
     #[test]
     fn a_missing_store_opened_existing_only_holds_nothing_and_creates_nothing() {
         let dir = tempfile::tempdir().expect("temp dir");

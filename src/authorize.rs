@@ -379,3 +379,120 @@ fn used_up(leaf: &Record, spent: &Record) -> Decision {
         Some(leaf),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::scope::Scope;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    /// A live detached record with id `n` whose parent is `parent` (an id, as written).
+    fn record(n: u64, parent: Option<u64>) -> Record {
+        let hash = Token::mint().expect("mint").hash();
+        let scope = vec![Scope::parse("a").expect("scope")];
+        let expires = now() + Duration::from_secs(60);
+        let mut record = Record::new(hash, scope, now() - Duration::from_secs(60), expires, None);
+        record.id = format!("{n:012x}");
+        record.parent = parent.map(|p| format!("{p:012x}"));
+        record
+    }
+
+    /// Walks from `leaf`, loading parents from `store` by the id they are filed under.
+    fn walked(leaf: &Record, store: &HashMap<String, Record>) -> Chain {
+        let load = |id: &LeaseId| {
+            Ok(store
+                .get(id.as_str())
+                .map_or(Loaded::Missing, |r| Loaded::Found(r.clone())))
+        };
+        walk(leaf.clone(), now(), load).expect("walk").0
+    }
+
+    fn dead(chain: Chain) -> (&'static str, String) {
+        match chain {
+            Chain::Dead { reason, detail, .. } => (reason, detail),
+            other => panic!("not dead: {other:?}"),
+        }
+    }
+
+    /// Only a tampered store holds a loop: it is corrupt, and the detail says why (not that the
+    /// chain is too deep, which is where walking round the loop would end).
+    #[test]
+    fn a_lease_that_is_its_own_ancestor_is_a_corrupt_record() {
+        let own_parent = record(1, Some(1));
+        let store = HashMap::from([(own_parent.id.clone(), own_parent.clone())]);
+        assert_eq!(
+            dead(walked(&own_parent, &store)),
+            (
+                "corrupt record",
+                "lease 000000000001 is its own ancestor".to_owned()
+            )
+        );
+        let (a, b) = (record(2, Some(3)), record(3, Some(2)));
+        let store = HashMap::from([(a.id.clone(), a.clone()), (b.id.clone(), b.clone())]);
+        assert_eq!(
+            dead(walked(&a, &store)),
+            (
+                "corrupt record",
+                "lease 000000000003 is its own ancestor".to_owned()
+            )
+        );
+    }
+
+    /// A record filed under its parent's id but naming another lease is not that parent.
+    #[test]
+    fn a_parent_found_under_its_id_must_be_that_lease() {
+        let child = record(4, Some(5));
+        let impostor = record(6, None);
+        let store = HashMap::from([("000000000005".to_owned(), impostor)]);
+        assert_eq!(dead(walked(&child, &store)).0, "parent gone");
+        let parent = record(5, None);
+        let store = HashMap::from([(parent.id.clone(), parent)]);
+        assert!(matches!(walked(&child, &store), Chain::Live(records) if records.len() == 2));
+    }
+
+    /// A budgeted lease, or its parent, revoked after verify read the chain but before it locked
+    /// the records to charge them: denied, with the word for whichever lease it was.
+    #[test]
+    fn a_lease_revoked_between_the_read_and_the_lock_is_denied_with_its_own_word() {
+        let action = Action::parse("a").expect("action");
+        for (revoke_leaf, word) in [(true, "revoked"), (false, "parent revoked")] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = Store::open(
+                &dir.path().join("state"),
+                crate::store::Open::CreateIfMissing,
+            )
+            .expect("store");
+            let budgeted = |parent: Option<&Record>| {
+                let scope = vec![Scope::parse("a").expect("scope")];
+                let hash = Token::mint().expect("mint").hash();
+                let issued = now() - Duration::from_secs(60);
+                let mut record =
+                    Record::new(hash, scope, issued, now() + Duration::from_secs(60), None);
+                record.parent = parent.map(|p| p.id.clone());
+                record.uses_left = Some(1);
+                assert!(store.insert(&record).expect("insert"));
+                record
+            };
+            let parent = budgeted(None);
+            let leaf = budgeted(Some(&parent));
+            // What verify read before taking the locks.
+            let charges: Vec<(&Record, Charge)> = [&leaf, &parent]
+                .into_iter()
+                .map(|r| (r, r.charge(&action).expect("a use left")))
+                .collect();
+            let revoked = if revoke_leaf { &leaf } else { &parent };
+            let id = revoked.lease_id().expect("id");
+            store.update(&id, |r| r.revoke(now())).expect("revoke");
+            let decision = spend(&store, &leaf, &charges, &action, now()).expect("spend");
+            assert!(!decision.granted);
+            assert_eq!(decision.reason, word);
+            assert_eq!(decision.detail, format!("lease {id} ended meanwhile"));
+        }
+    }
+}

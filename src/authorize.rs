@@ -558,9 +558,8 @@ fn used_up(leaf: &Record, spent: &Record) -> Decision {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
-
     use std::collections::HashMap;
+    use std::time::{Duration, SystemTime};
 
     use proptest::prelude::*;
 
@@ -664,6 +663,113 @@ mod tests {
             for (which, state) in states.iter().enumerate() {
                 prop_assert_eq!(*state, walked(&records, which), "record {}", which);
             }
+        }
+    }
+
+    /// A live detached record with id `n` whose parent is `parent`.
+    fn live(n: u64, parent: Option<u64>) -> Record {
+        let hash = Token::mint().expect("mint").hash();
+        let scope = vec![Scope::parse("a").expect("scope")];
+        let expires = now() + Duration::from_secs(60);
+        let mut record = Record::new(hash, scope, now() - Duration::from_secs(60), expires, None);
+        let small = |n: u64| usize::try_from(n).expect("a small number");
+        record.id = id(small(n));
+        record.parent = parent.map(|p| id(small(p)));
+        record
+    }
+
+    /// Walks from `leaf`, loading parents from `store` by the id they are filed under.
+    fn walk_from(leaf: &Record, store: &HashMap<String, Record>) -> Standing {
+        let load = |id: &LeaseId| {
+            Ok(store
+                .get(id.as_str())
+                .map_or(Loaded::Missing, |r| Loaded::Found(r.clone())))
+        };
+        walk(leaf.clone(), now(), load).expect("walk").0
+    }
+
+    fn dead(standing: Standing) -> (Reason, String) {
+        match standing {
+            Standing::Dead(denial) => (denial.reason, denial.detail),
+            other => panic!("not dead: {other:?}"),
+        }
+    }
+
+    /// Only a tampered store holds a loop: it is corrupt, and the detail says why (not that the
+    /// chain is too deep, which is where walking round the loop would end).
+    #[test]
+    fn a_lease_that_is_its_own_ancestor_is_a_corrupt_record() {
+        let own_parent = live(1, Some(1));
+        let store = HashMap::from([(own_parent.id.to_string(), own_parent.clone())]);
+        assert_eq!(
+            dead(walk_from(&own_parent, &store)),
+            (
+                Reason::CorruptRecord,
+                "lease 000000000001 is its own ancestor".to_owned()
+            )
+        );
+        let (a, b) = (live(2, Some(3)), live(3, Some(2)));
+        let store = HashMap::from([(a.id.to_string(), a.clone()), (b.id.to_string(), b.clone())]);
+        assert_eq!(
+            dead(walk_from(&a, &store)),
+            (
+                Reason::CorruptRecord,
+                "lease 000000000003 is its own ancestor".to_owned()
+            )
+        );
+    }
+
+    /// A record filed under its parent's id but naming another lease is not that parent.
+    #[test]
+    fn a_parent_found_under_its_id_must_be_that_lease() {
+        let child = live(4, Some(5));
+        let impostor = live(6, None);
+        let store = HashMap::from([("000000000005".to_owned(), impostor)]);
+        assert_eq!(dead(walk_from(&child, &store)).0, Reason::ParentGone);
+        let parent = live(5, None);
+        let store = HashMap::from([(parent.id.to_string(), parent)]);
+        assert!(matches!(walk_from(&child, &store), Standing::Live(records) if records.len() == 2));
+    }
+
+    /// A budgeted lease, or its parent, revoked after verify read the chain but before it locked
+    /// the records to charge them: denied, with the word for whichever lease it was.
+    #[test]
+    fn a_lease_revoked_between_the_read_and_the_lock_is_denied_with_its_own_word() {
+        let action = Action::parse("a").expect("action");
+        for (revoke_leaf, word) in [(true, "revoked"), (false, "parent revoked")] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = Store::open(
+                &dir.path().join("state"),
+                crate::store::Open::CreateIfMissing,
+            )
+            .expect("store");
+            let budgeted = |parent: Option<&Record>| {
+                let scope = vec![Scope::parse("a").expect("scope")];
+                let hash = Token::mint().expect("mint").hash();
+                let issued = now() - Duration::from_secs(60);
+                let mut record =
+                    Record::new(hash, scope, issued, now() + Duration::from_secs(60), None);
+                record.parent = parent.map(|p| p.id.clone());
+                record.uses_left = Some(1);
+                assert!(store.insert(&record).expect("insert"));
+                record
+            };
+            let parent = budgeted(None);
+            let leaf = budgeted(Some(&parent));
+            // What verify read before taking the locks.
+            let charges: Vec<(&Record, Charge)> = [&leaf, &parent]
+                .into_iter()
+                .map(|r| (r, r.charge(&action).expect("a use left")))
+                .collect();
+            let revoked = if revoke_leaf { &leaf } else { &parent };
+            let id = revoked.id.clone();
+            store
+                .update(&id, |r| Change::when(r.revoke(now())))
+                .expect("revoke");
+            let decision = spend(&store, &leaf, &charges, &action, now()).expect("spend");
+            assert!(!decision.granted);
+            assert_eq!(decision.reason.as_str(), word);
+            assert_eq!(decision.detail, format!("lease {id} ended meanwhile"));
         }
     }
 }

@@ -961,8 +961,8 @@ mod tests {
     }
 
     /// gc removes the temporary files of writers that died mid-write (the pid in the name is
-    /// not running, or is no pid at all) and any older than a minute, but never the file of a
-    /// writer still running: that would be a record being written right now.
+    /// not running, or is no pid at all) and any older than a minute, but keeps a fresh one
+    /// whose writer still runs: that is a record being written right now.
     #[test]
     fn stale_temp_files_are_removed_and_a_running_writers_is_kept() {
         let (_dir, store) = store();

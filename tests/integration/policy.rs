@@ -441,7 +441,10 @@ fn a_child_spends_its_parents_budget_too() {
     sandbox
         .verify(parent["token"].as_str().unwrap(), "a")
         .success();
-    sandbox.verify(child, "a").code_is(1).stderr_has("used up");
+    let parent_id = parent["id"].as_str().unwrap();
+    sandbox.verify(child, "a").code_is(1).stderr_has(&format!(
+        "denied: used up: its parent lease {parent_id} has no uses left"
+    ));
 }
 
 #[test]

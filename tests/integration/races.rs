@@ -18,6 +18,7 @@ fn two_verifies_held_at_the_charge_at_once_spend_a_one_use_budget_once() {
     let token = issued["token"].as_str().unwrap();
     let barrier = sandbox.path("barrier");
     fs::create_dir(&barrier).unwrap();
+    let started = std::time::Instant::now();
     let mut verifies: Vec<_> = (0..2)
         .map(|_| {
             let mut cmd = sandbox
@@ -37,6 +38,15 @@ fn two_verifies_held_at_the_charge_at_once_spend_a_one_use_budget_once() {
     assert_eq!(
         sandbox.records()[issued["id"].as_str().unwrap()].get("uses_left"),
         Some(&toml::Value::Integer(0))
+    );
+    // The hold really happened, or this test proves nothing: one verify reached the charge
+    // (the other found the budget spent, or gave up on the lock) and waited there the full
+    // 2 s for a second that never came.
+    assert_eq!(fs::read_dir(&barrier).unwrap().count(), 1);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
     );
 }
 

@@ -23,16 +23,24 @@ fn granted_inside_a_run_and_out_of_scope_names_the_reason() {
         ])
         .arg(
             "lease verify read:articles && lease verify write:draft && echo both-granted; \
-             lease verify write:prod; echo denied=$?",
+             lease verify write:prod; echo denied=$?; echo id=$LEASE_ID",
         )
         .run()
         .success();
     assert!(out.stdout.contains("both-granted"), "{out:#?}");
     assert!(out.stdout.contains("denied=1"), "{out:#?}");
+    let id = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("id="))
+        .unwrap();
     let denial: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(denial.len(), 1, "{out:#?}");
-    assert!(
-        denial[0].starts_with("lease: denied: out of scope"),
+    // The lease that does not grant the action is named as the token's own.
+    assert_eq!(
+        denial,
+        [format!(
+            "lease: denied: out of scope: lease {id} grants read:articles,write:draft, not write:prod"
+        )],
         "{out:#?}"
     );
 }

@@ -718,3 +718,15 @@ pub fn timing() -> std::sync::RwLockReadGuard<'static, ()> {
     LOAD.read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// A pseudo-terminal of 24 rows by 200 columns, for tests that need a real terminal.
+pub fn open_pty() -> portable_pty::PtyPair {
+    portable_pty::native_pty_system()
+        .openpty(portable_pty::PtySize {
+            rows: 24,
+            cols: 200,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .expect("openpty")
+}

@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+use portable_pty::CommandBuilder;
 
 use crate::harness::{PATIENCE, Sandbox, kill_pid, lease_bin, wait_for_exit};
 
@@ -201,14 +201,7 @@ fn mask_shows_a_prompt_without_a_newline_before_the_command_reads() {
 #[test]
 fn mask_shows_bash_read_p_prompt_on_a_terminal() {
     let sandbox = Sandbox::new();
-    let pair = native_pty_system()
-        .openpty(PtySize {
-            rows: 24,
-            cols: 200,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .unwrap();
+    let pair = crate::harness::open_pty();
     let mut command = CommandBuilder::new(lease_bin());
     command.args([
         "run",

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+use portable_pty::CommandBuilder;
 
 use crate::harness::{Lines, Sandbox, fixture, lease_bin};
 
@@ -20,14 +20,7 @@ struct Terminal {
 
 impl Terminal {
     fn start(sandbox: &Sandbox, program: &str, args: &[&str]) -> Terminal {
-        let pair = native_pty_system()
-            .openpty(PtySize {
-                rows: 24,
-                cols: 200,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
-            .expect("openpty");
+        let pair = crate::harness::open_pty();
         let mut command = CommandBuilder::new(program);
         command.args(args);
         command.env_clear();

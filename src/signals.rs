@@ -126,12 +126,6 @@ impl Forwarder {
         self.finishing.store(true, Ordering::SeqCst);
     }
 
-    /// Signals that lease caught or that the runtime changed, but that were ignored when lease
-    /// started: the child must have them ignored again (see [`crate::child`]).
-    pub fn ignore_in_child(&self) -> &[c_int] {
-        &self.ignore_in_child
-    }
-
     /// A stopping signal that arrived before the child started, if any. lease then cleans up
     /// and dies of it instead of starting the child.
     pub fn arrived_before_start(&mut self) -> Option<c_int> {

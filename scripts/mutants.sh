@@ -6,7 +6,7 @@
 # docs/security.md ("Mutation testing") current.
 #
 #   scripts/mutants.sh                  every security-critical module
-#   scripts/mutants.sh token record     only these (src/token.rs, src/record.rs)
+#   scripts/mutants.sh token store      only these (src/token.rs, src/store/*.rs)
 #
 # JOBS (default 1) mutants are tested at once; TIMEOUT (seconds, default 900) caps each test
 # run. Results are in mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt).
@@ -24,11 +24,14 @@ if [ "$#" -eq 0 ]; then
     set -- token store authorize record owner child signals
 fi
 for module in "$@"; do
-    if [ ! -f "src/$module.rs" ]; then
-        echo "$0: no module src/$module.rs" >&2
+    if [ -f "src/$module.rs" ]; then
+        set -- "$@" --file "src/$module.rs"
+    elif [ -d "src/$module" ]; then
+        set -- "$@" --file "src/$module/*.rs"
+    else
+        echo "$0: no module src/$module.rs or src/$module/" >&2
         exit 2
     fi
-    set -- "$@" --file "src/$module.rs"
     shift
 done
 exec cargo mutants --jobs "${JOBS:-1}" --timeout "${TIMEOUT:-900}" "$@" -- --locked

@@ -74,10 +74,9 @@ pub fn environment(
     env
 }
 
-/// Whether a variable's name or value holds something shaped like a lease token, in any bytes
-/// (the prefix and a token's body are ASCII, so invalid UTF-8 around them hides nothing).
+/// Whether a variable's name or value holds something shaped like a lease token.
 fn holds_token(text: &OsStr) -> bool {
-    crate::token::is_token_shaped(&String::from_utf8_lossy(text.as_bytes()))
+    crate::token::holds_token(text.as_bytes())
 }
 
 /// A child that is forked and held just before `exec`: it has its environment, its signal

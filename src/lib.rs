@@ -39,6 +39,36 @@ use exit::{Exit, ExitError};
 /// Runs lease with these arguments (including argv[0]) and returns how it should exit.
 /// Errors are printed here, once, as `lease: what went wrong: why`.
 pub fn main(args: Vec<OsString>) -> Exit {
+    // A panic must not unwind out of the binary's C entry point (that aborts): the hook has
+    // reported it; lease fails with 2, the status of a subcommand that cannot go on.
+    panic::catch_unwind(AssertUnwindSafe(|| main_inner(args))).unwrap_or(Exit::Failure)
+}
+
+/// What the standard library's start-up does before a Rust `main` and lease relies on, for a
+/// binary with its own C entry point (see `src/main.rs`): descriptors 0, 1 and 2 open, so that
+/// a file lease opens can never become its standard output (a closed one is opened on
+/// `/dev/null`), and SIGPIPE ignored, so that a write to a closed pipe is an error lease
+/// handles (`lease log | head`) instead of a silent death.
+pub fn prepare_process() {
+    // `open` returns the lowest free descriptor: a closed standard one is filled with
+    // /dev/null and kept; the first descriptor above 2 means all three are open.
+    while let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        if std::os::fd::AsRawFd::as_raw_fd(&null) > 2 {
+            break;
+        }
+        // A standard descriptor is inherited: the command gets /dev/null there too.
+        let inherited = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty());
+        let _ = nix::fcntl::fcntl(&null, inherited);
+        std::mem::forget(null);
+    }
+    signals::ignore_sigpipe();
+}
+
+fn main_inner(args: Vec<OsString>) -> Exit {
     // lease holds tokens in memory: no core dump, and no ptrace by other processes of the user,
     // may read them. The command it starts is dumpable again from its exec on.
     #[cfg(target_os = "linux")]

@@ -332,6 +332,15 @@ fn is_ignored(signal: c_int) -> bool {
     rc == 0 && unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN
 }
 
+/// Ignores SIGPIPE in lease itself, as the Rust runtime does before a Rust `main`: a write to a
+/// closed pipe then fails with `BrokenPipe` instead of killing lease. What it was at start is
+/// recorded before (`.init_array`) and given back to the command.
+pub fn ignore_sigpipe() {
+    // SAFETY: SIG_IGN installs no handler, so no code of ours runs on a signal; `sigaction`
+    // with a valid action is sound at any time. Called once, before lease starts a thread.
+    unsafe { ignore_after_fork(&[SIGPIPE]) }
+}
+
 /// Ignores `signals` in a freshly forked child, before exec.
 ///
 /// # Safety

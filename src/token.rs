@@ -188,13 +188,19 @@ impl fmt::Display for LeaseId {
 /// prefix appears in it followed by what could be a token's body. Such text is refused where an
 /// id, an action, a variable name or a scope is expected, so that it is never echoed or logged.
 pub fn is_token_shaped(text: &str) -> bool {
-    text.starts_with(PREFIX) || token_spans(text).next().is_some()
+    holds_token(text.as_bytes())
+}
+
+/// [`is_token_shaped`] for bytes that need not be UTF-8 (an environment variable): the prefix
+/// and a token's body are ASCII, so invalid UTF-8 around them hides nothing.
+pub fn holds_token(bytes: &[u8]) -> bool {
+    bytes.starts_with(PREFIX.as_bytes()) || token_spans(bytes).next().is_some()
 }
 
 /// `text` with everything shaped like a token replaced by `agt_***`: the last guard before a
 /// message that may quote user input (a clap error, say) is printed.
 pub fn redact(text: &str) -> Cow<'_, str> {
-    let mut spans = token_spans(text).peekable();
+    let mut spans = token_spans(text.as_bytes()).peekable();
     if spans.peek().is_none() {
         return Cow::Borrowed(text);
     }
@@ -210,21 +216,29 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Where a token could stand in `text`: the prefix followed by at least a few characters of a
-/// token's body, as (start, end) byte ranges.
-fn token_spans(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+/// Where a token could stand in `bytes`: the prefix followed by at least a few characters of a
+/// token's body, as (start, end) byte ranges. Both ends sit next to ASCII bytes, so they are
+/// char boundaries when `bytes` is a `str`.
+fn token_spans(bytes: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
     /// Fewer body characters than this after the prefix cannot be (a useful part of) a token.
     const MIN_BODY: usize = 8;
+    let prefix = PREFIX.as_bytes();
     let is_body = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
     let mut from = 0;
     std::iter::from_fn(move || {
-        while let Some(found) = text[from..].find(PREFIX) {
+        // A plain scan: the texts are short (variables, arguments, messages), where setting up
+        // a substring searcher costs more than it saves.
+        while let Some(found) = bytes
+            .get(from..)?
+            .windows(prefix.len())
+            .position(|window| window == prefix)
+        {
             let start = from + found;
-            let body = text.as_bytes()[start + PREFIX.len()..]
+            let body = bytes[start + prefix.len()..]
                 .iter()
                 .take_while(|b| is_body(b))
                 .count();
-            let end = start + PREFIX.len() + body;
+            let end = start + prefix.len() + body;
             // `end` is past the prefix found, so the next search starts after it.
             from = end;
             if body >= MIN_BODY {

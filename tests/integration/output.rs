@@ -292,3 +292,34 @@ fn mask_streams_line_by_line_and_a_lingering_grandchild_does_not_hold_lease() {
     kill_pid(grandchild);
     assert!(out.stdout.ends_with("done\n"), "{out:#?}");
 }
+
+/// lease's own output to a reader that is already gone: the write fails (SIGPIPE is ignored,
+/// as Rust's runtime leaves it) and lease ends quietly with 0, as a filter does, instead of
+/// dying of SIGPIPE. The reading end is closed before lease starts, so the write always fails.
+#[test]
+fn lease_writing_to_a_closed_pipe_ends_quietly_instead_of_dying_of_sigpipe() {
+    let sandbox = Sandbox::new();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut command = sandbox.lease(["completions", "bash"]).command;
+    command.stdout(writer);
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+/// Started with standard descriptors closed, lease opens them on /dev/null before it opens
+/// anything else (as Rust's runtime does), so that no file it opens, a record or the audit
+/// trail, can become its standard output; the command inherits them the same way, so that no
+/// file it opens becomes its standard input or output either.
+#[test]
+fn closed_standard_descriptors_are_opened_on_dev_null_for_lease_and_its_command() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .sh("exec 3>&2; exec lease run --scope a -- sh -c \
+             'for fd in 0 1 2; do echo \"$fd $(readlink /proc/$$/fd/$fd)\" >&3; done' <&- >&- 2>&-")
+        .run()
+        .success();
+    assert_eq!(out.stderr, "0 /dev/null\n1 /dev/null\n2 /dev/null\n");
+    sandbox.assert_all_revoked(1);
+}

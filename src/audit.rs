@@ -124,6 +124,12 @@ pub struct Event {
     /// How long the command ran, in milliseconds (`child_exit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// The broker's route that named the action (`granted`, `denied` through `/v1/auth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The address of the broker's client (`unix` or `HOST:PORT`) for a decision it made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 impl Event {

@@ -58,6 +58,25 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in the order of the enum.
+    pub const ALL: [Reason; 15] = [
+        Reason::Granted,
+        Reason::Unknown,
+        Reason::Malformed,
+        Reason::Expired,
+        Reason::Revoked,
+        Reason::OwnerGone,
+        Reason::OutOfScope,
+        Reason::UsedUp,
+        Reason::ParentRevoked,
+        Reason::ParentExpired,
+        Reason::ParentOwnerGone,
+        Reason::ParentGone,
+        Reason::CorruptRecord,
+        Reason::NoToken,
+        Reason::Error,
+    ];
+
     /// The word for this reason.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -114,6 +133,24 @@ impl std::fmt::Display for Reason {
 impl Serialize for Reason {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Reason {
+    type Err = anyhow::Error;
+
+    fn from_str(word: &str) -> Result<Reason> {
+        Reason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == word)
+            .ok_or_else(|| anyhow::anyhow!("'{}' is not a reason", word.escape_debug()))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Reason, D::Error> {
+        let word = String::deserialize(deserializer)?;
+        word.parse().map_err(serde::de::Error::custom)
     }
 }
 

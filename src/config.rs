@@ -14,6 +14,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
+use crate::endpoint::Endpoint;
+use crate::route::Route;
 use crate::scope::{self, Grant, Scope};
 use crate::ttl;
 
@@ -80,6 +82,10 @@ pub struct Config {
     pub audit_max_bytes: u64,
     /// Glob patterns of variables removed from every child's environment.
     pub scrub_env: Vec<glob::Pattern>,
+    /// The broker every subcommand goes through (`broker = "unix:/path"`), if any.
+    pub broker: Option<Endpoint>,
+    /// The broker's route table for `/v1/auth` (`[[route]]`), in the order written.
+    pub routes: Vec<Route>,
 }
 
 /// A named set of defaults for `run` and `issue`; flags on the command line override each.
@@ -111,6 +117,8 @@ impl Default for Config {
             profiles: BTreeMap::new(),
             audit_max_bytes: crate::audit::DEFAULT_MAX_BYTES,
             scrub_env: Vec::new(),
+            broker: None,
+            routes: Vec::new(),
         }
     }
 }
@@ -126,8 +134,20 @@ struct File {
     allow_orphans: Option<bool>,
     audit_max_bytes: Option<u64>,
     scrub_env: Option<Vec<String>>,
+    broker: Option<String>,
     #[serde(default)]
     profile: BTreeMap<String, ProfileFile>,
+    #[serde(default)]
+    route: Vec<RouteFile>,
+}
+
+/// A `[[route]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    method: Option<String>,
+    path: String,
+    action: String,
 }
 
 /// A `[profile.NAME]` table as written.
@@ -301,6 +321,21 @@ impl Config {
         for pattern in file.scrub_env.iter().flatten() {
             let parsed = glob::Pattern::new(pattern).map_err(|e| at.error(None, "scrub_env", e))?;
             config.scrub_env.push(parsed);
+        }
+        if let Some(text) = &file.broker {
+            config.broker = Some(Endpoint::parse(text).map_err(|e| at.error(None, "broker", e))?);
+        }
+        for (index, route) in file.route.iter().enumerate() {
+            let parsed = Route::parse(route.method.as_deref(), &route.path, &route.action)
+                .map_err(|e| {
+                    anyhow!(
+                        "invalid config {}: route {} (the [[route]] with path {:?}): {e:#}",
+                        path.display(),
+                        index + 1,
+                        route.path
+                    )
+                })?;
+            config.routes.push(parsed);
         }
         for (name, profile) in &file.profile {
             let profile = parse_profile(profile, |key, err| at.error(Some(name), key, err))?;

@@ -11,7 +11,7 @@ use super::{Setup, print_json};
 use crate::authorize::{self, Reason};
 use crate::exit::Exit;
 use crate::record::{Record, rfc3339};
-use crate::store::{Loaded, Open, Store};
+use crate::store::{Open, Store};
 use crate::ttl;
 
 #[derive(Serialize)]
@@ -60,15 +60,7 @@ pub fn list(setup: &Setup, all: bool, json: bool) -> Result<Exit> {
 
 /// Every readable record; unreadable ones are skipped with a warning.
 pub(super) fn load_all(store: &Store) -> Result<Vec<Record>> {
-    let mut records = Vec::new();
-    for id in store.ids()? {
-        match store.load(&id)? {
-            Loaded::Found(record) => records.push(record),
-            Loaded::Missing => {}
-            Loaded::Corrupt(why) => eprintln!("lease: warning: skipping lease {id}: {why}"),
-        }
-    }
-    Ok(records)
+    store.records(|id, why| eprintln!("lease: warning: skipping lease {id}: {why}"))
 }
 
 fn print_table(leases: &[(Record, Option<Reason>)], now: SystemTime) -> std::io::Result<()> {

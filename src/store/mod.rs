@@ -180,6 +180,20 @@ impl Store {
         }
     }
 
+    /// Every readable record, in no particular order; each record that cannot be read as one
+    /// is passed to `skipped` with why, and left out.
+    pub fn records(&self, mut skipped: impl FnMut(&LeaseId, &str)) -> Result<Vec<Record>> {
+        let mut records = Vec::new();
+        for id in self.ids()? {
+            match self.load(&id)? {
+                Loaded::Found(record) => records.push(record),
+                Loaded::Missing => {}
+                Loaded::Corrupt(why) => skipped(&id, &why),
+            }
+        }
+        Ok(records)
+    }
+
     /// Removes a lease if `should_remove` says so, atomically with the read it is shown.
     pub fn remove_if(
         &self,

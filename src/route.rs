@@ -1,0 +1,132 @@
+//! The broker's route table: which action a forwarded request needs (`[[route]]` in the
+//! config), for web servers that ask `/v1/auth` without naming the action themselves.
+//!
+//! ```toml
+//! [[route]]
+//! method = "GET"            # or "*"
+//! path = "/articles/**"     # glob on the original path, query string ignored
+//! action = "read:articles"
+//! ```
+//!
+//! Routes are tried in the order written; the first match wins; no match is a denial.
+
+use anyhow::{Result, bail};
+use glob::{MatchOptions, Pattern};
+
+use crate::scope::Action;
+
+/// `*` stops at `/`, `**` crosses it, as in the globs people write for paths.
+const PATH_MATCH: MatchOptions = MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
+/// One `[[route]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The method, upper case; `None` for `*` (any method).
+    pub method: Option<String>,
+    /// The glob on the request's path.
+    pub path: Pattern,
+    /// The action a request on this route needs.
+    pub action: Action,
+}
+
+impl Route {
+    /// Parses one route's fields; `method` defaults to `*`.
+    pub fn parse(method: Option<&str>, path: &str, action: &str) -> Result<Route> {
+        let method = match method.unwrap_or("*") {
+            "*" => None,
+            m if !m.is_empty() && m.chars().all(|c| c.is_ascii_alphabetic()) => {
+                Some(m.to_ascii_uppercase())
+            }
+            m => bail!(
+                "method: '{}' is not an HTTP method or *",
+                m.escape_debug()
+            ),
+        };
+        if !path.starts_with('/') {
+            bail!("path: '{}' must start with /", path.escape_debug());
+        }
+        let path = Pattern::new(path).map_err(|err| anyhow::anyhow!("path: {err}"))?;
+        let action = Action::parse(action).map_err(|err| anyhow::anyhow!("action: {err:#}"))?;
+        Ok(Route {
+            method,
+            path,
+            action,
+        })
+    }
+
+    /// The text the trail and the log show for this route: `GET /articles/**`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {}",
+            self.method.as_deref().unwrap_or("*"),
+            self.path.as_str()
+        )
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        self.method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self.path.matches_with(path, PATH_MATCH)
+    }
+}
+
+/// The first route that matches `method` and `uri` (its query string ignored).
+pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Route> {
+    let path = uri.split(['?', '#']).next().unwrap_or("");
+    // A path that climbs (`/a/../b`) or is not absolute is not matched at all: the web server
+    // may or may not have normalized it, and a route must never be escaped by dot segments.
+    if !path.starts_with('/') || path.split('/').any(|s| s == ".." || s == ".") {
+        return None;
+    }
+    routes.iter().find(|route| route.matches(method, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Vec<Route> {
+        vec![
+            Route::parse(Some("GET"), "/articles/**", "read:articles").unwrap(),
+            Route::parse(Some("post"), "/drafts/*", "write:draft").unwrap(),
+            Route::parse(None, "/health", "read:health").unwrap(),
+        ]
+    }
+
+    fn action(method: &str, uri: &str) -> Option<String> {
+        let routes = routes();
+        find(&routes, method, uri).map(|r| r.action.as_str().to_owned())
+    }
+
+    #[test]
+    fn the_first_matching_route_names_the_action() {
+        assert_eq!(action("GET", "/articles/1").as_deref(), Some("read:articles"));
+        assert_eq!(action("get", "/articles/a/b?x=1").as_deref(), Some("read:articles"));
+        assert_eq!(action("POST", "/drafts/7").as_deref(), Some("write:draft"));
+        assert_eq!(action("DELETE", "/health").as_deref(), Some("read:health"));
+    }
+
+    #[test]
+    fn anything_else_matches_no_route() {
+        assert_eq!(action("POST", "/articles/1"), None);
+        assert_eq!(action("POST", "/drafts/7/x"), None);
+        assert_eq!(action("GET", "/articlesX"), None);
+        assert_eq!(action("GET", "/articles/../admin"), None);
+        assert_eq!(action("GET", "/articles/./1"), None);
+        assert_eq!(action("GET", "articles/1"), None);
+        assert_eq!(action("GET", ""), None);
+    }
+
+    #[test]
+    fn bad_routes_are_refused() {
+        assert!(Route::parse(Some("GE T"), "/a", "a:b").is_err());
+        assert!(Route::parse(None, "a", "a:b").is_err());
+        assert!(Route::parse(None, "/a[", "a:b").is_err());
+        assert!(Route::parse(None, "/a", "").is_err());
+    }
+}

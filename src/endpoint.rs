@@ -26,7 +26,10 @@ impl Endpoint {
         }
         if let Some(path) = text.strip_prefix("unix:") {
             if !path.starts_with('/') {
-                bail!("'{}' is not an absolute socket path: {usage}", path.escape_debug());
+                bail!(
+                    "'{}' is not an absolute socket path: {usage}",
+                    path.escape_debug()
+                );
             }
             return Ok(Endpoint::Unix(PathBuf::from(path)));
         }
@@ -122,10 +125,10 @@ mod tests {
             "https://broker.example:443",
             "http://[::1]:7070",
         ] {
-            assert_eq!(Endpoint::parse(text).unwrap().to_string(), text);
+            assert_eq!(Endpoint::parse(text).expect("valid").to_string(), text);
         }
         assert_eq!(
-            Endpoint::parse("http://127.0.0.1:7070/").unwrap(),
+            Endpoint::parse("http://127.0.0.1:7070/").expect("valid"),
             Endpoint::Http("127.0.0.1:7070".into())
         );
     }
@@ -145,18 +148,18 @@ mod tests {
             assert!(Endpoint::parse(text).is_err(), "{text}");
         }
         let token = format!("agt_{}", "A".repeat(48));
-        let err = Endpoint::parse(&token).unwrap_err().to_string();
+        let err = Endpoint::parse(&token).expect_err("refused").to_string();
         assert!(!err.contains(&token), "{err}");
     }
 
     #[test]
     fn listen_addresses_parse() {
         assert_eq!(
-            Listen::parse("unix:/tmp/b.sock").unwrap(),
+            Listen::parse("unix:/tmp/b.sock").expect("valid"),
             Listen::Unix("/tmp/b.sock".into())
         );
         assert_eq!(
-            Listen::parse("127.0.0.1:0").unwrap(),
+            Listen::parse("127.0.0.1:0").expect("valid"),
             Listen::Tcp("127.0.0.1:0".into())
         );
         assert!(Listen::parse("unix:").is_err());

@@ -12,8 +12,10 @@ compile_error!("lease must be built with panic = \"unwind\": a panic must still 
 
 pub mod audit;
 pub mod authorize;
+pub mod broker;
 pub mod child;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod endpoint;

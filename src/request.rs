@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::endpoint::{Endpoint, Listen};
 use crate::exit::Exit;
 use crate::policy::Asked;
 use crate::scope::Action;
@@ -29,11 +30,20 @@ pub struct Globals {
     pub config: Option<PathBuf>,
     /// `-v`/`--verbose`: print notes on stderr.
     pub verbose: bool,
+    /// `--broker` or `LEASE_BROKER`: go through this broker.
+    pub broker: Option<Endpoint>,
 }
 
 /// A subcommand with validated arguments.
 #[derive(Debug)]
 pub enum Command {
+    /// `lease serve`.
+    Serve {
+        /// Where to listen; empty for the default socket.
+        listen: Vec<Listen>,
+        /// Allow plain HTTP off loopback.
+        insecure_http: bool,
+    },
     /// `lease run`.
     Run(RunRequest),
     /// `lease verify`.

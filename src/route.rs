@@ -41,10 +41,7 @@ impl Route {
             m if !m.is_empty() && m.chars().all(|c| c.is_ascii_alphabetic()) => {
                 Some(m.to_ascii_uppercase())
             }
-            m => bail!(
-                "method: '{}' is not an HTTP method or *",
-                m.escape_debug()
-            ),
+            m => bail!("method: '{}' is not an HTTP method or *", m.escape_debug()),
         };
         if !path.starts_with('/') {
             bail!("path: '{}' must start with /", path.escape_debug());
@@ -92,9 +89,9 @@ mod tests {
 
     fn routes() -> Vec<Route> {
         vec![
-            Route::parse(Some("GET"), "/articles/**", "read:articles").unwrap(),
-            Route::parse(Some("post"), "/drafts/*", "write:draft").unwrap(),
-            Route::parse(None, "/health", "read:health").unwrap(),
+            Route::parse(Some("GET"), "/articles/**", "read:articles").expect("valid"),
+            Route::parse(Some("post"), "/drafts/*", "write:draft").expect("valid"),
+            Route::parse(None, "/health", "read:health").expect("valid"),
         ]
     }
 
@@ -105,8 +102,14 @@ mod tests {
 
     #[test]
     fn the_first_matching_route_names_the_action() {
-        assert_eq!(action("GET", "/articles/1").as_deref(), Some("read:articles"));
-        assert_eq!(action("get", "/articles/a/b?x=1").as_deref(), Some("read:articles"));
+        assert_eq!(
+            action("GET", "/articles/1").as_deref(),
+            Some("read:articles")
+        );
+        assert_eq!(
+            action("get", "/articles/a/b?x=1").as_deref(),
+            Some("read:articles")
+        );
         assert_eq!(action("POST", "/drafts/7").as_deref(), Some("write:draft"));
         assert_eq!(action("DELETE", "/health").as_deref(), Some("read:health"));
     }

@@ -54,7 +54,9 @@ impl Metrics {
              # TYPE lease_decisions_total counter\n",
         );
         for (reason, count) in Reason::ALL.iter().zip(&self.decisions) {
-            if matches!(reason, Reason::NoToken | Reason::Error) && count.load(Ordering::Relaxed) == 0 {
+            if matches!(reason, Reason::NoToken | Reason::Error)
+                && count.load(Ordering::Relaxed) == 0
+            {
                 continue;
             }
             let result = if *reason == Reason::Granted {
@@ -115,7 +117,9 @@ mod tests {
         metrics.answered(Duration::from_secs(2));
         let text = metrics.render(Some(4));
         assert!(text.contains("lease_decisions_total{result=\"granted\",reason=\"granted\"} 2\n"));
-        assert!(text.contains("lease_decisions_total{result=\"denied\",reason=\"out of scope\"} 1\n"));
+        assert!(
+            text.contains("lease_decisions_total{result=\"denied\",reason=\"out of scope\"} 1\n")
+        );
         assert!(text.contains("lease_decisions_total{result=\"denied\",reason=\"expired\"} 0\n"));
         assert!(!text.contains("reason=\"error\""));
         assert!(text.contains("lease_active_leases 4\n"));

@@ -9,8 +9,11 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use super::values::{parse_env_name, parse_glob, parse_on_expiry, parse_token_env, parse_ttl};
+use super::values::{
+    parse_env_name, parse_glob, parse_listen, parse_on_expiry, parse_token_env, parse_ttl,
+};
 use crate::config::OnExpiry;
+use crate::endpoint::Listen;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -53,6 +56,11 @@ pub(super) struct Cli {
     /// (without it, `lease run` prints nothing of its own unless something fails)
     #[arg(short, long, global = true)]
     pub(super) verbose: bool,
+
+    /// Go through this broker (`lease serve`): unix:/path, http://HOST:PORT or
+    /// https://HOST:PORT [default: broker in the config]
+    #[arg(long, global = true, env = "LEASE_BROKER", value_name = "URL")]
+    pub(super) broker: Option<String>,
 
     #[command(subcommand)]
     pub(super) command: Sub,
@@ -156,6 +164,20 @@ Examples:
   lease gc
   lease --state-dir /tmp/ci-leases gc")]
     Gc,
+
+    /// Run the broker: the one process that holds the store and the policy, and answers
+    /// clients and web servers over HTTP
+    ///
+    /// It stays in the foreground and logs one line per event on stderr (never a token).
+    /// SIGTERM or SIGINT stop it gracefully; SIGHUP reloads the config. Clients reach it
+    /// through LEASE_BROKER, --broker or broker in their config; web servers ask /v1/auth
+    /// (docs/api.md).
+    #[command(after_help = "\
+Examples:
+  lease serve
+  lease serve --listen unix:/run/lease/broker.sock --listen 127.0.0.1:7070
+  LEASE_BROKER=unix:$HOME/.local/state/lease/broker.sock lease verify read:articles")]
+    Serve(ServeArgs),
 
     /// Print a shell completion script (bash, zsh or fish)
     #[command(after_help = "\
@@ -263,6 +285,19 @@ pub(super) struct RunArgs {
     /// The command to run, after `--`
     #[arg(last = true, required_unless_present = "print_env", value_name = "CMD", num_args = 1.., value_parser = clap::value_parser!(OsString))]
     pub(super) command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Where to listen: unix:PATH or HOST:PORT (repeatable)
+    /// [default: unix:$STATE_DIR/broker.sock]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub(super) listen: Vec<Listen>,
+
+    /// Allow plain HTTP on an address that is not loopback (only behind a TLS proxy or on a
+    /// private network: tokens travel in clear)
+    #[arg(long)]
+    pub(super) insecure_http: bool,
 }
 
 #[derive(Debug, Args)]

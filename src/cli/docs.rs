@@ -124,6 +124,11 @@ The store, as \fB\-\-state\-dir\fR. \fBlease run\fR sets it in the command's env
 \fBLEASE_CONFIG\fR
 The config file, as \fB\-\-config\fR; it must exist.
 .TP
+\fBLEASE_BROKER\fR
+The broker to go through, as \fB\-\-broker\fR: \fIunix:/path\fR or \fIhttp://HOST:PORT\fR.
+With a broker, \fBverify\fR asks it and reads no store; the subcommands that do not go
+through a broker yet refuse to run rather than use a local store.
+.TP
 \fBLEASE_TOKEN\fR
 The token (the secret). \fBlease run\fR puts it here for the command (or in the variable
 named by \fB\-\-env\fR, a profile's \fBenv\fR or the config's \fBtoken_env\fR);
@@ -158,4 +163,7 @@ In the store: one record per lease (mode 0600), holding the token's SHA\-256, ne
 .TP
 \fIaudit.jsonl\fR, \fIaudit.jsonl.1\fR
 In the store: the audit trail, one JSON event per line, and its rotated predecessor.
+.TP
+\fIbroker.sock\fR
+In the store: where \fBlease serve\fR listens by default (mode 0600).
 "#;

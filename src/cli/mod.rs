@@ -63,10 +63,19 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
         )
         .map_err(usage)?;
     }
+    let broker = match cli.broker.as_deref().filter(|b| !b.is_empty()) {
+        Some(text) => Some(
+            crate::endpoint::Endpoint::parse(text)
+                .map_err(|err| anyhow::anyhow!("--broker/LEASE_BROKER: {err:#}"))
+                .map_err(usage)?,
+        ),
+        None => None,
+    };
     let globals = Globals {
         state_dir: cli.state_dir.filter(|p| !p.as_os_str().is_empty()),
         config: cli.config.filter(|p| !p.as_os_str().is_empty()),
         verbose: cli.verbose,
+        broker,
     };
     let command = validate(cli.command).map_err(usage)?;
     Ok(Invocation {

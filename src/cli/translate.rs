@@ -130,6 +130,10 @@ pub(super) fn validate(sub: Sub) -> Result<Command> {
                 .collect::<Result<_>>()?,
         )),
         Sub::Gc => Command::Gc,
+        Sub::Serve(args) => Command::Serve {
+            listen: args.listen,
+            insecure_http: args.insecure_http,
+        },
     })
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use crate::config::OnExpiry;
+use crate::endpoint::Listen;
 use crate::{config, ttl};
 
 pub(super) fn parse_ttl(text: &str) -> Result<Duration> {
@@ -20,6 +21,11 @@ pub(super) fn parse_glob(text: &str) -> Result<glob::Pattern> {
     )?;
     glob::Pattern::new(text)
         .map_err(|err| anyhow::anyhow!("invalid pattern '{}': {err}", text.escape_debug()))
+}
+
+pub(super) fn parse_listen(text: &str) -> Result<Listen> {
+    not_a_token(text, "an address", "pass unix:PATH or HOST:PORT")?;
+    Listen::parse(text)
 }
 
 pub(super) fn parse_on_expiry(text: &str) -> Result<OnExpiry> {

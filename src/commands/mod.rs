@@ -7,6 +7,7 @@ mod log;
 mod renew;
 pub(crate) mod revoke;
 mod run;
+mod serve;
 mod shell;
 mod status;
 mod suggest;
@@ -18,6 +19,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result, bail};
 
 use crate::config::Config;
+use crate::endpoint::Endpoint;
 use crate::exit::Exit;
 use crate::policy::{self, Asked, Plan};
 use crate::request::{Command, Globals, Invocation};
@@ -31,16 +33,37 @@ pub fn dispatch(invocation: Invocation) -> Result<Exit> {
     match invocation.command {
         Command::Completions(shell) => shell::completions(shell),
         Command::Man(page) => shell::man(&page),
-        Command::Run(request) => run::run(&setup()?, request),
+        Command::Serve {
+            listen,
+            insecure_http,
+        } => serve::serve(&setup()?, &listen, insecure_http),
         Command::Verify(request) => verify::verify(&setup()?, &request),
-        Command::Issue(request) => issue::issue(&setup()?, request),
-        Command::List { all, json } => list::list(&setup()?, all, json),
-        Command::Revoke(target) => revoke::revoke(&setup()?, target),
-        Command::Renew(request) => renew::renew(&setup()?, &request),
-        Command::Log { id, since, json } => log::log(&setup()?, id.as_deref(), since, json),
-        Command::Suggest { id, json } => suggest::suggest(&setup()?, &id, json),
-        Command::Status { source, json } => status::status(&setup()?, &source, json),
-        Command::Gc => gc::gc(&setup()?),
+        command => local(&setup()?, command),
+    }
+}
+
+/// The subcommands that work on the local store only (for now): with a broker set they fail
+/// closed, naming the broker, rather than reach past it into a store.
+fn local(setup: &Setup, command: Command) -> Result<Exit> {
+    if let Some(broker) = &setup.broker {
+        bail!(
+            "this subcommand does not go through a broker yet ({broker}); unset LEASE_BROKER \
+             (or --broker, or broker in the config) to use the local store"
+        );
+    }
+    match command {
+        Command::Run(request) => run::run(setup, request),
+        Command::Issue(request) => issue::issue(setup, request),
+        Command::List { all, json } => list::list(setup, all, json),
+        Command::Revoke(target) => revoke::revoke(setup, target),
+        Command::Renew(request) => renew::renew(setup, &request),
+        Command::Log { id, since, json } => log::log(setup, id.as_deref(), since, json),
+        Command::Suggest { id, json } => suggest::suggest(setup, &id, json),
+        Command::Status { source, json } => status::status(setup, &source, json),
+        Command::Gc => gc::gc(setup),
+        Command::Completions(_) | Command::Man(_) | Command::Serve { .. } | Command::Verify(_) => {
+            bail!("internal error: this subcommand is dispatched before the local ones")
+        }
     }
 }
 
@@ -50,24 +73,33 @@ pub struct Setup {
     config: Config,
     state_dir: Option<PathBuf>,
     verbose: bool,
+    /// The broker to go through: `--broker`/`LEASE_BROKER`, else `broker` in the config.
+    broker: Option<Endpoint>,
 }
 
 impl Setup {
     fn new(globals: Globals) -> Result<Setup> {
+        let config = Config::load(globals.config.as_deref())?;
+        let broker = globals.broker.or_else(|| config.broker.clone());
         Ok(Setup {
-            config: Config::load(globals.config.as_deref())?,
+            config,
             state_dir: globals.state_dir,
             verbose: globals.verbose,
+            broker,
         })
     }
 
-    /// Opens the store in `--state-dir`/`LEASE_STATE_DIR`, or in the XDG state dir.
+    /// `--state-dir`/`LEASE_STATE_DIR`, or the XDG state dir.
+    fn state_dir(&self) -> Result<PathBuf> {
+        match &self.state_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => default_state_dir(),
+        }
+    }
+
+    /// Opens the store in [`Setup::state_dir`].
     fn store(&self, mode: Open) -> Result<Store> {
-        let dir = match &self.state_dir {
-            Some(dir) => dir.clone(),
-            None => default_state_dir()?,
-        };
-        Ok(Store::open(&dir, mode)?.with_audit_limit(self.config.audit_max_bytes))
+        Ok(Store::open(&self.state_dir()?, mode)?.with_audit_limit(self.config.audit_max_bytes))
     }
 }
 

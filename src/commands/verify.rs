@@ -5,16 +5,20 @@
 use std::io::{self, Read};
 use std::time::SystemTime;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::{Setup, print_json};
 use crate::audit::{Event, EventKind, Process};
 use crate::authorize::{Decision, Reason, authorize};
+use crate::broker::VerifyAnswer;
+use crate::client;
 use crate::config::TOKEN_ENV_VAR;
+use crate::endpoint::Endpoint;
 use crate::exit::Exit;
 use crate::request::{TokenSource, VerifyRequest};
+use crate::scope::Action;
 use crate::store::{Open, Store};
-use crate::token::{BODY_LEN, PREFIX, Token};
+use crate::token::{BODY_LEN, LeaseId, PREFIX, Token};
 
 /// Longest token read from standard input; a real token is 52 bytes.
 const MAX_STDIN_BYTES: u64 = 4096;
@@ -75,9 +79,50 @@ fn decide(setup: &Setup, request: &VerifyRequest) -> Result<(Decision, Option<St
         );
         return Ok((Decision::deny(Reason::Malformed, detail, None), None));
     }
+    if let Some(broker) = &setup.broker {
+        // The broker decides and writes the trail; nothing here touches a store.
+        return Ok((ask_broker(broker, &token, &request.action)?, None));
+    }
     let store = setup.store(Open::ExistingOnly)?;
     let decision = authorize(&store, &token, &request.action, SystemTime::now())?;
     Ok((decision, Some(store)))
+}
+
+/// The decision of the broker at `broker` (`POST /v1/verify`): the same [`Decision`] a local
+/// verify makes. Anything but a decision (unreachable, 503, garbage) is an error: fail closed.
+fn ask_broker(broker: &Endpoint, token: &Token, action: &Action) -> Result<Decision> {
+    let body = serde_json::to_vec(&serde_json::json!({ "action": action.as_str() }))?;
+    let answer = client::request(broker, "POST", "/v1/verify", Some(token), Some(&body))?;
+    if !matches!(answer.status, 200 | 401 | 403) {
+        bail!(
+            "broker {broker} answered {}: {}",
+            answer.status,
+            crate::token::redact(&answer.error_text())
+        );
+    }
+    let decided: VerifyAnswer = serde_json::from_slice(&answer.body)
+        .with_context(|| format!("broker {broker} answered something that is not a decision"))?;
+    if decided.granted != (decided.reason == Reason::Granted)
+        || (answer.status == 200) != decided.granted
+    {
+        bail!("broker {broker} answered a decision that contradicts itself");
+    }
+    let id = match decided.id {
+        Some(id) => Some(
+            LeaseId::try_from(id)
+                .map_err(|_| anyhow!("broker {broker} answered a bad lease id"))?,
+        ),
+        None => None,
+    };
+    Ok(Decision {
+        granted: decided.granted,
+        reason: decided.reason,
+        id,
+        expires_at: decided.expires_at,
+        detail: decided.detail,
+        parent: None,
+        run: None,
+    })
 }
 
 /// No token was presented: verify cannot decide (exit 2).

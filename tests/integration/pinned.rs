@@ -12,7 +12,7 @@ use std::fs;
 use crate::harness::{Sandbox, Transcript};
 
 /// Every subcommand, as `lease --help` lists them (without `help`).
-const SUBCOMMANDS: [&str; 12] = [
+const SUBCOMMANDS: [&str; 13] = [
     "run",
     "verify",
     "issue",
@@ -23,6 +23,7 @@ const SUBCOMMANDS: [&str; 12] = [
     "log",
     "suggest",
     "gc",
+    "serve",
     "completions",
     "man",
 ];

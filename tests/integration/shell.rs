@@ -73,6 +73,7 @@ fn every_subcommand_has_a_man_page_and_lease_1_names_only_pages_that_exist() {
         "renew",
         "revoke",
         "run",
+        "serve",
         "status",
         "suggest",
         "verify",

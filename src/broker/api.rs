@@ -1,0 +1,440 @@
+//! The broker's HTTP API (docs/api.md): `POST /v1/verify`, forward-auth on `/v1/auth`,
+//! `GET /healthz` and `GET /metrics`.
+//!
+//! Every decision is [`crate::authorize::authorize`], the one `lease verify` makes; this
+//! module only reads the request, maps the decision to a status code and writes the trail.
+//! Status codes: 200 granted; 401 (with `WWW-Authenticate: Bearer`) when the token is
+//! missing, malformed, unknown, expired, revoked or its owner is gone; 403 when the lease is
+//! alive but does not grant the action (out of scope, used up, a parent's, no route); 503 when
+//! the store cannot be read. A token never appears in a response, a log line or the trail.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::{Live, Shared, log};
+use crate::audit::{Event, EventKind};
+use crate::authorize::{Decision, Reason, authorize};
+use crate::record::Record;
+use crate::scope::Action;
+use crate::token::{BODY_LEN, PREFIX, Token};
+
+/// The largest request body read (a verify body is a few dozen bytes).
+const MAX_BODY: usize = 16 * 1024;
+/// How long a client may take to send a request's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Answer = Response<Full<Bytes>>;
+
+/// Answers one request, and counts it.
+pub(super) async fn handle(shared: &Arc<Shared>, peer: &str, request: Request<Incoming>) -> Answer {
+    let started = Instant::now();
+    let answer = dispatch(shared, peer, request).await;
+    shared.metrics.answered(started.elapsed());
+    answer
+}
+
+async fn dispatch(shared: &Arc<Shared>, peer: &str, request: Request<Incoming>) -> Answer {
+    let path = request.uri().path();
+    if path == "/v1/auth" || path.starts_with("/v1/auth/") {
+        return forward_auth(shared, peer, request).await;
+    }
+    match (request.method(), path) {
+        (&Method::GET | &Method::HEAD, "/healthz") => plain(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/metrics") => metrics(shared).await,
+        (&Method::POST, "/v1/verify") => verify(shared, peer, request).await,
+        (_, "/healthz" | "/metrics") => not_allowed("GET"),
+        (_, "/v1/verify") => not_allowed("POST"),
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint: see docs/api.md"),
+    }
+}
+
+/// The body of `POST /v1/verify`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    action: String,
+}
+
+/// What `POST /v1/verify` answers: `lease verify --json`'s object, and the sentence a denial
+/// prints.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerifyAnswer {
+    /// Whether the action is granted.
+    pub granted: bool,
+    /// `granted`, or why not.
+    pub reason: Reason,
+    /// The lease id, when a lease was found.
+    pub id: Option<String>,
+    /// The lease's expiry (RFC 3339), when a lease was found.
+    pub expires_at: Option<String>,
+    /// Why not, for people (empty when granted).
+    pub detail: String,
+}
+
+async fn verify(shared: &Arc<Shared>, peer: &str, request: Request<Incoming>) -> Answer {
+    let token = bearer(request.headers());
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
+    let action = match serde_json::from_slice::<VerifyBody>(&body) {
+        Ok(body) => match Action::parse(&body.action) {
+            Ok(action) => action,
+            Err(err) => return error(StatusCode::BAD_REQUEST, &format!("action: {err:#}")),
+        },
+        Err(err) => {
+            let why = format!("the body must be {{\"action\": \"verb:thing\"}}: {err}");
+            return error(StatusCode::BAD_REQUEST, &why);
+        }
+    };
+    let decision = match decide(shared, token, action, peer, None).await {
+        Ok(decision) => decision,
+        Err(answer) => return answer,
+    };
+    let status = status_of(decision.reason);
+    let answer = VerifyAnswer {
+        granted: decision.granted,
+        reason: decision.reason,
+        id: decision.id.as_ref().map(|id| id.to_string()),
+        expires_at: decision.expires_at.clone(),
+        detail: decision.detail.clone(),
+    };
+    let mut response = json(status, &answer);
+    if status == StatusCode::UNAUTHORIZED {
+        challenge(response.headers_mut());
+    }
+    response
+}
+
+/// Forward-auth for nginx `auth_request`, Caddy `forward_auth`, Traefik ForwardAuth and
+/// Envoy `ext_authz`: only 200, 401 or 403 for a decision (503 if the store cannot be read).
+async fn forward_auth(shared: &Arc<Shared>, peer: &str, request: Request<Incoming>) -> Answer {
+    let headers = request.headers();
+    let token = bearer(headers);
+    let live = shared.live();
+    let (action, route) = match header_text(headers, "x-lease-action") {
+        Some(text) => match Action::parse(text) {
+            Ok(action) => (action, None),
+            Err(err) => {
+                log(&format!("denied: client={peer}: X-Lease-Action: {err:#}"));
+                return empty(StatusCode::FORBIDDEN);
+            }
+        },
+        None => {
+            let method = header_text(headers, "x-original-method")
+                .or_else(|| header_text(headers, "x-forwarded-method"))
+                .unwrap_or("");
+            let uri = header_text(headers, "x-original-uri")
+                .or_else(|| header_text(headers, "x-forwarded-uri"))
+                .unwrap_or("");
+            match crate::route::find(&live.config.routes, method, uri) {
+                Some(route) => (route.action.clone(), Some(route.describe())),
+                None => {
+                    // A missing token is still the answer that tells the client what to do.
+                    if token.is_none() {
+                        let mut answer = empty(StatusCode::UNAUTHORIZED);
+                        challenge(answer.headers_mut());
+                        return answer;
+                    }
+                    log(&format!(
+                        "denied: no route: method={} uri={} client={peer}",
+                        method.escape_debug(),
+                        crate::token::redact(uri).escape_debug()
+                    ));
+                    return empty(StatusCode::FORBIDDEN);
+                }
+            }
+        }
+    };
+    let decision = match decide(shared, token, action, peer, route).await {
+        Ok(decision) => decision,
+        Err(answer) => return answer,
+    };
+    let status = status_of(decision.reason);
+    let mut answer = empty(status);
+    if decision.granted {
+        let headers = answer.headers_mut();
+        if let Some(id) = &decision.id
+            && let Ok(value) = HeaderValue::from_str(id)
+        {
+            headers.insert("x-lease-id", value);
+        }
+        if let Some(scope) = &decision.scope
+            && let Ok(value) = HeaderValue::from_str(scope)
+        {
+            headers.insert("x-lease-scope", value);
+        }
+    } else if status == StatusCode::UNAUTHORIZED {
+        challenge(answer.headers_mut());
+    }
+    answer
+}
+
+/// A decision, and the granted lease's scope for `X-Lease-Scope`.
+#[derive(Debug)]
+struct Decided {
+    granted: bool,
+    reason: Reason,
+    id: Option<crate::token::LeaseId>,
+    expires_at: Option<String>,
+    detail: String,
+    scope: Option<String>,
+}
+
+/// Makes the decision off the async threads (the store is files and locks), writes it to the
+/// trail with the route and the client, and logs it. `Err` is the 503 to answer.
+async fn decide(
+    shared: &Arc<Shared>,
+    token: Option<Token>,
+    action: Action,
+    peer: &str,
+    route: Option<String>,
+) -> Result<Decided, Answer> {
+    let live = shared.live();
+    let peer_owned = peer.to_owned();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let decision = decision_for(&live, token.as_ref(), &action);
+        if let Ok((decision, _)) = &decision {
+            note(&live, decision, &action, &peer_owned, route.as_deref());
+        }
+        decision.map(|(decision, scope)| (decision, scope, action, route))
+    })
+    .await;
+    let (decision, scope, action, route) = match outcome {
+        Ok(Ok(decided)) => decided,
+        Ok(Err(err)) => {
+            shared.metrics.decided(Reason::Error);
+            log(&format!("cannot decide: client={peer}: {err:#}"));
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the broker cannot read its store; nothing is granted",
+            ));
+        }
+        Err(err) => {
+            shared.metrics.decided(Reason::Error);
+            log(&format!("cannot decide: client={peer}: {err}"));
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the broker failed to decide",
+            ));
+        }
+    };
+    shared.metrics.decided(decision.reason);
+    let route = route.map(|r| format!(" route=\"{r}\"")).unwrap_or_default();
+    let lease = decision
+        .id
+        .as_ref()
+        .map(|id| format!(" lease={id}"))
+        .unwrap_or_default();
+    log(&format!(
+        "{} {}: {}{lease}{route} client={peer}",
+        if decision.granted {
+            "granted"
+        } else {
+            "denied"
+        },
+        action.as_str(),
+        decision.reason
+    ));
+    Ok(Decided {
+        granted: decision.granted,
+        reason: decision.reason,
+        id: decision.id,
+        expires_at: decision.expires_at,
+        detail: decision.detail,
+        scope,
+    })
+}
+
+/// The decision `lease verify` would make, with the leaf's scope when granted.
+fn decision_for(
+    live: &Live,
+    token: Option<&Token>,
+    action: &Action,
+) -> anyhow::Result<(Decision, Option<String>)> {
+    let Some(token) = token else {
+        let detail = "no token: send it as Authorization: Bearer TOKEN".to_owned();
+        return Ok((Decision::deny(Reason::NoToken, detail, None), None));
+    };
+    if !token.is_well_formed() {
+        let detail = format!(
+            "not a lease token (expected {PREFIX} and {BODY_LEN} characters with a valid checksum)"
+        );
+        return Ok((Decision::deny(Reason::Malformed, detail, None), None));
+    }
+    let decision = authorize(&live.store, token, action, SystemTime::now())?;
+    let scope = if decision.granted {
+        decision
+            .id
+            .as_ref()
+            .and_then(|id| match live.store.load(id) {
+                Ok(crate::store::Loaded::Found(record)) => Some(scope_text(&record)),
+                _ => None,
+            })
+    } else {
+        None
+    };
+    Ok((decision, scope))
+}
+
+fn scope_text(record: &Record) -> String {
+    crate::scope::join(&record.scope)
+}
+
+/// Writes the decision to the trail, as `lease verify` does, with the route and the client.
+fn note(live: &Live, decision: &Decision, action: &Action, peer: &str, route: Option<&str>) {
+    let kind = if decision.granted {
+        EventKind::Granted
+    } else {
+        EventKind::Denied
+    };
+    let mut event = Event::new(kind, None);
+    event.lease.clone_from(&decision.id);
+    event.parent.clone_from(&decision.parent);
+    event.run.clone_from(&decision.run);
+    event.action = Some(action.as_str().to_owned());
+    event.reason = Some(decision.reason.to_string());
+    event.route = route.map(str::to_owned);
+    event.client = Some(peer.to_owned());
+    live.store.audit().note(&event);
+}
+
+/// The status code a decision is answered with.
+pub fn status_of(reason: Reason) -> StatusCode {
+    match reason {
+        Reason::Granted => StatusCode::OK,
+        Reason::Unknown
+        | Reason::Malformed
+        | Reason::Expired
+        | Reason::Revoked
+        | Reason::OwnerGone
+        | Reason::NoToken => StatusCode::UNAUTHORIZED,
+        Reason::OutOfScope
+        | Reason::UsedUp
+        | Reason::ParentRevoked
+        | Reason::ParentExpired
+        | Reason::ParentOwnerGone
+        | Reason::ParentGone => StatusCode::FORBIDDEN,
+        // A record that cannot be read is the store failing: fail closed, and say so.
+        Reason::CorruptRecord | Reason::Error => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The token in `Authorization: Bearer TOKEN`, if any.
+fn bearer(headers: &HeaderMap) -> Option<Token> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then(|| Token::presented(token.to_owned()))
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok().filter(|v| !v.is_empty())
+}
+
+/// The request body, at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Answer> {
+    let limited = Limited::new(request.into_body(), MAX_BODY);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than {MAX_BODY} bytes or was cut short"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+async fn metrics(shared: &Arc<Shared>) -> Answer {
+    let live = shared.live();
+    let active = tokio::task::spawn_blocking(move || {
+        let records = live.store.records(|_, _| {}).ok()?;
+        let now = SystemTime::now();
+        let standings = crate::authorize::standings(records, now);
+        Some(
+            standings
+                .iter()
+                .filter(|(_, reason)| reason.is_none())
+                .count(),
+        )
+    })
+    .await
+    .ok()
+    .flatten();
+    let mut answer = plain(StatusCode::OK, &shared.metrics.render(active));
+    answer.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    answer
+}
+
+fn challenge(headers: &mut HeaderMap) {
+    headers.insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"lease\""),
+    );
+}
+
+fn empty(status: StatusCode) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::new()));
+    *answer.status_mut() = status;
+    answer
+}
+
+fn plain(status: StatusCode, text: &str) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::from(text.to_owned())));
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    answer
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Answer {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    answer
+}
+
+/// `{"error": "..."}` with `status`; the message is redacted of anything token-shaped.
+fn error(status: StatusCode, message: &str) -> Answer {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        error: &'a str,
+    }
+    json(
+        status,
+        &Error {
+            error: &crate::token::redact(message),
+        },
+    )
+}
+
+fn not_allowed(allow: &'static str) -> Answer {
+    let mut answer = error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {allow}"));
+    answer
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    answer
+}

@@ -4,6 +4,7 @@
 
 mod audit;
 mod bad_input;
+mod broker;
 mod cli;
 mod config;
 mod environment;

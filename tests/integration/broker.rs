@@ -1,0 +1,821 @@
+//! `lease serve`, the broker: the real binary on a unix socket and a loopback port, asked by
+//! `lease verify --broker`, by curl, and by a real nginx (`auth_request`) and a real Caddy
+//! (`forward_auth`) in front of a site, each started on free loopback ports and stopped after.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::harness::{Lines, Sandbox, death_signal, kill_pid, wait_for_exit};
+
+/// A broker started by `lease serve` in a sandbox, on its own socket and a free port.
+pub struct Broker {
+    child: Child,
+    log: Option<Lines>,
+    pub socket: PathBuf,
+    pub tcp: String,
+}
+
+impl Broker {
+    /// Starts `lease serve` on `unix:SANDBOX/broker.sock` and `127.0.0.1:0`, and waits until
+    /// it says it listens on both.
+    pub fn start(sandbox: &Sandbox, extra: &[&str]) -> Broker {
+        let socket = sandbox.path("broker.sock");
+        let mut command = sandbox
+            .lease(["serve", "--listen"])
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .command;
+        command.args(extra);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn lease serve");
+        let mut log = Lines::from(child.stderr.take().expect("stderr"));
+        log.expect("listening on unix:");
+        let line = log.expect("listening on 127.0.0.1:");
+        let tcp = line.rsplit(' ').next().expect("address").to_owned();
+        Broker {
+            child,
+            log: Some(log),
+            socket,
+            tcp,
+        }
+    }
+
+    /// `unix:PATH`, for LEASE_BROKER.
+    pub fn endpoint(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid")
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("kill");
+    }
+
+    /// Waits for the next log line containing `needle`.
+    pub fn expect_log(&mut self, needle: &str) -> String {
+        self.log.as_mut().expect("log").expect(needle)
+    }
+
+    /// SIGTERM, then its exit status and every line it logged.
+    pub fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        self.signal(Signal::SIGTERM);
+        let status = wait_for_exit(&mut self.child);
+        let lines = self.log.take().expect("log").rest();
+        (status, lines)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            kill_pid(self.pid());
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A free loopback port (bound and released: another process could take it in between, which
+/// on a test machine's loopback is rare enough).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// What curl got: the status and the headers (lower-cased names) and the body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Runs curl with `args` and the headers in `headers` (written to a private file, so that a
+/// token never lands on curl's argv), and parses its `-i` output.
+pub fn curl(sandbox: &Sandbox, headers: &[String], args: &[&str]) -> Reply {
+    let file = sandbox.path(&format!("headers-{}", rand_suffix()));
+    write_private(&file, &headers.join("\n"));
+    let mut command = sandbox
+        .command("curl")
+        .arg("-s")
+        .arg("-i")
+        .arg("--max-time")
+        .arg("10")
+        .arg("-H")
+        .arg(format!("@{}", file.display()))
+        .command;
+    command.args(args);
+    let out = command.output().expect("curl");
+    let _ = fs::remove_file(&file);
+    assert!(out.status.success(), "curl failed: {out:?}");
+    parse_reply(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn write_private(path: &Path, text: &str) {
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .expect("header file");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    file.write_all(text.as_bytes()).expect("write");
+}
+
+fn parse_reply(raw: &str) -> Reply {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {raw:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+fn bearer(token: &str) -> Vec<String> {
+    vec![format!("Authorization: Bearer {token}")]
+}
+
+/// `POST /v1/verify` for `action` on the broker's unix socket.
+fn verify_over_http(sandbox: &Sandbox, broker: &Broker, token: Option<&str>, body: &str) -> Reply {
+    let headers = token.map(bearer).unwrap_or_default();
+    let socket = broker.socket.display().to_string();
+    curl(
+        sandbox,
+        &headers,
+        &[
+            "--unix-socket",
+            &socket,
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+            "http://lease/v1/verify",
+        ],
+    )
+}
+
+#[test]
+fn verify_through_the_broker_answers_exactly_as_the_local_store_does() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let token = sandbox.issue("read:articles,write:draft");
+    let issued = sandbox.issue_json("read:articles", &[]);
+    let revoked = issued["token"].as_str().expect("token").to_owned();
+    let revoked_id = issued["id"].as_str().expect("id").to_owned();
+    sandbox.lease(["revoke", &revoked_id]).run().success();
+    let unknown = {
+        let other = Sandbox::new();
+        other.issue("read:articles")
+    };
+    let cases: Vec<(Option<&str>, &str)> = vec![
+        (Some(&token), "read:articles"),
+        (Some(&token), "write:other"),
+        (Some(&revoked), "read:articles"),
+        (Some(&unknown), "read:articles"),
+        (Some("agt_not-a-token"), "read:articles"),
+        (None, "read:articles"),
+    ];
+    for (token, action) in cases {
+        for json in [false, true] {
+            let run = |broker_endpoint: Option<&str>| {
+                let mut cmd = sandbox.lease(["verify", action]);
+                if json {
+                    cmd = cmd.arg("--json");
+                }
+                cmd = match token {
+                    Some(token) => cmd.env("LEASE_TOKEN", token),
+                    None => cmd.env_remove("LEASE_TOKEN"),
+                };
+                if let Some(endpoint) = broker_endpoint {
+                    // The broker alone reads the store: the client's state dir is a decoy.
+                    cmd = cmd
+                        .env("LEASE_BROKER", endpoint)
+                        .env("LEASE_STATE_DIR", sandbox.path("elsewhere"));
+                }
+                cmd.run()
+            };
+            let local = run(None);
+            let remote = run(Some(&broker.endpoint()));
+            assert_eq!(
+                (local.code(), &local.stdout, &local.stderr),
+                (remote.code(), &remote.stdout, &remote.stderr),
+                "{token:?} {action} json={json}"
+            );
+        }
+    }
+    assert!(
+        !sandbox.path("elsewhere").exists(),
+        "the client opened a store"
+    );
+    let (status, log) = broker.stop();
+    assert_eq!(status.code(), Some(0), "{log:?}");
+    let log = log.join("\n");
+    assert!(!log.contains(&token) && !log.contains(&revoked), "{log}");
+    assert!(log.contains("granted read:articles: granted"), "{log}");
+    assert!(log.contains("denied write:other: out of scope"), "{log}");
+}
+
+#[test]
+fn the_http_api_answers_each_decision_with_its_status_code() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let token = sandbox.issue("read:articles");
+    let body = |action: &str| format!("{{\"action\":\"{action}\"}}");
+
+    let granted = verify_over_http(&sandbox, &broker, Some(&token), &body("read:articles"));
+    assert_eq!(granted.status, 200, "{granted:?}");
+    let json: serde_json::Value = serde_json::from_str(&granted.body).expect("json");
+    assert_eq!(json["granted"], true);
+    assert_eq!(json["reason"], "granted");
+    assert!(json["id"].is_string() && json["expires_at"].is_string());
+
+    let denied = verify_over_http(&sandbox, &broker, Some(&token), &body("write:x"));
+    assert_eq!(denied.status, 403, "{denied:?}");
+    assert!(denied.body.contains("\"reason\":\"out of scope\""));
+
+    let unknown = Sandbox::new().issue("a:b");
+    for (token, reason) in [
+        (None, "no token"),
+        (Some("agt_short"), "malformed"),
+        (Some(unknown.as_str()), "unknown"),
+    ] {
+        let reply = verify_over_http(&sandbox, &broker, token, &body("read:articles"));
+        assert_eq!(reply.status, 401, "{reply:?}");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Bearer realm=\"lease\"")
+        );
+        assert!(
+            reply.body.contains(&format!("\"reason\":\"{reason}\"")),
+            "{reply:?}"
+        );
+    }
+
+    let bad = verify_over_http(&sandbox, &broker, Some(&token), "{\"action\": 5}");
+    assert_eq!(bad.status, 400, "{bad:?}");
+    let bad = verify_over_http(&sandbox, &broker, Some(&token), &body("no spaces allowed"));
+    assert_eq!(bad.status, 400, "{bad:?}");
+
+    let url = format!("http://{}", broker.tcp);
+    let health = curl(&sandbox, &[], &[&format!("{url}/healthz")]);
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    let wrong_method = curl(&sandbox, &[], &[&format!("{url}/v1/verify")]);
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
+    assert_eq!(curl(&sandbox, &[], &[&format!("{url}/nope")]).status, 404);
+
+    let metrics = curl(&sandbox, &[], &[&format!("{url}/metrics")]);
+    assert_eq!(metrics.status, 200);
+    for line in [
+        "lease_decisions_total{result=\"granted\",reason=\"granted\"} 1",
+        "lease_decisions_total{result=\"denied\",reason=\"out of scope\"} 1",
+        "lease_decisions_total{result=\"denied\",reason=\"malformed\"} 1",
+        "lease_decisions_total{result=\"denied\",reason=\"unknown\"} 1",
+        "lease_active_leases 1",
+        "lease_request_duration_seconds_count ",
+    ] {
+        assert!(metrics.body.contains(line), "{line} in {}", metrics.body);
+    }
+    // Every decision went to the trail, with the client.
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
+    assert!(!trail.contains(&token));
+    let decisions: Vec<serde_json::Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event"))
+        .filter(|e: &serde_json::Value| e["client"] == "unix")
+        .collect();
+    assert_eq!(decisions.len(), 5, "{trail}");
+    let (status, log) = broker.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(!log.join("\n").contains(&token));
+}
+
+#[test]
+fn an_unreachable_or_garbled_broker_fails_closed() {
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("read:articles");
+    let missing = format!("unix:{}", sandbox.path("none.sock").display());
+    let out = sandbox
+        .lease(["verify", "read:articles"])
+        .env("LEASE_TOKEN", &token)
+        .env("LEASE_BROKER", &missing)
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .lacks_token(&token);
+    assert!(
+        out.stderr
+            .starts_with(&format!("lease: cannot verify: broker {missing}: ")),
+        "{out:?}"
+    );
+
+    // A server that answers garbage: no real server does that on purpose, so a thread here
+    // plays it, once per connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten().take(2) {
+            let mut stream = stream;
+            let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n");
+        }
+    });
+    let garbled = format!("http://{address}");
+    let out = sandbox
+        .lease(["verify", "read:articles", "--json"])
+        .env("LEASE_TOKEN", &token)
+        .env("LEASE_BROKER", &garbled)
+        .run()
+        .code_is(2)
+        .lacks_token(&token);
+    assert!(
+        out.stderr.contains(&format!("broker {garbled}: ")),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("\"granted\":false"), "{out:?}");
+
+    // A subcommand that does not go through a broker yet refuses rather than use a store.
+    let marker = sandbox.path("ran");
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--", "touch"])
+        .arg(&marker)
+        .env("LEASE_BROKER", &missing)
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert!(
+        out.stderr.contains("does not go through a broker yet"),
+        "{out:?}"
+    );
+    assert!(!marker.exists());
+    sandbox
+        .lease(["list"])
+        .env("LEASE_BROKER", &missing)
+        .run()
+        .code_is(2)
+        .one_error_line();
+}
+
+#[test]
+fn the_broker_listens_privately_reloads_on_sighup_and_stops_on_sigterm() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(
+        "[[route]]\nmethod = \"GET\"\npath = \"/articles/**\"\naction = \"read:articles\"\n",
+    );
+    let mut broker = Broker::start(&sandbox, &[]);
+    let mode = fs::metadata(&broker.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = sandbox.issue("read:articles,read:drafts");
+    let auth = |broker: &Broker, uri: &str| {
+        let mut headers = bearer(&token);
+        headers.push("X-Original-Method: GET".into());
+        headers.push(format!("X-Original-URI: {uri}"));
+        let url = format!("http://{}/v1/auth", broker.tcp);
+        curl(&sandbox, &headers, &[&url]).status
+    };
+    assert_eq!(auth(&broker, "/articles/7"), 200);
+    assert_eq!(auth(&broker, "/drafts/7"), 403);
+
+    fs::write(
+        &config,
+        "[[route]]\nmethod = \"GET\"\npath = \"/drafts/*\"\naction = \"read:drafts\"\n",
+    )
+    .expect("config");
+    broker.signal(Signal::SIGHUP);
+    broker.expect_log("reloaded the config");
+    assert_eq!(auth(&broker, "/drafts/7"), 200);
+    assert_eq!(auth(&broker, "/articles/7"), 403);
+
+    fs::write(
+        &config,
+        "[[route]]\npath = \"no-slash\"\naction = \"a:b\"\n",
+    )
+    .expect("config");
+    broker.signal(Signal::SIGHUP);
+    let line = broker.expect_log("reload failed");
+    assert!(line.contains("keeping the previous config"), "{line}");
+    assert_eq!(auth(&broker, "/drafts/7"), 200);
+
+    let socket = broker.socket.clone();
+    let (status, log) = broker.stop();
+    assert_eq!(status.code(), Some(0), "{log:?}");
+    assert!(
+        log.iter().any(|l| l.contains("SIGTERM: stopped accepting")),
+        "{log:?}"
+    );
+    assert!(!socket.exists(), "the socket outlived the broker");
+}
+
+#[test]
+fn plain_http_off_loopback_is_refused_unless_asked_for() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["serve", "--listen", "0.0.0.0:0"])
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(
+        out.stderr.starts_with(
+            "lease: cannot serve: cannot listen on 0.0.0.0:0: 0.0.0.0 is not a loopback address"
+        ),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("--insecure-http"), "{out:?}");
+    let mut command = sandbox
+        .lease(["serve", "--insecure-http", "--listen", "0.0.0.0:0"])
+        .command;
+    command.stderr(Stdio::piped()).stdout(Stdio::null());
+    let mut child = command.spawn().expect("spawn");
+    let mut log = Lines::from(child.stderr.take().expect("stderr"));
+    log.expect("listening on 0.0.0.0:");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        Signal::SIGINT,
+    )
+    .expect("kill");
+    assert_eq!(wait_for_exit(&mut child).code(), Some(0));
+}
+
+#[test]
+fn a_second_broker_on_a_live_socket_is_refused_and_a_stale_one_is_replaced() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let address = broker.endpoint();
+    let out = sandbox
+        .lease(["serve", "--listen", &address])
+        .run()
+        .code_is(2);
+    assert!(
+        out.stderr.contains("another broker is listening there"),
+        "{out:?}"
+    );
+    // SIGKILL leaves the socket file behind; the next broker replaces it.
+    let socket = broker.socket.clone();
+    kill_pid(broker.pid());
+    drop(broker);
+    assert!(socket.exists());
+    let broker = Broker::start(&sandbox, &[]);
+    let (status, _) = broker.stop();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(death_signal(status), None);
+}
+
+/// nginx and Caddy put in front of a site: each asks the broker for every request.
+struct Site {
+    dir: PathBuf,
+    upstream_log: PathBuf,
+}
+
+impl Site {
+    fn new(sandbox: &Sandbox) -> Site {
+        let dir = sandbox.path("site");
+        fs::create_dir_all(dir.join("articles")).expect("site");
+        fs::create_dir_all(dir.join("admin")).expect("site");
+        fs::write(dir.join("articles/1.html"), "article one\n").expect("page");
+        fs::write(dir.join("admin/secret.html"), "admin page\n").expect("page");
+        Site {
+            upstream_log: sandbox.path("upstream.log"),
+            dir,
+        }
+    }
+}
+
+fn routes_config(sandbox: &Sandbox) {
+    sandbox.write_config(
+        "[[route]]\nmethod = \"GET\"\npath = \"/articles/**\"\naction = \"read:articles\"\n\
+         [[route]]\nmethod = \"*\"\npath = \"/admin/**\"\naction = \"admin:site\"\n",
+    );
+}
+
+/// nginx with `auth_request`, started daemonized (its start returns once it listens) on
+/// `front`, proxying to a second server on `upstream` that serves the site and logs each
+/// request it sees.
+struct Nginx {
+    sandbox_dir: PathBuf,
+    conf: PathBuf,
+}
+
+impl Nginx {
+    fn start(sandbox: &Sandbox, broker: &Broker, site: &Site, front: u16) -> Nginx {
+        let dir = sandbox.path("nginx");
+        fs::create_dir_all(dir.join("tmp")).expect("nginx dir");
+        let upstream = free_port();
+        let user = if nix::unistd::geteuid().is_root() {
+            "user root;"
+        } else {
+            ""
+        };
+        let conf = dir.join("nginx.conf");
+        let text = format!(
+            "{user}
+daemon on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;
+  log_format path $request_method:$request_uri;
+  server {{
+    listen 127.0.0.1:{upstream};
+    access_log {log} path;
+    root {site};
+  }}
+  server {{
+    listen 127.0.0.1:{front};
+    location / {{
+      auth_request /_lease;
+      proxy_pass http://127.0.0.1:{upstream};
+    }}
+    location = /_lease {{
+      internal;
+      proxy_pass http://unix:{socket}:/v1/auth;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length \"\";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+    }}
+  }}
+}}
+",
+            d = dir.display(),
+            log = site.upstream_log.display(),
+            site = site.dir.display(),
+            socket = broker.socket.display(),
+        );
+        fs::write(&conf, text).expect("nginx.conf");
+        let out = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .expect("nginx");
+        assert!(out.status.success(), "nginx did not start: {out:?}");
+        Nginx {
+            sandbox_dir: dir,
+            conf,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("nginx")
+            .arg("-p")
+            .arg(&self.sandbox_dir)
+            .arg("-e")
+            .arg(self.sandbox_dir.join("error.log"))
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["-s", "stop"])
+            .output();
+    }
+}
+
+/// Caddy with `forward_auth`, started with `caddy start` (which returns once the config is
+/// running) and stopped by its pid file.
+struct Caddy {
+    pidfile: PathBuf,
+}
+
+impl Caddy {
+    fn start(sandbox: &Sandbox, broker: &Broker, site: &Site, front: u16) -> Caddy {
+        let dir = sandbox.path("caddy");
+        fs::create_dir_all(&dir).expect("caddy dir");
+        let upstream = free_port();
+        let caddyfile = dir.join("Caddyfile");
+        let text = format!(
+            "{{
+  admin off
+  auto_https off
+  storage file_system {d}/data
+}}
+http://127.0.0.1:{front} {{
+  forward_auth unix/{socket} {{
+    uri /v1/auth
+    copy_headers X-Lease-Id X-Lease-Scope
+  }}
+  reverse_proxy 127.0.0.1:{upstream} {{
+    header_up Host {{upstream_hostport}}
+  }}
+}}
+http://127.0.0.1:{upstream} {{
+  log {{
+    output file {log}
+    format json
+  }}
+  root * {site}
+  file_server
+}}
+",
+            d = dir.display(),
+            socket = broker.socket.display(),
+            log = site.upstream_log.display(),
+            site = site.dir.display(),
+        );
+        fs::write(&caddyfile, text).expect("Caddyfile");
+        let pidfile = dir.join("caddy.pid");
+        // `caddy start` returns once the config runs; the server it leaves behind inherits
+        // its stdout and stderr, so they go to a file, not to a pipe read until closed.
+        let log = dir.join("caddy.log");
+        let mut command = sandbox
+            .command("caddy")
+            .arg("start")
+            .arg("--config")
+            .arg(&caddyfile)
+            .arg("--adapter")
+            .arg("caddyfile")
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .command;
+        let file = fs::File::create(&log).expect("caddy log");
+        command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file);
+        let mut child = command.spawn().expect("caddy");
+        let status = wait_for_exit(&mut child);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "caddy did not start: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        Caddy { pidfile }
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        if let Some(pid) = fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            kill_pid(pid);
+        }
+    }
+}
+
+/// The same story told through nginx or Caddy at `front`: inside `lease run --scope
+/// read:articles` the token gets the article, not the admin page (and the site never sees
+/// that request); after the run, 401; after `kill -9` of a second run's wrapper, 401 within
+/// a second.
+fn the_site_answers_only_what_the_run_may_do(sandbox: &Sandbox, site: &Site, front: u16) {
+    let url = format!("http://127.0.0.1:{front}");
+    let script = format!(
+        "printf 'Authorization: Bearer %s\\n' \"$LEASE_TOKEN\" > h && \
+         a=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 -H @h {url}/articles/1.html) && \
+         b=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 -H @h {url}/admin/secret.html) && \
+         c=$(curl -s --max-time 10 -H @h {url}/articles/1.html) && \
+         echo \"$a $b $c\" && cp h after-run"
+    );
+    let out = sandbox.run_sh("read:articles", &script).run().success();
+    assert_eq!(out.stdout, "200 403 article one\n", "{out:?}");
+    // The site logs a request after answering it: wait for both article requests (the admin
+    // request came between them, so it would be logged by then too).
+    let deadline = Instant::now() + crate::harness::PATIENCE;
+    let seen = loop {
+        let seen = fs::read_to_string(&site.upstream_log).unwrap_or_default();
+        if seen.matches("/articles/1.html").count() >= 2 {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "the site logged {seen:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        !seen.contains("/admin/"),
+        "the site saw a denied request: {seen}"
+    );
+
+    // The run has ended: its token is worth nothing.
+    let headers = fs::read_to_string(sandbox.path("after-run")).expect("headers");
+    let after = curl(
+        sandbox,
+        &[headers.trim().to_owned()],
+        &[&format!("{url}/articles/1.html")],
+    );
+    assert_eq!(after.status, 401, "{after:?}");
+
+    // A run whose wrapper is killed: its token stops working within a second.
+    let mut running = sandbox
+        .run_sh(
+            "read:articles",
+            "printf 'Authorization: Bearer %s\\n' \"$LEASE_TOKEN\" > k && echo ready && exec sleep 30",
+        )
+        .start();
+    running.lines.expect("ready");
+    let headers = vec![
+        fs::read_to_string(sandbox.path("k"))
+            .expect("headers")
+            .trim()
+            .to_owned(),
+    ];
+    let page = format!("{url}/articles/1.html");
+    assert_eq!(curl(sandbox, &headers, &[&page]).status, 200);
+    running.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    let _ = running.wait();
+    loop {
+        let status = curl(sandbox, &headers, &[&page]).status;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "still {status} a second after kill -9"
+        );
+    }
+}
+
+#[test]
+fn nginx_auth_request_through_the_broker_serves_only_what_the_run_may_read() {
+    if Command::new("nginx").arg("-v").output().is_err() {
+        crate::harness::skip("no-nginx", "nginx is not installed");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    routes_config(&sandbox);
+    let broker = Broker::start(&sandbox, &[]);
+    let site = Site::new(&sandbox);
+    let front = free_port();
+    let nginx = Nginx::start(&sandbox, &broker, &site, front);
+    the_site_answers_only_what_the_run_may_do(&sandbox, &site, front);
+    drop(nginx);
+    let (status, log) = broker.stop();
+    assert_eq!(status.code(), Some(0));
+    let log = log.join("\n");
+    assert!(log.contains("route=\"GET /articles/**\""), "{log}");
+    assert!(log.contains("denied admin:site: out of scope"), "{log}");
+    assert!(!log.contains("agt_"), "{log}");
+}
+
+#[test]
+fn caddy_forward_auth_through_the_broker_serves_only_what_the_run_may_read() {
+    if Command::new("caddy").arg("version").output().is_err() {
+        crate::harness::skip("no-caddy", "caddy is not installed");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    routes_config(&sandbox);
+    let broker = Broker::start(&sandbox, &[]);
+    let site = Site::new(&sandbox);
+    let front = free_port();
+    let caddy = Caddy::start(&sandbox, &broker, &site, front);
+    the_site_answers_only_what_the_run_may_do(&sandbox, &site, front);
+    drop(caddy);
+    let (status, log) = broker.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(!log.join("\n").contains("agt_"));
+}

@@ -779,10 +779,14 @@ fn the_site_answers_only_what_the_run_may_do(sandbox: &Sandbox, site: &Site, fro
     }
 }
 
-#[test]
-fn nginx_auth_request_through_the_broker_serves_only_what_the_run_may_read() {
-    if Command::new("nginx").arg("-v").output().is_err() {
-        crate::harness::skip("no-nginx", "nginx is not installed");
+/// Starts the broker with a route table, a site, and `server` (nginx or Caddy) in front of
+/// it on a free port; tells the story; checks the broker's log.
+fn behind<S>(server: &str, version: &str, start: impl FnOnce(&Sandbox, &Broker, &Site, u16) -> S) {
+    if Command::new(server).arg(version).output().is_err() {
+        crate::harness::skip(
+            &format!("no-{server}"),
+            &format!("{server} is not installed"),
+        );
         return;
     }
     let sandbox = Sandbox::new();
@@ -790,9 +794,9 @@ fn nginx_auth_request_through_the_broker_serves_only_what_the_run_may_read() {
     let broker = Broker::start(&sandbox, &[]);
     let site = Site::new(&sandbox);
     let front = free_port();
-    let nginx = Nginx::start(&sandbox, &broker, &site, front);
+    let running = start(&sandbox, &broker, &site, front);
     the_site_answers_only_what_the_run_may_do(&sandbox, &site, front);
-    drop(nginx);
+    drop(running);
     let (status, log) = broker.stop();
     assert_eq!(status.code(), Some(0));
     let log = log.join("\n");
@@ -802,20 +806,11 @@ fn nginx_auth_request_through_the_broker_serves_only_what_the_run_may_read() {
 }
 
 #[test]
+fn nginx_auth_request_through_the_broker_serves_only_what_the_run_may_read() {
+    behind("nginx", "-v", Nginx::start);
+}
+
+#[test]
 fn caddy_forward_auth_through_the_broker_serves_only_what_the_run_may_read() {
-    if Command::new("caddy").arg("version").output().is_err() {
-        crate::harness::skip("no-caddy", "caddy is not installed");
-        return;
-    }
-    let sandbox = Sandbox::new();
-    routes_config(&sandbox);
-    let broker = Broker::start(&sandbox, &[]);
-    let site = Site::new(&sandbox);
-    let front = free_port();
-    let caddy = Caddy::start(&sandbox, &broker, &site, front);
-    the_site_answers_only_what_the_run_may_do(&sandbox, &site, front);
-    drop(caddy);
-    let (status, log) = broker.stop();
-    assert_eq!(status.code(), Some(0));
-    assert!(!log.join("\n").contains("agt_"));
+    behind("caddy", "version", Caddy::start);
 }

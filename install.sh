@@ -15,12 +15,15 @@ bindir=$prefix/bin
 
 built=$(scripts/build-release.sh)
 mkdir -p "$bindir"
-tmp="$bindir/.lease.install.$$"
-trap 'rm -f "$tmp"' EXIT
-cp "$built" "$tmp"
-chmod 0755 "$tmp"
-mv -f "$tmp" "$bindir/lease"
-trap - EXIT
+# lease, and lease-broker next to it (`lease serve` hands over to it), each replaced atomically.
+for name in lease-broker lease; do
+    tmp="$bindir/.$name.install.$$"
+    trap 'rm -f "$tmp"' EXIT
+    cp "$(dirname "$built")/$name" "$tmp"
+    chmod 0755 "$tmp"
+    mv -f "$tmp" "$bindir/$name"
+    trap - EXIT
+done
 
 share=$prefix/share
 install_generated() { # install_generated FILE COMMAND...: writes COMMAND's output to FILE
@@ -35,7 +38,7 @@ install_generated "$share/zsh/site-functions/_lease" "$bindir/lease" completions
 install_generated "$share/fish/vendor_completions.d/lease.fish" "$bindir/lease" completions fish
 "$bindir/lease" man --dir "$share/man/man1" # lease.1 and a page per subcommand, lease-run.1 ...
 
-echo "installed $("$bindir/lease" --version) to $bindir/lease"
+echo "installed $("$bindir/lease" --version) to $bindir/lease (and $bindir/lease-broker, for lease serve)"
 echo "installed completions for bash, zsh and fish, and the man pages, under $share"
 case ":$PATH:" in
     *":$bindir:"*) ;;

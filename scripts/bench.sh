@@ -124,6 +124,83 @@ runs=$((runs / 20 > 10 ? runs / 20 : 10)) compare "$fanout concurrent runs vs ti
     "scripts/bench-fanout.sh $fanout $lease run --scope a:b -- true" "scripts/bench-fanout.sh $fanout tini -s -- true"
 rss "peak RSS of run vs tini" 3 "$lease run --scope a:b --" "tini -s --"
 
+# The broker, on the 10-lease store: a socket for lease verify, a loopback port for wrk and nginx.
+"$lease" --state-dir "$work/s10" serve --listen "unix:$work/broker.sock" --listen 127.0.0.1:0 \
+    2>"$work/broker.log" &
+broker=$!
+trap 'kill "$broker" 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 200); do grep -q "listening on 127" "$work/broker.log" && break; sleep 0.05; done
+port=$(sed -n 's/.*listening on 127.0.0.1://p' "$work/broker.log")
+compare "verify through the broker (unix socket) vs local" 1.5 \
+    "$lease --broker unix:$work/broker.sock verify a:b" "$lease --state-dir $work/s10 verify a:b"
+
+# wrk: DURATION seconds of keep-alive load; prints "requests/s p50 p99" (latencies in ms).
+load() {
+    local url=$1 script=${2:-}
+    wrk -t2 -c32 -d"${DURATION:-5}s" --latency ${script:+-s "$script"} "$url" 2>&1 | awk '
+        /Requests\/sec/ { rps = $2 }
+        $1 == "50%" { p50 = $2 } $1 == "99%" { p99 = $2 }
+        END { print rps, p50, p99 }'
+}
+extra=()
+if command -v wrk >/dev/null; then
+    cat >"$work/verify.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"action":"a:b"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+LUA
+    chmod 600 "$work/verify.lua"
+    read -r rps p50 p99 <<<"$(load "http://127.0.0.1:$port/v1/verify" "$work/verify.lua")"
+    extra+=("POST /v1/verify, keep-alive, wrk -t2 -c32: $rps decisions/s (target >= 20000), p50 $p50, p99 $p99")
+    if command -v nginx >/dev/null; then
+        mkdir -p "$work/nginx/tmp" "$work/site/open" "$work/site/guarded"
+        echo abc >"$work/site/open/small.txt"
+        echo abc >"$work/site/guarded/small.txt"
+        nginx_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        user=""
+        [ "$(id -u)" = 0 ] && user="user root;"
+        cat >"$work/nginx/nginx.conf" <<NGINX
+$user
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/tmp/b; proxy_temp_path $work/nginx/tmp/p;
+  fastcgi_temp_path $work/nginx/tmp/f; uwsgi_temp_path $work/nginx/tmp/u; scgi_temp_path $work/nginx/tmp/s;
+  upstream broker { server 127.0.0.1:$port; keepalive 32; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    root $work/site;
+    location /guarded/ { auth_request /_lease; }
+    location = /_lease {
+      internal;
+      proxy_pass http://broker/v1/auth;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Lease-Action a:b;
+    }
+  }
+}
+NGINX
+        nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf"
+        cat >"$work/auth.lua" <<LUA
+wrk.headers["Authorization"] = "Bearer $token"
+LUA
+        read -r open_rps _ _ <<<"$(load "http://127.0.0.1:$nginx_port/open/small.txt" "$work/auth.lua")"
+        read -r guarded_rps _ _ <<<"$(load "http://127.0.0.1:$nginx_port/guarded/small.txt" "$work/auth.lua")"
+        nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" -s stop
+        ratio=$(python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "$guarded_rps" "$open_rps")
+        extra+=("nginx serving a small file with auth_request through the broker: $guarded_rps requests/s against $open_rps without, ${ratio} of it (target >= 0.5)")
+    fi
+fi
+kill "$broker"
+wait "$broker" || true
+
 echo "| what | lease | median | reference | median | ratio | target | |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 missed=0
@@ -136,6 +213,10 @@ while IFS=$'\t' read -r name target a ma b mb ratio; do
     a=${a//$lease/lease} b=${b//$lease/lease}
     echo "| $name | \`${a//$work/\$W}\` | $ma | \`${b//$work/\$W}\` | $mb | ${ratio}x | <= ${target}x | $verdict |"
 done <"$results"
+for line in "${extra[@]}"; do
+    echo
+    echo "$line"
+done
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(uname -sr); $(hyperfine --version); $("$lease" --version); $(date -u +%Y-%m-%d)"
 exit "$missed"

@@ -506,6 +506,56 @@ fn a_second_broker_on_a_live_socket_is_refused_and_a_stale_one_is_replaced() {
     assert_eq!(death_signal(status), None);
 }
 
+/// The systemd unit's `ExecStart` runs as written (with the sandbox for /var/lib and /run),
+/// `ExecReload` (SIGHUP) reloads, and its `KillSignal` stops the broker with 0, which systemd
+/// counts as a clean stop.
+#[test]
+fn the_example_systemd_unit_starts_reloads_and_stops_the_broker() {
+    let unit = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lease-broker.service"),
+    )
+    .expect("unit");
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in the unit"))
+            .to_owned()
+    };
+    assert_eq!(value("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(value("KillSignal"), "SIGTERM");
+    let sandbox = Sandbox::new();
+    fs::create_dir_all(sandbox.path("run/lease")).expect("runtime dir");
+    let exec = value("ExecStart")
+        .replace("/var/lib/lease", &sandbox.state_dir().display().to_string())
+        .replace(
+            "/run/lease",
+            &sandbox.path("run/lease").display().to_string(),
+        );
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/lease"));
+    let mut command = sandbox.command(crate::harness::lease_bin()).command;
+    command
+        .args(words)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    let mut child = command.spawn().expect("spawn");
+    let mut log = Lines::from(child.stderr.take().expect("stderr"));
+    log.expect("listening on unix:");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let token = sandbox.issue("read:articles");
+    let broker = format!("unix:{}", sandbox.path("run/lease/broker.sock").display());
+    sandbox
+        .lease(["verify", "read:articles"])
+        .env("LEASE_TOKEN", &token)
+        .env("LEASE_BROKER", &broker)
+        .run()
+        .success();
+    nix::sys::signal::kill(pid, Signal::SIGHUP).expect("reload");
+    log.expect("reloaded the config");
+    nix::sys::signal::kill(pid, Signal::SIGTERM).expect("stop");
+    assert_eq!(wait_for_exit(&mut child).code(), Some(0));
+}
+
 /// nginx and Caddy put in front of a site: each asks the broker for every request.
 struct Site {
     dir: PathBuf,

@@ -147,9 +147,10 @@ impl Event {
 
     /// Sets the process the event happened for.
     pub fn process(mut self, process: &Process) -> Event {
-        self.pid = Some(process.pid);
+        self.pid = process.pid;
         self.command.clone_from(&process.command);
         self.argc = process.argc;
+        self.client.clone_from(&process.client);
         self
     }
 }
@@ -157,12 +158,14 @@ impl Event {
 /// A process as the trail names it: pid, argv[0] and the number of arguments.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Process {
-    /// Its pid.
-    pub pid: u32,
+    /// Its pid, when known (a broker's client over TCP has none it can see).
+    pub pid: Option<u32>,
     /// argv[0].
     pub command: Option<String>,
     /// The number of arguments after argv[0].
     pub argc: Option<usize>,
+    /// For a broker's client: its address (`unix:uid=N` or `HOST:PORT`).
+    pub client: Option<String>,
 }
 
 impl Process {
@@ -186,9 +189,10 @@ impl Process {
             crate::token::redact(program).into_owned()
         });
         Process {
-            pid,
+            pid: Some(pid),
             argc: command.as_ref().map(|_| parts.count()),
             command,
+            client: None,
         }
     }
 }

@@ -30,8 +30,8 @@ const MAX_ANSWER: u64 = 1024 * 1024;
 pub struct Answer {
     /// The HTTP status code.
     pub status: u16,
-    /// The body.
-    pub body: Vec<u8>,
+    /// The body (a mint's holds a token: zeroed when dropped).
+    pub body: Zeroizing<Vec<u8>>,
 }
 
 impl Answer {
@@ -136,9 +136,9 @@ fn connect_tcp(authority: &str) -> Result<TcpStream> {
     Err(last.map_or_else(|| anyhow!("no address"), |err| anyhow!("connecting: {err}")))
 }
 
-fn send(mut stream: impl Read + Write, request: &[u8]) -> Result<Vec<u8>> {
+fn send(mut stream: impl Read + Write, request: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     stream.write_all(request).context("sending")?;
-    let mut raw = Vec::new();
+    let mut raw = Zeroizing::new(Vec::new());
     stream
         .take(MAX_ANSWER + 1)
         .read_to_end(&mut raw)
@@ -164,7 +164,7 @@ fn parse(raw: &[u8]) -> Result<Answer> {
     let status = response
         .code
         .ok_or_else(|| anyhow!("its answer has no status"))?;
-    let mut body = raw[end..].to_vec();
+    let mut body = Zeroizing::new(raw[end..].to_vec());
     for header in response.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
             let length: usize = std::str::from_utf8(header.value)
@@ -191,7 +191,7 @@ mod tests {
         let answer =
             parse(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\n{}trailing").expect("valid");
         assert_eq!(answer.status, 403);
-        assert_eq!(answer.body, b"{}");
+        assert_eq!(answer.body.as_slice(), b"{}");
     }
 
     #[test]

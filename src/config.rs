@@ -86,6 +86,9 @@ pub struct Config {
     pub broker: Option<Endpoint>,
     /// The broker's route table for `/v1/auth` (`[[route]]`), in the order written.
     pub routes: Vec<Route>,
+    /// The uids that are the broker's operators (`operators`, names resolved); `None` means
+    /// the default: the uid the broker runs as.
+    pub operators: Option<Vec<u32>>,
 }
 
 /// A named set of defaults for `run` and `issue`; flags on the command line override each.
@@ -119,6 +122,7 @@ impl Default for Config {
             scrub_env: Vec::new(),
             broker: None,
             routes: Vec::new(),
+            operators: None,
         }
     }
 }
@@ -135,10 +139,22 @@ struct File {
     audit_max_bytes: Option<u64>,
     scrub_env: Option<Vec<String>>,
     broker: Option<String>,
+    operators: Option<Vec<OperatorValue>>,
     #[serde(default)]
     profile: BTreeMap<String, ProfileFile>,
     #[serde(default)]
     route: Vec<RouteFile>,
+}
+
+/// An entry of `operators`: a user name or a uid.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected a user name (\"alice\") or a uid (1000)"
+)]
+enum OperatorValue {
+    Uid(u32),
+    Name(String),
 }
 
 /// A `[[route]]` table as written.
@@ -324,6 +340,23 @@ impl Config {
         }
         if let Some(text) = &file.broker {
             config.broker = Some(Endpoint::parse(text).map_err(|e| at.error(None, "broker", e))?);
+        }
+        if let Some(values) = &file.operators {
+            let mut uids = Vec::new();
+            for value in values {
+                uids.push(match value {
+                    OperatorValue::Uid(uid) => *uid,
+                    OperatorValue::Name(name) => match nix::unistd::User::from_name(name) {
+                        Ok(Some(user)) => user.uid.as_raw(),
+                        Ok(None) => {
+                            let why = format!("no user is called '{}'", name.escape_debug());
+                            return Err(at.error(None, "operators", why));
+                        }
+                        Err(err) => return Err(at.error(None, "operators", err)),
+                    },
+                });
+            }
+            config.operators = Some(uids);
         }
         for (index, route) in file.route.iter().enumerate() {
             let parsed = Route::parse(route.method.as_deref(), &route.path, &route.action)

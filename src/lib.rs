@@ -33,6 +33,7 @@ pub mod signals;
 pub mod store;
 pub mod token;
 pub mod ttl;
+pub mod wire;
 
 use std::ffi::OsString;
 use std::panic::{self, AssertUnwindSafe};

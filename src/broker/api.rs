@@ -18,12 +18,14 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{Live, Shared, log};
-use crate::audit::{Event, EventKind};
+use super::{Live, Peer, Shared, log};
+use crate::audit::{Event, EventKind, Process};
 use crate::authorize::{Decision, Reason, authorize};
+use crate::policy;
 use crate::record::Record;
 use crate::scope::Action;
 use crate::token::{BODY_LEN, PREFIX, Token};
+use crate::wire::{ErrorBody, MintBody, Minted, VerifyAnswer};
 
 /// The largest request body read (a verify body is a few dozen bytes).
 const MAX_BODY: usize = 16 * 1024;
@@ -33,14 +35,18 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 type Answer = Response<Full<Bytes>>;
 
 /// Answers one request, and counts it.
-pub(super) async fn handle(shared: &Arc<Shared>, peer: &str, request: Request<Incoming>) -> Answer {
+pub(super) async fn handle(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Answer {
     let started = Instant::now();
     let answer = dispatch(shared, peer, request).await;
     shared.metrics.answered(started.elapsed());
     answer
 }
 
-async fn dispatch(shared: &Arc<Shared>, peer: &str, request: Request<Incoming>) -> Answer {
+async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Answer {
     let path = request.uri().path();
     if path == "/v1/auth" || path.starts_with("/v1/auth/") {
         return forward_auth(shared, peer, request).await;
@@ -49,8 +55,9 @@ async fn dispatch(shared: &Arc<Shared>, peer: &str, request: Request<Incoming>) 
         (&Method::GET | &Method::HEAD, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/metrics") => metrics(shared).await,
         (&Method::POST, "/v1/verify") => verify(shared, peer, request).await,
+        (&Method::POST, "/v1/leases") => mint(shared, peer, request).await,
         (_, "/healthz" | "/metrics") => not_allowed("GET"),
-        (_, "/v1/verify") => not_allowed("POST"),
+        (_, "/v1/verify" | "/v1/leases") => not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint: see docs/api.md"),
     }
 }
@@ -62,23 +69,7 @@ struct VerifyBody {
     action: String,
 }
 
-/// What `POST /v1/verify` answers: `lease verify --json`'s object, and the sentence a denial
-/// prints.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct VerifyAnswer {
-    /// Whether the action is granted.
-    pub granted: bool,
-    /// `granted`, or why not.
-    pub reason: Reason,
-    /// The lease id, when a lease was found.
-    pub id: Option<String>,
-    /// The lease's expiry (RFC 3339), when a lease was found.
-    pub expires_at: Option<String>,
-    /// Why not, for people (empty when granted).
-    pub detail: String,
-}
-
-async fn verify(shared: &Arc<Shared>, peer: &str, request: Request<Incoming>) -> Answer {
+async fn verify(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Answer {
     let token = bearer(request.headers());
     let body = match read_body(request).await {
         Ok(body) => body,
@@ -115,7 +106,7 @@ async fn verify(shared: &Arc<Shared>, peer: &str, request: Request<Incoming>) ->
 
 /// Forward-auth for nginx `auth_request`, Caddy `forward_auth`, Traefik ForwardAuth and
 /// Envoy `ext_authz`: only 200, 401 or 403 for a decision (503 if the store cannot be read).
-async fn forward_auth(shared: &Arc<Shared>, peer: &str, request: Request<Incoming>) -> Answer {
+async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Answer {
     let headers = request.headers();
     let token = bearer(headers);
     let live = shared.live();
@@ -177,6 +168,105 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &str, request: Request<Incomin
     answer
 }
 
+/// Why a mint was refused: the status and the line the client prints after `lease: `.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
+
+/// `POST /v1/leases`: mints a lease as `lease issue` does. With a bearer token, a lease nested
+/// in the token's (any token holder may narrow its own lease); without one, or with
+/// `no_parent`, a root lease, which only an operator may mint.
+async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Answer {
+    let token = bearer(request.headers());
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
+    let asked = match serde_json::from_slice::<MintBody>(&body)
+        .map_err(anyhow::Error::from)
+        .and_then(MintBody::into_asked)
+    {
+        Ok(asked) => asked,
+        Err(err) => return error(StatusCode::BAD_REQUEST, &format!("{err:#}")),
+    };
+    let live = shared.live();
+    let operator = peer.is_operator(&live.config);
+    let process = Process {
+        pid: peer.pid,
+        command: None,
+        argc: None,
+        client: Some(peer.shown.clone()),
+    };
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Minted, Refusal> {
+        let now = SystemTime::now();
+        let parent = if asked.no_parent { None } else { token };
+        // An operator's token is handled as `lease issue` handles it locally (an unknown one
+        // is no parent). Anyone else's must be a live lease's: it is their only right.
+        if let Some(parent) = parent.as_ref().filter(|_| !operator)
+            && let Some(denial) = dead(&live, parent, now)?
+        {
+            return Err(denial);
+        }
+        let (plan, _notes) = policy::plan(&live.config, asked, &live.store, parent.as_ref(), now)
+            .map_err(|err| Refusal(StatusCode::FORBIDDEN, format!("{err:#}")))?;
+        if plan.parent.is_none() && !operator {
+            return Err(Refusal(
+                StatusCode::FORBIDDEN,
+                "not allowed: minting a root lease needs an operator (a uid in operators, on the broker's unix socket); a token holder may mint leases nested in its own".to_owned(),
+            ));
+        }
+        let (token, record, ()) =
+            crate::lease::mint(&live.store, &plan, &process, |_| Ok((None, ())))
+                .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))?;
+        Ok(Minted {
+            id: record.id.to_string(),
+            token: token.expose().to_owned(),
+            scope: record.scope.iter().map(ToString::to_string).collect(),
+            expires_at: crate::record::rfc3339::format(record.expires_at),
+        })
+    })
+    .await;
+    match outcome {
+        Ok(Ok(minted)) => {
+            log(&format!(
+                "issued lease={} scope={} client={peer}",
+                minted.id,
+                minted.scope.join(",")
+            ));
+            json(StatusCode::OK, &minted)
+        }
+        Ok(Err(Refusal(status, why))) => {
+            log(&format!("refused to issue: {why} client={peer}"));
+            let mut answer = error(status, &why);
+            if status == StatusCode::UNAUTHORIZED {
+                challenge(answer.headers_mut());
+            }
+            answer
+        }
+        Err(err) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the broker failed: {err}"),
+        ),
+    }
+}
+
+/// The refusal for a token whose lease cannot grant (401), if it cannot; `None` if it is live.
+fn dead(live: &Live, token: &Token, now: SystemTime) -> Result<Option<Refusal>, Refusal> {
+    if !token.is_well_formed() {
+        return Ok(Some(Refusal(
+            StatusCode::UNAUTHORIZED,
+            "malformed: the token given is not a lease token".to_owned(),
+        )));
+    }
+    match crate::authorize::standing(&live.store, token, now) {
+        Ok(crate::authorize::Standing::Live(_)) => Ok(None),
+        Ok(crate::authorize::Standing::Dead(denial)) => Ok(Some(Refusal(
+            StatusCode::UNAUTHORIZED,
+            format!("{}: {}", denial.reason, denial.detail),
+        ))),
+        Err(err) => Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}"))),
+    }
+}
+
 /// A decision, and the granted lease's scope for `X-Lease-Scope`.
 #[derive(Debug)]
 struct Decided {
@@ -194,15 +284,21 @@ async fn decide(
     shared: &Arc<Shared>,
     token: Option<Token>,
     action: Action,
-    peer: &str,
+    peer: &Peer,
     route: Option<String>,
 ) -> Result<Decided, Answer> {
     let live = shared.live();
-    let peer_owned = peer.to_owned();
+    let peer_owned = peer.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let decision = decision_for(&live, token.as_ref(), &action);
         if let Ok((decision, _)) = &decision {
-            note(&live, decision, &action, &peer_owned, route.as_deref());
+            note(
+                &live,
+                decision,
+                &action,
+                &peer_owned.shown,
+                route.as_deref(),
+            );
         }
         decision.map(|(decision, scope)| (decision, scope, action, route))
     })
@@ -419,14 +515,10 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Answer {
 
 /// `{"error": "..."}` with `status`; the message is redacted of anything token-shaped.
 fn error(status: StatusCode, message: &str) -> Answer {
-    #[derive(Serialize)]
-    struct Error<'a> {
-        error: &'a str,
-    }
     json(
         status,
-        &Error {
-            error: &crate::token::redact(message),
+        &ErrorBody {
+            error: crate::token::redact(message).into_owned(),
         },
     )
 }

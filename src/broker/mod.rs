@@ -11,8 +11,6 @@
 mod api;
 mod metrics;
 
-pub use api::VerifyAnswer;
-
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -95,6 +93,62 @@ impl Shared {
                 "reload failed, keeping the previous config: {err:#}"
             )),
         }
+    }
+}
+
+/// Who is asking: on a unix socket, the peer's uid and pid (`SO_PEERCRED`); over TCP, only an
+/// address.
+#[derive(Debug, Clone)]
+struct Peer {
+    /// The peer's uid, on a unix socket.
+    uid: Option<u32>,
+    /// The peer's pid, on a unix socket.
+    pid: Option<u32>,
+    /// How logs and the trail name it: `unix:uid=N` or `HOST:PORT`.
+    shown: String,
+}
+
+impl Peer {
+    fn unix(stream: &UnixStream) -> Peer {
+        match stream.peer_cred() {
+            Ok(cred) => Peer {
+                uid: Some(cred.uid()),
+                pid: cred.pid().and_then(|pid| u32::try_from(pid).ok()),
+                shown: format!("unix:uid={}", cred.uid()),
+            },
+            // No credentials: no operator rights, only what a token proves.
+            Err(_) => Peer {
+                uid: None,
+                pid: None,
+                shown: "unix".to_owned(),
+            },
+        }
+    }
+
+    fn tcp(address: SocketAddr) -> Peer {
+        Peer {
+            uid: None,
+            pid: None,
+            shown: address.to_string(),
+        }
+    }
+
+    /// Whether this peer may do what only operators may: a uid in `operators` (by default the
+    /// broker's own uid), on a unix socket. Over TCP, nobody is an operator.
+    fn is_operator(&self, config: &Config) -> bool {
+        let Some(uid) = self.uid else {
+            return false;
+        };
+        match &config.operators {
+            Some(operators) => operators.contains(&uid),
+            None => uid == nix::unistd::geteuid().as_raw(),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
     }
 }
 
@@ -270,10 +324,11 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>) -> Result<()> {
             _ = hangup.recv() => shared.reload(),
             connection = accepted.recv() => match connection {
                 Some(Accepted::Unix(stream)) => {
-                    connect(&graceful, &shared, stream, "unix".to_owned());
+                    let peer = Peer::unix(&stream);
+                    connect(&graceful, &shared, stream, peer);
                 }
-                Some(Accepted::Tcp(stream, peer)) => {
-                    connect(&graceful, &shared, stream, peer.to_string());
+                Some(Accepted::Tcp(stream, address)) => {
+                    connect(&graceful, &shared, stream, Peer::tcp(address));
                 }
                 None => break "no listener left",
             },
@@ -307,12 +362,12 @@ async fn accept_failed(err: &std::io::Error) {
 }
 
 /// Serves one connection (HTTP/1.1, keep-alive) until it closes or the broker stops.
-fn connect<IO>(graceful: &GracefulShutdown, shared: &Arc<Shared>, io: IO, peer: String)
+fn connect<IO>(graceful: &GracefulShutdown, shared: &Arc<Shared>, io: IO, peer: Peer)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::clone(shared);
-    let peer: Arc<str> = peer.into();
+    let peer = Arc::new(peer);
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
         let peer = Arc::clone(&peer);

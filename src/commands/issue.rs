@@ -2,39 +2,59 @@
 
 use std::io::Write;
 
-use anyhow::{Context as _, Result};
-use serde::Serialize;
+use anyhow::{Context as _, Result, bail};
 
 use super::{Setup, print_json};
 use crate::audit::Process;
+use crate::client;
+use crate::endpoint::Endpoint;
 use crate::exit::Exit;
 use crate::record::rfc3339;
 use crate::request::IssueRequest;
 use crate::store::Open;
-
-#[derive(Serialize)]
-struct Issued<'a> {
-    id: &'a str,
-    token: &'a str,
-    scope: Vec<&'a str>,
-    expires_at: String,
-}
+use crate::wire::{MintBody, Minted};
 
 pub fn issue(setup: &Setup, request: IssueRequest) -> Result<Exit> {
-    let store = setup.store(Open::CreateIfMissing)?;
-    let plan = super::plan(setup, request.asked, &store)?;
-    let (token, record, ()) =
-        crate::lease::mint(&store, &plan, &Process::caller(), |_| Ok((None, ())))?;
+    let issued = match &setup.broker {
+        Some(broker) => issue_through(setup, broker, &request)?,
+        None => {
+            let store = setup.store(Open::CreateIfMissing)?;
+            let plan = super::plan(setup, request.asked, &store)?;
+            let (token, record, ()) =
+                crate::lease::mint(&store, &plan, &Process::caller(), |_| Ok((None, ())))?;
+            Minted {
+                id: record.id.to_string(),
+                token: token.expose().to_owned(),
+                scope: record.scope.iter().map(ToString::to_string).collect(),
+                expires_at: rfc3339::format(record.expires_at),
+            }
+        }
+    };
+    // The token's copy in `issued` is zeroed when it is dropped.
     if request.json {
-        print_json(&Issued {
-            id: &record.id,
-            token: token.expose(),
-            scope: record.scope.iter().map(|s| s.as_str()).collect(),
-            expires_at: rfc3339::format(record.expires_at),
-        })?;
+        print_json(&issued)?;
     } else {
-        writeln!(std::io::stdout().lock(), "{}", token.expose())
+        writeln!(std::io::stdout().lock(), "{}", issued.token)
             .context("writing to standard output")?;
     }
     Ok(Exit::Success)
+}
+
+/// Asks the broker to mint the lease (`POST /v1/leases`), nested in the lease whose token is in
+/// the environment, if any: the broker decides, with its own policy and store.
+fn issue_through(setup: &Setup, broker: &Endpoint, request: &IssueRequest) -> Result<Minted> {
+    let inherited = super::inherited_token(setup)?;
+    let body = serde_json::to_vec(&MintBody::from_asked(&request.asked))?;
+    let answer = client::request(
+        broker,
+        "POST",
+        "/v1/leases",
+        inherited.as_ref(),
+        Some(&body),
+    )?;
+    if answer.status != 200 {
+        bail!("{}", crate::token::redact(&answer.error_text()));
+    }
+    serde_json::from_slice(&answer.body)
+        .with_context(|| format!("broker {broker} answered something that is not a lease"))
 }

@@ -38,6 +38,7 @@ pub fn dispatch(invocation: Invocation) -> Result<Exit> {
             insecure_http,
         } => serve::serve(&setup()?, &listen, insecure_http),
         Command::Verify(request) => verify::verify(&setup()?, &request),
+        Command::Issue(request) => issue::issue(&setup()?, request),
         command => local(&setup()?, command),
     }
 }
@@ -53,7 +54,6 @@ fn local(setup: &Setup, command: Command) -> Result<Exit> {
     }
     match command {
         Command::Run(request) => run::run(setup, request),
-        Command::Issue(request) => issue::issue(setup, request),
         Command::List { all, json } => list::list(setup, all, json),
         Command::Revoke(target) => revoke::revoke(setup, target),
         Command::Renew(request) => renew::renew(setup, &request),
@@ -61,7 +61,11 @@ fn local(setup: &Setup, command: Command) -> Result<Exit> {
         Command::Suggest { id, json } => suggest::suggest(setup, &id, json),
         Command::Status { source, json } => status::status(setup, &source, json),
         Command::Gc => gc::gc(setup),
-        Command::Completions(_) | Command::Man(_) | Command::Serve { .. } | Command::Verify(_) => {
+        Command::Completions(_)
+        | Command::Man(_)
+        | Command::Serve { .. }
+        | Command::Verify(_)
+        | Command::Issue(_) => {
             bail!("internal error: this subcommand is dispatched before the local ones")
         }
     }
@@ -116,11 +120,7 @@ fn default_state_dir() -> Result<PathBuf> {
 /// Works out the lease `asked` for under the config and any parent lease in the environment,
 /// or refuses it. The policy's notes are printed only with `--verbose`: `lease run` is silent.
 fn plan(setup: &Setup, asked: Asked, store: &Store) -> Result<Plan> {
-    let at = verify::token_env_in_use(&setup.config.token_env)?;
-    let inherited = std::env::var(at)
-        .ok()
-        .filter(|t| !t.is_empty())
-        .map(Token::presented);
+    let inherited = inherited_token(setup)?;
     let (plan, notes) = policy::plan(
         &setup.config,
         asked,
@@ -134,6 +134,16 @@ fn plan(setup: &Setup, asked: Asked, store: &Store) -> Result<Plan> {
         }
     }
     Ok(plan)
+}
+
+/// The token of a lease this process runs under, if any (where `verify` looks for it): the
+/// parent of a lease minted now.
+fn inherited_token(setup: &Setup) -> Result<Option<Token>> {
+    let at = verify::token_env_in_use(&setup.config.token_env)?;
+    Ok(std::env::var(at)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(Token::presented))
 }
 
 /// Entries of the store that a pass over every lease (`revoke --all`, `gc`) had to skip: each

@@ -66,9 +66,10 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
     // Watch signals before minting, so that none arriving from here on is lost.
     let mut forwarder = Forwarder::install(ends_at_expiry).context("watching signals")?;
     let process = Process {
-        pid: std::process::id(),
+        pid: Some(std::process::id()),
         command: Some(program.to_string_lossy().into_owned()),
         argc: Some(args.len()),
+        client: None,
     };
     let child_signals = forwarder.child_signals();
     // The command is forked and held just before its exec while its lease is recorded, with

@@ -10,7 +10,6 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use super::{Setup, print_json};
 use crate::audit::{Event, EventKind, Process};
 use crate::authorize::{Decision, Reason, authorize};
-use crate::broker::VerifyAnswer;
 use crate::client;
 use crate::config::TOKEN_ENV_VAR;
 use crate::endpoint::Endpoint;
@@ -19,6 +18,7 @@ use crate::request::{TokenSource, VerifyRequest};
 use crate::scope::Action;
 use crate::store::{Open, Store};
 use crate::token::{BODY_LEN, LeaseId, PREFIX, Token};
+use crate::wire::VerifyAnswer;
 
 /// Longest token read from standard input; a real token is 52 bytes.
 const MAX_STDIN_BYTES: u64 = 4096;

@@ -326,7 +326,11 @@ fn the_http_api_answers_each_decision_with_its_status_code() {
     let decisions: Vec<serde_json::Value> = trail
         .lines()
         .map(|l| serde_json::from_str(l).expect("event"))
-        .filter(|e: &serde_json::Value| e["client"] == "unix")
+        .filter(|e: &serde_json::Value| {
+            e["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("unix:uid="))
+        })
         .collect();
     assert_eq!(decisions.len(), 5, "{trail}");
     let (status, log) = broker.stop();
@@ -863,4 +867,132 @@ fn nginx_auth_request_through_the_broker_serves_only_what_the_run_may_read() {
 #[test]
 fn caddy_forward_auth_through_the_broker_serves_only_what_the_run_may_read() {
     behind("caddy", "version", Caddy::start);
+}
+
+/// `lease issue` through the broker: an operator (the broker's own uid, on its socket) mints a
+/// root lease; over TCP nobody is an operator, so only a token holder may mint, and only a lease
+/// nested in its own; the broker's policy decides, whatever the client's config says.
+#[test]
+fn issue_through_the_broker_follows_who_may_mint_what() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("max_ttl = \"1h\"\n");
+    let broker = Broker::start(&sandbox, &[]);
+    let tcp = format!("http://{}", broker.tcp);
+    let client = |endpoint: &str| {
+        sandbox
+            .command(crate::harness::lease_bin())
+            .env("LEASE_BROKER", endpoint)
+            // The client's own config and store are decoys: only the broker's count.
+            .env("LEASE_CONFIG", "/dev/null")
+            .env("LEASE_STATE_DIR", sandbox.path("client-state"))
+    };
+
+    // An operator on the socket: a root lease, printed as a local issue prints it.
+    let out = client(&broker.endpoint())
+        .arg("issue")
+        .arg("--scope")
+        .arg("read:articles,write:draft")
+        .arg("--json")
+        .run()
+        .success();
+    let issued = out.json();
+    let keys: Vec<&str> = issued
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["expires_at", "id", "scope", "token"]);
+    assert!(out.stdout.starts_with("{\"id\":"), "{out:?}");
+    let root = issued["token"].as_str().expect("token").to_owned();
+    assert_eq!(sandbox.verify(&root, "write:draft").code(), Some(0));
+
+    // The broker's max_ttl holds, not the client's config.
+    let out = client(&broker.endpoint())
+        .args(["issue", "--scope", "a:b", "--ttl", "10h"])
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(out.stderr.contains("max_ttl"), "{out:?}");
+
+    // Over TCP without a token: nobody is an operator there.
+    let out = client(&tcp)
+        .args(["issue", "--scope", "a:b"])
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(
+        out.stderr
+            .starts_with("lease: not allowed: minting a root lease needs an operator"),
+        "{out:?}"
+    );
+
+    // A token holder over TCP: a narrower lease nested in its own, nothing wider.
+    let nested = client(&tcp)
+        .args(["issue", "--scope", "read:articles"])
+        .env("LEASE_TOKEN", &root)
+        .run()
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    assert_eq!(sandbox.verify(&nested, "read:articles").code(), Some(0));
+    assert_eq!(sandbox.verify(&nested, "write:draft").code(), Some(1));
+    let out = client(&tcp)
+        .args(["issue", "--scope", "admin:all"])
+        .env("LEASE_TOKEN", &root)
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .lacks_token(&root);
+    assert!(out.stderr.contains("admin:all"), "{out:?}");
+    // A token that is no live lease is no right at all.
+    sandbox
+        .lease(["revoke", issued["id"].as_str().expect("id")])
+        .run()
+        .success();
+    let out = client(&tcp)
+        .args(["issue", "--scope", "read:articles"])
+        .env("LEASE_TOKEN", &root)
+        .run()
+        .code_is(2)
+        .lacks_token(&root);
+    assert!(out.stderr.starts_with("lease: revoked: "), "{out:?}");
+    assert!(
+        !sandbox.path("client-state").exists(),
+        "the client opened a store"
+    );
+    let (status, log) = broker.stop();
+    assert_eq!(status.code(), Some(0));
+    let log = log.join("\n");
+    assert!(!log.contains(&root) && !log.contains(&nested), "{log}");
+}
+
+/// `operators` names who may mint root leases on the socket: a uid not in it may not.
+#[test]
+fn only_the_configured_operators_mint_root_leases() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("operators = [4242424]\n");
+    let broker = Broker::start(&sandbox, &[]);
+    let out = sandbox
+        .lease(["issue", "--scope", "a:b"])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(out.stderr.contains("needs an operator"), "{out:?}");
+    let out = sandbox
+        .lease(["serve"])
+        .env(
+            "LEASE_CONFIG",
+            sandbox.write_config("operators = [\"no-such-user-here\"]\n"),
+        )
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(
+        out.stderr
+            .contains("operators: no user is called 'no-such-user-here'"),
+        "{out:?}"
+    );
 }

@@ -269,6 +269,12 @@ impl Cmd {
         self
     }
 
+    /// Appends arguments.
+    pub fn args<S: AsRef<OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Cmd {
+        self.command.args(args);
+        self
+    }
+
     pub fn env(mut self, name: &str, value: impl AsRef<OsStr>) -> Cmd {
         self.command.env(name, value);
         self

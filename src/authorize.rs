@@ -345,6 +345,13 @@ fn why_dead(record: &Record, now: SystemTime) -> Option<(Reason, String)> {
             format!("lease {id} was revoked{when}")
         }
         Reason::Expired => format!("lease {id} expired at {}", at(record.expires_at)),
+        Reason::OwnerGone if record.state == crate::record::State::OwnerGone => {
+            let when = record
+                .revoked_at
+                .map(|t| format!(" at {}", at(t)))
+                .unwrap_or_default();
+            format!("the run of lease {id} lost its connection to the broker{when}")
+        }
         _ => record
             .owner
             .as_ref()

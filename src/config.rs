@@ -25,6 +25,9 @@ pub const DEFAULT_TOKEN_ENV: &str = "LEASE_TOKEN";
 /// token is in, so that nested runs and `verify` find it under any name.
 pub const TOKEN_ENV_VAR: &str = "LEASE_TOKEN_ENV";
 
+/// The default `owner_timeout`: how long a broker's run may be silent or away.
+pub const DEFAULT_OWNER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What `lease run` does to its command when the lease expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnExpiry {
@@ -89,6 +92,9 @@ pub struct Config {
     /// The uids that are the broker's operators (`operators`, names resolved); `None` means
     /// the default: the uid the broker runs as.
     pub operators: Option<Vec<u32>>,
+    /// How long a broker waits for a silent run (no keepalive) or a run whose broker restarted
+    /// to come back before it ends the run's lease as `owner gone`.
+    pub owner_timeout: Duration,
 }
 
 /// A named set of defaults for `run` and `issue`; flags on the command line override each.
@@ -123,6 +129,7 @@ impl Default for Config {
             broker: None,
             routes: Vec::new(),
             operators: None,
+            owner_timeout: DEFAULT_OWNER_TIMEOUT,
         }
     }
 }
@@ -140,6 +147,7 @@ struct File {
     scrub_env: Option<Vec<String>>,
     broker: Option<String>,
     operators: Option<Vec<OperatorValue>>,
+    owner_timeout: Option<DurationValue>,
     #[serde(default)]
     profile: BTreeMap<String, ProfileFile>,
     #[serde(default)]
@@ -340,6 +348,15 @@ impl Config {
         }
         if let Some(text) = &file.broker {
             config.broker = Some(Endpoint::parse(text).map_err(|e| at.error(None, "broker", e))?);
+        }
+        if let Some(value) = &file.owner_timeout {
+            let timeout = value
+                .parse()
+                .map_err(|e| at.error(None, "owner_timeout", e))?;
+            if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(3600) {
+                return Err(at.error(None, "owner_timeout", "must be between 1s and 1h"));
+            }
+            config.owner_timeout = timeout;
         }
         if let Some(values) = &file.operators {
             let mut uids = Vec::new();

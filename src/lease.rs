@@ -2,17 +2,20 @@
 //! and the variables that hand it to a command. The `LEASE_*` names are written here, once.
 
 use std::ffi::OsString;
+use std::path::Path;
+use std::time::SystemTime;
 
 use anyhow::{Result, bail};
 
 use crate::audit::{Event, EventKind, Process};
 use crate::config::TOKEN_ENV_VAR;
+use crate::endpoint::Endpoint;
 use crate::owner::Owner;
 use crate::policy::Plan;
 use crate::record::{Record, rfc3339};
 use crate::scope;
-use crate::store::Store;
-use crate::token::Token;
+use crate::store::{Change, Loaded, Store, Updated};
+use crate::token::{LeaseId, Token};
 
 /// The lease id, in a command's environment.
 pub const ID_VAR: &str = "LEASE_ID";
@@ -22,6 +25,8 @@ pub const SCOPE_VAR: &str = "LEASE_SCOPE";
 pub const EXPIRES_AT_VAR: &str = "LEASE_EXPIRES_AT";
 /// The store, so that nested runs and `verify` find it.
 pub const STATE_DIR_VAR: &str = "LEASE_STATE_DIR";
+/// The broker, for a run that went through one (instead of `LEASE_STATE_DIR`).
+pub const BROKER_VAR: &str = "LEASE_BROKER";
 
 /// How many times minting retries when a new token's id is already taken (48-bit ids make
 /// even one retry vanishingly rare).
@@ -72,25 +77,48 @@ pub fn mint<T>(
     bail!("could not find a free lease id after {MINT_ATTEMPTS} attempts")
 }
 
-/// The lease's variables for the child: its id, scope, expiry, store, the token and the name of
-/// the variable that holds it (so that nested runs and `verify` find it under any name).
-pub fn variables(
-    store: &Store,
-    plan: &Plan,
-    id: &str,
-    scope: &str,
-    token: &str,
-) -> Vec<(OsString, OsString)> {
+/// Where a command's nested runs and `verify` find the authority over its lease.
+#[derive(Debug, Clone, Copy)]
+pub enum Authority<'a> {
+    /// A local store: `LEASE_STATE_DIR`.
+    Store(&'a Path),
+    /// A broker: `LEASE_BROKER`.
+    Broker(&'a Endpoint),
+}
+
+/// A lease as its command is told of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Told<'a> {
+    /// The lease id (or a placeholder).
+    pub id: &'a str,
+    /// The scopes, comma-joined.
+    pub scope: &'a str,
+    /// The expiry.
+    pub expires_at: SystemTime,
+    /// The variable the token goes in.
+    pub token_env: &'a str,
+    /// The token (or a placeholder).
+    pub token: &'a str,
+}
+
+/// The lease's variables for the child: its id, scope, expiry, where its authority is, the
+/// token and the name of the variable that holds it (so that nested runs and `verify` find it
+/// under any name).
+pub fn variables(authority: Authority<'_>, lease: Told<'_>) -> Vec<(OsString, OsString)> {
+    let (name, place) = match authority {
+        Authority::Store(dir) => (STATE_DIR_VAR, dir.as_os_str().to_owned()),
+        Authority::Broker(endpoint) => (BROKER_VAR, endpoint.to_string().into()),
+    };
     vec![
-        (ID_VAR.into(), id.into()),
-        (SCOPE_VAR.into(), scope.into()),
+        (ID_VAR.into(), lease.id.into()),
+        (SCOPE_VAR.into(), lease.scope.into()),
         (
             EXPIRES_AT_VAR.into(),
-            rfc3339::format(plan.expires_at).into(),
+            rfc3339::format(lease.expires_at).into(),
         ),
-        (STATE_DIR_VAR.into(), store.dir().as_os_str().to_owned()),
-        (TOKEN_ENV_VAR.into(), plan.token_env.clone().into()),
-        (plan.token_env.clone().into(), token.into()),
+        (name.into(), place),
+        (TOKEN_ENV_VAR.into(), lease.token_env.into()),
+        (lease.token_env.into(), lease.token.into()),
     ]
 }
 
@@ -98,4 +126,55 @@ pub fn variables(
 pub fn scope_of(plan: &Plan) -> String {
     let scope: Vec<_> = plan.grants.iter().map(|g| g.scope.clone()).collect();
     scope::join(&scope)
+}
+
+/// Revokes one lease (a lease already revoked or expired stays as it is) and, when this call
+/// revoked it, records a `revoked` event saying `why`.
+pub fn revoke(store: &Store, id: &LeaseId, why: &str, process: &Process) -> Result<Loaded> {
+    end(
+        store,
+        id,
+        process,
+        EventKind::Revoked,
+        Some(why),
+        Record::revoke,
+    )
+}
+
+/// Ends a broker's run lease whose connection closed or went silent (`owner gone`), recording
+/// an `owner_gone` event if this call ended it.
+pub fn owner_gone(store: &Store, id: &LeaseId, process: &Process) -> Result<Loaded> {
+    end(
+        store,
+        id,
+        process,
+        EventKind::OwnerGone,
+        None,
+        Record::mark_owner_gone,
+    )
+}
+
+fn end(
+    store: &Store,
+    id: &LeaseId,
+    process: &Process,
+    kind: EventKind,
+    why: Option<&str>,
+    change: fn(&mut Record, SystemTime) -> bool,
+) -> Result<Loaded> {
+    let now = SystemTime::now();
+    Ok(
+        match store.update(id, |record| Change::when(change(record, now)))? {
+            Updated::Found(record, ended_now) => {
+                if ended_now {
+                    let mut event = Event::new(kind, Some(&record)).process(process);
+                    event.reason = why.map(str::to_owned);
+                    store.audit().note(&event);
+                }
+                Loaded::Found(record)
+            }
+            Updated::Missing => Loaded::Missing,
+            Updated::Corrupt(why) => Loaded::Corrupt(why),
+        },
+    )
 }

@@ -28,6 +28,11 @@ pub struct Owner {
     /// The command's start time, as for `start_time`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_start_time: Option<u64>,
+    /// The owner is a broker (`lease serve`) holding the run's connection: `pid` and
+    /// `start_time` are the broker's, and the run (maybe on another host) is alive while its
+    /// connection is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broker: bool,
 }
 
 /// What of a lease's owner is gone.
@@ -64,7 +69,22 @@ impl Owner {
             command,
             command_pid: None,
             command_start_time: None,
+            broker: false,
         })
+    }
+
+    /// The current process (a broker) as the owner of a run it holds the connection of.
+    pub fn broker(command: String) -> Result<Owner> {
+        Ok(Owner {
+            broker: true,
+            ..Owner::current(command)?
+        })
+    }
+
+    /// Whether this owner is the current process.
+    pub fn is_current(&self) -> bool {
+        self.pid == std::process::id()
+            && start_time(self.pid).is_ok_and(|t| t == Some(self.start_time))
     }
 
     /// The same owner, running the command with this pid (started, and not yet reaped).
@@ -95,6 +115,9 @@ impl Owner {
         Some(match self.gone()? {
             Gone::Rebooted => format!(
                 "the lease run (pid {pid}) that owned lease {id} ran before the machine restarted"
+            ),
+            Gone::Wrapper if self.broker => format!(
+                "the broker (pid {pid}) that held lease {id}'s run has stopped, and the run has not come back to it"
             ),
             Gone::Wrapper => format!("the lease run (pid {pid}) that owned lease {id} has ended"),
             Gone::Command(command) => {

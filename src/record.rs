@@ -20,6 +20,10 @@ pub enum State {
     Revoked,
     /// Found past its expiry by `verify`; stays expired even if the clock is set back.
     Expired,
+    /// Its run's connection to the broker closed, or went silent, before the run said it
+    /// ended: the broker ended the lease (`owner gone`).
+    #[serde(rename = "owner_gone")]
+    OwnerGone,
 }
 
 /// One lease as the store keeps it. The token itself is never here, only its SHA-256.
@@ -151,6 +155,7 @@ impl Record {
         match self.state {
             State::Revoked => Status::Revoked,
             State::Expired => Status::Expired,
+            State::OwnerGone => Status::OwnerGone,
             State::Active if self.is_past_expiry(now) => Status::Expired,
             State::Active => match &self.owner {
                 Some(owner) if owner.state() == OwnerState::Gone => Status::OwnerGone,
@@ -166,6 +171,17 @@ impl Record {
             return false;
         }
         self.state = State::Revoked;
+        self.revoked_at = Some(now);
+        true
+    }
+
+    /// Marks an active lease as ended with its owner (a broker's run whose connection is
+    /// gone) at `now`; returns whether anything changed.
+    pub fn mark_owner_gone(&mut self, now: SystemTime) -> bool {
+        if self.state != State::Active {
+            return false;
+        }
+        self.state = State::OwnerGone;
         self.revoked_at = Some(now);
         true
     }

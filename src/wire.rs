@@ -1,6 +1,8 @@
 //! What travels between a client and the broker, as JSON: one type per body, shared by both
 //! sides so that they cannot drift apart (docs/api.md shows each).
 
+use std::time::Duration;
+
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,18 @@ pub struct MintBody {
     /// A root lease even with a bearer token (an operator's right).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_parent: bool,
+    /// For a run: the variable the token goes in (`--env`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// For a run: `--on-expiry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_expiry: Option<String>,
+    /// For a run: `--grace`, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<u64>,
+    /// For a run: the program it runs (argv[0] only), for the record and the trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 impl MintBody {
@@ -64,6 +78,10 @@ impl MintBody {
             uses: asked.flags.uses,
             profile: asked.profile.clone(),
             no_parent: asked.no_parent,
+            env: asked.flags.env.clone(),
+            on_expiry: asked.flags.on_expiry.map(|o| o.as_str().to_owned()),
+            grace: asked.flags.grace.map(|grace| grace.as_secs()),
+            command: None,
         }
     }
 
@@ -77,17 +95,28 @@ impl MintBody {
         if self.uses == Some(0) {
             anyhow::bail!("uses must be at least 1");
         }
-        let ttl = match self.ttl {
-            Some(seconds) => Some(crate::ttl::parse(&seconds.to_string())?),
-            None => None,
+        let seconds = |value: Option<u64>| -> Result<Option<Duration>> {
+            value
+                .map(|seconds| crate::ttl::parse(&seconds.to_string()))
+                .transpose()
         };
+        if let Some(env) = &self.env {
+            crate::config::validate_token_env(env)?;
+        }
+        let on_expiry = self
+            .on_expiry
+            .as_deref()
+            .map(str::parse::<crate::config::OnExpiry>)
+            .transpose()?;
         Ok(Asked {
             profile: self.profile,
             flags: Profile {
                 scope,
-                ttl,
+                ttl: seconds(self.ttl)?,
                 uses: self.uses,
-                ..Profile::default()
+                env: self.env,
+                on_expiry,
+                grace: seconds(self.grace)?,
             },
             no_parent: self.no_parent,
         })
@@ -114,6 +143,57 @@ impl Drop for Minted {
     }
 }
 
+/// What the broker tells a run on its held connection (`/v1/runs`), one JSON line each.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromBroker {
+    /// The run's lease is minted and held by this connection.
+    Started(Started),
+    /// The connection holds the run's lease again (after a reconnect).
+    Attached,
+    /// The run's end is recorded and its lease revoked.
+    Ended,
+    /// Refused, or failed: the line the client prints after `lease: `.
+    Error(String),
+}
+
+/// A run's lease, as the broker minted it, with what the run needs from the broker's policy.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Started {
+    /// The lease, as for `issue`.
+    #[serde(flatten)]
+    pub lease: Minted,
+    /// The variable the token goes in.
+    pub token_env: String,
+    /// `keep`, `term` or `kill`.
+    pub on_expiry: String,
+    /// Seconds between SIGTERM and SIGKILL at expiry.
+    pub grace: u64,
+    /// Seconds the broker waits for a silent run: the run sends `ping` well within it.
+    pub owner_timeout: u64,
+}
+
+/// What a run tells the broker on its held connection after the first line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromRun {
+    /// Still here (sent every third of `owner_timeout`).
+    Ping,
+    /// The command ended: record it and revoke the lease.
+    Exit(Exited),
+}
+
+/// How a run's command ended, for the trail.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Exited {
+    /// Its exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal it died of, if it did.
+    pub signal: Option<i32>,
+    /// How long it ran.
+    pub duration_ms: u64,
+}
+
 /// `{"error": "..."}`: why a request was refused or failed.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -123,8 +203,6 @@ pub struct ErrorBody {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -146,6 +224,7 @@ mod tests {
             r#"{"scope":["read:a","write:b=3"],"ttl":300,"uses":7,"profile":"deploy","no_parent":true}"#
         );
         let back: MintBody = serde_json::from_str(&text).expect("json");
+        assert!(back.env.is_none() && back.on_expiry.is_none() && back.command.is_none());
         let again = back.into_asked().expect("valid");
         assert_eq!(again.flags.scope, asked.flags.scope);
         assert_eq!(again.flags.ttl, asked.flags.ttl);

@@ -56,8 +56,10 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>)
         (&Method::GET, "/metrics") => metrics(shared).await,
         (&Method::POST, "/v1/verify") => verify(shared, peer, request).await,
         (&Method::POST, "/v1/leases") => mint(shared, peer, request).await,
+        (&Method::POST, "/v1/runs") => super::runs::upgrade(shared, peer, request, false),
+        (&Method::POST, "/v1/runs/attach") => super::runs::upgrade(shared, peer, request, true),
         (_, "/healthz" | "/metrics") => not_allowed("GET"),
-        (_, "/v1/verify" | "/v1/leases") => not_allowed("POST"),
+        (_, "/v1/verify" | "/v1/leases" | "/v1/runs" | "/v1/runs/attach") => not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint: see docs/api.md"),
     }
 }
@@ -170,7 +172,7 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
 
 /// Why a mint was refused: the status and the line the client prints after `lease: `.
 #[derive(Debug)]
-struct Refusal(StatusCode, String);
+pub(super) struct Refusal(pub(super) StatusCode, pub(super) String);
 
 /// `POST /v1/leases`: mints a lease as `lease issue` does. With a bearer token, a lease nested
 /// in the token's (any token holder may narrow its own lease); without one, or with
@@ -197,26 +199,7 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
         client: Some(peer.shown.clone()),
     };
     let outcome = tokio::task::spawn_blocking(move || -> Result<Minted, Refusal> {
-        let now = SystemTime::now();
-        let parent = if asked.no_parent { None } else { token };
-        // An operator's token is handled as `lease issue` handles it locally (an unknown one
-        // is no parent). Anyone else's must be a live lease's: it is their only right.
-        if let Some(parent) = parent.as_ref().filter(|_| !operator)
-            && let Some(denial) = dead(&live, parent, now)?
-        {
-            return Err(denial);
-        }
-        let (plan, _notes) = policy::plan(&live.config, asked, &live.store, parent.as_ref(), now)
-            .map_err(|err| Refusal(StatusCode::FORBIDDEN, format!("{err:#}")))?;
-        if plan.parent.is_none() && !operator {
-            return Err(Refusal(
-                StatusCode::FORBIDDEN,
-                "not allowed: minting a root lease needs an operator (a uid in operators, on the broker's unix socket); a token holder may mint leases nested in its own".to_owned(),
-            ));
-        }
-        let (token, record, ()) =
-            crate::lease::mint(&live.store, &plan, &process, |_| Ok((None, ())))
-                .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))?;
+        let (token, record, _plan) = mint_for(&live, operator, token, asked, &process, None)?;
         Ok(Minted {
             id: record.id.to_string(),
             token: token.expose().to_owned(),
@@ -247,6 +230,39 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
             &format!("the broker failed: {err}"),
         ),
     }
+}
+
+/// Mints a lease as `lease issue` (or, with an `owner`, a held run) would: nested in the
+/// bearer token's lease, or a root lease for an operator only; under the broker's policy.
+pub(super) fn mint_for(
+    live: &Live,
+    operator: bool,
+    bearer: Option<Token>,
+    asked: policy::Asked,
+    process: &Process,
+    owner: Option<crate::owner::Owner>,
+) -> Result<(Token, Record, policy::Plan), Refusal> {
+    let now = SystemTime::now();
+    let parent = if asked.no_parent { None } else { bearer };
+    // An operator's token is handled as `lease issue` handles it locally (an unknown one is no
+    // parent). Anyone else's must be a live lease's: it is their only right.
+    if let Some(parent) = parent.as_ref().filter(|_| !operator)
+        && let Some(denial) = dead(live, parent, now)?
+    {
+        return Err(denial);
+    }
+    let (plan, _notes) = policy::plan(&live.config, asked, &live.store, parent.as_ref(), now)
+        .map_err(|err| Refusal(StatusCode::FORBIDDEN, format!("{err:#}")))?;
+    if plan.parent.is_none() && !operator {
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "not allowed: minting a root lease needs an operator (a uid in operators, on the broker's unix socket); a token holder may mint leases nested in its own".to_owned(),
+        ));
+    }
+    let (token, record, ()) =
+        crate::lease::mint(&live.store, &plan, process, |_| Ok((owner.clone(), ())))
+            .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))?;
+    Ok((token, record, plan))
 }
 
 /// The refusal for a token whose lease cannot grant (401), if it cannot; `None` if it is live.
@@ -424,7 +440,7 @@ pub fn status_of(reason: Reason) -> StatusCode {
 }
 
 /// The token in `Authorization: Bearer TOKEN`, if any.
-fn bearer(headers: &HeaderMap) -> Option<Token> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<Token> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -514,7 +530,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Answer {
 }
 
 /// `{"error": "..."}` with `status`; the message is redacted of anything token-shaped.
-fn error(status: StatusCode, message: &str) -> Answer {
+pub(super) fn error(status: StatusCode, message: &str) -> Answer {
     json(
         status,
         &ErrorBody {

@@ -10,27 +10,30 @@
 
 mod api;
 mod metrics;
+mod runs;
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::endpoint::Listen;
 use crate::exit::Exit;
 use crate::store::{Open, Store};
+use crate::token::LeaseId;
 
 use metrics::Metrics;
 
@@ -67,6 +70,14 @@ struct Shared {
     live: RwLock<Arc<Live>>,
     metrics: Metrics,
     request: ServeRequest,
+    /// Set when the broker stops: connections finish, held runs let go of their connection.
+    stopping: watch::Sender<bool>,
+    /// Cloned by every connection and held run; dropped at shutdown, so that the broker knows
+    /// when the last one is done.
+    guard: Mutex<Option<mpsc::Sender<()>>>,
+    /// The runs whose connection is here now: lease id to the serial of that connection.
+    attached: Mutex<HashMap<LeaseId, u64>>,
+    serial: AtomicU64,
 }
 
 impl Shared {
@@ -76,6 +87,33 @@ impl Shared {
             Ok(live) => Arc::clone(&live),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// A token that keeps the shutdown waiting while it lives; `None` once the broker stops.
+    fn hold_guard(&self) -> Option<mpsc::Sender<()>> {
+        lock(&self.guard).clone()
+    }
+
+    /// Records that this connection holds run `id` now; its serial.
+    fn attach(&self, id: &LeaseId) -> u64 {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        lock(&self.attached).insert(id.clone(), serial);
+        serial
+    }
+
+    /// Forgets the connection `serial` of run `id`; whether it was the one holding the run.
+    fn detach(&self, id: &LeaseId, serial: u64) -> bool {
+        let mut attached = lock(&self.attached);
+        if attached.get(id) == Some(&serial) {
+            attached.remove(id);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn is_attached(&self, id: &LeaseId) -> bool {
+        lock(&self.attached).contains_key(id)
     }
 
     /// Reads the config again; a bad one is reported and the old one kept.
@@ -152,6 +190,14 @@ impl std::fmt::Display for Peer {
     }
 }
 
+/// A mutex's guard, whether or not a thread panicked while holding it (the data are plain
+/// maps, consistent at every step).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One line on stderr: what the broker did. Callers never pass a token.
 fn log(line: &str) {
     eprintln!("lease serve: {}", crate::token::redact(line));
@@ -185,10 +231,15 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     for address in &listen {
         bound.push(bind(address, request.insecure_http)?);
     }
+    let (guard, done) = mpsc::channel(1);
     let shared = Arc::new(Shared {
         live: RwLock::new(Arc::new(live)),
         metrics: Metrics::default(),
         request,
+        stopping: watch::Sender::new(false),
+        guard: Mutex::new(Some(guard)),
+        attached: Mutex::new(HashMap::new()),
+        serial: AtomicU64::new(0),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -202,7 +253,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
             Bound::Tcp(_) => None,
         })
         .collect();
-    let result = runtime.block_on(run(shared, bound));
+    let result = runtime.block_on(run(shared, bound, done));
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }
@@ -271,7 +322,7 @@ enum Accepted {
     Tcp(TcpStream, SocketAddr),
 }
 
-async fn run(shared: Arc<Shared>, bound: Vec<Bound>) -> Result<()> {
+async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()>) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
@@ -316,7 +367,23 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>) -> Result<()> {
         }
     }
     drop(tx);
-    let graceful = GracefulShutdown::new();
+    // Runs held by a broker that stopped come back to this one; those that do not within
+    // owner_timeout are ended.
+    let sweeper = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(shared.live().config.owner_timeout).await;
+            let live = shared.live();
+            let ended = tokio::task::spawn_blocking(move || runs::sweep(&live))
+                .await
+                .unwrap_or(0);
+            if ended > 0 {
+                log(&format!(
+                    "ended {ended} run lease(s) whose broker stopped and that did not come back"
+                ));
+            }
+        })
+    };
     let why = loop {
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
@@ -325,10 +392,10 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>) -> Result<()> {
             connection = accepted.recv() => match connection {
                 Some(Accepted::Unix(stream)) => {
                     let peer = Peer::unix(&stream);
-                    connect(&graceful, &shared, stream, peer);
+                    connect(&shared, stream, peer);
                 }
                 Some(Accepted::Tcp(stream, address)) => {
-                    connect(&graceful, &shared, stream, Peer::tcp(address));
+                    connect(&shared, stream, Peer::tcp(address));
                 }
                 None => break "no listener left",
             },
@@ -337,14 +404,13 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>) -> Result<()> {
     for acceptor in &acceptors {
         acceptor.abort();
     }
+    sweeper.abort();
     log(&format!(
-        "{why}: stopped accepting; finishing {} connection(s)",
-        graceful.count()
+        "{why}: stopped accepting; finishing the requests in flight"
     ));
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    shared.stopping.send_replace(true);
+    lock(&shared.guard).take();
+    if tokio::time::timeout(DRAIN, done.recv()).await.is_err() {
         log(&format!(
             "connections still open after {}s: closing them",
             DRAIN.as_secs()
@@ -361,25 +427,40 @@ async fn accept_failed(err: &std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// Serves one connection (HTTP/1.1, keep-alive) until it closes or the broker stops.
-fn connect<IO>(graceful: &GracefulShutdown, shared: &Arc<Shared>, io: IO, peer: Peer)
+/// Serves one connection (HTTP/1.1, keep-alive, upgrades for held runs) until it closes or
+/// the broker stops: then the request in flight is answered and the connection closed.
+fn connect<IO>(shared: &Arc<Shared>, io: IO, peer: Peer)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let shared = Arc::clone(shared);
+    let Some(guard) = shared.hold_guard() else {
+        return;
+    };
+    let mut stopping = shared.stopping.subscribe();
     let peer = Arc::new(peer);
-    let service = service_fn(move |request| {
-        let shared = Arc::clone(&shared);
-        let peer = Arc::clone(&peer);
-        async move { Ok::<_, std::convert::Infallible>(api::handle(&shared, &peer, request).await) }
-    });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_BUFFER)
-        .serve_connection(TokioIo::new(io), service);
-    let watched = graceful.watch(connection);
+    let service = {
+        let shared = Arc::clone(shared);
+        service_fn(move |request| {
+            let shared = Arc::clone(&shared);
+            let peer = Arc::clone(&peer);
+            async move { Ok::<_, std::convert::Infallible>(api::handle(&shared, &peer, request).await) }
+        })
+    };
     tokio::spawn(async move {
-        let _ = watched.await;
+        let _guard = guard;
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(MAX_BUFFER)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            _ = async { stopping.wait_for(|stopping| *stopping).await.map(|_| ()) } => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
     });
 }

@@ -7,6 +7,7 @@ mod log;
 mod renew;
 pub(crate) mod revoke;
 mod run;
+mod run_through;
 mod serve;
 mod shell;
 mod status;
@@ -39,6 +40,13 @@ pub fn dispatch(invocation: Invocation) -> Result<Exit> {
         } => serve::serve(&setup()?, &listen, insecure_http),
         Command::Verify(request) => verify::verify(&setup()?, &request),
         Command::Issue(request) => issue::issue(&setup()?, request),
+        Command::Run(request) => {
+            let setup = setup()?;
+            match &setup.broker {
+                Some(broker) => run_through::run_through(&setup, broker, request),
+                None => run::run(&setup, request),
+            }
+        }
         command => local(&setup()?, command),
     }
 }
@@ -53,7 +61,6 @@ fn local(setup: &Setup, command: Command) -> Result<Exit> {
         );
     }
     match command {
-        Command::Run(request) => run::run(setup, request),
         Command::List { all, json } => list::list(setup, all, json),
         Command::Revoke(target) => revoke::revoke(setup, target),
         Command::Renew(request) => renew::renew(setup, &request),
@@ -65,7 +72,8 @@ fn local(setup: &Setup, command: Command) -> Result<Exit> {
         | Command::Man(_)
         | Command::Serve { .. }
         | Command::Verify(_)
-        | Command::Issue(_) => {
+        | Command::Issue(_)
+        | Command::Run(_) => {
             bail!("internal error: this subcommand is dispatched before the local ones")
         }
     }

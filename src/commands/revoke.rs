@@ -1,15 +1,14 @@
 //! `lease revoke ID... | --self | --all`: end leases now.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, bail};
 
 use super::Setup;
-use crate::audit::{Event, EventKind, Process};
+use crate::audit::Process;
 use crate::exit::Exit;
 use crate::request::{RevokeTarget, TokenSource};
-use crate::store::{Change, Loaded, Open, Store, Updated};
+use crate::store::{Loaded, Open, Store};
 use crate::token::LeaseId;
 
 pub fn revoke(setup: &Setup, target: RevokeTarget) -> Result<Exit> {
@@ -20,7 +19,7 @@ pub fn revoke(setup: &Setup, target: RevokeTarget) -> Result<Exit> {
             // One bad entry must not keep the good leases alive: it is reported and skipped.
             let mut skipped = super::Skipped::default();
             for id in store.ids()? {
-                match revoke_one(&store, &id, "revoke --all", &caller) {
+                match crate::lease::revoke(&store, &id, "revoke --all", &caller) {
                     Ok(Loaded::Found(_) | Loaded::Missing) => {}
                     Ok(Loaded::Corrupt(why)) => skipped.entry(&id, &why),
                     Err(err) => skipped.entry(&id, &format!("{err:#}")),
@@ -33,7 +32,7 @@ pub fn revoke(setup: &Setup, target: RevokeTarget) -> Result<Exit> {
             let mut unknown = Vec::new();
             for text in &ids {
                 let loaded = match LeaseId::parse(text) {
-                    Some(id) => revoke_one(&store, &id, "revoke", &caller)?,
+                    Some(id) => crate::lease::revoke(&store, &id, "revoke", &caller)?,
                     None => Loaded::Missing,
                 };
                 match loaded {
@@ -84,9 +83,9 @@ fn revoke_own(
     }
     // The lease first: from then on nothing nested under it grants, and no new lease can be
     // nested under it, so the walk below finds every lease there will ever be in its tree.
-    revoke_one(store, &id, WHY, caller)?;
+    crate::lease::revoke(store, &id, WHY, caller)?;
     for nested in descendants(store, &id)? {
-        revoke_one(store, &nested, WHY, caller)?;
+        crate::lease::revoke(store, &nested, WHY, caller)?;
     }
     Ok(Exit::Success)
 }
@@ -113,29 +112,4 @@ fn descendants(store: &Store, root: &LeaseId) -> Result<Vec<LeaseId>> {
         }
     }
     Ok(found)
-}
-
-/// Revokes one lease (a lease already revoked or expired stays as it is) and, when this call
-/// revoked it, records a `revoked` event saying `why`.
-pub(super) fn revoke_one(
-    store: &Store,
-    id: &LeaseId,
-    why: &str,
-    process: &Process,
-) -> Result<Loaded> {
-    let now = SystemTime::now();
-    Ok(
-        match store.update(id, |record| Change::when(record.revoke(now)))? {
-            Updated::Found(record, revoked_now) => {
-                if revoked_now {
-                    let mut event = Event::new(EventKind::Revoked, Some(&record)).process(process);
-                    event.reason = Some(why.to_owned());
-                    store.audit().note(&event);
-                }
-                Loaded::Found(record)
-            }
-            Updated::Missing => Loaded::Missing,
-            Updated::Corrupt(why) => Loaded::Corrupt(why),
-        },
-    )
 }

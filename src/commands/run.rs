@@ -33,26 +33,14 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
         RunMode::Exec { .. } => Open::CreateIfMissing,
     })?;
     let plan = super::plan(setup, request.asked, &store)?;
-    let scrub: Vec<&glob::Pattern> = setup
-        .config
-        .scrub_env
-        .iter()
-        .chain(&request.env.scrub)
-        .collect();
-    // An inherited token must not ride along beside the new one: the variables that name one
-    // go, and so does every other variable holding something shaped like a token.
     let inherited_at = super::verify::token_env_in_use(&setup.config.token_env).ok();
-    let remove = [DEFAULT_TOKEN_ENV, setup.config.token_env.as_str()]
-        .into_iter()
-        .chain(inherited_at.as_deref())
-        .filter(|name| *name != plan.token_env)
-        .collect();
-    let rules = EnvRules {
-        clean: request.env.clean,
-        keep: &request.env.keep,
-        scrub,
-        remove,
-    };
+    let rules = env_rules(
+        setup,
+        &request.env,
+        inherited_at.as_deref(),
+        &plan.token_env,
+        &[],
+    );
     let (program, args) = match request.mode {
         RunMode::PrintEnv => return print_env(&plan, &rules, &store),
         RunMode::Exec { program, args } => (program, args),
@@ -75,21 +63,18 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
     // The command is forked and held just before its exec while its lease is recorded, with
     // the command's own pid and start time: from its first instruction on, `verify` can tell
     // whether it still runs, whatever becomes of lease.
-    let (token, record, mut held) = lease::mint(&store, &plan, &process, |token| {
+    let (token, record, held) = lease::mint(&store, &plan, &process, |token| {
         let vars = lease::variables(
-            &store,
-            &plan,
-            token.hash().id().as_str(),
-            &lease::scope_of(&plan),
-            token.expose(),
+            lease::Authority::Store(store.dir()),
+            lease::Told {
+                id: token.hash().id().as_str(),
+                scope: &lease::scope_of(&plan),
+                expires_at: plan.expires_at,
+                token_env: &plan.token_env,
+                token: token.expose(),
+            },
         );
-        let spec = Spec {
-            program: &program,
-            args: &args,
-            env: child::environment(std::env::vars_os(), &rules, vars),
-            mask: request.mask,
-        };
-        let held = child::spawn(spec, &child_signals)?;
+        let held = spawn(&program, &args, &rules, vars, request.mask, &child_signals)?;
         let owner = Owner::current(program_name(&program))?.running(held.pid())?;
         Ok((Some(owner), held))
     })?;
@@ -109,30 +94,19 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
     }
 
     let started_at = SystemTime::now();
-    let (stdout, stderr) = (held.stdout.take(), held.stderr.take());
-    let child = held.start()?;
     let started = Instant::now();
-    let masker = request
-        .mask
-        .then(|| Masker::start(stdout, stderr, token.expose().as_bytes()));
-    drop(token);
     // The expiry is read again when it comes, since `lease renew` may have moved it.
     let mut current_expiry = || match store.load(&id) {
         Ok(Loaded::Found(record)) => record.expires_at,
         _ => SystemTime::now(),
     };
-    let deadline = ends_at_expiry.then(|| Deadline {
-        kill_at_once: plan.on_expiry == OnExpiry::Kill,
-        grace: plan.grace,
-        expires_at: &mut current_expiry,
-    });
-    let waited = forwarder
-        .wait(child, deadline)
-        .context("waiting for the command")?;
-    forwarder.finishing();
-    if let Some(masker) = masker {
-        masker.finish();
-    }
+    let waited = start_and_wait(
+        held,
+        &mut forwarder,
+        request.mask.then_some(token),
+        (plan.on_expiry, plan.grace),
+        &mut current_expiry,
+    )?;
     let duration_ms = audit::millis(started.elapsed());
     let outcome = record_exit(&store, &record, &plan, &process, &waited, duration_ms);
 
@@ -158,15 +132,89 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
     Ok(outcome)
 }
 
+/// Forks the command and holds it before its exec (see [`child::Held`]).
+pub(super) fn spawn(
+    program: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+    rules: &EnvRules<'_>,
+    vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    mask: bool,
+    signals: &crate::signals::SignalPlan,
+) -> Result<child::Held> {
+    let spec = Spec {
+        program,
+        args,
+        env: child::environment(std::env::vars_os(), rules, vars),
+        mask,
+    };
+    child::spawn(spec, signals)
+}
+
+/// Lets the held command run and waits for it: signals forwarded, the command ended at expiry
+/// as `on_expiry` says (with its grace), its output masked of `mask`'s token if given.
+pub(super) fn start_and_wait(
+    mut held: child::Held,
+    forwarder: &mut Forwarder,
+    mask: Option<crate::token::Token>,
+    (on_expiry, grace): (OnExpiry, std::time::Duration),
+    expires_at: &mut dyn FnMut() -> SystemTime,
+) -> Result<Waited> {
+    let (stdout, stderr) = (held.stdout.take(), held.stderr.take());
+    let child = held.start()?;
+    let masker = mask.map(|token| Masker::start(stdout, stderr, token.expose().as_bytes()));
+    let deadline = (on_expiry != OnExpiry::Keep).then(|| Deadline {
+        kill_at_once: on_expiry == OnExpiry::Kill,
+        grace,
+        expires_at,
+    });
+    let waited = forwarder
+        .wait(child, deadline)
+        .context("waiting for the command")?;
+    forwarder.finishing();
+    if let Some(masker) = masker {
+        masker.finish();
+    }
+    Ok(waited)
+}
+
+/// What the command's environment keeps of lease's. An inherited token must not ride along
+/// beside the new one: the variables that name one go (`inherited_at` is where the parent's
+/// token is), and so does every other variable holding something shaped like a token; so do
+/// the names in `also_remove`.
+pub(super) fn env_rules<'a>(
+    setup: &'a Setup,
+    env: &'a crate::request::EnvRequest,
+    inherited_at: Option<&'a str>,
+    token_env: &'a str,
+    also_remove: &[&'a str],
+) -> EnvRules<'a> {
+    let scrub: Vec<&glob::Pattern> = setup.config.scrub_env.iter().chain(&env.scrub).collect();
+    let remove = [DEFAULT_TOKEN_ENV, setup.config.token_env.as_str()]
+        .into_iter()
+        .chain(inherited_at)
+        .filter(|name| *name != token_env)
+        .chain(also_remove.iter().copied())
+        .collect();
+    EnvRules {
+        clean: env.clean,
+        keep: &env.keep,
+        scrub,
+        remove,
+    }
+}
+
 /// `--print-env`: the environment the command would get, with the secret and the id (which do
 /// not exist yet) shown as placeholders. Nothing is minted and nothing is run.
 fn print_env(plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
     let vars = lease::variables(
-        store,
-        plan,
-        "<minted when the command starts>",
-        &lease::scope_of(plan),
-        "<token: minted when the command starts>",
+        lease::Authority::Store(store.dir()),
+        lease::Told {
+            id: "<minted when the command starts>",
+            scope: &lease::scope_of(plan),
+            expires_at: plan.expires_at,
+            token_env: &plan.token_env,
+            token: "<token: minted when the command starts>",
+        },
     );
     let mut out = std::io::stdout().lock();
     for (name, value) in child::environment(std::env::vars_os(), rules, vars) {
@@ -218,7 +266,7 @@ fn record_exit(
 }
 
 /// The status lease should end with, given how the child ended.
-fn exit_of(status: ExitStatus) -> Exit {
+pub(super) fn exit_of(status: ExitStatus) -> Exit {
     match (status.code(), status.signal()) {
         (Some(code), _) => Exit::Child(code),
         (None, Some(signal)) => Exit::Signal(signal),
@@ -227,7 +275,7 @@ fn exit_of(status: ExitStatus) -> Exit {
 }
 
 /// The program's name as recorded in the lease (argv[0] only: arguments may hold secrets).
-fn program_name(program: &std::ffi::OsStr) -> String {
+pub(super) fn program_name(program: &std::ffi::OsStr) -> String {
     let name = Path::new(program).file_name().unwrap_or(program);
     name.to_string_lossy().into_owned()
 }
@@ -258,7 +306,7 @@ impl<'a> RevokeOnExit<'a> {
     }
 
     fn revoke_now(&self) -> Result<()> {
-        super::revoke::revoke_one(self.store, &self.id, "run ended", self.process)
+        lease::revoke(self.store, &self.id, "run ended", self.process)
             .with_context(|| format!("revoking lease {}", self.id))
             .map(|_| ())
     }

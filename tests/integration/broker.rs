@@ -381,7 +381,7 @@ fn an_unreachable_or_garbled_broker_fails_closed() {
     );
     assert!(out.stdout.contains("\"granted\":false"), "{out:?}");
 
-    // A subcommand that does not go through a broker yet refuses rather than use a store.
+    // A run whose broker cannot be reached does not start its command.
     let marker = sandbox.path("ran");
     let out = sandbox
         .lease(["run", "--scope", "a", "--", "touch"])
@@ -391,16 +391,22 @@ fn an_unreachable_or_garbled_broker_fails_closed() {
         .code_is(125)
         .one_error_line();
     assert!(
-        out.stderr.contains("does not go through a broker yet"),
+        out.stderr
+            .starts_with(&format!("lease: cannot start the run: broker {missing}: ")),
         "{out:?}"
     );
     assert!(!marker.exists());
-    sandbox
+    // A subcommand that does not go through a broker yet refuses rather than use a store.
+    let out = sandbox
         .lease(["list"])
         .env("LEASE_BROKER", &missing)
         .run()
         .code_is(2)
         .one_error_line();
+    assert!(
+        out.stderr.contains("does not go through a broker yet"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -817,6 +823,7 @@ fn the_site_answers_only_what_the_run_may_do(sandbox: &Sandbox, site: &Site, fro
     ];
     let page = format!("{url}/articles/1.html");
     assert_eq!(curl(sandbox, &headers, &[&page]).status, 200);
+    let _timing = crate::harness::timing();
     running.signal(Signal::SIGKILL);
     let killed = Instant::now();
     let _ = running.wait();
@@ -995,4 +1002,183 @@ fn only_the_configured_operators_mint_root_leases() {
             .contains("operators: no user is called 'no-such-user-here'"),
         "{out:?}"
     );
+}
+
+/// The token of a lease, read by an outside process from the file the command wrote it to.
+fn token_in(sandbox: &Sandbox, file: &str) -> String {
+    fs::read_to_string(sandbox.path(file))
+        .expect("token file")
+        .trim()
+        .to_owned()
+}
+
+/// What the broker says of a token now, over its socket: the reason.
+fn reason_of(sandbox: &Sandbox, broker: &Broker, token: &str) -> String {
+    let reply = verify_over_http(sandbox, broker, Some(token), "{\"action\":\"a:b\"}");
+    let json: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+    json["reason"].as_str().expect("reason").to_owned()
+}
+
+/// `lease run` through the broker: the broker mints and holds the lease, the command gets
+/// `LEASE_BROKER` (not a store), its nested runs and verifies go to the same broker, its exit
+/// status is lease's, and its lease is revoked when it ends.
+#[test]
+fn run_through_the_broker_hands_the_command_the_broker_and_revokes_at_the_end() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let out = sandbox
+        .lease(["run", "--scope", "a:b,c:d", "--", "sh", "-c"])
+        .arg(
+            "printf %s \"$LEASE_TOKEN\" > token; echo \"broker=${LEASE_BROKER:-none} store=${LEASE_STATE_DIR:-none}\"; \
+             lease verify a:b && echo outer-granted; \
+             lease run --scope a:b -- sh -c 'lease verify a:b && echo nested-granted; lease verify c:d 2>/dev/null || echo nested-denied-c'; \
+             exit 7",
+        )
+        .env("LEASE_BROKER", broker.endpoint())
+        .env("LEASE_STATE_DIR", sandbox.path("client-state"))
+        .run()
+        .code_is(7);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "broker={} store=none\nouter-granted\nnested-granted\nnested-denied-c\n",
+            broker.endpoint()
+        ),
+        "{out:?}"
+    );
+    assert_eq!(out.stderr, "");
+    let token = token_in(&sandbox, "token");
+    assert_eq!(reason_of(&sandbox, &broker, &token), "revoked");
+    assert!(!sandbox.path("client-state").exists());
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
+    assert!(
+        trail.contains("\"event\":\"child_exit\"") && trail.contains("\"exit_code\":7"),
+        "{trail}"
+    );
+    assert!(!trail.contains(&token));
+    let (status, log) = broker.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(!log.join("\n").contains(&token));
+}
+
+/// The wrapper SIGKILLed: its connection closes, and the broker ends the lease at once, with
+/// every lease nested in it.
+#[test]
+fn a_killed_run_loses_its_lease_through_the_broker_at_once() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let mut running = sandbox
+        .run_sh(
+            "a:b",
+            "printf %s \"$LEASE_TOKEN\" > token; LEASE_TOKEN=$(lease issue --scope a:b) && printf %s \"$LEASE_TOKEN\" > nested; echo ready; exec sleep 30",
+        )
+        .env("LEASE_BROKER", broker.endpoint())
+        .start();
+    running.lines.expect("ready");
+    let (token, nested) = (token_in(&sandbox, "token"), token_in(&sandbox, "nested"));
+    assert_eq!(reason_of(&sandbox, &broker, &token), "granted");
+    assert_eq!(reason_of(&sandbox, &broker, &nested), "granted");
+    let _timing = crate::harness::timing();
+    running.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    let _ = running.wait();
+    loop {
+        let reason = reason_of(&sandbox, &broker, &token);
+        if reason == "owner gone" {
+            break;
+        }
+        assert_eq!(reason, "granted");
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "still granted a second after kill -9"
+        );
+    }
+    assert_eq!(reason_of(&sandbox, &broker, &nested), "parent owner gone");
+}
+
+/// A run through `endpoint` whose command writes its token to `token`, says `ready`, waits for
+/// the file `go`, then runs `then`.
+fn waiting_run(sandbox: &Sandbox, endpoint: &str, then: &str) -> crate::harness::Running {
+    let mut running = sandbox
+        .run_sh(
+            "a:b",
+            &format!(
+                "printf %s \"$LEASE_TOKEN\" > token; echo ready; while [ ! -e go ]; do sleep 0.02; done; {then}"
+            ),
+        )
+        .env("LEASE_BROKER", endpoint)
+        .start();
+    running.lines.expect("ready");
+    running
+}
+
+/// A broker restart in the middle of a run: the run comes back to the new broker and keeps
+/// its lease.
+#[test]
+fn a_broker_restart_keeps_the_runs_lease() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("owner_timeout = 2\n");
+    let broker = Broker::start(&sandbox, &[]);
+    let mut running = waiting_run(
+        &sandbox,
+        &broker.endpoint(),
+        "lease verify a:b && echo still-granted",
+    );
+    let token = token_in(&sandbox, "token");
+    let (status, _) = broker.stop();
+    assert_eq!(status.code(), Some(0));
+    let mut broker = Broker::start(&sandbox, &[]);
+    broker.expect_log("run re-attached");
+    assert_eq!(reason_of(&sandbox, &broker, &token), "granted");
+    fs::write(sandbox.path("go"), "").expect("go");
+    running.lines.expect("still-granted");
+    assert_eq!(running.wait().code(), Some(0));
+    assert_eq!(reason_of(&sandbox, &broker, &token), "revoked");
+}
+
+/// A broker SIGKILLed while a run ends: the run cannot tell it, says so and exits with the
+/// command's status; the restarted broker grants that token nothing.
+#[test]
+fn a_run_that_ended_while_its_broker_was_dead_stays_dead() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("owner_timeout = 2\n");
+    let broker = Broker::start(&sandbox, &[]);
+    let mut running = waiting_run(&sandbox, &broker.endpoint(), "exit 5");
+    let token = token_in(&sandbox, "token");
+    kill_pid(broker.pid());
+    drop(broker);
+    fs::write(sandbox.path("go"), "").expect("go");
+    assert_eq!(running.wait().code(), Some(5));
+    let broker = Broker::start(&sandbox, &[]);
+    assert_eq!(reason_of(&sandbox, &broker, &token), "owner gone");
+}
+
+/// 200 runs at once through one broker: every one granted inside, every lease revoked after.
+#[test]
+fn two_hundred_concurrent_runs_through_one_broker_lose_nothing() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let _load = crate::harness::loading();
+    let out = sandbox
+        .sh(
+            "i=0; while [ $i -lt 200 ]; do lease run --scope a:b -- lease verify a:b & i=$((i + 1)); done; \
+             fails=0; for job in $(jobs -p); do wait $job || fails=$((fails + 1)); done; echo \"failed: $fails\"",
+        )
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success();
+    assert_eq!(out.stdout, "failed: 0\n", "{out:?}");
+    let listed = sandbox
+        .lease(["list", "--all", "--json"])
+        .run()
+        .success()
+        .json();
+    let states: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|l| l["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(states.len(), 200);
+    assert!(states.iter().all(|s| *s == "revoked"), "{states:?}");
 }

@@ -1,0 +1,371 @@
+//! Runs held by a connection (`POST /v1/runs`, `POST /v1/runs/attach`): `lease run` through a
+//! broker keeps one connection open for the whole run, upgraded from HTTP to a stream of JSON
+//! lines ([`crate::wire::FromRun`], [`crate::wire::FromBroker`]).
+//!
+//! - The connection closes before the run said it ended (the wrapper was SIGKILLed, its host
+//!   went away): the broker ends the lease at once, `owner gone`; nested leases die with it
+//!   (their chain says `parent owner gone`).
+//! - The connection goes silent: after `owner_timeout` without a line, the same.
+//! - The broker stops (SIGTERM, a crash): the connection drops and the lease stays as it is.
+//!   Its owner is the broker process, which is gone, so nothing grants it until the run
+//!   re-attaches to the next broker with proof that it holds the token; a lease not back within
+//!   `owner_timeout` of that broker's start is ended as `owner gone`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use super::api::{Refusal, bearer, error, mint_for};
+use super::{Live, Peer, Shared, log};
+use crate::audit::{Event, EventKind, Process};
+use crate::owner::Owner;
+use crate::record::{Record, State, rfc3339};
+use crate::store::Loaded;
+use crate::token::{LeaseId, Token};
+use crate::wire::{FromBroker, FromRun, MintBody, Minted, Started};
+
+/// The protocol name in `Upgrade:`.
+pub const PROTOCOL: &str = "lease-run";
+/// The longest line either side sends.
+const MAX_LINE: u64 = 64 * 1024;
+/// How long a run has to send its first line after the upgrade.
+const FIRST_LINE: Duration = Duration::from_secs(10);
+
+/// Answers `POST /v1/runs` (`attach` false) or `/v1/runs/attach` with `101 Switching
+/// Protocols`, and holds the run on the upgraded connection in a task of its own.
+pub(super) fn upgrade(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    mut request: Request<Incoming>,
+    attach: bool,
+) -> Response<Full<Bytes>> {
+    let asks_for_us = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(PROTOCOL));
+    if !asks_for_us {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "a run holds its connection: send Connection: Upgrade and Upgrade: {PROTOCOL}"
+            ),
+        );
+    }
+    let Some(guard) = shared.hold_guard() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the broker is stopping");
+    };
+    let token = bearer(request.headers());
+    let upgraded = hyper::upgrade::on(&mut request);
+    let shared = Arc::clone(shared);
+    let peer = peer.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        match upgraded.await {
+            Ok(io) => hold(&shared, &peer, token, TokioIo::new(io), attach).await,
+            Err(err) => log(&format!("a run's upgrade failed: client={peer}: {err}")),
+        }
+    });
+    let mut answer = Response::new(Full::new(Bytes::new()));
+    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    answer
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    answer
+        .headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(PROTOCOL));
+    answer
+}
+
+/// Holds one run: starts (or re-attaches) its lease, then reads its lines until it ends, its
+/// connection drops or goes silent, or the broker stops.
+async fn hold<IO>(shared: &Arc<Shared>, peer: &Peer, token: Option<Token>, io: IO, attach: bool)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let (read, mut write) = tokio::io::split(io);
+    let mut lines = BufReader::new(read);
+    let live = shared.live();
+    let timeout = live.config.owner_timeout;
+    let process = Process {
+        pid: peer.pid,
+        command: None,
+        argc: None,
+        client: Some(peer.shown.clone()),
+    };
+    let started = if attach {
+        reattach(shared, &live, token).await
+    } else {
+        match tokio::time::timeout(FIRST_LINE, read_line(&mut lines)).await {
+            Ok(Ok(Some(line))) => start(&live, peer, token, &line, &process).await,
+            _ => Err("the run sent no first line".to_owned()),
+        }
+    };
+    let (id, first) = match started {
+        Ok(started) => started,
+        Err(why) => {
+            log(&format!("refused a run: {why} client={peer}"));
+            let _ = send(&mut write, &FromBroker::Error(why)).await;
+            return;
+        }
+    };
+    if send(&mut write, &first).await.is_err() {
+        // The run is gone before it heard of its lease: end the lease now.
+        owner_gone(&live, &id, &process, peer).await;
+        return;
+    }
+    let serial = shared.attach(&id);
+    let mut stopping = shared.stopping.subscribe();
+    loop {
+        let line = tokio::select! {
+            _ = stopping.changed() => {
+                // The lease stays: its run comes back to the next broker.
+                shared.detach(&id, serial);
+                return;
+            }
+            line = tokio::time::timeout(timeout, read_line(&mut lines)) => line,
+        };
+        match line.map(|read| read.map(|line| line.map(|l| serde_json::from_slice::<FromRun>(&l))))
+        {
+            Ok(Ok(Some(Ok(FromRun::Ping)))) => {}
+            Ok(Ok(Some(Ok(FromRun::Exit(exited))))) => {
+                let ended = end(&live, &id, exited, &process).await;
+                if ended {
+                    log(&format!("run ended: lease={id} client={peer}"));
+                    let _ = send(&mut write, &FromBroker::Ended).await;
+                }
+                shared.detach(&id, serial);
+                return;
+            }
+            other => {
+                let why = match other {
+                    Err(_) => "went silent",
+                    Ok(Ok(None)) | Ok(Err(_)) => "closed its connection",
+                    Ok(Ok(Some(Err(_)))) => "sent garbage",
+                    Ok(Ok(Some(Ok(_)))) => "sent garbage",
+                };
+                // Only the connection that holds the lease now may end it: a run that came
+                // back on a new connection has replaced this one.
+                if shared.detach(&id, serial) {
+                    log(&format!("run {why}: lease={id} client={peer}"));
+                    owner_gone(&live, &id, &process, peer).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Mints the run's lease, held by this broker.
+async fn start(
+    live: &Arc<Live>,
+    peer: &Peer,
+    token: Option<Token>,
+    line: &[u8],
+    process: &Process,
+) -> Result<(LeaseId, FromBroker), String> {
+    let body: MintBody = serde_json::from_slice(line)
+        .map_err(|err| format!("the first line is not a run: {err}"))?;
+    let command = body.command.clone().unwrap_or_else(|| "?".to_owned());
+    let asked = body.into_asked().map_err(|err| format!("{err:#}"))?;
+    let operator = peer.is_operator(&live.config);
+    let live = Arc::clone(live);
+    let process = process.clone();
+    let owner_timeout = live.config.owner_timeout.as_secs();
+    let minted = tokio::task::spawn_blocking(move || {
+        let owner = Owner::broker(crate::token::redact(&command).into_owned())
+            .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))?;
+        let (token, record, plan) = mint_for(&live, operator, token, asked, &process, Some(owner))?;
+        Ok::<_, Refusal>(Started {
+            lease: Minted {
+                id: record.id.to_string(),
+                token: token.expose().to_owned(),
+                scope: record.scope.iter().map(ToString::to_string).collect(),
+                expires_at: rfc3339::format(record.expires_at),
+            },
+            token_env: plan.token_env.clone(),
+            on_expiry: plan.on_expiry.as_str().to_owned(),
+            grace: plan.grace.as_secs(),
+            owner_timeout,
+        })
+    })
+    .await
+    .map_err(|err| format!("the broker failed: {err}"))?
+    .map_err(|Refusal(_, why)| why)?;
+    let id = LeaseId::try_from(minted.lease.id.clone()).map_err(|_| "bad lease id".to_owned())?;
+    log(&format!(
+        "run started: lease={id} scope={} client={peer}",
+        minted.lease.scope.join(",")
+    ));
+    Ok((id, FromBroker::Started(minted)))
+}
+
+/// Takes a run's lease back after a reconnect: the token must be a broker-held run's, still
+/// active, held by no live connection (its broker is gone, or it is this one).
+async fn reattach(
+    shared: &Arc<Shared>,
+    live: &Arc<Live>,
+    token: Option<Token>,
+) -> Result<(LeaseId, FromBroker), String> {
+    let token = token.ok_or("no token: a run re-attaches with its token")?;
+    if !token.is_well_formed() {
+        return Err("malformed: the token given is not a lease token".to_owned());
+    }
+    let live = Arc::clone(live);
+    let id = tokio::task::spawn_blocking(move || -> Result<LeaseId, String> {
+        let record = match live
+            .store
+            .find(&token.hash())
+            .map_err(|e| format!("{e:#}"))?
+        {
+            Loaded::Found(record) => record,
+            Loaded::Missing => return Err("unknown: no lease matches the token".to_owned()),
+            Loaded::Corrupt(why) => return Err(format!("corrupt record: {why}")),
+        };
+        reattachable(&record)?;
+        let now = SystemTime::now();
+        let owner = Owner::broker(
+            record
+                .owner
+                .as_ref()
+                .map_or_else(|| "?".to_owned(), |o| o.command.clone()),
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        let updated = live.store.update(&record.id, |current| {
+            let ok = reattachable(current).is_ok() && !current.is_past_expiry(now);
+            if ok {
+                current.owner = Some(owner);
+            }
+            crate::store::Change::when(ok)
+        });
+        match updated {
+            Ok(crate::store::Updated::Found(current, true)) => Ok(current.id),
+            Ok(_) => Err("the lease ended meanwhile".to_owned()),
+            Err(err) => Err(format!("{err:#}")),
+        }
+    })
+    .await
+    .map_err(|err| format!("the broker failed: {err}"))??;
+    if shared.is_attached(&id) {
+        log(&format!(
+            "run re-attached, replacing its old connection: lease={id}"
+        ));
+    } else {
+        log(&format!("run re-attached: lease={id}"));
+    }
+    Ok((id, FromBroker::Attached))
+}
+
+/// Whether a run may take `record` back: a broker-held run's lease, still active, whose broker
+/// is this one or gone.
+fn reattachable(record: &Record) -> Result<(), String> {
+    let Some(owner) = record.owner.as_ref().filter(|o| o.broker) else {
+        return Err(format!("lease {} is not a run held by a broker", record.id));
+    };
+    if record.state != State::Active {
+        return Err(format!("lease {} has ended", record.id));
+    }
+    if !owner.is_current() && owner.state() == crate::owner::OwnerState::Alive {
+        return Err(format!(
+            "lease {} is held by another live broker",
+            record.id
+        ));
+    }
+    Ok(())
+}
+
+/// Records how the run's command ended and revokes its lease; whether that worked.
+async fn end(
+    live: &Arc<Live>,
+    id: &LeaseId,
+    exited: crate::wire::Exited,
+    process: &Process,
+) -> bool {
+    let live = Arc::clone(live);
+    let id = id.clone();
+    let process = process.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Ok(Loaded::Found(record)) = live.store.load(&id) {
+            let mut event = Event::new(EventKind::ChildExit, Some(&record)).process(&process);
+            event.exit_code = exited.code;
+            event.signal = exited.signal;
+            event.duration_ms = Some(exited.duration_ms);
+            live.store.audit().note(&event);
+        }
+        crate::lease::revoke(&live.store, &id, "run ended", &process).is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Ends the lease of a run whose connection is gone.
+async fn owner_gone(live: &Arc<Live>, id: &LeaseId, process: &Process, peer: &Peer) {
+    let live = Arc::clone(live);
+    let id = id.clone();
+    let process = process.clone();
+    let done =
+        tokio::task::spawn_blocking(move || crate::lease::owner_gone(&live.store, &id, &process))
+            .await;
+    if !matches!(done, Ok(Ok(_))) {
+        log(&format!("could not end a gone run's lease: client={peer}"));
+    }
+}
+
+/// Ends, as `owner gone`, the broker-held runs whose broker is gone and that did not come back
+/// within `owner_timeout` of this broker's start.
+pub(super) fn sweep(live: &Live) -> usize {
+    let now = SystemTime::now();
+    let process = Process::default();
+    let Ok(records) = live.store.records(|_, _| {}) else {
+        return 0;
+    };
+    let mut ended = 0;
+    for record in records {
+        let orphaned = record.state == State::Active
+            && !record.is_past_expiry(now)
+            && record
+                .owner
+                .as_ref()
+                .is_some_and(|o| o.broker && o.state() == crate::owner::OwnerState::Gone);
+        if orphaned
+            && matches!(
+                crate::lease::owner_gone(&live.store, &record.id, &process),
+                Ok(Loaded::Found(_))
+            )
+        {
+            ended += 1;
+        }
+    }
+    ended
+}
+
+/// Reads one line (without its newline), at most [`MAX_LINE`] bytes; `None` at the end.
+async fn read_line<R: AsyncBufReadExt + Unpin>(lines: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    let read = (&mut *lines)
+        .take(MAX_LINE)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.pop() != Some(b'\n') {
+        return Err(std::io::Error::other("a line too long, or cut short"));
+    }
+    Ok(Some(line))
+}
+
+/// Writes one JSON line.
+async fn send<W: AsyncWrite + Unpin>(write: &mut W, message: &FromBroker) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    write.flush().await
+}

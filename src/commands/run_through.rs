@@ -1,0 +1,150 @@
+//! `lease run` through a broker: the broker mints the run's lease and holds it by one
+//! connection, which this process keeps open (a keepalive thread, re-attaching after a broker
+//! restart) for as long as the command runs; the command's end is told to the broker, which
+//! revokes the lease. If this process dies, its connection closes and the broker ends the
+//! lease at once (`owner gone`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::Setup;
+use super::run::{env_rules, exit_of, program_name, spawn, start_and_wait};
+use crate::client::{Hold, Keeper};
+use crate::config::OnExpiry;
+use crate::endpoint::Endpoint;
+use crate::exit::Exit;
+use crate::lease::{self, Authority, Told};
+use crate::request::{RunMode, RunRequest};
+use crate::signals::Forwarder;
+use crate::token::Token;
+use crate::wire::{Exited, FromBroker, FromRun, MintBody};
+
+pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Result<Exit> {
+    let (program, args) = match request.mode {
+        RunMode::PrintEnv => bail!(
+            "--print-env does not go through a broker yet ({broker}); unset LEASE_BROKER to see the local environment"
+        ),
+        RunMode::Exec { program, args } => (program, args),
+    };
+    if request.receipt.is_some() {
+        bail!("--receipt does not go through a broker yet ({broker})");
+    }
+    let inherited = super::inherited_token(setup)?;
+    let mut body = MintBody::from_asked(&request.asked);
+    body.command = Some(program_name(&program));
+    let (hold, started) =
+        Hold::start(broker, inherited.as_ref(), &body).context("cannot start the run")?;
+    let token = Token::presented(started.lease.token.clone());
+    let on_expiry: OnExpiry = started.on_expiry.parse()?;
+    let expires_at = humantime::parse_rfc3339(&started.lease.expires_at)
+        .context("the broker answered a bad expiry")?;
+    let owner_timeout = Duration::from_secs(started.owner_timeout.max(1));
+
+    let inherited_at = super::verify::token_env_in_use(&setup.config.token_env).ok();
+    // The command reaches the broker, never a local store.
+    let rules = env_rules(
+        setup,
+        &request.env,
+        inherited_at.as_deref(),
+        &started.token_env,
+        &[lease::STATE_DIR_VAR],
+    );
+    let ends_at_expiry = on_expiry != OnExpiry::Keep;
+    let mut forwarder = Forwarder::install(ends_at_expiry).context("watching signals")?;
+    let child_signals = forwarder.child_signals();
+    let vars = lease::variables(
+        Authority::Broker(broker),
+        Told {
+            id: &started.lease.id,
+            scope: &started.lease.scope.join(","),
+            expires_at,
+            token_env: &started.token_env,
+            token: token.expose(),
+        },
+    );
+    // A failure from here on drops `hold`: the connection closes and the broker ends the lease.
+    let held = spawn(&program, &args, &rules, vars, request.mask, &child_signals)?;
+    if let Some(signal) = forwarder.arrived_before_start() {
+        drop(held);
+        finish(
+            hold_end(Some(hold)),
+            broker,
+            &token,
+            owner_timeout,
+            Exited::default(),
+        );
+        return Ok(Exit::Signal(signal));
+    }
+    let started_at = Instant::now();
+    let keeper = Keeper::start(hold, token.clone(), owner_timeout)?;
+    let mut current_expiry = || expires_at;
+    let waited = start_and_wait(
+        held,
+        &mut forwarder,
+        request.mask.then(|| token.clone()),
+        (on_expiry, Duration::from_secs(started.grace)),
+        &mut current_expiry,
+    )?;
+    let exited = Exited {
+        code: std::os::unix::process::ExitStatusExt::signal(&waited.status)
+            .is_none()
+            .then(|| waited.status.code())
+            .flatten(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&waited.status),
+        duration_ms: crate::audit::millis(started_at.elapsed()),
+    };
+    finish(keeper.finish(), broker, &token, owner_timeout, exited);
+    if waited.ended_at_expiry {
+        eprintln!(
+            "lease: lease {} expired: the command was ended (--on-expiry {})",
+            started.lease.id,
+            on_expiry.as_str()
+        );
+        return Ok(Exit::Expired);
+    }
+    Ok(exit_of(waited.status))
+}
+
+fn hold_end(hold: Option<Hold>) -> crate::client::Kept {
+    crate::client::Kept { hold, lost: None }
+}
+
+/// Tells the broker the run ended, so that it revokes the lease: on the connection the keeper
+/// handed back, or, if that is gone, on a new one (for at most `owner_timeout`). If the broker
+/// cannot be told, says so; the broker ends the lease by itself when the connection is gone.
+fn finish(
+    kept: crate::client::Kept,
+    broker: &Endpoint,
+    token: &Token,
+    owner_timeout: Duration,
+    exited: Exited,
+) {
+    let tell = |hold: &mut Hold| -> Result<()> {
+        hold.send(&FromRun::Exit(exited.clone()))?;
+        match hold.receive()? {
+            FromBroker::Ended => Ok(()),
+            FromBroker::Error(why) => bail!("{why}"),
+            _ => bail!("broker {broker}: answered the end of the run with something else"),
+        }
+    };
+    let mut last = kept.lost.unwrap_or_default();
+    if let Some(mut hold) = kept.hold {
+        match tell(&mut hold) {
+            Ok(()) => return,
+            Err(err) => last = format!("{err:#}"),
+        }
+    }
+    let deadline = Instant::now() + owner_timeout;
+    while Instant::now() < deadline {
+        match Hold::attach(broker, token).and_then(|mut hold| tell(&mut hold)) {
+            Ok(()) => return,
+            Err(err) => last = format!("{err:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "lease: could not tell the broker that the run ended: {last}; it ends the lease itself within {}s",
+        owner_timeout.as_secs()
+    );
+}

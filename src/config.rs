@@ -95,6 +95,9 @@ pub struct Config {
     /// How long a broker waits for a silent run (no keepalive) or a run whose broker restarted
     /// to come back before it ends the run's lease as `owner gone`.
     pub owner_timeout: Duration,
+    /// The group the broker's unix sockets are given to, mode 0660 (`socket_group`, a name
+    /// resolved); `None`: the sockets stay 0600, the broker's user's only.
+    pub socket_group: Option<u32>,
 }
 
 /// A named set of defaults for `run` and `issue`; flags on the command line override each.
@@ -130,6 +133,7 @@ impl Default for Config {
             routes: Vec::new(),
             operators: None,
             owner_timeout: DEFAULT_OWNER_TIMEOUT,
+            socket_group: None,
         }
     }
 }
@@ -148,6 +152,7 @@ struct File {
     broker: Option<String>,
     operators: Option<Vec<OperatorValue>>,
     owner_timeout: Option<DurationValue>,
+    socket_group: Option<OperatorValue>,
     #[serde(default)]
     profile: BTreeMap<String, ProfileFile>,
     #[serde(default)]
@@ -357,6 +362,19 @@ impl Config {
                 return Err(at.error(None, "owner_timeout", "must be between 1s and 1h"));
             }
             config.owner_timeout = timeout;
+        }
+        if let Some(value) = &file.socket_group {
+            config.socket_group = Some(match value {
+                OperatorValue::Uid(gid) => *gid,
+                OperatorValue::Name(name) => match nix::unistd::Group::from_name(name) {
+                    Ok(Some(group)) => group.gid.as_raw(),
+                    Ok(None) => {
+                        let why = format!("no group is called '{}'", name.escape_debug());
+                        return Err(at.error(None, "socket_group", why));
+                    }
+                    Err(err) => return Err(at.error(None, "socket_group", err)),
+                },
+            });
         }
         if let Some(values) = &file.operators {
             let mut uids = Vec::new();

@@ -229,7 +229,11 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     // before the broker says it is ready, and the umask dance below sees no other thread.
     let mut bound = Vec::new();
     for address in &listen {
-        bound.push(bind(address, request.insecure_http)?);
+        bound.push(bind(
+            address,
+            request.insecure_http,
+            live.config.socket_group,
+        )?);
     }
     let (guard, done) = mpsc::channel(1);
     let shared = Arc::new(Shared {
@@ -263,11 +267,11 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
 /// Binds one address: a unix socket created 0600 (a stale socket from a dead broker is
 /// replaced; a live one is an error), or a TCP port, refused off loopback without
 /// `--insecure-http`.
-fn bind(address: &Listen, insecure_http: bool) -> Result<Bound> {
+fn bind(address: &Listen, insecure_http: bool, group: Option<u32>) -> Result<Bound> {
     match address {
         Listen::Unix(path) => {
             let listener =
-                bind_unix(path).with_context(|| format!("cannot listen on {address}"))?;
+                bind_unix(path, group).with_context(|| format!("cannot listen on {address}"))?;
             Ok(Bound::Unix(listener, path.clone()))
         }
         Listen::Tcp(text) => {
@@ -294,7 +298,7 @@ fn bind(address: &Listen, insecure_http: bool) -> Result<Bound> {
     }
 }
 
-fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener> {
+fn bind_unix(path: &Path, group: Option<u32>) -> Result<std::os::unix::net::UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -311,6 +315,13 @@ fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     let listener = std::os::unix::net::UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = listener?;
+    if let Some(gid) = group {
+        // Given to the group first, opened to it second: never wider than meant.
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .context("giving the socket to socket_group")?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+            .context("opening the socket to socket_group")?;
+    }
     listener.set_nonblocking(true)?;
     Ok(listener)
 }

@@ -25,7 +25,11 @@ impl Broker {
     /// Starts `lease serve` on `unix:SANDBOX/broker.sock` and `127.0.0.1:0`, and waits until
     /// it says it listens on both.
     pub fn start(sandbox: &Sandbox, extra: &[&str]) -> Broker {
-        let socket = sandbox.path("broker.sock");
+        Broker::start_at(sandbox, sandbox.path("broker.sock"), extra)
+    }
+
+    /// The same, with the socket at `socket`.
+    pub fn start_at(sandbox: &Sandbox, socket: PathBuf, extra: &[&str]) -> Broker {
         let mut command = sandbox
             .lease(["serve", "--listen"])
             .arg(format!("unix:{}", socket.display()))
@@ -1181,4 +1185,105 @@ fn two_hundred_concurrent_runs_through_one_broker_lose_nothing() {
         .collect();
     assert_eq!(states.len(), 200);
     assert!(states.iter().all(|s| *s == "revoked"), "{states:?}");
+}
+
+/// The agent runs as another uid than the broker (root starts the run, `setpriv` drops the
+/// command to nobody): it cannot read or write the store, cannot mint a root lease, its
+/// `LEASE_CONFIG` and `--state-dir` change nothing, it can mint a narrower nested lease whose
+/// token verifies over TCP from outside the run, and a lease it mints in a store of its own is
+/// worth nothing to the broker.
+#[test]
+fn an_agent_under_another_uid_cannot_reach_past_the_broker() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !nix::unistd::geteuid().is_root() {
+        crate::harness::skip("not-root", "only root can run the command as another uid");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let open = |path: &Path, mode: u32| {
+        fs::create_dir_all(path).expect("dir");
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    // nobody may pass through the sandbox (not list it), run lease from bin/, reach the socket
+    // in sock/ and write its results in out/; the store stays 0700, root's.
+    open(&sandbox.path(""), 0o711);
+    open(&sandbox.path("bin"), 0o755);
+    open(&sandbox.path("sock"), 0o711);
+    open(&sandbox.path("out"), 0o1777);
+    fs::copy(crate::harness::lease_bin(), sandbox.path("bin/lease")).expect("copy lease");
+    sandbox.write_config("socket_group = \"nogroup\"\nmax_ttl = \"1h\"\n");
+    let broker = Broker::start_at(&sandbox, sandbox.path("sock/broker.sock"), &[]);
+    let mode = fs::metadata(&broker.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+    sandbox.issue("read:articles"); // something in the store to try to read
+    let script = r#"
+export LEASE_CONFIG=/dev/null
+echo "uid $(id -u)"
+cat "$STORE"/leases/* >/dev/null 2>&1 && echo store-readable || echo store-unreadable
+touch "$STORE"/leases/forged.toml 2>/dev/null && echo store-writable || echo store-unwritable
+env -u LEASE_TOKEN lease issue --scope read:articles 2>&1
+lease --state-dir "$OUT/elsewhere" issue --scope read:articles --ttl 5h 2>&1
+lease issue --scope read:articles > "$OUT/nested" && echo nested-minted
+lease issue --scope admin:all 2>&1
+env -u LEASE_BROKER lease --state-dir "$OUT/own" issue --scope 'admin:*' > "$OUT/own-token" && echo own-minted
+echo waiting
+while [ ! -e "$OUT/go" ]; do sleep 0.02; done
+"#;
+    let mut running = sandbox
+        .lease(["run", "--scope", "read:articles,write:draft", "--"])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("LEASE_BROKER", broker.endpoint())
+        .env("STORE", sandbox.state_dir())
+        .env("OUT", sandbox.path("out"))
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", sandbox.path("bin").display()),
+        )
+        .start();
+    running.lines.expect("waiting");
+    let out = running.lines.seen().join("\n");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "uid 65534", "{out:?}");
+    assert_eq!(lines[1], "store-unreadable", "{out:?}");
+    assert_eq!(lines[2], "store-unwritable", "{out:?}");
+    assert!(
+        lines[3].starts_with("lease: not allowed: minting a root lease needs an operator"),
+        "{out:?}"
+    );
+    assert!(lines[4].contains("max_ttl"), "{out:?}");
+    assert_eq!(lines[5], "nested-minted", "{out:?}");
+    assert!(lines[6].contains("admin:all"), "{out:?}");
+    assert_eq!(lines[7], "own-minted", "{out:?}");
+    assert!(!sandbox.path("out/elsewhere").exists());
+    // From outside the run, over TCP: the nested lease is the broker's, the self-made one is
+    // unknown to it.
+    let over_tcp = |token: &str| {
+        let url = format!("http://{}/v1/verify", broker.tcp);
+        let reply = curl(
+            &sandbox,
+            &bearer(token),
+            &["--data", "{\"action\":\"read:articles\"}", &url],
+        );
+        reply.status
+    };
+    let nested = fs::read_to_string(sandbox.path("out/nested")).expect("nested");
+    let own = fs::read_to_string(sandbox.path("out/own-token")).expect("own");
+    assert_eq!(over_tcp(nested.trim()), 200);
+    assert_eq!(over_tcp(own.trim()), 401);
+    fs::write(sandbox.path("out/go"), "").expect("go");
+    assert_eq!(running.wait().code(), Some(0));
+    // The run has ended, and its nested lease with it.
+    assert_eq!(over_tcp(nested.trim()), 403);
 }

@@ -455,6 +455,11 @@ impl Lines {
         }
     }
 
+    /// The lines seen so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Every line until the writer closes the stream.
     pub fn rest(mut self) -> Vec<String> {
         while let Ok(line) = self.rx.recv_timeout(PATIENCE) {

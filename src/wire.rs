@@ -194,6 +194,68 @@ pub struct Exited {
     pub duration_ms: u64,
 }
 
+/// A subcommand a client asks the broker to run for it (`POST /v1/commands`): the broker runs
+/// the same code a local run would, on its own store and policy, and sends back what it printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Remote {
+    /// `lease status` of the bearer token's lease.
+    Status {
+        /// `--json`.
+        json: bool,
+    },
+    /// `lease renew` of the bearer token's lease.
+    Renew {
+        /// `--ttl`, in seconds.
+        ttl: Option<u64>,
+    },
+    /// `lease revoke --self`: the bearer token's lease and its descendants.
+    RevokeSelf,
+    /// `lease revoke ID...` (operators only).
+    Revoke {
+        /// The ids as given.
+        ids: Vec<String>,
+    },
+    /// `lease revoke --all` (operators only).
+    RevokeAll,
+    /// `lease list` (operators only).
+    List {
+        /// `--all`.
+        all: bool,
+        /// `--json`.
+        json: bool,
+    },
+    /// `lease log`: any lease's for operators, a token holder's own otherwise.
+    Log {
+        /// Only this lease (or run).
+        id: Option<String>,
+        /// Only this recent, in seconds.
+        since: Option<u64>,
+        /// `--json`.
+        json: bool,
+    },
+    /// `lease suggest ID`: any lease's for operators, a token holder's own otherwise.
+    Suggest {
+        /// The lease.
+        id: String,
+        /// `--json`.
+        json: bool,
+    },
+    /// `lease gc` (operators only).
+    Gc,
+}
+
+/// What a subcommand the broker ran printed, and how it ended.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Printed {
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+    /// Its exit status.
+    pub exit: i32,
+}
+
 /// `{"error": "..."}`: why a request was refused or failed.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -21,11 +21,12 @@ use serde::{Deserialize, Serialize};
 use super::{Live, Peer, Shared, log};
 use crate::audit::{Event, EventKind, Process};
 use crate::authorize::{Decision, Reason, authorize};
+use crate::commands::remote::Refused;
 use crate::policy;
 use crate::record::Record;
 use crate::scope::Action;
 use crate::token::{BODY_LEN, PREFIX, Token};
-use crate::wire::{ErrorBody, MintBody, Minted, VerifyAnswer};
+use crate::wire::{ErrorBody, MintBody, Minted, Remote, VerifyAnswer};
 
 /// The largest request body read (a verify body is a few dozen bytes).
 const MAX_BODY: usize = 16 * 1024;
@@ -56,10 +57,13 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>)
         (&Method::GET, "/metrics") => metrics(shared).await,
         (&Method::POST, "/v1/verify") => verify(shared, peer, request).await,
         (&Method::POST, "/v1/leases") => mint(shared, peer, request).await,
+        (&Method::POST, "/v1/commands") => command(shared, peer, request).await,
         (&Method::POST, "/v1/runs") => super::runs::upgrade(shared, peer, request, false),
         (&Method::POST, "/v1/runs/attach") => super::runs::upgrade(shared, peer, request, true),
         (_, "/healthz" | "/metrics") => not_allowed("GET"),
-        (_, "/v1/verify" | "/v1/leases" | "/v1/runs" | "/v1/runs/attach") => not_allowed("POST"),
+        (_, "/v1/verify" | "/v1/leases" | "/v1/commands" | "/v1/runs" | "/v1/runs/attach") => {
+            not_allowed("POST")
+        }
         _ => error(StatusCode::NOT_FOUND, "no such endpoint: see docs/api.md"),
     }
 }
@@ -192,12 +196,7 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
     };
     let live = shared.live();
     let operator = peer.is_operator(&live.config);
-    let process = Process {
-        pid: peer.pid,
-        command: None,
-        argc: None,
-        client: Some(peer.shown.clone()),
-    };
+    let process = peer.process();
     let outcome = tokio::task::spawn_blocking(move || -> Result<Minted, Refusal> {
         let (token, record, _plan) = mint_for(&live, operator, token, asked, &process, None)?;
         Ok(Minted {
@@ -263,6 +262,55 @@ pub(super) fn mint_for(
         crate::lease::mint(&live.store, &plan, process, |_| Ok((owner.clone(), ())))
             .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))?;
     Ok((token, record, plan))
+}
+
+/// `POST /v1/commands`: runs a subcommand for the client on the broker's store and policy (see
+/// [`crate::commands::remote`]) and answers what it printed.
+async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Answer {
+    let token = bearer(request.headers());
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
+    let asked: Remote = match serde_json::from_slice(&body) {
+        Ok(asked) => asked,
+        Err(err) => return error(StatusCode::BAD_REQUEST, &format!("not a command: {err}")),
+    };
+    let live = shared.live();
+    let operator = peer.is_operator(&live.config);
+    let process = peer.process();
+    let state_dir = shared.request.state_dir.clone();
+    let what = format!("{asked:?}");
+    let outcome = tokio::task::spawn_blocking(move || {
+        crate::commands::remote::on_broker(
+            live.config.clone(),
+            state_dir,
+            asked,
+            token,
+            operator,
+            &process,
+        )
+    })
+    .await;
+    match outcome {
+        Ok(Ok(printed)) => {
+            log(&format!("ran {what}: exit {} client={peer}", printed.exit));
+            json(StatusCode::OK, &printed)
+        }
+        Ok(Err(Refused::NoToken(why))) => {
+            let mut answer = error(StatusCode::UNAUTHORIZED, &why);
+            challenge(answer.headers_mut());
+            answer
+        }
+        Ok(Err(Refused::NotAllowed(why))) => {
+            log(&format!("refused {what}: client={peer}"));
+            error(StatusCode::FORBIDDEN, &why)
+        }
+        Err(err) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the broker failed: {err}"),
+        ),
+    }
 }
 
 /// The refusal for a token whose lease cannot grant (401), if it cannot; `None` if it is live.

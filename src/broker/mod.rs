@@ -171,6 +171,16 @@ impl Peer {
         }
     }
 
+    /// The peer as the trail names who an event happened for.
+    fn process(&self) -> crate::audit::Process {
+        crate::audit::Process {
+            pid: self.pid,
+            command: None,
+            argc: None,
+            client: Some(self.shown.clone()),
+        }
+    }
+
     /// Whether this peer may do what only operators may: a uid in `operators` (by default the
     /// broker's own uid), on a unix socket. Over TCP, nobody is an operator.
     fn is_operator(&self, config: &Config) -> bool {

@@ -94,12 +94,7 @@ where
     let mut lines = BufReader::new(read);
     let live = shared.live();
     let timeout = live.config.owner_timeout;
-    let process = Process {
-        pid: peer.pid,
-        command: None,
-        argc: None,
-        client: Some(peer.shown.clone()),
-    };
+    let process = peer.process();
     let started = if attach {
         reattach(shared, &live, token).await
     } else {

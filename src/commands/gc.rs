@@ -50,7 +50,7 @@ pub fn gc(setup: &Setup) -> Result<Exit> {
         if removed_it {
             removed += 1;
             if let Some(why) = unreadable {
-                eprintln!("lease: warning: removed unreadable lease {id}: {why}");
+                super::console::note!("lease: warning: removed unreadable lease {id}: {why}");
             }
             if let Some(mut event) = event {
                 event.reason = Some("gc".to_owned());
@@ -60,7 +60,7 @@ pub fn gc(setup: &Setup) -> Result<Exit> {
     }
     store.remove_stale_temp_files(now)?;
     let plural = if removed == 1 { "" } else { "s" };
-    writeln!(std::io::stdout().lock(), "removed {removed} lease{plural}")
+    writeln!(super::console::Out, "removed {removed} lease{plural}")
         .context("writing to standard output")?;
     skipped.into_result("collected")
 }

@@ -60,7 +60,7 @@ pub fn list(setup: &Setup, all: bool, json: bool) -> Result<Exit> {
 
 /// Every readable record; unreadable ones are skipped with a warning.
 pub(super) fn load_all(store: &Store) -> Result<Vec<Record>> {
-    store.records(|id, why| eprintln!("lease: warning: skipping lease {id}: {why}"))
+    store.records(|id, why| super::console::note!("lease: warning: skipping lease {id}: {why}"))
 }
 
 fn print_table(leases: &[(Record, Option<Reason>)], now: SystemTime) -> std::io::Result<()> {
@@ -106,7 +106,7 @@ fn print_table(leases: &[(Record, Option<Reason>)], now: SystemTime) -> std::io:
             *width = (*width).max(cell.chars().count());
         }
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = super::console::Out;
     for row in std::iter::once(&header).chain(&rows) {
         let mut line = String::new();
         for (i, (cell, width)) in row.iter().zip(widths).enumerate() {

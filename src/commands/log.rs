@@ -22,7 +22,7 @@ pub fn log(setup: &Setup, id: Option<&str>, since: Option<Duration>, json: bool)
         });
         about && recent
     });
-    let mut out = std::io::stdout().lock();
+    let mut out = super::console::Out;
     for event in events {
         let line = if json {
             serde_json::to_string(&event).context("encoding an event")?

@@ -1,9 +1,11 @@
 //! One module per subcommand, and what they share: the loaded config, the store, minting.
 
+pub(crate) mod console;
 mod gc;
 mod issue;
 mod list;
 mod log;
+pub mod remote;
 mod renew;
 pub(crate) mod revoke;
 mod run;
@@ -55,10 +57,7 @@ pub fn dispatch(invocation: Invocation) -> Result<Exit> {
 /// closed, naming the broker, rather than reach past it into a store.
 fn local(setup: &Setup, command: Command) -> Result<Exit> {
     if let Some(broker) = &setup.broker {
-        bail!(
-            "this subcommand does not go through a broker yet ({broker}); unset LEASE_BROKER \
-             (or --broker, or broker in the config) to use the local store"
-        );
+        return remote_through(setup, broker, command);
     }
     match command {
         Command::List { all, json } => list::list(setup, all, json),
@@ -125,6 +124,65 @@ fn default_state_dir() -> Result<PathBuf> {
     Ok(base.join("lease"))
 }
 
+/// Runs a subcommand through the broker (`POST /v1/commands`), with the token it is about as
+/// the bearer, and prints exactly what the broker's run of it printed.
+fn remote_through(setup: &Setup, broker: &Endpoint, command: Command) -> Result<Exit> {
+    use crate::wire::{Printed, Remote};
+    let read = |source: &crate::request::TokenSource, what: &str| {
+        verify::read_token(source, &setup.config.token_env).with_context(|| what.to_owned())
+    };
+    let seconds = |d: Option<std::time::Duration>| d.map(|d| d.as_secs());
+    let (asked, token) = match command {
+        Command::Status { source, json } => (
+            Remote::Status { json },
+            Some(read(&source, "cannot show the lease's status")?),
+        ),
+        Command::Renew(request) => (
+            Remote::Renew {
+                ttl: seconds(request.ttl),
+            },
+            Some(read(&request.source, "cannot renew")?),
+        ),
+        Command::Revoke(crate::request::RevokeTarget::Own(source)) => {
+            (Remote::RevokeSelf, Some(read(&source, "cannot revoke")?))
+        }
+        Command::Revoke(crate::request::RevokeTarget::Ids(ids)) => (Remote::Revoke { ids }, None),
+        Command::Revoke(crate::request::RevokeTarget::All) => (Remote::RevokeAll, None),
+        Command::List { all, json } => (Remote::List { all, json }, None),
+        Command::Log { id, since, json } => (
+            Remote::Log {
+                id,
+                since: seconds(since),
+                json,
+            },
+            inherited_token(setup)?,
+        ),
+        Command::Suggest { id, json } => (Remote::Suggest { id, json }, inherited_token(setup)?),
+        Command::Gc => (Remote::Gc, None),
+        _ => bail!("internal error: this subcommand is dispatched before the remote ones"),
+    };
+    let body = serde_json::to_vec(&asked)?;
+    let answer =
+        crate::client::request(broker, "POST", "/v1/commands", token.as_ref(), Some(&body))?;
+    if answer.status != 200 {
+        bail!("{}", crate::token::redact(&answer.error_text()));
+    }
+    let printed: Printed = serde_json::from_slice(&answer.body).with_context(|| {
+        format!("broker {broker} answered something that is not a command's output")
+    })?;
+    use std::io::Write as _;
+    std::io::stdout()
+        .write_all(printed.stdout.as_bytes())
+        .context("writing to standard output")?;
+    std::io::stderr().write_all(printed.stderr.as_bytes())?;
+    Ok(match printed.exit {
+        0 => Exit::Success,
+        1 => Exit::Denied,
+        2 => Exit::Failure,
+        code => Exit::Child(code),
+    })
+}
+
 /// Works out the lease `asked` for under the config and any parent lease in the environment,
 /// or refuses it. The policy's notes are printed only with `--verbose`: `lease run` is silent.
 fn plan(setup: &Setup, asked: Asked, store: &Store) -> Result<Plan> {
@@ -138,7 +196,7 @@ fn plan(setup: &Setup, asked: Asked, store: &Store) -> Result<Plan> {
     )?;
     if setup.verbose {
         for note in notes {
-            eprintln!("lease: note: {note}");
+            console::note!("lease: note: {note}");
         }
     }
     Ok(plan)
@@ -162,7 +220,7 @@ struct Skipped(usize);
 impl Skipped {
     fn entry(&mut self, id: &crate::token::LeaseId, why: &str) {
         self.0 += 1;
-        eprintln!("lease: warning: skipping the store entry for lease {id}: {why}");
+        console::note!("lease: warning: skipping the store entry for lease {id}: {why}");
     }
 
     /// Success if nothing was skipped; otherwise an error (exit 2) saying the rest was `done`.
@@ -183,5 +241,5 @@ impl Skipped {
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     use std::io::Write;
     let text = serde_json::to_string(value).context("encoding JSON")?;
-    writeln!(std::io::stdout().lock(), "{text}").context("writing to standard output")
+    writeln!(console::Out, "{text}").context("writing to standard output")
 }

@@ -13,6 +13,7 @@ use crate::exit::Exit;
 use crate::record::rfc3339;
 use crate::request::RenewRequest;
 use crate::store::{Change, Open, Updated};
+use crate::token::Token;
 use crate::ttl;
 
 /// What the update found.
@@ -25,13 +26,24 @@ enum Outcome {
 pub fn renew(setup: &Setup, request: &RenewRequest) -> Result<Exit> {
     let token = super::verify::read_token(&request.source, &setup.config.token_env)
         .context("cannot renew")?;
+    renew_with(setup, &token, request.ttl, &Process::caller())
+}
+
+/// Renews `token`'s lease by `ttl` (default: `default_ttl`) for `process` (also what the
+/// broker runs for a token holder).
+pub fn renew_with(
+    setup: &Setup,
+    token: &Token,
+    ttl: Option<std::time::Duration>,
+    process: &Process,
+) -> Result<Exit> {
     if !token.is_well_formed() {
         return Ok(refuse(Reason::Malformed, "not a lease token"));
     }
     let store = setup.store(Open::ExistingOnly)?;
     let now = SystemTime::now();
-    let by = request.ttl.unwrap_or(setup.config.default_ttl);
-    let records = match authorize::standing(&store, &token, now)? {
+    let by = ttl.unwrap_or(setup.config.default_ttl);
+    let records = match authorize::standing(&store, token, now)? {
         Standing::Dead(denial) => return Ok(refuse(denial.reason, &denial.detail)),
         Standing::Live(records) => records,
     };
@@ -64,17 +76,16 @@ pub fn renew(setup: &Setup, request: &RenewRequest) -> Result<Exit> {
     };
     match outcome {
         Outcome::Renewed { until, capped } => {
-            let mut event =
-                Event::new(EventKind::Renewed, Some(&record)).process(&Process::caller());
+            let mut event = Event::new(EventKind::Renewed, Some(&record)).process(process);
             event.expires_at = Some(rfc3339::format(until));
             store.audit().note(&event);
             if capped {
-                eprintln!(
+                super::console::note!(
                     "lease: note: extended only to {}: the lease may not outlive max_ttl from its first issue, nor its parent",
                     rfc3339::format(until)
                 );
             }
-            writeln!(std::io::stdout().lock(), "{}", rfc3339::format(until))
+            writeln!(super::console::Out, "{}", rfc3339::format(until))
                 .context("writing to standard output")?;
             Ok(Exit::Success)
         }
@@ -91,6 +102,6 @@ pub fn renew(setup: &Setup, request: &RenewRequest) -> Result<Exit> {
 }
 
 fn refuse(reason: impl std::fmt::Display, detail: &str) -> Exit {
-    eprintln!("lease: renew refused: {reason}: {detail}");
+    super::console::note!("lease: renew refused: {reason}: {detail}");
     Exit::Denied
 }

@@ -9,7 +9,7 @@ use crate::audit::Process;
 use crate::exit::Exit;
 use crate::request::{RevokeTarget, TokenSource};
 use crate::store::{Loaded, Open, Store};
-use crate::token::LeaseId;
+use crate::token::{LeaseId, Token};
 
 pub fn revoke(setup: &Setup, target: RevokeTarget) -> Result<Exit> {
     let store = setup.store(Open::ExistingOnly)?;
@@ -45,7 +45,7 @@ pub fn revoke(setup: &Setup, target: RevokeTarget) -> Result<Exit> {
                 return Ok(Exit::Success);
             }
             let plural = if unknown.len() == 1 { "" } else { "s" };
-            eprintln!(
+            super::console::note!(
                 "lease: unknown lease id{plural}: {}: see 'lease list --all' for the ids on record",
                 unknown.join(", ")
             );
@@ -63,9 +63,14 @@ fn revoke_own(
     source: &TokenSource,
     caller: &Process,
 ) -> Result<Exit> {
-    const WHY: &str = "revoke --self";
     let token =
         super::verify::read_token(source, &setup.config.token_env).context("cannot revoke")?;
+    revoke_token(store, &token, caller)
+}
+
+/// `revoke --self` for `token` (also what the broker runs for a token holder).
+pub fn revoke_token(store: &Store, token: &Token, caller: &Process) -> Result<Exit> {
+    const WHY: &str = "revoke --self";
     if !token.is_well_formed() {
         bail!(
             "cannot revoke: the token presented is not a lease token (mistyped or truncated?): present the one `lease issue` printed or `lease run` set"

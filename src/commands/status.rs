@@ -13,6 +13,7 @@ use crate::exit::Exit;
 use crate::record::{Record, rfc3339};
 use crate::request::TokenSource;
 use crate::store::Open;
+use crate::token::Token;
 use crate::ttl;
 
 #[derive(Serialize)]
@@ -32,18 +33,25 @@ struct Status<'a> {
 pub fn status(setup: &Setup, source: &TokenSource, json: bool) -> Result<Exit> {
     let token = super::verify::read_token(source, &setup.config.token_env)
         .context("cannot show the lease's status")?;
+    status_of(setup, &token, json)
+}
+
+/// The status of `token`'s lease (also what the broker runs for a token holder).
+pub fn status_of(setup: &Setup, token: &Token, json: bool) -> Result<Exit> {
     if !token.is_well_formed() {
-        eprintln!("lease: no valid lease: malformed: the token given is not a lease token");
+        super::console::note!(
+            "lease: no valid lease: malformed: the token given is not a lease token"
+        );
         return Ok(Exit::Denied);
     }
     let store = setup.store(Open::ExistingOnly)?;
     let now = SystemTime::now();
-    let (record, reason, detail) = match authorize::standing(&store, &token, now)? {
+    let (record, reason, detail) = match authorize::standing(&store, token, now)? {
         Standing::Dead(Denial {
             reason: Reason::Unknown,
             ..
         }) => {
-            eprintln!(
+            super::console::note!(
                 "lease: no valid lease: unknown: no lease in {} matches the token",
                 store.dir().display()
             );
@@ -59,7 +67,7 @@ pub fn status(setup: &Setup, source: &TokenSource, json: bool) -> Result<Exit> {
             detail,
             leaf: None,
         }) => {
-            eprintln!("lease: no valid lease: {reason}: {detail}");
+            super::console::note!("lease: no valid lease: {reason}: {detail}");
             return Ok(Exit::Denied);
         }
         Standing::Live(records) => match authorize::spent(&records) {
@@ -89,7 +97,7 @@ pub fn status(setup: &Setup, source: &TokenSource, json: bool) -> Result<Exit> {
     if status.valid {
         Ok(Exit::Success)
     } else {
-        eprintln!(
+        super::console::note!(
             "lease: lease {} is no longer valid: {state}: {detail}",
             record.id
         );
@@ -100,7 +108,7 @@ pub fn status(setup: &Setup, source: &TokenSource, json: bool) -> Result<Exit> {
 /// Why a live chain can grant nothing more, if so: the lease or an ancestor has no uses left
 /// (`--uses`), or none of its scopes has (every scope budgeted, every budget spent).
 fn print_human(status: &Status<'_>, record: &Record) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = super::console::Out;
     writeln!(out, "lease:     {} ({})", status.id, status.state)?;
     writeln!(out, "scope:     {}", record.scope_with_uses_left())?;
     let left = if status.valid {

@@ -63,7 +63,7 @@ pub fn suggest(setup: &Setup, id: &str, json: bool) -> Result<Exit> {
                 .collect::<Vec<_>>()
         });
     let Some(granted_scope) = record_scope.or(issued_scope) else {
-        eprintln!(
+        super::console::note!(
             "lease: unknown lease id: {}: neither the store nor the audit trail knows it",
             id.escape_debug()
         );
@@ -112,7 +112,7 @@ pub fn suggest(setup: &Setup, id: &str, json: bool) -> Result<Exit> {
 }
 
 fn print_human(s: &Suggestion) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = super::console::Out;
     if !s.ended {
         let what = if s.suggested.is_empty() {
             "it has been granted nothing so far"

@@ -400,7 +400,7 @@ fn an_unreachable_or_garbled_broker_fails_closed() {
         "{out:?}"
     );
     assert!(!marker.exists());
-    // A subcommand that does not go through a broker yet refuses rather than use a store.
+    // Every subcommand goes through the broker, and fails closed without it.
     let out = sandbox
         .lease(["list"])
         .env("LEASE_BROKER", &missing)
@@ -408,7 +408,8 @@ fn an_unreachable_or_garbled_broker_fails_closed() {
         .code_is(2)
         .one_error_line();
     assert!(
-        out.stderr.contains("does not go through a broker yet"),
+        out.stderr
+            .starts_with(&format!("lease: broker {missing}: ")),
         "{out:?}"
     );
 }
@@ -1286,4 +1287,131 @@ while [ ! -e "$OUT/go" ]; do sleep 0.02; done
     assert_eq!(running.wait().code(), Some(0));
     // The run has ended, and its nested lease with it.
     assert_eq!(over_tcp(nested.trim()), 403);
+}
+
+/// `status`, `list`, `log` and `suggest` through the broker print exactly what they print
+/// locally, byte for byte, and exit the same; the broker decides who may ask for what.
+#[test]
+fn reading_subcommands_through_the_broker_print_what_they_print_locally() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let parent = sandbox.issue("read:articles,write:draft=2");
+    let nested = sandbox
+        .lease(["issue", "--scope", "read:articles"])
+        .env("LEASE_TOKEN", &parent)
+        .run()
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    sandbox.verify(&nested, "read:articles").success();
+    sandbox.verify(&nested, "write:draft").code_is(1);
+    let nested_id = sandbox
+        .lease(["status", "--json"])
+        .env("LEASE_TOKEN", &nested)
+        .run()
+        .success()
+        .json()["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let cases: Vec<(Vec<&str>, Option<&str>)> = vec![
+        (vec!["status"], Some(&nested)),
+        (vec!["status", "--json"], Some(&parent)),
+        (vec!["status"], Some("agt_not-a-token")),
+        (vec!["status"], None),
+        (vec!["list", "--all", "--json"], None),
+        (vec!["log"], None),
+        (vec!["log", "--json", "--id", &nested_id], None),
+        (vec!["suggest", &nested_id], None),
+        (vec!["suggest", "--json", &nested_id], None),
+        (vec!["suggest", "0123456789ab"], None),
+    ];
+    for (args, token) in cases {
+        let run = |through: bool| {
+            let mut cmd = sandbox.lease(&args);
+            cmd = match token {
+                Some(token) => cmd.env("LEASE_TOKEN", token),
+                None => cmd.env_remove("LEASE_TOKEN"),
+            };
+            if through {
+                cmd = cmd.env("LEASE_BROKER", broker.endpoint());
+            }
+            cmd.run()
+        };
+        let (local, remote) = (run(false), run(true));
+        assert_eq!(
+            (local.code(), &local.stdout, &local.stderr),
+            (remote.code(), &remote.stdout, &remote.stderr),
+            "lease {args:?}"
+        );
+    }
+}
+
+/// `renew`, `revoke --self`, `revoke ID`, `revoke --all` and `gc` through the broker: a token
+/// holder may renew and revoke its own lease; the rest is for operators (over TCP, nobody).
+#[test]
+fn changing_subcommands_through_the_broker_follow_who_may_do_what() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let tcp = format!("http://{}", broker.tcp);
+    let token = sandbox.issue("read:articles");
+    let through = |endpoint: &str, args: &[&str]| {
+        sandbox
+            .lease(args)
+            .env("LEASE_BROKER", endpoint)
+            .env("LEASE_TOKEN", &token)
+            .run()
+    };
+    // A token holder over TCP: renew and status of its own lease.
+    let renewed = through(&tcp, &["renew", "--ttl", "10m"]).success();
+    assert!(renewed.stdout.ends_with("Z\n"), "{renewed:?}");
+    through(&tcp, &["status"]).success();
+    // Not for a token holder: every lease.
+    for args in [
+        &["list"][..],
+        &["revoke", "--all"],
+        &["gc"],
+        &["revoke", "0123456789ab"],
+        &["log", "--id", "0123456789ab"],
+    ] {
+        let out = through(&tcp, args)
+            .code_is(2)
+            .one_error_line()
+            .lacks_token(&token);
+        assert!(
+            out.stderr.starts_with("lease: not allowed: "),
+            "{args:?}: {out:?}"
+        );
+    }
+    // Its own trail, yes.
+    let own = through(&tcp, &["log", "--json"]).success();
+    assert!(own.stdout.lines().count() >= 2, "{own:?}");
+    // revoke --self, then the lease is gone for everyone.
+    through(&tcp, &["revoke", "--self"]).success();
+    let after = through(&tcp, &["verify", "read:articles"]).code_is(1);
+    assert!(
+        after.stderr.starts_with("lease: denied: revoked: "),
+        "{after:?}"
+    );
+    // An operator on the socket: revoke by id, revoke --all, gc.
+    let other = sandbox.issue_json("a:b", &[]);
+    let id = other["id"].as_str().expect("id");
+    through(&broker.endpoint(), &["revoke", id]).success();
+    through(&broker.endpoint(), &["revoke", "0123456789ab"]).code_is(1);
+    sandbox.issue("c:d");
+    through(&broker.endpoint(), &["revoke", "--all"]).success();
+    let gc = through(&broker.endpoint(), &["gc"]).success();
+    assert_eq!(gc.stdout, "removed 0 leases\n");
+    let listed = through(&broker.endpoint(), &["list", "--all", "--json"])
+        .success()
+        .json();
+    assert!(
+        listed
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|l| l["state"] == "revoked"),
+        "{listed}"
+    );
 }

@@ -1,0 +1,135 @@
+//! The subcommands a client runs through a broker (`POST /v1/commands`): who may ask for each,
+//! and running it on the broker's store and policy with what it prints captured, so that the
+//! client prints exactly what a local run would have.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Setup, console, gc, list, log, renew, revoke, status, suggest};
+use crate::audit::Process;
+use crate::config::Config;
+use crate::exit::{Exit, ExitError};
+use crate::request::RevokeTarget;
+use crate::store::Open;
+use crate::token::Token;
+use crate::wire::{Printed, Remote};
+
+/// Why the broker will not run a subcommand: unauthenticated (401) or not allowed (403).
+#[derive(Debug)]
+pub enum Refused {
+    /// No usable token where one is needed.
+    NoToken(String),
+    /// The caller may not do this.
+    NotAllowed(String),
+}
+
+/// Runs `asked` for a client of the broker: an `operator` (a uid in `operators` on the
+/// socket) may run any of them; a token holder (`bearer`) only those about its own lease.
+pub fn on_broker(
+    config: Config,
+    state_dir: PathBuf,
+    asked: Remote,
+    bearer: Option<Token>,
+    operator: bool,
+    process: &Process,
+) -> Result<Printed, Refused> {
+    let setup = Setup {
+        config,
+        state_dir: Some(state_dir),
+        verbose: false,
+        broker: None,
+    };
+    let own = |what: &str| -> Result<&Token, Refused> {
+        match &bearer {
+            Some(token) => Ok(token),
+            None => Err(Refused::NoToken(format!(
+                "no token: `lease {what}` through the broker is about the lease of the token in Authorization: Bearer"
+            ))),
+        }
+    };
+    let operators_only = |what: &str| -> Result<(), Refused> {
+        if operator {
+            Ok(())
+        } else {
+            Err(Refused::NotAllowed(format!(
+                "not allowed: `lease {what}` through the broker needs an operator (a uid in operators, on the broker's unix socket)"
+            )))
+        }
+    };
+    // A token holder may read only its own lease's trail and suggestion.
+    let own_id = |id: &Option<String>, what: &str| -> Result<Option<String>, Refused> {
+        if operator {
+            return Ok(id.clone());
+        }
+        let mine = own(what)?.hash().id().to_string();
+        match id {
+            Some(id) if *id != mine => Err(Refused::NotAllowed(format!(
+                "not allowed: a token holder may `lease {what}` only its own lease ({mine}); any other needs an operator"
+            ))),
+            _ => Ok(Some(mine)),
+        }
+    };
+    let run: Box<dyn FnOnce() -> anyhow::Result<Exit>> = match asked {
+        Remote::Status { json } => {
+            let token = own("status")?.clone();
+            Box::new(move || status::status_of(&setup, &token, json))
+        }
+        Remote::Renew { ttl } => {
+            let token = own("renew")?.clone();
+            let process = process.clone();
+            Box::new(move || {
+                renew::renew_with(&setup, &token, ttl.map(Duration::from_secs), &process)
+            })
+        }
+        Remote::RevokeSelf => {
+            let token = own("revoke --self")?.clone();
+            let process = process.clone();
+            Box::new(move || {
+                let store = setup.store(Open::ExistingOnly)?;
+                revoke::revoke_token(&store, &token, &process)
+            })
+        }
+        Remote::Revoke { ids } => {
+            operators_only("revoke")?;
+            Box::new(move || revoke::revoke(&setup, RevokeTarget::Ids(ids)))
+        }
+        Remote::RevokeAll => {
+            operators_only("revoke --all")?;
+            Box::new(move || revoke::revoke(&setup, RevokeTarget::All))
+        }
+        Remote::List { all, json } => {
+            operators_only("list")?;
+            Box::new(move || list::list(&setup, all, json))
+        }
+        Remote::Log { id, since, json } => {
+            let id = own_id(&id, "log")?;
+            Box::new(move || log::log(&setup, id.as_deref(), since.map(Duration::from_secs), json))
+        }
+        Remote::Suggest { id, json } => {
+            let id = own_id(&Some(id), "suggest")?.unwrap_or_default();
+            Box::new(move || suggest::suggest(&setup, &id, json))
+        }
+        Remote::Gc => {
+            operators_only("gc")?;
+            Box::new(move || gc::gc(&setup))
+        }
+    };
+    let (result, stdout, stderr) = console::captured(|| {
+        let result = run();
+        if let Err(err) = &result {
+            console::note!("lease: {}", crate::token::redact(&format!("{err:#}")));
+        }
+        result
+    });
+    let exit = match result {
+        Ok(exit) => exit,
+        Err(err) => err
+            .downcast_ref::<ExitError>()
+            .map_or(Exit::Failure, ExitError::exit),
+    };
+    Ok(Printed {
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        exit: exit.code(),
+    })
+}

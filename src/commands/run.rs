@@ -244,25 +244,29 @@ fn record_exit(
     if !waited.ended_at_expiry {
         return exit_of(waited.status);
     }
-    // What lease sent last, and what the command died of (the same, unless it caught the
-    // signal and exited): stderr, the trail and the receipt all report these.
-    let name =
-        |signal: i32| nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
+    // What lease sent last: the trail and the receipt report it.
     let mut expired = Event::new(EventKind::Expired, Some(record)).process(process);
     expired.reason = Some(format!("on-expiry {}", plan.on_expiry.as_str()));
     expired.signal = waited.sent_at_expiry;
     store.audit().note(&expired);
+    say_expired(&record.id, waited, plan.on_expiry);
+    Exit::Expired
+}
+
+/// The line that says a command was ended because its lease expired: what lease sent last,
+/// and what the command died of (the same, unless it caught the signal and exited).
+pub(super) fn say_expired(id: &str, waited: &Waited, on_expiry: OnExpiry) {
+    let name =
+        |signal: i32| nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
     let how = match (waited.status.signal(), waited.sent_at_expiry) {
         (Some(died_of), _) => format!("the command was ended with {}", name(died_of)),
         (None, Some(sent)) => format!("the command was sent {} and exited", name(sent)),
         (None, None) => "the command was ended".to_owned(),
     };
     eprintln!(
-        "lease: lease {} expired: {how} (--on-expiry {})",
-        record.id,
-        plan.on_expiry.as_str()
+        "lease: lease {id} expired: {how} (--on-expiry {})",
+        on_expiry.as_str()
     );
-    Exit::Expired
 }
 
 /// The status lease should end with, given how the child ended.

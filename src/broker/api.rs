@@ -242,15 +242,16 @@ pub(super) fn mint_for(
     owner: Option<crate::owner::Owner>,
 ) -> Result<(Token, Record, policy::Plan), Refusal> {
     let now = SystemTime::now();
-    let parent = if asked.no_parent { None } else { bearer };
     // An operator's token is handled as `lease issue` handles it locally (an unknown one is no
     // parent). Anyone else's must be a live lease's: it is their only right.
-    if let Some(parent) = parent.as_ref().filter(|_| !operator)
+    if let Some(parent) = bearer.as_ref().filter(|_| !operator)
         && let Some(denial) = dead(live, parent, now)?
     {
         return Err(denial);
     }
-    let (plan, _notes) = policy::plan(&live.config, asked, &live.store, parent.as_ref(), now)
+    // The policy sees the token as a local issue sees the inherited one: `no_parent` with a
+    // parent's token is refused unless `allow_orphans`.
+    let (plan, _notes) = policy::plan(&live.config, asked, &live.store, bearer.as_ref(), now)
         .map_err(|err| Refusal(StatusCode::FORBIDDEN, format!("{err:#}")))?;
     if plan.parent.is_none() && !operator {
         return Err(Refusal(

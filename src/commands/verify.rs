@@ -93,7 +93,13 @@ fn decide(setup: &Setup, request: &VerifyRequest) -> Result<(Decision, Option<St
 fn ask_broker(broker: &Endpoint, token: &Token, action: &Action) -> Result<Decision> {
     let body = serde_json::to_vec(&serde_json::json!({ "action": action.as_str() }))?;
     let answer = client::request(broker, "POST", "/v1/verify", Some(token), Some(&body))?;
-    if !matches!(answer.status, 200 | 401 | 403) {
+    // 503 carries a decision only for a record that cannot be read (`corrupt record`, a
+    // denial, as locally); otherwise it is the broker failing, and nothing is decided.
+    let is_decision = matches!(answer.status, 200 | 401 | 403)
+        || (answer.status == 503
+            && serde_json::from_slice::<VerifyAnswer>(&answer.body)
+                .is_ok_and(|d| d.reason == Reason::CorruptRecord));
+    if !is_decision {
         bail!(
             "broker {broker} answered {}: {}",
             answer.status,

@@ -24,7 +24,7 @@ fn of_kind<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_jso
 #[test]
 fn every_event_type_is_logged_with_its_fields_and_never_the_token() {
     if crate::harness::local_only(
-        "not through the broker yet (issue 11): its output or behaviour differs there, to be triaged",
+        "the broker records its client's address in the trail, not a command line",
     ) {
         return;
     }

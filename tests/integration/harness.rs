@@ -43,7 +43,9 @@ pub fn broker_mode() -> bool {
 /// `why`, where the run shows it; the caller returns when this is true. Each call is a decision
 /// recorded in the test itself: "not through the broker yet" names what issue 11 has left.
 pub fn local_only(why: &str) -> bool {
-    if !broker_mode() {
+    if !broker_mode()
+        || (std::env::var_os("LEASE_TEST_TRIAGE").is_some() && why.contains("triaged"))
+    {
         return false;
     }
     let test = thread::current().name().unwrap_or("a test").to_owned();

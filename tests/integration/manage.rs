@@ -62,7 +62,7 @@ fn issue_rejects_bad_arguments_with_2() {
 #[test]
 fn list_shows_active_leases_and_all_adds_ended_ones() {
     if crate::harness::local_only(
-        "not through the broker yet (issue 11): its output or behaviour differs there, to be triaged",
+        "a run through a broker is owned by the broker: list's PID is the broker's",
     ) {
         return;
     }

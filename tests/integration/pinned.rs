@@ -31,7 +31,7 @@ const SUBCOMMANDS: [&str; 13] = [
 #[test]
 fn help_of_lease_and_of_every_subcommand_is_pinned() {
     if crate::harness::local_only(
-        "not through the broker yet (issue 11): its output or behaviour differs there, to be triaged",
+        "the pinned help shows the environment, and LEASE_BROKER's value is the sandbox's",
     ) {
         return;
     }
@@ -103,7 +103,7 @@ const ANOTHER_BOOT: &str = "\"00000000-0000-0000-0000-000000000000\"";
 #[test]
 fn each_reason_of_a_lease_of_its_own_is_pinned() {
     if crate::harness::local_only(
-        "not through the broker yet (issue 11): its output or behaviour differs there, to be triaged",
+        "the pinned transcripts name the store and the environment of local runs",
     ) {
         return;
     }
@@ -222,7 +222,7 @@ fn pin_usage_errors(sandbox: &Sandbox, class: &str, cases: &[&[&str]]) {
 #[test]
 fn each_class_of_usage_error_is_pinned_for_run_and_for_the_others() {
     if crate::harness::local_only(
-        "not through the broker yet (issue 11): its output or behaviour differs there, to be triaged",
+        "the pinned help shows the environment, and LEASE_BROKER's value is the sandbox's",
     ) {
         return;
     }

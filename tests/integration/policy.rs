@@ -337,11 +337,6 @@ fn a_nested_lease_dies_when_the_parent_run_ends() {
 
 #[test]
 fn no_parent_is_refused_unless_orphans_are_allowed() {
-    if crate::harness::local_only(
-        "not through the broker yet (issue 11): its output or behaviour differs there, to be triaged",
-    ) {
-        return;
-    }
     let sandbox = Sandbox::new();
     let parent = sandbox.issue("a");
     sandbox
@@ -485,9 +480,7 @@ fn on_expiry_term_ends_the_command_near_the_ttl_with_124() {
 
 #[test]
 fn on_expiry_term_kills_a_command_that_ignores_sigterm_after_the_grace() {
-    if crate::harness::local_only(
-        "not through the broker yet (issue 11): its output or behaviour differs there, to be triaged",
-    ) {
+    if crate::harness::local_only("not through the broker yet (issue 11): --receipt") {
         return;
     }
     let sandbox = Sandbox::new();

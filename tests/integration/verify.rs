@@ -88,11 +88,6 @@ fn unknown_token_is_denied() {
 
 #[test]
 fn no_denial_shows_the_presented_token() {
-    if crate::harness::local_only(
-        "not through the broker yet (issue 11): its output or behaviour differs there, to be triaged",
-    ) {
-        return;
-    }
     let sandbox = Sandbox::new();
     let elsewhere = Sandbox::new().issue("a");
     let token = sandbox.issue_json("a", &["--uses", "1"]);

@@ -58,6 +58,9 @@ pub struct MintBody {
     /// For a run: the program it runs (argv[0] only), for the record and the trail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// Plan only (`lease run --print-env`): answer [`Planned`], mint nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl MintBody {
@@ -82,6 +85,7 @@ impl MintBody {
             on_expiry: asked.flags.on_expiry.map(|o| o.as_str().to_owned()),
             grace: asked.flags.grace.map(|grace| grace.as_secs()),
             command: None,
+            dry_run: false,
         }
     }
 
@@ -141,6 +145,17 @@ impl Drop for Minted {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.token);
     }
+}
+
+/// The answer of a dry run of `POST /v1/leases`: the lease the policy would mint.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Planned {
+    /// Its scopes.
+    pub scope: Vec<String>,
+    /// Its expiry (RFC 3339), were it minted now.
+    pub expires_at: String,
+    /// The variable its token would go in.
+    pub token_env: String,
 }
 
 /// What the broker tells a run on its held connection (`/v1/runs`), one JSON line each.

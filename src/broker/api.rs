@@ -26,7 +26,7 @@ use crate::policy;
 use crate::record::Record;
 use crate::scope::Action;
 use crate::token::{BODY_LEN, PREFIX, Token};
-use crate::wire::{ErrorBody, MintBody, Minted, Remote, VerifyAnswer};
+use crate::wire::{ErrorBody, MintBody, Minted, Planned, Remote, VerifyAnswer};
 
 /// The largest request body read (a verify body is a few dozen bytes).
 const MAX_BODY: usize = 16 * 1024;
@@ -187,16 +187,36 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
         Ok(body) => body,
         Err(answer) => return answer,
     };
-    let asked = match serde_json::from_slice::<MintBody>(&body)
+    let (asked, dry_run) = match serde_json::from_slice::<MintBody>(&body)
         .map_err(anyhow::Error::from)
-        .and_then(MintBody::into_asked)
-    {
+        .and_then(|body| {
+            let dry_run = body.dry_run;
+            Ok((body.into_asked()?, dry_run))
+        }) {
         Ok(asked) => asked,
         Err(err) => return error(StatusCode::BAD_REQUEST, &format!("{err:#}")),
     };
     let live = shared.live();
     let operator = peer.is_operator(&live.config);
     let process = peer.process();
+    if dry_run {
+        let planned = tokio::task::spawn_blocking(move || {
+            plan_for(&live, operator, token.as_ref(), asked).map(|plan| Planned {
+                scope: plan.grants.iter().map(|g| g.scope.to_string()).collect(),
+                expires_at: crate::record::rfc3339::format(plan.expires_at),
+                token_env: plan.token_env,
+            })
+        })
+        .await;
+        return match planned {
+            Ok(Ok(planned)) => json(StatusCode::OK, &planned),
+            Ok(Err(Refusal(status, why))) => error(status, &why),
+            Err(err) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("the broker failed: {err}"),
+            ),
+        };
+    }
     let outcome = tokio::task::spawn_blocking(move || -> Result<Minted, Refusal> {
         let (token, record, _plan) = mint_for(&live, operator, token, asked, &process, None)?;
         Ok(Minted {
@@ -231,6 +251,35 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
     }
 }
 
+/// The lease the broker's policy would mint for this caller: nested in the bearer token's
+/// lease, or a root lease for an operator only.
+pub(super) fn plan_for(
+    live: &Live,
+    operator: bool,
+    bearer: Option<&Token>,
+    asked: policy::Asked,
+) -> Result<policy::Plan, Refusal> {
+    let now = SystemTime::now();
+    // An operator's token is handled as `lease issue` handles it locally (an unknown one is no
+    // parent). Anyone else's must be a live lease's: it is their only right.
+    if let Some(parent) = bearer.filter(|_| !operator)
+        && let Some(denial) = dead(live, parent, now)?
+    {
+        return Err(denial);
+    }
+    // The policy sees the token as a local issue sees the inherited one: `no_parent` with a
+    // parent's token is refused unless `allow_orphans`.
+    let (plan, _notes) = policy::plan(&live.config, asked, &live.store, bearer, now)
+        .map_err(|err| Refusal(StatusCode::FORBIDDEN, format!("{err:#}")))?;
+    if plan.parent.is_none() && !operator {
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "not allowed: minting a root lease needs an operator (a uid in operators, on the broker's unix socket); a token holder may mint leases nested in its own".to_owned(),
+        ));
+    }
+    Ok(plan)
+}
+
 /// Mints a lease as `lease issue` (or, with an `owner`, a held run) would: nested in the
 /// bearer token's lease, or a root lease for an operator only; under the broker's policy.
 pub(super) fn mint_for(
@@ -241,24 +290,7 @@ pub(super) fn mint_for(
     process: &Process,
     owner: Option<crate::owner::Owner>,
 ) -> Result<(Token, Record, policy::Plan), Refusal> {
-    let now = SystemTime::now();
-    // An operator's token is handled as `lease issue` handles it locally (an unknown one is no
-    // parent). Anyone else's must be a live lease's: it is their only right.
-    if let Some(parent) = bearer.as_ref().filter(|_| !operator)
-        && let Some(denial) = dead(live, parent, now)?
-    {
-        return Err(denial);
-    }
-    // The policy sees the token as a local issue sees the inherited one: `no_parent` with a
-    // parent's token is refused unless `allow_orphans`.
-    let (plan, _notes) = policy::plan(&live.config, asked, &live.store, bearer.as_ref(), now)
-        .map_err(|err| Refusal(StatusCode::FORBIDDEN, format!("{err:#}")))?;
-    if plan.parent.is_none() && !operator {
-        return Err(Refusal(
-            StatusCode::FORBIDDEN,
-            "not allowed: minting a root lease needs an operator (a uid in operators, on the broker's unix socket); a token holder may mint leases nested in its own".to_owned(),
-        ));
-    }
+    let plan = plan_for(live, operator, bearer.as_ref(), asked)?;
     let (token, record, ()) =
         crate::lease::mint(&live.store, &plan, process, |_| Ok((owner.clone(), ())))
             .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))?;

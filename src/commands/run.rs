@@ -206,13 +206,25 @@ pub(super) fn env_rules<'a>(
 /// `--print-env`: the environment the command would get, with the secret and the id (which do
 /// not exist yet) shown as placeholders. Nothing is minted and nothing is run.
 fn print_env(plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
+    let scope = lease::scope_of(plan);
+    let planned = (scope.as_str(), plan.expires_at, plan.token_env.as_str());
+    print_planned_env(lease::Authority::Store(store.dir()), planned, rules)
+}
+
+/// The environment a command would get for a lease planned with this (scope, expiry, token
+/// variable), with placeholders for the id and the token.
+pub(super) fn print_planned_env(
+    authority: lease::Authority<'_>,
+    (scope, expires_at, token_env): (&str, SystemTime, &str),
+    rules: &EnvRules<'_>,
+) -> Result<Exit> {
     let vars = lease::variables(
-        lease::Authority::Store(store.dir()),
+        authority,
         lease::Told {
             id: "<minted when the command starts>",
-            scope: &lease::scope_of(plan),
-            expires_at: plan.expires_at,
-            token_env: &plan.token_env,
+            scope,
+            expires_at,
+            token_env,
             token: "<token: minted when the command starts>",
         },
     );

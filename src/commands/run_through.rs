@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use super::Setup;
-use super::run::{env_rules, exit_of, program_name, say_expired, spawn, start_and_wait};
+use super::run::{
+    env_rules, exit_of, print_planned_env, program_name, say_expired, spawn, start_and_wait,
+};
 use crate::client::{Hold, Keeper, Kept};
 use crate::config::OnExpiry;
 use crate::endpoint::Endpoint;
@@ -18,13 +20,11 @@ use crate::lease::{self, Authority, Told};
 use crate::request::{RunMode, RunRequest};
 use crate::signals::Forwarder;
 use crate::token::Token;
-use crate::wire::{Exited, FromBroker, FromRun, MintBody};
+use crate::wire::{Exited, FromBroker, FromRun, MintBody, Planned};
 
 pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Result<Exit> {
     let (program, args) = match request.mode {
-        RunMode::PrintEnv => bail!(
-            "--print-env does not go through a broker yet ({broker}); unset LEASE_BROKER to see the local environment"
-        ),
+        RunMode::PrintEnv => return print_env(setup, broker, &request),
         RunMode::Exec { program, args } => (program, args),
     };
     if request.receipt.is_some() {
@@ -154,4 +154,40 @@ fn finish(kept: Kept, broker: &Endpoint, token: &Token, owner_timeout: Duration,
         "lease: could not tell the broker that the run ended: {last}; it ends the lease itself within {}s",
         owner_timeout.as_secs()
     );
+}
+
+/// `--print-env` through the broker: its policy plans the lease (a dry run of `POST
+/// /v1/leases`, which mints nothing), and the environment is printed with placeholders.
+fn print_env(setup: &Setup, broker: &Endpoint, request: &RunRequest) -> Result<Exit> {
+    let inherited = super::inherited_token(setup)?;
+    let mut body = MintBody::from_asked(&request.asked);
+    body.dry_run = true;
+    let body = serde_json::to_vec(&body)?;
+    let answer = crate::client::request(
+        broker,
+        "POST",
+        "/v1/leases",
+        inherited.as_ref(),
+        Some(&body),
+    )?;
+    if answer.status != 200 {
+        bail!("{}", crate::token::redact(&answer.error_text()));
+    }
+    let planned: Planned = serde_json::from_slice(&answer.body)
+        .with_context(|| format!("broker {broker} answered something that is not a plan"))?;
+    let expires_at = humantime::parse_rfc3339(&planned.expires_at)
+        .context("the broker answered a bad expiry")?;
+    let inherited_at = super::verify::token_env_in_use(&setup.config.token_env).ok();
+    let rules = env_rules(
+        setup,
+        &request.env,
+        inherited_at.as_deref(),
+        &planned.token_env,
+        &[lease::STATE_DIR_VAR],
+    );
+    print_planned_env(
+        Authority::Broker(broker),
+        (&planned.scope.join(","), expires_at, &planned.token_env),
+        &rules,
+    )
 }

@@ -65,9 +65,6 @@ fn scrub_removes_long_lived_secrets_and_clean_env_starts_from_nothing() {
 
 #[test]
 fn print_env_shows_what_the_command_would_get_without_minting() {
-    if crate::harness::local_only("not through the broker yet (issue 11): --print-env") {
-        return;
-    }
     let sandbox = Sandbox::new();
     let out = sandbox
         .lease([

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::audit::EventKind;
+use crate::audit::{Event, EventKind};
 use crate::record::{Record, rfc3339};
 use crate::signals::Waited;
 use crate::store::Store;
@@ -60,21 +60,55 @@ impl Receipt {
         started_at: SystemTime,
         duration_ms: u64,
     ) -> Receipt {
+        let lease = ReceiptLease {
+            id: record.id.to_string(),
+            scope: record.scope.iter().map(|s| s.to_string()).collect(),
+            issued_at: rfc3339::format(record.issued_at),
+            expires_at: rfc3339::format(record.expires_at),
+            parent: record.parent.as_deref().map(str::to_owned),
+        };
+        let trail = store.audit().read().unwrap_or_default();
+        Receipt::from_trail(lease, trail, waited, started_at, duration_ms)
+    }
+
+    /// The receipt of a run whose lease the broker holds: the lease as it was told of it,
+    /// and the trail the broker sent back.
+    pub fn of_held_run(
+        lease: &crate::wire::Started,
+        trail: Vec<Event>,
+        waited: &Waited,
+        started_at: SystemTime,
+        duration_ms: u64,
+    ) -> Receipt {
+        let lease = ReceiptLease {
+            id: lease.lease.id.clone(),
+            scope: lease.lease.scope.clone(),
+            issued_at: lease.issued_at.clone(),
+            expires_at: lease.lease.expires_at.clone(),
+            parent: lease.parent.clone(),
+        };
+        Receipt::from_trail(lease, trail, waited, started_at, duration_ms)
+    }
+
+    fn from_trail(
+        lease: ReceiptLease,
+        trail: Vec<Event>,
+        waited: &Waited,
+        started_at: SystemTime,
+        duration_ms: u64,
+    ) -> Receipt {
         // Decisions about this lease and any lease nested in it (at any depth) during the run:
         // the trail names each lease's parent when it is issued, before it is used.
-        let mut ours = HashSet::from([record.id.clone()]);
-        let decisions = store
-            .audit()
-            .read()
-            .unwrap_or_default()
+        let mut ours = HashSet::from([lease.id.clone()]);
+        let decisions = trail
             .into_iter()
             .filter(|e| {
-                if let (Some(lease), Some(parent)) = (&e.lease, &e.parent)
-                    && ours.contains(parent)
+                if let (Some(id), Some(parent)) = (&e.lease, &e.parent)
+                    && ours.contains(parent.as_str())
                 {
-                    ours.insert(lease.clone());
+                    ours.insert(id.to_string());
                 }
-                e.lease.as_ref().is_some_and(|l| ours.contains(l))
+                e.lease.as_ref().is_some_and(|l| ours.contains(l.as_str()))
             })
             .filter(|e| matches!(e.event, EventKind::Granted | EventKind::Denied))
             .map(|e| Decision {
@@ -86,13 +120,7 @@ impl Receipt {
             })
             .collect();
         Receipt {
-            lease: ReceiptLease {
-                id: record.id.to_string(),
-                scope: record.scope.iter().map(|s| s.to_string()).collect(),
-                issued_at: rfc3339::format(record.issued_at),
-                expires_at: rfc3339::format(record.expires_at),
-                parent: record.parent.as_deref().map(str::to_owned),
-            },
+            lease,
             decisions,
             exit: ReceiptExit {
                 code: waited.status.code(),

@@ -186,6 +186,10 @@ pub struct Started {
     pub grace: u64,
     /// Seconds the broker waits for a silent run: the run sends `ping` well within it.
     pub owner_timeout: u64,
+    /// When the lease was minted (RFC 3339), for the receipt.
+    pub issued_at: String,
+    /// Its parent lease, if it is nested.
+    pub parent: Option<String>,
 }
 
 /// What a run tells the broker on its held connection after the first line.
@@ -207,6 +211,12 @@ pub struct Exited {
     pub signal: Option<i32>,
     /// How long it ran.
     pub duration_ms: u64,
+    /// If lease ended it because its lease expired: `--on-expiry`'s value (`term`, `kill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at_expiry: Option<String>,
+    /// The last signal lease sent it at expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_expiry: Option<i32>,
 }
 
 /// A subcommand a client asks the broker to run for it (`POST /v1/commands`): the broker runs

@@ -189,6 +189,8 @@ async fn start(
             on_expiry: plan.on_expiry.as_str().to_owned(),
             grace: plan.grace.as_secs(),
             owner_timeout,
+            issued_at: rfc3339::format(record.issued_at),
+            parent: record.parent.as_ref().map(ToString::to_string),
         })
     })
     .await
@@ -293,6 +295,12 @@ async fn end(
             event.signal = exited.signal;
             event.duration_ms = Some(exited.duration_ms);
             live.store.audit().note(&event);
+            if let Some(on_expiry) = &exited.ended_at_expiry {
+                let mut expired = Event::new(EventKind::Expired, Some(&record)).process(&process);
+                expired.reason = Some(format!("on-expiry {on_expiry}"));
+                expired.signal = exited.sent_at_expiry;
+                live.store.audit().note(&expired);
+            }
         }
         crate::lease::revoke(&live.store, &id, "run ended", &process).is_ok()
     })

@@ -27,8 +27,9 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
         RunMode::PrintEnv => return print_env(setup, broker, &request),
         RunMode::Exec { program, args } => (program, args),
     };
-    if request.receipt.is_some() {
-        bail!("--receipt does not go through a broker yet ({broker})");
+    // A receipt that could not be written must stop the run before it starts, not after.
+    if let Some(path) = &request.receipt {
+        crate::receipt::can_be_written(path)?;
     }
     let inherited = super::inherited_token(setup)?;
     let mut body = MintBody::from_asked(&request.asked);
@@ -79,6 +80,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
         return Ok(Exit::Signal(signal));
     }
     let started_at = Instant::now();
+    let started_wall = std::time::SystemTime::now();
     let keeper = Keeper::start(hold, token.clone(), owner_timeout)?;
     let mut current_expiry = || expires_at;
     let waited = start_and_wait(
@@ -110,13 +112,66 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
             .flatten(),
         signal: std::os::unix::process::ExitStatusExt::signal(&waited.status),
         duration_ms: crate::audit::millis(started_at.elapsed()),
+        ended_at_expiry: waited
+            .ended_at_expiry
+            .then(|| on_expiry.as_str().to_owned()),
+        sent_at_expiry: waited.sent_at_expiry,
     };
+    let duration_ms = exited.duration_ms;
     tell_end(keeper.finish(), exited);
-    if waited.ended_at_expiry {
+    let outcome = if waited.ended_at_expiry {
         say_expired(&started.lease.id, &waited, on_expiry);
-        return Ok(Exit::Expired);
+        Exit::Expired
+    } else {
+        exit_of(waited.status)
+    };
+    if let Some(path) = &request.receipt {
+        let written = held_trail(broker, &token).and_then(|trail| {
+            let receipt = crate::receipt::Receipt::of_held_run(
+                &started,
+                trail,
+                &waited,
+                started_wall,
+                duration_ms,
+            );
+            receipt.write(path)
+        });
+        if let Err(err) = written {
+            if outcome == Exit::Child(0) {
+                bail!("the command succeeded, but its receipt could not be written: {err:#}");
+            }
+            eprintln!("lease: the command failed, and its receipt could not be written: {err:#}");
+        }
     }
-    Ok(exit_of(waited.status))
+    Ok(outcome)
+}
+
+/// The run's trail, as the broker keeps it: its own lease's events and its nested leases'
+/// (`lease log --json` through the broker, which a token holder may ask about its own lease).
+fn held_trail(broker: &Endpoint, token: &Token) -> Result<Vec<crate::audit::Event>> {
+    let asked = crate::wire::Remote::Log {
+        id: None,
+        since: None,
+        json: true,
+    };
+    let body = serde_json::to_vec(&asked)?;
+    let answer = crate::client::request(broker, "POST", "/v1/commands", Some(token), Some(&body))?;
+    if answer.status != 200 {
+        bail!("broker {broker} refused the trail: {}", answer.error_text());
+    }
+    let printed: crate::wire::Printed = serde_json::from_slice(&answer.body)
+        .with_context(|| format!("broker {broker} answered something that is not the trail"))?;
+    if printed.exit != 0 {
+        bail!(
+            "broker {broker} could not read the trail: {}",
+            printed.stderr.trim()
+        );
+    }
+    printed
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).context("an event of the trail"))
+        .collect()
 }
 
 fn hold_end(hold: Option<Hold>) -> Kept {

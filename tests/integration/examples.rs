@@ -60,9 +60,6 @@ fn makefile_passes_the_lease_variable_on_to_its_recipes_and_the_gate() {
 
 #[test]
 fn agent_wrapper_narrows_the_scope_scrubs_secrets_and_writes_a_receipt() {
-    if crate::harness::local_only("not through the broker yet (issue 11): --receipt") {
-        return;
-    }
     let sandbox = Sandbox::new();
     let out = sandbox
         .command(example("agent.sh"))

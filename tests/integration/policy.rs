@@ -480,9 +480,6 @@ fn on_expiry_term_ends_the_command_near_the_ttl_with_124() {
 
 #[test]
 fn on_expiry_term_kills_a_command_that_ignores_sigterm_after_the_grace() {
-    if crate::harness::local_only("not through the broker yet (issue 11): --receipt") {
-        return;
-    }
     let sandbox = Sandbox::new();
     let started = Instant::now();
     let out = sandbox

@@ -7,9 +7,6 @@ use crate::harness::Sandbox;
 
 #[test]
 fn a_receipt_holds_the_lease_every_decision_and_the_exit() {
-    if crate::harness::local_only("not through the broker yet (issue 11): --receipt") {
-        return;
-    }
     let sandbox = Sandbox::new();
     let receipt = sandbox.path("receipt.json");
     let out = sandbox
@@ -47,9 +44,6 @@ fn a_receipt_holds_the_lease_every_decision_and_the_exit() {
 
 #[test]
 fn a_receipt_that_cannot_be_written_stops_the_run_before_it_starts() {
-    if crate::harness::local_only("not through the broker yet (issue 11): --receipt") {
-        return;
-    }
     let sandbox = Sandbox::new();
     let ran = sandbox.path("ran");
     let script = format!("touch '{}'", ran.display());

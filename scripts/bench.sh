@@ -130,7 +130,7 @@ rss "peak RSS of run vs tini" 3 "$lease run --scope a:b --" "tini -s --"
 broker=$!
 trap 'kill "$broker" 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 200); do grep -q "listening on 127" "$work/broker.log" && break; sleep 0.05; done
-port=$(sed -n 's/.*listening on 127.0.0.1://p' "$work/broker.log")
+port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/broker.log")
 compare "verify through the broker (unix socket) vs local" 1.5 \
     "$lease --broker unix:$work/broker.sock verify a:b" "$lease --state-dir $work/s10 verify a:b"
 

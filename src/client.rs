@@ -5,7 +5,7 @@
 //! up to [`MAX_ANSWER`] bytes, and the token travels only in the `Authorization` header of a
 //! buffer that is zeroed when dropped.
 
-use std::io::{BufRead as _, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -80,13 +80,7 @@ pub fn request(
         }
         head.extend_from_slice(b"\r\n");
         head.extend_from_slice(body.unwrap_or_default());
-        let raw = match endpoint {
-            Endpoint::Unix(path) => send(connect_unix(path)?, &head)?,
-            Endpoint::Http(authority) => send(connect_tcp(authority)?, &head)?,
-            Endpoint::Https(_) => {
-                bail!("https brokers are not supported yet: use unix: or http:// on loopback")
-            }
-        };
+        let raw = send(Conn::open(endpoint)?, &head)?;
         parse(&raw)
     };
     exchange().map_err(|err| {
@@ -139,10 +133,13 @@ fn connect_tcp(authority: &str) -> Result<TcpStream> {
 fn send(mut stream: impl Read + Write, request: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     stream.write_all(request).context("sending")?;
     let mut raw = Zeroizing::new(Vec::new());
-    stream
-        .take(MAX_ANSWER + 1)
-        .read_to_end(&mut raw)
-        .context("reading the answer")?;
+    match stream.take(MAX_ANSWER + 1).read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify after a whole answer: `parse` checks
+        // that the answer is whole.
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(err) => return Err(anyhow::Error::from(err).context("reading the answer")),
+    }
     if raw.len() as u64 > MAX_ANSWER {
         bail!("the answer is larger than {MAX_ANSWER} bytes");
     }
@@ -207,29 +204,47 @@ mod tests {
     }
 }
 
-/// A connection to a broker: a unix socket or TCP.
+/// A connection to a broker: a unix socket, TCP, or TLS over TCP.
 #[derive(Debug)]
 enum Conn {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
 }
+
+/// Where the CA certificates that an `https://` broker's certificate must chain to are, when
+/// `LEASE_BROKER_CA` does not name a PEM file: the system's bundle (Debian's path).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 impl Conn {
     fn open(endpoint: &Endpoint) -> Result<Conn> {
         match endpoint {
             Endpoint::Unix(path) => Ok(Conn::Unix(connect_unix(path)?)),
             Endpoint::Http(authority) => Ok(Conn::Tcp(connect_tcp(authority)?)),
-            Endpoint::Https(_) => {
-                bail!("https brokers are not supported yet: use unix: or http:// on loopback")
+            Endpoint::Https(authority) => {
+                let tcp = connect_tcp(authority)?;
+                let host = authority
+                    .rsplit_once(':')
+                    .map_or(authority.as_str(), |(host, _)| host);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name =
+                    rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|err| {
+                        anyhow!("'{}' is not a server name: {err}", host.escape_debug())
+                    })?;
+                let connection =
+                    rustls::ClientConnection::new(tls_config()?, name).context("starting TLS")?;
+                let mut stream = rustls::StreamOwned::new(connection, tcp);
+                // The handshake now, within the socket's timeouts, so that a bad certificate
+                // is reported as such.
+                while stream.conn.is_handshaking() {
+                    stream
+                        .conn
+                        .complete_io(&mut stream.sock)
+                        .context("TLS handshake")?;
+                }
+                Ok(Conn::Tls(Box::new(stream)))
             }
         }
-    }
-
-    fn try_clone(&self) -> std::io::Result<Conn> {
-        Ok(match self {
-            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
-            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
-        })
     }
 
     fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -237,8 +252,44 @@ impl Conn {
         match self {
             Conn::Unix(s) => s.as_fd(),
             Conn::Tcp(s) => s.as_fd(),
+            Conn::Tls(s) => s.sock.as_fd(),
         }
     }
+}
+
+/// The TLS client configuration: the CA certificates of `LEASE_BROKER_CA` (a PEM file), or
+/// the system's, and nothing older than TLS 1.2.
+fn tls_config() -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let path = std::env::var_os("LEASE_BROKER_CA")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| std::path::PathBuf::from(SYSTEM_CA_BUNDLE), Into::into);
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&path).map_err(|err| {
+        anyhow!(
+            "CA certificates {}: {err}; set LEASE_BROKER_CA to a PEM file",
+            path.display()
+        )
+    })?;
+    for cert in certs {
+        let cert = cert.map_err(|err| anyhow!("CA certificates {}: {err}", path.display()))?;
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        bail!(
+            "CA certificates {}: none could be read; set LEASE_BROKER_CA to a PEM file",
+            path.display()
+        );
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
 }
 
 impl Read for Conn {
@@ -246,6 +297,7 @@ impl Read for Conn {
         match self {
             Conn::Unix(s) => s.read(buf),
             Conn::Tcp(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
         }
     }
 }
@@ -255,6 +307,7 @@ impl Write for Conn {
         match self {
             Conn::Unix(s) => s.write(buf),
             Conn::Tcp(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
         }
     }
 
@@ -262,17 +315,22 @@ impl Write for Conn {
         match self {
             Conn::Unix(s) => s.flush(),
             Conn::Tcp(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
         }
     }
 }
+
+/// The longest line, and the longest answer head, a held run reads from its broker.
+const MAX_HELD_LINE: usize = 64 * 1024;
 
 /// A run's connection to the broker (`/v1/runs`), upgraded to JSON lines: it holds the run's
 /// lease for as long as it is open (docs/api.md).
 #[derive(Debug)]
 pub struct Hold {
     endpoint: Endpoint,
-    writer: Conn,
-    reader: std::io::BufReader<Conn>,
+    conn: Conn,
+    /// Bytes read and not consumed yet.
+    buffered: Vec<u8>,
 }
 
 impl Hold {
@@ -310,7 +368,12 @@ impl Hold {
                 crate::token::redact(&format!("{err:#}"))
             )
         };
-        let mut writer = Conn::open(endpoint).map_err(fail)?;
+        let conn = Conn::open(endpoint).map_err(fail)?;
+        let mut hold = Hold {
+            endpoint: endpoint.clone(),
+            conn,
+            buffered: Vec::new(),
+        };
         let mut head = Zeroizing::new(Vec::with_capacity(256));
         write!(
             head,
@@ -320,76 +383,84 @@ impl Hold {
             write!(head, "Authorization: Bearer {}\r\n", token.expose())?;
         }
         head.extend_from_slice(b"\r\n");
-        writer.write_all(&head).context("sending").map_err(fail)?;
-        let mut reader = std::io::BufReader::new(writer.try_clone()?);
-        // The answer's head, up to its blank line, at most 16 KiB.
-        let mut raw = Vec::new();
-        while !raw.ends_with(b"\r\n\r\n") {
-            let mut line = Vec::new();
-            let read = (&mut reader)
-                .take(16 * 1024)
-                .read_until(b'\n', &mut line)
-                .context("reading the answer")
-                .map_err(fail)?;
-            if read == 0 || raw.len() + line.len() > 16 * 1024 {
+        hold.conn
+            .write_all(&head)
+            .context("sending")
+            .map_err(fail)?;
+        hold.conn.flush().context("sending").map_err(fail)?;
+        // The answer's head, up to its blank line.
+        let end = loop {
+            if let Some(at) = hold.buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if hold.buffered.len() > MAX_HELD_LINE || hold.read_more().map_err(fail)? == 0 {
                 return Err(fail(anyhow!("it closed the connection without answering")));
             }
-            raw.extend_from_slice(&line);
-        }
-        let answer = parse(&raw).map_err(fail)?;
+        };
+        let answer = parse(&hold.buffered[..end]).map_err(fail)?;
         if answer.status != 101 {
             // Refused before the upgrade: the body, if any, says why.
-            let mut body = Vec::new();
-            let _ = (&mut reader).take(64 * 1024).read_to_end(&mut body);
-            let text = String::from_utf8_lossy(&body);
-            return Err(fail(anyhow!("answered {}: {}", answer.status, text.trim())));
+            let _ = hold.read_more();
+            let text = String::from_utf8_lossy(&hold.buffered[end..])
+                .trim()
+                .to_owned();
+            return Err(fail(anyhow!("answered {}: {text}", answer.status)));
         }
-        Ok(Hold {
-            endpoint: endpoint.clone(),
-            writer,
-            reader,
-        })
+        hold.buffered.drain(..end);
+        Ok(hold)
+    }
+
+    /// Reads what the connection has into the buffer; 0 at the end.
+    fn read_more(&mut self) -> Result<usize> {
+        let mut chunk = [0u8; 4096];
+        let read = self.conn.read(&mut chunk).context("reading")?;
+        self.buffered.extend_from_slice(&chunk[..read]);
+        Ok(read)
     }
 
     /// Sends one JSON line.
     pub fn send(&mut self, message: &impl serde::Serialize) -> Result<()> {
         let mut line = serde_json::to_vec(message)?;
         line.push(b'\n');
-        self.writer
+        self.conn
             .write_all(&line)
+            .and_then(|()| self.conn.flush())
             .map_err(|err| anyhow!("broker {}: sending: {err}", self.endpoint))
     }
 
     /// Reads one JSON line from the broker, within [`TIMEOUT`].
     pub fn receive(&mut self) -> Result<crate::wire::FromBroker> {
-        let mut line = Zeroizing::new(Vec::new());
-        let read = (&mut self.reader)
-            .take(64 * 1024)
-            .read_until(b'\n', &mut line)
-            .map_err(|err| anyhow!("broker {}: reading: {err}", self.endpoint))?;
-        if read == 0 || line.last() != Some(&b'\n') {
-            bail!("broker {}: the connection closed", self.endpoint);
-        }
-        serde_json::from_slice(&line)
+        let end = loop {
+            if let Some(at) = self.buffered.iter().position(|b| *b == b'\n') {
+                break at;
+            }
+            let read = self
+                .read_more()
+                .map_err(|err| anyhow!("broker {}: {err:#}", self.endpoint))?;
+            if read == 0 || self.buffered.len() > MAX_HELD_LINE {
+                bail!("broker {}: the connection closed", self.endpoint);
+            }
+        };
+        // The line may hold a token (a run's start): zeroed once read.
+        let line: Zeroizing<Vec<u8>> = Zeroizing::new(self.buffered.drain(..=end).collect());
+        serde_json::from_slice(&line[..end])
             .map_err(|err| anyhow!("broker {}: answered garbage: {err}", self.endpoint))
     }
 
     /// Waits at most `timeout` for the broker to close the connection (the only thing it
     /// sends while it holds a run): `true` if it did, or the connection failed.
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
-        use std::io::BufRead;
-        if !self.reader.buffer().is_empty() {
+        if !self.buffered.is_empty() {
             return false;
         }
         let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [nix::poll::PollFd::new(
-            self.reader.get_ref().fd(),
+            self.conn.fd(),
             nix::poll::PollFlags::POLLIN,
         )];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(millis)) {
-            Ok(0) => false,
-            Ok(_) => self.reader.fill_buf().map_or(true, |data| data.is_empty()),
-            Err(nix::errno::Errno::EINTR) => false,
+            Ok(0) | Err(nix::errno::Errno::EINTR) => false,
+            Ok(_) => self.read_more().map_or(true, |read| read == 0),
             Err(_) => true,
         }
     }
@@ -470,7 +541,7 @@ fn wait_on(
 fn keep(mut hold: Hold, token: &Token, owner_timeout: Duration, stop: &OwnedFd) -> Kept {
     let interval = owner_timeout / 3;
     loop {
-        let woken = wait_on(stop, Some(hold.reader.get_ref().fd()), interval);
+        let woken = wait_on(stop, Some(hold.conn.fd()), interval);
         let lost = match woken {
             Woken::Stop => {
                 return Kept {

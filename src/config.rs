@@ -98,6 +98,9 @@ pub struct Config {
     /// The group the broker's unix sockets are given to, mode 0660 (`socket_group`, a name
     /// resolved); `None`: the sockets stay 0600, the broker's user's only.
     pub socket_group: Option<u32>,
+    /// The broker's certificate chain and private key (PEM files), for TLS on its TCP
+    /// listeners (`tls_cert`, `tls_key`; both or neither).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A named set of defaults for `run` and `issue`; flags on the command line override each.
@@ -134,6 +137,7 @@ impl Default for Config {
             operators: None,
             owner_timeout: DEFAULT_OWNER_TIMEOUT,
             socket_group: None,
+            tls: None,
         }
     }
 }
@@ -153,6 +157,8 @@ struct File {
     operators: Option<Vec<OperatorValue>>,
     owner_timeout: Option<DurationValue>,
     socket_group: Option<OperatorValue>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     profile: BTreeMap<String, ProfileFile>,
     #[serde(default)]
@@ -363,6 +369,16 @@ impl Config {
             }
             config.owner_timeout = timeout;
         }
+        config.tls = match (&file.tls_cert, &file.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(at.error(None, "tls_cert", "needs tls_key beside it"));
+            }
+            (None, Some(_)) => {
+                return Err(at.error(None, "tls_key", "needs tls_cert beside it"));
+            }
+        };
         if let Some(value) = &file.socket_group {
             config.socket_group = Some(match value {
                 OperatorValue::Uid(gid) => *gid,

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -237,13 +237,14 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     };
     // Everything is bound before the runtime starts: an address in use or refused is an error
     // before the broker says it is ready, and the umask dance below sees no other thread.
+    let tls = match &live.config.tls {
+        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+        None => None,
+    };
     let mut bound = Vec::new();
     for address in &listen {
-        bound.push(bind(
-            address,
-            request.insecure_http,
-            live.config.socket_group,
-        )?);
+        let plain_ok = request.insecure_http || tls.is_some();
+        bound.push(bind(address, plain_ok, live.config.socket_group)?);
     }
     let (guard, done) = mpsc::channel(1);
     let shared = Arc::new(Shared {
@@ -267,7 +268,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
             Bound::Tcp(_) => None,
         })
         .collect();
-    let result = runtime.block_on(run(shared, bound, done));
+    let result = runtime.block_on(run(shared, bound, done, tls));
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }
@@ -277,7 +278,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
 /// Binds one address: a unix socket created 0600 (a stale socket from a dead broker is
 /// replaced; a live one is an error), or a TCP port, refused off loopback without
 /// `--insecure-http`.
-fn bind(address: &Listen, insecure_http: bool, group: Option<u32>) -> Result<Bound> {
+fn bind(address: &Listen, off_loopback_ok: bool, group: Option<u32>) -> Result<Bound> {
     match address {
         Listen::Unix(path) => {
             let listener =
@@ -290,13 +291,12 @@ fn bind(address: &Listen, insecure_http: bool, group: Option<u32>) -> Result<Bou
                 .with_context(|| format!("cannot listen on {address}: cannot resolve it"))?
                 .collect();
             if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback())
-                && !insecure_http
+                && !off_loopback_ok
             {
                 bail!(
                     "cannot listen on {address}: {} is not a loopback address, and plain HTTP \
-                     would carry tokens in clear: pass --insecure-http if a TLS proxy or a \
-                     private network stands in front (TLS in the broker itself is not \
-                     available yet)",
+                     would carry tokens in clear: set tls_cert and tls_key in the config, or \
+                     pass --insecure-http if a TLS proxy or a private network stands in front",
                     open.ip()
                 );
             }
@@ -336,6 +336,29 @@ fn bind_unix(path: &Path, group: Option<u32>) -> Result<std::os::unix::net::Unix
     Ok(listener)
 }
 
+/// The TLS side of the TCP listeners, from the PEM files of `tls_cert` and `tls_key`. Session
+/// tickets are off: a held run's connection then carries nothing after the handshake but the
+/// run's lines, so a readable socket means data or a close.
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| anyhow!("tls_cert {}: {err}", cert.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|err| anyhow!("tls_key {}: {err}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|err| anyhow!("tls_cert and tls_key do not make a certificate: {err}"))?;
+    config.send_tls13_tickets = 0;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// A connection accepted on one of the listeners.
 #[derive(Debug)]
 enum Accepted {
@@ -343,7 +366,12 @@ enum Accepted {
     Tcp(TcpStream, SocketAddr),
 }
 
-async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()>) -> Result<()> {
+async fn run(
+    shared: Arc<Shared>,
+    bound: Vec<Bound>,
+    mut done: mpsc::Receiver<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
@@ -370,7 +398,11 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()
             }
             Bound::Tcp(std) => {
                 let listener = TcpListener::from_std(std)?;
-                log(&format!("listening on {}", listener.local_addr()?));
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                log(&format!(
+                    "listening on {} ({scheme})",
+                    listener.local_addr()?
+                ));
                 acceptors.push(tokio::spawn(async move {
                     loop {
                         match listener.accept().await {
@@ -415,9 +447,19 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()
                     let peer = Peer::unix(&stream);
                     connect(&shared, stream, peer);
                 }
-                Some(Accepted::Tcp(stream, address)) => {
-                    connect(&shared, stream, Peer::tcp(address));
-                }
+                Some(Accepted::Tcp(stream, address)) => match &tls {
+                    Some(acceptor) => {
+                        // The handshake runs in a task of its own, bounded like a request head.
+                        let (acceptor, shared) = (acceptor.clone(), Arc::clone(&shared));
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => connect(&shared, stream, Peer::tcp(address)),
+                                _ => log(&format!("TLS handshake failed: client={address}")),
+                            }
+                        });
+                    }
+                    None => connect(&shared, stream, Peer::tcp(address)),
+                },
                 None => break "no listener left",
             },
         }

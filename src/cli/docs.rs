@@ -125,9 +125,14 @@ The store, as \fB\-\-state\-dir\fR. \fBlease run\fR sets it in the command's env
 The config file, as \fB\-\-config\fR; it must exist.
 .TP
 \fBLEASE_BROKER\fR
-The broker to go through, as \fB\-\-broker\fR: \fIunix:/path\fR or \fIhttp://HOST:PORT\fR.
-With a broker, \fBverify\fR asks it and reads no store; the subcommands that do not go
-through a broker yet refuse to run rather than use a local store.
+The broker to go through, as \fB\-\-broker\fR: \fIunix:/path\fR, \fIhttp://HOST:PORT\fR or
+\fIhttps://HOST:PORT\fR. Every subcommand then asks the broker (\fBlease serve\fR), which alone
+reads its store and policy; \fBlease run\fR sets it for the command instead of
+\fBLEASE_STATE_DIR\fR.
+.TP
+\fBLEASE_BROKER_CA\fR
+A PEM file of the CA certificates an \fIhttps://\fR broker's certificate must chain to
+(default: the system's \fI/etc/ssl/certs/ca-certificates.crt\fR).
 .TP
 \fBLEASE_TOKEN\fR
 The token (the secret). \fBlease run\fR puts it here for the command (or in the variable

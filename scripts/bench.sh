@@ -133,6 +133,9 @@ for _ in $(seq 200); do grep -q "listening on 127" "$work/broker.log" && break; 
 port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/broker.log")
 compare "verify through the broker (unix socket) vs local" 1.5 \
     "$lease --broker unix:$work/broker.sock verify a:b" "$lease --state-dir $work/s10 verify a:b"
+# A run through the broker: nested in the exported token's lease (a token holder's run).
+compare "run through the broker (unix socket) vs tini" 1.6 \
+    "$lease --broker unix:$work/broker.sock run --scope a:b -- true" "tini -s -- true"
 
 # wrk: DURATION seconds of keep-alive load; prints "requests/s p50 p99" (latencies in ms).
 load() {

@@ -344,7 +344,7 @@ impl Hold {
         let mut hold = Hold::open(endpoint, "/v1/runs", parent)?;
         hold.send(body)?;
         match hold.receive()? {
-            crate::wire::FromBroker::Started(started) => Ok((hold, started)),
+            crate::wire::FromBroker::Started(started) => Ok((hold, *started)),
             crate::wire::FromBroker::Error(why) => bail!("{}", crate::token::redact(&why)),
             _ => bail!("broker {endpoint}: answered a run with something else"),
         }

@@ -141,6 +141,18 @@ pub struct Minted {
     pub expires_at: String,
 }
 
+/// The answer of `POST /v1/leases`: the lease, and the policy's notes (`--verbose` prints
+/// them), if any.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Issued {
+    /// The lease, as `lease issue --json` prints it.
+    #[serde(flatten)]
+    pub lease: Minted,
+    /// Notes such as an expiry capped at the parent's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
 impl Drop for Minted {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.token);
@@ -163,7 +175,7 @@ pub struct Planned {
 #[serde(rename_all = "snake_case")]
 pub enum FromBroker {
     /// The run's lease is minted and held by this connection.
-    Started(Started),
+    Started(Box<Started>),
     /// The connection holds the run's lease again (after a reconnect).
     Attached,
     /// The run's end is recorded and its lease revoked.
@@ -190,6 +202,9 @@ pub struct Started {
     pub issued_at: String,
     /// Its parent lease, if it is nested.
     pub parent: Option<String>,
+    /// The policy's notes (`--verbose` prints them), if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What a run tells the broker on its held connection after the first line.
@@ -229,6 +244,9 @@ pub enum Remote {
         /// `--json`.
         json: bool,
     },
+    /// The bearer token's lease's expiry as it stands (a held run asks when its expiry
+    /// comes, since a renew may have moved it); changes nothing.
+    Expiry,
     /// `lease renew` of the bearer token's lease.
     Renew {
         /// `--ttl`, in seconds.

@@ -26,7 +26,7 @@ use crate::policy;
 use crate::record::Record;
 use crate::scope::Action;
 use crate::token::{BODY_LEN, PREFIX, Token};
-use crate::wire::{ErrorBody, MintBody, Minted, Planned, Remote, VerifyAnswer};
+use crate::wire::{ErrorBody, Issued, MintBody, Minted, Planned, Remote, VerifyAnswer};
 
 /// The largest request body read (a verify body is a few dozen bytes).
 const MAX_BODY: usize = 16 * 1024;
@@ -201,7 +201,7 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
     let process = peer.process();
     if dry_run {
         let planned = tokio::task::spawn_blocking(move || {
-            plan_for(&live, operator, token.as_ref(), asked).map(|plan| Planned {
+            plan_for(&live, operator, token.as_ref(), asked).map(|(plan, _)| Planned {
                 scope: plan.grants.iter().map(|g| g.scope.to_string()).collect(),
                 expires_at: crate::record::rfc3339::format(plan.expires_at),
                 token_env: plan.token_env,
@@ -217,24 +217,28 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
             ),
         };
     }
-    let outcome = tokio::task::spawn_blocking(move || -> Result<Minted, Refusal> {
-        let (token, record, _plan) = mint_for(&live, operator, token, asked, &process, None)?;
-        Ok(Minted {
-            id: record.id.to_string(),
-            token: token.expose().to_owned(),
-            scope: record.scope.iter().map(ToString::to_string).collect(),
-            expires_at: crate::record::rfc3339::format(record.expires_at),
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Issued, Refusal> {
+        let (token, record, _plan, notes) =
+            mint_for(&live, operator, token, asked, &process, None)?;
+        Ok(Issued {
+            lease: Minted {
+                id: record.id.to_string(),
+                token: token.expose().to_owned(),
+                scope: record.scope.iter().map(ToString::to_string).collect(),
+                expires_at: crate::record::rfc3339::format(record.expires_at),
+            },
+            notes,
         })
     })
     .await;
     match outcome {
-        Ok(Ok(minted)) => {
+        Ok(Ok(issued)) => {
             log(&format!(
                 "issued lease={} scope={} client={peer}",
-                minted.id,
-                minted.scope.join(",")
+                issued.lease.id,
+                issued.lease.scope.join(",")
             ));
-            json(StatusCode::OK, &minted)
+            json(StatusCode::OK, &issued)
         }
         Ok(Err(Refusal(status, why))) => {
             log(&format!("refused to issue: {why} client={peer}"));
@@ -258,7 +262,7 @@ pub(super) fn plan_for(
     operator: bool,
     bearer: Option<&Token>,
     asked: policy::Asked,
-) -> Result<policy::Plan, Refusal> {
+) -> Result<(policy::Plan, Vec<String>), Refusal> {
     let now = SystemTime::now();
     // An operator's token is handled as `lease issue` handles it locally (an unknown one is no
     // parent). Anyone else's must be a live lease's: it is their only right.
@@ -269,7 +273,7 @@ pub(super) fn plan_for(
     }
     // The policy sees the token as a local issue sees the inherited one: `no_parent` with a
     // parent's token is refused unless `allow_orphans`.
-    let (plan, _notes) = policy::plan(&live.config, asked, &live.store, bearer, now)
+    let (plan, notes) = policy::plan(&live.config, asked, &live.store, bearer, now)
         .map_err(|err| Refusal(StatusCode::FORBIDDEN, format!("{err:#}")))?;
     if plan.parent.is_none() && !operator {
         return Err(Refusal(
@@ -277,7 +281,7 @@ pub(super) fn plan_for(
             "not allowed: minting a root lease needs an operator (a uid in operators, on the broker's unix socket); a token holder may mint leases nested in its own".to_owned(),
         ));
     }
-    Ok(plan)
+    Ok((plan, notes))
 }
 
 /// Mints a lease as `lease issue` (or, with an `owner`, a held run) would: nested in the
@@ -289,12 +293,12 @@ pub(super) fn mint_for(
     asked: policy::Asked,
     process: &Process,
     owner: Option<crate::owner::Owner>,
-) -> Result<(Token, Record, policy::Plan), Refusal> {
-    let plan = plan_for(live, operator, bearer.as_ref(), asked)?;
+) -> Result<(Token, Record, policy::Plan, Vec<String>), Refusal> {
+    let (plan, notes) = plan_for(live, operator, bearer.as_ref(), asked)?;
     let (token, record, ()) =
         crate::lease::mint(&live.store, &plan, process, |_| Ok((owner.clone(), ())))
             .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))?;
-    Ok((token, record, plan))
+    Ok((token, record, plan, notes))
 }
 
 /// `POST /v1/commands`: runs a subcommand for the client on the broker's store and policy (see

@@ -177,7 +177,8 @@ async fn start(
     let minted = tokio::task::spawn_blocking(move || {
         let owner = Owner::broker(crate::token::redact(&command).into_owned())
             .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))?;
-        let (token, record, plan) = mint_for(&live, operator, token, asked, &process, Some(owner))?;
+        let (token, record, plan, notes) =
+            mint_for(&live, operator, token, asked, &process, Some(owner))?;
         Ok::<_, Refusal>(Started {
             lease: Minted {
                 id: record.id.to_string(),
@@ -191,6 +192,7 @@ async fn start(
             owner_timeout,
             issued_at: rfc3339::format(record.issued_at),
             parent: record.parent.as_ref().map(ToString::to_string),
+            notes,
         })
     })
     .await
@@ -201,7 +203,7 @@ async fn start(
         "run started: lease={id} scope={} client={peer}",
         minted.lease.scope.join(",")
     ));
-    Ok((id, FromBroker::Started(minted)))
+    Ok((id, FromBroker::Started(Box::new(minted))))
 }
 
 /// Takes a run's lease back after a reconnect: the token must be a broker-held run's, still

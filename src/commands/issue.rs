@@ -12,7 +12,7 @@ use crate::exit::Exit;
 use crate::record::rfc3339;
 use crate::request::IssueRequest;
 use crate::store::Open;
-use crate::wire::{MintBody, Minted};
+use crate::wire::{Issued, MintBody, Minted};
 
 pub fn issue(setup: &Setup, request: IssueRequest) -> Result<Exit> {
     let issued = match &setup.broker {
@@ -55,6 +55,12 @@ fn issue_through(setup: &Setup, broker: &Endpoint, request: &IssueRequest) -> Re
     if answer.status != 200 {
         bail!("{}", crate::token::redact(&answer.error_text()));
     }
-    serde_json::from_slice(&answer.body)
-        .with_context(|| format!("broker {broker} answered something that is not a lease"))
+    let issued: Issued = serde_json::from_slice(&answer.body)
+        .with_context(|| format!("broker {broker} answered something that is not a lease"))?;
+    if setup.verbose {
+        for note in &issued.notes {
+            eprintln!("lease: note: {note}");
+        }
+    }
+    Ok(issued.lease)
 }

@@ -74,6 +74,21 @@ pub fn on_broker(
             let token = own("status")?.clone();
             Box::new(move || status::status_of(&setup, &token, json))
         }
+        Remote::Expiry => {
+            let token = own("run")?.clone();
+            Box::new(move || {
+                let store = setup.store(Open::ExistingOnly)?;
+                match store.find(&token.hash())? {
+                    crate::store::Loaded::Found(record) => {
+                        use std::io::Write as _;
+                        let at = crate::record::rfc3339::format(record.expires_at);
+                        writeln!(console::Out, "{at}")?;
+                        Ok(Exit::Success)
+                    }
+                    _ => Ok(Exit::Denied),
+                }
+            })
+        }
         Remote::Renew { ttl } => {
             let token = own("renew")?.clone();
             let process = process.clone();

@@ -36,6 +36,11 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     body.command = Some(program_name(&program));
     let (hold, started) =
         Hold::start(broker, inherited.as_ref(), &body).context("cannot start the run")?;
+    if setup.verbose {
+        for note in &started.notes {
+            eprintln!("lease: note: {note}");
+        }
+    }
     let token = Token::presented(started.lease.token.clone());
     let on_expiry: OnExpiry = started.on_expiry.parse()?;
     let expires_at = humantime::parse_rfc3339(&started.lease.expires_at)
@@ -82,7 +87,9 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     let started_at = Instant::now();
     let started_wall = std::time::SystemTime::now();
     let keeper = Keeper::start(hold, token.clone(), owner_timeout)?;
-    let mut current_expiry = || expires_at;
+    // The expiry is asked of the broker again when it comes, since `lease renew` may have
+    // moved it; if the broker cannot say, the expiry known stands.
+    let mut current_expiry = || current_expiry(broker, &token).unwrap_or(expires_at);
     let waited = start_and_wait(
         held,
         &mut forwarder,
@@ -245,4 +252,18 @@ fn print_env(setup: &Setup, broker: &Endpoint, request: &RunRequest) -> Result<E
         (&planned.scope.join(","), expires_at, &planned.token_env),
         &rules,
     )
+}
+
+/// The lease's expiry as the broker has it now (it reads the record, and changes nothing).
+fn current_expiry(broker: &Endpoint, token: &Token) -> Result<std::time::SystemTime> {
+    let body = serde_json::to_vec(&crate::wire::Remote::Expiry)?;
+    let answer = crate::client::request(broker, "POST", "/v1/commands", Some(token), Some(&body))?;
+    if answer.status != 200 {
+        bail!("{}", answer.error_text());
+    }
+    let printed: crate::wire::Printed = serde_json::from_slice(&answer.body)?;
+    if printed.exit != 0 {
+        bail!("the broker has no record of the lease");
+    }
+    Ok(humantime::parse_rfc3339(printed.stdout.trim())?)
 }

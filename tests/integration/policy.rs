@@ -193,9 +193,6 @@ fn a_nested_lease_may_narrow_but_never_widen() {
 
 #[test]
 fn a_nested_lease_expires_with_its_parent_and_says_so_only_when_verbose() {
-    if crate::harness::local_only("not through the broker yet (issue 11): --verbose notes") {
-        return;
-    }
     let sandbox = Sandbox::new();
     let parent = sandbox.issue_json("a", &["--ttl", "60"]);
     let out = sandbox
@@ -688,11 +685,6 @@ fn renew_refuses_revoked_and_expired_leases_and_needs_a_token() {
 
 #[test]
 fn renew_moves_the_on_expiry_deadline() {
-    if crate::harness::local_only(
-        "not through the broker yet (issue 11): a renew moving a held run's deadline",
-    ) {
-        return;
-    }
     let sandbox = Sandbox::new();
     let started = Instant::now();
     let out = sandbox

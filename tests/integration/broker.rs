@@ -1575,3 +1575,30 @@ fn an_https_broker_serves_clients_that_trust_its_certificate() {
     .expect("kill");
     assert_eq!(wait_for_exit(&mut child).code(), Some(0));
 }
+
+/// A run whose connection goes silent (its wrapper stopped, as a lost network would leave it):
+/// after `owner_timeout` without a keepalive, the broker ends the lease as `owner gone`.
+#[test]
+fn a_silent_run_loses_its_lease_after_owner_timeout() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("owner_timeout = 1\n");
+    let mut broker = Broker::start(&sandbox, &[]);
+    let mut running = waiting_run(&sandbox, &broker.endpoint(), "exit 0");
+    let token = token_in(&sandbox, "token");
+    assert_eq!(reason_of(&sandbox, &broker, &token), "granted");
+    running.signal(Signal::SIGSTOP);
+    let stopped = Instant::now();
+    broker.expect_log("run went silent");
+    let after = stopped.elapsed();
+    // Not before owner_timeout (a keepalive every third of it kept the run alive until then),
+    // and not long after.
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "{after:?}"
+    );
+    assert_eq!(reason_of(&sandbox, &broker, &token), "owner gone");
+    running.signal(Signal::SIGCONT);
+    fs::write(sandbox.path("go"), "").expect("go");
+    let _ = running.wait();
+    assert_eq!(reason_of(&sandbox, &broker, &token), "owner gone");
+}

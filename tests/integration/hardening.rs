@@ -382,7 +382,7 @@ fn a_token_dies_with_its_command_even_while_a_leftover_holds_its_lock() {
 #[test]
 fn a_token_dies_with_its_command_even_while_lease_is_stopped() {
     if crate::harness::local_only(
-        "through a broker a stopped wrapper is a silent connection, ended after owner_timeout",
+        "through a broker a stopped wrapper is a silent connection, ended after owner_timeout: broker::a_silent_run_loses_its_lease_after_owner_timeout",
     ) {
         return;
     }

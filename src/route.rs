@@ -75,9 +75,15 @@ impl Route {
 /// The first route that matches `method` and `uri` (its query string ignored).
 pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Route> {
     let path = uri.split(['?', '#']).next().unwrap_or("");
-    // A path that climbs (`/a/../b`) or is not absolute is not matched at all: the web server
-    // may or may not have normalized it, and a route must never be escaped by dot segments.
-    if !path.starts_with('/') || path.split('/').any(|s| s == ".." || s == ".") {
+    // A path that climbs (`/a/../b`), hides a dot segment or a separator behind percent
+    // encoding (`%2e%2e`, `%2f`, `%5c`), uses a backslash or an empty segment, or is not
+    // absolute, is not matched at all: the web server may or may not have normalized it, the
+    // application behind it may decode it, and a route must never be escaped that way.
+    let lower = path.to_ascii_lowercase();
+    let disguised = ["%2e", "%2f", "%5c", "\\", "//"]
+        .iter()
+        .any(|s| lower.contains(s));
+    if !path.starts_with('/') || disguised || path.split('/').any(|s| s == ".." || s == ".") {
         return None;
     }
     routes.iter().find(|route| route.matches(method, path))
@@ -123,6 +129,12 @@ mod tests {
         assert_eq!(action("GET", "/articles/./1"), None);
         assert_eq!(action("GET", "articles/1"), None);
         assert_eq!(action("GET", ""), None);
+        assert_eq!(action("GET", "/articles/%2e%2e/admin"), None);
+        assert_eq!(action("GET", "/articles/%2E%2E/admin"), None);
+        assert_eq!(action("GET", "/articles/..%2fadmin"), None);
+        assert_eq!(action("GET", "/articles/..%5cadmin"), None);
+        assert_eq!(action("GET", "/articles\\..\\admin"), None);
+        assert_eq!(action("GET", "/articles//x"), None);
     }
 
     #[test]

@@ -392,7 +392,11 @@ async fn decide(
     let peer_owned = peer.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let decision = decision_for(&live, token.as_ref(), &action);
-        if let Ok((decision, _)) = &decision {
+        // A decision about no lease (no token, a malformed or unknown one) costs nothing to
+        // provoke: it is counted and logged, not written to the trail, which it could flush.
+        if let Ok((decision, _)) = &decision
+            && decision.id.is_some()
+        {
             note(
                 &live,
                 decision,

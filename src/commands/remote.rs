@@ -56,12 +56,19 @@ pub fn on_broker(
             )))
         }
     };
-    // A token holder may read only its own lease's trail and suggestion.
+    // A token holder may read only its own lease's trail and suggestion: the token must be a
+    // lease's on record (its whole hash, not just the id it starts with).
     let own_id = |id: &Option<String>, what: &str| -> Result<Option<String>, Refused> {
         if operator {
             return Ok(id.clone());
         }
-        let mine = own(what)?.hash().id().to_string();
+        let token = own(what)?;
+        let unknown = || Refused::NoToken("unknown: no lease matches the token".to_owned());
+        let store = setup.store(Open::ExistingOnly).map_err(|_| unknown())?;
+        let mine = match store.find(&token.hash()) {
+            Ok(crate::store::Loaded::Found(record)) => record.id.to_string(),
+            _ => return Err(unknown()),
+        };
         match id {
             Some(id) if *id != mine => Err(Refused::NotAllowed(format!(
                 "not allowed: a token holder may `lease {what}` only its own lease ({mine}); any other needs an operator"

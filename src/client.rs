@@ -341,7 +341,7 @@ impl Hold {
         parent: Option<&Token>,
         body: &crate::wire::MintBody,
     ) -> Result<(Hold, crate::wire::Started)> {
-        let mut hold = Hold::open(endpoint, "/v1/runs", parent)?;
+        let mut hold = Hold::open(endpoint, "/v1/runs", parent, None)?;
         hold.send(body)?;
         match hold.receive()? {
             crate::wire::FromBroker::Started(started) => Ok((hold, *started)),
@@ -350,9 +350,10 @@ impl Hold {
         }
     }
 
-    /// Takes a run's lease back on a new connection, proving it holds `token`.
-    pub fn attach(endpoint: &Endpoint, token: &Token) -> Result<Hold> {
-        let mut hold = Hold::open(endpoint, "/v1/runs/attach", Some(token))?;
+    /// Takes a run's lease back on a new connection, proving it holds `token` and is the
+    /// run's wrapper (`secret`, which the command never sees).
+    pub fn attach(endpoint: &Endpoint, token: &Token, secret: &Token) -> Result<Hold> {
+        let mut hold = Hold::open(endpoint, "/v1/runs/attach", Some(token), Some(secret))?;
         match hold.receive()? {
             crate::wire::FromBroker::Attached => Ok(hold),
             crate::wire::FromBroker::Error(why) => bail!("{}", crate::token::redact(&why)),
@@ -361,7 +362,12 @@ impl Hold {
     }
 
     /// Opens the connection and upgrades it.
-    fn open(endpoint: &Endpoint, path: &str, token: Option<&Token>) -> Result<Hold> {
+    fn open(
+        endpoint: &Endpoint,
+        path: &str,
+        token: Option<&Token>,
+        secret: Option<&Token>,
+    ) -> Result<Hold> {
         let fail = |err: anyhow::Error| {
             anyhow!(
                 "broker {endpoint}: {}",
@@ -381,6 +387,9 @@ impl Hold {
         )?;
         if let Some(token) = token {
             write!(head, "Authorization: Bearer {}\r\n", token.expose())?;
+        }
+        if let Some(secret) = secret {
+            write!(head, "X-Lease-Hold: {}\r\n", secret.expose())?;
         }
         head.extend_from_slice(b"\r\n");
         hold.conn
@@ -485,12 +494,17 @@ pub struct Kept {
 }
 
 impl Keeper {
-    /// Starts keeping `hold`; `token` is the run's, for re-attaching.
-    pub fn start(hold: Hold, token: Token, owner_timeout: Duration) -> Result<Keeper> {
+    /// Starts keeping `hold`; `token` and `secret` are the run's, for re-attaching.
+    pub fn start(
+        hold: Hold,
+        token: Token,
+        secret: Token,
+        owner_timeout: Duration,
+    ) -> Result<Keeper> {
         let (stop_read, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let thread = std::thread::Builder::new()
             .name("lease-keepalive".into())
-            .spawn(move || keep(hold, &token, owner_timeout, &stop_read))?;
+            .spawn(move || keep(hold, &token, &secret, owner_timeout, &stop_read))?;
         Ok(Keeper { stop, thread })
     }
 
@@ -538,7 +552,13 @@ fn wait_on(
     }
 }
 
-fn keep(mut hold: Hold, token: &Token, owner_timeout: Duration, stop: &OwnedFd) -> Kept {
+fn keep(
+    mut hold: Hold,
+    token: &Token,
+    secret: &Token,
+    owner_timeout: Duration,
+    stop: &OwnedFd,
+) -> Kept {
     let interval = owner_timeout / 3;
     loop {
         let woken = wait_on(stop, Some(hold.conn.fd()), interval);
@@ -560,7 +580,7 @@ fn keep(mut hold: Hold, token: &Token, owner_timeout: Duration, stop: &OwnedFd) 
         let endpoint = hold.endpoint.clone();
         let deadline = std::time::Instant::now() + owner_timeout;
         loop {
-            let why = match Hold::attach(&endpoint, token) {
+            let why = match Hold::attach(&endpoint, token, secret) {
                 Ok(again) => {
                     hold = again;
                     break;

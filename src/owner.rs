@@ -33,6 +33,10 @@ pub struct Owner {
     /// connection is.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub broker: bool,
+    /// For a broker's run: the SHA-256 of the secret its wrapper (and only its wrapper: the
+    /// command never sees it) proves to re-attach the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_sha256: Option<String>,
 }
 
 /// What of a lease's owner is gone.
@@ -70,6 +74,7 @@ impl Owner {
             command_pid: None,
             command_start_time: None,
             broker: false,
+            hold_sha256: None,
         })
     }
 

@@ -153,6 +153,12 @@ pub struct Issued {
     pub notes: Vec<String>,
 }
 
+impl Drop for Started {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.hold);
+    }
+}
+
 impl Drop for Minted {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.token);
@@ -205,6 +211,9 @@ pub struct Started {
     /// The policy's notes (`--verbose` prints them), if any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The secret that re-attaches the run (`X-Lease-Hold`), for the wrapper alone: the
+    /// command gets the token, never this, so it cannot take its own run over.
+    pub hold: String,
 }
 
 /// What a run tells the broker on its held connection after the first line.

@@ -63,13 +63,21 @@ pub(super) fn upgrade(
         return error(StatusCode::SERVICE_UNAVAILABLE, "the broker is stopping");
     };
     let token = bearer(request.headers());
+    let secret = request
+        .headers()
+        .get("x-lease-hold")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| Token::presented(v.trim().to_owned()));
     let upgraded = hyper::upgrade::on(&mut request);
     let shared = Arc::clone(shared);
     let peer = peer.clone();
     tokio::spawn(async move {
         let _guard = guard;
         match upgraded.await {
-            Ok(io) => hold(&shared, &peer, token, TokioIo::new(io), attach).await,
+            Ok(io) => {
+                let proof = Proof { token, secret };
+                hold(&shared, &peer, proof, TokioIo::new(io), attach).await;
+            }
             Err(err) => log(&format!("a run's upgrade failed: client={peer}: {err}")),
         }
     });
@@ -84,9 +92,15 @@ pub(super) fn upgrade(
     answer
 }
 
+/// What a connection presents: the run's token, and, to re-attach, the wrapper's secret.
+struct Proof {
+    token: Option<Token>,
+    secret: Option<Token>,
+}
+
 /// Holds one run: starts (or re-attaches) its lease, then reads its lines until it ends, its
 /// connection drops or goes silent, or the broker stops.
-async fn hold<IO>(shared: &Arc<Shared>, peer: &Peer, token: Option<Token>, io: IO, attach: bool)
+async fn hold<IO>(shared: &Arc<Shared>, peer: &Peer, proof: Proof, io: IO, attach: bool)
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -96,10 +110,10 @@ where
     let timeout = live.config.owner_timeout;
     let process = peer.process();
     let started = if attach {
-        reattach(shared, &live, token).await
+        reattach(shared, &live, proof).await
     } else {
         match tokio::time::timeout(FIRST_LINE, read_line(&mut lines)).await {
-            Ok(Ok(Some(line))) => start(&live, peer, token, &line, &process).await,
+            Ok(Ok(Some(line))) => start(&live, peer, proof.token, &line, &process).await,
             _ => Err("the run sent no first line".to_owned()),
         }
     };
@@ -175,8 +189,12 @@ async fn start(
     let process = process.clone();
     let owner_timeout = live.config.owner_timeout.as_secs();
     let minted = tokio::task::spawn_blocking(move || {
-        let owner = Owner::broker(crate::token::redact(&command).into_owned())
-            .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))?;
+        let unavailable =
+            |err: anyhow::Error| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}"));
+        let secret = Token::mint().map_err(unavailable)?;
+        let mut owner =
+            Owner::broker(crate::token::redact(&command).into_owned()).map_err(unavailable)?;
+        owner.hold_sha256 = Some(secret.hash().to_hex());
         let (token, record, plan, notes) =
             mint_for(&live, operator, token, asked, &process, Some(owner))?;
         Ok::<_, Refusal>(Started {
@@ -193,6 +211,7 @@ async fn start(
             issued_at: rfc3339::format(record.issued_at),
             parent: record.parent.as_ref().map(ToString::to_string),
             notes,
+            hold: secret.expose().to_owned(),
         })
     })
     .await
@@ -211,9 +230,14 @@ async fn start(
 async fn reattach(
     shared: &Arc<Shared>,
     live: &Arc<Live>,
-    token: Option<Token>,
+    proof: Proof,
 ) -> Result<(LeaseId, FromBroker), String> {
-    let token = token.ok_or("no token: a run re-attaches with its token")?;
+    let token = proof
+        .token
+        .ok_or("no token: a run re-attaches with its token")?;
+    let secret = proof
+        .secret
+        .ok_or("no hold secret: only the run's wrapper may re-attach it (X-Lease-Hold)")?;
     if !token.is_well_formed() {
         return Err("malformed: the token given is not a lease token".to_owned());
     }
@@ -229,14 +253,22 @@ async fn reattach(
             Loaded::Corrupt(why) => return Err(format!("corrupt record: {why}")),
         };
         reattachable(&record)?;
+        let held_by = record.owner.as_ref().and_then(|o| o.hold_sha256.clone());
+        if !held_by.is_some_and(|hash| secret.hash().matches_hex(&hash)) {
+            return Err(format!(
+                "not allowed: lease {} is re-attached only by its run's wrapper",
+                record.id
+            ));
+        }
         let now = SystemTime::now();
-        let owner = Owner::broker(
+        let mut owner = Owner::broker(
             record
                 .owner
                 .as_ref()
                 .map_or_else(|| "?".to_owned(), |o| o.command.clone()),
         )
         .map_err(|e| format!("{e:#}"))?;
+        owner.hold_sha256 = record.owner.as_ref().and_then(|o| o.hold_sha256.clone());
         let updated = live.store.update(&record.id, |current| {
             let ok = reattachable(current).is_ok() && !current.is_past_expiry(now);
             if ok {

@@ -42,6 +42,8 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
         }
     }
     let token = Token::presented(started.lease.token.clone());
+    // The wrapper's proof for re-attaching: kept here, never in the command's environment.
+    let secret = Token::presented(started.hold.clone());
     let on_expiry: OnExpiry = started.on_expiry.parse()?;
     let expires_at = humantime::parse_rfc3339(&started.lease.expires_at)
         .context("the broker answered a bad expiry")?;
@@ -71,7 +73,8 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     );
     // Every way out from here tells the broker the run is over (were this process to die, its
     // connection would close, and the broker would end the lease as `owner gone`).
-    let tell_end = |kept: Kept, exited: Exited| finish(kept, broker, &token, owner_timeout, exited);
+    let tell_end =
+        |kept: Kept, exited: Exited| finish(kept, broker, (&token, &secret), owner_timeout, exited);
     let held = match spawn(&program, &args, &rules, vars, request.mask, &child_signals) {
         Ok(held) => held,
         Err(err) => {
@@ -86,7 +89,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     }
     let started_at = Instant::now();
     let started_wall = std::time::SystemTime::now();
-    let keeper = Keeper::start(hold, token.clone(), owner_timeout)?;
+    let keeper = Keeper::start(hold, token.clone(), secret.clone(), owner_timeout)?;
     // The expiry is asked of the broker again when it comes, since `lease renew` may have
     // moved it; if the broker cannot say, the expiry known stands.
     let mut current_expiry = || current_expiry(broker, &token).unwrap_or(expires_at);
@@ -188,7 +191,13 @@ fn hold_end(hold: Option<Hold>) -> Kept {
 /// Tells the broker the run ended, so that it revokes the lease: on the connection the keeper
 /// handed back, or, if that is gone, on a new one (for at most `owner_timeout`). If the broker
 /// cannot be told, says so; the broker ends the lease by itself when the connection is gone.
-fn finish(kept: Kept, broker: &Endpoint, token: &Token, owner_timeout: Duration, exited: Exited) {
+fn finish(
+    kept: Kept,
+    broker: &Endpoint,
+    (token, secret): (&Token, &Token),
+    owner_timeout: Duration,
+    exited: Exited,
+) {
     let tell = |hold: &mut Hold| -> Result<()> {
         hold.send(&FromRun::Exit(exited.clone()))?;
         match hold.receive()? {
@@ -206,7 +215,7 @@ fn finish(kept: Kept, broker: &Endpoint, token: &Token, owner_timeout: Duration,
     }
     let deadline = Instant::now() + owner_timeout;
     while Instant::now() < deadline {
-        match Hold::attach(broker, token).and_then(|mut hold| tell(&mut hold)) {
+        match Hold::attach(broker, token, secret).and_then(|mut hold| tell(&mut hold)) {
             Ok(()) => return,
             Err(err) => last = format!("{err:#}"),
         }

@@ -1605,3 +1605,66 @@ fn a_silent_run_loses_its_lease_after_owner_timeout() {
     let _ = running.wait();
     assert_eq!(reason_of(&sandbox, &broker, &token), "owner gone");
 }
+
+/// The command holds its run's token, not its wrapper's hold secret: it cannot re-attach the
+/// run to a connection of its own (which would keep the lease alive after its wrapper is
+/// killed, and let it report a forged end).
+#[test]
+fn a_command_cannot_take_its_own_run_over() {
+    use std::io::{BufRead, BufReader};
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let mut running = waiting_run(&sandbox, &broker.endpoint(), "exit 0");
+    let token = token_in(&sandbox, "token");
+    let attach = |secret: Option<&str>| {
+        let mut stream = std::os::unix::net::UnixStream::connect(&broker.socket).expect("connect");
+        stream
+            .set_read_timeout(Some(crate::harness::PATIENCE))
+            .expect("timeout");
+        let mut head = format!(
+            "POST /v1/runs/attach HTTP/1.1\r\nHost: lease\r\nConnection: Upgrade\r\nUpgrade: lease-run\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n"
+        );
+        if let Some(secret) = secret {
+            head.push_str(&format!("X-Lease-Hold: {secret}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).expect("send");
+        let mut reader = BufReader::new(stream);
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).expect("read") == 0 {
+                break;
+            }
+            let done = line.starts_with('{') || line.starts_with('"');
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines.join("")
+    };
+    let answer = attach(None);
+    assert!(
+        answer.contains("only the run's wrapper may re-attach it"),
+        "{answer}"
+    );
+    let forged = format!("agt_{}", "A".repeat(48));
+    let answer = attach(Some(&forged));
+    assert!(
+        answer.contains("re-attached only by its run's wrapper"),
+        "{answer}"
+    );
+    // The wrapper still holds the run: killing it ends the lease at once.
+    let _timing = crate::harness::timing();
+    running.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    let _ = running.wait();
+    loop {
+        let reason = reason_of(&sandbox, &broker, &token);
+        if reason == "owner gone" {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(1), "still {reason}");
+    }
+}

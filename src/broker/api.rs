@@ -125,12 +125,19 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
             }
         },
         None => {
-            let method = header_text(headers, "x-original-method")
-                .or_else(|| header_text(headers, "x-forwarded-method"))
-                .unwrap_or("");
-            let uri = header_text(headers, "x-original-uri")
-                .or_else(|| header_text(headers, "x-forwarded-uri"))
-                .unwrap_or("");
+            // One of the two pairs comes from the web server; the other may come from the
+            // client, passed on untouched. Where both are there and disagree, someone is
+            // lying: no route.
+            let either = |original: &str, forwarded: &str| match (
+                header_text(headers, original),
+                header_text(headers, forwarded),
+            ) {
+                (Some(a), Some(b)) if a != b => None,
+                (a, b) => a.or(b),
+            };
+            let method = either("x-original-method", "x-forwarded-method");
+            let uri = either("x-original-uri", "x-forwarded-uri");
+            let (method, uri) = (method.unwrap_or(""), uri.unwrap_or(""));
             match crate::route::find(&live.config.routes, method, uri) {
                 Some(route) => (route.action.clone(), Some(route.describe())),
                 None => {

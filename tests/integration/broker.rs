@@ -660,6 +660,7 @@ http {{
       proxy_set_header Content-Length \"\";
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Lease-Action \"\";
     }}
   }}
 }}
@@ -723,6 +724,9 @@ http://127.0.0.1:{front} {{
   forward_auth unix/{socket} {{
     uri /v1/auth
     copy_headers X-Lease-Id X-Lease-Scope
+    header_up -X-Lease-Action
+    header_up -X-Original-URI
+    header_up -X-Original-Method
   }}
   reverse_proxy 127.0.0.1:{upstream} {{
     header_up Host {{upstream_hostport}}
@@ -800,6 +804,14 @@ fn the_site_answers_only_what_the_run_may_do(sandbox: &Sandbox, site: &Site, fro
     );
     let out = sandbox.run_sh("read:articles", &script).run().success();
     assert_eq!(out.stdout, "200 403 article one\n", "{out:?}");
+    // A client naming its own action, or its own original URI, gets nothing more: the
+    // documented configurations clear those headers before asking the broker.
+    let spoof = format!(
+        "printf 'Authorization: Bearer %s\\nX-Lease-Action: read:articles\\nX-Original-URI: /articles/1.html\\nX-Forwarded-Uri: /articles/1.html\\n' \"$LEASE_TOKEN\" > s && \
+         curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 -H @s {url}/admin/secret.html"
+    );
+    let out = sandbox.run_sh("read:articles", &spoof).run().success();
+    assert_eq!(out.stdout, "403", "{out:?}");
     // The site logs a request after answering it: wait for both article requests (the admin
     // request came between them, so it would be logged by then too).
     let deadline = Instant::now() + crate::harness::PATIENCE;

@@ -24,6 +24,8 @@ use crate::token::Token;
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest answer read from a broker.
 const MAX_ANSWER: u64 = 1024 * 1024;
+/// The longest a whole answer may take to arrive.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A broker's answer.
 #[derive(Debug)]
@@ -133,13 +135,30 @@ fn connect_tcp(authority: &str) -> Result<TcpStream> {
 fn send(mut stream: impl Read + Write, request: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     stream.write_all(request).context("sending")?;
     let mut raw = Zeroizing::new(Vec::new());
-    match stream.take(MAX_ANSWER + 1).read_to_end(&mut raw) {
-        Ok(_) => {}
-        // A TLS peer that closes without close_notify after a whole answer: `parse` checks
-        // that the answer is whole.
-        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-        Err(err) => return Err(anyhow::Error::from(err).context("reading the answer")),
+    // Each read waits at most TIMEOUT; the whole answer, at most ANSWER_DEADLINE, so that a
+    // broker dripping bytes cannot hold the client either.
+    let deadline = std::time::Instant::now() + ANSWER_DEADLINE;
+    let mut chunk = [0u8; 8192];
+    loop {
+        if std::time::Instant::now() > deadline {
+            bail!("the answer took longer than {}s", ANSWER_DEADLINE.as_secs());
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            // A TLS peer that closes without close_notify after a whole answer: `parse`
+            // checks that the answer is whole.
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {
+                break;
+            }
+            Err(err) => return Err(anyhow::Error::from(err).context("reading the answer")),
+        }
+        if raw.len() as u64 > MAX_ANSWER {
+            break;
+        }
     }
+    chunk.fill(0);
     if raw.len() as u64 > MAX_ANSWER {
         bail!("the answer is larger than {MAX_ANSWER} bytes");
     }

@@ -43,6 +43,9 @@ pub const DRAIN: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head (and buffered body) a connection may send.
 const MAX_BUFFER: usize = 64 * 1024;
+/// Connections served at once (TLS handshakes included); more are closed as they come, so that
+/// a flood over TCP cannot use up the descriptors operators on the socket need.
+const MAX_CONNECTIONS: usize = 1024;
 
 /// What `lease serve` was asked to do.
 #[derive(Debug, Clone)]
@@ -78,6 +81,8 @@ struct Shared {
     /// The runs whose connection is here now: lease id to the serial of that connection.
     attached: Mutex<HashMap<LeaseId, u64>>,
     serial: AtomicU64,
+    /// Permits for [`MAX_CONNECTIONS`].
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -255,6 +260,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         guard: Mutex::new(Some(guard)),
         attached: Mutex::new(HashMap::new()),
         serial: AtomicU64::new(0),
+        connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -422,18 +428,25 @@ async fn run(
     drop(tx);
     // Runs held by a broker that stopped come back to this one; those that do not within
     // owner_timeout are ended.
+    // Every owner_timeout: runs held by a broker that stopped and did not come back to this
+    // one, and this broker's runs left without a connection, are ended.
     let sweeper = {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            tokio::time::sleep(shared.live().config.owner_timeout).await;
-            let live = shared.live();
-            let ended = tokio::task::spawn_blocking(move || runs::sweep(&live))
-                .await
-                .unwrap_or(0);
-            if ended > 0 {
-                log(&format!(
-                    "ended {ended} run lease(s) whose broker stopped and that did not come back"
-                ));
+            let mut suspects = std::collections::HashSet::new();
+            loop {
+                tokio::time::sleep(shared.live().config.owner_timeout).await;
+                let live = shared.live();
+                let attached = lock(&shared.attached).keys().cloned().collect();
+                let was = std::mem::take(&mut suspects);
+                let swept =
+                    tokio::task::spawn_blocking(move || runs::sweep(&live, &attached, &was)).await;
+                if let Ok((ended, next)) = swept {
+                    suspects = next;
+                    if ended > 0 {
+                        log(&format!("ended {ended} run lease(s) left without a connection"));
+                    }
+                }
             }
         })
     };
@@ -443,23 +456,35 @@ async fn run(
             _ = interrupt.recv() => break "SIGINT",
             _ = hangup.recv() => shared.reload(),
             connection = accepted.recv() => match connection {
-                Some(Accepted::Unix(stream)) => {
-                    let peer = Peer::unix(&stream);
-                    connect(&shared, stream, peer);
-                }
-                Some(Accepted::Tcp(stream, address)) => match &tls {
-                    Some(acceptor) => {
-                        // The handshake runs in a task of its own, bounded like a request head.
-                        let (acceptor, shared) = (acceptor.clone(), Arc::clone(&shared));
-                        tokio::spawn(async move {
-                            match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => connect(&shared, stream, Peer::tcp(address)),
-                                _ => log(&format!("TLS handshake failed: client={address}")),
+                Some(accepted) => {
+                    let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+                        // Dropped: the connection closes at once.
+                        continue;
+                    };
+                    match accepted {
+                        Accepted::Unix(stream) => {
+                            let peer = Peer::unix(&stream);
+                            connect(&shared, stream, peer, permit);
+                        }
+                        Accepted::Tcp(stream, address) => match &tls {
+                            Some(acceptor) => {
+                                // The handshake runs in a task of its own, bounded like a
+                                // request head.
+                                let (acceptor, shared) = (acceptor.clone(), Arc::clone(&shared));
+                                tokio::spawn(async move {
+                                    let handshake = acceptor.accept(stream);
+                                    match tokio::time::timeout(HEADER_TIMEOUT, handshake).await {
+                                        Ok(Ok(stream)) => {
+                                            connect(&shared, stream, Peer::tcp(address), permit);
+                                        }
+                                        _ => log(&format!("TLS handshake failed: client={address}")),
+                                    }
+                                });
                             }
-                        });
+                            None => connect(&shared, stream, Peer::tcp(address), permit),
+                        },
                     }
-                    None => connect(&shared, stream, Peer::tcp(address)),
-                },
+                }
                 None => break "no listener left",
             },
         }
@@ -492,8 +517,12 @@ async fn accept_failed(err: &std::io::Error) {
 
 /// Serves one connection (HTTP/1.1, keep-alive, upgrades for held runs) until it closes or
 /// the broker stops: then the request in flight is answered and the connection closed.
-fn connect<IO>(shared: &Arc<Shared>, io: IO, peer: Peer)
-where
+fn connect<IO>(
+    shared: &Arc<Shared>,
+    io: IO,
+    peer: Peer,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(guard) = shared.hold_guard() else {
@@ -511,6 +540,7 @@ where
     };
     tokio::spawn(async move {
         let _guard = guard;
+        let _permit = permit;
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)

@@ -355,22 +355,42 @@ async fn owner_gone(live: &Arc<Live>, id: &LeaseId, process: &Process, peer: &Pe
     }
 }
 
-/// Ends, as `owner gone`, the broker-held runs whose broker is gone and that did not come back
-/// within `owner_timeout` of this broker's start.
-pub(super) fn sweep(live: &Live) -> usize {
+/// Ends, as `owner gone`, the broker-held runs that have no connection: those whose broker is
+/// gone and that did not come back within `owner_timeout` of this broker's start, and those of
+/// this broker that were in `suspects` (unattached at the last sweep) and still are not
+/// attached (a connection whose end could not be recorded when it closed). Returns how many it
+/// ended, and the new suspects.
+pub(super) fn sweep(
+    live: &Live,
+    attached: &std::collections::HashSet<LeaseId>,
+    suspects: &std::collections::HashSet<LeaseId>,
+) -> (usize, std::collections::HashSet<LeaseId>) {
     let now = SystemTime::now();
     let process = Process::default();
+    let mut next = std::collections::HashSet::new();
     let Ok(records) = live.store.records(|_, _| {}) else {
-        return 0;
+        return (0, next);
     };
     let mut ended = 0;
     for record in records {
-        let orphaned = record.state == State::Active
-            && !record.is_past_expiry(now)
-            && record
-                .owner
-                .as_ref()
-                .is_some_and(|o| o.broker && o.state() == crate::owner::OwnerState::Gone);
+        let Some(owner) = record.owner.as_ref().filter(|o| o.broker) else {
+            continue;
+        };
+        if record.state != State::Active
+            || record.is_past_expiry(now)
+            || attached.contains(&record.id)
+        {
+            continue;
+        }
+        let orphaned = if owner.is_current() {
+            if !suspects.contains(&record.id) {
+                next.insert(record.id.clone());
+                continue;
+            }
+            true
+        } else {
+            owner.state() == crate::owner::OwnerState::Gone
+        };
         if orphaned
             && matches!(
                 crate::lease::owner_gone(&live.store, &record.id, &process),
@@ -380,7 +400,7 @@ pub(super) fn sweep(live: &Live) -> usize {
             ended += 1;
         }
     }
-    ended
+    (ended, next)
 }
 
 /// Reads one line (without its newline), at most [`MAX_LINE`] bytes; `None` at the end.

@@ -9,7 +9,14 @@ use lease::broker::{ServeRequest, serve};
 use lease::endpoint::Listen;
 
 fn main() {
-    let exit = match parse(std::env::args_os().skip(1)) {
+    // `lease` starts this binary as the TLS side of its connection to an https:// broker.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let [flag, authority] = &args[..]
+        && flag == "--tls-relay"
+    {
+        lease::tls_relay::relay(&authority.to_string_lossy()).terminate();
+    }
+    let exit = match parse(args.into_iter()) {
         Ok(request) => match serve(request) {
             Ok(exit) => exit,
             Err(err) => {

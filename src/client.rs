@@ -223,46 +223,76 @@ mod tests {
     }
 }
 
-/// A connection to a broker: a unix socket, TCP, or TLS over TCP.
+/// A connection to a broker: a unix socket, TCP, or the socket to a TLS relay.
 #[derive(Debug)]
 enum Conn {
     Unix(UnixStream),
     Tcp(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Relay(Relay),
 }
 
-/// Where the CA certificates that an `https://` broker's certificate must chain to are, when
-/// `LEASE_BROKER_CA` does not name a PEM file: the system's bundle (Debian's path).
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// The plain end of a TLS connection that `lease-broker --tls-relay` carries (see
+/// [`crate::tls_relay`]); the relay is ended and reaped when this is dropped.
+#[derive(Debug)]
+struct Relay {
+    socket: UnixStream,
+    child: std::process::Child,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the TLS relay to `authority` next to this binary and waits for its first line.
+fn relay(authority: &str) -> Result<Conn> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find lease's own binary")?;
+    let helper = exe.with_file_name("lease-broker");
+    let (socket, theirs) = UnixStream::pair().context("creating a socket pair")?;
+    let child = std::process::Command::new(&helper)
+        .arg("--tls-relay")
+        .arg(authority)
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            theirs,
+        )))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        // Its own process group: a terminal's Ctrl-C is the command's to handle, and must not
+        // cut the run's connection under it.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start the TLS relay {}", helper.display()))?;
+    socket.set_read_timeout(Some(TIMEOUT))?;
+    socket.set_write_timeout(Some(TIMEOUT))?;
+    let mut relay = Relay { socket, child };
+    // Its first line: `ok`, or `error: WHY`.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 4096 {
+        match relay.socket.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) => line.push(byte[0]),
+            _ => bail!("the TLS relay ended without a word"),
+        }
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    match line.strip_prefix("error: ") {
+        None if line == "ok" => Ok(Conn::Relay(relay)),
+        Some(why) => bail!("{why}"),
+        None => bail!("the TLS relay said something else"),
+    }
+}
 
 impl Conn {
     fn open(endpoint: &Endpoint) -> Result<Conn> {
         match endpoint {
             Endpoint::Unix(path) => Ok(Conn::Unix(connect_unix(path)?)),
             Endpoint::Http(authority) => Ok(Conn::Tcp(connect_tcp(authority)?)),
-            Endpoint::Https(authority) => {
-                let tcp = connect_tcp(authority)?;
-                let host = authority
-                    .rsplit_once(':')
-                    .map_or(authority.as_str(), |(host, _)| host);
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                let name =
-                    rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|err| {
-                        anyhow!("'{}' is not a server name: {err}", host.escape_debug())
-                    })?;
-                let connection =
-                    rustls::ClientConnection::new(tls_config()?, name).context("starting TLS")?;
-                let mut stream = rustls::StreamOwned::new(connection, tcp);
-                // The handshake now, within the socket's timeouts, so that a bad certificate
-                // is reported as such.
-                while stream.conn.is_handshaking() {
-                    stream
-                        .conn
-                        .complete_io(&mut stream.sock)
-                        .context("TLS handshake")?;
-                }
-                Ok(Conn::Tls(Box::new(stream)))
-            }
+            Endpoint::Https(authority) => relay(authority),
         }
     }
 
@@ -271,44 +301,9 @@ impl Conn {
         match self {
             Conn::Unix(s) => s.as_fd(),
             Conn::Tcp(s) => s.as_fd(),
-            Conn::Tls(s) => s.sock.as_fd(),
+            Conn::Relay(r) => r.socket.as_fd(),
         }
     }
-}
-
-/// The TLS client configuration: the CA certificates of `LEASE_BROKER_CA` (a PEM file), or
-/// the system's, and nothing older than TLS 1.2.
-fn tls_config() -> Result<std::sync::Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let path = std::env::var_os("LEASE_BROKER_CA")
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| std::path::PathBuf::from(SYSTEM_CA_BUNDLE), Into::into);
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&path).map_err(|err| {
-        anyhow!(
-            "CA certificates {}: {err}; set LEASE_BROKER_CA to a PEM file",
-            path.display()
-        )
-    })?;
-    for cert in certs {
-        let cert = cert.map_err(|err| anyhow!("CA certificates {}: {err}", path.display()))?;
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        bail!(
-            "CA certificates {}: none could be read; set LEASE_BROKER_CA to a PEM file",
-            path.display()
-        );
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(std::sync::Arc::new(config))
 }
 
 impl Read for Conn {
@@ -316,7 +311,7 @@ impl Read for Conn {
         match self {
             Conn::Unix(s) => s.read(buf),
             Conn::Tcp(s) => s.read(buf),
-            Conn::Tls(s) => s.read(buf),
+            Conn::Relay(r) => r.socket.read(buf),
         }
     }
 }
@@ -326,7 +321,7 @@ impl Write for Conn {
         match self {
             Conn::Unix(s) => s.write(buf),
             Conn::Tcp(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
+            Conn::Relay(r) => r.socket.write(buf),
         }
     }
 
@@ -334,7 +329,7 @@ impl Write for Conn {
         match self {
             Conn::Unix(s) => s.flush(),
             Conn::Tcp(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
+            Conn::Relay(r) => r.socket.flush(),
         }
     }
 }

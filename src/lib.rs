@@ -31,6 +31,7 @@ pub mod route;
 pub mod scope;
 pub mod signals;
 pub mod store;
+pub mod tls_relay;
 pub mod token;
 pub mod ttl;
 pub mod wire;

@@ -444,7 +444,9 @@ async fn run(
                 if let Ok((ended, next)) = swept {
                     suspects = next;
                     if ended > 0 {
-                        log(&format!("ended {ended} run lease(s) left without a connection"));
+                        log(&format!(
+                            "ended {ended} run lease(s) left without a connection"
+                        ));
                     }
                 }
             }
@@ -517,12 +519,8 @@ async fn accept_failed(err: &std::io::Error) {
 
 /// Serves one connection (HTTP/1.1, keep-alive, upgrades for held runs) until it closes or
 /// the broker stops: then the request in flight is answered and the connection closed.
-fn connect<IO>(
-    shared: &Arc<Shared>,
-    io: IO,
-    peer: Peer,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) where
+fn connect<IO>(shared: &Arc<Shared>, io: IO, peer: Peer, permit: tokio::sync::OwnedSemaphorePermit)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(guard) = shared.hold_guard() else {

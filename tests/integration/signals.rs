@@ -147,3 +147,44 @@ fn forty_parallel_runs_each_verify_their_own_scope_and_nothing_is_lost() {
     let active = sandbox.lease(["list", "--json"]).run().success().json();
     assert_eq!(active, serde_json::json!([]));
 }
+
+/// lease's own SIGCHLD (its command stopped, continued, or another child of lease ending) is
+/// lease's to handle, never forwarded: the command, stopped and continued, sees no SIGCHLD
+/// from lease, and the USR1 sent after it arrives alone.
+#[test]
+fn lease_never_forwards_its_own_sigchld() {
+    let sandbox = Sandbox::new();
+    let script = fixture("sigcount.py");
+    let mut run = sandbox
+        .lease(["run", "--scope", "a", "--", "sh", "-c"])
+        .arg("echo $$; exec python3 -u \"$0\" USR1 CHLD USR1")
+        .arg(&script)
+        .start();
+    let child: i32 = run.lines.expect("").trim().parse().expect("pid");
+    run.lines.expect("ready");
+    let pid = nix::unistd::Pid::from_raw(child);
+    // Each stop and continue of the command sends lease a SIGCHLD.
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).expect("stop");
+    wait_for_state(child, 'T');
+    nix::sys::signal::kill(pid, Signal::SIGCONT).expect("cont");
+    wait_for_state(child, 'S');
+    // lease handles signals in the order they come: had it forwarded either SIGCHLD, the
+    // command would count it before this USR1.
+    run.signal(Signal::SIGUSR1);
+    assert_eq!(run.wait().code(), Some(0));
+    let lines = run.lines.rest();
+    let got: Vec<&String> = lines.iter().filter(|l| l.starts_with("got")).collect();
+    assert_eq!(got, ["got USR1 1"], "{lines:?}");
+}
+
+/// Waits until process `pid` is in `state` (a letter of /proc/PID/stat), at most PATIENCE.
+fn wait_for_state(pid: i32, state: char) {
+    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+    while crate::harness::process_state(pid) != Some(state) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} never got to {state}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -50,6 +50,24 @@ impl Answer {
     }
 }
 
+/// `POST`s `body` as JSON to `path` and reads a 200 answer as a `T` (`what` names it in an
+/// error); any other status is an error with the broker's own reason.
+pub fn call<T: serde::de::DeserializeOwned>(
+    endpoint: &Endpoint,
+    path: &str,
+    token: Option<&Token>,
+    body: &impl serde::Serialize,
+    what: &str,
+) -> Result<T> {
+    let body = serde_json::to_vec(body)?;
+    let answer = request(endpoint, "POST", path, token, Some(&body))?;
+    if answer.status != 200 {
+        bail!("{}", crate::token::redact(&answer.error_text()));
+    }
+    serde_json::from_slice(&answer.body)
+        .with_context(|| format!("broker {endpoint} answered something that is not {what}"))
+}
+
 /// Sends one request to the broker at `endpoint` and reads its answer; `token`, if any, goes
 /// in `Authorization: Bearer`. Errors name the broker.
 pub fn request(

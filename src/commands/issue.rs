@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::{Setup, print_json};
 use crate::audit::Process;
@@ -44,19 +44,8 @@ pub fn issue(setup: &Setup, request: IssueRequest) -> Result<Exit> {
 /// the environment, if any: the broker decides, with its own policy and store.
 fn issue_through(setup: &Setup, broker: &Endpoint, request: &IssueRequest) -> Result<Minted> {
     let inherited = super::inherited_token(setup)?;
-    let body = serde_json::to_vec(&MintBody::from_asked(&request.asked))?;
-    let answer = client::request(
-        broker,
-        "POST",
-        "/v1/leases",
-        inherited.as_ref(),
-        Some(&body),
-    )?;
-    if answer.status != 200 {
-        bail!("{}", crate::token::redact(&answer.error_text()));
-    }
-    let issued: Issued = serde_json::from_slice(&answer.body)
-        .with_context(|| format!("broker {broker} answered something that is not a lease"))?;
+    let body = MintBody::from_asked(&request.asked);
+    let issued: Issued = client::call(broker, "/v1/leases", inherited.as_ref(), &body, "a lease")?;
     if setup.verbose {
         for note in &issued.notes {
             eprintln!("lease: note: {note}");

@@ -161,15 +161,13 @@ fn remote_through(setup: &Setup, broker: &Endpoint, command: Command) -> Result<
         Command::Gc => (Remote::Gc, None),
         _ => bail!("internal error: this subcommand is dispatched before the remote ones"),
     };
-    let body = serde_json::to_vec(&asked)?;
-    let answer =
-        crate::client::request(broker, "POST", "/v1/commands", token.as_ref(), Some(&body))?;
-    if answer.status != 200 {
-        bail!("{}", crate::token::redact(&answer.error_text()));
-    }
-    let printed: Printed = serde_json::from_slice(&answer.body).with_context(|| {
-        format!("broker {broker} answered something that is not a command's output")
-    })?;
+    let printed: Printed = crate::client::call(
+        broker,
+        "/v1/commands",
+        token.as_ref(),
+        &asked,
+        "a command's output",
+    )?;
     use std::io::Write as _;
     std::io::stdout()
         .write_all(printed.stdout.as_bytes())

@@ -164,13 +164,8 @@ fn held_trail(broker: &Endpoint, token: &Token) -> Result<Vec<crate::audit::Even
         since: None,
         json: true,
     };
-    let body = serde_json::to_vec(&asked)?;
-    let answer = crate::client::request(broker, "POST", "/v1/commands", Some(token), Some(&body))?;
-    if answer.status != 200 {
-        bail!("broker {broker} refused the trail: {}", answer.error_text());
-    }
-    let printed: crate::wire::Printed = serde_json::from_slice(&answer.body)
-        .with_context(|| format!("broker {broker} answered something that is not the trail"))?;
+    let printed: crate::wire::Printed =
+        crate::client::call(broker, "/v1/commands", Some(token), &asked, "the trail")?;
     if printed.exit != 0 {
         bail!(
             "broker {broker} could not read the trail: {}",
@@ -233,19 +228,8 @@ fn print_env(setup: &Setup, broker: &Endpoint, request: &RunRequest) -> Result<E
     let inherited = super::inherited_token(setup)?;
     let mut body = MintBody::from_asked(&request.asked);
     body.dry_run = true;
-    let body = serde_json::to_vec(&body)?;
-    let answer = crate::client::request(
-        broker,
-        "POST",
-        "/v1/leases",
-        inherited.as_ref(),
-        Some(&body),
-    )?;
-    if answer.status != 200 {
-        bail!("{}", crate::token::redact(&answer.error_text()));
-    }
-    let planned: Planned = serde_json::from_slice(&answer.body)
-        .with_context(|| format!("broker {broker} answered something that is not a plan"))?;
+    let planned: Planned =
+        crate::client::call(broker, "/v1/leases", inherited.as_ref(), &body, "a plan")?;
     let expires_at = humantime::parse_rfc3339(&planned.expires_at)
         .context("the broker answered a bad expiry")?;
     let inherited_at = super::verify::token_env_in_use(&setup.config.token_env).ok();
@@ -265,12 +249,13 @@ fn print_env(setup: &Setup, broker: &Endpoint, request: &RunRequest) -> Result<E
 
 /// The lease's expiry as the broker has it now (it reads the record, and changes nothing).
 fn current_expiry(broker: &Endpoint, token: &Token) -> Result<std::time::SystemTime> {
-    let body = serde_json::to_vec(&crate::wire::Remote::Expiry)?;
-    let answer = crate::client::request(broker, "POST", "/v1/commands", Some(token), Some(&body))?;
-    if answer.status != 200 {
-        bail!("{}", answer.error_text());
-    }
-    let printed: crate::wire::Printed = serde_json::from_slice(&answer.body)?;
+    let printed: crate::wire::Printed = crate::client::call(
+        broker,
+        "/v1/commands",
+        Some(token),
+        &crate::wire::Remote::Expiry,
+        "an expiry",
+    )?;
     if printed.exit != 0 {
         bail!("the broker has no record of the lease");
     }

@@ -495,16 +495,24 @@ fn plain_http_off_loopback_is_refused_unless_asked_for() {
         "{out:?}"
     );
     assert!(out.stderr.contains("--insecure-http"), "{out:?}");
-    let mut command = sandbox
-        .lease(["serve", "--insecure-http", "--listen", "0.0.0.0:0"])
-        .command;
+    serves_then_stops(
+        &sandbox,
+        &["--insecure-http", "--listen", "0.0.0.0:0"],
+        "listening on 0.0.0.0:",
+        Signal::SIGINT,
+    );
+}
+
+/// `lease serve ARGS` says `listening` (a line with `needle`), and `signal` stops it with 0.
+fn serves_then_stops(sandbox: &Sandbox, args: &[&str], needle: &str, signal: Signal) {
+    let mut command = sandbox.lease(["serve"]).args(args).command;
     command.stderr(Stdio::piped()).stdout(Stdio::null());
     let mut child = command.spawn().expect("spawn");
     let mut log = Lines::from(child.stderr.take().expect("stderr"));
-    log.expect("listening on 0.0.0.0:");
+    log.expect(needle);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
-        Signal::SIGINT,
+        signal,
     )
     .expect("kill");
     assert_eq!(wait_for_exit(&mut child).code(), Some(0));
@@ -1578,17 +1586,12 @@ fn an_https_broker_serves_clients_that_trust_its_certificate() {
     assert_eq!(status.code(), Some(0));
     assert!(!log.join("\n").contains(&token));
     // With TLS, an address off loopback needs no --insecure-http.
-    let mut command = sandbox.lease(["serve", "--listen", "0.0.0.0:0"]).command;
-    command.stderr(Stdio::piped()).stdout(Stdio::null());
-    let mut child = command.spawn().expect("spawn");
-    let mut log = Lines::from(child.stderr.take().expect("stderr"));
-    log.expect("(https)");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+    serves_then_stops(
+        &sandbox,
+        &["--listen", "0.0.0.0:0"],
+        "(https)",
         Signal::SIGTERM,
-    )
-    .expect("kill");
-    assert_eq!(wait_for_exit(&mut child).code(), Some(0));
+    );
 }
 
 /// A run whose connection goes silent (its wrapper stopped, as a lost network would leave it):

@@ -3,7 +3,8 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString, OsStr, OsString};
-use std::io;
+use std::fs::File;
+use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::process::{ChildStderr, ChildStdout};
@@ -184,18 +185,17 @@ impl Held {
     /// Lets the child run the command, and waits until it has (or could not). A program that is
     /// not found gives exit 127; one that cannot be executed, 126.
     pub fn start(mut self) -> anyhow::Result<Pid> {
-        let go = self.go.take();
-        if let Some(go) = &go {
-            write_all(go.as_raw_fd(), b"x").context("cannot start the command")?;
+        if let Some(go) = self.go.take() {
+            File::from(go)
+                .write_all(b"x")
+                .context("cannot start the command")?;
         }
-        drop(go);
         let Some(exec_error) = self.exec_error.take() else {
             return Ok(self.pid);
         };
         // The pipe closes on a successful exec (it is close-on-exec), or carries errno.
         let mut errno = [0u8; 4];
-        let read = read_full(exec_error.as_raw_fd(), &mut errno);
-        if read < errno.len() {
+        if File::from(exec_error).read_exact(&mut errno).is_err() {
             let pid = self.pid;
             self.pid = Pid::from_raw(0);
             return Ok(pid);
@@ -228,34 +228,6 @@ impl Drop for Held {
 /// Waits for a child that was killed or failed to exec.
 fn reap(pid: Pid) {
     while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
-}
-
-/// Writes all of `bytes`, retrying on EINTR.
-fn write_all(fd: c_int, bytes: &[u8]) -> io::Result<()> {
-    // SAFETY: `fd` is an open descriptor we own, and `bytes` is valid for its length.
-    match unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) } {
-        n if n == isize::try_from(bytes.len()).unwrap_or(-1) => Ok(()),
-        _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {
-            write_all(fd, bytes)
-        }
-        _ => Err(io::Error::last_os_error()),
-    }
-}
-
-/// Reads until `buf` is full or the end of the stream; returns how much was read.
-fn read_full(fd: c_int, buf: &mut [u8]) -> usize {
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: `fd` is an open descriptor we own; the pointer and length stay in `buf`.
-        let n = unsafe { libc::read(fd, buf[filled..].as_mut_ptr().cast(), buf.len() - filled) };
-        match n {
-            0 => break,
-            n if n > 0 => filled += n.unsigned_abs(),
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            _ => break,
-        }
-    }
-    filled
 }
 
 /// The command, its arguments and its environment as C strings, and every place `exec` will
@@ -510,5 +482,81 @@ fn hold_while_parent_is(lease_pid: Pid) {
             tv_nsec: 1_000_000,
         };
         unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::errno::Errno;
+    use nix::sys::signal::{Signal, kill};
+    use nix::sys::wait::{Id, WaitPidFlag, waitid, waitpid};
+
+    use super::*;
+
+    /// A secret that only these tests put in an environment.
+    const SECRET: &str = "agt_child-tests-secret-that-must-be-zeroed";
+
+    fn hold(env: Vec<(OsString, OsString)>) -> Held {
+        let spec = Spec {
+            program: OsStr::new("sleep"),
+            args: &[OsString::from("60")],
+            env,
+            mask: false,
+        };
+        let plan = SignalPlan {
+            reset: vec![libc::SIGTERM],
+            ignore: Vec::new(),
+        };
+        spawn(spec, &plan).expect("forking a held child")
+    }
+
+    /// Whether `pid` is no longer a child of this process: exited and reaped.
+    fn reaped(pid: Pid) -> bool {
+        waitpid(pid, Some(WaitPidFlag::WNOHANG)) == Err(Errno::ECHILD)
+    }
+
+    #[test]
+    fn a_held_child_dropped_without_being_started_is_killed_and_reaped() {
+        let held = hold(Vec::new());
+        let pid = held.pid;
+        drop(held);
+        assert!(reaped(pid), "the held child {pid} is left behind");
+    }
+
+    #[test]
+    fn starting_a_held_child_that_died_meanwhile_is_an_error_and_it_is_reaped() {
+        let held = hold(Vec::new());
+        let pid = held.pid;
+        kill(pid, Signal::SIGKILL).expect("killing the held child");
+        // Wait for its death without reaping it, so that `start` writes to a closed pipe.
+        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).expect("waitid");
+        let err = held.start().expect_err("a dead child cannot be started");
+        assert_eq!(
+            format!("{err:#}"),
+            "cannot start the command: Broken pipe (os error 32)"
+        );
+        assert!(reaped(pid), "the dead child {pid} is left a zombie");
+    }
+
+    #[test]
+    fn the_environment_and_its_copy_for_exec_are_zeroed_before_they_are_freed() {
+        let freed = crate::freed::blocks_freed_holding(SECRET.as_bytes(), || {
+            let env = vec![(OsString::from("LEASE_TOKEN"), OsString::from(SECRET))];
+            drop(hold(env));
+        });
+        assert_eq!(freed, 0, "blocks holding the token were freed unzeroed");
+    }
+
+    #[test]
+    fn debug_shows_no_environment() {
+        let env = vec![(OsString::from("LEASE_TOKEN"), OsString::from(SECRET))];
+        let spec = Spec {
+            program: OsStr::new("true"),
+            args: &[],
+            env,
+            mask: false,
+        };
+        let prepared = Prepared::new(&spec).expect("preparing");
+        assert_eq!(format!("{prepared:?}"), "Prepared { .. }");
     }
 }

@@ -20,6 +20,8 @@ pub mod commands;
 pub mod config;
 pub mod endpoint;
 pub mod exit;
+#[cfg(test)]
+mod freed;
 pub mod lease;
 pub mod mask;
 pub mod owner;

@@ -20,7 +20,6 @@ use std::time::{Duration, SystemTime};
 
 use nix::libc::{self, c_int};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getpgid, getpgrp};
 use signal_hook::consts::signal::{
     SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGPIPE, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
@@ -166,19 +165,20 @@ impl Forwarder {
     }
 }
 
-/// The child's exit status if it has exited (reaping it), or `None` while it runs.
+/// The child's exit status if it has exited (reaping it), or `None` while it runs. The raw
+/// wait status is kept as it is: a death by any signal, real-time ones included, is reported.
 fn try_wait(pid: Pid) -> io::Result<Option<ExitStatus>> {
     use std::os::unix::process::ExitStatusExt;
+    let mut status: c_int = 0;
     loop {
-        return match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::from_raw((code & 0xff) << 8))),
-            Ok(WaitStatus::Signaled(_, signal, core)) => {
-                let core = if core { 0x80 } else { 0 };
-                Ok(Some(ExitStatus::from_raw(signal as i32 | core)))
-            }
-            Ok(_) => Ok(None),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(err) => Err(err.into()),
+        // SAFETY: `status` is a valid, writable int for the kernel to fill.
+        return match unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::WNOHANG) } {
+            0 => Ok(None),
+            reaped if reaped == pid.as_raw() => Ok(Some(ExitStatus::from_raw(status))),
+            _ => match io::Error::last_os_error() {
+                err if err.kind() == io::ErrorKind::Interrupted => continue,
+                err => Err(err),
+            },
         };
     }
 }
@@ -322,6 +322,17 @@ fn forward(origin: &Origin, child: Pid) {
     }
 }
 
+/// Debug builds only (`LEASE_DEBUG_SIGNAL_BEFORE_START=N`): lease sends itself signal N once
+/// the command is forked and held, before it may start: the window in which a stopping signal
+/// must stop the start, which a signal sent from outside rarely hits.
+#[cfg(debug_assertions)]
+pub fn debug_signal_before_start() {
+    let signal = std::env::var("LEASE_DEBUG_SIGNAL_BEFORE_START").ok();
+    if let Some(signal) = signal.and_then(|n| n.parse::<c_int>().ok()) {
+        let _ = signal_hook::low_level::raise(signal);
+    }
+}
+
 /// Whether `signal` is currently ignored.
 fn is_ignored(signal: c_int) -> bool {
     let mut old = MaybeUninit::<libc::sigaction>::zeroed();
@@ -357,17 +368,44 @@ pub unsafe fn ignore_after_fork(signals: &[c_int]) {
 }
 
 /// Dies of `signal`, the way the child did: core dumps off (the child already dumped, if it
-/// was going to), default disposition restored, the signal raised. Falls back to exiting with
-/// 128 + N for a signal whose default action does not end the process.
-pub fn die_of(signal: c_int) -> ! {
+/// was going to), default disposition restored, the signal unblocked and raised. Returns only
+/// for a signal whose default action does not end a process (the caller then exits with
+/// 128 + N); no such signal can have killed the child.
+pub fn die_of(signal: c_int) {
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal) {
+        // A real-time signal ends a process by default, and signal-hook does not know them.
+        // SAFETY: restoring the default disposition and unblocking the signal are sound at any
+        // time; lease is ending, so nothing relies on a handler for it.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, ptr::null_mut());
+            libc::raise(signal);
+        }
+    }
     let _ = signal_hook::low_level::emulate_default_handler(signal);
-    std::process::exit(128 + signal)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_shows_its_settings_but_not_its_clock() {
+        let mut expires_at = || SystemTime::UNIX_EPOCH;
+        let deadline = Deadline {
+            kill_at_once: true,
+            grace: Duration::from_secs(2),
+            expires_at: &mut expires_at,
+        };
+        assert_eq!(
+            format!("{deadline:?}"),
+            "Deadline { kill_at_once: true, grace: 2s, .. }"
+        );
+    }
 
     #[test]
     fn timer_values_round_up_to_the_microsecond_and_are_capped() {

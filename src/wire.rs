@@ -224,6 +224,10 @@ pub enum FromRun {
     Ping,
     /// The command ended: record it and revoke the lease.
     Exit(Exited),
+    /// The run is over with no exit to record (its command was not found or could not be
+    /// executed, a stopping signal came before it started, or it could not be waited for):
+    /// revoke the lease, with no `child_exit` in the trail, as a local run does.
+    NoExit,
 }
 
 /// How a run's command ended, for the trail.

@@ -144,7 +144,11 @@ where
         match line.map(|read| read.map(|line| line.map(|l| serde_json::from_slice::<FromRun>(&l))))
         {
             Ok(Ok(Some(Ok(FromRun::Ping)))) => {}
-            Ok(Ok(Some(Ok(FromRun::Exit(exited))))) => {
+            Ok(Ok(Some(Ok(end_of_run @ (FromRun::Exit(_) | FromRun::NoExit))))) => {
+                let exited = match end_of_run {
+                    FromRun::Exit(exited) => Some(exited),
+                    _ => None,
+                };
                 let ended = end(&live, &id, exited, &process).await;
                 if ended {
                     log(&format!("run ended: lease={id} client={peer}"));
@@ -312,18 +316,21 @@ fn reattachable(record: &Record) -> Result<(), String> {
     Ok(())
 }
 
-/// Records how the run's command ended and revokes its lease; whether that worked.
+/// Records how the run's command ended, if it has an exit, and revokes its lease; whether that
+/// worked.
 async fn end(
     live: &Arc<Live>,
     id: &LeaseId,
-    exited: crate::wire::Exited,
+    exited: Option<crate::wire::Exited>,
     process: &Process,
 ) -> bool {
     let live = Arc::clone(live);
     let id = id.clone();
     let process = process.clone();
     tokio::task::spawn_blocking(move || {
-        if let Ok(Loaded::Found(record)) = live.store.load(&id) {
+        if let Some(exited) = exited
+            && let Ok(Loaded::Found(record)) = live.store.load(&id)
+        {
             let mut event = Event::new(EventKind::ChildExit, Some(&record)).process(&process);
             event.exit_code = exited.code;
             event.signal = exited.signal;

@@ -87,6 +87,8 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
         panic!("LEASE_DEBUG_PANIC_AFTER_MINT is set");
     }
 
+    #[cfg(debug_assertions)]
+    crate::signals::debug_signal_before_start();
     if let Some(signal) = forwarder.arrived_before_start() {
         drop(held);
         lease.revoke()?;

@@ -74,17 +74,19 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     // Every way out from here tells the broker the run is over (were this process to die, its
     // connection would close, and the broker would end the lease as `owner gone`).
     let tell_end =
-        |kept: Kept, exited: Exited| finish(kept, broker, (&token, &secret), owner_timeout, exited);
+        |kept: Kept, end: FromRun| finish(kept, broker, (&token, &secret), owner_timeout, end);
     let held = match spawn(&program, &args, &rules, vars, request.mask, &child_signals) {
         Ok(held) => held,
         Err(err) => {
-            tell_end(hold_end(Some(hold)), Exited::default());
+            tell_end(hold_end(Some(hold)), FromRun::NoExit);
             return Err(err);
         }
     };
+    #[cfg(debug_assertions)]
+    crate::signals::debug_signal_before_start();
     if let Some(signal) = forwarder.arrived_before_start() {
         drop(held);
-        tell_end(hold_end(Some(hold)), Exited::default());
+        tell_end(hold_end(Some(hold)), FromRun::NoExit);
         return Ok(Exit::Signal(signal));
     }
     let started_at = Instant::now();
@@ -104,14 +106,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
         Ok(waited) => waited,
         Err(err) => {
             // The command never ran (127, 126) or could not be waited for: the run is over.
-            let code = err
-                .downcast_ref::<crate::exit::ExitError>()
-                .map(|e| e.exit().code());
-            let exited = Exited {
-                code,
-                ..Exited::default()
-            };
-            tell_end(keeper.finish(), exited);
+            tell_end(keeper.finish(), FromRun::NoExit);
             return Err(err);
         }
     };
@@ -128,7 +123,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
         sent_at_expiry: waited.sent_at_expiry,
     };
     let duration_ms = exited.duration_ms;
-    tell_end(keeper.finish(), exited);
+    tell_end(keeper.finish(), FromRun::Exit(exited));
     let outcome = if waited.ended_at_expiry {
         say_expired(&started.lease.id, &waited, on_expiry);
         Exit::Expired
@@ -191,10 +186,10 @@ fn finish(
     broker: &Endpoint,
     (token, secret): (&Token, &Token),
     owner_timeout: Duration,
-    exited: Exited,
+    end: FromRun,
 ) {
     let tell = |hold: &mut Hold| -> Result<()> {
-        hold.send(&FromRun::Exit(exited.clone()))?;
+        hold.send(&end)?;
         match hold.receive()? {
             FromBroker::Ended => Ok(()),
             FromBroker::Error(why) => bail!("{why}"),

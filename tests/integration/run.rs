@@ -321,6 +321,17 @@ fn lease_dies_of_the_childs_signal_with_core_dumps_off() {
 }
 
 #[test]
+fn lease_dies_of_a_real_time_signal_that_killed_its_child() {
+    // Real-time signals end a process by default too; lease must not turn one into 128 + N.
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--", "sh", "-c", "kill -40 $$"])
+        .run();
+    assert_eq!(death_signal(out.status), Some(40), "{out:#?}");
+    sandbox.assert_all_revoked(1);
+}
+
+#[test]
 fn renewing_a_nested_lease_never_takes_it_past_its_parents_expiry() {
     let sandbox = Sandbox::new();
     sandbox.write_config("max_ttl = 1000\n");

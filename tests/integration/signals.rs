@@ -8,6 +8,23 @@ use crate::harness::{Sandbox, death_signal, fixture, kill_pid, wait_for_exit};
 const WATCHED: [&str; 6] = ["INT", "TERM", "HUP", "QUIT", "USR1", "USR2"];
 
 #[test]
+fn a_stopping_signal_before_the_command_starts_stops_the_start_and_lease_dies_of_it() {
+    // The debug hook sends the signal in the window between the command's fork and its start.
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--", "sh", "-c", "exit 0"])
+        .env("LEASE_DEBUG_SIGNAL_BEFORE_START", "15")
+        .run();
+    assert_eq!(death_signal(out.status), Some(15), "{out:#?}");
+    sandbox.assert_all_revoked(1);
+    let trail = std::fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).unwrap();
+    assert!(
+        trail.contains("\"event\":\"revoked\"") && !trail.contains("\"event\":\"child_exit\""),
+        "the command started, or the lease was not revoked: {trail}"
+    );
+}
+
+#[test]
 fn each_forwarded_signal_reaches_the_child_exactly_once() {
     let sandbox = Sandbox::new();
     let mut args = vec!["run", "--scope", "a", "--", "python3", "-u"];

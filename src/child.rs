@@ -359,10 +359,13 @@ unsafe fn in_child(
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        restore_default_handlers();
-        // SIGPIPE is ignored by the Rust runtime, not handled: default again, like the rest.
+        // lease's handlers are still installed in the fork: a death signal landing in one of
+        // them would be swallowed, and exec would go ahead. `signals.reset` is every signal
+        // lease handles (`signals::lease_handles_no_signal_its_command_does_not_get_back_at_default`
+        // holds it to that), and SIGPIPE, which lease ignores.
+        let default: libc::sigaction = std::mem::zeroed();
         for &signal in &signals.reset {
-            libc::signal(signal, libc::SIG_DFL);
+            libc::sigaction(signal, &default, std::ptr::null_mut());
         }
         crate::signals::ignore_after_fork(&signals.ignore);
         #[cfg(target_os = "linux")]
@@ -439,31 +442,6 @@ unsafe fn fail(exec_error: c_int) -> ! {
         let bytes = nix::errno::Errno::last_raw().to_ne_bytes();
         libc::write(exec_error, bytes.as_ptr().cast(), bytes.len());
         libc::_exit(127)
-    }
-}
-
-/// Sets every signal that has a handler back to its default disposition, as exec would; ignored
-/// signals stay ignored. lease's handlers (signal-hook's, the runtime's) are still installed in
-/// the fork: a death signal landing in one of them would be swallowed, and exec would go ahead.
-///
-/// # Safety
-/// Only between fork and exec: it only calls `sigaction`, which is async-signal-safe.
-unsafe fn restore_default_handlers() {
-    // Signal numbers run from 1 to 64 on Linux; sigaction refuses the few it reserves
-    // (SIGKILL, SIGSTOP, libc's own), which is harmless here.
-    for signal in 1..=64 {
-        // SAFETY: an all-zero sigaction is valid (empty mask, no flags, SIG_DFL); a null new
-        // action only reads the disposition into `old`.
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(signal, std::ptr::null(), &mut old) == 0
-                && old.sa_sigaction != libc::SIG_DFL
-                && old.sa_sigaction != libc::SIG_IGN
-            {
-                let default: libc::sigaction = std::mem::zeroed();
-                libc::sigaction(signal, &default, std::ptr::null_mut());
-            }
-        }
     }
 }
 

@@ -194,6 +194,50 @@ fn lease_never_forwards_its_own_sigchld() {
     assert_eq!(got, ["got USR1 1"], "{lines:?}");
 }
 
+/// Between fork and exec the command still has lease's handlers; the child resets exactly the
+/// signals lease watches (and SIGPIPE) before arming its death signal (`src/child.rs`). A
+/// handler lease installed for any other signal would be left in that window, where a signal
+/// landing in it is swallowed: so lease catches exactly the signals it watches.
+#[test]
+fn lease_handles_no_signal_its_command_does_not_get_back_at_default() {
+    let sandbox = Sandbox::new();
+    let mut run = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--on-expiry",
+            "term",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("echo ready; exec sleep 30")
+        .start();
+    run.lines.expect("ready");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", run.pid())).unwrap();
+    let mask = |field: &str| {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        u64::from_str_radix(line[field.len()..].trim(), 16).unwrap()
+    };
+    // 32 and 33 are the C library's own (thread cancellation, set*id across threads):
+    // sigaction refuses them, and they are never a death signal.
+    let signals = |mask: u64| -> Vec<i32> {
+        (1..=64)
+            .filter(|n| !(32..=33).contains(n) && mask & (1 << (n - 1)) != 0)
+            .collect()
+    };
+    // HUP INT QUIT USR1 USR2 ALRM TERM CHLD: the forwarded ones, SIGCHLD, and the expiry timer.
+    assert_eq!(signals(mask("SigCgt:")), [1, 2, 3, 10, 12, 14, 15, 17]);
+    assert_eq!(
+        signals(mask("SigIgn:")),
+        [13],
+        "lease ignores SIGPIPE, and nothing else"
+    );
+    run.signal(Signal::SIGTERM);
+    assert_eq!(death_signal(run.wait()), Some(15));
+}
+
 /// Waits until process `pid` is in `state` (a letter of /proc/PID/stat), at most PATIENCE.
 fn wait_for_state(pid: i32, state: char) {
     let deadline = std::time::Instant::now() + crate::harness::PATIENCE;

@@ -371,28 +371,22 @@ impl Files {
     fn write_temp(&self, text: &str) -> Result<Temp<'_>> {
         let leases = self.leases()?;
         let writing = || format!("writing a record in {}", self.leases_shown().display());
-        let mut attempts = 0;
-        let (name, fd) = loop {
-            let name = format!(
-                "{TEMP_PREFIX}{}-{:016x}",
-                std::process::id(),
-                rand::random::<u64>()
-            );
-            match nix::fcntl::openat(
-                leases,
-                name.as_str(),
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::S_IRUSR | Mode::S_IWUSR,
-            ) {
-                Ok(fd) => break (name, fd),
-                Err(Errno::EEXIST) if attempts < 8 => attempts += 1,
-                Err(err) => return Err(io::Error::from(err)).with_context(writing),
-            }
-        };
+        // pid and 64 random bits: a name no other writer has or can guess, so an existing
+        // file under it is never expected, and is an error (O_EXCL) rather than a file to
+        // write through.
+        let name = format!(
+            "{TEMP_PREFIX}{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let fd = nix::fcntl::openat(
+            leases,
+            name.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .map_err(io::Error::from)
+        .with_context(writing)?;
         let temp = Temp { leases, name };
         File::from(fd)
             .write_all(text.as_bytes())
@@ -931,6 +925,23 @@ mod tests {
     }
 
     #[test]
+    fn a_record_of_up_to_64_kib_is_read_and_a_larger_one_is_corrupt() {
+        let (_dir, store) = store();
+        let token = Token::mint().expect("mint");
+        let id = token.hash().id();
+        let text = toml::to_string(&record(&token)).expect("encode");
+        // Padded with a comment to the limit, then one byte past it.
+        let padded = |size: usize| format!("{text}#{}\n", "x".repeat(size - text.len() - 2));
+        write_record_file(&store, &id, padded(64 * 1024).as_bytes(), 0o600);
+        assert!(matches!(store.load(&id).expect("load"), Loaded::Found(_)));
+        write_record_file(&store, &id, padded(64 * 1024 + 1).as_bytes(), 0o600);
+        assert_eq!(
+            corrupt_reason(store.load(&id).expect("load")),
+            "record is too large (65537 bytes)"
+        );
+    }
+
+    #[test]
     fn a_record_open_to_group_or_others_or_owned_by_someone_else_is_corrupt() {
         let (_dir, store) = store();
         let token = Token::mint().expect("mint");
@@ -976,10 +987,13 @@ mod tests {
         let now = SystemTime::now();
         assert_eq!(store.remove_stale_temp_files(now).expect("gc"), 2);
         assert_eq!(leftover_temp_files(&store), vec![OsString::from(&live)]);
-        let later = now + Duration::from_secs(30);
-        assert_eq!(store.remove_stale_temp_files(later).expect("gc"), 0);
-        let much_later = now + Duration::from_secs(120);
-        assert_eq!(store.remove_stale_temp_files(much_later).expect("gc"), 1);
+        // Its age is counted in whole seconds of its mtime: exactly a minute is not stale yet.
+        let mtime = fs::metadata(leases.join(&live)).expect("temp file").mtime();
+        let written = UNIX_EPOCH + Duration::from_secs(mtime.unsigned_abs());
+        let a_minute_on = written + STALE_TEMP_AGE;
+        assert_eq!(store.remove_stale_temp_files(a_minute_on).expect("gc"), 0);
+        let just_after = a_minute_on + Duration::from_secs(1);
+        assert_eq!(store.remove_stale_temp_files(just_after).expect("gc"), 1);
         assert_eq!(leftover_temp_files(&store), Vec::<OsString>::new());
     }
 

@@ -12,6 +12,7 @@ use std::process::{ChildStderr, ChildStdout};
 use anyhow::Context as _;
 use nix::fcntl::OFlag;
 use nix::libc::{self, c_int};
+use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
 use nix::unistd::{ForkResult, Pid, pipe2};
 use zeroize::Zeroize;
 
@@ -128,16 +129,28 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
         libc::SIGKILL
     };
     let lease_pid = nix::unistd::getpid();
-    // Debug builds only: lets the test suite kill lease while the child sits between arming
-    // the death signal and exec, the window a random kill rarely hits.
-    #[cfg(debug_assertions)]
-    let hold_before_exec = std::env::var_os("LEASE_DEBUG_HOLD_BEFORE_EXEC").is_some();
-    #[cfg(not(debug_assertions))]
-    let hold_before_exec = false;
+    let hooks = DebugHooks::from_env();
+    #[cfg(all(debug_assertions, not(test)))]
+    assert_every_handler_is_reset(signals);
+    // Every signal is blocked across the fork, as posix_spawn does: one that comes meanwhile
+    // stays pending, in lease (whose handler then sees it) or in the child, where it takes its
+    // default action once the child has put lease's handlers back to default and unblocked it.
+    // Without this, it would run lease's handler in the child and be lost.
+    let mut unblocked = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut unblocked),
+    )
+    .context("cannot start the command: blocking signals")?;
     // SAFETY: lease is single-threaded at this point (the mask pumps start after the child
     // does), and the child only makes async-signal-safe system calls on memory prepared before
     // the fork, then execs or exits.
-    match unsafe { nix::unistd::fork() }.context("cannot start the command: fork failed")? {
+    let forked = unsafe { nix::unistd::fork() };
+    if !matches!(forked, Ok(ForkResult::Child)) {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&unblocked), None);
+    }
+    match forked.context("cannot start the command: fork failed")? {
         ForkResult::Child => {
             let streams = outputs
                 .as_ref()
@@ -152,7 +165,7 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
                     go_read.as_raw_fd(),
                     error_write.as_raw_fd(),
                     streams,
-                    hold_before_exec,
+                    hooks,
                 )
             }
         }
@@ -185,10 +198,14 @@ impl Held {
     /// Lets the child run the command, and waits until it has (or could not). A program that is
     /// not found gives exit 127; one that cannot be executed, 126.
     pub fn start(mut self) -> anyhow::Result<Pid> {
-        if let Some(go) = self.go.take() {
-            File::from(go)
-                .write_all(b"x")
-                .context("cannot start the command")?;
+        if let Some(go) = self.go.take()
+            && let Err(err) = File::from(go).write_all(b"x")
+        {
+            // The held child is gone before it could start: a signal ended it (a Ctrl-C after
+            // it unblocked signals, a kill), and lease ends the same way.
+            let pid = std::mem::replace(&mut self.pid, Pid::from_raw(0));
+            let err = anyhow::Error::new(err).context("cannot start the command");
+            return Err(ended_first(reap(pid, 0), err));
         }
         let Some(exec_error) = self.exec_error.take() else {
             return Ok(self.pid);
@@ -201,7 +218,7 @@ impl Held {
             return Ok(pid);
         }
         let errno = i32::from_ne_bytes(errno);
-        reap(self.pid);
+        reap(self.pid, 0);
         self.pid = Pid::from_raw(0);
         let program = &self.program;
         let (exit, why) = match errno {
@@ -216,18 +233,70 @@ impl Held {
     }
 }
 
-impl Drop for Held {
-    fn drop(&mut self) {
-        if self.pid.as_raw() > 0 {
-            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-            reap(self.pid);
+impl Held {
+    /// The error to end with when the held child turned out to be gone before its start (its
+    /// identity could not be read): lease dies of the signal that ended it, if one did (a
+    /// Ctrl-C, a kill); otherwise `err`. A child that still runs is killed and reaped.
+    pub fn gone(mut self, err: anyhow::Error) -> anyhow::Error {
+        let pid = std::mem::replace(&mut self.pid, Pid::from_raw(0));
+        match reap(pid, libc::WNOHANG) {
+            Reaped::Running => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                reap(pid, 0);
+                err
+            }
+            reaped => ended_first(reaped, err),
         }
     }
 }
 
-/// Waits for a child that was killed or failed to exec.
-fn reap(pid: Pid) {
-    while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
+/// A signal that ended the held child before its start becomes lease's own end; else `err`.
+fn ended_first(reaped: Reaped, err: anyhow::Error) -> anyhow::Error {
+    match reaped {
+        Reaped::Signaled(signal) => ExitError::new(
+            Exit::Signal(signal),
+            format!("cannot start the command: signal {signal} ended it first"),
+        )
+        .into(),
+        _ => err,
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.pid.as_raw() > 0 {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            reap(self.pid, 0);
+        }
+    }
+}
+
+/// What became of a child waited for by [`reap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reaped {
+    /// It still runs (only when not waiting).
+    Running,
+    /// It exited, or cannot be waited for.
+    Exited,
+    /// It died of this signal.
+    Signaled(c_int),
+}
+
+/// Reaps `pid`: waits for it, or with `WNOHANG` only takes it if it has already ended.
+fn reap(pid: Pid, flags: c_int) -> Reaped {
+    let mut status: c_int = 0;
+    loop {
+        // SAFETY: `status` is a valid, writable int for the kernel to fill.
+        return match unsafe { libc::waitpid(pid.as_raw(), &mut status, flags) } {
+            0 => Reaped::Running,
+            reaped if reaped == pid.as_raw() && libc::WIFSIGNALED(status) => {
+                Reaped::Signaled(libc::WTERMSIG(status))
+            }
+            reaped if reaped > 0 => Reaped::Exited,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            _ => Reaped::Exited,
+        };
+    }
 }
 
 /// The command, its arguments and its environment as C strings, and every place `exec` will
@@ -351,23 +420,27 @@ unsafe fn in_child(
     go: c_int,
     exec_error: c_int,
     streams: Option<(c_int, c_int)>,
-    hold_before_exec: bool,
+    hooks: DebugHooks,
 ) -> ! {
     // SAFETY (whole body): each call is an async-signal-safe system call on valid memory that
     // was allocated before the fork; nothing here allocates or takes a lock.
     unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        // lease's handlers are still installed in the fork: a death signal landing in one of
-        // them would be swallowed, and exec would go ahead. `signals.reset` is every signal
-        // lease handles (`signals::lease_handles_no_signal_its_command_does_not_get_back_at_default`
-        // holds it to that), and SIGPIPE, which lease ignores.
+        if hooks.signal_after_fork != 0 {
+            libc::raise(hooks.signal_after_fork);
+        }
+        // lease's handlers are still installed in the fork, with every signal blocked: a signal
+        // landing in one of them would be swallowed, and exec would go ahead. `signals.reset`
+        // is every signal lease handles (`assert_every_handler_is_reset` in debug builds, and
+        // `signals::lease_handles_no_signal_its_command_does_not_get_back_at_default`, hold it
+        // to that), and SIGPIPE, which lease ignores. Only then is the mask emptied.
         let default: libc::sigaction = std::mem::zeroed();
         for &signal in &signals.reset {
             libc::sigaction(signal, &default, std::ptr::null_mut());
         }
         crate::signals::ignore_after_fork(&signals.ignore);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         #[cfg(target_os = "linux")]
         {
             let death = libc::c_ulong::try_from(death).unwrap_or(9);
@@ -379,8 +452,6 @@ unsafe fn in_child(
         }
         #[cfg(not(target_os = "linux"))]
         let _ = death;
-        #[cfg(not(debug_assertions))]
-        let _ = (hold_before_exec, lease_pid);
         if let Some((out, err)) = streams
             && (libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0)
         {
@@ -395,8 +466,7 @@ unsafe fn in_child(
                 _ => libc::_exit(127),
             }
         }
-        #[cfg(debug_assertions)]
-        if hold_before_exec {
+        if hooks.hold_before_exec {
             hold_while_parent_is(lease_pid);
         }
         let mut denied = false;
@@ -445,10 +515,58 @@ unsafe fn fail(exec_error: c_int) -> ! {
     }
 }
 
+/// Debug builds of lease only: panics if lease has a handler for a signal the child does not
+/// put back to default, which would reopen the window in which that signal is swallowed.
+#[cfg(all(debug_assertions, not(test)))]
+fn assert_every_handler_is_reset(signals: &SignalPlan) {
+    for signal in 1..=64 {
+        // SAFETY: a null new action only reads the disposition into `old`, a valid sigaction.
+        let handled = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction != libc::SIG_DFL
+                && old.sa_sigaction != libc::SIG_IGN
+        };
+        assert!(
+            !handled || signals.reset.contains(&signal),
+            "lease handles signal {signal}, which its command does not get back at default"
+        );
+    }
+}
+
+/// Points where a debug build lets the test suite act inside the window a random signal rarely
+/// hits; read before the fork, since the child may not allocate. Release builds have none.
+#[derive(Debug, Clone, Copy, Default)]
+struct DebugHooks {
+    /// `LEASE_DEBUG_HOLD_BEFORE_EXEC`: the child waits between arming the death signal and
+    /// exec until lease is gone (see [`hold_while_parent_is`]), so a test can kill lease there.
+    hold_before_exec: bool,
+    /// `LEASE_DEBUG_SIGNAL_AFTER_FORK=N`: the child sends itself signal N right after the fork,
+    /// while lease's handlers are still installed in it.
+    signal_after_fork: c_int,
+}
+
+impl DebugHooks {
+    #[cfg(debug_assertions)]
+    fn from_env() -> DebugHooks {
+        DebugHooks {
+            hold_before_exec: std::env::var_os("LEASE_DEBUG_HOLD_BEFORE_EXEC").is_some(),
+            signal_after_fork: std::env::var("LEASE_DEBUG_SIGNAL_AFTER_FORK")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn from_env() -> DebugHooks {
+        DebugHooks::default()
+    }
+}
+
 /// Debug builds only (`LEASE_DEBUG_HOLD_BEFORE_EXEC`): waits, at most 10 s, until lease is no
 /// longer this process's parent, then lets exec go ahead. A child still alive by then has
 /// survived its wrapper's death. Call between fork and exec only.
-#[cfg(debug_assertions)]
 fn hold_while_parent_is(lease_pid: Pid) {
     for _ in 0..10_000 {
         if nix::unistd::getppid() != lease_pid {
@@ -470,6 +588,10 @@ mod tests {
     use nix::sys::wait::{Id, WaitPidFlag, waitid, waitpid};
 
     use super::*;
+
+    /// One held child at a time: a child forked by one test would hold the pipe ends of
+    /// another test's child, which then never sees them close.
+    static FORKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// A secret that only these tests put in an environment.
     const SECRET: &str = "agt_child-tests-secret-that-must-be-zeroed";
@@ -495,6 +617,9 @@ mod tests {
 
     #[test]
     fn a_held_child_dropped_without_being_started_is_killed_and_reaped() {
+        let _one = FORKING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let held = hold(Vec::new());
         let pid = held.pid;
         drop(held);
@@ -503,6 +628,9 @@ mod tests {
 
     #[test]
     fn starting_a_held_child_that_died_meanwhile_is_an_error_and_it_is_reaped() {
+        let _one = FORKING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let held = hold(Vec::new());
         let pid = held.pid;
         kill(pid, Signal::SIGKILL).expect("killing the held child");
@@ -510,14 +638,19 @@ mod tests {
         waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).expect("waitid");
         let err = held.start().expect_err("a dead child cannot be started");
         assert_eq!(
-            format!("{err:#}"),
-            "cannot start the command: Broken pipe (os error 32)"
+            err.to_string(),
+            "cannot start the command: signal 9 ended it first"
         );
+        let exit = err.downcast_ref::<ExitError>().map(ExitError::exit);
+        assert_eq!(exit, Some(Exit::Signal(libc::SIGKILL)));
         assert!(reaped(pid), "the dead child {pid} is left a zombie");
     }
 
     #[test]
     fn the_environment_and_its_copy_for_exec_are_zeroed_before_they_are_freed() {
+        let _one = FORKING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let freed = crate::freed::blocks_freed_holding(SECRET.as_bytes(), || {
             let env = vec![(OsString::from("LEASE_TOKEN"), OsString::from(SECRET))];
             drop(hold(env));

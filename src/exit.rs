@@ -85,3 +85,27 @@ impl std::fmt::Display for ExitError {
 }
 
 impl std::error::Error for ExitError {}
+
+#[cfg(test)]
+mod tests {
+    use super::Exit;
+
+    #[test]
+    fn each_outcome_has_its_documented_status() {
+        let statuses = [
+            (Exit::Success, 0),
+            (Exit::Denied, 1),
+            (Exit::Failure, 2),
+            (Exit::Expired, 124),
+            (Exit::RunFailure, 125),
+            (Exit::CannotExecute, 126),
+            (Exit::NotFound, 127),
+            (Exit::Child(3), 3),
+            (Exit::Signal(15), 143),
+            (Exit::Signal(28), 156),
+        ];
+        for (exit, status) in statuses {
+            assert_eq!(exit.code(), status, "{exit:?}");
+        }
+    }
+}

@@ -20,17 +20,24 @@ thread_local! {
 // SAFETY: every allocation is the system allocator's; dealloc only reads the block it is
 // about to free, which is valid for `layout.size()` bytes, and allocates nothing.
 unsafe impl GlobalAlloc for Watching {
+    /// Zeroed, so that every byte a later scan reads is initialized, spare capacity included.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract is passed on unchanged.
-        unsafe { System.alloc(layout) }
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // `try_with`: a thread's locals may be gone while it frees its last blocks.
         if let Ok(Some(secret)) = SECRET.try_with(Cell::get) {
-            // SAFETY: `ptr` is a live block of `layout.size()` bytes until freed below.
-            let block = unsafe { std::slice::from_raw_parts(ptr, layout.size()) };
-            if block.windows(secret.len()).any(|bytes| bytes == secret) {
+            // SAFETY: `ptr` is a live block of `layout.size()` bytes until freed below, every
+            // byte of it initialized (zeroed at allocation, then written by its owner); the
+            // reads are volatile so that none is assumed away.
+            let byte = |i: usize| unsafe { ptr.add(i).read_volatile() };
+            let size = layout.size();
+            let holds = (0..=size.saturating_sub(secret.len())).any(|at| {
+                size >= secret.len() && (0..secret.len()).all(|i| byte(at + i) == secret[i])
+            });
+            if holds {
                 let _ = FREED_HOLDING_IT.try_with(|n| n.set(n.get() + 1));
             }
         }
@@ -44,10 +51,19 @@ static ALLOCATOR: Watching = Watching;
 
 /// Runs `f`, and counts the heap blocks it freed on this thread that still held `secret`.
 pub fn blocks_freed_holding(secret: &'static [u8], f: impl FnOnce()) -> usize {
-    SECRET.with(|s| s.set(Some(secret)));
+    /// Stops the watch however `f` ends, a panic included.
+    struct Unwatch;
+    impl Drop for Unwatch {
+        fn drop(&mut self) {
+            SECRET.with(|s| s.set(None));
+        }
+    }
+    assert!(!secret.is_empty(), "an empty secret is in every block");
     FREED_HOLDING_IT.with(|n| n.set(0));
+    SECRET.with(|s| s.set(Some(secret)));
+    let unwatch = Unwatch;
     f();
-    SECRET.with(|s| s.set(None));
+    drop(unwatch);
     FREED_HOLDING_IT.with(Cell::get)
 }
 

@@ -174,7 +174,10 @@ fn try_wait(pid: Pid) -> io::Result<Option<ExitStatus>> {
         // SAFETY: `status` is a valid, writable int for the kernel to fill.
         return match unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::WNOHANG) } {
             0 => Ok(None),
-            reaped if reaped == pid.as_raw() => Ok(Some(ExitStatus::from_raw(status))),
+            // A command that made lease its tracer reports its stops too: they are not an end.
+            reaped if reaped == pid.as_raw() => Ok((libc::WIFEXITED(status)
+                || libc::WIFSIGNALED(status))
+            .then(|| ExitStatus::from_raw(status))),
             _ => match io::Error::last_os_error() {
                 err if err.kind() == io::ErrorKind::Interrupted => continue,
                 err => Err(err),
@@ -369,24 +372,29 @@ pub unsafe fn ignore_after_fork(signals: &[c_int]) {
 
 /// Dies of `signal`, the way the child did: core dumps off (the child already dumped, if it
 /// was going to), default disposition restored, the signal unblocked and raised. Returns only
-/// for a signal whose default action does not end a process (the caller then exits with
-/// 128 + N); no such signal can have killed the child.
+/// for a signal whose default action does not end a process (ignored or stopping, which
+/// cannot have killed the child; the caller then exits with 128 + N).
 pub fn die_of(signal: c_int) {
-    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-    if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal) {
-        // A real-time signal ends a process by default, and signal-hook does not know them.
-        // SAFETY: restoring the default disposition and unblocking the signal are sound at any
-        // time; lease is ending, so nothing relies on a handler for it.
-        unsafe {
-            libc::signal(signal, libc::SIG_DFL);
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, signal);
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, ptr::null_mut());
-            libc::raise(signal);
-        }
+    use libc::{SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGURG, SIGWINCH};
+    if matches!(
+        signal,
+        SIGCHLD | SIGCONT | SIGURG | SIGWINCH | SIGSTOP | SIGTSTP | SIGTTIN | SIGTTOU
+    ) {
+        return;
     }
-    let _ = signal_hook::low_level::emulate_default_handler(signal);
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    // SAFETY: restoring a default disposition and unblocking a signal are sound at any time;
+    // lease is ending, so nothing relies on its handler any more. An all-zero sigaction is
+    // SIG_DFL with an empty mask and no flags.
+    unsafe {
+        let default: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, &default, ptr::null_mut());
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, ptr::null_mut());
+        libc::raise(signal);
+    }
 }
 
 #[cfg(test)]

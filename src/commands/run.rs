@@ -75,8 +75,11 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
             },
         );
         let held = spawn(&program, &args, &rules, vars, request.mask, &child_signals)?;
-        let owner = Owner::current(program_name(&program))?.running(held.pid())?;
-        Ok((Some(owner), held))
+        let owner = Owner::current(program_name(&program))?.running(held.pid());
+        match owner {
+            Ok(owner) => Ok((Some(owner), held)),
+            Err(err) => Err(held.gone(err)),
+        }
     })?;
     let id = token.hash().id();
     let lease = RevokeOnExit::new(&store, id.clone(), &process);

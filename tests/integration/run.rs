@@ -321,14 +321,18 @@ fn lease_dies_of_the_childs_signal_with_core_dumps_off() {
 }
 
 #[test]
-fn lease_dies_of_a_real_time_signal_that_killed_its_child() {
-    // Real-time signals end a process by default too; lease must not turn one into 128 + N.
+fn lease_dies_of_every_signal_that_can_kill_its_child() {
+    // Beyond the classic ones: SIGSTKFLT, SIGPWR and the real-time signals end a process by
+    // default too; lease must not turn one into 128 + N.
     let sandbox = Sandbox::new();
-    let out = sandbox
-        .lease(["run", "--scope", "a", "--", "sh", "-c", "kill -40 $$"])
-        .run();
-    assert_eq!(death_signal(out.status), Some(40), "{out:#?}");
-    sandbox.assert_all_revoked(1);
+    for signal in [16, 30, 34, 40, 64] {
+        let out = sandbox
+            .lease(["run", "--scope", "a", "--", "sh", "-c"])
+            .arg(format!("kill -{signal} $$"))
+            .run();
+        assert_eq!(death_signal(out.status), Some(signal), "{out:#?}");
+    }
+    sandbox.assert_all_revoked(5);
 }
 
 #[test]

@@ -25,6 +25,25 @@ fn a_stopping_signal_before_the_command_starts_stops_the_start_and_lease_dies_of
 }
 
 #[test]
+fn a_signal_that_reaches_the_command_while_it_still_has_leases_handlers_is_not_lost() {
+    // The debug hook makes the forked child send itself SIGINT at once, while lease's handlers
+    // are still installed in it: blocked across the fork, it must take its default action
+    // once they are reset, so the command never runs.
+    let sandbox = Sandbox::new();
+    let ran = sandbox.path("ran");
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--", "sh", "-c", "touch \"$0\""])
+        .arg(&ran)
+        .env("LEASE_DEBUG_SIGNAL_AFTER_FORK", "2")
+        .run();
+    assert_eq!(death_signal(out.status), Some(2), "{out:#?}");
+    assert!(!ran.exists(), "the command ran: {out:#?}");
+    // The child may be gone before lease records the lease (nothing to revoke) or after.
+    let records = sandbox.records();
+    sandbox.assert_all_revoked(records.len().min(1));
+}
+
+#[test]
 fn each_forwarded_signal_reaches_the_child_exactly_once() {
     let sandbox = Sandbox::new();
     let mut args = vec!["run", "--scope", "a", "--", "python3", "-u"];

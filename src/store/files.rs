@@ -558,7 +558,9 @@ fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
         )));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(MAX_RECORD_BYTES + 1)
+    // Bounded even if the file grew since it was measured (records are replaced whole, by
+    // rename, and never grow in place).
+    file.take(MAX_RECORD_BYTES)
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;
     let Ok(text) = std::str::from_utf8(&bytes) else {
@@ -617,6 +619,9 @@ fn resolve(dir: &Path, mode: Open) -> Result<Option<PathBuf>> {
     )?;
     let mut pending: VecDeque<Step> = steps(dir).collect();
     let mut detours = 0;
+    // The directory created last, and how many times one vanished right after its creation.
+    let mut created: Option<PathBuf> = None;
+    let mut vanished = 0;
     while let Some(step) = pending.pop_front() {
         let name = match step {
             Step::Root => {
@@ -636,13 +641,15 @@ fn resolve(dir: &Path, mode: Open) -> Result<Option<PathBuf>> {
                 if mode == Open::ExistingOnly {
                     return Ok(None);
                 }
-                detours += 1;
-                if detours > MAX_SYMLINKS {
-                    bail!(
-                        "creating state dir {}: {} keeps disappearing",
-                        dir.display(),
-                        next.display()
-                    );
+                if created.as_ref() == Some(&next) {
+                    vanished += 1;
+                    if vanished > MAX_SYMLINKS {
+                        bail!(
+                            "creating state dir {}: {} keeps disappearing",
+                            dir.display(),
+                            next.display()
+                        );
+                    }
                 }
                 match DirBuilder::new().mode(0o700).create(&next) {
                     Ok(()) => {}
@@ -652,6 +659,7 @@ fn resolve(dir: &Path, mode: Open) -> Result<Option<PathBuf>> {
                             .with_context(|| format!("creating state dir {}", dir.display()));
                     }
                 }
+                created = Some(next);
                 pending.push_front(Step::Name(name));
                 continue;
             }
@@ -924,14 +932,132 @@ mod tests {
         assert_eq!(fs::read_dir(store.dir()).expect("decoy").count(), 0);
     }
 
+    /// The descriptors this process has open on `path`.
+    fn open_on(path: &std::path::Path) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    #[test]
+    fn an_update_waits_for_the_lock_then_works_on_the_record_in_place_by_then() {
+        let (_dir, store) = store();
+        let token = Token::mint().expect("mint");
+        let id = token.hash().id();
+        let mut original = record(&token);
+        assert!(store.insert(&original).expect("insert"));
+        let path = record_path(&store, &id);
+        // Another writer holds the record's lock...
+        let held = File::open(&path).expect("open");
+        held.lock().expect("lock");
+        std::thread::scope(|scope| {
+            let waiting =
+                scope.spawn(|| store.update(&id, |record| Change::Keep(record.uses_left)));
+            // ...while the update has opened the record and waits for the lock...
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while open_on(&path) < 2 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the update never opened the record"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // ...and replaces it, as every write does (a new file renamed over the old one).
+            original.uses_left = Some(7);
+            let text = toml::to_string(&original).expect("encode");
+            let aside = path.with_extension("other");
+            fs::write(&aside, text).expect("write");
+            let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+            fs::set_permissions(&aside, private).expect("mode");
+            fs::rename(&aside, &path).expect("rename");
+            drop(held);
+            match waiting.join().expect("update thread").expect("update") {
+                Updated::Found(_, seen) => {
+                    assert_eq!(seen, Some(7), "the update worked on the replaced record");
+                }
+                other => panic!("not found: {other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn a_record_whose_hash_does_not_begin_with_its_id_is_corrupt() {
+        let (_dir, store) = store();
+        let (token, other) = (Token::mint().expect("mint"), Token::mint().expect("mint"));
+        let id = token.hash().id();
+        let text = toml::to_string(&record(&token))
+            .expect("encode")
+            .replace(&token.hash().to_hex(), &other.hash().to_hex());
+        write_record_file(&store, &id, text.as_bytes(), 0o600);
+        assert_eq!(
+            corrupt_reason(store.load(&id).expect("load")),
+            "record does not belong under this id"
+        );
+    }
+
+    #[test]
+    fn a_state_dir_many_missing_levels_deep_is_created() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let deep: PathBuf = (0..=MAX_SYMLINKS + 1).map(|n| format!("d{n}")).collect();
+        let state = dir.path().join(deep).join("state");
+        let store = Files::open(&state, Open::CreateIfMissing).expect("store");
+        assert_eq!(store.dir(), state.as_path());
+        assert!(state.join(LEASES).is_dir());
+    }
+
+    #[test]
+    fn forty_symbolic_links_on_the_way_are_followed_and_one_more_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let base = dir.path();
+        fs::create_dir(base.join("real")).expect("dir");
+        // link0 -> link1 -> ... -> linkN -> real
+        let chain = |links: usize| {
+            let _ = fs::remove_dir_all(base.join("c"));
+            fs::create_dir(base.join("c")).expect("dir");
+            let at = |n: usize| base.join("c").join(format!("link{n}"));
+            std::os::unix::fs::symlink(base.join("real"), at(links - 1)).expect("link");
+            for n in (0..links - 1).rev() {
+                std::os::unix::fs::symlink(at(n + 1), at(n)).expect("link");
+            }
+            at(0).join("state")
+        };
+        assert!(Files::open(&chain(MAX_SYMLINKS), Open::CreateIfMissing).is_ok());
+        let err = Files::open(&chain(MAX_SYMLINKS + 1), Open::CreateIfMissing)
+            .expect_err("one link too many");
+        assert!(
+            err.to_string()
+                .ends_with("too many symbolic links on its path"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_read_is_an_error_reading_it_not_a_missing_dir_to_create() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let too_long = dir.path().join("x".repeat(300));
+        let err = Files::open(&too_long.join("state"), Open::CreateIfMissing)
+            .expect_err("a name too long");
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "reading {}: File name too long (os error 36)",
+                too_long.display()
+            )
+        );
+    }
+
     #[test]
     fn a_record_of_up_to_64_kib_is_read_and_a_larger_one_is_corrupt() {
         let (_dir, store) = store();
         let token = Token::mint().expect("mint");
         let id = token.hash().id();
-        let text = toml::to_string(&record(&token)).expect("encode");
-        // Padded with a comment to the limit, then one byte past it.
-        let padded = |size: usize| format!("{text}#{}\n", "x".repeat(size - text.len() - 2));
+        let toml = toml::to_string(&record(&token)).expect("encode");
+        let text = toml.trim_end();
+        // Padded with a comment before the record, to the limit and one byte past it: a read
+        // cut short anywhere would break the record's last value.
+        let padded = |size: usize| format!("#{}\n{text}", "x".repeat(size - text.len() - 2));
         write_record_file(&store, &id, padded(64 * 1024).as_bytes(), 0o600);
         assert!(matches!(store.load(&id).expect("load"), Loaded::Found(_)));
         write_record_file(&store, &id, padded(64 * 1024 + 1).as_bytes(), 0o600);

@@ -1034,6 +1034,20 @@ mod tests {
     }
 
     #[test]
+    fn a_state_dir_that_cannot_be_created_says_why() {
+        // /sys is root's and read-only to everyone: mkdir there fails, and not because the
+        // directory already exists.
+        let state = Path::new("/sys/lease-test-no-such-dir/state");
+        let err = Files::open(state, Open::CreateIfMissing).expect_err("mkdir in /sys");
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("creating state dir /sys/lease-test-no-such-dir/state: ")
+                && !text.contains("keeps disappearing"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_path_that_cannot_be_read_is_an_error_reading_it_not_a_missing_dir_to_create() {
         let dir = tempfile::tempdir().expect("temp dir");
         let too_long = dir.path().join("x".repeat(300));

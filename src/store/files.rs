@@ -983,6 +983,39 @@ mod tests {
     }
 
     #[test]
+    fn errors_name_the_record_or_the_lease_dir_they_are_about() {
+        let (_dir, store) = store();
+        let token = Token::mint().expect("mint");
+        let id = token.hash().id();
+        // A socket where the record should be cannot be opened at all (ENXIO).
+        let path = record_path(&store, &id);
+        let _socket = std::os::unix::net::UnixListener::bind(&path).expect("socket");
+        let err = store.load(&id).expect_err("a socket is not a record");
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "reading {}: No such device or address (os error 6)",
+                path.display()
+            )
+        );
+        // A store read without its lease dir cannot be written to.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("state");
+        fs::create_dir(&state).expect("state dir");
+        fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .expect("mode");
+        let bare = Files::open(&state, Open::ExistingOnly).expect("store");
+        let err = bare.insert(&record(&token)).expect_err("no lease dir");
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "writing a record in {}: the lease dir does not exist",
+                state.join(LEASES).display()
+            )
+        );
+    }
+
+    #[test]
     fn a_record_whose_hash_does_not_begin_with_its_id_is_corrupt() {
         let (_dir, store) = store();
         let (token, other) = (Token::mint().expect("mint"), Token::mint().expect("mint"));

@@ -1067,6 +1067,23 @@ mod tests {
     }
 
     #[test]
+    fn a_state_dir_that_is_a_file_is_refused_as_not_a_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("state");
+        fs::write(&file, "").expect("file");
+        fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("mode");
+        let err = Files::open(&file, Open::CreateIfMissing).expect_err("a file");
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "state dir {} is not a directory: point --state-dir or LEASE_STATE_DIR at a directory",
+                file.display()
+            )
+        );
+    }
+
+    #[test]
     fn a_state_dir_that_cannot_be_created_says_why() {
         // /sys is root's and read-only to everyone: mkdir there fails, and not because the
         // directory already exists.

@@ -492,3 +492,17 @@ fn revoke_help_shows_self_for_a_ci_jobs_last_step() {
         "{help}"
     );
 }
+
+#[test]
+fn gc_removes_the_temporary_file_of_a_writer_that_died_mid_write() {
+    let sandbox = Sandbox::new();
+    sandbox.issue("keep");
+    // A record being written goes through `.tmp-PID-RANDOM`; pid 4000000000 runs nowhere.
+    let left = sandbox
+        .leases_dir()
+        .join(".tmp-4000000000-0000000000000001");
+    std::fs::write(&left, "").expect("temp file");
+    sandbox.lease(["gc"]).run().success();
+    assert!(!left.exists(), "gc left {}", left.display());
+    assert_eq!(sandbox.records().len(), 1);
+}

@@ -508,3 +508,75 @@ fn chown_tree(path: &std::path::Path, uid: u32) {
         }
     }
 }
+
+/// The checks on the state dir and its parents hold for any user, not only root: a user's own
+/// directories pass (a bug in the owner rule would refuse them, which root, who owns
+/// everything, never sees) and another user's do not.
+#[test]
+fn a_user_other_than_root_keeps_a_store_in_their_own_directory() {
+    use std::os::unix::fs::chown;
+    if crate::harness::local_only("the store of a user other than the broker's") {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        crate::harness::skip("not-root", "only root can run lease as another uid");
+        return;
+    }
+    let base = tempfile::tempdir().expect("temp dir");
+    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).expect("mode");
+    let home = base.path().join("home");
+    fs::create_dir(&home).expect("home");
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).expect("mode");
+    chown(&home, Some(65534), Some(65534)).expect("chown");
+    let as_nobody = |state: &std::path::Path| {
+        let sandbox = Sandbox::new();
+        sandbox
+            .command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(crate::harness::lease_bin())
+            .arg("--state-dir")
+            .arg(state)
+            .args(["issue", "--scope", "a"])
+            .env("HOME", &home)
+            .run()
+    };
+    let out = as_nobody(&home.join("state"));
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(home.join("state/leases").is_dir());
+    // A symbolic link of the user's own on the way is followed; one of another user's is not.
+    let real = home.join("real");
+    fs::create_dir(&real).expect("dir");
+    chown(&real, Some(65534), Some(65534)).expect("chown");
+    for (link, owner) in [("mine", 65534), ("theirs-link", 65533)] {
+        std::os::unix::fs::symlink(&real, home.join(link)).expect("symlink");
+        std::os::unix::fs::lchown(home.join(link), Some(owner), Some(owner)).expect("lchown");
+    }
+    let out = as_nobody(&home.join("mine/state"));
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(real.join("state/leases").is_dir());
+    let out = as_nobody(&home.join("theirs-link/state"));
+    assert_eq!(
+        out.stderr,
+        format!(
+            "lease: refusing state dir {}: the symbolic link {} on its path is owned by uid 65533, neither you (uid 65534) nor root: use a directory of your own with --state-dir or LEASE_STATE_DIR\n",
+            home.join("theirs-link/state").display(),
+            home.join("theirs-link").display()
+        )
+    );
+    // Above it, a directory of another user's is refused (a directory of root's, or the
+    // user's own, that others cannot write passes, as the first store shows).
+    let theirs = base.path().join("theirs");
+    fs::create_dir(&theirs).expect("dir");
+    fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755)).expect("mode");
+    chown(&theirs, Some(65533), Some(65533)).expect("chown");
+    let out = as_nobody(&theirs.join("state"));
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "lease: refusing state dir {}: its parent {} is owned by uid 65533, neither you (uid 65534) nor root: use a directory of your own with --state-dir or LEASE_STATE_DIR\n",
+            theirs.join("state").display(),
+            theirs.display()
+        )
+    );
+}

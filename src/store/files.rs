@@ -1016,6 +1016,29 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_planted_as_a_record_is_corrupt_at_once_and_hangs_nothing() {
+        let (_dir, store) = store();
+        let id = Token::mint().expect("mint").hash().id();
+        nix::unistd::mkfifo(&record_path(&store, &id), Mode::S_IRUSR | Mode::S_IWUSR)
+            .expect("mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| tx.send(store.load(&id).map(corrupt_reason)));
+            // A blocking open of a FIFO with no writer would never return.
+            let loaded = rx.recv_timeout(Duration::from_secs(10));
+            if loaded.is_err() {
+                // Unblock the open (as a writer) so that the scope can end, then fail.
+                let _ = fs::OpenOptions::new()
+                    .write(true)
+                    .open(record_path(&store, &id));
+                panic!("loading a FIFO planted as a record hung");
+            }
+            let reason = loaded.expect("answer").expect("load");
+            assert_eq!(reason, "record is not a regular file");
+        });
+    }
+
+    #[test]
     fn a_record_whose_hash_does_not_begin_with_its_id_is_corrupt() {
         let (_dir, store) = store();
         let (token, other) = (Token::mint().expect("mint"), Token::mint().expect("mint"));

@@ -1,5 +1,6 @@
 //! The command line: clap definitions ([`args`]), their translation into validated requests
-//! ([`translate`], [`values`]), and clap's errors rewritten into one line ([`errors`]).
+//! ([`translate`], [`values`]), and clap's errors rewritten into one line ([`errors`]). The
+//! usual lines of `run` and `verify` are read without clap ([`fast`]), into the same structs.
 //!
 //! Nothing clap-specific leaves this module: [`parse`] returns an [`Invocation`] of domain
 //! values (scopes, durations, actions, see [`crate::request`]) that the commands use without
@@ -8,6 +9,7 @@
 mod args;
 pub mod docs;
 mod errors;
+mod fast;
 mod translate;
 mod values;
 
@@ -44,16 +46,28 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
             failure_exit(None),
         ));
     }
-    let mut definition = Cli::command();
-    let mut matches = definition
-        .try_get_matches_from_mut(&args)
-        .map_err(|err| reject(&err, &args))?;
-    // Freeing the definition's few hundred small allocations cost 4-7% of a short run's
-    // instructions (callgrind); lease exits soon or waits on its command, so it is left to the
-    // end of the process.
-    std::mem::forget(definition);
-    let failure = failure_exit(matches.subcommand_name());
-    let cli = Cli::from_arg_matches_mut(&mut matches).map_err(|err| reject(&err, &args))?;
+    let (cli, failure) = match fast::parse(&args) {
+        Some(cli) => {
+            let failure = failure_exit(Some(match cli.command {
+                args::Sub::Run(_) => "run",
+                _ => "verify",
+            }));
+            (cli, failure)
+        }
+        None => {
+            let mut definition = Cli::command();
+            let mut matches = definition
+                .try_get_matches_from_mut(&args)
+                .map_err(|err| reject(&err, &args))?;
+            // Freeing the definition's few hundred small allocations cost 4-7% of a short
+            // run's instructions (callgrind); lease exits soon or waits on its command, so it
+            // is left to the end of the process.
+            std::mem::forget(definition);
+            let failure = failure_exit(matches.subcommand_name());
+            let cli = Cli::from_arg_matches_mut(&mut matches).map_err(|err| reject(&err, &args))?;
+            (cli, failure)
+        }
+    };
     let usage = |err: anyhow::Error| Rejected::Usage(format!("{err:#}"), failure);
     for path in [&cli.state_dir, &cli.config].into_iter().flatten() {
         values::not_a_token(

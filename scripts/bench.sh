@@ -113,8 +113,8 @@ PY
 }
 
 export LEASE_STATE_DIR="$work/run"
-compare "run vs tini" 1.5 "$lease run --scope a:b -- true" "tini -s -- true"
-compare "verify vs cat of one file" 1.5 "$lease --state-dir $work/s10 verify a:b" "cat $work/small.txt"
+compare "run vs tini" 1.2 "$lease run --scope a:b -- true" "tini -s -- true"
+compare "verify vs cat of one file" 1.05 "$lease --state-dir $work/s10 verify a:b" "cat $work/small.txt"
 compare "verify at 10,000 vs at 10 leases" 1.1 "$lease --state-dir $work/s10000 verify a:b" "$lease --state-dir $work/s10 verify a:b"
 runs=$((runs / 10 > 10 ? runs / 10 : 10)) compare "list --json at 10,000 vs at 1,000" 12 \
     "$lease --state-dir $work/s10000 list --json" "$lease --state-dir $work/s1000 list --json"
@@ -122,7 +122,7 @@ runs=$((runs / 10 > 10 ? runs / 10 : 10)) compare "list --json of a $depth-deep 
     "$lease --state-dir $work/chain list --json" "$lease --state-dir $work/roots list --json"
 runs=$((runs / 20 > 10 ? runs / 20 : 10)) compare "$fanout concurrent runs vs tini (wall)" 1.5 \
     "scripts/bench-fanout.sh $fanout $lease run --scope a:b -- true" "scripts/bench-fanout.sh $fanout tini -s -- true"
-rss "peak RSS of run vs tini" 3 "$lease run --scope a:b --" "tini -s --"
+rss "peak RSS of run vs tini" 2 "$lease run --scope a:b --" "tini -s --"
 
 # The broker, on the 10-lease store: a socket for lease verify, a loopback port for wrk and nginx.
 "$lease" --state-dir "$work/s10" serve --listen "unix:$work/broker.sock" --listen 127.0.0.1:0 \

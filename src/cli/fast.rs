@@ -19,6 +19,15 @@ use super::values::{parse_env_name, parse_glob, parse_on_expiry, parse_token_env
 
 /// The command line as clap would parse it, if it is a plain `run` or `verify`.
 pub(super) fn parse(args: &[OsString]) -> Option<Cli> {
+    // clap parses these variables whether or not their option is given, and refuses an empty
+    // path or a broker address that is not UTF-8: such a line is clap's.
+    let empty = |name| env(name).is_some_and(|value| value.is_empty());
+    if empty("LEASE_STATE_DIR")
+        || empty("LEASE_CONFIG")
+        || env("LEASE_BROKER").is_some_and(|value| value.to_str().is_none())
+    {
+        return None;
+    }
     let mut words = Words {
         rest: args.get(1..)?,
     };

@@ -114,3 +114,30 @@ fn non_utf8_arguments_are_handled() {
         .run();
     assert_eq!(out.code(), Some(0), "{out:#?}");
 }
+
+/// `run` and `verify` read their usual lines without clap; an empty `LEASE_STATE_DIR` or
+/// `LEASE_CONFIG`, which clap refuses for every subcommand, must be refused by them alike.
+#[test]
+fn an_empty_state_dir_or_config_variable_is_refused_by_every_subcommand_alike() {
+    let sandbox = Sandbox::new();
+    for (variable, option) in [
+        ("LEASE_STATE_DIR", "--state-dir <DIR>"),
+        ("LEASE_CONFIG", "--config <FILE>"),
+    ] {
+        for (args, sub, code) in [
+            (&["run", "--scope", "a", "--", "true"][..], "run", 125),
+            (&["verify", "a"], "verify", 2),
+            (&["issue", "--scope", "a"], "issue", 2),
+        ] {
+            let out = sandbox.lease(args).env(variable, "").run();
+            assert_eq!(out.code(), Some(code), "{variable}: {out:#?}");
+            assert_eq!(
+                out.stderr,
+                format!(
+                    "lease: a value is required for '{option}' but none was supplied; see 'lease {sub} --help'\n"
+                ),
+                "{variable}"
+            );
+        }
+    }
+}

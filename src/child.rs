@@ -289,11 +289,10 @@ fn reap(pid: Pid, flags: c_int) -> Reaped {
         // SAFETY: `status` is a valid, writable int for the kernel to fill.
         return match unsafe { libc::waitpid(pid.as_raw(), &mut status, flags) } {
             0 => Reaped::Running,
-            reaped if reaped == pid.as_raw() && libc::WIFSIGNALED(status) => {
-                Reaped::Signaled(libc::WTERMSIG(status))
-            }
-            reaped if reaped > 0 => Reaped::Exited,
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            // Not (or no longer) a child of lease's: nothing to wait for.
+            -1 => Reaped::Exited,
+            _ if libc::WIFSIGNALED(status) => Reaped::Signaled(libc::WTERMSIG(status)),
             _ => Reaped::Exited,
         };
     }
@@ -613,6 +612,40 @@ mod tests {
     /// Whether `pid` is no longer a child of this process: exited and reaped.
     fn reaped(pid: Pid) -> bool {
         waitpid(pid, Some(WaitPidFlag::WNOHANG)) == Err(Errno::ECHILD)
+    }
+
+    #[test]
+    fn reaping_tells_a_running_an_exited_and_a_killed_child_apart() {
+        let _one = FORKING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // SAFETY: each child only calls async-signal-safe functions, then exits.
+        let fork = |code: Option<c_int>| match unsafe { nix::unistd::fork() }.expect("fork") {
+            ForkResult::Child => unsafe {
+                match code {
+                    Some(code) => libc::_exit(code),
+                    None => loop {
+                        libc::pause();
+                    },
+                }
+            },
+            ForkResult::Parent { child } => child,
+        };
+        /// Kills the paused child however the test ends, so that it never outlives it.
+        struct Paused(Pid);
+        impl Drop for Paused {
+            fn drop(&mut self) {
+                let _ = kill(self.0, Signal::SIGKILL);
+                let _ = waitpid(self.0, None);
+            }
+        }
+        let exits = fork(Some(3));
+        assert_eq!(reap(exits, 0), Reaped::Exited);
+        let runs = Paused(fork(None));
+        assert_eq!(reap(runs.0, libc::WNOHANG), Reaped::Running);
+        kill(runs.0, Signal::SIGKILL).expect("kill");
+        assert_eq!(reap(runs.0, 0), Reaped::Signaled(libc::SIGKILL));
+        assert_eq!(reap(runs.0, 0), Reaped::Exited, "a pid reaped already");
     }
 
     #[test]

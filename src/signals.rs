@@ -402,6 +402,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn waiting_for_a_process_that_is_not_a_child_is_an_error() {
+        let err = try_wait(nix::unistd::getpid()).expect_err("lease is not its own child");
+        assert_eq!(err.raw_os_error(), Some(libc::ECHILD));
+    }
+
+    #[test]
     fn a_deadline_shows_its_settings_but_not_its_clock() {
         let mut expires_at = || SystemTime::UNIX_EPOCH;
         let deadline = Deadline {

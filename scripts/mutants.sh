@@ -9,7 +9,10 @@
 #   scripts/mutants.sh token store      only these (src/token.rs, src/store/*.rs)
 #
 # JOBS (default 1) mutants are tested at once; TIMEOUT (seconds, default 900) caps each test
-# run. Results are in mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt).
+# run. TESTS, if set, replaces the whole suite by these `cargo test` arguments, to fit a module
+# in a session, e.g. TESTS='--lib --test integration -- store:: races::' (a catch by part of the
+# suite is a catch by the suite; each survivor must then be examined against all of it).
+# Results are in mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt).
 # Needs cargo-mutants: cargo install --locked cargo-mutants
 set -eu
 cd "$(dirname "$0")/.."
@@ -34,4 +37,6 @@ for module in "$@"; do
     fi
     shift
 done
-exec cargo mutants --jobs "${JOBS:-1}" --timeout "${TIMEOUT:-900}" "$@" -- --locked
+# TESTS is split into words on purpose: it is a list of arguments.
+# shellcheck disable=SC2086
+exec cargo mutants --jobs "${JOBS:-1}" --timeout "${TIMEOUT:-900}" "$@" -- --locked ${TESTS:-}

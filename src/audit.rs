@@ -424,7 +424,7 @@ fn check_usable(file: &File, path: &Path, consequence: &str) -> Result<fs::Metad
         ))
         .into());
     }
-    let me = nix::unistd::geteuid().as_raw();
+    let me = crate::owner::euid();
     if meta.uid() != me {
         return Err(Unusable(format!(
             "the audit log {} is owned by uid {}, not by you (uid {me}): {consequence}",

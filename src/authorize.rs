@@ -208,6 +208,9 @@ pub struct Decision {
     /// The lease's run, for the audit trail.
     #[serde(skip)]
     pub run: Option<LeaseId>,
+    /// The lease's scopes, comma-joined (the broker's `X-Lease-Scope`).
+    #[serde(skip)]
+    pub scope: Option<String>,
 }
 
 impl Decision {
@@ -229,6 +232,7 @@ impl Decision {
             detail,
             parent: record.and_then(|r| r.parent.clone()),
             run: record.and_then(|r| r.run.clone()),
+            scope: record.map(|r| crate::scope::join(&r.scope)),
         }
     }
 }

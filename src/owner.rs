@@ -147,6 +147,13 @@ impl Owner {
     }
 }
 
+/// The effective uid lease runs as, read once: lease never changes it, and the store checks it
+/// against every file it opens.
+pub fn euid() -> u32 {
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| nix::unistd::geteuid().as_raw())
+}
+
 /// Whether a process with this pid is running (not a zombie).
 pub fn is_running(pid: u32) -> bool {
     matches!(start_time(pid), Ok(Some(_)))

@@ -478,22 +478,8 @@ fn decision_for(
         return Ok((Decision::deny(Reason::Malformed, detail, None), None));
     }
     let decision = authorize(&live.store, token, action, SystemTime::now())?;
-    let scope = if decision.granted {
-        decision
-            .id
-            .as_ref()
-            .and_then(|id| match live.store.load(id) {
-                Ok(crate::store::Loaded::Found(record)) => Some(scope_text(&record)),
-                _ => None,
-            })
-    } else {
-        None
-    };
+    let scope = decision.scope.clone().filter(|_| decision.granted);
     Ok((decision, scope))
-}
-
-fn scope_text(record: &Record) -> String {
-    crate::scope::join(&record.scope)
 }
 
 /// Writes the decision to the trail, as `lease verify` does, with the route and the client.

@@ -219,7 +219,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One line on stderr: what the broker did. Callers never pass a token.
 fn log(line: &str) {
-    eprintln!("lease serve: {}", crate::token::redact(line));
+    use std::io::Write as _;
+    // One write per line (eprintln! writes the newline apart).
+    let line = format!("lease serve: {}\n", crate::token::redact(line));
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 fn load(request: &ServeRequest) -> Result<Live> {

@@ -128,6 +128,7 @@ fn ask_broker(broker: &Endpoint, token: &Token, action: &Action) -> Result<Decis
         detail: decided.detail,
         parent: None,
         run: None,
+        scope: None,
     })
 }
 

@@ -538,7 +538,7 @@ fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
     if !meta.is_file() {
         return Ok(Loaded::Corrupt("record is not a regular file".into()));
     }
-    let me = nix::unistd::geteuid().as_raw();
+    let me = crate::owner::euid();
     if meta.uid() != me {
         return Ok(Loaded::Corrupt(format!(
             "record is owned by uid {}, not by you (uid {me})",
@@ -609,7 +609,7 @@ fn steps(path: &Path) -> impl DoubleEndedIterator<Item = Step> + '_ {
 /// there is no store (`None`). Returns the state dir's real path; the state dir itself is
 /// checked after it is opened (see [`open_private_dir`]).
 fn resolve(dir: &Path, mode: Open) -> Result<Option<PathBuf>> {
-    let me = nix::unistd::geteuid().as_raw();
+    let me = crate::owner::euid();
     let mut real = PathBuf::from("/");
     check_ancestor(
         dir,
@@ -779,7 +779,7 @@ fn open_private_dir(
     let st = nix::sys::stat::fstat(&fd)
         .map_err(io::Error::from)
         .with_context(|| format!("reading {what} {shown_text}"))?;
-    let uid = nix::unistd::geteuid().as_raw();
+    let uid = crate::owner::euid();
     if st.st_uid != uid {
         bail!(
             "refusing {what} {shown_text}: it is owned by uid {}, not by you (uid {uid}): use a directory of your own with --state-dir or LEASE_STATE_DIR",

@@ -355,6 +355,29 @@ fn the_http_api_answers_each_decision_with_its_status_code() {
     assert!(!log.join("\n").contains(&token));
 }
 
+/// Forward-auth answers a grant with the lease's id and scopes, for the web server to pass on.
+#[test]
+fn forward_auth_names_the_granted_lease_and_its_scopes() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let issued = sandbox.issue_json("read:articles,write:draft=2", &[]);
+    let token = issued["token"].as_str().expect("token");
+    let socket = broker.socket.display().to_string();
+    let mut headers = bearer(token);
+    headers.push("X-Lease-Action: write:draft".to_owned());
+    let reply = curl(
+        &sandbox,
+        &headers,
+        &["--unix-socket", &socket, "http://lease/v1/auth"],
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("x-lease-id"), issued["id"].as_str());
+    assert_eq!(
+        reply.header("x-lease-scope"),
+        Some("read:articles,write:draft")
+    );
+}
+
 #[test]
 fn an_unreachable_or_garbled_broker_fails_closed() {
     let sandbox = Sandbox::new();

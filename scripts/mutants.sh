@@ -37,6 +37,7 @@ for module in "$@"; do
     fi
     shift
 done
-# TESTS is split into words on purpose: it is a list of arguments.
+# TESTS is split into words on purpose (a list of arguments), but not expanded as file names.
+set -f
 # shellcheck disable=SC2086
 exec cargo mutants --jobs "${JOBS:-1}" --timeout "${TIMEOUT:-900}" "$@" -- --locked ${TESTS:-}

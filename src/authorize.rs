@@ -208,7 +208,8 @@ pub struct Decision {
     /// The lease's run, for the audit trail.
     #[serde(skip)]
     pub run: Option<LeaseId>,
-    /// The lease's scopes, comma-joined (the broker's `X-Lease-Scope`).
+    /// The granted lease's scopes, comma-joined (the broker's `X-Lease-Scope`); never on a
+    /// denial.
     #[serde(skip)]
     pub scope: Option<String>,
 }
@@ -220,7 +221,10 @@ impl Decision {
     }
 
     fn grant(record: &Record) -> Decision {
-        Decision::about(Some(record), Reason::Granted, String::new())
+        Decision {
+            scope: Some(crate::scope::join(&record.scope)),
+            ..Decision::about(Some(record), Reason::Granted, String::new())
+        }
     }
 
     fn about(record: Option<&Record>, reason: Reason, detail: String) -> Decision {
@@ -232,7 +236,7 @@ impl Decision {
             detail,
             parent: record.and_then(|r| r.parent.clone()),
             run: record.and_then(|r| r.run.clone()),
-            scope: record.map(|r| crate::scope::join(&r.scope)),
+            scope: None,
         }
     }
 }

@@ -645,7 +645,10 @@ mod tests {
         assert_eq!(reap(runs.0, libc::WNOHANG), Reaped::Running);
         kill(runs.0, Signal::SIGKILL).expect("kill");
         assert_eq!(reap(runs.0, 0), Reaped::Signaled(libc::SIGKILL));
-        assert_eq!(reap(runs.0, 0), Reaped::Exited, "a pid reaped already");
+        // Reaped: its pid may be anyone's now, so the guard must not kill it again.
+        let reaped = runs.0;
+        std::mem::forget(runs);
+        assert_eq!(reap(reaped, 0), Reaped::Exited, "a pid reaped already");
     }
 
     #[test]

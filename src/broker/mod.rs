@@ -198,7 +198,7 @@ impl Peer {
         };
         match &config.operators {
             Some(operators) => operators.contains(&uid),
-            None => uid == nix::unistd::geteuid().as_raw(),
+            None => uid == crate::owner::euid(),
         }
     }
 }

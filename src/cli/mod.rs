@@ -48,10 +48,11 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
     }
     let (cli, failure) = match fast::parse(&args) {
         Some(cli) => {
-            let failure = failure_exit(Some(match cli.command {
-                args::Sub::Run(_) => "run",
-                _ => "verify",
-            }));
+            let failure = failure_exit(match cli.command {
+                args::Sub::Run(_) => Some("run"),
+                args::Sub::Verify(_) => Some("verify"),
+                _ => None,
+            });
             (cli, failure)
         }
         None => {

@@ -948,7 +948,8 @@ mod tests {
         let id = token.hash().id();
         let mut original = record(&token);
         assert!(store.insert(&original).expect("insert"));
-        let path = record_path(&store, &id);
+        // Canonical, as /proc/self/fd shows it (the temporary dir's path may hold a symlink).
+        let path = fs::canonicalize(record_path(&store, &id)).expect("record path");
         // Another writer holds the record's lock...
         let held = File::open(&path).expect("open");
         held.lock().expect("lock");

@@ -376,6 +376,23 @@ fn forward_auth_names_the_granted_lease_and_its_scopes() {
         reply.header("x-lease-scope"),
         Some("read:articles,write:draft")
     );
+    // A denial names nothing: out of scope, then the budget of 2 spent by a second grant.
+    let ask = |action: &str| {
+        let mut headers = bearer(token);
+        headers.push(format!("X-Lease-Action: {action}"));
+        curl(
+            &sandbox,
+            &headers,
+            &["--unix-socket", &socket, "http://lease/v1/auth"],
+        )
+    };
+    assert_eq!(ask("write:draft").status, 200);
+    for action in ["delete:all", "write:draft"] {
+        let denied = ask(action);
+        assert_eq!(denied.status, 403, "{action}: {denied:?}");
+        assert_eq!(denied.header("x-lease-id"), None, "{action}");
+        assert_eq!(denied.header("x-lease-scope"), None, "{action}");
+    }
 }
 
 #[test]

@@ -528,17 +528,25 @@ fn a_user_other_than_root_keeps_a_store_in_their_own_directory() {
     fs::create_dir(&home).expect("home");
     fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).expect("mode");
     chown(&home, Some(65534), Some(65534)).expect("chown");
+    // nobody runs a copy of lease from a directory it can reach (the build's may be under a
+    // private one), with no config and in its own home.
+    let bin = base.path().join("bin");
+    fs::create_dir(&bin).expect("bin");
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("mode");
+    fs::copy(crate::harness::lease_bin(), bin.join("lease")).expect("copy lease");
     let as_nobody = |state: &std::path::Path| {
         let sandbox = Sandbox::new();
-        sandbox
+        let mut cmd = sandbox
             .command("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(crate::harness::lease_bin())
+            .arg(bin.join("lease"))
             .arg("--state-dir")
             .arg(state)
             .args(["issue", "--scope", "a"])
             .env("HOME", &home)
-            .run()
+            .env("LEASE_CONFIG", "/dev/null");
+        cmd.command.current_dir(&home);
+        cmd.run()
     };
     let out = as_nobody(&home.join("state"));
     assert_eq!(out.code(), Some(0), "{out:#?}");

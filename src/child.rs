@@ -592,6 +592,12 @@ mod tests {
     /// another test's child, which then never sees them close.
     static FORKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    fn one_fork_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        FORKING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// A secret that only these tests put in an environment.
     const SECRET: &str = "agt_child-tests-secret-that-must-be-zeroed";
 
@@ -616,9 +622,7 @@ mod tests {
 
     #[test]
     fn reaping_tells_a_running_an_exited_and_a_killed_child_apart() {
-        let _one = FORKING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = one_fork_at_a_time();
         // SAFETY: each child only calls async-signal-safe functions, then exits.
         let fork = |code: Option<c_int>| match unsafe { nix::unistd::fork() }.expect("fork") {
             ForkResult::Child => unsafe {
@@ -653,9 +657,7 @@ mod tests {
 
     #[test]
     fn a_held_child_dropped_without_being_started_is_killed_and_reaped() {
-        let _one = FORKING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = one_fork_at_a_time();
         let held = hold(Vec::new());
         let pid = held.pid;
         drop(held);
@@ -664,9 +666,7 @@ mod tests {
 
     #[test]
     fn starting_a_held_child_that_died_meanwhile_is_an_error_and_it_is_reaped() {
-        let _one = FORKING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = one_fork_at_a_time();
         let held = hold(Vec::new());
         let pid = held.pid;
         kill(pid, Signal::SIGKILL).expect("killing the held child");
@@ -684,9 +684,7 @@ mod tests {
 
     #[test]
     fn the_environment_and_its_copy_for_exec_are_zeroed_before_they_are_freed() {
-        let _one = FORKING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = one_fork_at_a_time();
         let freed = crate::freed::blocks_freed_holding(SECRET.as_bytes(), || {
             let env = vec![(OsString::from("LEASE_TOKEN"), OsString::from(SECRET))];
             drop(hold(env));

@@ -33,10 +33,11 @@ unsafe impl GlobalAlloc for Watching {
             // byte of it initialized (zeroed at allocation, then written by its owner); the
             // reads are volatile so that none is assumed away.
             let byte = |i: usize| unsafe { ptr.add(i).read_volatile() };
-            let size = layout.size();
-            let holds = (0..=size.saturating_sub(secret.len())).any(|at| {
-                size >= secret.len() && (0..secret.len()).all(|i| byte(at + i) == secret[i])
-            });
+            let starts = layout
+                .size()
+                .checked_sub(secret.len())
+                .map_or(0, |last| last + 1);
+            let holds = (0..starts).any(|at| (0..secret.len()).all(|i| byte(at + i) == secret[i]));
             if holds {
                 let _ = FREED_HOLDING_IT.try_with(|n| n.set(n.get() + 1));
             }

@@ -1156,12 +1156,24 @@ fn a_killed_run_loses_its_lease_through_the_broker_at_once() {
     let (token, nested) = (token_in(&sandbox, "token"), token_in(&sandbox, "nested"));
     assert_eq!(reason_of(&sandbox, &broker, &token), "granted");
     assert_eq!(reason_of(&sandbox, &broker, &nested), "granted");
+    kill_and_see_owner_gone_within_a_second(&sandbox, &broker, &mut running, &token);
+    assert_eq!(reason_of(&sandbox, &broker, &nested), "parent owner gone");
+}
+
+/// Kills the wrapper of a run held by `broker` with SIGKILL and asserts that its token, granted
+/// until then, is denied as `owner gone` within a second.
+fn kill_and_see_owner_gone_within_a_second(
+    sandbox: &Sandbox,
+    broker: &Broker,
+    running: &mut crate::harness::Running,
+    token: &str,
+) {
     let _timing = crate::harness::timing();
     running.signal(Signal::SIGKILL);
     let killed = Instant::now();
     let _ = running.wait();
     loop {
-        let reason = reason_of(&sandbox, &broker, &token);
+        let reason = reason_of(sandbox, broker, token);
         if reason == "owner gone" {
             break;
         }
@@ -1171,7 +1183,6 @@ fn a_killed_run_loses_its_lease_through_the_broker_at_once() {
             "still granted a second after kill -9"
         );
     }
-    assert_eq!(reason_of(&sandbox, &broker, &nested), "parent owner gone");
 }
 
 /// A run through `endpoint` whose command writes its token to `token`, says `ready`, waits for
@@ -1714,15 +1725,5 @@ fn a_command_cannot_take_its_own_run_over() {
         "{answer}"
     );
     // The wrapper still holds the run: killing it ends the lease at once.
-    let _timing = crate::harness::timing();
-    running.signal(Signal::SIGKILL);
-    let killed = Instant::now();
-    let _ = running.wait();
-    loop {
-        let reason = reason_of(&sandbox, &broker, &token);
-        if reason == "owner gone" {
-            break;
-        }
-        assert!(killed.elapsed() < Duration::from_secs(1), "still {reason}");
-    }
+    kill_and_see_owner_gone_within_a_second(&sandbox, &broker, &mut running, &token);
 }

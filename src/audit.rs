@@ -18,8 +18,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -209,6 +209,30 @@ pub struct Log {
     /// Whether an unusable log (not a regular file of the user's) was already reported: it is
     /// reported once, not once per event.
     reported: Arc<AtomicBool>,
+    /// The log file as the last append left it open, so that a process writing many events
+    /// (the broker) does not open and close the file for each one.
+    kept: Arc<Mutex<Option<Kept>>>,
+}
+
+/// An open log file, and which file it is.
+#[derive(Debug)]
+struct Kept {
+    file: File,
+    dev: u64,
+    ino: u64,
+}
+
+impl Kept {
+    /// `file`, and its size.
+    fn new(file: File) -> Result<(Kept, u64)> {
+        let meta = file.metadata().context("reading the audit log")?;
+        let kept = Kept {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            file,
+        };
+        Ok((kept, meta.len()))
+    }
 }
 
 /// A log file that lease refuses to use: a symlink, FIFO, device, directory or socket, or a
@@ -234,6 +258,7 @@ impl Log {
             rotated: shown.join(ROTATED_NAME),
             max_bytes,
             reported: Arc::new(AtomicBool::new(false)),
+            kept: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -258,22 +283,40 @@ impl Log {
         };
         let mut line = serde_json::to_vec(event).context("encoding an audit event")?;
         line.push(b'\n');
-        let mut file = match self.open_for_append(dir) {
-            Ok(file) => file,
-            Err(err) if err.is::<Unusable>() => {
-                if !self.reported.swap(true, Ordering::SeqCst) {
-                    eprintln!("lease: warning: {err:#}");
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut open, size) = match Self::still_named(dir, kept.take()) {
+            Some(found) => found,
+            None => match self.open_for_append(dir).and_then(Kept::new) {
+                Ok(opened) => opened,
+                Err(err) if err.is::<Unusable>() => {
+                    if !self.reported.swap(true, Ordering::SeqCst) {
+                        eprintln!("lease: warning: {err:#}");
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            Err(err) => return Err(err),
+                Err(err) => return Err(err),
+            },
         };
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         if size > 0 && size + line.len() as u64 > self.max_bytes {
-            file = self.rotate(dir, file)?;
+            (open, _) = Kept::new(self.rotate(dir, open.file)?)?;
         }
-        file.write_all(&line)
-            .with_context(|| format!("writing the audit log {}", self.path.display()))
+        open.file
+            .write_all(&line)
+            .with_context(|| format!("writing the audit log {}", self.path.display()))?;
+        *kept = Some(open);
+        Ok(())
+    }
+
+    /// The kept file and the log's size, if the log's name still leads to that file and it is
+    /// still the user's: one status call instead of an open, a status and a close. A log
+    /// rotated or replaced by another process since is opened again.
+    fn still_named(dir: &OwnedFd, kept: Option<Kept>) -> Option<(Kept, u64)> {
+        let kept = kept?;
+        let named = nix::sys::stat::fstatat(dir, FILE_NAME, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+        let same = named.st_ino == kept.ino
+            && named.st_dev == kept.dev
+            && named.st_uid == crate::owner::euid();
+        same.then(|| (kept, u64::try_from(named.st_size).unwrap_or(0)))
     }
 
     /// Opens the log to append to, creating it if missing, and checks that it is usable.
@@ -521,5 +564,71 @@ mod tests {
         // Appending is refused too, with no error (the warning is printed once).
         log.append(&event(1)).expect("carries on");
         assert_eq!(fs::metadata(&path).expect("still there").len(), 0);
+    }
+
+    /// The events in one log file, in order.
+    fn events_in(path: &Path) -> Vec<Event> {
+        let text = fs::read_to_string(path).expect("log read");
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("an event"))
+            .collect()
+    }
+
+    #[test]
+    fn a_log_kept_open_follows_its_name_when_another_process_moves_or_replaces_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(FILE_NAME);
+        let log = Log::new(dir.path(), Some(open_dir(dir.path())), 1 << 20);
+        log.append(&event(1)).expect("appended");
+        log.append(&event(2)).expect("appended");
+        assert_eq!(events_in(&path), [event(1), event(2)]);
+        // Another writer rotates it: the next event goes to the new log, not the moved one.
+        fs::rename(&path, dir.path().join(ROTATED_NAME)).expect("moved");
+        log.append(&event(3)).expect("appended");
+        assert_eq!(events_in(&path), [event(3)]);
+        // Replaced by another file of the same size: still the name's file that is written.
+        let other = dir.path().join("other");
+        fs::copy(&path, &other).expect("copied");
+        fs::rename(&other, &path).expect("replaced");
+        log.append(&event(4)).expect("appended");
+        assert_eq!(events_in(&path), [event(3), event(4)]);
+        assert_eq!(
+            events_in(&dir.path().join(ROTATED_NAME)),
+            [event(1), event(2)]
+        );
+        // Removed: created again.
+        fs::remove_file(&path).expect("removed");
+        log.append(&event(5)).expect("appended");
+        assert_eq!(events_in(&path), [event(5)]);
+    }
+
+    #[test]
+    fn a_log_kept_open_is_not_written_once_it_is_given_away() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // only root can give a file away
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(FILE_NAME);
+        let log = Log::new(dir.path(), Some(open_dir(dir.path())), 1 << 20);
+        log.append(&event(1)).expect("appended");
+        std::os::unix::fs::chown(&path, Some(65534), None).expect("chown");
+        log.append(&event(2)).expect("carries on");
+        assert_eq!(events_in(&path), [event(1)]);
+    }
+
+    #[test]
+    fn a_log_kept_open_is_still_rotated_at_its_limit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(FILE_NAME);
+        let line = serde_json::to_vec(&event(0)).expect("encoded").len() as u64 + 1;
+        let log = Log::new(dir.path(), Some(open_dir(dir.path())), 2 * line);
+        for n in 0..5 {
+            log.append(&event(n)).expect("appended");
+        }
+        assert_eq!(events_in(&path), [event(4)]);
+        assert_eq!(
+            events_in(&dir.path().join(ROTATED_NAME)),
+            [event(2), event(3)]
+        );
     }
 }

@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::audit::{Event, EventKind};
-use crate::record::{Charge, Record, Status, rfc3339};
+use crate::record::{Record, Status, rfc3339};
 use crate::scope::Action;
 use crate::store::{Change, Charged, Loaded, Store, Updated};
 use crate::token::{LeaseId, Token};
@@ -251,34 +251,49 @@ impl From<Denial> for Decision {
 /// A lease found past its expiry is marked `expired` on the spot, so that it stays expired even
 /// if the clock is set back.
 pub fn standing(store: &Store, token: &Token, now: SystemTime) -> Result<Standing> {
+    let (standing, expired) = read_standing(store, token, now)?;
+    if let Some(record) = &expired {
+        mark_expired(store, record, now);
+    }
+    Ok(standing)
+}
+
+/// [`standing`] without writing: also returns the lease found past its expiry, which is still
+/// to be marked.
+fn read_standing(
+    store: &Store,
+    token: &Token,
+    now: SystemTime,
+) -> Result<(Standing, Option<Record>)> {
     let hash = token.hash();
     let id = hash.id();
     let leaf = match store.find(&hash)? {
         Loaded::Found(record) => record,
         Loaded::Missing => {
             let detail = "no lease matches this token".to_owned();
-            return Ok(Standing::Dead(Denial::new(Reason::Unknown, detail, None)));
+            return Ok((
+                Standing::Dead(Denial::new(Reason::Unknown, detail, None)),
+                None,
+            ));
         }
         Loaded::Corrupt(why) => {
             let detail = format!("lease {id}: {why}");
-            return Ok(Standing::Dead(Denial::new(
-                Reason::CorruptRecord,
-                detail,
-                None,
-            )));
+            let denial = Denial::new(Reason::CorruptRecord, detail, None);
+            return Ok((Standing::Dead(denial), None));
         }
     };
-    let (standing, expired) = walk(leaf, now, |id| store.load(id))?;
-    if let Some(record) = &expired {
-        // The answer is a denial either way: a store that cannot be written changes nothing.
-        let marked = store.update(&record.id, |r| Change::when(r.mark_expired(now)));
-        if matches!(marked, Ok(Updated::Found(_, true))) {
-            let mut event = Event::new(EventKind::Expired, Some(record));
-            event.reason = Some("ttl".to_owned());
-            let _ = store.audit().append(&event);
-        }
+    walk(leaf, now, |id| store.load(id))
+}
+
+/// Marks a lease found past its expiry `expired`, once, and records that in the trail. The
+/// answer is a denial either way: a store that cannot be written changes nothing.
+fn mark_expired(store: &Store, record: &Record, now: SystemTime) {
+    let marked = store.update(&record.id, |r| Change::when(r.mark_expired(now)));
+    if matches!(marked, Ok(Updated::Found(_, true))) {
+        let mut event = Event::new(EventKind::Expired, Some(record));
+        event.reason = Some("ttl".to_owned());
+        let _ = store.audit().append(&event);
     }
-    Ok(standing)
 }
 
 /// Follows `leaf` up to its root through `load`, and says whether every lease on the way is
@@ -527,9 +542,58 @@ pub fn authorize(
     action: &Action,
     now: SystemTime,
 ) -> Result<Decision> {
-    let records = match standing(store, token, now)? {
-        Standing::Dead(denial) => return Ok(denial.into()),
-        Standing::Live(records) => records,
+    match assess(store, token, action, now)? {
+        Assessed::Decided(decision) => Ok(decision),
+        Assessed::Pending(pending) => pending.settle(store, action, now),
+    }
+}
+
+/// A decision read from the store, or what is left to write before it is made.
+#[derive(Debug)]
+pub enum Assessed {
+    /// Made by reading alone.
+    Decided(Decision),
+    /// Needs a write, which may wait for a lock: see [`Pending::settle`].
+    Pending(Pending),
+}
+
+/// The part of a decision that writes the store: marking a lease found past its expiry, or
+/// charging budgets along the chain under the records' locks.
+#[derive(Debug)]
+pub struct Pending(Box<Write>);
+
+#[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "only ever boxed, in a Pending")]
+enum Write {
+    /// The denial is made; the lease that ended the chain is still to be marked expired.
+    MarkExpired(Denial, Record),
+    /// Every budget on the chain (`chain`, leaf first) is charged, or the action is denied.
+    Charge { leaf: Record, chain: Vec<LeaseId> },
+}
+
+impl Pending {
+    /// Writes what the decision needs, and makes it.
+    pub fn settle(self, store: &Store, action: &Action, now: SystemTime) -> Result<Decision> {
+        match *self.0 {
+            Write::MarkExpired(denial, record) => {
+                mark_expired(store, &record, now);
+                Ok(denial.into())
+            }
+            Write::Charge { leaf, chain } => spend(store, &leaf, &chain, action, now),
+        }
+    }
+}
+
+/// [`authorize`] up to its first write: the broker makes the reading part on its own threads
+/// and hands only a [`Pending`] write to a thread that may block.
+pub fn assess(store: &Store, token: &Token, action: &Action, now: SystemTime) -> Result<Assessed> {
+    let records = match read_standing(store, token, now)? {
+        (Standing::Dead(denial), Some(expired)) => {
+            let write = Write::MarkExpired(denial, expired);
+            return Ok(Assessed::Pending(Pending(Box::new(write))));
+        }
+        (Standing::Dead(denial), None) => return Ok(Assessed::Decided(denial.into())),
+        (Standing::Live(records), _) => records,
     };
     let leaf = &records[0];
     if let Some(narrower) = records.iter().find(|r| !r.grants(action)) {
@@ -540,20 +604,25 @@ pub fn authorize(
             narrower.id,
             action.as_str()
         );
-        return Ok(Decision::deny(Reason::OutOfScope, detail, Some(leaf)));
+        let denial = Decision::deny(Reason::OutOfScope, detail, Some(leaf));
+        return Ok(Assessed::Decided(denial));
     }
-    let mut charges = Vec::new();
+    let mut chain = Vec::new();
     for record in &records {
         match record.charge(action) {
             Some(charge) if charge.is_free() => {}
-            Some(charge) => charges.push((record, charge)),
-            None => return Ok(used_up(leaf, record)),
+            Some(_) => chain.push(record.id.clone()),
+            None => return Ok(Assessed::Decided(used_up(leaf, record))),
         }
     }
-    if charges.is_empty() {
-        return Ok(Decision::grant(leaf));
+    if chain.is_empty() {
+        return Ok(Assessed::Decided(Decision::grant(leaf)));
     }
-    spend(store, leaf, &charges, action, now)
+    let leaf = records.into_iter().next().expect("a live chain has a leaf");
+    Ok(Assessed::Pending(Pending(Box::new(Write::Charge {
+        leaf,
+        chain,
+    }))))
 }
 
 /// Charges every budget on the way in one step of the store (under the records' locks, for
@@ -562,11 +631,10 @@ pub fn authorize(
 fn spend(
     store: &Store,
     leaf: &Record,
-    charges: &[(&Record, Charge)],
+    chain: &[LeaseId],
     action: &Action,
     now: SystemTime,
 ) -> Result<Decision> {
-    let chain: Vec<LeaseId> = charges.iter().map(|(r, _)| r.id.clone()).collect();
     let check = |current: &Record| {
         if let Some(reason) = own_reason(current, now) {
             let reason = if current.id == leaf.id {
@@ -581,7 +649,7 @@ fn spend(
             .charge(action)
             .ok_or_else(|| Box::new(used_up(leaf, current)))
     };
-    Ok(match store.charge(&chain, check)? {
+    Ok(match store.charge(chain, check)? {
         Charged::Paid => Decision::grant(leaf),
         Charged::Refused(decision) => *decision,
         Charged::Missing(id) => Decision::deny(
@@ -809,16 +877,13 @@ mod tests {
             let parent = budgeted(None);
             let leaf = budgeted(Some(&parent));
             // What verify read before taking the locks.
-            let charges: Vec<(&Record, Charge)> = [&leaf, &parent]
-                .into_iter()
-                .map(|r| (r, r.charge(&action).expect("a use left")))
-                .collect();
+            let chain = [leaf.id.clone(), parent.id.clone()];
             let revoked = if revoke_leaf { &leaf } else { &parent };
             let id = revoked.id.clone();
             store
                 .update(&id, |r| Change::when(r.revoke(now())))
                 .expect("revoke");
-            let decision = spend(&store, &leaf, &charges, &action, now()).expect("spend");
+            let decision = spend(&store, &leaf, &chain, &action, now()).expect("spend");
             assert!(!decision.granted);
             assert_eq!(decision.reason.as_str(), word);
             assert_eq!(decision.detail, format!("lease {id} ended meanwhile"));

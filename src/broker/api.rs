@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Live, Peer, Shared, log};
 use crate::audit::{Event, EventKind, Process};
-use crate::authorize::{Decision, Reason, authorize};
+use crate::authorize::{Assessed, Decision, Reason};
 use crate::commands::remote::Refused;
 use crate::policy;
 use crate::record::Record;
@@ -375,49 +375,34 @@ fn dead(live: &Live, token: &Token, now: SystemTime) -> Result<Option<Refusal>, 
     }
 }
 
-/// A decision, and the granted lease's scope for `X-Lease-Scope`.
-#[derive(Debug)]
-struct Decided {
-    granted: bool,
-    reason: Reason,
-    id: Option<crate::token::LeaseId>,
-    expires_at: Option<String>,
-    detail: String,
-    scope: Option<String>,
-}
-
-/// Makes the decision off the async threads (the store is files and locks), writes it to the
-/// trail with the route and the client, and logs it. `Err` is the 503 to answer.
+/// Makes the decision `lease verify` makes, writes it to the trail with the route and the
+/// client, and logs it. `Err` is the 503 to answer.
 async fn decide(
     shared: &Arc<Shared>,
     token: Option<Token>,
     action: Action,
     peer: &Peer,
     route: Option<String>,
-) -> Result<Decided, Answer> {
+) -> Result<Decision, Answer> {
     let live = shared.live();
-    let peer_owned = peer.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let decision = decision_for(&live, token.as_ref(), &action);
-        // A decision about no lease (no token, a malformed or unknown one) costs nothing to
-        // provoke: it is counted and logged, not written to the trail, which it could flush.
-        if let Ok((decision, _)) = &decision
-            && decision.id.is_some()
-        {
-            note(
-                &live,
-                decision,
-                &action,
-                &peer_owned.shown,
-                route.as_deref(),
-            );
+    let now = SystemTime::now();
+    // Reading the chain decides most requests here, on the runtime's thread (a few small files
+    // on a local disk). Only a write, which may wait for a record's lock (a budget to charge,
+    // an expiry to mark), goes to a thread that may block.
+    let decision = match assess(&live, token.as_ref(), &action, now) {
+        Ok(Assessed::Decided(decision)) => Ok(decision),
+        Ok(Assessed::Pending(pending)) => {
+            let live = Arc::clone(&live);
+            let action = action.clone();
+            tokio::task::spawn_blocking(move || pending.settle(&live.store, &action, now))
+                .await
+                .unwrap_or_else(|err| Err(anyhow::anyhow!("the decision failed: {err}")))
         }
-        decision.map(|(decision, scope)| (decision, scope, action, route))
-    })
-    .await;
-    let (decision, scope, action, route) = match outcome {
-        Ok(Ok(decided)) => decided,
-        Ok(Err(err)) => {
+        Err(err) => Err(err),
+    };
+    let decision = match decision {
+        Ok(decision) => decision,
+        Err(err) => {
             shared.metrics.decided(Reason::Error);
             log(&format!("cannot decide: client={peer}: {err:#}"));
             return Err(error(
@@ -425,15 +410,12 @@ async fn decide(
                 "the broker cannot read its store; nothing is granted",
             ));
         }
-        Err(err) => {
-            shared.metrics.decided(Reason::Error);
-            log(&format!("cannot decide: client={peer}: {err}"));
-            return Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the broker failed to decide",
-            ));
-        }
     };
+    // A decision about no lease (no token, a malformed or unknown one) costs nothing to
+    // provoke: it is counted and logged, not written to the trail, which it could flush.
+    if decision.id.is_some() {
+        note(&live, &decision, &action, &peer.shown, route.as_deref());
+    }
     shared.metrics.decided(decision.reason);
     let route = route.map(|r| format!(" route=\"{r}\"")).unwrap_or_default();
     let lease = decision
@@ -451,35 +433,32 @@ async fn decide(
         action.as_str(),
         decision.reason
     ));
-    Ok(Decided {
-        granted: decision.granted,
-        reason: decision.reason,
-        id: decision.id,
-        expires_at: decision.expires_at,
-        detail: decision.detail,
-        scope,
-    })
+    Ok(decision)
 }
 
-/// The decision `lease verify` would make, with the leaf's scope when granted.
-fn decision_for(
+/// What `lease verify` would decide, up to the first write (see [`Assessed`]).
+fn assess(
     live: &Live,
     token: Option<&Token>,
     action: &Action,
-) -> anyhow::Result<(Decision, Option<String>)> {
+    now: SystemTime,
+) -> anyhow::Result<Assessed> {
     let Some(token) = token else {
         let detail = "no token: send it as Authorization: Bearer TOKEN".to_owned();
-        return Ok((Decision::deny(Reason::NoToken, detail, None), None));
+        return Ok(Assessed::Decided(Decision::deny(
+            Reason::NoToken,
+            detail,
+            None,
+        )));
     };
     if !token.is_well_formed() {
         let detail = format!(
             "not a lease token (expected {PREFIX} and {BODY_LEN} characters with a valid checksum)"
         );
-        return Ok((Decision::deny(Reason::Malformed, detail, None), None));
+        let denial = Decision::deny(Reason::Malformed, detail, None);
+        return Ok(Assessed::Decided(denial));
     }
-    let decision = authorize(&live.store, token, action, SystemTime::now())?;
-    let scope = decision.scope.clone().filter(|_| decision.granted);
-    Ok((decision, scope))
+    crate::authorize::assess(&live.store, token, action, now)
 }
 
 /// Writes the decision to the trail, as `lease verify` does, with the route and the client.

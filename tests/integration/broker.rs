@@ -188,8 +188,13 @@ fn bearer(token: &str) -> Vec<String> {
 
 /// `POST /v1/verify` for `action` on the broker's unix socket.
 fn verify_over_http(sandbox: &Sandbox, broker: &Broker, token: Option<&str>, body: &str) -> Reply {
+    verify_on(sandbox, &broker.socket, token, body)
+}
+
+/// `POST /v1/verify` for `action` on the broker's unix socket at `socket`.
+fn verify_on(sandbox: &Sandbox, socket: &Path, token: Option<&str>, body: &str) -> Reply {
     let headers = token.map(bearer).unwrap_or_default();
-    let socket = broker.socket.display().to_string();
+    let socket = socket.display().to_string();
     curl(
         sandbox,
         &headers,
@@ -266,6 +271,56 @@ fn verify_through_the_broker_answers_exactly_as_the_local_store_does() {
     assert!(!log.contains(&token) && !log.contains(&revoked), "{log}");
     assert!(log.contains("granted read:articles: granted"), "{log}");
     assert!(log.contains("denied write:other: out of scope"), "{log}");
+}
+
+/// The threads of process `pid`.
+fn threads_of(pid: i32) -> usize {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a thread count")
+}
+
+#[test]
+fn a_decision_waiting_for_a_records_lock_holds_up_no_other_decision() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let budgeted = sandbox.issue_json("read:articles", &["--uses", "100"]);
+    let budgeted_token = budgeted["token"].as_str().expect("token");
+    let free = sandbox.issue("read:articles");
+    let body = r#"{"action":"read:articles"}"#;
+    // A slow writer holds the budgeted lease's record: each charge of a use waits for it (the
+    // store waits 2 s at most, then answers 503).
+    let record = fs::File::open(sandbox.record_path(&budgeted["id"])).expect("record");
+    record.lock().expect("record locked");
+    let before = threads_of(broker.pid());
+    let socket = &broker.socket;
+    std::thread::scope(|scope| {
+        let waiting: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| verify_on(&sandbox, socket, Some(budgeted_token), body)))
+            .collect();
+        // Each waiting charge has a thread of its own; on the runtime's threads, they would
+        // stop every other request until the lock came free.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while threads_of(broker.pid()) < before + 4 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let started = Instant::now();
+        let reply = verify_over_http(&sandbox, &broker, Some(&free), body);
+        let took = started.elapsed();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(
+            took < Duration::from_millis(1000),
+            "the free lease waited {took:?}"
+        );
+        record.unlock().expect("unlocked");
+        for thread in waiting {
+            let reply = thread.join().expect("a waiting verify");
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+    });
 }
 
 #[test]
@@ -690,6 +745,7 @@ http {{
   client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;
   fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;
   log_format path $request_method:$request_uri;
+  upstream lease {{ server unix:{socket}; keepalive 4; }}
   server {{
     listen 127.0.0.1:{upstream};
     access_log {log} path;
@@ -703,7 +759,9 @@ http {{
     }}
     location = /_lease {{
       internal;
-      proxy_pass http://unix:{socket}:/v1/auth;
+      proxy_pass http://lease/v1/auth;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
       proxy_pass_request_body off;
       proxy_set_header Content-Length \"\";
       proxy_set_header X-Original-URI $request_uri;

@@ -43,9 +43,11 @@ pub const DRAIN: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head (and buffered body) a connection may send.
 const MAX_BUFFER: usize = 64 * 1024;
-/// Threads for the store's blocking work (decisions, mints, revocations): a few more than the
-/// cores, so that a decision waiting on a record's lock (at most 2 s) does not stall the rest,
-/// without the hand-offs between dozens of threads that an unbounded pool grows to under load.
+/// Threads for the store's work that may wait for a lock (budget charges, expiry marks, mints,
+/// revocations): a few more than the cores, so that one waiting on a record's lock (at most
+/// 2 s) does not stall the rest, without the hand-offs between dozens of threads that an
+/// unbounded pool grows to under load. Decisions that only read are made on the runtime's
+/// threads.
 const BLOCKING_THREADS: usize = 8;
 /// Connections served at once (TLS handshakes included); more are closed as they come, so that
 /// a flood over TCP cannot use up the descriptors operators on the socket need.

@@ -64,6 +64,8 @@ pub enum EventKind {
     ChildExit,
     /// A lease was renewed.
     Renewed,
+    /// The broker forwarded a request to an upstream for a lease, or refused to.
+    Proxied,
 }
 
 impl EventKind {
@@ -78,6 +80,7 @@ impl EventKind {
             EventKind::OwnerGone => "owner_gone",
             EventKind::ChildExit => "child_exit",
             EventKind::Renewed => "renewed",
+            EventKind::Proxied => "proxied",
         }
     }
 }
@@ -130,6 +133,24 @@ pub struct Event {
     /// The address of the broker's client (`unix` or `HOST:PORT`) for a decision it made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// The upstream a request was for (`proxied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// The request's method (`proxied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The request's path under the upstream, without its query string (`proxied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The upstream's status code; absent when it was not contacted (`proxied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Request body bytes sent to the upstream (`proxied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_up: Option<u64>,
+    /// Response body bytes received from the upstream (`proxied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_down: Option<u64>,
 }
 
 impl Event {

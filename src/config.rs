@@ -101,6 +101,9 @@ pub struct Config {
     /// The broker's certificate chain and private key (PEM files), for TLS on its TCP
     /// listeners (`tls_cert`, `tls_key`; both or neither).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The broker's upstreams (`[upstream.NAME]`), by name: real APIs it calls for runs, adding
+    /// their keys itself.
+    pub upstreams: BTreeMap<String, crate::upstream::Spec>,
 }
 
 /// A named set of defaults for `run` and `issue`; flags on the command line override each.
@@ -138,6 +141,7 @@ impl Default for Config {
             owner_timeout: DEFAULT_OWNER_TIMEOUT,
             socket_group: None,
             tls: None,
+            upstreams: BTreeMap::new(),
         }
     }
 }
@@ -163,6 +167,8 @@ struct File {
     profile: BTreeMap<String, ProfileFile>,
     #[serde(default)]
     route: Vec<RouteFile>,
+    #[serde(default)]
+    upstream: BTreeMap<String, crate::upstream::SpecFile>,
 }
 
 /// An entry of `operators`: a user name or a uid.
@@ -420,6 +426,12 @@ impl Config {
                     )
                 })?;
             config.routes.push(parsed);
+        }
+        for (name, upstream) in file.upstream {
+            let spec = crate::upstream::Spec::parse(&name, upstream).map_err(|e| {
+                anyhow!("invalid config {}: upstream.{name}: {e:#}", path.display())
+            })?;
+            config.upstreams.insert(name, spec);
         }
         for (name, profile) in &file.profile {
             let profile = parse_profile(profile, |key, err| at.error(Some(name), key, err))?;

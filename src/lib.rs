@@ -36,6 +36,7 @@ pub mod store;
 pub mod tls_relay;
 pub mod token;
 pub mod ttl;
+pub mod upstream;
 pub mod wire;
 
 use std::ffi::OsString;

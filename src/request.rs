@@ -114,6 +114,8 @@ pub struct RunRequest {
     pub mask: bool,
     /// Where to write the receipt.
     pub receipt: Option<PathBuf>,
+    /// `--upstream` names: upstreams of the broker the command reaches through it.
+    pub upstreams: Vec<String>,
 }
 
 /// What `lease run` does: one or the other, never both.

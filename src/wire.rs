@@ -365,3 +365,23 @@ mod tests {
         assert!(serde_json::from_str::<MintBody>(r#"{"scopes":[]}"#).is_err());
     }
 }
+
+/// `POST /v1/upstreams`: what `lease run --upstream NAME` asks of the broker.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAsk {
+    /// The upstream's name.
+    pub name: String,
+}
+
+/// The answer: where the run's command reaches the upstream through the broker, and which
+/// variables of its environment say so (`child_env` in the broker's config).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UpstreamEnv {
+    /// The broker's URL for the upstream, `http(s)://HOST:PORT/u/NAME`.
+    pub base_url: String,
+    /// The variable that gets `base_url`.
+    pub base_url_env: Option<String>,
+    /// The variable that gets the run's lease token.
+    pub token_env: Option<String>,
+}

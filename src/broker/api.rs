@@ -26,7 +26,9 @@ use crate::policy;
 use crate::record::Record;
 use crate::scope::Action;
 use crate::token::{BODY_LEN, PREFIX, Token};
-use crate::wire::{ErrorBody, Issued, MintBody, Minted, Planned, Remote, VerifyAnswer};
+use crate::wire::{
+    ErrorBody, Issued, MintBody, Minted, Planned, Remote, UpstreamAsk, UpstreamEnv, VerifyAnswer,
+};
 
 /// The largest request body read (a verify body is a few dozen bytes).
 const MAX_BODY: usize = 16 * 1024;
@@ -58,14 +60,111 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>)
         (&Method::POST, "/v1/verify") => verify(shared, peer, request).await,
         (&Method::POST, "/v1/leases") => mint(shared, peer, request).await,
         (&Method::POST, "/v1/commands") => command(shared, peer, request).await,
+        (&Method::POST, "/v1/upstreams") => upstream_env(shared, peer, request).await,
         (&Method::POST, "/v1/runs") => super::runs::upgrade(shared, peer, request, false),
         (&Method::POST, "/v1/runs/attach") => super::runs::upgrade(shared, peer, request, true),
         (_, "/healthz" | "/metrics") => not_allowed("GET"),
-        (_, "/v1/verify" | "/v1/leases" | "/v1/commands" | "/v1/runs" | "/v1/runs/attach") => {
-            not_allowed("POST")
-        }
+        (
+            _,
+            "/v1/verify" | "/v1/leases" | "/v1/commands" | "/v1/runs" | "/v1/runs/attach"
+            | "/v1/upstreams",
+        ) => not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint: see docs/api.md"),
     }
+}
+
+/// `POST /v1/upstreams`: for a live lease's holder, where its command reaches an upstream
+/// through this broker: a TCP listener (unmodified clients speak TCP), as the client reached
+/// it if it came over TCP.
+async fn upstream_env(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Answer {
+    let token = bearer(request.headers());
+    let host = header_text(request.headers(), "host").map(str::to_owned);
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
+    let asked: UpstreamAsk = match serde_json::from_slice(&body) {
+        Ok(asked) => asked,
+        Err(err) => {
+            let why = format!("the body must be {{\"name\": \"UPSTREAM\"}}: {err}");
+            return error(StatusCode::BAD_REQUEST, &why);
+        }
+    };
+    let live = shared.live();
+    let Some(token) = token else {
+        let mut answer = error(
+            StatusCode::UNAUTHORIZED,
+            "no token: an upstream is for a lease's holder",
+        );
+        challenge(answer.headers_mut());
+        return answer;
+    };
+    let now = SystemTime::now();
+    let standing = {
+        let live = Arc::clone(&live);
+        tokio::task::spawn_blocking(move || dead(&live, &token, now)).await
+    };
+    match standing {
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(Refusal(status, why)))) => return error(status, &why),
+        Ok(Err(Refusal(status, why))) => return error(status, &why),
+        Err(err) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("the broker failed: {err}"),
+            );
+        }
+    }
+    let Some(upstream) = live.upstreams.get(&asked.name) else {
+        let known: Vec<&str> = live.upstreams.keys().map(String::as_str).collect();
+        let why = if known.is_empty() {
+            format!(
+                "no upstream '{}': the broker has none",
+                asked.name.escape_debug()
+            )
+        } else {
+            format!(
+                "no upstream '{}': the broker has {}",
+                asked.name.escape_debug(),
+                known.join(", ")
+            )
+        };
+        return error(StatusCode::NOT_FOUND, &why);
+    };
+    let spec = upstream.spec();
+    let base = match (peer.uid, &host) {
+        (None, Some(host))
+            if !peer.shown.starts_with("unix")
+                && host.parse::<hyper::http::uri::Authority>().is_ok() =>
+        {
+            let scheme = shared
+                .bases
+                .first()
+                .and_then(|b| b.split_once("://"))
+                .map_or("http", |(s, _)| s);
+            format!("{scheme}://{host}")
+        }
+        _ => match shared.bases.first() {
+            Some(base) => base.clone(),
+            None => {
+                return error(
+                    StatusCode::CONFLICT,
+                    &format!(
+                        "upstream {} is served on the broker's TCP listeners, and it has none: start it with --listen 127.0.0.1:PORT as well",
+                        spec.name
+                    ),
+                );
+            }
+        },
+    };
+    json(
+        StatusCode::OK,
+        &UpstreamEnv {
+            base_url: format!("{base}/u/{}", spec.name),
+            base_url_env: spec.child_env.base_url.clone(),
+            token_env: spec.child_env.token.clone(),
+        },
+    )
 }
 
 /// The body of `POST /v1/verify`.
@@ -91,10 +190,11 @@ async fn verify(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -
             return error(StatusCode::BAD_REQUEST, &why);
         }
     };
-    let decision = match decide(shared, token, action, peer, None).await {
+    let decision = match decide(shared, token, &action, peer, None).await {
         Ok(decision) => decision,
         Err(answer) => return answer,
     };
+    note(&shared.live(), &decision, &action, &peer.shown, None);
     let status = status_of(decision.reason);
     let answer = VerifyAnswer {
         granted: decision.granted,
@@ -157,10 +257,11 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
             }
         }
     };
-    let decision = match decide(shared, token, action, peer, route).await {
+    let decision = match decide(shared, token, &action, peer, route.as_deref()).await {
         Ok(decision) => decision,
         Err(answer) => return answer,
     };
+    note(&live, &decision, &action, &peer.shown, route.as_deref());
     let status = status_of(decision.reason);
     let mut answer = empty(status);
     if decision.granted {
@@ -375,21 +476,20 @@ fn dead(live: &Live, token: &Token, now: SystemTime) -> Result<Option<Refusal>, 
     }
 }
 
-/// Makes the decision `lease verify` makes, writes it to the trail with the route and the
-/// client, and logs it. `Err` is the 503 to answer.
-async fn decide(
+/// Makes the decision `lease verify` makes, and logs it. `Err` is the 503 to answer.
+pub(super) async fn decide(
     shared: &Arc<Shared>,
     token: Option<Token>,
-    action: Action,
+    action: &Action,
     peer: &Peer,
-    route: Option<String>,
+    route: Option<&str>,
 ) -> Result<Decision, Answer> {
     let live = shared.live();
     let now = SystemTime::now();
     // Reading the chain decides most requests here, on the runtime's thread (a few small files
     // on a local disk). Only a write, which may wait for a record's lock (a budget to charge,
     // an expiry to mark), goes to a thread that may block.
-    let decision = match assess(&live, token.as_ref(), &action, now) {
+    let decision = match assess(&live, token.as_ref(), action, now) {
         Ok(Assessed::Decided(decision)) => Ok(decision),
         Ok(Assessed::Pending(pending)) => {
             let live = Arc::clone(&live);
@@ -411,11 +511,6 @@ async fn decide(
             ));
         }
     };
-    // A decision about no lease (no token, a malformed or unknown one) costs nothing to
-    // provoke: it is counted and logged, not written to the trail, which it could flush.
-    if decision.id.is_some() {
-        note(&live, &decision, &action, &peer.shown, route.as_deref());
-    }
     shared.metrics.decided(decision.reason);
     let route = route.map(|r| format!(" route=\"{r}\"")).unwrap_or_default();
     let lease = decision
@@ -462,7 +557,12 @@ fn assess(
 }
 
 /// Writes the decision to the trail, as `lease verify` does, with the route and the client.
+/// A decision about no lease (no token, a malformed or unknown one) costs nothing to provoke:
+/// it is counted and logged, not written to the trail, which it could flush.
 fn note(live: &Live, decision: &Decision, action: &Action, peer: &str, route: Option<&str>) {
+    if decision.id.is_none() {
+        return;
+    }
     let kind = if decision.granted {
         EventKind::Granted
     } else {
@@ -511,7 +611,7 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<Token> {
     (!token.is_empty()).then(|| Token::presented(token.to_owned()))
 }
 
-fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok().filter(|v| !v.is_empty())
 }
 
@@ -555,14 +655,14 @@ async fn metrics(shared: &Arc<Shared>) -> Answer {
     answer
 }
 
-fn challenge(headers: &mut HeaderMap) {
+pub(super) fn challenge(headers: &mut HeaderMap) {
     headers.insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"lease\""),
     );
 }
 
-fn empty(status: StatusCode) -> Answer {
+pub(super) fn empty(status: StatusCode) -> Answer {
     let mut answer = Response::new(Full::new(Bytes::new()));
     *answer.status_mut() = status;
     answer

@@ -10,6 +10,7 @@
 
 mod api;
 mod metrics;
+mod proxy;
 mod runs;
 
 use std::collections::HashMap;
@@ -71,12 +72,16 @@ pub struct ServeRequest {
 struct Live {
     config: Config,
     store: Store,
+    /// The upstreams of the config, with their keys loaded.
+    upstreams: std::collections::BTreeMap<String, Arc<proxy::Upstream>>,
 }
 
 /// What every connection shares.
 #[derive(Debug)]
 struct Shared {
     live: RwLock<Arc<Live>>,
+    /// `http(s)://ADDRESS` of each TCP listener, for the base URLs of upstreams.
+    bases: Vec<String>,
     metrics: Metrics,
     request: ServeRequest,
     /// Set when the broker stops: connections finish, held runs let go of their connection.
@@ -231,7 +236,15 @@ fn load(request: &ServeRequest) -> Result<Live> {
     let config = Config::load(request.config.as_deref())?;
     let store = Store::open(&request.state_dir, Open::CreateIfMissing)?
         .with_audit_limit(config.audit_max_bytes);
-    Ok(Live { config, store })
+    let mut upstreams = std::collections::BTreeMap::new();
+    for (name, spec) in &config.upstreams {
+        upstreams.insert(name.clone(), Arc::new(proxy::Upstream::load(spec)?));
+    }
+    Ok(Live {
+        config,
+        store,
+        upstreams,
+    })
 }
 
 /// A bound listener, before the runtime takes it over.
@@ -260,8 +273,27 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         let plain_ok = request.insecure_http || tls.is_some();
         bound.push(bind(address, plain_ok, live.config.socket_group)?);
     }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let bases = bound
+        .iter()
+        .filter_map(|b| match b {
+            Bound::Tcp(listener) => listener.local_addr().ok(),
+            Bound::Unix(..) => None,
+        })
+        .map(|mut address| {
+            // Bound to every address: a client on this host reaches it on loopback.
+            if address.ip().is_unspecified() {
+                address.set_ip(match address {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("{scheme}://{address}")
+        })
+        .collect();
     let (guard, done) = mpsc::channel(1);
     let shared = Arc::new(Shared {
+        bases,
         live: RwLock::new(Arc::new(live)),
         metrics: Metrics::default(),
         request,
@@ -543,7 +575,16 @@ where
         service_fn(move |request| {
             let shared = Arc::clone(&shared);
             let peer = Arc::clone(&peer);
-            async move { Ok::<_, std::convert::Infallible>(api::handle(&shared, &peer, request).await) }
+            async move {
+                let reply = if request.uri().path().starts_with("/u/") {
+                    proxy::handle(&shared, &peer, request).await
+                } else {
+                    api::handle(&shared, &peer, request)
+                        .await
+                        .map(http_body_util::Either::Left)
+                };
+                Ok::<_, std::convert::Infallible>(reply)
+            }
         })
     };
     tokio::spawn(async move {

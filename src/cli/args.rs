@@ -258,6 +258,12 @@ pub(super) struct RunArgs {
     #[arg(long, value_name = "PATTERN", value_parser = parse_glob)]
     pub(super) scrub: Vec<glob::Pattern>,
 
+    /// Reach this upstream of the broker (repeatable): the command gets its base URL through
+    /// the broker and the lease token in place of the API key, in the variables the
+    /// upstream's child_env names; the key itself stays in the broker
+    #[arg(long, value_name = "NAME")]
+    pub(super) upstream: Vec<String>,
+
     /// Start the command from an empty environment: only the lease variables, PATH-less,
     /// plus each --keep NAME
     #[arg(long)]

@@ -163,6 +163,7 @@ fn run(words: &mut Words<'_>, globals: &mut Globals) -> Option<RunArgs> {
         on_expiry: None,
         grace: None,
         scrub: Vec::new(),
+        upstream: Vec::new(),
         clean_env: false,
         keep: Vec::new(),
         print_env: false,

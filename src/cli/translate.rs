@@ -63,6 +63,7 @@ pub(super) fn validate(sub: Sub) -> Result<Command> {
                 },
                 mask: args.mask,
                 receipt: args.receipt,
+                upstreams: args.upstream,
             })
         }
         Sub::Verify(args) => Command::Verify(VerifyRequest {

@@ -27,6 +27,11 @@ use crate::store::{Loaded, Open, Store};
 use crate::token::LeaseId;
 
 pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
+    if let Some(name) = request.upstreams.first() {
+        anyhow::bail!(
+            "--upstream {name} needs a broker: upstreams and their keys live in the broker's config; set LEASE_BROKER or --broker"
+        );
+    }
     // `--print-env` creates nothing: it reads a parent lease, if there is one, and mints nothing.
     let store = setup.store(match request.mode {
         RunMode::PrintEnv => Open::ExistingOnly,

@@ -75,6 +75,16 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     // connection would close, and the broker would end the lease as `owner gone`).
     let tell_end =
         |kept: Kept, end: FromRun| finish(kept, broker, (&token, &secret), owner_timeout, end);
+    let mut vars = vars;
+    for name in &request.upstreams {
+        match upstream_vars(broker, &token, name) {
+            Ok(more) => vars.extend(more),
+            Err(err) => {
+                tell_end(hold_end(Some(hold)), FromRun::NoExit);
+                return Err(err.context(format!("cannot reach upstream {name}")));
+            }
+        }
+    }
     let held = match spawn(&program, &args, &rules, vars, request.mask, &child_signals) {
         Ok(held) => held,
         Err(err) => {
@@ -243,6 +253,28 @@ fn print_env(setup: &Setup, broker: &Endpoint, request: &RunRequest) -> Result<E
 }
 
 /// The lease's expiry as the broker has it now (it reads the record, and changes nothing).
+/// The variables that point the command at upstream `name` through the broker: its base URL
+/// and the lease token where the client expects its key (the upstream's `child_env`).
+fn upstream_vars(
+    broker: &Endpoint,
+    token: &Token,
+    name: &str,
+) -> Result<Vec<(std::ffi::OsString, std::ffi::OsString)>> {
+    let ask = crate::wire::UpstreamAsk {
+        name: name.to_owned(),
+    };
+    let env: crate::wire::UpstreamEnv =
+        crate::client::call(broker, "/v1/upstreams", Some(token), &ask, "an upstream")?;
+    let mut vars = Vec::new();
+    if let Some(var) = env.base_url_env {
+        vars.push((var.into(), env.base_url.into()));
+    }
+    if let Some(var) = env.token_env {
+        vars.push((var.into(), token.expose().into()));
+    }
+    Ok(vars)
+}
+
 fn current_expiry(broker: &Endpoint, token: &Token) -> Result<std::time::SystemTime> {
     let printed: crate::wire::Printed = crate::client::call(
         broker,

@@ -182,7 +182,7 @@ fn parse_reply(raw: &str) -> Reply {
     }
 }
 
-fn bearer(token: &str) -> Vec<String> {
+pub fn bearer(token: &str) -> Vec<String> {
     vec![format!("Authorization: Bearer {token}")]
 }
 

@@ -16,6 +16,7 @@ mod orphans;
 mod output;
 mod pinned;
 mod policy;
+mod proxy;
 mod races;
 mod receipt;
 mod run;

@@ -1,0 +1,540 @@
+//! `/u/NAME/...`: the broker forwards a run's request to upstream NAME with the strong key on
+//! it, after checking the run's lease against the upstream's routes (docs/api.md, "Upstreams").
+//!
+//! The lease token comes where a client sends its credential (`Authorization: Bearer`, the
+//! password of `Authorization: Basic`, or the upstream's `token_header`); it never goes
+//! upstream. The key is added by the broker; the request's headers cannot choose where or how.
+//! Bodies stream both ways; the key's bytes are masked in the response's headers and body,
+//! across chunk boundaries ([`Redactor`]). One trail event per request (`proxied`).
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use zeroize::Zeroizing;
+
+use super::api::{challenge, decide, empty, error, status_of};
+use super::{Live, Peer, Shared, log};
+use crate::audit::{Event, EventKind};
+use crate::authorize::Decision;
+use crate::token::Token;
+use crate::upstream::{Redactor, Secret, Spec};
+
+/// A streamed answer, or a small one made by the broker.
+pub(super) type Reply = Response<Either<Full<Bytes>, Streamed>>;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// An upstream as the broker holds it: its config, its key, and its pool of connections.
+pub(super) struct Upstream {
+    spec: Spec,
+    secret: Secret,
+    client: Client<Connector, Counted>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.spec.name)
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Loads the key and builds the connection pool for `spec`. Errors name the upstream.
+    pub(super) fn load(spec: &Spec) -> Result<Upstream> {
+        let name = &spec.name;
+        let secret = spec
+            .load_secret()
+            .with_context(|| format!("upstream {name}"))?;
+        let client = client(spec).with_context(|| format!("upstream {name}"))?;
+        Ok(Upstream {
+            spec: spec.clone(),
+            secret,
+            client,
+        })
+    }
+
+    pub(super) fn spec(&self) -> &Spec {
+        &self.spec
+    }
+}
+
+/// The pool of connections to one upstream: TLS with the system's roots and `ca_file`.
+fn client(spec: &Spec) -> Result<Client<Connector, Counted>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if spec.scheme == "https" {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+    }
+    if let Some(path) = &spec.ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| anyhow!("ca_file {}: {err}", path.display()))?;
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|err| anyhow!("ca_file {}: {err}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(spec.timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector))
+}
+
+/// Headers never forwarded either way: hop-by-hop (RFC 9110 7.6.1) or set by the proxy.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes the hop-by-hop headers, and those `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// The lease token where a client sends its credential: `Authorization: Bearer`, the password
+/// of `Authorization: Basic`, or the upstream's `token_header`.
+fn token_of(headers: &HeaderMap, token_header: Option<&str>) -> Option<Token> {
+    if let Some(token) = super::api::bearer(headers) {
+        return Some(token);
+    }
+    if let Some(value) = headers.get(header::AUTHORIZATION)
+        && let Ok(text) = value.to_str()
+        && let Some((scheme, encoded)) = text.trim().split_once(' ')
+        && scheme.eq_ignore_ascii_case("basic")
+    {
+        let decoded = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()?,
+        );
+        let text = std::str::from_utf8(&decoded).ok()?;
+        let (_, password) = text.split_once(':')?;
+        return Some(Token::presented(password.to_owned()));
+    }
+    let name = token_header?;
+    let value = headers.get(name)?.to_str().ok()?.trim();
+    let value = value.strip_prefix("Bearer ").unwrap_or(value);
+    Some(Token::presented(value.to_owned()))
+}
+
+/// Answers a request under `/u/`.
+pub(super) async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Reply {
+    let started = Instant::now();
+    let reply = forward(shared, peer, request).await;
+    shared.metrics.answered(started.elapsed());
+    reply
+}
+
+async fn forward(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Reply {
+    let started = Instant::now();
+    let live = shared.live();
+    let rest = request.uri().path().strip_prefix("/u/").unwrap_or_default();
+    let (name, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    };
+    let Some(upstream) = live.upstreams.get(name) else {
+        return small(error(
+            StatusCode::NOT_FOUND,
+            "no such upstream: see docs/api.md",
+        ));
+    };
+    let upstream = Arc::clone(upstream);
+    let spec = &upstream.spec;
+    let method = request.method().clone();
+    let query = request.uri().query().map(str::to_owned);
+    let path = path.to_owned();
+    let token = token_of(request.headers(), spec.token_header.as_deref());
+    let mut event = Event::new(EventKind::Proxied, None);
+    event.upstream = Some(spec.name.clone());
+    event.method = Some(method.as_str().to_owned());
+    event.path = Some(path.clone());
+    event.client = Some(peer.shown.clone());
+    let Some(route) = crate::route::find(&spec.routes, method.as_str(), &path) else {
+        // No route: deny by default, and never contact the upstream.
+        if token.is_none() {
+            let mut answer = empty(StatusCode::UNAUTHORIZED);
+            challenge(answer.headers_mut());
+            return small(answer);
+        }
+        log(&format!(
+            "denied: no route: upstream={} method={} path={} client={peer}",
+            spec.name,
+            method.as_str().escape_debug(),
+            crate::token::redact(&path).escape_debug()
+        ));
+        return small(error(
+            StatusCode::FORBIDDEN,
+            &format!("no route of upstream {} allows {method} {path}", spec.name),
+        ));
+    };
+    let action = route.action.clone();
+    let described = format!("{} {}", spec.name, route.describe());
+    let decision = match decide(shared, token.clone(), &action, peer, Some(&described)).await {
+        Ok(decision) => decision,
+        Err(answer) => return small(answer),
+    };
+    event.action = Some(action.as_str().to_owned());
+    event.reason = Some(decision.reason.to_string());
+    event.route = Some(route.describe());
+    named(&mut event, &decision);
+    if !decision.granted {
+        if decision.id.is_some() {
+            live.store.audit().note(&event);
+        }
+        let status = status_of(decision.reason);
+        let mut answer = error(status, &format!("{}: {}", decision.reason, decision.detail));
+        if status == StatusCode::UNAUTHORIZED {
+            challenge(answer.headers_mut());
+        }
+        return small(answer);
+    }
+    let Some(token) = token else {
+        return small(error(StatusCode::UNAUTHORIZED, "no token"));
+    };
+    let (parts, body) = request.into_parts();
+    let up = Arc::new(AtomicU64::new(0));
+    let outgoing = match outgoing(&upstream, parts, &path, query.as_deref(), &token) {
+        Ok(builder) => builder.body(Counted {
+            inner: body,
+            count: Arc::clone(&up),
+        }),
+        Err(err) => return small(error(StatusCode::BAD_REQUEST, &format!("{err:#}"))),
+    };
+    let outgoing = match outgoing {
+        Ok(outgoing) => outgoing,
+        Err(err) => return small(error(StatusCode::BAD_REQUEST, &format!("{err}"))),
+    };
+    let trail = Trail {
+        live: Arc::clone(&live),
+        event,
+        started,
+        up,
+    };
+    let answered = tokio::time::timeout(spec.timeout, upstream.client.request(outgoing)).await;
+    let response = match answered {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => {
+            let why = format!("the upstream {} failed: {}", spec.name, cause(&err));
+            log(&format!("{why} client={peer}"));
+            trail.write(None, 0);
+            return small(error(StatusCode::BAD_GATEWAY, &why));
+        }
+        Err(_) => {
+            let why = format!(
+                "the upstream {} did not answer within {} s",
+                spec.name,
+                spec.timeout.as_secs()
+            );
+            log(&format!("{why} client={peer}"));
+            trail.write(None, 0);
+            return small(error(StatusCode::GATEWAY_TIMEOUT, &why));
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let redactor = Redactor::new(spec.inject.needles(&upstream.secret));
+    for value in parts.headers.values_mut() {
+        if let Some(masked) = redactor.redact_whole(value.as_bytes()) {
+            *value = HeaderValue::from_bytes(&masked).unwrap_or(HeaderValue::from_static("***"));
+        }
+    }
+    // Masking changes the body's length: it goes out chunked.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let streamed = Streamed {
+        inner: body,
+        redactor,
+        idle_for: spec.idle_timeout,
+        idle: Box::pin(tokio::time::sleep(spec.idle_timeout)),
+        done: false,
+        down: 0,
+        status: parts.status.as_u16(),
+        trail: Some(trail),
+    };
+    Response::from_parts(parts, Either::Right(streamed))
+}
+
+/// The request to send upstream: the client's, with the upstream's URL, without the lease
+/// token or any hop-by-hop header, and with the key added by the broker.
+fn outgoing(
+    upstream: &Upstream,
+    parts: hyper::http::request::Parts,
+    path: &str,
+    query: Option<&str>,
+    token: &Token,
+) -> Result<hyper::http::request::Builder> {
+    let spec = &upstream.spec;
+    let target = match query {
+        Some(query) => format!("{}{path}?{query}", spec.base_path),
+        None => format!("{}{path}", spec.base_path),
+    };
+    let uri = Uri::builder()
+        .scheme(spec.scheme.as_str())
+        .authority(spec.authority.as_str())
+        .path_and_query(target)
+        .build()
+        .context("the request's path")?;
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    for name in [header::HOST, header::AUTHORIZATION, header::EXPECT] {
+        headers.remove(name);
+    }
+    if let Some(name) = &spec.token_header {
+        headers.remove(name.as_str());
+    }
+    // The token goes nowhere upstream, whatever header a client put it in.
+    let secret = token.expose().as_bytes();
+    let carrying: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(_, v)| contains(v.as_bytes(), secret))
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in carrying {
+        headers.remove(name);
+    }
+    let (name, value) = spec.inject.header(&upstream.secret);
+    let mut value = HeaderValue::from_bytes(&value).context("the key does not fit in a header")?;
+    value.set_sensitive(true);
+    headers.insert(
+        HeaderName::from_bytes(name.as_bytes()).context("the key's header")?,
+        value,
+    );
+    let mut builder = Request::builder().method(parts.method).uri(uri);
+    if let Some(slot) = builder.headers_mut() {
+        *slot = headers;
+    }
+    Ok(builder)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
+}
+
+/// The innermost cause of a client error, for a 502's message (names no header or body).
+fn cause(err: &(dyn StdError + 'static)) -> String {
+    let mut source: &(dyn StdError + 'static) = err;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    crate::token::redact(&source.to_string()).into_owned()
+}
+
+/// The event's lease fields from the decision.
+fn named(event: &mut Event, decision: &Decision) {
+    event.lease.clone_from(&decision.id);
+    event.parent.clone_from(&decision.parent);
+    event.run.clone_from(&decision.run);
+}
+
+fn small(answer: Response<Full<Bytes>>) -> Reply {
+    answer.map(Either::Left)
+}
+
+/// A request body on its way upstream, counted.
+#[derive(Debug)]
+pub(super) struct Counted {
+    inner: Incoming,
+    count: Arc<AtomicU64>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The trail event of one forwarded request, written when its response ends or is dropped.
+struct Trail {
+    live: Arc<Live>,
+    event: Event,
+    started: Instant,
+    up: Arc<AtomicU64>,
+}
+
+impl Trail {
+    fn write(mut self, status: Option<u16>, down: u64) {
+        self.event.status = status;
+        self.event.bytes_up = Some(self.up.load(Ordering::Relaxed));
+        self.event.bytes_down = Some(down);
+        self.event.duration_ms = Some(crate::audit::millis(self.started.elapsed()));
+        self.live.store.audit().note(&self.event);
+    }
+}
+
+/// A response body on its way to the client: the key masked, a silence longer than the
+/// upstream's `idle_timeout` ended, and the trail written at its end.
+pub(super) struct Streamed {
+    inner: Incoming,
+    redactor: Redactor,
+    idle_for: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+    down: u64,
+    status: u16,
+    trail: Option<Trail>,
+}
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed")
+            .field("down", &self.down)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Streamed {
+    fn end(&mut self) {
+        self.done = true;
+        if let Some(trail) = self.trail.take() {
+            trail.write(Some(self.status), self.down);
+        }
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = Box<dyn StdError + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle_for;
+                    this.idle.as_mut().reset(deadline);
+                    match frame.into_data() {
+                        Ok(data) => {
+                            this.down += data.len() as u64;
+                            let out = this.redactor.push(&data);
+                            if !out.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                            }
+                        }
+                        Err(frame) => {
+                            if let Ok(mut trailers) = frame.into_trailers() {
+                                for value in trailers.values_mut() {
+                                    if let Some(masked) =
+                                        this.redactor.redact_whole(value.as_bytes())
+                                    {
+                                        *value = HeaderValue::from_bytes(&masked)
+                                            .unwrap_or(HeaderValue::from_static("***"));
+                                    }
+                                }
+                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                            }
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    this.end();
+                    return Poll::Ready(Some(Err(Box::new(err))));
+                }
+                Poll::Ready(None) => {
+                    let rest = this.redactor.finish();
+                    this.end();
+                    if rest.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        this.end();
+                        return Poll::Ready(Some(Err("the upstream went silent".into())));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}

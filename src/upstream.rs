@@ -1,0 +1,869 @@
+//! Upstreams: the real APIs the broker calls for a run, adding the strong key itself, so that
+//! the run never holds the key (`[upstream.NAME]` in the broker's config; docs/api.md).
+//!
+//! ```toml
+//! [upstream.github]
+//! url = "https://api.github.com"
+//! secret_file = "/etc/lease/keys/github"   # or secret_env = "NAME", or secret_command = [...]
+//! inject = "bearer"                        # bearer | basic (basic_user) | header (header, format)
+//! child_env = { base_url = "GITHUB_API_URL", token = "GH_TOKEN" }
+//!
+//! [[upstream.github.route]]
+//! method = "GET"
+//! path = "/repos/acme/site/**"
+//! action = "read:site"
+//! ```
+//!
+//! This module holds what the config says ([`Spec`]), the key as the broker holds it
+//! ([`Secret`]: loaded at start and on SIGHUP, zeroed when dropped, never shown), how the key is
+//! put on a request ([`Inject`]), and the filter that keeps the key from coming back in a
+//! response ([`Redactor`]). The proxying itself is the broker's (`broker::proxy`).
+
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::route::Route;
+
+/// The largest secret read from a file or a command: keys are a few hundred bytes.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+/// How long `secret_command` may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the broker waits for an upstream to connect and answer with its head, unless the
+/// upstream says otherwise (`timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a response body may go without a byte before the broker gives up on it, unless
+/// the upstream says otherwise (`idle_timeout`): long enough for a model that thinks.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One `[upstream.NAME]` table, as the config says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// The name in `/u/NAME/` and `--upstream NAME`.
+    pub name: String,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// `host[:port]`.
+    pub authority: String,
+    /// The base path, without a trailing `/` (empty for the root).
+    pub base_path: String,
+    /// Where the key comes from.
+    pub source: Source,
+    /// How the key goes on a request.
+    pub inject: Inject,
+    /// A header, besides `Authorization`, in which clients send their lease token (lower case).
+    pub token_header: Option<String>,
+    /// The variables `lease run --upstream NAME` sets in the child.
+    pub child_env: ChildEnv,
+    /// The method and path globs that name each request's action; no match is a 403.
+    pub routes: Vec<Route>,
+    /// A PEM file of certificate authorities trusted for this upstream, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Connecting and receiving the response's head.
+    pub timeout: Duration,
+    /// The longest silence within a response body.
+    pub idle_timeout: Duration,
+}
+
+/// Where an upstream's key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file: regular, the broker's user's, no permission for group or others.
+    File(PathBuf),
+    /// A variable of the broker's environment.
+    Env(String),
+    /// A command's standard output (`pass show github`), run with no shell.
+    Command(Vec<String>),
+}
+
+/// How the key is put on each request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inject {
+    /// `Authorization: Bearer KEY`.
+    Bearer,
+    /// `Authorization: Basic base64(USER:KEY)`.
+    Basic { user: String },
+    /// `NAME: FORMAT` with `{secret}` in FORMAT replaced by the key.
+    Header { name: String, format: String },
+}
+
+/// What `lease run --upstream NAME` sets in its command's environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildEnv {
+    /// The variable that gets the broker's base URL for this upstream.
+    pub base_url: Option<String>,
+    /// The variable that gets the run's lease token, where the client expects its API key.
+    pub token: Option<String>,
+}
+
+/// An `[upstream.NAME]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecFile {
+    url: String,
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+    secret_command: Option<Vec<String>>,
+    inject: Option<String>,
+    basic_user: Option<String>,
+    header: Option<String>,
+    format: Option<String>,
+    token_header: Option<String>,
+    #[serde(default)]
+    child_env: ChildEnv,
+    ca_file: Option<PathBuf>,
+    timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    #[serde(default)]
+    route: Vec<RouteFile>,
+}
+
+/// An `[[upstream.NAME.route]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    method: Option<String>,
+    path: String,
+    action: String,
+}
+
+/// Whether `name` is a usable header name (an RFC 9110 token).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether `name` is a usable environment variable name.
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Headers a request may not have its token in: they are hop-by-hop, or the proxy sets them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+];
+
+impl Spec {
+    /// Checks one `[upstream.NAME]` table. Errors name the key, not the table: the caller adds
+    /// the file and the table.
+    pub fn parse(name: &str, file: SpecFile) -> Result<Spec> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            bail!("the name must be letters, digits, '-', '_' or '.' (it goes in /u/NAME/)");
+        }
+        let (scheme, rest) = file.url.split_once("://").ok_or_else(|| {
+            anyhow!(
+                "url: '{}' is not http:// or https://",
+                file.url.escape_debug()
+            )
+        })?;
+        if scheme != "http" && scheme != "https" {
+            bail!(
+                "url: '{}' is not http:// or https://",
+                file.url.escape_debug()
+            );
+        }
+        let (authority, base_path) = match rest.find('/') {
+            Some(at) => (&rest[..at], rest[at..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if authority.is_empty()
+            || authority.contains('@')
+            || rest.contains(['?', '#'])
+            || authority.parse::<hyper::http::uri::Authority>().is_err()
+            || hyper::http::uri::PathAndQuery::try_from(if base_path.is_empty() {
+                "/"
+            } else {
+                base_path
+            })
+            .is_err()
+        {
+            bail!(
+                "url: '{}' must be scheme://host[:port][/path], with no user, query or fragment",
+                file.url.escape_debug()
+            );
+        }
+        let source = match (file.secret_file, file.secret_env, file.secret_command) {
+            (Some(path), None, None) => Source::File(path),
+            (None, Some(var), None) if is_env_name(&var) => Source::Env(var),
+            (None, Some(var), None) => {
+                bail!(
+                    "secret_env: '{}' is not a variable name",
+                    var.escape_debug()
+                )
+            }
+            (None, None, Some(argv)) if !argv.is_empty() && !argv[0].is_empty() => {
+                Source::Command(argv)
+            }
+            (None, None, Some(_)) => bail!("secret_command: must name a program"),
+            (None, None, None) => {
+                bail!("no secret: set one of secret_file, secret_env or secret_command")
+            }
+            _ => bail!(
+                "more than one secret: set only one of secret_file, secret_env or secret_command"
+            ),
+        };
+        let refuse_crlf = |key: &str, value: &str| {
+            if value.contains(['\r', '\n', '\0']) {
+                bail!("{key}: must not contain a line break or NUL");
+            }
+            Ok(())
+        };
+        let inject = match file.inject.as_deref().unwrap_or("bearer") {
+            "bearer" => Inject::Bearer,
+            "basic" => {
+                let user = file.basic_user.clone().unwrap_or_default();
+                refuse_crlf("basic_user", &user)?;
+                if user.contains(':') {
+                    bail!("basic_user: must not contain ':'");
+                }
+                Inject::Basic { user }
+            }
+            "header" => {
+                let header = file.header.clone().ok_or_else(|| {
+                    anyhow!("header: inject = \"header\" needs the header's name")
+                })?;
+                if !is_header_name(&header) {
+                    bail!("header: '{}' is not a header name", header.escape_debug());
+                }
+                let header = header.to_ascii_lowercase();
+                if RESERVED_HEADERS.contains(&header.as_str()) {
+                    bail!("header: '{header}' is set by the proxy itself");
+                }
+                let format = file.format.clone().unwrap_or_else(|| "{secret}".to_owned());
+                refuse_crlf("format", &format)?;
+                if format.matches("{secret}").count() != 1 {
+                    bail!("format: must contain {{secret}} once");
+                }
+                Inject::Header {
+                    name: header,
+                    format,
+                }
+            }
+            other => bail!(
+                "inject: '{}' is not bearer, basic or header",
+                other.escape_debug()
+            ),
+        };
+        if file.basic_user.is_some() && !matches!(inject, Inject::Basic { .. }) {
+            bail!("basic_user: only with inject = \"basic\"");
+        }
+        if (file.header.is_some() || file.format.is_some())
+            && !matches!(inject, Inject::Header { .. })
+        {
+            bail!("header and format: only with inject = \"header\"");
+        }
+        let token_header = match file.token_header {
+            Some(header) if is_header_name(&header) => {
+                let header = header.to_ascii_lowercase();
+                if RESERVED_HEADERS.contains(&header.as_str()) || header == "authorization" {
+                    bail!("token_header: '{header}' cannot carry the token");
+                }
+                Some(header)
+            }
+            Some(header) => bail!(
+                "token_header: '{}' is not a header name",
+                header.escape_debug()
+            ),
+            None => None,
+        };
+        for (key, var) in [
+            ("child_env.base_url", &file.child_env.base_url),
+            ("child_env.token", &file.child_env.token),
+        ] {
+            if let Some(var) = var
+                && !is_env_name(var)
+            {
+                bail!("{key}: '{}' is not a variable name", var.escape_debug());
+            }
+        }
+        let mut routes = Vec::new();
+        for (index, route) in file.route.iter().enumerate() {
+            routes.push(
+                Route::parse(route.method.as_deref(), &route.path, &route.action)
+                    .map_err(|e| anyhow!("route {} (path {:?}): {e:#}", index + 1, route.path))?,
+            );
+        }
+        let seconds = |key: &str, value: Option<u64>, default: Duration| match value {
+            None => Ok(default),
+            Some(s) if (1..=86_400).contains(&s) => Ok(Duration::from_secs(s)),
+            Some(_) => Err(anyhow!("{key}: must be between 1 and 86400 seconds")),
+        };
+        Ok(Spec {
+            name: name.to_owned(),
+            scheme: scheme.to_owned(),
+            authority: authority.to_owned(),
+            base_path: base_path.to_owned(),
+            source,
+            inject,
+            token_header,
+            child_env: file.child_env,
+            routes,
+            ca_file: file.ca_file,
+            timeout: seconds("timeout", file.timeout, DEFAULT_TIMEOUT)?,
+            idle_timeout: seconds("idle_timeout", file.idle_timeout, DEFAULT_IDLE_TIMEOUT)?,
+        })
+    }
+
+    /// Reads the key from where the config says, checks it, and holds it.
+    pub fn load_secret(&self) -> Result<Secret> {
+        let bytes = match &self.source {
+            Source::File(path) => read_secret_file(path)?,
+            Source::Env(var) => Zeroizing::new(
+                std::env::var_os(var)
+                    .map(std::os::unix::ffi::OsStringExt::into_vec)
+                    .ok_or_else(|| {
+                        anyhow!("secret_env: {var} is not set in the broker's environment")
+                    })?,
+            ),
+            Source::Command(argv) => run_secret_command(argv)?,
+        };
+        Secret::new(bytes)
+    }
+}
+
+/// The secret in `path`: a regular file of the broker's user, private to it.
+fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("secret_file {shown}"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("secret_file {shown}"))?;
+    if !meta.is_file() {
+        bail!("secret_file {shown}: it is not a regular file");
+    }
+    let me = crate::owner::euid();
+    if meta.uid() != me {
+        bail!(
+            "secret_file {shown}: it is owned by uid {}, not by the broker's user (uid {me})",
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "secret_file {shown}: it is open to group or others (mode {:o}): chmod 600 {shown}",
+            meta.mode() & 0o7777
+        );
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_SECRET_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("secret_file {shown}"))?;
+    if bytes.len() as u64 > MAX_SECRET_BYTES {
+        bail!("secret_file {shown}: it is larger than {MAX_SECRET_BYTES} bytes");
+    }
+    Ok(bytes)
+}
+
+/// The standard output of `argv`, run with no shell and no input, within [`COMMAND_TIMEOUT`].
+fn run_secret_command(argv: &[String]) -> Result<Zeroizing<Vec<u8>>> {
+    let program = &argv[0];
+    let mut child = Command::new(program)
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("secret_command: cannot start {}", program.escape_debug()))?;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Zeroizing::new(Vec::new());
+        let read = (&mut stdout)
+            .take(MAX_SECRET_BYTES + 1)
+            .read_to_end(&mut bytes);
+        read.map(|_| bytes)
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("secret_command: waiting")? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "secret_command: {} did not finish within {} s",
+                program.escape_debug(),
+                COMMAND_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let bytes = reader
+        .join()
+        .map_err(|_| anyhow!("secret_command: reading its output failed"))?
+        .context("secret_command: reading its output")?;
+    if !status.success() {
+        bail!(
+            "secret_command: {} failed ({status})",
+            program.escape_debug()
+        );
+    }
+    if bytes.len() as u64 > MAX_SECRET_BYTES {
+        bail!("secret_command: its output is larger than {MAX_SECRET_BYTES} bytes");
+    }
+    Ok(bytes)
+}
+
+/// An upstream's key, in the broker's memory only: zeroed when dropped, never shown (`Debug`
+/// prints `Secret(***)`).
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Secret {
+    /// The key from `bytes`, one trailing line break removed (files and commands end with
+    /// one). Refused: empty, a line break or NUL inside, or not printable ASCII-compatible
+    /// header text.
+    pub fn new(mut bytes: Zeroizing<Vec<u8>>) -> Result<Secret> {
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+            if bytes.ends_with(b"\r") {
+                bytes.pop();
+            }
+        }
+        if bytes.is_empty() {
+            bail!("the secret is empty");
+        }
+        if bytes.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            bail!("the secret contains a line break or NUL: refused (it could split a header)");
+        }
+        if bytes.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+            bail!("the secret contains a control character: refused");
+        }
+        Ok(Secret(bytes))
+    }
+
+    /// The key's bytes, for the header that carries it.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Inject {
+    /// The header that carries `secret` to the upstream: its name, and its value (zeroed when
+    /// dropped).
+    pub fn header(&self, secret: &Secret) -> (&str, Zeroizing<Vec<u8>>) {
+        let key = secret.expose();
+        match self {
+            Inject::Bearer => {
+                let mut value = Zeroizing::new(b"Bearer ".to_vec());
+                value.extend_from_slice(key);
+                ("authorization", value)
+            }
+            Inject::Basic { user } => {
+                let mut pair = Zeroizing::new(user.as_bytes().to_vec());
+                pair.push(b':');
+                pair.extend_from_slice(key);
+                let mut value = Zeroizing::new(b"Basic ".to_vec());
+                value.extend_from_slice(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(&*pair)
+                        .as_bytes(),
+                );
+                ("authorization", value)
+            }
+            Inject::Header { name, format } => {
+                let (before, after) = format.split_once("{secret}").unwrap_or((format, ""));
+                let mut value = Zeroizing::new(before.as_bytes().to_vec());
+                value.extend_from_slice(key);
+                value.extend_from_slice(after.as_bytes());
+                (name, value)
+            }
+        }
+    }
+
+    /// Every form of the key a response must not carry back: the key itself and, where it
+    /// differs, the encoded form the upstream received (for basic, the base64 of `user:key`).
+    pub fn needles(&self, secret: &Secret) -> Vec<Zeroizing<Vec<u8>>> {
+        let mut needles = vec![Zeroizing::new(secret.expose().to_vec())];
+        if let Inject::Basic { .. } = self {
+            let (_, value) = self.header(secret);
+            if let Some(encoded) = value.strip_prefix(b"Basic ") {
+                needles.push(Zeroizing::new(encoded.to_vec()));
+            }
+        }
+        needles
+    }
+}
+
+/// Replaces every occurrence of any needle in a stream of chunks with `***`, including one
+/// split across chunks: it holds back only the end of a chunk that could begin a needle, so a
+/// chunk ending in a line break (a server-sent event, a line of output) goes out whole at once
+/// (a key has no line break).
+#[derive(Debug)]
+pub struct Redactor {
+    needles: Vec<Zeroizing<Vec<u8>>>,
+    /// The bytes needles begin with.
+    firsts: Vec<u8>,
+    held: Zeroizing<Vec<u8>>,
+}
+
+/// What a needle is replaced with.
+pub const MASK: &[u8] = b"***";
+
+impl Redactor {
+    /// A filter for `needles` (none empty).
+    pub fn new(mut needles: Vec<Zeroizing<Vec<u8>>>) -> Redactor {
+        needles.retain(|n| !n.is_empty());
+        // Longest first: where two start at the same byte, the longer is masked whole.
+        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        let mut firsts: Vec<u8> = needles.iter().map(|n| n[0]).collect();
+        firsts.sort_unstable();
+        firsts.dedup();
+        Redactor {
+            needles,
+            firsts,
+            held: Zeroizing::new(Vec::new()),
+        }
+    }
+
+    /// The next part of the stream that can go out, after `chunk`.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut data = std::mem::take(&mut self.held);
+        data.extend_from_slice(chunk);
+        let (out, held_from) = self.scan(&data, false);
+        self.held.extend_from_slice(&data[held_from..]);
+        out
+    }
+
+    /// What is left at the end of the stream (the start of a needle that never finished).
+    pub fn finish(&mut self) -> Vec<u8> {
+        let data = std::mem::take(&mut self.held);
+        self.scan(&data, true).0
+    }
+
+    /// Masks every needle in one whole value (a header), if it has any.
+    pub fn redact_whole(&self, value: &[u8]) -> Option<Vec<u8>> {
+        let (out, _) = self.scan(value, true);
+        (out != value).then_some(out)
+    }
+
+    /// `data` with its needles masked, up to where a needle may begin but `data` ends before
+    /// it could be told (unless `last`): the masked text, and where the rest to hold starts.
+    /// Where needles start at the same byte, the longest wins.
+    fn scan(&self, data: &[u8], last: bool) -> (Vec<u8>, usize) {
+        let mut out = Vec::with_capacity(data.len());
+        let mut copied = 0;
+        let mut from = 0;
+        while let Some(found) = self.next_start(&data[from..]) {
+            let at = from + found;
+            let rest = &data[at..];
+            let mut masked = None;
+            for needle in &self.needles {
+                if rest.starts_with(needle) {
+                    masked = Some(needle.len());
+                    break;
+                }
+                if !last && needle.len() > rest.len() && needle.starts_with(rest) {
+                    out.extend_from_slice(&data[copied..at]);
+                    return (out, at);
+                }
+            }
+            match masked {
+                Some(len) => {
+                    out.extend_from_slice(&data[copied..at]);
+                    out.extend_from_slice(MASK);
+                    from = at + len;
+                    copied = from;
+                }
+                None => from = at + 1,
+            }
+        }
+        out.extend_from_slice(&data[copied..]);
+        (out, data.len())
+    }
+
+    /// Where the next byte that begins a needle is.
+    fn next_start(&self, data: &[u8]) -> Option<usize> {
+        let firsts = &self.firsts;
+        match firsts.len() {
+            0 => None,
+            1 => memchr::memchr(firsts[0], data),
+            2 => memchr::memchr2(firsts[0], firsts[1], data),
+            3 => memchr::memchr3(firsts[0], firsts[1], firsts[2], data),
+            _ => data.iter().position(|b| firsts.contains(b)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn spec(text: &str) -> Result<Spec> {
+        let file: SpecFile = toml::from_str(text).map_err(|e| anyhow!("{}", e.message()))?;
+        Spec::parse("api", file)
+    }
+
+    fn needles(list: &[&[u8]]) -> Vec<Zeroizing<Vec<u8>>> {
+        list.iter().map(|n| Zeroizing::new(n.to_vec())).collect()
+    }
+
+    /// Every needle of `list` in `data` masked, by the obvious whole-buffer method.
+    fn masked(data: &[u8], list: &[&[u8]]) -> Vec<u8> {
+        let mut sorted = list.to_vec();
+        sorted.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        let mut out = Vec::new();
+        let mut i = 0;
+        'scan: while i < data.len() {
+            for n in &sorted {
+                if data[i..].starts_with(n) {
+                    out.extend_from_slice(MASK);
+                    i += n.len();
+                    continue 'scan;
+                }
+            }
+            out.push(data[i]);
+            i += 1;
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn the_stream_is_masked_as_the_whole_would_be_wherever_it_is_cut(
+            data in proptest::collection::vec(prop_oneof![Just(b'k'), Just(b'e'), Just(b'y'), Just(b'\n'), any::<u8>()], 0..200),
+            cuts in proptest::collection::vec(0usize..200, 0..10),
+        ) {
+            let list: [&[u8]; 2] = [b"keyey", b"ke"];
+            let mut redactor = Redactor::new(needles(&list));
+            let mut cuts = cuts.into_iter().map(|c| c.min(data.len())).collect::<Vec<_>>();
+            cuts.sort_unstable();
+            let mut out = Vec::new();
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([data.len()]) {
+                out.extend(redactor.push(&data[from..cut]));
+                from = cut;
+            }
+            out.extend(redactor.finish());
+            prop_assert_eq!(out, masked(&data, &list));
+        }
+    }
+
+    #[test]
+    fn a_needle_split_over_chunks_is_masked_and_a_line_goes_out_at_once() {
+        let mut redactor = Redactor::new(needles(&[b"s3cr3t"]));
+        assert_eq!(redactor.push(b"data: s3c"), b"data: ");
+        assert_eq!(redactor.push(b"r3t ok\n"), b"*** ok\n");
+        assert_eq!(redactor.push(b"data: token\n\n"), b"data: token\n\n");
+        assert_eq!(redactor.push(b"s3"), b"");
+        assert_eq!(redactor.finish(), b"s3");
+    }
+
+    #[test]
+    fn a_secret_is_refused_empty_or_with_a_line_break_inside() {
+        let secret =
+            |b: &[u8]| Secret::new(Zeroizing::new(b.to_vec())).map(|s| s.expose().to_vec());
+        assert_eq!(secret(b"abc\n").expect("trimmed"), b"abc");
+        assert_eq!(secret(b"abc\r\n").expect("trimmed"), b"abc");
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"a\nb",
+            b"a\rb",
+            b"a\0b",
+            b"ab\n\n",
+            b"a\x1bb",
+        ] {
+            assert!(secret(bad).is_err(), "{bad:?}");
+        }
+        let shown = format!(
+            "{:?}",
+            Secret::new(Zeroizing::new(b"k3y".to_vec())).expect("ok")
+        );
+        assert_eq!(shown, "Secret(***)");
+    }
+
+    #[test]
+    fn each_injection_puts_the_key_where_the_config_says() {
+        let key = Secret::new(Zeroizing::new(b"k3y".to_vec())).expect("secret");
+        let header = |inject: Inject| {
+            let (name, value) = inject.header(&key);
+            (
+                name.to_owned(),
+                String::from_utf8(value.to_vec()).expect("text"),
+            )
+        };
+        assert_eq!(
+            header(Inject::Bearer),
+            ("authorization".into(), "Bearer k3y".into())
+        );
+        assert_eq!(
+            header(Inject::Basic {
+                user: "x-access-token".into()
+            }),
+            (
+                "authorization".into(),
+                "Basic eC1hY2Nlc3MtdG9rZW46azN5".into()
+            )
+        );
+        assert_eq!(
+            header(Inject::Header {
+                name: "x-api-key".into(),
+                format: "key={secret};".into()
+            }),
+            ("x-api-key".into(), "key=k3y;".into())
+        );
+        let basic = Inject::Basic { user: "u".into() };
+        let forms: Vec<Vec<u8>> = basic.needles(&key).iter().map(|n| n.to_vec()).collect();
+        assert_eq!(forms, [b"k3y".to_vec(), b"dTprM3k=".to_vec()]);
+    }
+
+    #[test]
+    fn an_upstream_table_is_checked_key_by_key() {
+        let ok = spec(
+            r#"url = "https://api.example.com/v2/"
+secret_env = "KEY"
+inject = "header"
+header = "X-Api-Key"
+token_header = "X-Api-Key"
+child_env = { base_url = "API_URL", token = "API_KEY" }
+[[route]]
+method = "GET"
+path = "/things/**"
+action = "read:things"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            (
+                ok.scheme.as_str(),
+                ok.authority.as_str(),
+                ok.base_path.as_str()
+            ),
+            ("https", "api.example.com", "/v2")
+        );
+        assert_eq!(ok.token_header.as_deref(), Some("x-api-key"));
+        assert_eq!(ok.routes.len(), 1);
+        for (text, error) in [
+            (
+                r#"url = "ftp://x""#,
+                "url: 'ftp://x' is not http:// or https://",
+            ),
+            (
+                r#"url = "http://u@x""#,
+                "url: 'http://u@x' must be scheme://host[:port][/path], with no user, query or fragment",
+            ),
+            (
+                r#"url = "http://x/?a=1""#,
+                "url: 'http://x/?a=1' must be scheme://host[:port][/path], with no user, query or fragment",
+            ),
+            (
+                r#"url = "http://x""#,
+                "no secret: set one of secret_file, secret_env or secret_command",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\nsecret_file = \"/k\"",
+                "more than one secret: set only one of secret_file, secret_env or secret_command",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"1A\"",
+                "secret_env: '1A' is not a variable name",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\ninject = \"cookie\"",
+                "inject: 'cookie' is not bearer, basic or header",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\ninject = \"header\"",
+                "header: inject = \"header\" needs the header's name",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\ninject = \"header\"\nheader = \"Host\"",
+                "header: 'host' is set by the proxy itself",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\ninject = \"header\"\nheader = \"k\"\nformat = \"a\"",
+                "format: must contain {secret} once",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\ninject = \"header\"\nheader = \"k\"\nformat = \"{secret}\\r\\nx: {secret}\"",
+                "format: must not contain a line break or NUL",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\nbasic_user = \"u\"",
+                "basic_user: only with inject = \"basic\"",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\ntoken_header = \"authorization\"",
+                "token_header: 'authorization' cannot carry the token",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\ntimeout = 0",
+                "timeout: must be between 1 and 86400 seconds",
+            ),
+        ] {
+            let err = spec(text).expect_err(text);
+            assert_eq!(format!("{err:#}"), error, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_secret_file_must_be_private_to_the_broker() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("key");
+        std::fs::write(&path, "k3y\n").expect("written");
+        let source = |path: &Path| Spec {
+            source: Source::File(path.to_owned()),
+            ..spec("url = \"http://x\"\nsecret_env = \"A\"").expect("spec")
+        };
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+            .expect("chmod");
+        let err = source(&path).load_secret().expect_err("open to the group");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "secret_file {0}: it is open to group or others (mode 640): chmod 600 {0}",
+                path.display()
+            )
+        );
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        assert_eq!(
+            source(&path).load_secret().expect("loaded").expose(),
+            b"k3y"
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).expect("symlink");
+        assert!(
+            source(&link).load_secret().is_err(),
+            "a symlink is not followed"
+        );
+        assert!(source(dir.path()).load_secret().is_err(), "a directory");
+    }
+}

@@ -1,0 +1,334 @@
+//! Issue 12: the broker proxies a run's requests to a real upstream and adds the strong key
+//! itself. The upstream is a real nginx that serves only requests carrying the key.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::broker::{Broker, bearer, curl, free_port};
+use crate::harness::Sandbox;
+
+/// The strong key: what only the broker and the upstream may see.
+const KEY: &str = "sk-live-7Hq2vX9pLm4Rt8Wn";
+
+/// nginx serving `site/` and an echo of the request's `Authorization`, each only to a request
+/// that carries the key; every request it sees is in `access.log` with its `Authorization`.
+struct Upstream {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Upstream {
+    fn start(sandbox: &Sandbox) -> Upstream {
+        let dir = sandbox.path("upstream");
+        fs::create_dir_all(dir.join("tmp")).expect("upstream dir");
+        fs::create_dir_all(dir.join("site/files")).expect("site");
+        fs::create_dir_all(dir.join("site/private")).expect("site");
+        fs::write(dir.join("site/files/hello.txt"), "hello from upstream\n").expect("file");
+        fs::write(dir.join("site/private/secret.txt"), "private\n").expect("file");
+        let port = free_port();
+        let user = if nix::unistd::geteuid().is_root() {
+            "user root;"
+        } else {
+            ""
+        };
+        let text = format!(
+            "{user}
+daemon on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;
+  log_format seen '$request_method $uri auth=[$http_authorization] key=[$http_x_api_key]';
+  map $http_authorization $keyed {{ \"Bearer {KEY}\" 1; default 0; }}
+  server {{
+    listen 127.0.0.1:{port};
+    access_log {d}/access.log seen;
+    root {d}/site;
+    location / {{
+      if ($keyed = 0) {{ return 401; }}
+    }}
+    location = /echo {{
+      if ($keyed = 0) {{ return 401; }}
+      add_header X-Echo $http_authorization;
+      return 200 \"you sent: $http_authorization\\n\";
+    }}
+  }}
+}}
+",
+            d = dir.display(),
+        );
+        fs::write(dir.join("nginx.conf"), text).expect("nginx.conf");
+        let out = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .output()
+            .expect("nginx");
+        assert!(out.status.success(), "nginx: {out:?}");
+        Upstream { dir, port }
+    }
+
+    fn access_log(&self) -> String {
+        fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = Command::new("nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-e")
+            .arg(self.dir.join("error.log"))
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .args(["-s", "stop"])
+            .output();
+    }
+}
+
+/// The broker's config with upstream `site` on `port`, its key in a private file.
+fn config(sandbox: &Sandbox, port: u16) {
+    let key = sandbox.path("site.key");
+    fs::write(&key, format!("{KEY}\n")).expect("key");
+    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    sandbox.write_config(&format!(
+        r#"[upstream.site]
+url = "http://127.0.0.1:{port}"
+secret_file = "{key}"
+child_env = {{ base_url = "SITE_URL", token = "SITE_TOKEN" }}
+
+[[upstream.site.route]]
+method = "GET"
+path = "/files/**"
+action = "read:site"
+
+[[upstream.site.route]]
+method = "GET"
+path = "/echo"
+action = "read:site"
+
+[[upstream.site.route]]
+method = "GET"
+path = "/private/**"
+action = "read:private"
+"#,
+        key = key.display()
+    ));
+}
+
+/// Whether nginx is here; a skip otherwise (a failure in CI unless declared).
+fn nginx_present() -> bool {
+    if Command::new("nginx").arg("-v").output().is_err() {
+        crate::harness::skip("no-nginx", "nginx is not installed");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn the_broker_adds_the_key_and_the_run_never_holds_it() {
+    if !nginx_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let upstream = Upstream::start(&sandbox);
+    config(&sandbox, upstream.port);
+    let broker = Broker::start(&sandbox, &[]);
+    // The command, an unmodified curl, finds the upstream and its credential in the variables
+    // the upstream's child_env names.
+    let script = r#"
+        printf '%s' "$SITE_TOKEN" > token
+        env > env.txt
+        curl -s -o hello.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" "$SITE_URL/files/hello.txt" > hello.code
+        curl -s -o private.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" "$SITE_URL/private/secret.txt" > private.code
+        curl -s -o basic.out -w '%{http_code}' -u "x:$SITE_TOKEN" "$SITE_URL/files/hello.txt" > basic.code
+    "#;
+    sandbox
+        .lease([
+            "run",
+            "--scope",
+            "read:site",
+            "--upstream",
+            "site",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success();
+    let read = |name: &str| fs::read_to_string(sandbox.path(name)).expect(name);
+    assert_eq!(read("hello.code"), "200");
+    assert_eq!(read("hello.out"), "hello from upstream\n");
+    assert_eq!(read("basic.code"), "200", "the token as a basic password");
+    assert_eq!(read("private.code"), "403", "out of scope");
+    let token = read("token");
+    assert!(token.starts_with("agt_"), "{token}");
+    let env = read("env.txt");
+    assert!(
+        !env.contains(KEY),
+        "the key reached the command's environment"
+    );
+    assert!(
+        env.contains(&format!("SITE_URL=http://{}/u/site", broker.tcp)),
+        "{env}"
+    );
+    // The upstream saw the key, never the token, and never the out-of-scope request.
+    let seen = upstream.access_log();
+    assert!(
+        seen.contains(&format!("GET /files/hello.txt auth=[Bearer {KEY}]")),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains(&token),
+        "the token reached the upstream: {seen}"
+    );
+    assert!(!seen.contains("/private/"), "{seen}");
+    // After the run, the token opens nothing.
+    let url = format!("http://{}/u/site/files/hello.txt", broker.tcp);
+    let after = curl(&sandbox, &bearer(&token), &[&url]);
+    assert_eq!(after.status, 401, "{after:?}");
+    // The key is in no file lease wrote, and in no line the broker logged.
+    for entry in walk(&sandbox.state_dir()) {
+        let bytes = fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(KEY),
+            "the key is in {}",
+            entry.display()
+        );
+    }
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
+    let proxied: Vec<serde_json::Value> = trail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "proxied")
+        .collect();
+    assert!(
+        proxied.iter().any(|e| e["upstream"] == "site"
+            && e["path"] == "/files/hello.txt"
+            && e["status"] == 200
+            && e["action"] == "read:site"
+            && e["bytes_down"] == 20),
+        "{trail}"
+    );
+    assert!(
+        proxied
+            .iter()
+            .any(|e| e["path"] == "/private/secret.txt" && e["reason"] == "out of scope"),
+        "{trail}"
+    );
+    let (_, log) = broker.stop();
+    let log = log.join("\n");
+    assert!(!log.contains(KEY) && !log.contains(&token), "{log}");
+}
+
+/// Every regular file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
+    if !nginx_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let upstream = Upstream::start(&sandbox);
+    config(&sandbox, upstream.port);
+    let broker = Broker::start(&sandbox, &[]);
+    let token = sandbox.issue("read:site");
+    let url = format!("http://{}/u/site/echo", broker.tcp);
+    let reply = curl(&sandbox, &bearer(&token), &[&url]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, "you sent: Bearer ***\n");
+    assert_eq!(reply.header("x-echo"), Some("Bearer ***"));
+    assert!(!format!("{reply:?}").contains(KEY));
+    // No route: 403, and the upstream never hears of it.
+    let other = format!("http://{}/u/site/elsewhere", broker.tcp);
+    let reply = curl(&sandbox, &bearer(&token), &[&other]);
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert!(!upstream.access_log().contains("/elsewhere"));
+    // No token: 401 with a challenge, before any route is looked at.
+    let reply = curl(&sandbox, &[], &[&url]);
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Bearer realm=\"lease\"")
+    );
+    // An unknown upstream: 404.
+    let reply = curl(
+        &sandbox,
+        &bearer(&token),
+        &[&format!("http://{}/u/nowhere/x", broker.tcp)],
+    );
+    assert_eq!(reply.status, 404, "{reply:?}");
+}
+
+#[test]
+fn a_key_file_open_to_others_stops_the_broker_naming_it() {
+    let sandbox = Sandbox::new();
+    config(&sandbox, free_port());
+    let key = sandbox.path("site.key");
+    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    let out = sandbox.lease(["serve"]).run().code_is(2).one_error_line();
+    assert_eq!(
+        out.stderr.trim_end(),
+        format!(
+            "lease: cannot serve: upstream site: secret_file {0}: it is open to group or others (mode 644): chmod 600 {0}",
+            key.display()
+        )
+    );
+    fs::write(&key, "one\ntwo\n").expect("key");
+    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let out = sandbox.lease(["serve"]).run().code_is(2).one_error_line();
+    assert_eq!(
+        out.stderr.trim_end(),
+        "lease: cannot serve: upstream site: the secret contains a line break or NUL: refused (it could split a header)"
+    );
+    assert!(!out.stderr.contains("one") && !out.stderr.contains("two"));
+}
+
+#[test]
+fn upstream_without_a_broker_is_refused_before_anything_runs() {
+    let sandbox = Sandbox::new();
+    if crate::harness::local_only("it checks the local mode's refusal") {
+        return;
+    }
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a:b",
+            "--upstream",
+            "site",
+            "--",
+            "touch",
+            "ran",
+        ])
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert_eq!(
+        out.stderr.trim_end(),
+        "lease: --upstream site needs a broker: upstreams and their keys live in the broker's config; set LEASE_BROKER or --broker"
+    );
+    assert!(!sandbox.path("ran").exists());
+}

@@ -65,10 +65,10 @@ impl Route {
     }
 
     fn matches(&self, method: &str, path: &str) -> bool {
-        self.method
-            .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(method))
-            && self.path.matches_with(path, PATH_MATCH)
+        // A HEAD is a GET without the body: a GET route allows it.
+        self.method.as_deref().is_none_or(|m| {
+            m.eq_ignore_ascii_case(method) || (m == "GET" && method.eq_ignore_ascii_case("HEAD"))
+        }) && self.path.matches_with(path, PATH_MATCH)
     }
 }
 
@@ -80,10 +80,13 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
     // absolute, is not matched at all: the web server may or may not have normalized it, the
     // application behind it may decode it, and a route must never be escaped that way.
     let lower = path.to_ascii_lowercase();
-    let disguised = ["%2e", "%2f", "%5c", "\\", "//"]
+    // `%25` is a percent sign encoded: what it hides is decoded a second time behind us.
+    // `..;x` is a dot segment to servers that strip path parameters (Tomcat, Spring).
+    let disguised = ["%2e", "%2f", "%5c", "%25", "\\", "//"]
         .iter()
         .any(|s| lower.contains(s));
-    if !path.starts_with('/') || disguised || path.split('/').any(|s| s == ".." || s == ".") {
+    let dot = |segment: &str| matches!(segment.split(';').next(), Some(".." | "."));
+    if !path.starts_with('/') || disguised || path.split('/').any(dot) {
         return None;
     }
     routes.iter().find(|route| route.matches(method, path))
@@ -118,6 +121,11 @@ mod tests {
         );
         assert_eq!(action("POST", "/drafts/7").as_deref(), Some("write:draft"));
         assert_eq!(action("DELETE", "/health").as_deref(), Some("read:health"));
+        assert_eq!(
+            action("HEAD", "/articles/1").as_deref(),
+            Some("read:articles"),
+            "a GET route allows a HEAD"
+        );
     }
 
     #[test]
@@ -135,6 +143,14 @@ mod tests {
         assert_eq!(action("GET", "/articles/..%5cadmin"), None);
         assert_eq!(action("GET", "/articles\\..\\admin"), None);
         assert_eq!(action("GET", "/articles//x"), None);
+        assert_eq!(action("GET", "/articles/%252e%252e/admin"), None);
+        assert_eq!(action("GET", "/articles/..;/admin"), None);
+        assert_eq!(
+            action("HEAD", "/drafts/1"),
+            None,
+            "only a GET route allows a HEAD"
+        );
+        assert_eq!(action("GET", "/articles/..;x=1/admin"), None);
     }
 
     #[test]

@@ -523,12 +523,17 @@ impl Inject {
 /// split across chunks: it holds back only the end of a chunk that could begin a needle, so a
 /// chunk ending in a line break (a server-sent event, a line of output) goes out whole at once
 /// (a key has no line break).
-#[derive(Debug)]
 pub struct Redactor {
     needles: Vec<Zeroizing<Vec<u8>>>,
     /// The bytes needles begin with.
     firsts: Vec<u8>,
     held: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactor({} needles, ***)", self.needles.len())
+    }
 }
 
 /// What a needle is replaced with.

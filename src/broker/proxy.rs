@@ -128,6 +128,15 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Request headers that some servers and frameworks take as the method or the path.
+const METHOD_OR_PATH_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
 /// Removes the hop-by-hop headers, and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -204,6 +213,16 @@ async fn forward(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
     event.method = Some(method.as_str().to_owned());
     event.path = Some(path.clone());
     event.client = Some(peer.shown.clone());
+    // A tunnel or a loop-back of the request is never proxied, whatever the routes say.
+    if method == hyper::Method::CONNECT
+        || method == hyper::Method::TRACE
+        || request.headers().contains_key(header::UPGRADE)
+    {
+        return small(error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT, TRACE and protocol upgrades are not proxied",
+        ));
+    }
     let Some(route) = crate::route::find(&spec.routes, method.as_str(), &path) else {
         // No route: deny by default, and never contact the upstream.
         if token.is_none() {
@@ -286,6 +305,22 @@ async fn forward(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
         }
     };
     let (mut parts, body) = response.into_parts();
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        // Asked for `identity`, it compressed anyway: the key could not be masked in it.
+        let why = format!(
+            "the upstream {} answered with a compressed body, which the broker cannot check for its key",
+            spec.name
+        );
+        log(&format!("{why} client={peer}"));
+        trail.write(Some(parts.status.as_u16()), 0);
+        return small(error(StatusCode::BAD_GATEWAY, &why));
+    }
+    // A reason phrase of the upstream's own would go out as it is, unmasked.
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
     strip_hop_by_hop(&mut parts.headers);
     let redactor = Redactor::new(spec.inject.needles(&upstream.secret));
     for value in parts.headers.values_mut() {
@@ -293,8 +328,14 @@ async fn forward(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
             *value = HeaderValue::from_bytes(&masked).unwrap_or(HeaderValue::from_static("***"));
         }
     }
-    // Masking changes the body's length: it goes out chunked.
-    parts.headers.remove(header::CONTENT_LENGTH);
+    // Masking may change the body's length: a body goes out chunked. A HEAD, 204 or 304
+    // answer has no body, and its length describes another one.
+    let bodiless = method == hyper::Method::HEAD
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if !bodiless {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     let streamed = Streamed {
         inner: body,
         redactor,
@@ -304,6 +345,7 @@ async fn forward(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
         down: 0,
         status: parts.status.as_u16(),
         trail: Some(trail),
+        pending: None,
     };
     Response::from_parts(parts, Either::Right(streamed))
 }
@@ -333,6 +375,15 @@ fn outgoing(
     for name in [header::HOST, header::AUTHORIZATION, header::EXPECT] {
         headers.remove(name);
     }
+    // Headers some servers take as another method or path than the one the route allowed.
+    for name in METHOD_OR_PATH_OVERRIDES {
+        headers.remove(*name);
+    }
+    // A compressed answer would hide the key from the masking: ask for none.
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     if let Some(name) = &spec.token_header {
         headers.remove(name.as_str());
     }
@@ -446,6 +497,8 @@ pub(super) struct Streamed {
     down: u64,
     status: u16,
     trail: Option<Trail>,
+    /// Trailers that wait for the held-back bytes to go first.
+    pending: Option<HeaderMap>,
 }
 
 impl std::fmt::Debug for Streamed {
@@ -484,6 +537,9 @@ impl Body for Streamed {
             if this.done {
                 return Poll::Ready(None);
             }
+            if let Some(trailers) = this.pending.take() {
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let deadline = tokio::time::Instant::now() + this.idle_for;
@@ -498,6 +554,13 @@ impl Body for Streamed {
                         }
                         Err(frame) => {
                             if let Ok(mut trailers) = frame.into_trailers() {
+                                // What is held back goes before the trailers; the trailers
+                                // then wait for the next poll.
+                                let rest = this.redactor.finish();
+                                if !rest.is_empty() {
+                                    this.pending = Some(trailers);
+                                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
+                                }
                                 for value in trailers.values_mut() {
                                     if let Some(masked) =
                                         this.redactor.redact_whole(value.as_bytes())

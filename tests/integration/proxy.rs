@@ -273,6 +273,14 @@ fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
         reply.header("www-authenticate"),
         Some("Bearer realm=\"lease\"")
     );
+    // A tunnel or a reflection of the request is never proxied.
+    let reply = curl(&sandbox, &bearer(&token), &["-X", "TRACE", &url]);
+    assert_eq!(reply.status, 405, "{reply:?}");
+    // A HEAD keeps the upstream's length (it has no body to mask).
+    let head = format!("http://{}/u/site/files/hello.txt", broker.tcp);
+    let reply = curl(&sandbox, &bearer(&token), &["-I", &head]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("content-length"), Some("20"), "{reply:?}");
     // An unknown upstream: 404.
     let reply = curl(
         &sandbox,

@@ -154,6 +154,17 @@ pub struct Event {
 }
 
 impl Event {
+    /// For an event that records a decision (`granted`, `denied`, or a `proxied` request,
+    /// which the broker decided on first), whether it granted.
+    pub fn decided(&self) -> Option<bool> {
+        match self.event {
+            EventKind::Granted => Some(true),
+            EventKind::Denied => Some(false),
+            EventKind::Proxied => Some(self.reason.as_deref() == Some("granted")),
+            _ => None,
+        }
+    }
+
     /// An event of kind `event` about `record` (if any), now.
     pub fn new(event: EventKind, record: Option<&Record>) -> Event {
         Event {

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::audit::{Event, EventKind};
+use crate::audit::Event;
 use crate::record::{Record, rfc3339};
 use crate::signals::Waited;
 use crate::store::Store;
@@ -110,9 +110,9 @@ impl Receipt {
                 }
                 e.lease.as_ref().is_some_and(|l| ours.contains(l.as_str()))
             })
-            .filter(|e| matches!(e.event, EventKind::Granted | EventKind::Denied))
-            .map(|e| Decision {
-                granted: e.event == EventKind::Granted,
+            .filter_map(|e| Some((e.decided()?, e)))
+            .map(|(granted, e)| Decision {
+                granted,
                 time: e.time,
                 lease: e.lease.map(String::from),
                 action: e.action,

@@ -76,9 +76,9 @@ pub fn suggest(setup: &Setup, id: &str, json: bool) -> Result<Exit> {
         let Some(action) = &event.action else {
             continue;
         };
-        match event.event {
-            EventKind::Granted if !used.contains(action) => used.push(action.clone()),
-            EventKind::Denied => {
+        match event.decided() {
+            Some(true) if !used.contains(action) => used.push(action.clone()),
+            Some(false) => {
                 let denial = Denial {
                     action: action.clone(),
                     reason: event.reason.clone().unwrap_or_default(),

@@ -158,6 +158,8 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
             "read:site",
             "--upstream",
             "site",
+            "--receipt",
+            "receipt.json",
             "--",
             "sh",
             "-c",
@@ -226,6 +228,22 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
             .any(|e| e["path"] == "/private/secret.txt" && e["reason"] == "out of scope"),
         "{trail}"
     );
+    // The receipt lists the proxied requests among the run's decisions.
+    let receipt: serde_json::Value = serde_json::from_str(&read("receipt.json")).expect("json");
+    let decisions = receipt["decisions"].as_array().expect("decisions");
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["action"] == "read:site" && d["granted"] == true),
+        "{receipt}"
+    );
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["action"] == "read:private" && d["granted"] == false),
+        "{receipt}"
+    );
+    assert!(!read("receipt.json").contains(KEY));
     let (_, log) = broker.stop();
     let log = log.join("\n");
     assert!(!log.contains(KEY) && !log.contains(&token), "{log}");

@@ -383,44 +383,64 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     Ok(bytes)
 }
 
-/// The standard output of `argv`, run with no shell and no input, within [`COMMAND_TIMEOUT`].
+/// The standard output of `argv`, run with no shell and no input, within [`COMMAND_TIMEOUT`]
+/// (its whole process group is killed past it, and a descendant that keeps the output open
+/// does not hold the broker: the output is waited for until the same deadline).
 fn run_secret_command(argv: &[String]) -> Result<Zeroizing<Vec<u8>>> {
+    use std::os::unix::process::CommandExt;
     let program = &argv[0];
     let mut child = Command::new(program)
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .with_context(|| format!("secret_command: cannot start {}", program.escape_debug()))?;
     let mut stdout = child.stdout.take().expect("piped stdout");
-    let reader = std::thread::spawn(move || {
+    let (sender, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut bytes = Zeroizing::new(Vec::new());
         let read = (&mut stdout)
             .take(MAX_SECRET_BYTES + 1)
             .read_to_end(&mut bytes);
-        read.map(|_| bytes)
+        let _ = sender.send(read.map(|_| bytes));
     });
     let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let late = || {
+        anyhow!(
+            "secret_command: {} did not finish within {} s",
+            program.escape_debug(),
+            COMMAND_TIMEOUT.as_secs()
+        )
+    };
+    let kill = |child: &mut std::process::Child| {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.wait();
+    };
     let status = loop {
         if let Some(status) = child.try_wait().context("secret_command: waiting")? {
             break status;
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "secret_command: {} did not finish within {} s",
-                program.escape_debug(),
-                COMMAND_TIMEOUT.as_secs()
-            );
+            kill(&mut child);
+            return Err(late());
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let bytes = reader
-        .join()
-        .map_err(|_| anyhow!("secret_command: reading its output failed"))?
-        .context("secret_command: reading its output")?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let bytes = match output.recv_timeout(left) {
+        Ok(read) => read.context("secret_command: reading its output")?,
+        Err(_) => {
+            kill(&mut child);
+            return Err(late());
+        }
+    };
     if !status.success() {
         bail!(
             "secret_command: {} failed ({status})",
@@ -836,6 +856,35 @@ action = "read:things"
             let err = spec(text).expect_err(text);
             assert_eq!(format!("{err:#}"), error, "{text}");
         }
+    }
+
+    #[test]
+    fn a_secret_command_gives_its_output_and_is_bounded() {
+        let command = |argv: &[&str]| Spec {
+            source: Source::Command(argv.iter().map(|a| (*a).to_owned()).collect()),
+            ..spec("url = \"http://x\"\nsecret_env = \"A\"").expect("spec")
+        };
+        let loaded = command(&["sh", "-c", "echo k3y"])
+            .load_secret()
+            .expect("loaded");
+        assert_eq!(loaded.expose(), b"k3y");
+        let err = command(&["sh", "-c", "exit 3"])
+            .load_secret()
+            .expect_err("failed");
+        assert_eq!(
+            err.to_string(),
+            "secret_command: sh failed (exit status: 3)"
+        );
+        // A descendant that keeps the output open past the command's exit: the deadline holds.
+        let started = Instant::now();
+        let err = command(&["sh", "-c", "sleep 60 & echo k3y"])
+            .load_secret()
+            .expect_err("bounded");
+        assert_eq!(
+            err.to_string(),
+            "secret_command: sh did not finish within 10 s"
+        );
+        assert!(started.elapsed() < Duration::from_secs(15));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod api;
 mod metrics;
 mod proxy;
 mod runs;
+mod stall;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -498,7 +499,11 @@ async fn run(
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
-            _ = hangup.recv() => shared.reload(),
+            _ = hangup.recv() => {
+                // A reload reads files and may run secret_command: off the runtime's threads.
+                let shared = Arc::clone(&shared);
+                tokio::task::spawn_blocking(move || shared.reload());
+            }
             connection = accepted.recv() => match connection {
                 Some(accepted) => {
                     let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
@@ -594,7 +599,7 @@ where
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
             .max_buf_size(MAX_BUFFER)
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(stall::Stall::new(io, stall::STALL)), service)
             .with_upgrades();
         tokio::pin!(connection);
         tokio::select! {

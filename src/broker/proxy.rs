@@ -267,10 +267,12 @@ async fn forward(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
     };
     let (parts, body) = request.into_parts();
     let up = Arc::new(AtomicU64::new(0));
+    let progress = Progress::new();
     let outgoing = match outgoing(&upstream, parts, &path, query.as_deref(), &token) {
         Ok(builder) => builder.body(Counted {
             inner: body,
             count: Arc::clone(&up),
+            progress: progress.clone(),
         }),
         Err(err) => return small(error(StatusCode::BAD_REQUEST, &format!("{err:#}"))),
     };
@@ -284,7 +286,9 @@ async fn forward(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
         started,
         up,
     };
-    let answered = tokio::time::timeout(spec.timeout, upstream.client.request(outgoing)).await;
+    let answered = progress
+        .bound(spec.timeout, upstream.client.request(outgoing))
+        .await;
     let response = match answered {
         Ok(Ok(response)) => response,
         Ok(Err(err)) => {
@@ -435,11 +439,56 @@ fn small(answer: Response<Full<Bytes>>) -> Reply {
     answer.map(Either::Left)
 }
 
+/// When a request last moved: its start, or the last part of its body sent upstream.
+#[derive(Debug, Clone)]
+struct Progress {
+    start: tokio::time::Instant,
+    /// Milliseconds from `start` to the last move.
+    last: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            start: tokio::time::Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn moved(&self) {
+        let millis = crate::audit::millis(self.start.elapsed());
+        self.last.fetch_max(millis, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+
+    /// `answer`, unless `limit` passes with no move: connecting, the TLS handshake, each pause
+    /// of the upload and the wait for the answer's head after it are each bounded by `limit`,
+    /// while an upload that keeps moving may take as long as it needs. `Err` when it ran out.
+    async fn bound<F: Future>(&self, limit: Duration, answer: F) -> Result<F::Output, ()> {
+        tokio::pin!(answer);
+        loop {
+            let deadline = self.last() + limit;
+            tokio::select! {
+                answered = &mut answer => return Ok(answered),
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.last() + limit <= tokio::time::Instant::now() {
+                        return Err(());
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A request body on its way upstream, counted.
 #[derive(Debug)]
 pub(super) struct Counted {
     inner: Incoming,
     count: Arc<AtomicU64>,
+    progress: Progress,
 }
 
 impl Body for Counted {
@@ -451,10 +500,11 @@ impl Body for Counted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            self.progress.moved();
+            if let Some(data) = frame.data_ref() {
+                self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
         }
         polled
     }

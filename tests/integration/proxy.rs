@@ -24,6 +24,7 @@ impl Upstream {
         fs::create_dir_all(dir.join("tmp")).expect("upstream dir");
         fs::create_dir_all(dir.join("site/files")).expect("site");
         fs::create_dir_all(dir.join("site/private")).expect("site");
+        fs::create_dir_all(dir.join("received")).expect("uploads");
         fs::write(dir.join("site/files/hello.txt"), "hello from upstream\n").expect("file");
         fs::write(dir.join("site/private/secret.txt"), "private\n").expect("file");
         let port = free_port();
@@ -50,6 +51,13 @@ http {{
     root {d}/site;
     location / {{
       if ($keyed = 0) {{ return 401; }}
+    }}
+    location /upload/ {{
+      if ($keyed = 0) {{ return 401; }}
+      root {d}/received;
+      dav_methods PUT;
+      create_full_put_path on;
+      client_max_body_size 0;
     }}
     location = /echo {{
       if ($keyed = 0) {{ return 401; }}
@@ -119,9 +127,36 @@ action = "read:site"
 method = "GET"
 path = "/private/**"
 action = "read:private"
+
+[[upstream.site.route]]
+method = "PUT"
+path = "/upload/**"
+action = "write:site"
 "#,
         key = key.display()
     ));
+}
+
+/// A sandbox, the nginx upstream and a broker configured with it; `None` (a skip) without
+/// nginx.
+fn nginx_upstream_and_broker() -> Option<(Sandbox, Upstream, Broker)> {
+    if !nginx_present() {
+        return None;
+    }
+    let sandbox = Sandbox::new();
+    let upstream = Upstream::start(&sandbox);
+    config(&sandbox, upstream.port);
+    let broker = Broker::start(&sandbox, &[]);
+    Some((sandbox, upstream, broker))
+}
+
+/// A private file holding `Authorization: Bearer TOKEN`, for curl's `-H @FILE` (a token never
+/// goes on an argv).
+fn bearer_file(sandbox: &Sandbox, name: &str, token: &str) -> PathBuf {
+    let path = sandbox.path(name);
+    fs::write(&path, format!("Authorization: Bearer {token}")).expect("headers");
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    path
 }
 
 /// Whether nginx is here; a skip otherwise (a failure in CI unless declared).
@@ -135,13 +170,9 @@ fn nginx_present() -> bool {
 
 #[test]
 fn the_broker_adds_the_key_and_the_run_never_holds_it() {
-    if !nginx_present() {
+    let Some((sandbox, upstream, broker)) = nginx_upstream_and_broker() else {
         return;
-    }
-    let sandbox = Sandbox::new();
-    let upstream = Upstream::start(&sandbox);
-    config(&sandbox, upstream.port);
-    let broker = Broker::start(&sandbox, &[]);
+    };
     // The command, an unmodified curl, finds the upstream and its credential in the variables
     // the upstream's child_env names.
     let script = r#"
@@ -265,13 +296,9 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
 
 #[test]
 fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
-    if !nginx_present() {
+    let Some((sandbox, upstream, broker)) = nginx_upstream_and_broker() else {
         return;
-    }
-    let sandbox = Sandbox::new();
-    let upstream = Upstream::start(&sandbox);
-    config(&sandbox, upstream.port);
-    let broker = Broker::start(&sandbox, &[]);
+    };
     let token = sandbox.issue("read:site");
     let url = format!("http://{}/u/site/echo", broker.tcp);
     let reply = curl(&sandbox, &bearer(&token), &[&url]);
@@ -357,4 +384,224 @@ fn upstream_without_a_broker_is_refused_before_anything_runs() {
         "lease: --upstream site needs a broker: upstreams and their keys live in the broker's config; set LEASE_BROKER or --broker"
     );
     assert!(!sandbox.path("ran").exists());
+}
+
+/// `len` bytes that do not repeat in any short period (xorshift), written to `path`.
+fn noise(path: &std::path::Path, len: usize) {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    fs::write(path, bytes).expect("noise written");
+}
+
+/// The status curl got for `args` with `token` as a bearer (from a private file, never argv);
+/// the body goes where `args` say.
+fn status_of(sandbox: &Sandbox, token: &str, args: &[&str]) -> String {
+    let headers = bearer_file(sandbox, "status.headers", token);
+    let out = Command::new("curl")
+        .args(["-s", "-w", "%{http_code}", "-H"])
+        .arg(format!("@{}", headers.display()))
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The broker's peak resident memory, in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn two_hundred_megabytes_each_way_stream_through_in_bounded_memory() {
+    let Some((sandbox, upstream, broker)) = nginx_upstream_and_broker() else {
+        return;
+    };
+    let token = sandbox.issue("read:site,write:site");
+    let size = 200 * 1024 * 1024;
+    let big = upstream.dir.join("site/files/big.bin");
+    noise(&big, size);
+    let down = sandbox.path("down.bin");
+    let url = format!("http://{}/u/site/files/big.bin", broker.tcp);
+    let status = status_of(
+        &sandbox,
+        &token,
+        &["-o", &down.display().to_string(), "--max-time", "60", &url],
+    );
+    assert_eq!(status, "200");
+    assert!(
+        fs::read(&down).expect("downloaded") == fs::read(&big).expect("original"),
+        "the download differs"
+    );
+    // Up, with `Expect: 100-continue` as curl sends it for a large body: the broker answers it.
+    let url = format!("http://{}/u/site/upload/big.bin", broker.tcp);
+    let status = status_of(
+        &sandbox,
+        &token,
+        &[
+            "-o",
+            "/dev/null",
+            "-T",
+            &big.display().to_string(),
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "30",
+            "--max-time",
+            "60",
+            &url,
+        ],
+    );
+    assert!(matches!(status.as_str(), "201" | "204"), "{status}");
+    let received = upstream.dir.join("received/upload/big.bin");
+    assert!(
+        fs::read(&received).expect("uploaded") == fs::read(&big).expect("original"),
+        "the upload differs"
+    );
+    let peak = peak_rss_kib(broker.pid());
+    assert!(
+        peak < 64 * 1024,
+        "the broker's peak RSS was {peak} KiB for 200 MB each way"
+    );
+}
+
+/// A server-sent events endpoint: the first event, then nothing until the test says so, then
+/// the second. A tiny server of the test's own: nginx cannot hold a response open on cue.
+const SSE_SERVER: &str = r#"
+import http.server, os, sys, time
+key, gate = sys.argv[1], sys.argv[2]
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        if self.headers.get("Authorization") != "Bearer " + key:
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        def chunk(data):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+        chunk(b"data: one\n\n")
+        deadline = time.time() + 10
+        while not os.path.exists(gate) and time.time() < deadline:
+            time.sleep(0.01)
+        chunk(b"data: two\n\n")
+        chunk(b"")
+        self.close_connection = True
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.handle_request()
+"#;
+
+#[test]
+fn server_sent_events_reach_the_client_one_by_one() {
+    use std::io::BufRead;
+    let sandbox = Sandbox::new();
+    let gate = sandbox.path("gate");
+    let mut server = Command::new("python3")
+        .args(["-c", SSE_SERVER, KEY])
+        .arg(&gate)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut first = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("port");
+    let port: u16 = first.trim().parse().expect("a port");
+    config(&sandbox, port);
+    let broker = Broker::start(&sandbox, &[]);
+    let token = sandbox.issue("read:site");
+    let out = sandbox.path("events.txt");
+    let headers = bearer_file(&sandbox, "events.headers", &token);
+    let mut client = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "20", "-o"])
+        .arg(&out)
+        .arg("-H")
+        .arg(format!("@{}", headers.display()))
+        .arg(format!("http://{}/u/site/files/events", broker.tcp))
+        .spawn()
+        .expect("curl");
+    // The first event arrives while the server still holds the second back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains("data: one\n\n")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first event did not come through on its own"
+        );
+        std::thread::yield_now();
+    }
+    assert!(!fs::read_to_string(&out).expect("events").contains("two"));
+    fs::write(&gate, "").expect("gate");
+    assert!(client.wait().expect("curl").success());
+    assert_eq!(
+        fs::read_to_string(&out).expect("events"),
+        "data: one\n\ndata: two\n\n"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn an_unmodified_python_client_calls_the_upstream_inside_the_run() {
+    if !nginx_present() {
+        return;
+    }
+    if Command::new("python3")
+        .args(["-c", "import requests"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        crate::harness::skip("no-python-requests", "python3 requests is not installed");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let upstream = Upstream::start(&sandbox);
+    config(&sandbox, upstream.port);
+    let broker = Broker::start(&sandbox, &[]);
+    let client = r#"
+import os, requests
+base, token = os.environ["SITE_URL"], os.environ["SITE_TOKEN"]
+r = requests.get(base + "/files/hello.txt", headers={"Authorization": "Bearer " + token})
+print(r.status_code, r.text, end="")
+r = requests.get(base + "/private/secret.txt", auth=("x", token))
+print(r.status_code)
+"#;
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "read:site",
+            "--upstream",
+            "site",
+            "--",
+            "python3",
+            "-c",
+            client,
+        ])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success();
+    assert_eq!(out.stdout, "200 hello from upstream\n403\n");
 }

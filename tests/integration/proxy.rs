@@ -605,3 +605,274 @@ print(r.status_code)
         .success();
     assert_eq!(out.stdout, "200 hello from upstream\n403\n");
 }
+
+/// `git http-backend` behind nginx and fcgiwrap, serving `repos/` only to requests that carry
+/// the key as the password of basic auth (user `git`), as a git host would.
+struct GitHost {
+    dir: PathBuf,
+    port: u16,
+    fcgiwrap: std::process::Child,
+}
+
+impl GitHost {
+    fn start(sandbox: &Sandbox) -> GitHost {
+        use base64::Engine as _;
+        let dir = sandbox.path("githost");
+        fs::create_dir_all(dir.join("tmp")).expect("git host dir");
+        let repo = dir.join("repos/site.git");
+        let git = |args: &[&str], cwd: &std::path::Path| {
+            let out = Command::new("git")
+                .args(args)
+                .current_dir(cwd)
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .output()
+                .expect("git");
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+        };
+        fs::create_dir_all(&repo).expect("repo dir");
+        git(&["init", "-q", "--bare", "-b", "main"], &repo);
+        git(&["config", "http.receivepack", "true"], &repo);
+        let seed = dir.join("seed");
+        fs::create_dir_all(&seed).expect("seed");
+        git(&["init", "-q", "-b", "main"], &seed);
+        fs::write(seed.join("README"), "the site\n").expect("readme");
+        git(&["add", "README"], &seed);
+        git(
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-q",
+                "-m",
+                "seed",
+            ],
+            &seed,
+        );
+        git(&["push", "-q", &repo.display().to_string(), "main"], &seed);
+        let socket = dir.join("fcgiwrap.sock");
+        let fcgiwrap = Command::new("fcgiwrap")
+            .arg("-s")
+            .arg(format!("unix:{}", socket.display()))
+            .spawn()
+            .expect("fcgiwrap");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fcgiwrap did not listen"
+            );
+            std::thread::yield_now();
+        }
+        let backend = String::from_utf8(
+            Command::new("git")
+                .arg("--exec-path")
+                .output()
+                .expect("git")
+                .stdout,
+        )
+        .expect("path");
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("git:{KEY}"));
+        let port = free_port();
+        let user = if nix::unistd::geteuid().is_root() {
+            "user root;"
+        } else {
+            ""
+        };
+        let text = format!(
+            "{user}
+daemon on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;
+  log_format seen '$request_method $uri auth=[$http_authorization]';
+  map $http_authorization $keyed {{ \"Basic {basic}\" 1; default 0; }}
+  server {{
+    listen 127.0.0.1:{port};
+    access_log {d}/access.log seen;
+    client_max_body_size 0;
+    location / {{
+      if ($keyed = 0) {{ return 401; }}
+      include /etc/nginx/fastcgi_params;
+      fastcgi_pass unix:{socket};
+      fastcgi_param SCRIPT_FILENAME {backend}/git-http-backend;
+      fastcgi_param GIT_PROJECT_ROOT {d}/repos;
+      fastcgi_param GIT_HTTP_EXPORT_ALL \"\";
+      fastcgi_param PATH_INFO $uri;
+      fastcgi_param REMOTE_USER git;
+    }}
+  }}
+}}
+",
+            d = dir.display(),
+            socket = socket.display(),
+            backend = backend.trim(),
+        );
+        fs::write(dir.join("nginx.conf"), text).expect("nginx.conf");
+        let out = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .output()
+            .expect("nginx");
+        assert!(out.status.success(), "nginx: {out:?}");
+        GitHost {
+            dir,
+            port,
+            fcgiwrap,
+        }
+    }
+}
+
+impl Drop for GitHost {
+    fn drop(&mut self) {
+        let _ = Command::new("nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-e")
+            .arg(self.dir.join("error.log"))
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .args(["-s", "stop"])
+            .output();
+        let _ = self.fcgiwrap.kill();
+        let _ = self.fcgiwrap.wait();
+    }
+}
+
+/// A run's git, unmodified, sends its lease token as a bearer (`http.extraHeader` from the
+/// environment, never an argument); the broker adds the key as basic auth.
+const GIT_SCRIPT: &str = r#"
+set -e
+export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_COUNT=1
+export GIT_CONFIG_KEY_0=http.extraHeader GIT_CONFIG_VALUE_0="Authorization: Bearer $LEASE_TOKEN"
+cat /proc/self/environ | tr '\0' '\n' > "environ.$1"
+case "$1" in
+clone)
+    git clone -q "$GIT_URL/site.git" clone
+    ;;
+push)
+    cd clone
+    echo "change $2" >> README
+    git -c user.name=t -c user.email=t@t commit -q -am "change $2"
+    git push -q origin main 2> "../push.$2.err"
+    ;;
+esac
+"#;
+
+#[test]
+fn git_clones_and_pushes_through_the_broker_as_the_lease_allows() {
+    if !nginx_present() {
+        return;
+    }
+    if Command::new("fcgiwrap").arg("-h").output().is_err() {
+        crate::harness::skip("no-fcgiwrap", "fcgiwrap is not installed");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let host = GitHost::start(&sandbox);
+    let key = sandbox.path("git.key");
+    fs::write(&key, format!("{KEY}\n")).expect("key");
+    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    sandbox.write_config(&format!(
+        r#"[upstream.git]
+url = "http://127.0.0.1:{port}"
+secret_file = "{key}"
+inject = "basic"
+basic_user = "git"
+child_env = {{ base_url = "GIT_URL" }}
+
+[[upstream.git.route]]
+method = "GET"
+path = "/*.git/info/refs"
+action = "repo:read"
+
+[[upstream.git.route]]
+method = "POST"
+path = "/*.git/git-upload-pack"
+action = "repo:read"
+
+[[upstream.git.route]]
+method = "POST"
+path = "/*.git/git-receive-pack"
+action = "repo:write"
+"#,
+        port = host.port,
+        key = key.display()
+    ));
+    let broker = Broker::start(&sandbox, &[]);
+    let run = |scope: &str, args: &[&str]| {
+        let mut argv = vec![
+            "run",
+            "--scope",
+            scope,
+            "--upstream",
+            "git",
+            "--receipt",
+            "receipt.json",
+            "--",
+            "sh",
+            "-c",
+            GIT_SCRIPT,
+            "git",
+        ];
+        argv.extend(args);
+        sandbox
+            .lease(argv)
+            .env("LEASE_BROKER", broker.endpoint())
+            .run()
+    };
+    run("repo:read", &["clone"]).success();
+    assert_eq!(
+        fs::read_to_string(sandbox.path("clone/README")).expect("cloned"),
+        "the site\n"
+    );
+    // Reading is all this run may do: its push is refused, and the host never sees it.
+    let refused = run("repo:read", &["push", "1"]);
+    assert_ne!(refused.code(), Some(0), "{refused:?}");
+    let err = fs::read_to_string(sandbox.path("push.1.err")).expect("push error");
+    assert!(err.contains("403"), "{err}");
+    let seen = fs::read_to_string(host.dir.join("access.log")).expect("host log");
+    assert!(!seen.contains("POST /site.git/git-receive-pack"), "{seen}");
+    // A run that may write pushes (the commit the refused push left behind goes along).
+    run("repo:read,repo:write", &["push", "2"]).success();
+    let log = Command::new("git")
+        .args(["--git-dir"])
+        .arg(host.dir.join("repos/site.git"))
+        .args(["log", "--format=%s", "main"])
+        .output()
+        .expect("git log");
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout),
+        "change 2\nchange 1\nseed\n"
+    );
+    // The host saw the key, never a lease token; the key is nowhere the runs could reach.
+    let seen = fs::read_to_string(host.dir.join("access.log")).expect("host log");
+    assert!(seen.contains("POST /site.git/git-receive-pack"), "{seen}");
+    assert!(!seen.contains("agt_"), "{seen}");
+    let mut places = walk(&sandbox.path("clone"));
+    places.extend(walk(&sandbox.state_dir()));
+    places.extend(["environ.clone", "environ.push", "receipt.json"].map(|f| sandbox.path(f)));
+    for place in places {
+        let bytes = fs::read(&place).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(KEY),
+            "the key is in {}",
+            place.display()
+        );
+    }
+    assert!(
+        fs::read_to_string(sandbox.path("environ.clone"))
+            .expect("environ")
+            .contains("GIT_URL=http://"),
+        "the run got the upstream's URL"
+    );
+}

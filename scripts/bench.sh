@@ -124,9 +124,23 @@ runs=$((runs / 20 > 10 ? runs / 20 : 10)) compare "$fanout concurrent runs vs ti
     "scripts/bench-fanout.sh $fanout $lease run --scope a:b -- true" "scripts/bench-fanout.sh $fanout tini -s -- true"
 rss "peak RSS of run vs tini" 2 "$lease run --scope a:b --" "tini -s --"
 
-# The broker, on the 10-lease store: a socket for lease verify, a loopback port for wrk and nginx.
-"$lease" --state-dir "$work/s10" serve --listen "unix:$work/broker.sock" --listen 127.0.0.1:0 \
-    2>"$work/broker.log" &
+# The broker, on the 10-lease store: a socket for lease verify, a loopback port for wrk and nginx;
+# its config has one upstream (an nginx started below) for the proxy's figures.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+upstream_port=$(free_port)
+upstream_key="bench-key-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+(umask 077 && printf '%s\n' "$upstream_key" >"$work/upstream.key")
+cat >"$work/broker.toml" <<TOML
+[upstream.bench]
+url = "http://127.0.0.1:$upstream_port"
+secret_file = "$work/upstream.key"
+[[upstream.bench.route]]
+method = "GET"
+path = "/files/**"
+action = "a:b"
+TOML
+LEASE_CONFIG="$work/broker.toml" "$lease" --state-dir "$work/s10" serve \
+    --listen "unix:$work/broker.sock" --listen 127.0.0.1:0 2>"$work/broker.log" &
 broker=$!
 trap 'kill "$broker" 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 200); do grep -q "listening on 127" "$work/broker.log" && break; sleep 0.05; done
@@ -159,7 +173,7 @@ LUA
     if command -v nginx >/dev/null; then
         mkdir -p "$work/nginx/tmp" "$work/site/open" "$work/site/guarded" "$work/site/ceiling"
         for dir in open guarded ceiling; do echo abc >"$work/site/$dir/small.txt"; done
-        nginx_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        nginx_port=$(free_port)
         user=""
         [ "$(id -u)" = 0 ] && user="user root;"
         # auth_location PATH UPSTREAM: the subrequest's location, as docs/api.md has it.
@@ -205,6 +219,55 @@ LUA
         ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "$1" "$2"; }
         extra+=("nginx serving a small file with auth_request through the broker: $guarded_rps requests/s against $open_rps without, $(ratio "$guarded_rps" "$open_rps") of it (target >= 0.5)")
         extra+=("  the ceiling, auth_request answered by nginx itself (return 200): $ceiling_rps requests/s, $(ratio "$ceiling_rps" "$open_rps") of nginx alone; the broker reaches $(ratio "$guarded_rps" "$ceiling_rps") of the ceiling")
+
+        # The proxy (issue 12): the same nginx files reached directly with the key, and
+        # through the broker's /u/bench/ with the lease token.
+        mkdir -p "$work/up/tmp" "$work/up/site/files"
+        echo abc >"$work/up/site/files/small.txt"
+        head -c $((200 * 1024 * 1024)) /dev/urandom >"$work/up/site/files/big.bin"
+        cat >"$work/up/nginx.conf" <<NGINX
+$user
+worker_processes 1;
+pid $work/up/nginx.pid;
+error_log $work/up/error.log;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path $work/up/tmp/b; proxy_temp_path $work/up/tmp/p;
+  fastcgi_temp_path $work/up/tmp/f; uwsgi_temp_path $work/up/tmp/u; scgi_temp_path $work/up/tmp/s;
+  map \$http_authorization \$keyed { "Bearer $upstream_key" 1; default 0; }
+  server {
+    listen 127.0.0.1:$upstream_port;
+    root $work/up/site;
+    location / { if (\$keyed = 0) { return 401; } }
+  }
+}
+NGINX
+        nginx -p "$work/up" -e "$work/up/error.log" -c "$work/up/nginx.conf"
+        (umask 077
+         echo "wrk.headers[\"Authorization\"] = \"Bearer $upstream_key\"" >"$work/direct.lua"
+         printf 'Authorization: Bearer %s\n' "$upstream_key" >"$work/direct.headers"
+         printf 'Authorization: Bearer %s\n' "$token" >"$work/proxy.headers")
+        direct="http://127.0.0.1:$upstream_port/files"
+        proxied="http://127.0.0.1:$port/u/bench/files"
+        read -r direct_rps _ _ <<<"$(load "$direct/small.txt" "$work/direct.lua")"
+        read -r proxied_rps _ _ <<<"$(load "$proxied/small.txt" "$work/auth.lua")"
+        # Latency with one connection: what one request adds, not a queue's wait.
+        one() { wrk -t1 -c1 -d"${DURATION:-5}s" --latency -s "$2" "$1" 2>&1 | awk '$1 == "50%" { print $2 }'; }
+        ms() { python3 -c "import sys; v = sys.argv[1]; u = v.lstrip('0123456789.'); n = float(v[:len(v) - len(u)]); print(n * {'us': 0.001, 'ms': 1, 's': 1000}[u])" "$1"; }
+        direct_p50=$(ms "$(one "$direct/small.txt" "$work/direct.lua")")
+        proxied_p50=$(ms "$(one "$proxied/small.txt" "$work/auth.lua")")
+        added=$(python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.3f}')" "$proxied_p50" "$direct_p50")
+        # Bandwidth: the best of three 200 MB downloads each way.
+        speed() {
+            for _ in 1 2 3; do curl -s -o /dev/null -w '%{speed_download}\n' -H "@$2" "$1"; done | sort -n | tail -1
+        }
+        direct_bw=$(speed "$direct/big.bin" "$work/direct.headers")
+        proxied_bw=$(speed "$proxied/big.bin" "$work/proxy.headers")
+        nginx -p "$work/up" -e "$work/up/error.log" -c "$work/up/nginx.conf" -s stop
+        mib() { python3 -c "import sys; print(f'{float(sys.argv[1]) / 1048576:.0f}')" "$1"; }
+        extra+=("small GETs through the proxy to nginx: $proxied_rps requests/s against $direct_rps direct, $(ratio "$proxied_rps" "$direct_rps") of it (target >= 0.6); p50 with one connection $proxied_p50 ms against $direct_p50 ms, $added ms added (target <= 0.3)")
+        extra+=("200 MB download through the proxy: $(mib "$proxied_bw") MiB/s against $(mib "$direct_bw") MiB/s direct, $(ratio "$proxied_bw" "$direct_bw") of it (target >= 0.8)")
     fi
 fi
 kill "$broker"

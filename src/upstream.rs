@@ -70,6 +70,9 @@ pub struct Spec {
     pub timeout: Duration,
     /// The longest silence within a response body.
     pub idle_timeout: Duration,
+    /// A TCP address where the broker serves this upstream alone, at the root, for clients
+    /// that cannot take a base path (`127.0.0.1:8081`).
+    pub listen: Option<String>,
 }
 
 /// Where an upstream's key comes from.
@@ -122,6 +125,7 @@ pub struct SpecFile {
     ca_file: Option<PathBuf>,
     timeout: Option<u64>,
     idle_timeout: Option<u64>,
+    listen: Option<String>,
     #[serde(default)]
     route: Vec<RouteFile>,
 }
@@ -326,6 +330,17 @@ impl Spec {
             ca_file: file.ca_file,
             timeout: seconds("timeout", file.timeout, DEFAULT_TIMEOUT)?,
             idle_timeout: seconds("idle_timeout", file.idle_timeout, DEFAULT_IDLE_TIMEOUT)?,
+            listen: match file.listen {
+                Some(text)
+                    if text.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok()
+                    }) =>
+                {
+                    Some(text)
+                }
+                Some(text) => bail!("listen: '{}' is not HOST:PORT", text.escape_debug()),
+                None => None,
+            },
         })
     }
 

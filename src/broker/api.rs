@@ -132,6 +132,16 @@ async fn upstream_env(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
         return error(StatusCode::NOT_FOUND, &why);
     };
     let spec = upstream.spec();
+    if let Some(own) = shared.own.get(&spec.name) {
+        return json(
+            StatusCode::OK,
+            &UpstreamEnv {
+                base_url: own.clone(),
+                base_url_env: spec.child_env.base_url.clone(),
+                token_env: spec.child_env.token.clone(),
+            },
+        );
+    }
     let base = match (peer.uid, &host) {
         (None, Some(host))
             if !peer.shown.starts_with("unix")

@@ -83,6 +83,9 @@ struct Shared {
     live: RwLock<Arc<Live>>,
     /// `http(s)://ADDRESS` of each TCP listener, for the base URLs of upstreams.
     bases: Vec<String>,
+    /// `http(s)://ADDRESS` of each upstream's own listener, by upstream (bound at start: a
+    /// `listen` changed on SIGHUP takes a restart).
+    own: HashMap<String, String>,
     metrics: Metrics,
     request: ServeRequest,
     /// Set when the broker stops: connections finish, held runs let go of their connection.
@@ -252,7 +255,9 @@ fn load(request: &ServeRequest) -> Result<Live> {
 #[derive(Debug)]
 enum Bound {
     Unix(std::os::unix::net::UnixListener, PathBuf),
-    Tcp(std::net::TcpListener),
+    /// A TCP listener; with a name, an upstream's own (`listen` in `[upstream.NAME]`), where
+    /// every request goes to that upstream.
+    Tcp(std::net::TcpListener, Option<Arc<str>>),
 }
 
 /// Runs the broker until SIGTERM or SIGINT.
@@ -270,15 +275,33 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         None => None,
     };
     let mut bound = Vec::new();
+    let plain_ok = request.insecure_http || tls.is_some();
     for address in &listen {
-        let plain_ok = request.insecure_http || tls.is_some();
         bound.push(bind(address, plain_ok, live.config.socket_group)?);
+    }
+    // Each upstream with a `listen` of its own: a TCP listener where every path is its own.
+    let mut own = HashMap::new();
+    for (name, spec) in &live.config.upstreams {
+        let Some(address) = &spec.listen else {
+            continue;
+        };
+        let Bound::Tcp(listener, _) = bind(&Listen::Tcp(address.clone()), plain_ok, None)
+            .with_context(|| format!("upstream {name}"))?
+        else {
+            continue;
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        if let Ok(at) = listener.local_addr() {
+            own.insert(name.clone(), format!("{scheme}://{at}"));
+        }
+        bound.push(Bound::Tcp(listener, Some(Arc::from(name.as_str()))));
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let bases = bound
         .iter()
         .filter_map(|b| match b {
-            Bound::Tcp(listener) => listener.local_addr().ok(),
+            Bound::Tcp(listener, None) => listener.local_addr().ok(),
+            Bound::Tcp(_, Some(_)) => None,
             Bound::Unix(..) => None,
         })
         .map(|mut address| {
@@ -295,6 +318,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     let (guard, done) = mpsc::channel(1);
     let shared = Arc::new(Shared {
         bases,
+        own,
         live: RwLock::new(Arc::new(live)),
         metrics: Metrics::default(),
         request,
@@ -314,7 +338,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         .iter()
         .filter_map(|b| match b {
             Bound::Unix(_, path) => Some(path.clone()),
-            Bound::Tcp(_) => None,
+            Bound::Tcp(..) => None,
         })
         .collect();
     let result = runtime.block_on(run(shared, bound, done, tls));
@@ -352,7 +376,7 @@ fn bind(address: &Listen, off_loopback_ok: bool, group: Option<u32>) -> Result<B
             let listener = std::net::TcpListener::bind(&addrs[..])
                 .with_context(|| format!("cannot listen on {address}"))?;
             listener.set_nonblocking(true)?;
-            Ok(Bound::Tcp(listener))
+            Ok(Bound::Tcp(listener, None))
         }
     }
 }
@@ -412,7 +436,7 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
 #[derive(Debug)]
 enum Accepted {
     Unix(UnixStream),
-    Tcp(TcpStream, SocketAddr),
+    Tcp(TcpStream, SocketAddr, Option<Arc<str>>),
 }
 
 async fn run(
@@ -445,11 +469,15 @@ async fn run(
                     }
                 }));
             }
-            Bound::Tcp(std) => {
+            Bound::Tcp(std, only) => {
                 let listener = TcpListener::from_std(std)?;
                 let scheme = if tls.is_some() { "https" } else { "http" };
+                let upstream = only
+                    .as_ref()
+                    .map(|name| format!(" for upstream {name}"))
+                    .unwrap_or_default();
                 log(&format!(
-                    "listening on {} ({scheme})",
+                    "listening on {} ({scheme}){upstream}",
                     listener.local_addr()?
                 ));
                 acceptors.push(tokio::spawn(async move {
@@ -457,7 +485,8 @@ async fn run(
                         match listener.accept().await {
                             Ok((stream, peer)) => {
                                 let _ = stream.set_nodelay(true);
-                                if tx.send(Accepted::Tcp(stream, peer)).await.is_err() {
+                                let accepted = Accepted::Tcp(stream, peer, only.clone());
+                                if tx.send(accepted).await.is_err() {
                                     break;
                                 }
                             }
@@ -513,9 +542,9 @@ async fn run(
                     match accepted {
                         Accepted::Unix(stream) => {
                             let peer = Peer::unix(&stream);
-                            connect(&shared, stream, peer, permit);
+                            connect(&shared, stream, peer, permit, None);
                         }
-                        Accepted::Tcp(stream, address) => match &tls {
+                        Accepted::Tcp(stream, address, only) => match &tls {
                             Some(acceptor) => {
                                 // The handshake runs in a task of its own, bounded like a
                                 // request head.
@@ -524,13 +553,14 @@ async fn run(
                                     let handshake = acceptor.accept(stream);
                                     match tokio::time::timeout(HEADER_TIMEOUT, handshake).await {
                                         Ok(Ok(stream)) => {
-                                            connect(&shared, stream, Peer::tcp(address), permit);
+                                            let peer = Peer::tcp(address);
+                                            connect(&shared, stream, peer, permit, only);
                                         }
                                         _ => log(&format!("TLS handshake failed: client={address}")),
                                     }
                                 });
                             }
-                            None => connect(&shared, stream, Peer::tcp(address), permit),
+                            None => connect(&shared, stream, Peer::tcp(address), permit, only),
                         },
                     }
                 }
@@ -566,8 +596,13 @@ async fn accept_failed(err: &std::io::Error) {
 
 /// Serves one connection (HTTP/1.1, keep-alive, upgrades for held runs) until it closes or
 /// the broker stops: then the request in flight is answered and the connection closed.
-fn connect<IO>(shared: &Arc<Shared>, io: IO, peer: Peer, permit: tokio::sync::OwnedSemaphorePermit)
-where
+fn connect<IO>(
+    shared: &Arc<Shared>,
+    io: IO,
+    peer: Peer,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    only: Option<Arc<str>>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(guard) = shared.hold_guard() else {
@@ -580,9 +615,12 @@ where
         service_fn(move |request| {
             let shared = Arc::clone(&shared);
             let peer = Arc::clone(&peer);
+            let only = only.clone();
             async move {
-                let reply = if request.uri().path().starts_with("/u/") {
-                    proxy::handle(&shared, &peer, request).await
+                let reply = if let Some(name) = only {
+                    proxy::handle(&shared, &peer, request, Some(&name)).await
+                } else if request.uri().path().starts_with("/u/") {
+                    proxy::handle(&shared, &peer, request, None).await
                 } else {
                     api::handle(&shared, &peer, request)
                         .await

@@ -180,21 +180,36 @@ fn token_of(headers: &HeaderMap, token_header: Option<&str>) -> Option<Token> {
     Some(Token::presented(value.to_owned()))
 }
 
-/// Answers a request under `/u/`.
-pub(super) async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Reply {
+/// Answers a request under `/u/NAME/`, or, on upstream `only`'s own listener, any request.
+pub(super) async fn handle(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    request: Request<Incoming>,
+    only: Option<&str>,
+) -> Reply {
     let started = Instant::now();
-    let reply = forward(shared, peer, request).await;
+    let reply = forward(shared, peer, request, only).await;
     shared.metrics.answered(started.elapsed());
     reply
 }
 
-async fn forward(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Reply {
+async fn forward(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    request: Request<Incoming>,
+    only: Option<&str>,
+) -> Reply {
     let started = Instant::now();
     let live = shared.live();
-    let rest = request.uri().path().strip_prefix("/u/").unwrap_or_default();
-    let (name, path) = match rest.find('/') {
-        Some(at) => (&rest[..at], &rest[at..]),
-        None => (rest, "/"),
+    let (name, path) = match only {
+        Some(name) => (name, request.uri().path()),
+        None => {
+            let rest = request.uri().path().strip_prefix("/u/").unwrap_or_default();
+            match rest.find('/') {
+                Some(at) => (&rest[..at], &rest[at..]),
+                None => (rest, "/"),
+            }
+        }
     };
     let Some(upstream) = live.upstreams.get(name) else {
         return small(error(
@@ -326,6 +341,14 @@ async fn forward(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
     // A reason phrase of the upstream's own would go out as it is, unmasked.
     parts.extensions.remove::<hyper::ext::ReasonPhrase>();
     strip_hop_by_hop(&mut parts.headers);
+    // A redirect within the upstream stays within the broker: its client would otherwise go
+    // to the upstream directly, without the key.
+    if let Some(location) = parts.headers.get(header::LOCATION)
+        && let Some(moved) = within_broker(spec, location.as_bytes())
+        && let Ok(value) = HeaderValue::from_str(&moved)
+    {
+        parts.headers.insert(header::LOCATION, value);
+    }
     let redactor = Redactor::new(spec.inject.needles(&upstream.secret));
     for value in parts.headers.values_mut() {
         if let Some(masked) = redactor.redact_whole(value.as_bytes()) {
@@ -413,6 +436,24 @@ fn outgoing(
         *slot = headers;
     }
     Ok(builder)
+}
+
+/// A `Location` under the upstream's URL (absolute, or a path under its base path), as the
+/// same place under the broker's `/u/NAME`: a path the client resolves against the broker.
+/// `None` for anywhere else, which goes out as it is.
+fn within_broker(spec: &Spec, location: &[u8]) -> Option<String> {
+    let location = std::str::from_utf8(location).ok()?;
+    let absolute = format!("{}://{}", spec.scheme, spec.authority);
+    let path = match location.get(..absolute.len()) {
+        Some(start) if start.eq_ignore_ascii_case(&absolute) => &location[absolute.len()..],
+        _ if location.starts_with('/') && !location.starts_with("//") => location,
+        _ => return None,
+    };
+    let rest = path.strip_prefix(spec.base_path.as_str())?;
+    if !(rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
+        return None;
+    }
+    Some(format!("/u/{}{rest}", spec.name))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -649,5 +690,37 @@ impl Body for Streamed {
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_within_the_upstream_stays_within_the_broker() {
+        let file: crate::upstream::SpecFile =
+            toml::from_str("url = \"https://api.example.com/v2\"\nsecret_env = \"K\"")
+                .expect("table");
+        let spec = Spec::parse("api", file).expect("spec");
+        let moved = |location: &str| within_broker(&spec, location.as_bytes());
+        assert_eq!(
+            moved("https://api.example.com/v2/a?b=1").as_deref(),
+            Some("/u/api/a?b=1")
+        );
+        assert_eq!(
+            moved("HTTPS://API.example.com/v2").as_deref(),
+            Some("/u/api")
+        );
+        assert_eq!(moved("/v2/next").as_deref(), Some("/u/api/next"));
+        assert_eq!(moved("/v2x/next"), None, "not under the base path");
+        assert_eq!(moved("/other"), None);
+        assert_eq!(moved("//api.example.com/v2/a"), None);
+        assert_eq!(
+            moved("https://cdn.example.com/v2/a"),
+            None,
+            "another host goes as it is"
+        );
+        assert_eq!(moved("http://api.example.com/v2/a"), None, "another scheme");
     }
 }

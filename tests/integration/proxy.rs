@@ -59,6 +59,10 @@ http {{
       create_full_put_path on;
       client_max_body_size 0;
     }}
+    location = /moved {{
+      if ($keyed = 0) {{ return 401; }}
+      return 302 http://127.0.0.1:{port}/files/hello.txt;
+    }}
     location = /echo {{
       if ($keyed = 0) {{ return 401; }}
       add_header X-Echo $http_authorization;
@@ -104,6 +108,11 @@ impl Drop for Upstream {
 
 /// The broker's config with upstream `site` on `port`, its key in a private file.
 fn config(sandbox: &Sandbox, port: u16) {
+    config_with(sandbox, port, "");
+}
+
+/// The same, with `extra` lines in `[upstream.site]`.
+fn config_with(sandbox: &Sandbox, port: u16, extra: &str) {
     let key = sandbox.path("site.key");
     fs::write(&key, format!("{KEY}\n")).expect("key");
     fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
@@ -112,6 +121,12 @@ fn config(sandbox: &Sandbox, port: u16) {
 url = "http://127.0.0.1:{port}"
 secret_file = "{key}"
 child_env = {{ base_url = "SITE_URL", token = "SITE_TOKEN" }}
+{extra}
+
+[[upstream.site.route]]
+method = "GET"
+path = "/moved"
+action = "read:site"
 
 [[upstream.site.route]]
 method = "GET"
@@ -140,12 +155,17 @@ action = "write:site"
 /// A sandbox, the nginx upstream and a broker configured with it; `None` (a skip) without
 /// nginx.
 fn nginx_upstream_and_broker() -> Option<(Sandbox, Upstream, Broker)> {
+    nginx_upstream_and_broker_with("")
+}
+
+/// The same, with `extra` lines in `[upstream.site]`.
+fn nginx_upstream_and_broker_with(extra: &str) -> Option<(Sandbox, Upstream, Broker)> {
     if !nginx_present() {
         return None;
     }
     let sandbox = Sandbox::new();
     let upstream = Upstream::start(&sandbox);
-    config(&sandbox, upstream.port);
+    config_with(&sandbox, upstream.port, extra);
     let broker = Broker::start(&sandbox, &[]);
     Some((sandbox, upstream, broker))
 }
@@ -318,6 +338,11 @@ fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
         reply.header("www-authenticate"),
         Some("Bearer realm=\"lease\"")
     );
+    // A redirect within the upstream stays within the broker.
+    let moved = format!("http://{}/u/site/moved", broker.tcp);
+    let reply = curl(&sandbox, &bearer(&token), &[&moved]);
+    assert_eq!(reply.status, 302, "{reply:?}");
+    assert_eq!(reply.header("location"), Some("/u/site/files/hello.txt"));
     // A tunnel or a reflection of the request is never proxied.
     let reply = curl(&sandbox, &bearer(&token), &["-X", "TRACE", &url]);
     assert_eq!(reply.status, 405, "{reply:?}");
@@ -384,6 +409,16 @@ fn upstream_without_a_broker_is_refused_before_anything_runs() {
         "lease: --upstream site needs a broker: upstreams and their keys live in the broker's config; set LEASE_BROKER or --broker"
     );
     assert!(!sandbox.path("ran").exists());
+}
+
+/// `lease run --scope read:site --upstream site -- COMMAND...` through `broker`.
+fn site_run(sandbox: &Sandbox, broker: &Broker, command: &[&str]) -> crate::harness::Out {
+    let mut argv = vec!["run", "--scope", "read:site", "--upstream", "site", "--"];
+    argv.extend(command);
+    sandbox
+        .lease(argv)
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
 }
 
 /// `len` bytes that do not repeat in any short period (xorshift), written to `path`.
@@ -588,21 +623,7 @@ print(r.status_code, r.text, end="")
 r = requests.get(base + "/private/secret.txt", auth=("x", token))
 print(r.status_code)
 "#;
-    let out = sandbox
-        .lease([
-            "run",
-            "--scope",
-            "read:site",
-            "--upstream",
-            "site",
-            "--",
-            "python3",
-            "-c",
-            client,
-        ])
-        .env("LEASE_BROKER", broker.endpoint())
-        .run()
-        .success();
+    let out = site_run(&sandbox, &broker, &["python3", "-c", client]).success();
     assert_eq!(out.stdout, "200 hello from upstream\n403\n");
 }
 
@@ -875,4 +896,28 @@ action = "repo:write"
             .contains("GIT_URL=http://"),
         "the run got the upstream's URL"
     );
+}
+
+#[test]
+fn an_upstream_with_a_listener_of_its_own_serves_at_the_root() {
+    let own = free_port();
+    let listen = format!("listen = \"127.0.0.1:{own}\"");
+    let Some((sandbox, _upstream, broker)) = nginx_upstream_and_broker_with(&listen) else {
+        return;
+    };
+    let token = sandbox.issue("read:site");
+    let reply = curl(
+        &sandbox,
+        &bearer(&token),
+        &[&format!("http://127.0.0.1:{own}/files/hello.txt")],
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, "hello from upstream\n");
+    let out = site_run(
+        &sandbox,
+        &broker,
+        &["sh", "-c", "printf '%s' \"$SITE_URL\""],
+    )
+    .success();
+    assert_eq!(out.stdout, format!("http://127.0.0.1:{own}"));
 }

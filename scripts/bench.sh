@@ -222,6 +222,7 @@ LUA
 
         # The proxy (issue 12): the same nginx files reached directly with the key, and
         # through the broker's /u/bench/ with the lease token.
+        nginx_proxy_port=$(free_port)
         mkdir -p "$work/up/tmp" "$work/up/site/files"
         echo abc >"$work/up/site/files/small.txt"
         head -c $((200 * 1024 * 1024)) /dev/urandom >"$work/up/site/files/big.bin"
@@ -241,6 +242,17 @@ http {
     root $work/up/site;
     location / { if (\$keyed = 0) { return 401; } }
   }
+  # The reference proxy: nginx itself in front of the same server, kept-alive, unbuffered.
+  upstream self { server 127.0.0.1:$upstream_port; keepalive 32; }
+  server {
+    listen 127.0.0.1:$nginx_proxy_port;
+    location / {
+      proxy_pass http://self;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
 }
 NGINX
         nginx -p "$work/up" -e "$work/up/error.log" -c "$work/up/nginx.conf"
@@ -252,6 +264,8 @@ NGINX
         proxied="http://127.0.0.1:$port/u/bench/files"
         read -r direct_rps _ _ <<<"$(load "$direct/small.txt" "$work/direct.lua")"
         read -r proxied_rps _ _ <<<"$(load "$proxied/small.txt" "$work/auth.lua")"
+        reference="http://127.0.0.1:$nginx_proxy_port/files"
+        read -r reference_rps _ _ <<<"$(load "$reference/small.txt" "$work/direct.lua")"
         # Latency with one connection: what one request adds, not a queue's wait.
         one() { wrk -t1 -c1 -d"${DURATION:-5}s" --latency -s "$2" "$1" 2>&1 | awk '$1 == "50%" { print $2 }'; }
         ms() { python3 -c "import sys; v = sys.argv[1]; u = v.lstrip('0123456789.'); n = float(v[:len(v) - len(u)]); print(n * {'us': 0.001, 'ms': 1, 's': 1000}[u])" "$1"; }
@@ -264,10 +278,13 @@ NGINX
         }
         direct_bw=$(speed "$direct/big.bin" "$work/direct.headers")
         proxied_bw=$(speed "$proxied/big.bin" "$work/proxy.headers")
+        reference_bw=$(speed "$reference/big.bin" "$work/direct.headers")
         nginx -p "$work/up" -e "$work/up/error.log" -c "$work/up/nginx.conf" -s stop
         mib() { python3 -c "import sys; print(f'{float(sys.argv[1]) / 1048576:.0f}')" "$1"; }
         extra+=("small GETs through the proxy to nginx: $proxied_rps requests/s against $direct_rps direct, $(ratio "$proxied_rps" "$direct_rps") of it (target >= 0.6); p50 with one connection $proxied_p50 ms against $direct_p50 ms, $added ms added (target <= 0.3)")
+        extra+=("  the reference, nginx as the proxy (kept-alive, unbuffered): $reference_rps requests/s, $(ratio "$reference_rps" "$direct_rps") of direct")
         extra+=("200 MB download through the proxy: $(mib "$proxied_bw") MiB/s against $(mib "$direct_bw") MiB/s direct, $(ratio "$proxied_bw" "$direct_bw") of it (target >= 0.8)")
+        extra+=("  the reference, nginx as the proxy: $(mib "$reference_bw") MiB/s, $(ratio "$reference_bw" "$direct_bw") of direct")
     fi
 fi
 kill "$broker"

@@ -121,6 +121,8 @@ pub struct Profile {
     pub grace: Option<Duration>,
     /// Total granted verifies.
     pub uses: Option<u64>,
+    /// Upstreams of the broker that a run with this profile reaches (`--upstream` for each).
+    pub upstreams: Vec<String>,
 }
 
 impl Default for Config {
@@ -201,6 +203,7 @@ struct ProfileFile {
     on_expiry: Option<String>,
     grace: Option<DurationValue>,
     uses: Option<u64>,
+    upstreams: Option<Vec<String>>,
 }
 
 /// A duration written as whole seconds (`600`) or as text (`"10m"`).
@@ -510,6 +513,7 @@ fn parse_profile(
         on_expiry,
         grace: duration(&file.grace, "grace")?,
         uses: file.uses,
+        upstreams: file.upstreams.clone().unwrap_or_default(),
     })
 }
 

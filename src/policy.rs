@@ -50,6 +50,8 @@ pub struct Plan {
     pub parent: Option<Record>,
     /// When the lease is issued (whole seconds).
     pub issued_at: SystemTime,
+    /// The profile's upstreams, which a run reaches through the broker.
+    pub upstreams: Vec<String>,
 }
 
 /// Works out the lease `asked` for, or says why the policy refuses it. `inherited` is the token
@@ -131,6 +133,7 @@ pub fn plan(
             uses: flags.uses.or(profile.uses),
             parent,
             issued_at,
+            upstreams: profile.upstreams,
         },
         notes,
     ))

@@ -121,6 +121,7 @@ impl MintBody {
                 env: self.env,
                 on_expiry,
                 grace: seconds(self.grace)?,
+                upstreams: Vec::new(),
             },
             no_parent: self.no_parent,
         })
@@ -214,6 +215,10 @@ pub struct Started {
     /// The secret that re-attaches the run (`X-Lease-Hold`), for the wrapper alone: the
     /// command gets the token, never this, so it cannot take its own run over.
     pub hold: String,
+    /// The upstreams the profile asked for (`upstreams` in `[profile.NAME]`), which the run
+    /// reaches besides those of `--upstream`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<String>,
 }
 
 /// What a run tells the broker on its held connection after the first line.

@@ -216,6 +216,7 @@ async fn start(
             parent: record.parent.as_ref().map(ToString::to_string),
             notes,
             hold: secret.expose().to_owned(),
+            upstreams: plan.upstreams.clone(),
         })
     })
     .await

@@ -38,6 +38,11 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
         RunMode::Exec { .. } => Open::CreateIfMissing,
     })?;
     let plan = super::plan(setup, request.asked, &store)?;
+    if let Some(name) = plan.upstreams.first() {
+        anyhow::bail!(
+            "the profile's upstream {name} needs a broker: upstreams and their keys live in the broker's config; set LEASE_BROKER or --broker"
+        );
+    }
     let inherited_at = super::verify::token_env_in_use(&setup.config.token_env).ok();
     let rules = env_rules(
         setup,

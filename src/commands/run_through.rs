@@ -76,7 +76,13 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     let tell_end =
         |kept: Kept, end: FromRun| finish(kept, broker, (&token, &secret), owner_timeout, end);
     let mut vars = vars;
-    for name in &request.upstreams {
+    let mut upstreams = request.upstreams.clone();
+    for name in &started.upstreams {
+        if !upstreams.contains(name) {
+            upstreams.push(name.clone());
+        }
+    }
+    for name in &upstreams {
         match upstream_vars(broker, &token, name) {
             Ok(more) => vars.extend(more),
             Err(err) => {

@@ -921,3 +921,39 @@ fn an_upstream_with_a_listener_of_its_own_serves_at_the_root() {
     .success();
     assert_eq!(out.stdout, format!("http://127.0.0.1:{own}"));
 }
+
+#[test]
+fn a_profile_names_the_upstreams_its_runs_reach() {
+    if !nginx_present() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let upstream = Upstream::start(&sandbox);
+    config(&sandbox, upstream.port);
+    let path = sandbox.path("config/lease/config.toml");
+    let text = fs::read_to_string(&path).expect("config");
+    sandbox.write_config(&format!(
+        "{text}\n[profile.reader]\nscope = [\"read:site\"]\nupstreams = [\"site\"]\n"
+    ));
+    let broker = Broker::start(&sandbox, &[]);
+    let script = r#"curl -s -H "Authorization: Bearer $SITE_TOKEN" "$SITE_URL/files/hello.txt""#;
+    let out = sandbox
+        .lease(["run", "--profile", "reader", "--", "sh", "-c", script])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success();
+    assert_eq!(out.stdout, "hello from upstream\n");
+    if crate::harness::local_only("the local refusal needs no broker") {
+        return;
+    }
+    let out = sandbox
+        .lease(["run", "--profile", "reader", "--", "touch", "ran"])
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert_eq!(
+        out.stderr.trim_end(),
+        "lease: the profile's upstream site needs a broker: upstreams and their keys live in the broker's config; set LEASE_BROKER or --broker"
+    );
+    assert!(!sandbox.path("ran").exists());
+}

@@ -522,12 +522,10 @@ impl Inject {
                 let mut pair = Zeroizing::new(user.as_bytes().to_vec());
                 pair.push(b':');
                 pair.extend_from_slice(key);
+                let encoded =
+                    Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*pair));
                 let mut value = Zeroizing::new(b"Basic ".to_vec());
-                value.extend_from_slice(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(&*pair)
-                        .as_bytes(),
-                );
+                value.extend_from_slice(encoded.as_bytes());
                 ("authorization", value)
             }
             Inject::Header { name, format } => {

@@ -245,12 +245,25 @@ async fn forward(
             challenge(answer.headers_mut());
             return small(answer);
         }
+        // A token that opens nothing is told so first (401), as on a route; a live lease's
+        // request that no route allows is a 403, and goes to its trail.
+        let leaf = match no_route_standing(&live, token).await {
+            Ok(leaf) => leaf,
+            Err(answer) => return small(answer),
+        };
         log(&format!(
-            "denied: no route: upstream={} method={} path={} client={peer}",
+            "denied: no route: upstream={} method={} path={} lease={} client={peer}",
             spec.name,
             method.as_str().escape_debug(),
-            crate::token::redact(&path).escape_debug()
+            crate::token::redact(&path).escape_debug(),
+            leaf.id
         ));
+        let mut event = event;
+        event.lease = Some(leaf.id.clone());
+        event.parent.clone_from(&leaf.parent);
+        event.run.clone_from(&leaf.run);
+        event.reason = Some("no route".to_owned());
+        live.store.audit().note(&event);
         return small(error(
             StatusCode::FORBIDDEN,
             &format!("no route of upstream {} allows {method} {path}", spec.name),
@@ -375,6 +388,46 @@ async fn forward(
         pending: None,
     };
     Response::from_parts(parts, Either::Right(streamed))
+}
+
+/// The live lease of `token` for a request no route allows, or the answer when there is
+/// none: `401` for a token that opens nothing, `503` when the store cannot be read.
+async fn no_route_standing(
+    live: &Arc<Live>,
+    token: Option<Token>,
+) -> Result<crate::record::Record, Response<Full<Bytes>>> {
+    let unauthorized = |why: &str| {
+        let mut answer = error(StatusCode::UNAUTHORIZED, why);
+        challenge(answer.headers_mut());
+        answer
+    };
+    let Some(token) = token.filter(Token::is_well_formed) else {
+        return Err(unauthorized(
+            "malformed: the token given is not a lease token",
+        ));
+    };
+    let standing = {
+        let live = Arc::clone(live);
+        let now = std::time::SystemTime::now();
+        tokio::task::spawn_blocking(move || crate::authorize::standing(&live.store, &token, now))
+            .await
+    };
+    match standing {
+        Ok(Ok(crate::authorize::Standing::Live(records))) => {
+            Ok(records.into_iter().next().expect("a live chain has a leaf"))
+        }
+        Ok(Ok(crate::authorize::Standing::Dead(denial))) => {
+            let why = format!("{}: {}", denial.reason, denial.detail);
+            Err(match status_of(denial.reason) {
+                StatusCode::UNAUTHORIZED => unauthorized(&why),
+                status => error(status, &why),
+            })
+        }
+        Ok(Err(_)) | Err(_) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the broker cannot read its store; nothing is granted",
+        )),
+    }
 }
 
 /// The request to send upstream: the client's, with the upstream's URL, without the lease

@@ -331,6 +331,17 @@ fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
     let reply = curl(&sandbox, &bearer(&token), &[&other]);
     assert_eq!(reply.status, 403, "{reply:?}");
     assert!(!upstream.access_log().contains("/elsewhere"));
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
+    assert!(
+        trail.lines().any(|l| l.contains(r#""event":"proxied""#)
+            && l.contains(r#""path":"/elsewhere""#)
+            && l.contains(r#""reason":"no route""#)),
+        "{trail}"
+    );
+    // A token that opens nothing gets 401 there too, not a word about the routes.
+    let unknown = Sandbox::new().issue("read:site");
+    let reply = curl(&sandbox, &bearer(&unknown), &[&other]);
+    assert_eq!(reply.status, 401, "{reply:?}");
     // No token: 401 with a challenge, before any route is looked at.
     let reply = curl(&sandbox, &[], &[&url]);
     assert_eq!(reply.status, 401, "{reply:?}");

@@ -254,7 +254,9 @@ fn load(request: &ServeRequest) -> Result<Live> {
 /// A bound listener, before the runtime takes it over.
 #[derive(Debug)]
 enum Bound {
-    Unix(std::os::unix::net::UnixListener, PathBuf),
+    /// A unix socket, and its path when the broker made it (and removes it when it stops); a
+    /// socket systemd passed is systemd's to remove.
+    Unix(std::os::unix::net::UnixListener, Option<PathBuf>),
     /// A TCP listener; with a name, an upstream's own (`listen` in `[upstream.NAME]`), where
     /// every request goes to that upstream.
     Tcp(std::net::TcpListener, Option<Arc<str>>),
@@ -263,7 +265,8 @@ enum Bound {
 /// Runs the broker until SIGTERM or SIGINT.
 pub fn serve(request: ServeRequest) -> Result<Exit> {
     let live = load(&request)?;
-    let listen = if request.listen.is_empty() {
+    let activated = activated().context("socket activation")?;
+    let listen = if request.listen.is_empty() && activated.is_empty() {
         vec![Listen::Unix(request.state_dir.join("broker.sock"))]
     } else {
         request.listen.clone()
@@ -274,8 +277,22 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         Some((cert, key)) => Some(tls_acceptor(cert, key)?),
         None => None,
     };
-    let mut bound = Vec::new();
     let plain_ok = request.insecure_http || tls.is_some();
+    let mut bound = Vec::new();
+    for socket in activated {
+        if let Bound::Tcp(listener, _) = &socket
+            && let Ok(address) = listener.local_addr()
+            && !address.ip().is_loopback()
+            && !plain_ok
+        {
+            bail!(
+                "socket activation: {address} is not a loopback address, and plain HTTP would \
+                 carry tokens in clear: set tls_cert and tls_key in the config, or pass \
+                 --insecure-http if a TLS proxy or a private network stands in front"
+            );
+        }
+        bound.push(socket);
+    }
     for address in &listen {
         bound.push(bind(address, plain_ok, live.config.socket_group)?);
     }
@@ -337,7 +354,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     let sockets: Vec<PathBuf> = bound
         .iter()
         .filter_map(|b| match b {
-            Bound::Unix(_, path) => Some(path.clone()),
+            Bound::Unix(_, path) => path.clone(),
             Bound::Tcp(..) => None,
         })
         .collect();
@@ -348,6 +365,55 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     result.map(|()| Exit::Success)
 }
 
+/// The listening sockets systemd passed (socket activation: `LISTEN_PID` names this process,
+/// `LISTEN_FDS` counts them from descriptor 3): each a unix socket or a TCP port.
+fn activated() -> Result<Vec<Bound>> {
+    use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count: i32 = match std::env::var("LISTEN_FDS") {
+        Ok(count) if ours => count
+            .parse()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| anyhow!("LISTEN_FDS={count} is not a count of sockets"))?,
+        _ => return Ok(Vec::new()),
+    };
+    let mut bound = Vec::new();
+    for fd in 3..3 + count {
+        let family = nix::sys::socket::getsockname::<SockaddrStorage>(fd)
+            .with_context(|| format!("descriptor {fd} is not a socket"))?
+            .family();
+        #[allow(unsafe_code)]
+        // SAFETY: under socket activation, descriptors 3 to 3 + LISTEN_FDS - 1 are listening
+        // sockets handed to this process, which nothing else in it owns or closes (getsockname
+        // above proved each open); each is taken over once, here.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Not passed on to anything the broker starts (a secret_command).
+        nix::fcntl::fcntl(
+            &owned,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+        match family {
+            Some(AddressFamily::Unix) => {
+                let listener = std::os::unix::net::UnixListener::from(owned);
+                listener.set_nonblocking(true)?;
+                bound.push(Bound::Unix(listener, None));
+            }
+            Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+                let listener = std::net::TcpListener::from(owned);
+                listener.set_nonblocking(true)?;
+                bound.push(Bound::Tcp(listener, None));
+            }
+            _ => bail!("descriptor {fd} is neither a unix socket nor a TCP port"),
+        }
+    }
+    Ok(bound)
+}
+
 /// Binds one address: a unix socket created 0600 (a stale socket from a dead broker is
 /// replaced; a live one is an error), or a TCP port, refused off loopback without
 /// `--insecure-http`.
@@ -356,7 +422,7 @@ fn bind(address: &Listen, off_loopback_ok: bool, group: Option<u32>) -> Result<B
         Listen::Unix(path) => {
             let listener =
                 bind_unix(path, group).with_context(|| format!("cannot listen on {address}"))?;
-            Ok(Bound::Unix(listener, path.clone()))
+            Ok(Bound::Unix(listener, Some(path.clone())))
         }
         Listen::Tcp(text) => {
             let addrs: Vec<SocketAddr> = text
@@ -455,7 +521,15 @@ async fn run(
         match listener {
             Bound::Unix(std, path) => {
                 let listener = UnixListener::from_std(std)?;
-                log(&format!("listening on unix:{}", path.display()));
+                let shown = match (&path, listener.local_addr()) {
+                    (Some(path), _) => format!("unix:{}", path.display()),
+                    (None, Ok(address)) => match address.as_pathname() {
+                        Some(path) => format!("unix:{} (from systemd)", path.display()),
+                        None => "a unix socket from systemd".to_owned(),
+                    },
+                    (None, Err(_)) => "a unix socket from systemd".to_owned(),
+                };
+                log(&format!("listening on {shown}"));
                 acceptors.push(tokio::spawn(async move {
                     loop {
                         match listener.accept().await {

@@ -1785,3 +1785,79 @@ fn a_command_cannot_take_its_own_run_over() {
     // The wrapper still holds the run: killing it ends the lease at once.
     kill_and_see_owner_gone_within_a_second(&sandbox, &broker, &mut running, &token);
 }
+
+/// The example socket unit's sockets, passed by `systemd-socket-activate` as systemd passes
+/// them: the broker takes them (a unix socket and a TCP port), serves on both, binds nothing
+/// of its own, and leaves the socket file, systemd's, when it stops.
+#[test]
+fn the_broker_takes_its_sockets_from_socket_activation() {
+    if Command::new("systemd-socket-activate")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        crate::harness::skip(
+            "no-systemd-socket-activate",
+            "systemd-socket-activate is not installed",
+        );
+        return;
+    }
+    let unit = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lease-broker.socket"),
+    )
+    .expect("socket unit");
+    assert!(
+        unit.contains("ListenStream=/run/lease/broker.sock"),
+        "{unit}"
+    );
+    assert!(unit.contains("SocketMode=0600"), "{unit}");
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("read:articles");
+    let socket = sandbox.path("activated.sock");
+    let port = free_port();
+    let mut command = sandbox.command("systemd-socket-activate").command;
+    command
+        .arg("-l")
+        .arg(&socket)
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(crate::harness::lease_bin())
+        // systemd-socket-activate passes no environment on, as systemd passes only the unit's.
+        .arg("--state-dir")
+        .arg(sandbox.state_dir())
+        .args(["--config", "/dev/null", "serve"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("systemd-socket-activate");
+    let mut log = Lines::from(child.stderr.take().expect("stderr"));
+    log.expect("Listening on 127.0.0.1");
+    // The first connection starts the broker; the request waits in the socket's queue.
+    sandbox
+        .lease(["verify", "read:articles"])
+        .env("LEASE_TOKEN", &token)
+        .env("LEASE_BROKER", format!("unix:{}", socket.display()))
+        .run()
+        .success();
+    log.expect("(from systemd)");
+    let reply = curl(
+        &sandbox,
+        &bearer(&token),
+        &[
+            "-X",
+            "POST",
+            "--data",
+            r#"{"action":"read:articles"}"#,
+            &format!("http://127.0.0.1:{port}/v1/verify"),
+        ],
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        !sandbox.state_dir().join("broker.sock").exists(),
+        "the broker bound a socket of its own"
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, Signal::SIGTERM).expect("stop");
+    assert_eq!(wait_for_exit(&mut child).code(), Some(0));
+    assert!(socket.exists(), "the broker removed systemd's socket");
+}

@@ -69,12 +69,25 @@ pub struct ServeRequest {
 }
 
 /// The config and the store in force; replaced whole on a reload.
-#[derive(Debug)]
 struct Live {
     config: Config,
     store: Store,
     /// The upstreams of the config, with their keys loaded.
     upstreams: std::collections::BTreeMap<String, Arc<proxy::Upstream>>,
+    /// The TLS side of the TCP listeners, from `tls_cert` and `tls_key` as last read (a
+    /// reload reads renewed certificates).
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("config", &self.config)
+            .field("store", &self.store)
+            .field("upstreams", &self.upstreams)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// What every connection shares.
@@ -138,7 +151,14 @@ impl Shared {
 
     /// Reads the config again; a bad one is reported and the old one kept.
     fn reload(&self) {
-        match load(&self.request) {
+        let loaded = load(&self.request).and_then(|live| {
+            // The listeners were bound as TLS or plain: a reload cannot turn that over.
+            if live.tls.is_some() != self.live().tls.is_some() {
+                bail!("tls_cert and tls_key can be changed by a reload, not added or removed: restart the broker for that");
+            }
+            Ok(live)
+        });
+        match loaded {
             Ok(live) => {
                 let mut slot = match self.live.write() {
                     Ok(slot) => slot,
@@ -244,10 +264,15 @@ fn load(request: &ServeRequest) -> Result<Live> {
     for (name, spec) in &config.upstreams {
         upstreams.insert(name.clone(), Arc::new(proxy::Upstream::load(spec)?));
     }
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+        None => None,
+    };
     Ok(Live {
         config,
         store,
         upstreams,
+        tls,
     })
 }
 
@@ -273,11 +298,8 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     };
     // Everything is bound before the runtime starts: an address in use or refused is an error
     // before the broker says it is ready, and the umask dance below sees no other thread.
-    let tls = match &live.config.tls {
-        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
-        None => None,
-    };
-    let plain_ok = request.insecure_http || tls.is_some();
+    let tls = live.tls.is_some();
+    let plain_ok = request.insecure_http || tls;
     let mut bound = Vec::new();
     for socket in activated {
         if let Bound::Tcp(listener, _) = &socket
@@ -307,13 +329,13 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         else {
             continue;
         };
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let scheme = if tls { "https" } else { "http" };
         if let Ok(at) = listener.local_addr() {
             own.insert(name.clone(), format!("{scheme}://{at}"));
         }
         bound.push(Bound::Tcp(listener, Some(Arc::from(name.as_str()))));
     }
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if tls { "https" } else { "http" };
     let bases = bound
         .iter()
         .filter_map(|b| match b {
@@ -358,7 +380,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
             Bound::Tcp(..) => None,
         })
         .collect();
-    let result = runtime.block_on(run(shared, bound, done, tls));
+    let result = runtime.block_on(run(shared, bound, done));
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }
@@ -505,12 +527,10 @@ enum Accepted {
     Tcp(TcpStream, SocketAddr, Option<Arc<str>>),
 }
 
-async fn run(
-    shared: Arc<Shared>,
-    bound: Vec<Bound>,
-    mut done: mpsc::Receiver<()>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) -> Result<()> {
+async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()>) -> Result<()> {
+    // Whether the TCP listeners speak TLS is fixed at start; the certificate is the live
+    // config's, so that a reload serves a renewed one to the next connection.
+    let tls = shared.live().tls.is_some();
     let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
@@ -545,7 +565,7 @@ async fn run(
             }
             Bound::Tcp(std, only) => {
                 let listener = TcpListener::from_std(std)?;
-                let scheme = if tls.is_some() { "https" } else { "http" };
+                let scheme = if tls { "https" } else { "http" };
                 let upstream = only
                     .as_ref()
                     .map(|name| format!(" for upstream {name}"))
@@ -618,11 +638,11 @@ async fn run(
                             let peer = Peer::unix(&stream);
                             connect(&shared, stream, peer, permit, None);
                         }
-                        Accepted::Tcp(stream, address, only) => match &tls {
+                        Accepted::Tcp(stream, address, only) => match shared.live().tls.clone() {
                             Some(acceptor) => {
                                 // The handshake runs in a task of its own, bounded like a
                                 // request head.
-                                let (acceptor, shared) = (acceptor.clone(), Arc::clone(&shared));
+                                let shared = Arc::clone(&shared);
                                 tokio::spawn(async move {
                                     let handshake = acceptor.accept(stream);
                                     match tokio::time::timeout(HEADER_TIMEOUT, handshake).await {

@@ -1861,3 +1861,55 @@ fn the_broker_takes_its_sockets_from_socket_activation() {
     assert_eq!(wait_for_exit(&mut child).code(), Some(0));
     assert!(socket.exists(), "the broker removed systemd's socket");
 }
+
+/// A renewed certificate in the same files: SIGHUP serves it to the next connection. TLS
+/// cannot be turned off by a reload (the listeners were bound under its rule).
+#[test]
+fn a_reload_serves_a_renewed_certificate() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        crate::harness::skip("no-openssl", "openssl is not installed");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (old_ca, cert, key) = certificates(&sandbox);
+    let config = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    sandbox.write_config(&config);
+    let mut broker = Broker::start(&sandbox, &[]);
+    let https = format!("https://{}", broker.tcp);
+    let token = sandbox.issue("read:articles");
+    let verify = |ca: &Path| {
+        sandbox
+            .lease(["verify", "read:articles"])
+            .env("LEASE_TOKEN", &token)
+            .env("LEASE_BROKER", &https)
+            .env("LEASE_BROKER_CA", ca)
+            .run()
+    };
+    verify(&old_ca).success();
+    // Renewed: another CA's certificate and key, written over the same files.
+    let other = Sandbox::new();
+    let (new_ca, new_cert, new_key) = certificates(&other);
+    let new_ca_here = sandbox.path("new-ca.pem");
+    fs::copy(&new_ca, &new_ca_here).expect("ca");
+    fs::copy(&new_cert, &cert).expect("cert");
+    fs::copy(&new_key, &key).expect("key");
+    broker.signal(Signal::SIGHUP);
+    broker.expect_log("reloaded the config");
+    verify(&new_ca_here).success();
+    let out = verify(&old_ca).code_is(2).one_error_line();
+    assert!(out.stderr.contains("TLS handshake"), "{out:?}");
+    // Without TLS the listener would carry tokens in clear: the reload is refused.
+    let path = sandbox.path("config/lease/config.toml");
+    fs::write(&path, "").expect("config");
+    broker.signal(Signal::SIGHUP);
+    let line = broker.expect_log("reload failed");
+    assert!(
+        line.contains("tls_cert and tls_key can be changed by a reload, not added or removed"),
+        "{line}"
+    );
+    verify(&new_ca_here).success();
+}

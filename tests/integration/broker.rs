@@ -1563,7 +1563,7 @@ fn changing_subcommands_through_the_broker_follow_who_may_do_what() {
 
 /// A test CA, and a certificate it signed for 127.0.0.1 with its key, made by openssl in the
 /// sandbox: (CA certificate, broker certificate, broker key).
-fn certificates(sandbox: &Sandbox) -> (PathBuf, PathBuf, PathBuf) {
+pub fn certificates(sandbox: &Sandbox) -> (PathBuf, PathBuf, PathBuf) {
     let path = |name: &str| sandbox.path(name);
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl")

@@ -20,6 +20,22 @@ struct Upstream {
 
 impl Upstream {
     fn start(sandbox: &Sandbox) -> Upstream {
+        Upstream::start_with(sandbox, None)
+    }
+
+    /// The same, speaking TLS with `tls` (a certificate and its key) if given.
+    fn start_with(
+        sandbox: &Sandbox,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Upstream {
+        let listen_tls = match tls {
+            Some((cert, key)) => format!(
+                " ssl; ssl_certificate {}; ssl_certificate_key {}",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let dir = sandbox.path("upstream");
         fs::create_dir_all(dir.join("tmp")).expect("upstream dir");
         fs::create_dir_all(dir.join("site/files")).expect("site");
@@ -46,7 +62,7 @@ http {{
   log_format seen '$request_method $uri auth=[$http_authorization] key=[$http_x_api_key]';
   map $http_authorization $keyed {{ \"Bearer {KEY}\" 1; default 0; }}
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{listen_tls};
     access_log {d}/access.log seen;
     root {d}/site;
     location / {{
@@ -967,4 +983,75 @@ fn a_profile_names_the_upstreams_its_runs_reach() {
         "lease: the profile's upstream site needs a broker: upstreams and their keys live in the broker's config; set LEASE_BROKER or --broker"
     );
     assert!(!sandbox.path("ran").exists());
+}
+
+/// An https upstream whose certificate a private CA signed: trusted through `ca_file`, and a
+/// clear 502 without it (the system's roots do not know that CA); an upstream that is not
+/// there: 502. No answer names the key or the token.
+#[test]
+fn an_https_upstream_is_trusted_through_its_ca_file_and_failures_are_502() {
+    if !nginx_present() {
+        return;
+    }
+    if Command::new("openssl").arg("version").output().is_err() {
+        crate::harness::skip("no-openssl", "openssl is not installed");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let (ca, cert, key) = crate::broker::certificates(&sandbox);
+    let upstream = Upstream::start_with(&sandbox, Some((&cert, &key)));
+    let body = |ca_file: Option<&std::path::Path>, port: u16| {
+        let ca_line = ca_file
+            .map(|ca| format!("ca_file = \"{}\"\n", ca.display()))
+            .unwrap_or_default();
+        let key = sandbox.path("site.key");
+        fs::write(&key, format!("{KEY}\n")).expect("key");
+        fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        format!(
+            "[upstream.site]\nurl = \"https://127.0.0.1:{port}\"\nsecret_file = \"{}\"\n{ca_line}[[upstream.site.route]]\nmethod = \"GET\"\npath = \"/files/**\"\naction = \"read:site\"\n",
+            key.display()
+        )
+    };
+    sandbox.write_config(&body(Some(&ca), upstream.port));
+    let broker = Broker::start(&sandbox, &[]);
+    let token = sandbox.issue("read:site,write:site=2");
+    let url = |broker: &Broker| format!("http://{}/u/site/files/hello.txt", broker.tcp);
+    let reply = curl(&sandbox, &bearer(&token), &[&url(&broker)]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, "hello from upstream\n");
+    drop(broker);
+    // Without the CA: the handshake fails, and the answer says so.
+    sandbox.write_config(&body(None, upstream.port));
+    let broker = Broker::start(&sandbox, &[]);
+    let reply = curl(&sandbox, &bearer(&token), &[&url(&broker)]);
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert!(reply.body.contains("the upstream site failed"), "{reply:?}");
+    assert!(!reply.body.contains(KEY) && !reply.body.contains(&token));
+    drop(broker);
+    // Nothing listening there: 502 too.
+    sandbox.write_config(&body(Some(&ca), free_port()));
+    let broker = Broker::start(&sandbox, &[]);
+    let reply = curl(&sandbox, &bearer(&token), &[&url(&broker)]);
+    assert_eq!(reply.status, 502, "{reply:?}");
+    let (_, log) = broker.stop();
+    assert!(!log.join("\n").contains(KEY));
+}
+
+/// A budget on the lease is charged per proxied request: the third of two uses is refused,
+/// and the upstream never sees it.
+#[test]
+fn each_proxied_request_spends_the_leases_budget() {
+    let Some((sandbox, upstream, broker)) = nginx_upstream_and_broker() else {
+        return;
+    };
+    let token = sandbox.issue("read:site=2");
+    let url = format!("http://{}/u/site/files/hello.txt", broker.tcp);
+    for _ in 0..2 {
+        assert_eq!(curl(&sandbox, &bearer(&token), &[&url]).status, 200);
+    }
+    let reply = curl(&sandbox, &bearer(&token), &[&url]);
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert!(reply.body.contains("used up"), "{reply:?}");
+    assert_eq!(upstream.access_log().matches("/files/hello.txt").count(), 2);
 }

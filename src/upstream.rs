@@ -439,8 +439,13 @@ fn run_secret_command(argv: &[String]) -> Result<Zeroizing<Vec<u8>>> {
         let _ = child.wait();
     };
     let status = loop {
-        if let Some(status) = child.try_wait().context("secret_command: waiting")? {
-            break status;
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(err) => {
+                kill(&mut child);
+                return Err(err).context("secret_command: waiting");
+            }
         }
         if Instant::now() >= deadline {
             kill(&mut child);

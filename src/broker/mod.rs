@@ -99,6 +99,9 @@ struct Shared {
     /// `http(s)://ADDRESS` of each upstream's own listener, by upstream (bound at start: a
     /// `listen` changed on SIGHUP takes a restart).
     own: HashMap<String, String>,
+    /// A reload is running; another was asked for meanwhile.
+    reloading: std::sync::atomic::AtomicBool,
+    reload_again: std::sync::atomic::AtomicBool,
     metrics: Metrics,
     request: ServeRequest,
     /// Set when the broker stops: connections finish, held runs let go of their connection.
@@ -149,6 +152,23 @@ impl Shared {
         lock(&self.attached).contains_key(id)
     }
 
+    /// Reads the config again, one reload at a time: a SIGHUP during a reload makes it read
+    /// once more when it ends, so that the newest config is the one in force.
+    fn reload_now(&self) {
+        if self.reloading.swap(true, Ordering::SeqCst) {
+            self.reload_again.store(true, Ordering::SeqCst);
+            return;
+        }
+        loop {
+            self.reload_again.store(false, Ordering::SeqCst);
+            self.reload();
+            if !self.reload_again.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        self.reloading.store(false, Ordering::SeqCst);
+    }
+
     /// Reads the config again; a bad one is reported and the old one kept.
     fn reload(&self) {
         let loaded = load(&self.request).and_then(|live| {
@@ -160,6 +180,19 @@ impl Shared {
         });
         match loaded {
             Ok(live) => {
+                let before = self.live();
+                for (name, spec) in &live.config.upstreams {
+                    let was = before
+                        .config
+                        .upstreams
+                        .get(name)
+                        .and_then(|s| s.listen.as_ref());
+                    if spec.listen.as_ref() != was {
+                        log(&format!(
+                            "upstream {name}: a changed listen takes effect at the next start"
+                        ));
+                    }
+                }
                 let mut slot = match self.live.write() {
                     Ok(slot) => slot,
                     Err(poisoned) => poisoned.into_inner(),
@@ -289,8 +322,9 @@ enum Bound {
 
 /// Runs the broker until SIGTERM or SIGINT.
 pub fn serve(request: ServeRequest) -> Result<Exit> {
-    let live = load(&request)?;
+    // First, before anything starts a process (a secret_command) that could inherit them.
     let activated = activated().context("socket activation")?;
+    let live = load(&request)?;
     let listen = if request.listen.is_empty() && activated.is_empty() {
         vec![Listen::Unix(request.state_dir.join("broker.sock"))]
     } else {
@@ -331,7 +365,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         };
         let scheme = if tls { "https" } else { "http" };
         if let Ok(at) = listener.local_addr() {
-            own.insert(name.clone(), format!("{scheme}://{at}"));
+            own.insert(name.clone(), format!("{scheme}://{}", reachable(at)));
         }
         bound.push(Bound::Tcp(listener, Some(Arc::from(name.as_str()))));
     }
@@ -343,21 +377,14 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
             Bound::Tcp(_, Some(_)) => None,
             Bound::Unix(..) => None,
         })
-        .map(|mut address| {
-            // Bound to every address: a client on this host reaches it on loopback.
-            if address.ip().is_unspecified() {
-                address.set_ip(match address {
-                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                });
-            }
-            format!("{scheme}://{address}")
-        })
+        .map(|address| format!("{scheme}://{}", reachable(address)))
         .collect();
     let (guard, done) = mpsc::channel(1);
     let shared = Arc::new(Shared {
         bases,
         own,
+        reloading: std::sync::atomic::AtomicBool::new(false),
+        reload_again: std::sync::atomic::AtomicBool::new(false),
         live: RwLock::new(Arc::new(live)),
         metrics: Metrics::default(),
         request,
@@ -387,6 +414,18 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     result.map(|()| Exit::Success)
 }
 
+/// `address` as a client on this host reaches it: on loopback when it is bound to every
+/// address.
+fn reachable(mut address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    address
+}
+
 /// The listening sockets systemd passed (socket activation: `LISTEN_PID` names this process,
 /// `LISTEN_FDS` counts them from descriptor 3): each a unix socket or a TCP port.
 fn activated() -> Result<Vec<Bound>> {
@@ -400,7 +439,7 @@ fn activated() -> Result<Vec<Bound>> {
         Ok(count) if ours => count
             .parse()
             .ok()
-            .filter(|n| (1..=64).contains(n))
+            .filter(|n| (0..=64).contains(n))
             .ok_or_else(|| anyhow!("LISTEN_FDS={count} is not a count of sockets"))?,
         _ => return Ok(Vec::new()),
     };
@@ -410,15 +449,26 @@ fn activated() -> Result<Vec<Bound>> {
             .with_context(|| format!("descriptor {fd} is not a socket"))?
             .family();
         #[allow(unsafe_code)]
-        // SAFETY: under socket activation, descriptors 3 to 3 + LISTEN_FDS - 1 are listening
-        // sockets handed to this process, which nothing else in it owns or closes (getsockname
-        // above proved each open); each is taken over once, here.
+        // SAFETY: under socket activation, descriptors 3 to 3 + LISTEN_FDS - 1 are sockets
+        // handed to this process, and this runs first in `serve`, before anything in it opens
+        // a descriptor or starts a process or thread, so nothing else owns or closes them
+        // (getsockname above proved each open); each is taken over once, here.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         // Not passed on to anything the broker starts (a secret_command).
         nix::fcntl::fcntl(
             &owned,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
         )?;
+        // A stream socket that listens: a datagram socket, or a connection passed with
+        // Accept=yes, would fail every accept.
+        use nix::sys::socket::{SockType, getsockopt, sockopt};
+        let listening = getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false);
+        let stream = getsockopt(&owned, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
+        if !listening || !stream {
+            bail!(
+                "descriptor {fd} is not a listening stream socket: the unit needs ListenStream= and Accept=no"
+            );
+        }
         match family {
             Some(AddressFamily::Unix) => {
                 let listener = std::os::unix::net::UnixListener::from(owned);
@@ -625,7 +675,7 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()
             _ = hangup.recv() => {
                 // A reload reads files and may run secret_command: off the runtime's threads.
                 let shared = Arc::clone(&shared);
-                tokio::task::spawn_blocking(move || shared.reload());
+                tokio::task::spawn_blocking(move || shared.reload_now());
             }
             connection = accepted.recv() => match connection {
                 Some(accepted) => {

@@ -357,7 +357,7 @@ async fn forward(
     // A redirect within the upstream stays within the broker: its client would otherwise go
     // to the upstream directly, without the key.
     if let Some(location) = parts.headers.get(header::LOCATION)
-        && let Some(moved) = within_broker(spec, location.as_bytes())
+        && let Some(moved) = within_broker(spec, location.as_bytes(), only.is_some())
         && let Ok(value) = HeaderValue::from_str(&moved)
     {
         parts.headers.insert(header::LOCATION, value);
@@ -492,9 +492,10 @@ fn outgoing(
 }
 
 /// A `Location` under the upstream's URL (absolute, or a path under its base path), as the
-/// same place under the broker's `/u/NAME`: a path the client resolves against the broker.
-/// `None` for anywhere else, which goes out as it is.
-fn within_broker(spec: &Spec, location: &[u8]) -> Option<String> {
+/// same place under the broker's `/u/NAME` (or at the root of the upstream's own listener,
+/// `own`): a path the client resolves against the broker. `None` for anywhere else, which goes
+/// out as it is.
+fn within_broker(spec: &Spec, location: &[u8], own: bool) -> Option<String> {
     let location = std::str::from_utf8(location).ok()?;
     let absolute = format!("{}://{}", spec.scheme, spec.authority);
     let path = match location.get(..absolute.len()) {
@@ -505,6 +506,13 @@ fn within_broker(spec: &Spec, location: &[u8]) -> Option<String> {
     let rest = path.strip_prefix(spec.base_path.as_str())?;
     if !(rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
         return None;
+    }
+    if own {
+        return Some(if rest.starts_with('/') {
+            rest.to_owned()
+        } else {
+            format!("/{rest}")
+        });
     }
     Some(format!("/u/{}{rest}", spec.name))
 }
@@ -756,7 +764,7 @@ mod tests {
             toml::from_str("url = \"https://api.example.com/v2\"\nsecret_env = \"K\"")
                 .expect("table");
         let spec = Spec::parse("api", file).expect("spec");
-        let moved = |location: &str| within_broker(&spec, location.as_bytes());
+        let moved = |location: &str| within_broker(&spec, location.as_bytes(), false);
         assert_eq!(
             moved("https://api.example.com/v2/a?b=1").as_deref(),
             Some("/u/api/a?b=1")
@@ -775,5 +783,15 @@ mod tests {
             "another host goes as it is"
         );
         assert_eq!(moved("http://api.example.com/v2/a"), None, "another scheme");
+        // On the upstream's own listener, the same places at its root.
+        let own = |location: &str| within_broker(&spec, location.as_bytes(), true);
+        assert_eq!(
+            own("https://api.example.com/v2/a?b=1").as_deref(),
+            Some("/a?b=1")
+        );
+        assert_eq!(own("/v2/next").as_deref(), Some("/next"));
+        assert_eq!(own("/v2").as_deref(), Some("/"));
+        assert_eq!(own("/v2?x").as_deref(), Some("/?x"));
+        assert_eq!(own("https://cdn.example.com/v2/a"), None);
     }
 }

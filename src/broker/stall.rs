@@ -14,8 +14,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// How long a write may wait for the peer to read.
-pub(super) const STALL: Duration = Duration::from_secs(60);
+/// How long a write may wait for the peer to read: as long as an upstream's default
+/// `idle_timeout`, since a peer that reads slowly is woken only once a third of a large send
+/// buffer has drained.
+pub(super) const STALL: Duration = Duration::from_secs(300);
 
 /// `io`, whose writes fail with `TimedOut` once one has waited [`STALL`] for the peer.
 #[derive(Debug)]

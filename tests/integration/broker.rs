@@ -1860,6 +1860,37 @@ fn the_broker_takes_its_sockets_from_socket_activation() {
     nix::sys::signal::kill(pid, Signal::SIGTERM).expect("stop");
     assert_eq!(wait_for_exit(&mut child).code(), Some(0));
     assert!(socket.exists(), "the broker removed systemd's socket");
+    // Accept=yes passes a connection, not a listening socket: the broker says so and stops,
+    // instead of failing every accept.
+    let connected = sandbox.path("accept.sock");
+    let mut command = sandbox.command("systemd-socket-activate").command;
+    command
+        .arg("--accept")
+        .arg("-l")
+        .arg(&connected)
+        .arg(crate::harness::lease_bin())
+        .arg("--state-dir")
+        .arg(sandbox.state_dir())
+        .args(["--config", "/dev/null", "serve"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("systemd-socket-activate");
+    let mut log = Lines::from(child.stderr.take().expect("stderr"));
+    log.expect("Listening on");
+    sandbox
+        .lease(["verify", "read:articles"])
+        .env("LEASE_TOKEN", &token)
+        .env("LEASE_BROKER", format!("unix:{}", connected.display()))
+        .run()
+        .code_is(2);
+    let line = log.expect("socket activation");
+    assert!(
+        line.contains("descriptor 3 is not a listening stream socket"),
+        "{line}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A renewed certificate in the same files: SIGHUP serves it to the next connection. TLS

@@ -595,30 +595,46 @@ impl Redactor {
 
     /// The next part of the stream that can go out, after `chunk`.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.push_bytes(bytes::Bytes::copy_from_slice(chunk))
+            .to_vec()
+    }
+
+    /// [`Redactor::push`] for a chunk the caller owns: when it holds no needle and nothing
+    /// was held back before it, what goes out is the chunk itself (or its start), not a copy.
+    pub fn push_bytes(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
+        if self.held.is_empty() {
+            let (masked, held_from) = self.scan(&chunk, false);
+            self.held.extend_from_slice(&chunk[held_from..]);
+            return match masked {
+                Some(out) => bytes::Bytes::from(out),
+                None => chunk.slice(..held_from),
+            };
+        }
         let mut data = std::mem::take(&mut self.held);
-        data.extend_from_slice(chunk);
-        let (out, held_from) = self.scan(&data, false);
+        data.extend_from_slice(&chunk);
+        let (masked, held_from) = self.scan(&data, false);
         self.held.extend_from_slice(&data[held_from..]);
-        out
+        bytes::Bytes::from(masked.unwrap_or_else(|| data[..held_from].to_vec()))
     }
 
     /// What is left at the end of the stream (the start of a needle that never finished).
     pub fn finish(&mut self) -> Vec<u8> {
         let data = std::mem::take(&mut self.held);
-        self.scan(&data, true).0
+        let (masked, _) = self.scan(&data, true);
+        masked.unwrap_or_else(|| data.to_vec())
     }
 
     /// Masks every needle in one whole value (a header), if it has any.
     pub fn redact_whole(&self, value: &[u8]) -> Option<Vec<u8>> {
-        let (out, _) = self.scan(value, true);
-        (out != value).then_some(out)
+        self.scan(value, true).0
     }
 
     /// `data` with its needles masked, up to where a needle may begin but `data` ends before
-    /// it could be told (unless `last`): the masked text, and where the rest to hold starts.
-    /// Where needles start at the same byte, the longest wins.
-    fn scan(&self, data: &[u8], last: bool) -> (Vec<u8>, usize) {
-        let mut out = Vec::with_capacity(data.len());
+    /// it could be told (unless `last`): the masked text (`None` when there was nothing to
+    /// mask, so that the caller can pass `data` on as it is), and where the rest to hold
+    /// starts. Where needles start at the same byte, the longest wins.
+    fn scan(&self, data: &[u8], last: bool) -> (Option<Vec<u8>>, usize) {
+        let mut out: Option<Vec<u8>> = None;
         let mut copied = 0;
         let mut from = 0;
         while let Some(found) = self.next_start(&data[from..]) {
@@ -631,12 +647,15 @@ impl Redactor {
                     break;
                 }
                 if !last && needle.len() > rest.len() && needle.starts_with(rest) {
-                    out.extend_from_slice(&data[copied..at]);
+                    if let Some(out) = &mut out {
+                        out.extend_from_slice(&data[copied..at]);
+                    }
                     return (out, at);
                 }
             }
             match masked {
                 Some(len) => {
+                    let out = out.get_or_insert_with(|| Vec::with_capacity(data.len()));
                     out.extend_from_slice(&data[copied..at]);
                     out.extend_from_slice(MASK);
                     from = at + len;
@@ -645,7 +664,9 @@ impl Redactor {
                 None => from = at + 1,
             }
         }
-        out.extend_from_slice(&data[copied..]);
+        if let Some(out) = &mut out {
+            out.extend_from_slice(&data[copied..]);
+        }
         (out, data.len())
     }
 

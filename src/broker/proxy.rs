@@ -699,9 +699,9 @@ impl Body for Streamed {
                     match frame.into_data() {
                         Ok(data) => {
                             this.down += data.len() as u64;
-                            let out = this.redactor.push(&data);
+                            let out = this.redactor.push_bytes(data);
                             if !out.is_empty() {
-                                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
                             }
                         }
                         Err(frame) => {

@@ -750,6 +750,25 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_value_is_masked_only_where_it_holds_a_needle_and_the_filter_shows_none() {
+        let redactor = Redactor::new(needles(&[b"s3cr3t", b"czNjcjN0"]));
+        assert_eq!(
+            redactor
+                .redact_whole(b"Bearer s3cr3t, Basic czNjcjN0")
+                .as_deref(),
+            Some(&b"Bearer ***, Basic ***"[..])
+        );
+        assert_eq!(
+            redactor.redact_whole(b"s3cr3"),
+            None,
+            "a start alone is no needle"
+        );
+        assert_eq!(redactor.redact_whole(b"nothing here"), None);
+        let shown = format!("{redactor:?}");
+        assert_eq!(shown, "Redactor(2 needles, ***)");
+    }
+
+    #[test]
     fn a_secret_is_refused_empty_or_with_a_line_break_inside() {
         let secret =
             |b: &[u8]| Secret::new(Zeroizing::new(b.to_vec())).map(|s| s.expose().to_vec());

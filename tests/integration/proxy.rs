@@ -311,6 +311,20 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
         "{receipt}"
     );
     assert!(!read("receipt.json").contains(KEY));
+    // `lease suggest` counts the proxied requests as the run's decisions.
+    let id = receipt["lease"]["id"].as_str().expect("id");
+    let suggested = sandbox
+        .lease(["suggest", id])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success()
+        .stdout;
+    let lines: Vec<&str> = suggested.lines().collect();
+    assert_eq!(lines[0], "--scope read:site", "{suggested}");
+    assert!(
+        lines.contains(&"denied: read:private (out of scope)"),
+        "{suggested}"
+    );
     let (_, log) = broker.stop();
     let log = log.join("\n");
     assert!(!log.contains(KEY) && !log.contains(&token), "{log}");

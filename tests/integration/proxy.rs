@@ -368,6 +368,15 @@ fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
             && l.contains(r#""reason":"no route""#)),
         "{trail}"
     );
+    // A token put in the path by mistake is in neither the trail nor the log.
+    let in_path = format!("http://{}/u/site/files/{token}", broker.tcp);
+    assert_eq!(curl(&sandbox, &bearer(&token), &[&in_path]).status, 404);
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
+    assert!(trail.contains(r#""path":"/files/agt_"#), "{trail}");
+    assert!(
+        !trail.contains(&token),
+        "the token is in the trail: {trail}"
+    );
     // A token that opens nothing gets 401 there too, not a word about the routes.
     let unknown = Sandbox::new().issue("read:site");
     let reply = curl(&sandbox, &bearer(&unknown), &[&other]);

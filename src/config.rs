@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
 use crate::endpoint::Endpoint;
-use crate::route::Route;
+use crate::route::{Route, RouteFile};
 use crate::scope::{self, Grant, Scope};
 use crate::ttl;
 
@@ -182,15 +182,6 @@ struct File {
 enum OperatorValue {
     Uid(u32),
     Name(String),
-}
-
-/// A `[[route]]` table as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteFile {
-    method: Option<String>,
-    path: String,
-    action: String,
 }
 
 /// A `[profile.NAME]` table as written.
@@ -419,15 +410,14 @@ impl Config {
             config.operators = Some(uids);
         }
         for (index, route) in file.route.iter().enumerate() {
-            let parsed = Route::parse(route.method.as_deref(), &route.path, &route.action)
-                .map_err(|e| {
-                    anyhow!(
-                        "invalid config {}: route {} (the [[route]] with path {:?}): {e:#}",
-                        path.display(),
-                        index + 1,
-                        route.path
-                    )
-                })?;
+            let parsed = route.parse().map_err(|e| {
+                anyhow!(
+                    "invalid config {}: route {} (the [[route]] with path {:?}): {e:#}",
+                    path.display(),
+                    index + 1,
+                    route.path()
+                )
+            })?;
             config.routes.push(parsed);
         }
         for (name, upstream) in file.upstream {

@@ -22,6 +22,27 @@ const PATH_MATCH: MatchOptions = MatchOptions {
     require_literal_leading_dot: false,
 };
 
+/// A route table as written (`[[route]]`, `[[upstream.NAME.route]]`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    method: Option<String>,
+    path: String,
+    action: String,
+}
+
+impl RouteFile {
+    /// The route it describes.
+    pub fn parse(&self) -> Result<Route> {
+        Route::parse(self.method.as_deref(), &self.path, &self.action)
+    }
+
+    /// Its path as written, for messages.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
 /// One `[[route]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {

@@ -30,7 +30,7 @@ use base64::Engine;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::route::Route;
+use crate::route::{Route, RouteFile};
 
 /// The largest secret read from a file or a command: keys are a few hundred bytes.
 const MAX_SECRET_BYTES: u64 = 64 * 1024;
@@ -128,15 +128,6 @@ pub struct SpecFile {
     listen: Option<String>,
     #[serde(default)]
     route: Vec<RouteFile>,
-}
-
-/// An `[[upstream.NAME.route]]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteFile {
-    method: Option<String>,
-    path: String,
-    action: String,
 }
 
 /// Whether `name` is a usable header name (an RFC 9110 token).
@@ -308,8 +299,9 @@ impl Spec {
         let mut routes = Vec::new();
         for (index, route) in file.route.iter().enumerate() {
             routes.push(
-                Route::parse(route.method.as_deref(), &route.path, &route.action)
-                    .map_err(|e| anyhow!("route {} (path {:?}): {e:#}", index + 1, route.path))?,
+                route
+                    .parse()
+                    .map_err(|e| anyhow!("route {} (path {:?}): {e:#}", index + 1, route.path()))?,
             );
         }
         let seconds = |key: &str, value: Option<u64>, default: Duration| match value {

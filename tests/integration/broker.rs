@@ -714,25 +714,21 @@ fn routes_config(sandbox: &Sandbox) {
     );
 }
 
-/// nginx with `auth_request`, started daemonized (its start returns once it listens) on
-/// `front`, proxying to a second server on `upstream` that serves the site and logs each
-/// request it sees.
-struct Nginx {
-    sandbox_dir: PathBuf,
-    conf: PathBuf,
+/// An nginx started daemonized in `dir` (its start returns once it listens), with `http` as
+/// the inside of its `http { }` block, after the settings every test's nginx shares (temporary
+/// paths in `dir/tmp`, no access log unless a server sets one); stopped when dropped.
+pub struct NginxServer {
+    dir: PathBuf,
 }
 
-impl Nginx {
-    fn start(sandbox: &Sandbox, broker: &Broker, site: &Site, front: u16) -> Nginx {
-        let dir = sandbox.path("nginx");
+impl NginxServer {
+    pub fn start(dir: PathBuf, http: &str) -> NginxServer {
         fs::create_dir_all(dir.join("tmp")).expect("nginx dir");
-        let upstream = free_port();
         let user = if nix::unistd::geteuid().is_root() {
             "user root;"
         } else {
             ""
         };
-        let conf = dir.join("nginx.conf");
         let text = format!(
             "{user}
 daemon on;
@@ -744,7 +740,46 @@ http {{
   access_log off;
   client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;
   fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;
-  log_format path $request_method:$request_uri;
+{http}
+}}
+",
+            d = dir.display(),
+        );
+        fs::write(dir.join("nginx.conf"), text).expect("nginx.conf");
+        let server = NginxServer { dir };
+        let out = server.command().output().expect("nginx");
+        assert!(out.status.success(), "nginx did not start: {out:?}");
+        server
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("nginx");
+        command
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-e")
+            .arg(self.dir.join("error.log"))
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"));
+        command
+    }
+}
+
+impl Drop for NginxServer {
+    fn drop(&mut self) {
+        let _ = self.command().args(["-s", "stop"]).output();
+    }
+}
+
+/// nginx with `auth_request` on `front`, proxying to a second server on `upstream` that serves
+/// the site and logs each request it sees.
+struct Nginx;
+
+impl Nginx {
+    fn start(sandbox: &Sandbox, broker: &Broker, site: &Site, front: u16) -> NginxServer {
+        let upstream = free_port();
+        let http = format!(
+            "  log_format path $request_method:$request_uri;
   upstream lease {{ server unix:{socket}; keepalive 4; }}
   server {{
     listen 127.0.0.1:{upstream};
@@ -768,43 +803,12 @@ http {{
       proxy_set_header X-Original-Method $request_method;
       proxy_set_header X-Lease-Action \"\";
     }}
-  }}
-}}
-",
-            d = dir.display(),
+  }}",
             log = site.upstream_log.display(),
             site = site.dir.display(),
             socket = broker.socket.display(),
         );
-        fs::write(&conf, text).expect("nginx.conf");
-        let out = Command::new("nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&conf)
-            .output()
-            .expect("nginx");
-        assert!(out.status.success(), "nginx did not start: {out:?}");
-        Nginx {
-            sandbox_dir: dir,
-            conf,
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = Command::new("nginx")
-            .arg("-p")
-            .arg(&self.sandbox_dir)
-            .arg("-e")
-            .arg(self.sandbox_dir.join("error.log"))
-            .arg("-c")
-            .arg(&self.conf)
-            .args(["-s", "stop"])
-            .output();
+        NginxServer::start(sandbox.path("nginx"), &http)
     }
 }
 
@@ -1815,22 +1819,32 @@ fn the_broker_takes_its_sockets_from_socket_activation() {
     let token = sandbox.issue("read:articles");
     let socket = sandbox.path("activated.sock");
     let port = free_port();
-    let mut command = sandbox.command("systemd-socket-activate").command;
-    command
-        .arg("-l")
-        .arg(&socket)
-        .arg("-l")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(crate::harness::lease_bin())
-        // systemd-socket-activate passes no environment on, as systemd passes only the unit's.
-        .arg("--state-dir")
-        .arg(sandbox.state_dir())
-        .args(["--config", "/dev/null", "serve"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("systemd-socket-activate");
-    let mut log = Lines::from(child.stderr.take().expect("stderr"));
+    // `lease serve` under systemd-socket-activate with `sockets` (its arguments before the
+    // program), and the tool's log, which the broker's stderr joins.
+    let activate = |sockets: &[&std::ffi::OsStr]| {
+        let mut command = sandbox.command("systemd-socket-activate").command;
+        command
+            .args(sockets)
+            .arg(crate::harness::lease_bin())
+            // systemd-socket-activate passes no environment on, as systemd passes only the
+            // unit's.
+            .arg("--state-dir")
+            .arg(sandbox.state_dir())
+            .args(["--config", "/dev/null", "serve"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("systemd-socket-activate");
+        let log = Lines::from(child.stderr.take().expect("stderr"));
+        (child, log)
+    };
+    let tcp = format!("127.0.0.1:{port}");
+    let (mut child, mut log) = activate(&[
+        "-l".as_ref(),
+        socket.as_os_str(),
+        "-l".as_ref(),
+        tcp.as_ref(),
+    ]);
     log.expect("Listening on 127.0.0.1");
     // The first connection starts the broker; the request waits in the socket's queue.
     sandbox
@@ -1863,20 +1877,8 @@ fn the_broker_takes_its_sockets_from_socket_activation() {
     // Accept=yes passes a connection, not a listening socket: the broker says so and stops,
     // instead of failing every accept.
     let connected = sandbox.path("accept.sock");
-    let mut command = sandbox.command("systemd-socket-activate").command;
-    command
-        .arg("--accept")
-        .arg("-l")
-        .arg(&connected)
-        .arg(crate::harness::lease_bin())
-        .arg("--state-dir")
-        .arg(sandbox.state_dir())
-        .args(["--config", "/dev/null", "serve"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("systemd-socket-activate");
-    let mut log = Lines::from(child.stderr.take().expect("stderr"));
+    let (mut child, mut log) =
+        activate(&["--accept".as_ref(), "-l".as_ref(), connected.as_os_str()]);
     log.expect("Listening on");
     sandbox
         .lease(["verify", "read:articles"])

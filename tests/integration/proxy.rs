@@ -5,7 +5,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::broker::{Broker, bearer, curl, free_port};
+use crate::broker::{Broker, NginxServer, bearer, curl, free_port};
 use crate::harness::Sandbox;
 
 /// The strong key: what only the broker and the upstream may see.
@@ -16,6 +16,7 @@ const KEY: &str = "sk-live-7Hq2vX9pLm4Rt8Wn";
 struct Upstream {
     dir: PathBuf,
     port: u16,
+    _server: NginxServer,
 }
 
 impl Upstream {
@@ -37,29 +38,14 @@ impl Upstream {
             None => String::new(),
         };
         let dir = sandbox.path("upstream");
-        fs::create_dir_all(dir.join("tmp")).expect("upstream dir");
         fs::create_dir_all(dir.join("site/files")).expect("site");
         fs::create_dir_all(dir.join("site/private")).expect("site");
         fs::create_dir_all(dir.join("received")).expect("uploads");
         fs::write(dir.join("site/files/hello.txt"), "hello from upstream\n").expect("file");
         fs::write(dir.join("site/private/secret.txt"), "private\n").expect("file");
         let port = free_port();
-        let user = if nix::unistd::geteuid().is_root() {
-            "user root;"
-        } else {
-            ""
-        };
-        let text = format!(
-            "{user}
-daemon on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;
-  fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;
-  log_format seen '$request_method $uri auth=[$http_authorization] key=[$http_x_api_key]';
+        let http = format!(
+            "  log_format seen '$request_method $uri auth=[$http_authorization] key=[$http_x_api_key]';
   map $http_authorization $keyed {{ \"Bearer {KEY}\" 1; default 0; }}
   server {{
     listen 127.0.0.1:{port}{listen_tls};
@@ -84,41 +70,19 @@ http {{
       add_header X-Echo $http_authorization;
       return 200 \"you sent: $http_authorization\\n\";
     }}
-  }}
-}}
-",
+  }}",
             d = dir.display(),
         );
-        fs::write(dir.join("nginx.conf"), text).expect("nginx.conf");
-        let out = Command::new("nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .output()
-            .expect("nginx");
-        assert!(out.status.success(), "nginx: {out:?}");
-        Upstream { dir, port }
+        let server = NginxServer::start(dir.clone(), &http);
+        Upstream {
+            dir,
+            port,
+            _server: server,
+        }
     }
 
     fn access_log(&self) -> String {
         fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = Command::new("nginx")
-            .arg("-p")
-            .arg(&self.dir)
-            .arg("-e")
-            .arg(self.dir.join("error.log"))
-            .arg("-c")
-            .arg(self.dir.join("nginx.conf"))
-            .args(["-s", "stop"])
-            .output();
     }
 }
 
@@ -683,13 +647,13 @@ struct GitHost {
     dir: PathBuf,
     port: u16,
     fcgiwrap: std::process::Child,
+    _server: NginxServer,
 }
 
 impl GitHost {
     fn start(sandbox: &Sandbox) -> GitHost {
         use base64::Engine as _;
         let dir = sandbox.path("githost");
-        fs::create_dir_all(dir.join("tmp")).expect("git host dir");
         let repo = dir.join("repos/site.git");
         let git = |args: &[&str], cwd: &std::path::Path| {
             let out = Command::new("git")
@@ -746,22 +710,8 @@ impl GitHost {
         .expect("path");
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("git:{KEY}"));
         let port = free_port();
-        let user = if nix::unistd::geteuid().is_root() {
-            "user root;"
-        } else {
-            ""
-        };
-        let text = format!(
-            "{user}
-daemon on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;
-  fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;
-  log_format seen '$request_method $uri auth=[$http_authorization]';
+        let http = format!(
+            "  log_format seen '$request_method $uri auth=[$http_authorization]';
   map $http_authorization $keyed {{ \"Basic {basic}\" 1; default 0; }}
   server {{
     listen 127.0.0.1:{port};
@@ -777,43 +727,23 @@ http {{
       fastcgi_param PATH_INFO $uri;
       fastcgi_param REMOTE_USER git;
     }}
-  }}
-}}
-",
+  }}",
             d = dir.display(),
             socket = socket.display(),
             backend = backend.trim(),
         );
-        fs::write(dir.join("nginx.conf"), text).expect("nginx.conf");
-        let out = Command::new("nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .output()
-            .expect("nginx");
-        assert!(out.status.success(), "nginx: {out:?}");
+        let server = NginxServer::start(dir.clone(), &http);
         GitHost {
             dir,
             port,
             fcgiwrap,
+            _server: server,
         }
     }
 }
 
 impl Drop for GitHost {
     fn drop(&mut self) {
-        let _ = Command::new("nginx")
-            .arg("-p")
-            .arg(&self.dir)
-            .arg("-e")
-            .arg(self.dir.join("error.log"))
-            .arg("-c")
-            .arg(self.dir.join("nginx.conf"))
-            .args(["-s", "stop"])
-            .output();
         let _ = self.fcgiwrap.kill();
         let _ = self.fcgiwrap.wait();
     }

@@ -9,6 +9,10 @@ lease_cargo_env() {
         echo "$0: cargo is not installed: install Rust with rustup (see rust-lang.org/tools/install), then run $0 again" >&2
         return 1
     fi
+    if [ -z "${PROTOC:-}" ] && ! command -v protoc >/dev/null 2>&1; then
+        echo "$0: protoc is not installed: the broker's etcd client is generated from etcd's protocol files when lease is built: install it (apt-get install protobuf-compiler, or brew install protobuf), then run $0 again" >&2
+        return 1
+    fi
     if cargo --version >/dev/null 2>&1; then
         return 0
     fi

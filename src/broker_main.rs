@@ -42,6 +42,7 @@ fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<ServeRequ
     let mut config = None;
     let mut listen = Vec::new();
     let mut insecure_http = false;
+    let mut store = None;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.to_str() {
@@ -53,6 +54,12 @@ fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<ServeRequ
                 listen.push(Listen::parse(text).map_err(|err| format!("--listen: {err:#}"))?);
             }
             Some("--insecure-http") => insecure_http = true,
+            Some("--store") => {
+                let text = value("--store")?;
+                let text = text.to_str().ok_or("--store: not UTF-8")?;
+                let url = lease::store::etcd::Url::parse(text);
+                store = Some(url.map_err(|err| format!("--store: {err:#}"))?);
+            }
             _ => return Err(format!("unexpected argument {:?}", arg.to_string_lossy())),
         }
     }
@@ -61,5 +68,6 @@ fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<ServeRequ
         config,
         listen,
         insecure_http,
+        store,
     })
 }

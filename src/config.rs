@@ -104,6 +104,11 @@ pub struct Config {
     /// The broker's upstreams (`[upstream.NAME]`), by name: real APIs it calls for runs, adding
     /// their keys itself.
     pub upstreams: BTreeMap<String, crate::upstream::Spec>,
+    /// The broker's store on etcd (`store = "etcd://..."`), shared with other brokers; `None`:
+    /// the local store in the state dir.
+    pub store: Option<crate::store::etcd::Url>,
+    /// The files of an `etcd+https://` store (`[etcd]`).
+    pub etcd_tls: crate::store::etcd::TlsFiles,
 }
 
 /// A named set of defaults for `run` and `issue`; flags on the command line override each.
@@ -144,6 +149,8 @@ impl Default for Config {
             socket_group: None,
             tls: None,
             upstreams: BTreeMap::new(),
+            store: None,
+            etcd_tls: crate::store::etcd::TlsFiles::default(),
         }
     }
 }
@@ -165,12 +172,23 @@ struct File {
     socket_group: Option<OperatorValue>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    store: Option<String>,
+    etcd: Option<EtcdFile>,
     #[serde(default)]
     profile: BTreeMap<String, ProfileFile>,
     #[serde(default)]
     route: Vec<RouteFile>,
     #[serde(default)]
     upstream: BTreeMap<String, crate::upstream::SpecFile>,
+}
+
+/// `[etcd]`: the files of an `etcd+https://` store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EtcdFile {
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 /// An entry of `operators`: a user name or a uid.
@@ -359,6 +377,25 @@ impl Config {
         }
         if let Some(text) = &file.broker {
             config.broker = Some(Endpoint::parse(text).map_err(|e| at.error(None, "broker", e))?);
+        }
+        if let Some(text) = &file.store {
+            let url =
+                crate::store::etcd::Url::parse(text).map_err(|e| at.error(None, "store", e))?;
+            config.store = Some(url);
+        }
+        if let Some(etcd) = &file.etcd {
+            if etcd.cert_file.is_some() != etcd.key_file.is_some() {
+                return Err(at.error(None, "etcd", "cert_file and key_file go together"));
+            }
+            if !config.store.as_ref().is_some_and(|url| url.tls) {
+                let why = "is for an etcd+https:// store (store = \"etcd+https://...\")";
+                return Err(at.error(None, "etcd", why));
+            }
+            config.etcd_tls = crate::store::etcd::TlsFiles {
+                ca_file: etcd.ca_file.clone(),
+                cert_file: etcd.cert_file.clone(),
+                key_file: etcd.key_file.clone(),
+            };
         }
         if let Some(value) = &file.owner_timeout {
             let timeout = value

@@ -154,6 +154,21 @@ pub fn owner_gone(store: &Store, id: &LeaseId, process: &Process) -> Result<Load
     )
 }
 
+/// Ends, as `owner gone`, the run of a connection that closed or went silent, if this broker
+/// still holds it: on a store shared by brokers the run may have come back to another one.
+pub fn let_go(store: &Store, id: &LeaseId, process: &Process) -> Result<Loaded> {
+    end(
+        store,
+        id,
+        process,
+        EventKind::OwnerGone,
+        None,
+        |record, now| {
+            record.owner.as_ref().is_some_and(Owner::is_current) && record.mark_owner_gone(now)
+        },
+    )
+}
+
 fn end(
     store: &Store,
     id: &LeaseId,

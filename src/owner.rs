@@ -37,6 +37,23 @@ pub struct Owner {
     /// command never sees it) proves to re-attach the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_sha256: Option<String>,
+    /// For a broker's run on a store shared by several brokers: whether a broker holds the run
+    /// now, as the store tells it (set when the record is read, never stored). `None`: ask
+    /// this machine's process table.
+    #[serde(skip)]
+    pub held: Option<Held>,
+}
+
+/// Who holds a broker's run, as a store shared by several brokers tells it: the run's hold,
+/// which dies with the holding broker's session in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// This broker holds it.
+    Here,
+    /// Another broker holds it (alive as far as the store knows).
+    Elsewhere,
+    /// No broker: the one that held it stopped (its session expired) or let it go.
+    Nowhere,
 }
 
 /// What of a lease's owner is gone.
@@ -48,6 +65,8 @@ enum Gone {
     Wrapper,
     /// The command the lease was made for, with its pid.
     Command(u32),
+    /// No broker holds the run any more (a store shared by several brokers says so).
+    Unheld,
 }
 
 /// Whether the owner of a lease is still running.
@@ -75,6 +94,7 @@ impl Owner {
             command_start_time: None,
             broker: false,
             hold_sha256: None,
+            held: None,
         })
     }
 
@@ -86,8 +106,12 @@ impl Owner {
         })
     }
 
-    /// Whether this owner is the current process.
+    /// Whether this owner is the current process (on a shared store: this broker holds the
+    /// run).
     pub fn is_current(&self) -> bool {
+        if let Some(held) = self.held {
+            return held == Held::Here;
+        }
         self.pid == std::process::id()
             && start_time(self.pid).is_ok_and(|t| t == Some(self.start_time))
     }
@@ -125,6 +149,9 @@ impl Owner {
                 "the broker (pid {pid}) that held lease {id}'s run has stopped, and the run has not come back to it"
             ),
             Gone::Wrapper => format!("the lease run (pid {pid}) that owned lease {id} has ended"),
+            Gone::Unheld => format!(
+                "no broker holds lease {id}'s run any more: its broker stopped, and the run has not come back to another"
+            ),
             Gone::Command(command) => {
                 format!("the command (pid {command}) that lease {id} was made for has exited")
             }
@@ -132,6 +159,10 @@ impl Owner {
     }
 
     fn gone(&self) -> Option<Gone> {
+        // On a shared store the run's hold is the truth: the broker may be on another host.
+        if let Some(held) = self.held.filter(|_| self.broker) {
+            return (held == Held::Nowhere).then_some(Gone::Unheld);
+        }
         let alive = |pid, started| matches!(start_time(pid), Ok(Some(t)) if t == started);
         if !boot_id().is_ok_and(|id| id == self.boot_id) {
             return Some(Gone::Rebooted);

@@ -43,6 +43,8 @@ pub enum Command {
         listen: Vec<Listen>,
         /// Allow plain HTTP off loopback.
         insecure_http: bool,
+        /// `--store`: the store on etcd, over the config's.
+        store: Option<crate::store::etcd::Url>,
     },
     /// `lease run`.
     Run(RunRequest),

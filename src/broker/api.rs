@@ -440,6 +440,7 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
         crate::commands::remote::on_broker(
             live.config.clone(),
             state_dir,
+            live.store.backend(),
             asked,
             token,
             operator,
@@ -498,8 +499,16 @@ pub(super) async fn decide(
     let now = SystemTime::now();
     // Reading the chain decides most requests here, on the runtime's thread (a few small files
     // on a local disk). Only a write, which may wait for a record's lock (a budget to charge,
-    // an expiry to mark), goes to a thread that may block.
-    let decision = match assess(&live, token.as_ref(), action, now) {
+    // an expiry to mark), goes to a thread that may block; on a remote store, every read too.
+    let assessed = if live.store.is_remote() {
+        let (live, token, action) = (Arc::clone(&live), token.clone(), action.clone());
+        tokio::task::spawn_blocking(move || assess(&live, token.as_ref(), &action, now))
+            .await
+            .unwrap_or_else(|err| Err(anyhow::anyhow!("the decision failed: {err}")))
+    } else {
+        assess(&live, token.as_ref(), action, now)
+    };
+    let decision = match assessed {
         Ok(Assessed::Decided(decision)) => Ok(decision),
         Ok(Assessed::Pending(pending)) => {
             let live = Arc::clone(&live);
@@ -515,10 +524,15 @@ pub(super) async fn decide(
         Err(err) => {
             shared.metrics.decided(Reason::Error);
             log(&format!("cannot decide: client={peer}: {err:#}"));
-            return Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the broker cannot read its store; nothing is granted",
-            ));
+            let why = if live.store.is_remote() {
+                format!(
+                    "the broker cannot reach its store {}; nothing is granted",
+                    live.store.shown()
+                )
+            } else {
+                "the broker cannot read its store; nothing is granted".to_owned()
+            };
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, &why));
         }
     };
     shared.metrics.decided(decision.reason);

@@ -66,6 +66,8 @@ pub struct ServeRequest {
     pub listen: Vec<Listen>,
     /// Allow plain HTTP on an address that is not loopback.
     pub insecure_http: bool,
+    /// `--store`: the store on etcd, over the config's `store`.
+    pub store: Option<crate::store::etcd::Url>,
 }
 
 /// The config and the store in force; replaced whole on a reload.
@@ -171,7 +173,7 @@ impl Shared {
 
     /// Reads the config again; a bad one is reported and the old one kept.
     fn reload(&self) {
-        let loaded = load(&self.request).and_then(|live| {
+        let loaded = load(&self.request, Some(&self.live())).and_then(|live| {
             // The listeners were bound as TLS or plain: a reload cannot turn that over.
             if live.tls.is_some() != self.live().tls.is_some() {
                 bail!("tls_cert and tls_key can be changed by a reload, not added or removed: restart the broker for that");
@@ -289,10 +291,28 @@ fn log(line: &str) {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
-fn load(request: &ServeRequest) -> Result<Live> {
-    let config = Config::load(request.config.as_deref())?;
-    let store = Store::open(&request.state_dir, Open::CreateIfMissing)?
-        .with_audit_limit(config.audit_max_bytes);
+/// Reads the config and opens the store; on a reload (`before`), a store on etcd is the one
+/// already open (its session holds the runs this broker holds), and cannot be changed.
+fn load(request: &ServeRequest, before: Option<&Live>) -> Result<Live> {
+    let mut config = Config::load(request.config.as_deref())?;
+    if let Some(url) = &request.store {
+        config.store = Some(url.clone());
+    }
+    let kept = before.filter(|b| b.config.store == config.store);
+    if before.is_some() && kept.is_none() {
+        bail!("the store can be changed by a restart, not by a reload");
+    }
+    let store = match (&config.store, kept.and_then(|b| b.store.backend())) {
+        (None, _) => Store::open(&request.state_dir, Open::CreateIfMissing)?,
+        (Some(_), Some(backend)) => Store::remote(backend, &request.state_dir)?,
+        (Some(url), None) => {
+            let etcd =
+                crate::store::etcd::Etcd::open(url, &config.etcd_tls, config.owner_timeout, log)
+                    .with_context(|| format!("cannot open the store {url}"))?;
+            Store::remote(Arc::new(etcd), &request.state_dir)?
+        }
+    }
+    .with_audit_limit(config.audit_max_bytes);
     let mut upstreams = std::collections::BTreeMap::new();
     for (name, spec) in &config.upstreams {
         upstreams.insert(name.clone(), Arc::new(proxy::Upstream::load(spec)?));
@@ -324,7 +344,7 @@ enum Bound {
 pub fn serve(request: ServeRequest) -> Result<Exit> {
     // First, before anything starts a process (a secret_command) that could inherit them.
     let activated = activated().context("socket activation")?;
-    let live = load(&request)?;
+    let live = load(&request, None)?;
     let listen = if request.listen.is_empty() && activated.is_empty() {
         vec![Listen::Unix(request.state_dir.join("broker.sock"))]
     } else {

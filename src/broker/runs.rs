@@ -277,7 +277,7 @@ async fn reattach(
         let updated = live.store.update(&record.id, |current| {
             let ok = reattachable(current).is_ok() && !current.is_past_expiry(now);
             if ok {
-                current.owner = Some(owner);
+                current.owner = Some(owner.clone());
             }
             crate::store::Change::when(ok)
         });
@@ -308,7 +308,12 @@ fn reattachable(record: &Record) -> Result<(), String> {
     if record.state != State::Active {
         return Err(format!("lease {} has ended", record.id));
     }
-    if !owner.is_current() && owner.state() == crate::owner::OwnerState::Alive {
+    // On a store shared by brokers, the wrapper's proof is enough to take its run over from
+    // another broker: a wrapper comes back only when its connection there is gone.
+    if owner.held.is_none()
+        && !owner.is_current()
+        && owner.state() == crate::owner::OwnerState::Alive
+    {
         return Err(format!(
             "lease {} is held by another live broker",
             record.id
@@ -356,8 +361,7 @@ async fn owner_gone(live: &Arc<Live>, id: &LeaseId, process: &Process, peer: &Pe
     let id = id.clone();
     let process = process.clone();
     let done =
-        tokio::task::spawn_blocking(move || crate::lease::owner_gone(&live.store, &id, &process))
-            .await;
+        tokio::task::spawn_blocking(move || crate::lease::let_go(&live.store, &id, &process)).await;
     if !matches!(done, Ok(Ok(_))) {
         log(&format!("could not end a gone run's lease: client={peer}"));
     }

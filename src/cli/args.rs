@@ -10,7 +10,8 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use super::values::{
-    parse_env_name, parse_glob, parse_listen, parse_on_expiry, parse_token_env, parse_ttl,
+    parse_env_name, parse_glob, parse_listen, parse_on_expiry, parse_store, parse_token_env,
+    parse_ttl,
 };
 use crate::config::OnExpiry;
 use crate::endpoint::Listen;
@@ -304,6 +305,12 @@ pub(super) struct ServeArgs {
     /// private network: tokens travel in clear)
     #[arg(long)]
     pub(super) insecure_http: bool,
+
+    /// Keep the leases on etcd, shared with other brokers:
+    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX] or etcd+https://... [default: the config's
+    /// store, else the state dir]
+    #[arg(long, value_name = "URL", value_parser = parse_store)]
+    pub(super) store: Option<crate::store::etcd::Url>,
 }
 
 #[derive(Debug, Args)]

@@ -134,6 +134,7 @@ pub(super) fn validate(sub: Sub) -> Result<Command> {
         Sub::Serve(args) => Command::Serve {
             listen: args.listen,
             insecure_http: args.insecure_http,
+            store: args.store,
         },
     })
 }

@@ -28,6 +28,11 @@ pub(super) fn parse_listen(text: &str) -> Result<Listen> {
     Listen::parse(text)
 }
 
+pub(super) fn parse_store(text: &str) -> Result<crate::store::etcd::Url> {
+    not_a_token(text, "a store URL", "pass etcd://HOST:PORT")?;
+    crate::store::etcd::Url::parse(text)
+}
+
 pub(super) fn parse_on_expiry(text: &str) -> Result<OnExpiry> {
     text.parse()
 }

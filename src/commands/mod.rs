@@ -39,7 +39,8 @@ pub fn dispatch(invocation: Invocation) -> Result<Exit> {
         Command::Serve {
             listen,
             insecure_http,
-        } => serve::serve(&setup()?, &listen, insecure_http),
+            store,
+        } => serve::serve(&setup()?, &listen, insecure_http, store.as_ref()),
         Command::Verify(request) => verify::verify(&setup()?, &request),
         Command::Issue(request) => issue::issue(&setup()?, request),
         Command::Run(request) => {
@@ -86,6 +87,8 @@ pub struct Setup {
     verbose: bool,
     /// The broker to go through: `--broker`/`LEASE_BROKER`, else `broker` in the config.
     broker: Option<Endpoint>,
+    /// The store a broker opened on its config's `store` (etcd), for the subcommands it runs.
+    remote: Option<std::sync::Arc<dyn crate::store::Backend>>,
 }
 
 impl Setup {
@@ -97,6 +100,7 @@ impl Setup {
             state_dir: globals.state_dir,
             verbose: globals.verbose,
             broker,
+            remote: None,
         })
     }
 
@@ -108,9 +112,16 @@ impl Setup {
         }
     }
 
-    /// Opens the store in [`Setup::state_dir`].
+    /// Opens the store in [`Setup::state_dir`], or, in a broker on etcd, its store there.
     fn store(&self, mode: Open) -> Result<Store> {
-        Ok(Store::open(&self.state_dir()?, mode)?.with_audit_limit(self.config.audit_max_bytes))
+        let store = match (&self.remote, &self.config.store) {
+            (Some(remote), _) => Store::remote(std::sync::Arc::clone(remote), &self.state_dir()?)?,
+            (None, Some(url)) => bail!(
+                "the store is on etcd ({url}, the config's store), which only a broker opens: start `lease serve` with this config and set LEASE_BROKER (or --broker) to reach it"
+            ),
+            (None, None) => Store::open(&self.state_dir()?, mode)?,
+        };
+        Ok(store.with_audit_limit(self.config.audit_max_bytes))
     }
 }
 

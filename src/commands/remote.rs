@@ -28,6 +28,7 @@ pub enum Refused {
 pub fn on_broker(
     config: Config,
     state_dir: PathBuf,
+    remote: Option<std::sync::Arc<dyn crate::store::Backend>>,
     asked: Remote,
     bearer: Option<Token>,
     operator: bool,
@@ -38,6 +39,7 @@ pub fn on_broker(
         state_dir: Some(state_dir),
         verbose: false,
         broker: None,
+        remote,
     };
     let own = |what: &str| -> Result<&Token, Refused> {
         match &bearer {

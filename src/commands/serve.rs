@@ -13,7 +13,12 @@ use crate::exit::Exit;
 pub const BROKER_BINARY: &str = "lease-broker";
 
 /// Replaces this process with the broker, given the resolved state dir and config.
-pub fn serve(setup: &Setup, listen: &[Listen], insecure_http: bool) -> Result<Exit> {
+pub fn serve(
+    setup: &Setup,
+    listen: &[Listen],
+    insecure_http: bool,
+    store: Option<&crate::store::etcd::Url>,
+) -> Result<Exit> {
     let exe = std::env::current_exe().context("cannot find lease's own binary")?;
     let broker = exe.with_file_name(BROKER_BINARY);
     let mut command = std::process::Command::new(&broker);
@@ -26,6 +31,9 @@ pub fn serve(setup: &Setup, listen: &[Listen], insecure_http: bool) -> Result<Ex
     }
     if insecure_http {
         command.arg("--insecure-http");
+    }
+    if let Some(url) = store {
+        command.arg("--store").arg(url.to_string());
     }
     let err = command.exec();
     Err(anyhow!(

@@ -32,8 +32,7 @@ use super::{Change, Charged, Loaded, Open, Updated};
 use crate::record::{Charge, Record};
 use crate::token::LeaseId;
 
-/// Records larger than this are not read: no real record comes near it.
-const MAX_RECORD_BYTES: u64 = 64 * 1024;
+use super::MAX_RECORD_BYTES;
 /// Prefix of the temporary files that writes go through.
 const TEMP_PREFIX: &str = ".tmp-";
 /// The directory of the records in the state dir.
@@ -563,24 +562,7 @@ fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
     file.take(MAX_RECORD_BYTES)
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;
-    let Ok(text) = std::str::from_utf8(&bytes) else {
-        return Ok(Loaded::Corrupt("record is not UTF-8 text".into()));
-    };
-    let record: Record = match toml::from_str(text) {
-        Ok(record) => record,
-        Err(err) => {
-            return Ok(Loaded::Corrupt(format!(
-                "record does not parse: {}",
-                err.message()
-            )));
-        }
-    };
-    if record.id != *id || !record.token_sha256.starts_with(id.as_str()) {
-        return Ok(Loaded::Corrupt(
-            "record does not belong under this id".into(),
-        ));
-    }
-    Ok(Loaded::Found(record))
+    Ok(super::decode(&bytes, id))
 }
 
 /// One step of resolving a path.

@@ -1,10 +1,11 @@
 //! The store: where leases are recorded, behind one interface that every decision uses.
 //!
-//! Today there is one backend, [`files::Files`] (a private state dir on this machine); a remote
-//! store or a broker client is another variant of [`Store`], implementing the same operations
-//! with the same guarantees: read a lease by id or by its token's hash, insert one without
-//! clobbering, change one atomically with a closure that returns a value, list, remove, and
-//! charge a use along a chain of leases in one atomic step.
+//! Two backends: [`files::Files`] (a private state dir on this machine, the default) and a
+//! [`Backend`] behind a trait object ([`etcd::Etcd`], which only the broker opens), with the same
+//! guarantees: read a lease by id or by its token's hash, insert one without clobbering,
+//! change one atomically with a closure that returns a value, list, remove, and charge a use
+//! along a chain of leases in one atomic step. The remote backend is reached through a trait
+//! object so that the `lease` binary, which never opens one, does not link its client.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -14,7 +15,31 @@ use anyhow::Result;
 use crate::record::{Charge, Record};
 use crate::token::{LeaseId, TokenHash};
 
+pub mod etcd;
 pub mod files;
+
+/// Records larger than this are not read: no real record comes near it.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
+/// A record from its stored bytes (TOML), checked to belong under `id`.
+pub fn decode(bytes: &[u8], id: &LeaseId) -> Loaded {
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Loaded::Corrupt(format!("record is too large ({} bytes)", bytes.len()));
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Loaded::Corrupt("record is not UTF-8 text".into());
+    };
+    let record: Record = match toml::from_str(text) {
+        Ok(record) => record,
+        Err(err) => {
+            return Loaded::Corrupt(format!("record does not parse: {}", err.message()));
+        }
+    };
+    if record.id != *id || !record.token_sha256.starts_with(id.as_str()) {
+        return Loaded::Corrupt("record does not belong under this id".into());
+    }
+    Loaded::Found(record)
+}
 
 /// What reading one record found.
 // Returned once per read and matched at once; boxing the record would only add an allocation.
@@ -86,11 +111,51 @@ pub enum Charged<E> {
     Corrupt(LeaseId, String),
 }
 
+/// A store elsewhere than this machine's state dir, seen through the same operations as
+/// [`Store`], with closures erased so that it is object safe. `update` and `remove_if` may call
+/// their closure more than once (a remote store retries when another writer changed the
+/// record between its read and its write); the last call is the one that counts.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Where the store is, for messages: never holds a secret.
+    fn shown(&self) -> &str;
+    /// One lease by its id.
+    fn load(&self, id: &LeaseId) -> Result<Loaded>;
+    /// Records a new lease; `false` if its id is taken.
+    fn insert(&self, record: &Record) -> Result<bool>;
+    /// Changes one lease atomically; the closure says whether to write.
+    fn update(
+        &self,
+        id: &LeaseId,
+        change: &mut dyn FnMut(&mut Record) -> bool,
+    ) -> Result<Updated<()>>;
+    /// Charges a chain atomically; the closure returns the charge or `None` to refuse.
+    fn charge(
+        &self,
+        chain: &[LeaseId],
+        check: &mut dyn FnMut(&Record) -> Option<Charge>,
+    ) -> Result<Charged<()>>;
+    /// Every readable record, read page by page; the unreadable are passed to `skipped`.
+    fn records(&self, skipped: &mut dyn FnMut(&LeaseId, &str)) -> Result<Vec<Record>>;
+    /// The ids of every lease on record.
+    fn ids(&self) -> Result<Vec<LeaseId>>;
+    /// Removes a lease if the closure says so, atomically with the read it is shown.
+    fn remove_if(
+        &self,
+        id: &LeaseId,
+        should_remove: &mut dyn FnMut(&Loaded) -> bool,
+    ) -> Result<bool>;
+}
+
 /// The lease store.
 #[derive(Debug)]
 pub enum Store {
     /// A private state dir on this machine.
     Files(files::Files),
+    /// A remote backend; `local` is the broker's own state dir, which keeps its audit trail.
+    Remote {
+        backend: std::sync::Arc<dyn Backend>,
+        local: files::Files,
+    },
 }
 
 impl Store {
@@ -99,17 +164,46 @@ impl Store {
         Ok(Store::Files(files::Files::open(dir, mode)?))
     }
 
-    /// Where the store is, for messages and for `LEASE_STATE_DIR`.
-    pub fn dir(&self) -> &Path {
+    /// A remote backend, with the trail kept in the state dir `local`.
+    pub fn remote(backend: std::sync::Arc<dyn Backend>, local: &Path) -> Result<Store> {
+        let local = files::Files::open(local, Open::CreateIfMissing)?;
+        Ok(Store::Remote { backend, local })
+    }
+
+    /// The remote backend, if the store is one.
+    pub fn backend(&self) -> Option<std::sync::Arc<dyn Backend>> {
         match self {
-            Store::Files(files) => files.dir(),
+            Store::Files(_) => None,
+            Store::Remote { backend, .. } => Some(std::sync::Arc::clone(backend)),
         }
     }
 
-    /// The audit trail kept beside the records.
+    /// Whether the store is reached over the network (its operations may wait on it, so an
+    /// async caller makes them on a thread that may block).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Store::Remote { .. })
+    }
+
+    /// The state dir (for messages and for `LEASE_STATE_DIR`): the local store's, or the one
+    /// where a broker on a remote store keeps its trail.
+    pub fn dir(&self) -> &Path {
+        match self {
+            Store::Files(files) | Store::Remote { local: files, .. } => files.dir(),
+        }
+    }
+
+    /// Where the records are, for messages: the state dir, or the remote store's address.
+    pub fn shown(&self) -> String {
+        match self {
+            Store::Files(files) => files.dir().display().to_string(),
+            Store::Remote { backend, .. } => backend.shown().to_owned(),
+        }
+    }
+
+    /// The audit trail kept beside the records (a remote store's broker keeps its own).
     pub fn audit(&self) -> &crate::audit::Log {
         match self {
-            Store::Files(files) => files.audit(),
+            Store::Files(files) | Store::Remote { local: files, .. } => files.audit(),
         }
     }
 
@@ -117,6 +211,10 @@ impl Store {
     pub fn with_audit_limit(self, max_bytes: u64) -> Store {
         match self {
             Store::Files(files) => Store::Files(files.with_audit_limit(max_bytes)),
+            Store::Remote { backend, local } => Store::Remote {
+                backend,
+                local: local.with_audit_limit(max_bytes),
+            },
         }
     }
 
@@ -136,6 +234,7 @@ impl Store {
     pub fn load(&self, id: &LeaseId) -> Result<Loaded> {
         match self {
             Store::Files(files) => files.load(id),
+            Store::Remote { backend, .. } => backend.load(id),
         }
     }
 
@@ -144,18 +243,41 @@ impl Store {
     pub fn insert(&self, record: &Record) -> Result<bool> {
         match self {
             Store::Files(files) => files.insert(record),
+            Store::Remote { backend, .. } => backend.insert(record),
         }
     }
 
     /// Changes one lease atomically: `change` gets the record as it stands and says whether to
-    /// write it back, with a value that is handed back beside the record.
+    /// write it back, with a value that is handed back beside the record. A remote store may
+    /// call `change` again, on a fresh read, when another writer got there first.
     pub fn update<T>(
         &self,
         id: &LeaseId,
-        change: impl FnOnce(&mut Record) -> Change<T>,
+        mut change: impl FnMut(&mut Record) -> Change<T>,
     ) -> Result<Updated<T>> {
         match self {
             Store::Files(files) => files.update(id, change),
+            Store::Remote { backend, .. } => {
+                let mut value = None;
+                let updated = backend.update(id, &mut |record| match change(record) {
+                    Change::Write(v) => {
+                        value = Some(v);
+                        true
+                    }
+                    Change::Keep(v) => {
+                        value = Some(v);
+                        false
+                    }
+                })?;
+                Ok(match (updated, value) {
+                    (Updated::Found(record, ()), Some(value)) => Updated::Found(record, value),
+                    (Updated::Found(..), None) => {
+                        anyhow::bail!("the store changed lease {id} without asking")
+                    }
+                    (Updated::Missing, _) => Updated::Missing,
+                    (Updated::Corrupt(why), _) => Updated::Corrupt(why),
+                })
+            }
         }
     }
 
@@ -170,6 +292,26 @@ impl Store {
     ) -> Result<Charged<E>> {
         match self {
             Store::Files(files) => files.charge(chain, check),
+            Store::Remote { backend, .. } => {
+                let mut check = check;
+                let mut refused = None;
+                let charged = backend.charge(chain, &mut |record| match check(record) {
+                    Ok(charge) => Some(charge),
+                    Err(why) => {
+                        refused = Some(why);
+                        None
+                    }
+                })?;
+                Ok(match (charged, refused) {
+                    (Charged::Refused(()), Some(why)) => Charged::Refused(why),
+                    (Charged::Refused(()), None) => {
+                        anyhow::bail!("the store refused a charge without a reason")
+                    }
+                    (Charged::Paid, _) => Charged::Paid,
+                    (Charged::Missing(id), _) => Charged::Missing(id),
+                    (Charged::Corrupt(id, why), _) => Charged::Corrupt(id, why),
+                })
+            }
         }
     }
 
@@ -177,12 +319,16 @@ impl Store {
     pub fn ids(&self) -> Result<Vec<LeaseId>> {
         match self {
             Store::Files(files) => files.ids(),
+            Store::Remote { backend, .. } => backend.ids(),
         }
     }
 
     /// Every readable record, in no particular order; each record that cannot be read as one
     /// is passed to `skipped` with why, and left out.
     pub fn records(&self, mut skipped: impl FnMut(&LeaseId, &str)) -> Result<Vec<Record>> {
+        if let Store::Remote { backend, .. } = self {
+            return backend.records(&mut skipped);
+        }
         let mut records = Vec::new();
         for id in self.ids()? {
             match self.load(&id)? {
@@ -198,17 +344,20 @@ impl Store {
     pub fn remove_if(
         &self,
         id: &LeaseId,
-        should_remove: impl FnOnce(&Loaded) -> bool,
+        mut should_remove: impl FnMut(&Loaded) -> bool,
     ) -> Result<bool> {
         match self {
             Store::Files(files) => files.remove_if(id, should_remove),
+            Store::Remote { backend, .. } => backend.remove_if(id, &mut should_remove),
         }
     }
 
     /// Removes what writers that died mid-write left behind; returns how many.
     pub fn remove_stale_temp_files(&self, now: SystemTime) -> Result<usize> {
         match self {
-            Store::Files(files) => files.remove_stale_temp_files(now),
+            Store::Files(files) | Store::Remote { local: files, .. } => {
+                files.remove_stale_temp_files(now)
+            }
         }
     }
 }

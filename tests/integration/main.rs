@@ -8,6 +8,7 @@ mod broker;
 mod cli;
 mod config;
 mod environment;
+mod etcd;
 mod examples;
 mod hardening;
 mod harness;

@@ -405,6 +405,9 @@ fn a_token_dies_with_its_command_even_while_lease_is_stopped() {
 /// exit status (2) says some entries were bad.
 #[test]
 fn bad_store_entries_are_skipped_by_revoke_all_and_gc() {
+    if crate::harness::files_only("writes unreadable record files by hand") {
+        return;
+    }
     let sandbox = Sandbox::new();
     let ids: Vec<String> = (0..3)
         .map(|_| {

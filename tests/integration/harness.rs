@@ -30,6 +30,8 @@ pub struct Sandbox {
     dir: tempfile::TempDir,
     /// In broker mode, the sandbox's own `lease serve`.
     broker: Option<SandboxBroker>,
+    /// With `LEASE_TEST_STORE`, the store URL (with the sandbox's prefix) its broker is on.
+    store: Option<String>,
 }
 
 /// The switch that runs the suite against a broker: `LEASE_TEST_MODE=broker scripts/test.sh`.
@@ -37,6 +39,34 @@ pub struct Sandbox {
 /// runs gets `LEASE_BROKER` pointing at it.
 pub fn broker_mode() -> bool {
     std::env::var("LEASE_TEST_MODE").is_ok_and(|mode| mode == "broker")
+}
+
+/// With `LEASE_TEST_STORE=etcd://HOST:PORT` (broker mode), every sandbox's broker keeps its
+/// leases on that etcd, under a prefix of the sandbox's own: the whole suite then runs on the
+/// shared store (.ci/run starts the etcd).
+fn shared_store() -> Option<String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let url = std::env::var("LEASE_TEST_STORE").ok()?;
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Some(format!("{url}/sandbox-{}-{n}", std::process::id()))
+}
+
+/// Whether the suite runs on a shared store (`LEASE_TEST_STORE`), where no record is a file.
+pub fn shared_store_mode() -> bool {
+    broker_mode() && std::env::var_os("LEASE_TEST_STORE").is_some()
+}
+
+/// On a shared store (`LEASE_TEST_STORE`), marks the rest of a test as one about the local
+/// store's files (their modes, their locks, a record edited or corrupted by hand), for `why`;
+/// the caller returns when this is true.
+pub fn files_only(why: &str) -> bool {
+    if !shared_store_mode() {
+        return false;
+    }
+    let test = thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(std::io::stderr(), "FILES ONLY {test}: {why}");
+    true
 }
 
 /// In broker mode, marks the rest of a test as one that runs against the local store only, for
@@ -72,13 +102,21 @@ impl Sandbox {
         for sub in ["home", "config"] {
             fs::create_dir(dir.path().join(sub)).expect("sandbox dirs");
         }
-        let mut sandbox = Sandbox { dir, broker: None };
+        let mut sandbox = Sandbox {
+            dir,
+            broker: None,
+            store: shared_store(),
+        };
         if broker_mode() {
             let mut command = Command::new(lease_bin());
             sandbox.environment(&mut command);
             command
                 .args(["serve", "--listen"])
-                .arg(format!("unix:{}", sandbox.broker_socket().display()))
+                .arg(format!("unix:{}", sandbox.broker_socket().display()));
+            if let Some(url) = &sandbox.store {
+                command.arg("--store").arg(url);
+            }
+            command
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
@@ -203,12 +241,13 @@ impl Sandbox {
         default_signal_dispositions(command);
     }
 
-    /// Every lease record on disk, parsed, by id.
+    /// Every lease record on disk and, on a shared store, there too, parsed, by id.
     pub fn records(&self) -> BTreeMap<String, toml::Table> {
+        let mut records = self.store.as_deref().map(etcd_records).unwrap_or_default();
         let Ok(entries) = fs::read_dir(self.leases_dir()) else {
-            return BTreeMap::new();
+            return records;
         };
-        entries
+        let on_disk: BTreeMap<String, toml::Table> = entries
             .map(|e| e.expect("entry").path())
             .filter(|p| p.extension().is_some_and(|e| e == "toml"))
             .map(|p| {
@@ -216,7 +255,14 @@ impl Sandbox {
                 let id = p.file_stem().expect("stem").to_string_lossy().into_owned();
                 (id, text.parse::<toml::Table>().expect("record parses"))
             })
-            .collect()
+            .collect();
+        records.extend(on_disk);
+        records
+    }
+
+    /// With `LEASE_TEST_STORE`, the store (with this sandbox's prefix) its brokers are on.
+    pub fn store_url(&self) -> Option<&str> {
+        self.store.as_deref()
     }
 
     /// Every file under the state dir (recursively).
@@ -275,6 +321,44 @@ impl Sandbox {
             );
         }
     }
+}
+
+/// Every record under the store URL `url` (`etcd://HOST:PORT/PREFIX`), read through etcd's
+/// own JSON gateway with curl, by id.
+fn etcd_records(url: &str) -> BTreeMap<String, toml::Table> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let rest = url.strip_prefix("etcd://").expect("an etcd:// store");
+    let (host, prefix) = rest.split_once('/').expect("a prefix");
+    let keys = format!("{prefix}/leases/");
+    let end = format!("{prefix}/leases0");
+    let body = serde_json::json!({"key": b64.encode(&keys), "range_end": b64.encode(&end)});
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "-X", "POST", "--data"])
+        .arg(body.to_string())
+        .arg(format!("http://{host}/v3/kv/range"))
+        .output()
+        .expect("curl");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcd answers JSON");
+    let mut records = BTreeMap::new();
+    for kv in answer["kvs"].as_array().into_iter().flatten() {
+        let key = b64
+            .decode(kv["key"].as_str().expect("key"))
+            .expect("base64");
+        let key = String::from_utf8(key).expect("UTF-8 key");
+        let Some(id) = key.strip_prefix(&keys).filter(|id| !id.contains('/')) else {
+            continue;
+        };
+        let value = b64
+            .decode(kv["value"].as_str().expect("value"))
+            .expect("base64");
+        let text = String::from_utf8(value).expect("UTF-8 record");
+        records.insert(
+            id.to_owned(),
+            text.parse::<toml::Table>().expect("record parses"),
+        );
+    }
+    records
 }
 
 /// Starts `command` with every signal at its default disposition, as from a fresh login shell:

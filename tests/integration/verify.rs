@@ -88,6 +88,9 @@ fn unknown_token_is_denied() {
 
 #[test]
 fn no_denial_shows_the_presented_token() {
+    if crate::harness::files_only("corrupts a record file by hand") {
+        return;
+    }
     let sandbox = Sandbox::new();
     let elsewhere = Sandbox::new().issue("a");
     let token = sandbox.issue_json("a", &["--uses", "1"]);

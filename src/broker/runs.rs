@@ -167,8 +167,9 @@ where
                 // Only the connection that holds the lease now may end it: a run that came
                 // back on a new connection has replaced this one.
                 if shared.detach(&id, serial) {
-                    log(&format!("run {why}: lease={id} client={peer}"));
+                    // Logged once the lease is ended: whoever reads the line may rely on it.
                     owner_gone(&live, &id, &process, peer).await;
+                    log(&format!("run {why}: lease={id} client={peer}"));
                 }
                 return;
             }

@@ -43,6 +43,10 @@ const RETRIES: usize = 200;
 const PAGE: i64 = 500;
 /// What a hold key's name adds to its record's.
 const HOLD: &str = "/held";
+/// How long one write (an update, a charge, a removal) may take in all, retries included.
+const WRITE_PATIENCE: Duration = Duration::from_secs(5);
+/// Stripes of the local write locks (see [`Etcd::writing`]).
+const STRIPES: usize = 64;
 
 /// Where the store is: `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`, or `etcd+https://...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +165,12 @@ pub struct Etcd {
     session: Arc<Session>,
     /// This broker as a run's owner (pid, start time, boot id).
     me: Owner,
+    /// Local locks, striped by lease id, held by this broker's writes from their read to their
+    /// commit; a read waits for a write of the same lease in flight here. So a decision made
+    /// here after this broker began to end a lease (its run's connection closed) sees the
+    /// lease ended, as on the local store, and writes here to one lease queue up instead of
+    /// conflicting in etcd. Each is held for at most [`WRITE_PATIENCE`] plus one call.
+    writing: [std::sync::Mutex<()>; STRIPES],
 }
 
 impl std::fmt::Debug for Etcd {
@@ -211,16 +221,16 @@ impl Etcd {
             );
         }
         let rt = runtime()?;
-        let client = block(rt, &shown, async move {
-            Client::connect(endpoints, Some(options)).await
+        let client = block(rt, &shown, move || {
+            let (endpoints, options) = (endpoints.clone(), options.clone());
+            async move { Client::connect(endpoints, Some(options)).await }
         })?;
         let ttl = i64::try_from(owner_timeout.as_secs().max(2)).unwrap_or(3600);
-        let mut granting = client.clone();
-        let granted = block(
-            rt,
-            &shown,
-            async move { granting.lease_grant(ttl, None).await },
-        )
+        let granting = client.clone();
+        let granted = block(rt, &shown, move || {
+            let mut client = granting.clone();
+            async move { client.lease_grant(ttl, None).await }
+        })
         .context("opening this broker's session")?;
         let session = Arc::new(Session {
             id: AtomicI64::new(granted.id()),
@@ -238,31 +248,68 @@ impl Etcd {
             client,
             session,
             me: Owner::broker(String::new())?,
+            writing: std::array::from_fn(|_| std::sync::Mutex::new(())),
         })
+    }
+
+    /// The local write lock of `id`'s stripe.
+    fn stripe(&self, id: &LeaseId) -> usize {
+        // FNV-1a: ids are random already; this only spreads them over the stripes.
+        let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        usize::try_from(hash % STRIPES as u64).unwrap_or(0)
+    }
+
+    /// Holds the local write locks of `ids` (in stripe order, so two writers never wait for
+    /// each other).
+    fn lock(&self, ids: &[LeaseId]) -> Vec<std::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = ids.iter().map(|id| self.stripe(id)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|i| {
+                self.writing[i]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            })
+            .collect()
     }
 
     fn key(&self, id: &LeaseId) -> String {
         format!("{}{id}", self.keys)
     }
 
-    /// Runs one call to etcd within [`CALL`].
-    fn call<T, F>(&self, fut: F) -> Result<T>
+    /// Runs one call to etcd within [`CALL`]: `make` makes it with a client (again, if a
+    /// member could not be reached and another may be).
+    fn call<T, F, M>(&self, make: M) -> Result<T>
     where
         T: Send + 'static,
         F: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
+        M: Fn(Client) -> F + Send + 'static,
     {
-        block(runtime()?, &self.shown, fut)
+        let client = self.client.clone();
+        block(runtime()?, &self.shown, move || make(client.clone()))
+    }
+
+    /// Reads a record and its hold, after any write of it in flight here.
+    fn read_settled(&self, id: &LeaseId) -> Result<Read> {
+        drop(self.lock(std::slice::from_ref(id)));
+        self.read(id)
     }
 
     /// Reads a record and its hold.
     fn read(&self, id: &LeaseId) -> Result<Read> {
         let key = self.key(id);
         let end = format!("{key}0");
-        let mut client = self.client.clone();
-        let mut got = self.call(async move {
-            client
-                .get(key, Some(GetOptions::new().with_range(end)))
-                .await
+        let mut got = self.call(move |mut client| {
+            let (key, end) = (key.clone(), end.clone());
+            async move {
+                client
+                    .get(key, Some(GetOptions::new().with_range(end)))
+                    .await
+            }
         })?;
         Ok(self.parse(id, &got.take_kvs()))
     }
@@ -344,30 +391,32 @@ impl Etcd {
             .unwrap_or_default()
             + RETAIN;
         let ttl = i64::try_from(left.as_secs() + 1).unwrap_or(i64::MAX);
-        let mut client = self.client.clone();
-        Ok(self
-            .call(async move { client.lease_grant(ttl, None).await })?
-            .id())
+        let granted =
+            self.call(move |mut client| async move { client.lease_grant(ttl, None).await });
+        Ok(granted?.id())
     }
 
     /// Gives back an etcd lease granted for a write that did not happen (best effort: it
     /// expires on its own anyway).
     fn give_back(&self, lease: i64) {
-        let mut client = self.client.clone();
-        let _ = self.call(async move { client.lease_revoke(lease).await });
+        let _ = self.call(move |mut client| async move { client.lease_revoke(lease).await });
     }
 
     /// Runs a transaction: whether its comparisons held (and so its writes were made).
     fn commit(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool> {
-        let mut client = self.client.clone();
         let txn = Txn::new().when(compares).and_then(ops);
-        Ok(self.call(async move { client.txn(txn).await })?.succeeded())
+        let done = self.call(move |mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        });
+        Ok(done?.succeeded())
     }
 
     fn busy(&self, id: &LeaseId) -> anyhow::Error {
         anyhow!(
-            "the store {}: lease {id} kept changing under {RETRIES} attempts to write it",
-            self.shown
+            "the store {}: lease {id} kept changing under every attempt to write it for {} s",
+            self.shown,
+            WRITE_PATIENCE.as_secs()
         )
     }
 
@@ -385,9 +434,11 @@ impl Etcd {
             if revision != 0 {
                 options = options.with_revision(revision);
             }
-            let mut client = self.client.clone();
             let key = from.clone();
-            let mut page = self.call(async move { client.get(key, Some(options)).await })?;
+            let mut page = self.call(move |mut client| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { client.get(key, Some(options)).await }
+            })?;
             if revision == 0 {
                 revision = page.header().map_or(0, |h| h.revision());
             }
@@ -420,7 +471,7 @@ impl Backend for Etcd {
     }
 
     fn load(&self, id: &LeaseId) -> Result<Loaded> {
-        Ok(self.read(id)?.loaded)
+        Ok(self.read_settled(id)?.loaded)
     }
 
     fn insert(&self, record: &Record) -> Result<bool> {
@@ -440,7 +491,12 @@ impl Backend for Etcd {
         id: &LeaseId,
         change: &mut dyn FnMut(&mut Record) -> bool,
     ) -> Result<Updated<()>> {
+        let _writing = self.lock(std::slice::from_ref(id));
+        let began = std::time::Instant::now();
         for _ in 0..RETRIES {
+            if began.elapsed() > WRITE_PATIENCE {
+                break;
+            }
             let Read { loaded, revision } = self.read(id)?;
             let mut record = match loaded {
                 Loaded::Found(record) => record,
@@ -477,7 +533,12 @@ impl Backend for Etcd {
         let Some(first) = chain.first() else {
             return Ok(Charged::Paid);
         };
+        let _writing = self.lock(chain);
+        let began = std::time::Instant::now();
         for _ in 0..RETRIES {
+            if began.elapsed() > WRITE_PATIENCE {
+                break;
+            }
             // The whole chain in one round trip: a transaction of reads only.
             let reads: Vec<TxnOp> = chain
                 .iter()
@@ -487,8 +548,11 @@ impl Backend for Etcd {
                     TxnOp::get(key, Some(GetOptions::new().with_range(end)))
                 })
                 .collect();
-            let mut client = self.client.clone();
-            let answer = self.call(async move { client.txn(Txn::new().and_then(reads)).await })?;
+            let reads = Txn::new().and_then(reads);
+            let answer = self.call(move |mut client| {
+                let reads = reads.clone();
+                async move { client.txn(reads).await }
+            })?;
             let mut compares = Vec::with_capacity(chain.len());
             let mut ops = Vec::with_capacity(chain.len());
             for (id, response) in chain.iter().zip(answer.op_responses()) {
@@ -558,7 +622,12 @@ impl Backend for Etcd {
         id: &LeaseId,
         should_remove: &mut dyn FnMut(&Loaded) -> bool,
     ) -> Result<bool> {
+        let _writing = self.lock(std::slice::from_ref(id));
+        let began = std::time::Instant::now();
         for _ in 0..RETRIES {
+            if began.elapsed() > WRITE_PATIENCE {
+                break;
+            }
             let Read { loaded, revision } = self.read(id)?;
             if matches!(loaded, Loaded::Missing) || !should_remove(&loaded) {
                 return Ok(false);
@@ -584,15 +653,31 @@ fn range_end(prefix: &str) -> String {
     String::from_utf8_lossy(&end).into_owned()
 }
 
-/// Runs `fut` on the etcd runtime within [`CALL`] and waits for it on this thread.
-fn block<T, F>(rt: &tokio::runtime::Runtime, shown: &str, fut: F) -> Result<T>
+/// Runs the call `make` makes on the etcd runtime within [`CALL`], and waits for it on this
+/// thread. A call that found its member unreachable (`Unavailable`: the request did not reach
+/// etcd) is made again while the deadline allows, so that another member answers it.
+fn block<T, F, M>(rt: &tokio::runtime::Runtime, shown: &str, make: M) -> Result<T>
 where
     T: Send + 'static,
     F: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
+    M: Fn() -> F + Send + 'static,
 {
     let (done, answer) = std::sync::mpsc::sync_channel(1);
     rt.spawn(async move {
-        let _ = done.send(tokio::time::timeout(CALL, fut).await);
+        let deadline = tokio::time::Instant::now() + CALL;
+        let again = Duration::from_millis(50);
+        let answered = loop {
+            match tokio::time::timeout_at(deadline, make()).await {
+                Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                    if status.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() + again < deadline =>
+                {
+                    tokio::time::sleep(again).await;
+                }
+                other => break other,
+            }
+        };
+        let _ = done.send(answered);
     });
     match answer.recv_timeout(CALL + Duration::from_secs(1)) {
         Ok(Ok(Ok(value))) => Ok(value),

@@ -750,7 +750,7 @@ daemon on;
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
-events {{ worker_connections 64; }}
+events {{ worker_connections 1024; }}
 http {{
   access_log off;
   client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;
@@ -1168,7 +1168,7 @@ fn token_in(sandbox: &Sandbox, file: &str) -> String {
 }
 
 /// What the broker says of a token now, over its socket: the reason.
-fn reason_of(sandbox: &Sandbox, broker: &Broker, token: &str) -> String {
+pub fn reason_of(sandbox: &Sandbox, broker: &Broker, token: &str) -> String {
     let reply = verify_over_http(sandbox, broker, Some(token), "{\"action\":\"a:b\"}");
     let json: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
     json["reason"].as_str().expect("reason").to_owned()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::broker::{Broker, free_port};
+use crate::broker::{Broker, free_port, reason_of};
 use crate::harness::{Sandbox, kill_pid, skip};
 
 /// One member of a cluster: how to start it again, and the process while it runs.
@@ -153,20 +153,32 @@ fn broker_on(sandbox: &Sandbox, cluster: &Cluster, name: &str) -> Broker {
     Broker::start_at(sandbox, socket, &["--store", &url, "--state-dir", state])
 }
 
+/// A one-member cluster and two brokers on it, `a` and `b`.
+fn two_brokers(sandbox: &Sandbox) -> Option<(Cluster, Broker, Broker)> {
+    let cluster = Cluster::start(sandbox, 1)?;
+    let a = broker_on(sandbox, &cluster, "a");
+    let b = broker_on(sandbox, &cluster, "b");
+    Some((cluster, a, b))
+}
+
+/// `lease issue --scope read:articles --json ARGS` through `broker`.
+fn mint_on(sandbox: &Sandbox, broker: &Broker, args: &[&str]) -> serde_json::Value {
+    sandbox
+        .lease(["issue", "--scope", "read:articles", "--json"])
+        .args(args)
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success()
+        .json()
+}
+
 #[test]
 fn a_lease_minted_on_one_broker_is_verified_and_revoked_through_another() {
     let sandbox = Sandbox::new();
-    let Some(cluster) = Cluster::start(&sandbox, 1) else {
+    let Some((_cluster, a, b)) = two_brokers(&sandbox) else {
         return;
     };
-    let a = broker_on(&sandbox, &cluster, "a");
-    let b = broker_on(&sandbox, &cluster, "b");
-    let minted = sandbox
-        .lease(["issue", "--scope", "read:articles", "--ttl", "5m", "--json"])
-        .env("LEASE_BROKER", a.endpoint())
-        .run()
-        .success()
-        .json();
+    let minted = mint_on(&sandbox, &a, &["--ttl", "5m"]);
     let token = minted["token"].as_str().expect("token");
     let id = minted["id"].as_str().expect("id");
     let verify = |broker: &Broker, action: &str| {
@@ -188,4 +200,290 @@ fn a_lease_minted_on_one_broker_is_verified_and_revoked_through_another() {
     verify(&a, "read:articles").code_is(1).stderr_has("revoked");
     // Nothing of the lease is in the brokers' state dirs: the store is etcd.
     assert!(sandbox.records().is_empty(), "{:?}", sandbox.records());
+}
+
+/// The id of the member that leads the cluster now, as the running members say.
+fn leader(cluster: &Cluster) -> usize {
+    let status = |port: u16| -> Option<(String, String)> {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "2", "-X", "POST", "--data", "{}"])
+            .arg(format!("http://127.0.0.1:{port}/v3/maintenance/status"))
+            .output()
+            .ok()?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some((
+            json["header"]["member_id"].as_str()?.to_owned(),
+            json["leader"].as_str()?.to_owned(),
+        ))
+    };
+    let statuses: Vec<Option<(String, String)>> = cluster
+        .members
+        .iter()
+        .map(|m| m.child.as_ref().and_then(|_| status(m.client)))
+        .collect();
+    let leader = statuses
+        .iter()
+        .flatten()
+        .map(|(_, leader)| leader.clone())
+        .next()
+        .expect("a member answers");
+    statuses
+        .iter()
+        .position(|s| s.as_ref().is_some_and(|(me, _)| *me == leader))
+        .expect("the leader is a member")
+}
+
+#[test]
+fn fifty_concurrent_verifies_over_two_brokers_spend_a_three_use_budget_exactly_three_times() {
+    let sandbox = Sandbox::new();
+    let Some((_cluster, a, b)) = two_brokers(&sandbox) else {
+        return;
+    };
+    let minted = mint_on(&sandbox, &a, &["--uses", "3"]);
+    let token = minted["token"].as_str().expect("token");
+    let endpoints = [a.endpoint(), b.endpoint()];
+    let codes: Vec<Option<i32>> = std::thread::scope(|scope| {
+        let verifies: Vec<_> = (0..50)
+            .map(|i| {
+                let (sandbox, endpoint) = (&sandbox, &endpoints[i % 2]);
+                scope.spawn(move || {
+                    sandbox
+                        .lease(["verify", "read:articles"])
+                        .env("LEASE_BROKER", endpoint)
+                        .env("LEASE_TOKEN", token)
+                        .run()
+                        .code()
+                })
+            })
+            .collect();
+        verifies
+            .into_iter()
+            .map(|v| v.join().expect("verify thread"))
+            .collect()
+    });
+    let granted = codes.iter().filter(|c| **c == Some(0)).count();
+    let denied = codes.iter().filter(|c| **c == Some(1)).count();
+    assert_eq!((granted, denied), (3, 47), "exit codes: {codes:?}");
+}
+
+#[test]
+fn without_quorum_every_decision_fails_closed_and_decisions_resume_with_it() {
+    let sandbox = Sandbox::new();
+    let Some(mut cluster) = Cluster::start(&sandbox, 3) else {
+        return;
+    };
+    let a = broker_on(&sandbox, &cluster, "a");
+    let issue = || {
+        sandbox
+            .lease(["issue", "--scope", "read:articles", "--json"])
+            .env("LEASE_BROKER", a.endpoint())
+            .run()
+    };
+    let verify = |token: &str| {
+        sandbox
+            .lease(["verify", "read:articles"])
+            .env("LEASE_BROKER", a.endpoint())
+            .env("LEASE_TOKEN", token)
+            .run()
+    };
+    let live = issue().success().json();
+    let live = live["token"].as_str().expect("token");
+    let revoked = issue().success().json();
+    sandbox
+        .lease(["revoke", revoked["id"].as_str().expect("id")])
+        .env("LEASE_BROKER", a.endpoint())
+        .run()
+        .success();
+    let revoked = revoked["token"].as_str().expect("token");
+
+    // One member of three down (a follower): every decision as before, at once.
+    let first = leader(&cluster);
+    let follower = (first + 1) % 3;
+    cluster.stop_member(follower);
+    verify(live).success();
+    verify(revoked).code_is(1).stderr_has("revoked");
+    issue().success();
+
+    // Two down: no quorum. Every decision fails closed, naming the store, within its bound.
+    cluster.stop_member(first);
+    let started = Instant::now();
+    verify(live)
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("cannot reach its store etcd://127.0.0.1:");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    verify(revoked).code_is(2);
+    issue().code_is(2).one_error_line().stderr_has("etcd://");
+    sandbox
+        .run_sh("read:articles", "touch started")
+        .env("LEASE_BROKER", a.endpoint())
+        .run()
+        .code_is(125);
+    assert!(
+        !sandbox.path("started").exists(),
+        "a run started without its store"
+    );
+
+    // Quorum back: decisions resume by themselves, and what was revoked stays revoked.
+    cluster.start_member(first);
+    cluster.start_member(follower);
+    cluster.wait_healthy();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while verify(live).code() != Some(0) {
+        assert!(Instant::now() < deadline, "decisions did not resume");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    verify(revoked).code_is(1).stderr_has("revoked");
+}
+
+/// nginx balancing runs over the brokers' TCP listeners, passing a run's upgraded connection
+/// through (as a load balancer in front of brokers does).
+fn balancer(sandbox: &Sandbox, brokers: &[&Broker]) -> (crate::broker::NginxServer, String) {
+    let front = free_port();
+    let servers: String = brokers
+        .iter()
+        .map(|b| format!("server {} max_fails=1 fail_timeout=60s; ", b.tcp))
+        .collect();
+    let http = format!(
+        "  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  upstream brokers {{ {servers} }}
+  server {{
+    listen 127.0.0.1:{front};
+    location / {{
+      proxy_pass http://brokers;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_connect_timeout 2s;
+      proxy_read_timeout 1h;
+      proxy_buffering off;
+    }}
+  }}"
+    );
+    let nginx = crate::broker::NginxServer::start(sandbox.path("balancer"), &http);
+    (nginx, format!("http://127.0.0.1:{front}"))
+}
+
+/// A broker SIGKILLed under 200 runs: the runs that reached it through the balancer come back
+/// to the other broker and keep their leases; those that reached it alone are `owner gone`
+/// within `owner_timeout` on every broker; the runs of the other broker never notice; and no
+/// token is granted once its run has ended.
+#[test]
+fn a_broker_killed_under_two_hundred_runs_loses_no_run_that_can_come_back_and_no_more() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("owner_timeout = 2\n");
+    let Some((_cluster, a, b)) = two_brokers(&sandbox) else {
+        return;
+    };
+    let (_nginx, front) = balancer(&sandbox, &[&a, &b]);
+    let _load = crate::harness::loading();
+    // Over TCP a run mints under a parent lease (root leases are for operators on a socket).
+    let parent = sandbox
+        .lease(["issue", "--scope", "a:b", "--ttl", "10m"])
+        .env("LEASE_BROKER", b.endpoint())
+        .run()
+        .success()
+        .stdout;
+    let start = |endpoint: &str, parent: Option<&str>| {
+        let mut cmd = sandbox
+            .run_sh(
+                "a:b",
+                "printf 'token %s\\n' \"$LEASE_TOKEN\"; exec sleep 600",
+            )
+            .env("LEASE_BROKER", endpoint);
+        if let Some(parent) = parent {
+            cmd = cmd.env("LEASE_TOKEN", parent.trim());
+        }
+        cmd.start()
+    };
+    // 100 runs through the balancer (spread over both brokers), 50 on A's socket, 50 on B's.
+    let mut runs: Vec<(&str, crate::harness::Running)> = Vec::new();
+    for i in 0..200 {
+        let run = match i % 4 {
+            0 | 1 => ("balanced", start(&front, Some(&parent))),
+            2 => ("on a", start(&a.endpoint(), None)),
+            _ => ("on b", start(&b.endpoint(), None)),
+        };
+        runs.push(run);
+    }
+    let mut tokens: Vec<(&str, String)> = runs
+        .iter_mut()
+        .map(|(group, run)| {
+            let line = run.lines.expect("token ");
+            (*group, line.trim_start_matches("token ").trim().to_owned())
+        })
+        .collect();
+    for (group, token) in &tokens {
+        assert_eq!(reason_of(&sandbox, &b, token), "granted", "a run {group}");
+    }
+
+    kill_pid(a.pid());
+    drop(a);
+    // A's session expires within owner_timeout: its runs on its socket are then owner gone
+    // everywhere, while every other run is granted (the balanced ones now held by B).
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let on_a: Vec<&String> = tokens
+        .iter()
+        .filter(|(g, _)| *g == "on a")
+        .map(|(_, t)| t)
+        .collect();
+    while on_a
+        .iter()
+        .any(|t| reason_of(&sandbox, &b, t) != "owner gone")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "A's runs are not owner gone within owner_timeout"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (group, token) in tokens.iter().filter(|(g, _)| *g != "on a") {
+        assert_eq!(reason_of(&sandbox, &b, token), "granted", "a run {group}");
+    }
+
+    // Every run ends: no token is granted after.
+    for (_, run) in &mut runs {
+        run.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+    for (_, run) in &mut runs {
+        run.wait();
+    }
+    tokens.retain(|(_, token)| reason_of(&sandbox, &b, token) == "granted");
+    assert!(
+        tokens.is_empty(),
+        "granted after their runs ended: {} tokens",
+        tokens.len()
+    );
+}
+
+#[test]
+fn a_store_on_etcd_is_opened_by_a_broker_only() {
+    if crate::harness::local_only("about lease with no broker to go through") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    sandbox.write_config("store = \"etcd://127.0.0.1:9/team\"\n");
+    let refused = "the store is on etcd (etcd://127.0.0.1:9/team, the config's store), which only a broker opens: start `lease serve` with this config and set LEASE_BROKER (or --broker) to reach it\n";
+    sandbox
+        .lease(["issue", "--scope", "a"])
+        .run()
+        .code_is(2)
+        .stderr_is(&format!("lease: {refused}"));
+    sandbox
+        .lease(["verify", "a"])
+        .env("LEASE_TOKEN", Sandbox::new().issue("a"))
+        .run()
+        .code_is(2)
+        .stderr_is(&format!("lease: cannot verify: {refused}"));
+    sandbox
+        .run_sh("a", "touch started")
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has(refused);
+    assert!(!sandbox.path("started").exists());
 }

@@ -260,6 +260,32 @@ impl Sandbox {
         records
     }
 
+    /// Writes records (id, TOML text) straight into the store, as new: files of mode 0600 in
+    /// the state dir, or keys on the shared store.
+    pub fn put_records(&self, records: &[(String, String)]) {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Some(url) = &self.store {
+            for batch in records.chunks(100) {
+                etcd_put(url, batch);
+            }
+            return;
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.leases_dir())
+            .expect("leases dir");
+        for (id, text) in records {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(self.leases_dir().join(format!("{id}.toml")))
+                .and_then(|mut file| file.write_all(text.as_bytes()))
+                .expect("record file");
+        }
+    }
+
     /// With `LEASE_TEST_STORE`, the store (with this sandbox's prefix) its brokers are on.
     pub fn store_url(&self) -> Option<&str> {
         self.store.as_deref()
@@ -323,23 +349,63 @@ impl Sandbox {
     }
 }
 
-/// Every record under the store URL `url` (`etcd://HOST:PORT/PREFIX`), read through etcd's
-/// own JSON gateway with curl, by id.
+/// The host and the prefix of the records' keys of a store URL (`etcd://HOST:PORT/PREFIX`).
+fn etcd_keys(url: &str) -> (&str, String) {
+    let rest = url.strip_prefix("etcd://").expect("an etcd:// store");
+    let (host, prefix) = rest.split_once('/').expect("a prefix");
+    (host, format!("{prefix}/leases/"))
+}
+
+/// POSTs `body` to etcd's JSON gateway at `host`, `path` (`/v3/kv/range`...).
+fn etcd_gateway(host: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-X",
+            "POST",
+            "--data-binary",
+            "@-",
+        ])
+        .arg(format!("http://{host}{path}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut curl| {
+            if let Some(mut stdin) = curl.stdin.take() {
+                stdin.write_all(body.to_string().as_bytes())?;
+            }
+            curl.wait_with_output()
+        })
+        .expect("curl");
+    serde_json::from_slice(&out.stdout).expect("etcd answers JSON")
+}
+
+/// Puts records (id, text) on the store at `url` in one transaction.
+fn etcd_put(url: &str, records: &[(String, String)]) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (host, keys) = etcd_keys(url);
+    let puts: Vec<serde_json::Value> = records
+        .iter()
+        .map(|(id, text)| {
+            let key = format!("{keys}{id}");
+            serde_json::json!({"request_put": {"key": b64.encode(key), "value": b64.encode(text)}})
+        })
+        .collect();
+    let answer = etcd_gateway(host, "/v3/kv/txn", &serde_json::json!({ "success": puts }));
+    assert_eq!(answer["succeeded"], true, "{answer}");
+}
+
+/// Every record under the store URL `url`, read through etcd's own JSON gateway, by id.
 fn etcd_records(url: &str) -> BTreeMap<String, toml::Table> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let rest = url.strip_prefix("etcd://").expect("an etcd:// store");
-    let (host, prefix) = rest.split_once('/').expect("a prefix");
-    let keys = format!("{prefix}/leases/");
-    let end = format!("{prefix}/leases0");
+    let (host, keys) = etcd_keys(url);
+    let end = format!("{}0", keys.trim_end_matches('/'));
     let body = serde_json::json!({"key": b64.encode(&keys), "range_end": b64.encode(&end)});
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "5", "-X", "POST", "--data"])
-        .arg(body.to_string())
-        .arg(format!("http://{host}/v3/kv/range"))
-        .output()
-        .expect("curl");
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcd answers JSON");
+    let answer = etcd_gateway(host, "/v3/kv/range", &body);
     let mut records = BTreeMap::new();
     for kv in answer["kvs"].as_array().into_iter().flatten() {
         let key = b64

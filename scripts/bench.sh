@@ -287,6 +287,77 @@ NGINX
         extra+=("  the reference, nginx as the proxy: $(mib "$reference_bw") MiB/s, $(ratio "$reference_bw" "$direct_bw") of direct")
     fi
 fi
+
+# Brokers on etcd (issue 13): the same token's record put on a one-member etcd, a broker on it
+# beside the broker on the local store; then 1, 2 and 3 brokers on it under load at once.
+if command -v etcd >/dev/null; then
+    etcd_client=$(free_port)
+    etcd_peer=$(free_port)
+    etcd --name bench --data-dir "$work/etcd" --log-level error \
+        --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
+        --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+        --initial-cluster "bench=http://127.0.0.1:$etcd_peer" >"$work/etcd.log" 2>&1 &
+    etcd_pid=$!
+    trap 'kill "$broker" "$etcd_pid" 2>/dev/null; rm -rf "$work"' EXIT
+    for _ in $(seq 300); do
+        curl -s --max-time 1 "http://127.0.0.1:$etcd_client/health" | grep -q '"health":"true"' && break
+        sleep 0.1
+    done
+    store="etcd://127.0.0.1:$etcd_client/bench"
+    # The record of the exported token, as the local store has it, put under the bench prefix.
+    python3 - "$work/s10/leases/$record" "$work/put.json" <<'PY'
+import base64, json, os, sys
+path, out = sys.argv[1], sys.argv[2]
+key = "bench/leases/" + os.path.basename(path)[: -len(".toml")]
+value = open(path, "rb").read()
+b64 = lambda b: base64.b64encode(b).decode()
+json.dump({"key": b64(key.encode()), "value": b64(value)}, open(out, "w"))
+PY
+    curl -s --max-time 5 -X POST --data-binary "@$work/put.json" "http://127.0.0.1:$etcd_client/v3/kv/put" >/dev/null
+    etcd_brokers=()
+    # start_on_etcd N: broker N on the store, on unix:$work/etcd-N.sock and a loopback port.
+    start_on_etcd() {
+        mkdir -p "$work/etcd-state-$1"
+        LEASE_CONFIG=/dev/null "$lease" --state-dir "$work/etcd-state-$1" serve --store "$store" \
+            --listen "unix:$work/etcd-$1.sock" --listen 127.0.0.1:0 2>"$work/etcd-broker-$1.log" &
+        etcd_brokers+=($!)
+        for _ in $(seq 200); do grep -q "listening on 127" "$work/etcd-broker-$1.log" && break; sleep 0.05; done
+    }
+    start_on_etcd 1
+    trap 'kill "$broker" "$etcd_pid" "${etcd_brokers[@]}" 2>/dev/null; rm -rf "$work"' EXIT
+    compare "verify through a broker on etcd vs a broker on the local store" 2 \
+        "$lease --broker unix:$work/etcd-1.sock verify a:b" "$lease --broker unix:$work/broker.sock verify a:b"
+    compare "mint+revoke of a run through a broker on etcd vs on the local store" 3 \
+        "$lease --broker unix:$work/etcd-1.sock run --scope a:b -- true" "$lease --broker unix:$work/broker.sock run --scope a:b -- true"
+    if command -v wrk >/dev/null; then
+        # decisions N: POST /v1/verify on brokers 1..N at once (one wrk each, -t1 -c16), summed.
+        decisions() {
+            local n=$1 i p total=0 loads=()
+            for i in $(seq "$n"); do
+                p=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/etcd-broker-$i.log")
+                wrk -t1 -c16 -d"${DURATION:-5}s" -s "$work/verify.lua" "http://127.0.0.1:$p/v1/verify" >"$work/wrk-$i.txt" 2>&1 &
+                loads+=($!)
+            done
+            wait "${loads[@]}" || true
+            for i in $(seq "$n"); do
+                total=$(awk -v t="$total" '/Requests\/sec/ { t += $2 } END { print t }' "$work/wrk-$i.txt")
+            done
+            echo "$total"
+        }
+        one=$(decisions 1)
+        start_on_etcd 2
+        two=$(decisions 2)
+        start_on_etcd 3
+        three=$(decisions 3)
+        read -r local_rps _ <<<"$(load "http://127.0.0.1:$port/v1/verify" "$work/verify.lua")"
+        extra+=("POST /v1/verify on etcd (one member), all brokers loaded at once: 1 broker $one decisions/s, 2 brokers $two, 3 brokers $three; a broker on the local store: $local_rps")
+    fi
+    kill "${etcd_brokers[@]}" 2>/dev/null
+    wait "${etcd_brokers[@]}" 2>/dev/null || true
+    kill "$etcd_pid"
+    wait "$etcd_pid" 2>/dev/null || true
+fi
+
 kill "$broker"
 wait "$broker" || true
 

@@ -487,3 +487,86 @@ fn a_store_on_etcd_is_opened_by_a_broker_only() {
         .stderr_has(refused);
     assert!(!sandbox.path("started").exists());
 }
+
+/// What etcd says of the etcd lease a key is attached to: its granted TTL and what is left.
+fn ttl_of_key(cluster: &Cluster, key: &str) -> (i64, i64) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let gateway = |path: &str, body: serde_json::Value| -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "-X", "POST", "--data"])
+            .arg(body.to_string())
+            .arg(format!(
+                "http://127.0.0.1:{}{path}",
+                cluster.members[0].client
+            ))
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).expect("etcd answers JSON")
+    };
+    let got = gateway("/v3/kv/range", serde_json::json!({"key": b64.encode(key)}));
+    let lease = got["kvs"][0]["lease"]
+        .as_str()
+        .expect("the key is on an etcd lease");
+    let ttl = gateway("/v3/lease/timetolive", serde_json::json!({"ID": lease}));
+    let number = |v: &serde_json::Value| v.as_str().expect("a number").parse::<i64>().expect("i64");
+    (number(&ttl["grantedTTL"]), number(&ttl["TTL"]))
+}
+
+/// A lease's keys are on an etcd lease that ends a minute after the lease's expiry (so etcd
+/// removes them by itself); a renewal moves them to one that ends a minute after the new
+/// expiry.
+#[test]
+fn a_leases_keys_leave_etcd_on_their_own_a_minute_after_its_expiry() {
+    let sandbox = Sandbox::new();
+    let Some((cluster, a, _b)) = two_brokers(&sandbox) else {
+        return;
+    };
+    let minted = mint_on(&sandbox, &a, &["--ttl", "2m"]);
+    let key = format!("lease-test/leases/{}", minted["id"].as_str().expect("id"));
+    let (granted, left) = ttl_of_key(&cluster, &key);
+    assert!((175..=182).contains(&granted), "granted TTL {granted}");
+    assert!(left <= granted && left > 170, "TTL left {left}");
+    sandbox
+        .lease(["renew", "--ttl", "10m"])
+        .env("LEASE_BROKER", a.endpoint())
+        .env("LEASE_TOKEN", minted["token"].as_str().expect("token"))
+        .run()
+        .success();
+    // Ten minutes more: the expiry is 12 minutes away, the keys' end a minute after.
+    let (granted, _) = ttl_of_key(&cluster, &key);
+    assert!(
+        (775..=782).contains(&granted),
+        "granted TTL after renew {granted}"
+    );
+}
+
+/// A reload keeps the store: a config that moves it is refused, and the broker goes on.
+#[test]
+fn a_reload_cannot_move_the_store() {
+    if crate::harness::shared_store_mode() {
+        // Every broker of this pass has --store, which a config cannot override.
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let Some(cluster) = Cluster::start(&sandbox, 1) else {
+        return;
+    };
+    sandbox.write_config(&format!("store = \"{}\"\n", cluster.url()));
+    let state = sandbox.path("a-state");
+    let mut broker = Broker::start_at(
+        &sandbox,
+        sandbox.path("a.sock"),
+        &["--state-dir", state.to_str().expect("UTF-8")],
+    );
+    let minted = mint_on(&sandbox, &broker, &[]);
+    sandbox.write_config("store = \"etcd://127.0.0.1:9/elsewhere\"\n");
+    broker.signal(nix::sys::signal::Signal::SIGHUP);
+    broker.expect_log("the store can be changed by a restart, not by a reload");
+    sandbox
+        .lease(["verify", "read:articles"])
+        .env("LEASE_BROKER", broker.endpoint())
+        .env("LEASE_TOKEN", minted["token"].as_str().expect("token"))
+        .run()
+        .success();
+}

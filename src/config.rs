@@ -387,7 +387,8 @@ impl Config {
             if etcd.cert_file.is_some() != etcd.key_file.is_some() {
                 return Err(at.error(None, "etcd", "cert_file and key_file go together"));
             }
-            if !config.store.as_ref().is_some_and(|url| url.tls) {
+            // Without a store here, `lease serve --store etcd+https://...` may bring one.
+            if config.store.as_ref().is_some_and(|url| !url.tls) {
                 let why = "is for an etcd+https:// store (store = \"etcd+https://...\")";
                 return Err(at.error(None, "etcd", why));
             }

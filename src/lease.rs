@@ -169,6 +169,23 @@ pub fn let_go(store: &Store, id: &LeaseId, process: &Process) -> Result<Loaded> 
     )
 }
 
+/// Ends, as `owner gone`, a broker's run that no live broker holds, if that is still so on
+/// the record as it now stands (another broker may have taken the run over since it was read).
+pub fn end_orphan(store: &Store, id: &LeaseId, process: &Process) -> Result<Loaded> {
+    end(
+        store,
+        id,
+        process,
+        EventKind::OwnerGone,
+        None,
+        |record, now| {
+            record.owner.as_ref().is_some_and(|o| {
+                o.broker && !o.is_current() && o.state() == crate::owner::OwnerState::Gone
+            }) && record.mark_owner_gone(now)
+        },
+    )
+}
+
 fn end(
     store: &Store,
     id: &LeaseId,

@@ -458,6 +458,10 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
             challenge(answer.headers_mut());
             answer
         }
+        Ok(Err(Refused::Unavailable(why))) => {
+            log(&format!("cannot run {what}: client={peer}: {why}"));
+            error(StatusCode::SERVICE_UNAVAILABLE, &why)
+        }
         Ok(Err(Refused::NotAllowed(why))) => {
             log(&format!("refused {what}: client={peer}"));
             error(StatusCode::FORBIDDEN, &why)

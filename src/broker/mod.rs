@@ -298,9 +298,10 @@ fn load(request: &ServeRequest, before: Option<&Live>) -> Result<Live> {
     if let Some(url) = &request.store {
         config.store = Some(url.clone());
     }
-    let kept = before.filter(|b| b.config.store == config.store);
+    let kept =
+        before.filter(|b| b.config.store == config.store && b.config.etcd_tls == config.etcd_tls);
     if before.is_some() && kept.is_none() {
-        bail!("the store can be changed by a restart, not by a reload");
+        bail!("the store (store, [etcd]) can be changed by a restart, not by a reload");
     }
     let store = match (&config.store, kept.and_then(|b| b.store.backend())) {
         (None, _) => Store::open(&request.state_dir, Open::CreateIfMissing)?,
@@ -746,6 +747,12 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()
             "connections still open after {}s: closing them",
             DRAIN.as_secs()
         ));
+    }
+    // On a shared store, let go of the runs this broker held at once: their wrappers come
+    // back to another broker, and a run that does not is owner gone now, not at the end of
+    // this broker's session.
+    if let Some(backend) = shared.live().store.backend() {
+        let _ = tokio::task::spawn_blocking(move || backend.stop()).await;
     }
     log("stopped");
     Ok(())

@@ -395,20 +395,25 @@ pub(super) fn sweep(
         {
             continue;
         }
-        let orphaned = if owner.is_current() {
-            if !suspects.contains(&record.id) {
-                next.insert(record.id.clone());
-                continue;
-            }
-            true
+        // Each end is made only if the record, read again, still says so: a run may come
+        // back meanwhile, here or (on a shared store) to another broker.
+        let end = if owner.is_current() {
+            crate::lease::let_go
+        } else if owner.state() == crate::owner::OwnerState::Gone {
+            crate::lease::end_orphan
         } else {
-            owner.state() == crate::owner::OwnerState::Gone
+            continue;
         };
-        if orphaned
-            && matches!(
-                crate::lease::owner_gone(&live.store, &record.id, &process),
-                Ok(Loaded::Found(_))
-            )
+        // This broker's own runs without a connection, and on a shared store the runs no
+        // broker holds (which may be on their way to another): ended at the second sweep
+        // that finds them so.
+        if (owner.is_current() || owner.held.is_some()) && !suspects.contains(&record.id) {
+            next.insert(record.id.clone());
+            continue;
+        }
+        let before = record.state;
+        if let Ok(Loaded::Found(now)) = end(&live.store, &record.id, &process)
+            && now.state != before
         {
             ended += 1;
         }

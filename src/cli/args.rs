@@ -10,8 +10,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use super::values::{
-    parse_env_name, parse_glob, parse_listen, parse_on_expiry, parse_store, parse_token_env,
-    parse_ttl,
+    parse_env_name, parse_glob, parse_listen, parse_on_expiry, parse_token_env, parse_ttl,
 };
 use crate::config::OnExpiry;
 use crate::endpoint::Listen;
@@ -309,8 +308,10 @@ pub(super) struct ServeArgs {
     /// Keep the leases on etcd, shared with other brokers:
     /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX] or etcd+https://... [default: the config's
     /// store, else the state dir]
-    #[arg(long, value_name = "URL", value_parser = parse_store)]
-    pub(super) store: Option<crate::store::etcd::Url>,
+    // Parsed after clap (cli/translate.rs): clap's own error would echo a refused value, and
+    // a URL may carry a password.
+    #[arg(long, value_name = "URL")]
+    pub(super) store: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 
 use super::args::{MintArgs, Shell, Sub, TokenArgs};
-use super::values::{lease_id_arg, not_a_token};
+use super::values::{lease_id_arg, not_a_token, store_arg};
 use crate::config::Profile;
 use crate::policy::Asked;
 use crate::request::{
@@ -134,7 +134,7 @@ pub(super) fn validate(sub: Sub) -> Result<Command> {
         Sub::Serve(args) => Command::Serve {
             listen: args.listen,
             insecure_http: args.insecure_http,
-            store: args.store,
+            store: args.store.as_deref().map(store_arg).transpose()?,
         },
     })
 }

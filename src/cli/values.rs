@@ -28,9 +28,10 @@ pub(super) fn parse_listen(text: &str) -> Result<Listen> {
     Listen::parse(text)
 }
 
-pub(super) fn parse_store(text: &str) -> Result<crate::store::etcd::Url> {
+/// `--store`: its errors never echo the value (a URL may carry a password).
+pub(super) fn store_arg(text: &str) -> Result<crate::store::etcd::Url> {
     not_a_token(text, "a store URL", "pass etcd://HOST:PORT")?;
-    crate::store::etcd::Url::parse(text)
+    crate::store::etcd::Url::parse(text).map_err(|err| anyhow::anyhow!("invalid --store: {err:#}"))
 }
 
 pub(super) fn parse_on_expiry(text: &str) -> Result<OnExpiry> {

@@ -21,6 +21,8 @@ pub enum Refused {
     NoToken(String),
     /// The caller may not do this.
     NotAllowed(String),
+    /// The store cannot be read to tell (503).
+    Unavailable(String),
 }
 
 /// Runs `asked` for a client of the broker: an `operator` (a uid in `operators` on the
@@ -66,9 +68,10 @@ pub fn on_broker(
         }
         let token = own(what)?;
         let unknown = || Refused::NoToken("unknown: no lease matches the token".to_owned());
-        let store = setup.store(Open::ExistingOnly).map_err(|_| unknown())?;
-        let mine = match store.find(&token.hash()) {
-            Ok(crate::store::Loaded::Found(record)) => record.id.to_string(),
+        let unavailable = |err: anyhow::Error| Refused::Unavailable(format!("{err:#}"));
+        let store = setup.store(Open::ExistingOnly).map_err(unavailable)?;
+        let mine = match store.find(&token.hash()).map_err(unavailable)? {
+            crate::store::Loaded::Found(record) => record.id.to_string(),
             _ => return Err(unknown()),
         };
         match id {

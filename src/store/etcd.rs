@@ -44,7 +44,7 @@ const PAGE: i64 = 500;
 /// What a hold key's name adds to its record's.
 const HOLD: &str = "/held";
 /// How long one write (an update, a charge, a removal) may take in all, retries included.
-const WRITE_PATIENCE: Duration = Duration::from_secs(5);
+const WRITE_PATIENCE: Duration = Duration::from_secs(3);
 /// Stripes of the local write locks (see [`Etcd::writing`]).
 const STRIPES: usize = 64;
 
@@ -69,9 +69,9 @@ impl Url {
         } else if let Some(rest) = text.strip_prefix("etcd+https://") {
             (true, rest)
         } else {
-            bail!("{text:?} is not a store URL: {EXPECTED} (the local store is the default)");
+            // Not echoed, here or below: a URL may carry a password.
+            bail!("not a store URL: {EXPECTED} (the local store is the default)");
         };
-        // Not echoed: what follows a user name may be a password.
         if rest.contains(['@', '?', '#'])
             || rest.chars().any(|c| c.is_whitespace() || c.is_control())
         {
@@ -90,7 +90,7 @@ impl Url {
                 .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
         {
             bail!(
-                "{text:?}: the prefix may hold letters, digits, '-', '_', '.' and '/' between names"
+                "the store's prefix may hold letters, digits, '-', '_', '.' and '/' between names"
             );
         }
         let mut endpoints = Vec::new();
@@ -102,7 +102,7 @@ impl Url {
                 Some((name, Ok(port))) if !name.is_empty() && port != 0 => {
                     endpoints.push(host.to_owned());
                 }
-                _ => bail!("{text:?}: {host:?} is not HOST:PORT: {EXPECTED}"),
+                _ => bail!("{host:?} is not HOST:PORT: {EXPECTED}"),
             }
         }
         Ok(Url {
@@ -170,7 +170,48 @@ pub struct Etcd {
     /// here after this broker began to end a lease (its run's connection closed) sees the
     /// lease ended, as on the local store, and writes here to one lease queue up instead of
     /// conflicting in etcd. Each is held for at most [`WRITE_PATIENCE`] plus one call.
-    writing: [std::sync::Mutex<()>; STRIPES],
+    writing: [Stripe; STRIPES],
+}
+
+/// A lock that is waited for until a deadline (std's `Mutex` waits without one).
+#[derive(Debug, Default)]
+struct Stripe {
+    taken: std::sync::Mutex<bool>,
+    freed: std::sync::Condvar,
+}
+
+/// A [`Stripe`] held; let go when dropped.
+struct Taken<'a>(&'a Stripe);
+
+impl Stripe {
+    /// Takes the stripe, waiting until `deadline` at most.
+    fn take(&self, deadline: std::time::Instant) -> Option<Taken<'_>> {
+        let mut taken = self
+            .taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *taken {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            taken = self
+                .freed
+                .wait_timeout(taken, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        *taken = true;
+        Some(Taken(self))
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = false;
+        self.0.freed.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Etcd {
@@ -221,13 +262,13 @@ impl Etcd {
             );
         }
         let rt = runtime()?;
-        let client = block(rt, &shown, move || {
+        let client = block(rt, &shown, false, move || {
             let (endpoints, options) = (endpoints.clone(), options.clone());
             async move { Client::connect(endpoints, Some(options)).await }
         })?;
         let ttl = i64::try_from(owner_timeout.as_secs().max(2)).unwrap_or(3600);
         let granting = client.clone();
-        let granted = block(rt, &shown, move || {
+        let granted = block(rt, &shown, false, move || {
             let mut client = granting.clone();
             async move { client.lease_grant(ttl, None).await }
         })
@@ -248,7 +289,7 @@ impl Etcd {
             client,
             session,
             me: Owner::broker(String::new())?,
-            writing: std::array::from_fn(|_| std::sync::Mutex::new(())),
+            writing: std::array::from_fn(|_| Stripe::default()),
         })
     }
 
@@ -263,18 +304,25 @@ impl Etcd {
 
     /// Holds the local write locks of `ids` (in stripe order, so two writers never wait for
     /// each other).
-    fn lock(&self, ids: &[LeaseId]) -> Vec<std::sync::MutexGuard<'_, ()>> {
+    /// Waits at most [`CALL`] in all: a lease written here for longer than that fails the
+    /// waiter closed.
+    fn lock(&self, ids: &[LeaseId]) -> Result<Vec<Taken<'_>>> {
         let mut stripes: Vec<usize> = ids.iter().map(|id| self.stripe(id)).collect();
         stripes.sort_unstable();
         stripes.dedup();
-        stripes
-            .into_iter()
-            .map(|i| {
-                self.writing[i]
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-            })
-            .collect()
+        let deadline = std::time::Instant::now() + CALL;
+        let mut held = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            match self.writing[i].take(deadline) {
+                Some(guard) => held.push(guard),
+                None => bail!(
+                    "the store {}: a write of the same lease here took longer than {} s",
+                    self.shown,
+                    CALL.as_secs()
+                ),
+            }
+        }
+        Ok(held)
     }
 
     fn key(&self, id: &LeaseId) -> String {
@@ -290,12 +338,24 @@ impl Etcd {
         M: Fn(Client) -> F + Send + 'static,
     {
         let client = self.client.clone();
-        block(runtime()?, &self.shown, move || make(client.clone()))
+        block(runtime()?, &self.shown, false, move || make(client.clone()))
+    }
+
+    /// [`Etcd::call`] for a read, which is made again on any member that cannot answer now
+    /// (no leader yet, unreachable) while the deadline allows: a read changes nothing.
+    fn call_read<T, F, M>(&self, make: M) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
+        M: Fn(Client) -> F + Send + 'static,
+    {
+        let client = self.client.clone();
+        block(runtime()?, &self.shown, true, move || make(client.clone()))
     }
 
     /// Reads a record and its hold, after any write of it in flight here.
     fn read_settled(&self, id: &LeaseId) -> Result<Read> {
-        drop(self.lock(std::slice::from_ref(id)));
+        drop(self.lock(std::slice::from_ref(id))?);
         self.read(id)
     }
 
@@ -303,7 +363,7 @@ impl Etcd {
     fn read(&self, id: &LeaseId) -> Result<Read> {
         let key = self.key(id);
         let end = format!("{key}0");
-        let mut got = self.call(move |mut client| {
+        let mut got = self.call_read(move |mut client| {
             let (key, end) = (key.clone(), end.clone());
             async move {
                 client
@@ -422,9 +482,8 @@ impl Etcd {
 
     /// Reads a range page by page, at the revision of the first page (one consistent view).
     fn pages(&self, keys_only: bool, mut each: impl FnMut(&KeyValue)) -> Result<()> {
-        let start = self.keys.clone();
-        let end = range_end(&start);
-        let mut from = start;
+        let end = range_end(&self.keys);
+        let mut from = self.keys.clone().into_bytes();
         let mut revision = 0;
         loop {
             let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
@@ -435,7 +494,7 @@ impl Etcd {
                 options = options.with_revision(revision);
             }
             let key = from.clone();
-            let mut page = self.call(move |mut client| {
+            let mut page = self.call_read(move |mut client| {
                 let (key, options) = (key.clone(), options.clone());
                 async move { client.get(key, Some(options)).await }
             })?;
@@ -449,9 +508,8 @@ impl Etcd {
             }
             match kvs.last() {
                 Some(last) if more => {
-                    let mut next = last.key().to_vec();
-                    next.push(0);
-                    from = String::from_utf8(next).context("a key in the store is not UTF-8")?;
+                    from = last.key().to_vec();
+                    from.push(0);
                 }
                 _ => return Ok(()),
             }
@@ -491,7 +549,7 @@ impl Backend for Etcd {
         id: &LeaseId,
         change: &mut dyn FnMut(&mut Record) -> bool,
     ) -> Result<Updated<()>> {
-        let _writing = self.lock(std::slice::from_ref(id));
+        let _writing = self.lock(std::slice::from_ref(id))?;
         let began = std::time::Instant::now();
         for _ in 0..RETRIES {
             if began.elapsed() > WRITE_PATIENCE {
@@ -533,7 +591,7 @@ impl Backend for Etcd {
         let Some(first) = chain.first() else {
             return Ok(Charged::Paid);
         };
-        let _writing = self.lock(chain);
+        let _writing = self.lock(chain)?;
         let began = std::time::Instant::now();
         for _ in 0..RETRIES {
             if began.elapsed() > WRITE_PATIENCE {
@@ -549,7 +607,7 @@ impl Backend for Etcd {
                 })
                 .collect();
             let reads = Txn::new().and_then(reads);
-            let answer = self.call(move |mut client| {
+            let answer = self.call_read(move |mut client| {
                 let reads = reads.clone();
                 async move { client.txn(reads).await }
             })?;
@@ -617,12 +675,19 @@ impl Backend for Etcd {
         Ok(ids)
     }
 
+    fn stop(&self) {
+        let session = self.session.id.swap(0, Ordering::SeqCst);
+        if session != 0 {
+            let _ = self.call(move |mut client| async move { client.lease_revoke(session).await });
+        }
+    }
+
     fn remove_if(
         &self,
         id: &LeaseId,
         should_remove: &mut dyn FnMut(&Loaded) -> bool,
     ) -> Result<bool> {
-        let _writing = self.lock(std::slice::from_ref(id));
+        let _writing = self.lock(std::slice::from_ref(id))?;
         let began = std::time::Instant::now();
         for _ in 0..RETRIES {
             if began.elapsed() > WRITE_PATIENCE {
@@ -654,9 +719,11 @@ fn range_end(prefix: &str) -> String {
 }
 
 /// Runs the call `make` makes on the etcd runtime within [`CALL`], and waits for it on this
-/// thread. A call that found its member unreachable (`Unavailable`: the request did not reach
-/// etcd) is made again while the deadline allows, so that another member answers it.
-fn block<T, F, M>(rt: &tokio::runtime::Runtime, shown: &str, make: M) -> Result<T>
+/// thread. A call that could not connect to its member (so the request never reached etcd) is
+/// made again while the deadline allows, so that another member answers it; any other failure
+/// is final (a write that failed otherwise may have been applied), except for a `read`, which
+/// is made again on any `Unavailable`.
+fn block<T, F, M>(rt: &tokio::runtime::Runtime, shown: &str, read: bool, make: M) -> Result<T>
 where
     T: Send + 'static,
     F: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
@@ -670,6 +737,7 @@ where
             match tokio::time::timeout_at(deadline, make()).await {
                 Ok(Err(etcd_client::Error::GRpcStatus(status)))
                     if status.code() == tonic::Code::Unavailable
+                        && (read || status.message().contains("connect"))
                         && tokio::time::Instant::now() + again < deadline =>
                 {
                     tokio::time::sleep(again).await;
@@ -764,6 +832,8 @@ async fn keep_session(mut client: Client, session: Arc<Session>, shown: String, 
             }
             tokio::time::sleep(every).await;
         }
+        // The stream ended: open another, not at once.
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -787,6 +857,7 @@ mod tests {
     fn a_bad_store_url_is_refused_with_what_is_expected() {
         for bad in [
             "redis://h:1",
+            "https://root:pw@h:2379",
             "etcd://",
             "etcd://h",
             "etcd://h:0",
@@ -802,7 +873,7 @@ mod tests {
                 err.contains("etcd://HOST:PORT") || err.contains("prefix"),
                 "{bad}: {err}"
             );
-            assert!(!err.contains("pw@"), "{bad}: {err}");
+            assert!(!err.contains("pw"), "{bad}: {err}");
         }
     }
 

@@ -144,6 +144,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         id: &LeaseId,
         should_remove: &mut dyn FnMut(&Loaded) -> bool,
     ) -> Result<bool>;
+    /// The broker stops: lets go of what it holds in the store (bounded, best effort).
+    fn stop(&self);
 }
 
 /// The lease store.

@@ -562,11 +562,188 @@ fn a_reload_cannot_move_the_store() {
     let minted = mint_on(&sandbox, &broker, &[]);
     sandbox.write_config("store = \"etcd://127.0.0.1:9/elsewhere\"\n");
     broker.signal(nix::sys::signal::Signal::SIGHUP);
-    broker.expect_log("the store can be changed by a restart, not by a reload");
+    broker.expect_log("the store (store, [etcd]) can be changed by a restart, not by a reload");
     sandbox
         .lease(["verify", "read:articles"])
         .env("LEASE_BROKER", broker.endpoint())
         .env("LEASE_TOKEN", minted["token"].as_str().expect("token"))
         .run()
         .success();
+}
+
+/// `etcd+https://`: a member that asks for a client certificate, trusted through `[etcd]
+/// ca_file`; the broker with `cert_file` and `key_file` serves, and one without a certificate
+/// does not start, naming the store.
+#[test]
+fn a_store_over_tls_with_a_client_certificate() {
+    if crate::harness::shared_store_mode() {
+        // Every broker of this pass has --store on the suite's plain etcd.
+        return;
+    }
+    let sandbox = Sandbox::new();
+    if Command::new("etcd").arg("--version").output().is_err() {
+        skip(
+            "etcd",
+            "etcd is not installed (apt-get install etcd-server)",
+        );
+        return;
+    }
+    let (ca, cert, key) = crate::broker::certificates(&sandbox);
+    let (client, peer) = (free_port(), free_port());
+    let etcd = Command::new("etcd")
+        .arg(format!("--data-dir={}", sandbox.path("etcd-tls").display()))
+        .arg(format!("--listen-client-urls=https://127.0.0.1:{client}"))
+        .arg(format!(
+            "--advertise-client-urls=https://127.0.0.1:{client}"
+        ))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
+        .arg(format!("--cert-file={}", cert.display()))
+        .arg(format!("--key-file={}", key.display()))
+        .arg(format!("--trusted-ca-file={}", ca.display()))
+        .args(["--client-cert-auth", "--log-level=error"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd");
+    let _etcd = Stopped(etcd);
+    let healthy = || {
+        Command::new("curl")
+            .args(["-s", "--max-time", "2", "--cacert"])
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg(format!("https://127.0.0.1:{client}/health"))
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("\"health\":\"true\""))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !healthy() {
+        assert!(
+            Instant::now() < deadline,
+            "etcd over TLS did not become healthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let store = format!("etcd+https://127.0.0.1:{client}/tls");
+    let files = format!(
+        "store = \"{store}\"\n[etcd]\nca_file = \"{}\"\n",
+        ca.display()
+    );
+    // No client certificate: the member refuses the connection, and the broker cannot start.
+    sandbox.write_config(&files);
+    let out = sandbox
+        .lease([
+            "--state-dir",
+            sandbox.path("x-state").to_str().expect("UTF-8"),
+            "serve",
+        ])
+        .arg("--listen")
+        .arg(format!("unix:{}", sandbox.path("x.sock").display()))
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(
+        out.stderr
+            .contains(&format!("cannot open the store {store}")),
+        "{out:?}"
+    );
+    // With one: served.
+    sandbox.write_config(&format!(
+        "{files}cert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let state = sandbox.path("a-state");
+    let broker = Broker::start_at(
+        &sandbox,
+        sandbox.path("a.sock"),
+        &["--state-dir", state.to_str().expect("UTF-8")],
+    );
+    let minted = mint_on(&sandbox, &broker, &[]);
+    sandbox
+        .lease(["verify", "read:articles"])
+        .env("LEASE_BROKER", broker.endpoint())
+        .env("LEASE_TOKEN", minted["token"].as_str().expect("token"))
+        .run()
+        .success();
+}
+
+/// A process killed and reaped when dropped, whether the test passed or not.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        kill_pid(i32::try_from(self.0.id()).expect("pid"));
+        let _ = self.0.wait();
+    }
+}
+
+/// A store URL with a password, in the config or on the command line, is refused in one line
+/// that does not repeat it.
+#[test]
+fn a_store_url_with_a_password_is_refused_without_repeating_it() {
+    let sandbox = Sandbox::new();
+    for url in [
+        "etcd://root:hunter2@127.0.0.1:2379",
+        "https://root:hunter2@127.0.0.1:2379",
+    ] {
+        let out = sandbox
+            .lease(["serve", "--store", url])
+            .run()
+            .code_is(2)
+            .one_error_line();
+        assert!(
+            out.stderr.starts_with("lease: invalid --store: "),
+            "{out:?}"
+        );
+        assert!(!out.stderr.contains("hunter2"), "{out:?}");
+        let config = sandbox.path("with-password.toml");
+        std::fs::write(&config, format!("store = \"{url}\"\n")).expect("config");
+        let out = sandbox
+            .lease(["--config", config.to_str().expect("UTF-8"), "list"])
+            .run()
+            .one_error_line();
+        assert!(out.stderr.contains("store"), "{out:?}");
+        assert!(!out.stderr.contains("hunter2"), "{out:?}");
+    }
+}
+
+/// A broker stopped by SIGTERM lets go of the runs it held at once (it ends its session): a run
+/// that does not come back to another broker is owner gone everywhere now, not owner_timeout
+/// (10 s here) later.
+#[test]
+fn a_broker_that_stops_lets_go_of_its_runs_at_once() {
+    let sandbox = Sandbox::new();
+    let Some((_cluster, a, b)) = two_brokers(&sandbox) else {
+        return;
+    };
+    let mut run = sandbox
+        .run_sh(
+            "a:b",
+            "printf 'token %s\\n' \"$LEASE_TOKEN\"; exec sleep 600",
+        )
+        .env("LEASE_BROKER", a.endpoint())
+        .start();
+    let line = run.lines.expect("token ");
+    let token = line.trim_start_matches("token ").trim().to_owned();
+    assert_eq!(reason_of(&sandbox, &b, &token), "granted");
+    let started = Instant::now();
+    let (status, _) = a.stop();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(reason_of(&sandbox, &b, &token), "owner gone");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Its wrapper would try to tell a broker for owner_timeout: not waited for here.
+    run.signal(nix::sys::signal::Signal::SIGKILL);
+    run.wait();
 }

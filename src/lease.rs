@@ -141,49 +141,31 @@ pub fn revoke(store: &Store, id: &LeaseId, why: &str, process: &Process) -> Resu
     )
 }
 
-/// Ends a broker's run lease whose connection closed or went silent (`owner gone`), recording
-/// an `owner_gone` event if this call ended it.
-pub fn owner_gone(store: &Store, id: &LeaseId, process: &Process) -> Result<Loaded> {
-    end(
-        store,
-        id,
-        process,
-        EventKind::OwnerGone,
-        None,
-        Record::mark_owner_gone,
-    )
-}
-
 /// Ends, as `owner gone`, the run of a connection that closed or went silent, if this broker
 /// still holds it: on a store shared by brokers the run may have come back to another one.
 pub fn let_go(store: &Store, id: &LeaseId, process: &Process) -> Result<Loaded> {
-    end(
-        store,
-        id,
-        process,
-        EventKind::OwnerGone,
-        None,
-        |record, now| {
-            record.owner.as_ref().is_some_and(Owner::is_current) && record.mark_owner_gone(now)
-        },
-    )
+    owner_gone_if(store, id, process, |owner| owner.is_current())
 }
 
 /// Ends, as `owner gone`, a broker's run that no live broker holds, if that is still so on
 /// the record as it now stands (another broker may have taken the run over since it was read).
 pub fn end_orphan(store: &Store, id: &LeaseId, process: &Process) -> Result<Loaded> {
-    end(
-        store,
-        id,
-        process,
-        EventKind::OwnerGone,
-        None,
-        |record, now| {
-            record.owner.as_ref().is_some_and(|o| {
-                o.broker && !o.is_current() && o.state() == crate::owner::OwnerState::Gone
-            }) && record.mark_owner_gone(now)
-        },
-    )
+    owner_gone_if(store, id, process, |owner| {
+        owner.broker && !owner.is_current() && owner.state() == crate::owner::OwnerState::Gone
+    })
+}
+
+/// Ends a lease as `owner gone` if its owner, on the record as it now stands, is `still` so.
+fn owner_gone_if(
+    store: &Store,
+    id: &LeaseId,
+    process: &Process,
+    still: fn(&Owner) -> bool,
+) -> Result<Loaded> {
+    let kind = EventKind::OwnerGone;
+    end(store, id, process, kind, None, |record, now| {
+        record.owner.as_ref().is_some_and(still) && record.mark_owner_gone(now)
+    })
 }
 
 fn end(
@@ -192,7 +174,7 @@ fn end(
     process: &Process,
     kind: EventKind,
     why: Option<&str>,
-    change: fn(&mut Record, SystemTime) -> bool,
+    change: impl Fn(&mut Record, SystemTime) -> bool,
 ) -> Result<Loaded> {
     let now = SystemTime::now();
     Ok(

@@ -541,6 +541,26 @@ fn a_leases_keys_leave_etcd_on_their_own_a_minute_after_its_expiry() {
     );
 }
 
+/// A broker whose store is its config's (no --store), with a state dir of its own.
+fn broker_of_config(sandbox: &Sandbox) -> Broker {
+    let state = sandbox.path("a-state");
+    let state = state.to_str().expect("UTF-8");
+    Broker::start_at(sandbox, sandbox.path("a.sock"), &["--state-dir", state])
+}
+
+/// `lease verify read:articles` of the `minted` lease's token through `broker`.
+fn verify_through(
+    sandbox: &Sandbox,
+    broker: &Broker,
+    minted: &serde_json::Value,
+) -> crate::harness::Out {
+    sandbox
+        .lease(["verify", "read:articles"])
+        .env("LEASE_BROKER", broker.endpoint())
+        .env("LEASE_TOKEN", minted["token"].as_str().expect("token"))
+        .run()
+}
+
 /// A reload keeps the store: a config that moves it is refused, and the broker goes on.
 #[test]
 fn a_reload_cannot_move_the_store() {
@@ -553,22 +573,12 @@ fn a_reload_cannot_move_the_store() {
         return;
     };
     sandbox.write_config(&format!("store = \"{}\"\n", cluster.url()));
-    let state = sandbox.path("a-state");
-    let mut broker = Broker::start_at(
-        &sandbox,
-        sandbox.path("a.sock"),
-        &["--state-dir", state.to_str().expect("UTF-8")],
-    );
+    let mut broker = broker_of_config(&sandbox);
     let minted = mint_on(&sandbox, &broker, &[]);
     sandbox.write_config("store = \"etcd://127.0.0.1:9/elsewhere\"\n");
     broker.signal(nix::sys::signal::Signal::SIGHUP);
     broker.expect_log("the store (store, [etcd]) can be changed by a restart, not by a reload");
-    sandbox
-        .lease(["verify", "read:articles"])
-        .env("LEASE_BROKER", broker.endpoint())
-        .env("LEASE_TOKEN", minted["token"].as_str().expect("token"))
-        .run()
-        .success();
+    verify_through(&sandbox, &broker, &minted).success();
 }
 
 /// `etcd+https://`: a member that asks for a client certificate, trusted through `[etcd]
@@ -660,19 +670,9 @@ fn a_store_over_tls_with_a_client_certificate() {
         cert.display(),
         key.display()
     ));
-    let state = sandbox.path("a-state");
-    let broker = Broker::start_at(
-        &sandbox,
-        sandbox.path("a.sock"),
-        &["--state-dir", state.to_str().expect("UTF-8")],
-    );
+    let broker = broker_of_config(&sandbox);
     let minted = mint_on(&sandbox, &broker, &[]);
-    sandbox
-        .lease(["verify", "read:articles"])
-        .env("LEASE_BROKER", broker.endpoint())
-        .env("LEASE_TOKEN", minted["token"].as_str().expect("token"))
-        .run()
-        .success();
+    verify_through(&sandbox, &broker, &minted).success();
 }
 
 /// A process killed and reaped when dropped, whether the test passed or not.

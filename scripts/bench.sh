@@ -329,6 +329,9 @@ PY
         "$lease --broker unix:$work/etcd-1.sock verify a:b" "$lease --broker unix:$work/broker.sock verify a:b"
     compare "mint+revoke of a run through a broker on etcd vs on the local store" 3 \
         "$lease --broker unix:$work/etcd-1.sock run --scope a:b -- true" "$lease --broker unix:$work/broker.sock run --scope a:b -- true"
+    runs=$((runs / 20 > 10 ? runs / 20 : 10)) compare "$fanout concurrent runs through a broker on etcd vs on the local store (wall)" 3 \
+        "scripts/bench-fanout.sh $fanout $lease --broker unix:$work/etcd-1.sock run --scope a:b -- true" \
+        "scripts/bench-fanout.sh $fanout $lease --broker unix:$work/broker.sock run --scope a:b -- true"
     if command -v wrk >/dev/null; then
         # decisions N: POST /v1/verify on brokers 1..N at once (one wrk each, -t1 -c16), summed.
         decisions() {
@@ -349,8 +352,8 @@ PY
         two=$(decisions 2)
         start_on_etcd 3
         three=$(decisions 3)
-        read -r local_rps _ <<<"$(load "http://127.0.0.1:$port/v1/verify" "$work/verify.lua")"
-        extra+=("POST /v1/verify on etcd (one member), all brokers loaded at once: 1 broker $one decisions/s, 2 brokers $two, 3 brokers $three; a broker on the local store: $local_rps")
+        local_rps=$(wrk -t1 -c16 -d"${DURATION:-5}s" -s "$work/verify.lua" "http://127.0.0.1:$port/v1/verify" 2>&1 | awk '/Requests\/sec/ { print $2 }')
+        extra+=("POST /v1/verify on etcd (one member), all brokers loaded at once (wrk -t1 -c16 each): 1 broker $one decisions/s, 2 brokers $two, 3 brokers $three; one broker on the local store, the same load: $local_rps")
     fi
     kill "${etcd_brokers[@]}" 2>/dev/null
     wait "${etcd_brokers[@]}" 2>/dev/null || true

@@ -236,6 +236,8 @@ struct Read {
     loaded: Loaded,
     /// The record key's revision (0: missing).
     revision: i64,
+    /// The hold key's revision (0: no hold).
+    hold_revision: i64,
 }
 
 impl Etcd {
@@ -381,6 +383,7 @@ impl Etcd {
             return Read {
                 loaded: Loaded::Missing,
                 revision: 0,
+                hold_revision: 0,
             };
         };
         let hold_key = format!("{key}{HOLD}");
@@ -392,6 +395,7 @@ impl Etcd {
         Read {
             loaded,
             revision: stored.mod_revision(),
+            hold_revision: hold.map_or(0, KeyValue::mod_revision),
         }
     }
 
@@ -555,7 +559,9 @@ impl Backend for Etcd {
             if began.elapsed() > WRITE_PATIENCE {
                 break;
             }
-            let Read { loaded, revision } = self.read(id)?;
+            let Read {
+                loaded, revision, ..
+            } = self.read(id)?;
             let mut record = match loaded {
                 Loaded::Found(record) => record,
                 Loaded::Missing => return Ok(Updated::Missing),
@@ -617,7 +623,11 @@ impl Backend for Etcd {
                 let TxnOpResponse::Get(got) = response else {
                     bail!("the store {}: an unexpected answer to a read", self.shown);
                 };
-                let Read { loaded, revision } = self.parse(id, got.kvs());
+                let Read {
+                    loaded,
+                    revision,
+                    hold_revision,
+                } = self.parse(id, got.kvs());
                 let mut record = match loaded {
                     Loaded::Found(record) => record,
                     Loaded::Missing => return Ok(Charged::Missing(id.clone())),
@@ -627,11 +637,14 @@ impl Backend for Etcd {
                     return Ok(Charged::Refused(()));
                 };
                 record.spend(&charge);
-                compares.push(Compare::mod_revision(
-                    self.key(id),
-                    CompareOp::Equal,
-                    revision,
-                ));
+                let key = self.key(id);
+                // A run's hold too: a run whose broker's session ended meanwhile is owner gone,
+                // and is read again.
+                if record.owner.as_ref().is_some_and(|o| o.broker) {
+                    let hold = format!("{key}{HOLD}");
+                    compares.push(Compare::mod_revision(hold, CompareOp::Equal, hold_revision));
+                }
+                compares.push(Compare::mod_revision(key, CompareOp::Equal, revision));
                 ops.extend(self.writes(&record, Attach::Keep)?);
             }
             if self.commit(compares, ops)? {
@@ -693,7 +706,9 @@ impl Backend for Etcd {
             if began.elapsed() > WRITE_PATIENCE {
                 break;
             }
-            let Read { loaded, revision } = self.read(id)?;
+            let Read {
+                loaded, revision, ..
+            } = self.read(id)?;
             if matches!(loaded, Loaded::Missing) || !should_remove(&loaded) {
                 return Ok(false);
             }

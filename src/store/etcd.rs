@@ -735,8 +735,9 @@ fn range_end(prefix: &str) -> String {
 
 /// Runs the call `make` makes on the etcd runtime within [`CALL`], and waits for it on this
 /// thread. A call that could not connect to its member (so the request never reached etcd) is
-/// made again while the deadline allows, so that another member answers it; any other failure
-/// is final (a write that failed otherwise may have been applied), except for a `read`, which
+/// made again while the deadline allows, so that another member answers it, and so is one that
+/// a member without a leader refused; any other failure is final (a write that failed otherwise
+/// may have been applied), except for a `read`, which
 /// is made again on any `Unavailable`.
 fn block<T, F, M>(rt: &tokio::runtime::Runtime, shown: &str, read: bool, make: M) -> Result<T>
 where
@@ -752,7 +753,7 @@ where
             match tokio::time::timeout_at(deadline, make()).await {
                 Ok(Err(etcd_client::Error::GRpcStatus(status)))
                     if status.code() == tonic::Code::Unavailable
-                        && (read || status.message().contains("connect"))
+                        && (read || never_proposed(status.message()))
                         && tokio::time::Instant::now() + again < deadline =>
                 {
                     tokio::time::sleep(again).await;
@@ -770,6 +771,12 @@ where
             CALL.as_secs()
         )),
     }
+}
+
+/// Whether a write that failed with `Unavailable` and this message certainly never reached
+/// raft: it could not connect, or the member had no leader to propose it to (`require_leader`).
+fn never_proposed(message: &str) -> bool {
+    message.contains("connect") || message.contains("no leader")
 }
 
 /// An etcd error on one line (gRPC statuses carry their details on several).

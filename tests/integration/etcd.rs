@@ -296,16 +296,17 @@ fn without_quorum_every_decision_fails_closed_and_decisions_resume_with_it() {
         .success();
     let revoked = revoked["token"].as_str().expect("token");
 
-    // One member of three down (a follower): every decision as before, at once.
+    // One member of three down, the leader: the others elect another within a call's
+    // deadline, and every decision is answered as before.
     let first = leader(&cluster);
-    let follower = (first + 1) % 3;
-    cluster.stop_member(follower);
+    cluster.stop_member(first);
     verify(live).success();
     verify(revoked).code_is(1).stderr_has("revoked");
     issue().success();
 
     // Two down: no quorum. Every decision fails closed, naming the store, within its bound.
-    cluster.stop_member(first);
+    let follower = (first + 1) % 3;
+    cluster.stop_member(follower);
     let started = Instant::now();
     verify(live)
         .code_is(2)

@@ -297,11 +297,25 @@ fn gc_removes_expired_revoked_past_expiry_and_owner_gone_records() {
         .run()
         .success();
 
-    let mut orphaned = sandbox.run_sh("orphan", "echo $$; exec sleep 60").start();
-    let child: i32 = orphaned.lines.expect("").trim().parse().unwrap();
+    let mut orphaned = sandbox
+        .run_sh("orphan", "echo $$ $LEASE_ID; exec sleep 60")
+        .start();
+    let line = orphaned.lines.expect(" ");
+    let (child, orphan) = line.trim().split_once(' ').unwrap();
+    let child: i32 = child.parse().unwrap();
     orphaned.signal(Signal::SIGKILL);
     orphaned.wait();
     kill_pid(child);
+    // Through a broker, the run's lease ends when the broker reads its connection's end: wait
+    // for that (the local store tells at once, from the process table).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sandbox.listed(&serde_json::json!(orphan))["state"] != "owner gone" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan is not owner gone"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     wait_until_past(&short["expires_at"]);
     let out = sandbox.lease(["gc"]).run().success();

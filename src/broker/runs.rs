@@ -132,10 +132,21 @@ where
     }
     let serial = shared.attach(&id);
     let mut stopping = shared.stopping.subscribe();
+    let mut sessions = live.store.sessions();
     loop {
         let line = tokio::select! {
             _ = stopping.changed() => {
                 // The lease stays: its run comes back to the next broker.
+                shared.detach(&id, serial);
+                return;
+            }
+            Some(Ok(())) = async { match sessions.as_mut() {
+                Some(sessions) => Some(sessions.changed().await),
+                None => None,
+            } } => {
+                // The hold died with this broker's old session in the store: let the run go,
+                // so that its wrapper re-attaches (here or elsewhere) under a live session.
+                log(&format!("run's hold lost with this broker's session: letting it re-attach: lease={id}"));
                 shared.detach(&id, serial);
                 return;
             }

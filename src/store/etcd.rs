@@ -154,6 +154,9 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
 struct Session {
     id: AtomicI64,
     ttl: i64,
+    /// Counts the sessions opened after the first: a change tells the broker that the runs it
+    /// held lost their holds with the old one.
+    renewed: tokio::sync::watch::Sender<u64>,
 }
 
 /// The store on etcd.
@@ -278,6 +281,7 @@ impl Etcd {
         let session = Arc::new(Session {
             id: AtomicI64::new(granted.id()),
             ttl,
+            renewed: tokio::sync::watch::Sender::new(0),
         });
         rt.spawn(keep_session(
             client.clone(),
@@ -688,6 +692,10 @@ impl Backend for Etcd {
         Ok(ids)
     }
 
+    fn sessions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.session.renewed.subscribe())
+    }
+
     fn stop(&self) {
         let session = self.session.id.swap(0, Ordering::SeqCst);
         if session != 0 {
@@ -822,6 +830,7 @@ async fn keep_session(mut client: Client, session: Arc<Session>, shown: String, 
             match tokio::time::timeout(CALL, client.lease_grant(session.ttl, None)).await {
                 Ok(Ok(granted)) => {
                     session.id.store(granted.id(), Ordering::SeqCst);
+                    session.renewed.send_modify(|n| *n += 1);
                     log(&format!("opened a new session on the store {shown}"));
                 }
                 _ => tokio::time::sleep(every).await,

@@ -146,6 +146,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<bool>;
     /// The broker stops: lets go of what it holds in the store (bounded, best effort).
     fn stop(&self);
+    /// Changes each time the broker's hold on its runs was lost and a new one taken (a store
+    /// where runs are held by a session of the broker's).
+    fn sessions(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
 }
 
 /// The lease store.
@@ -177,6 +180,14 @@ impl Store {
         match self {
             Store::Files(_) => None,
             Store::Remote { backend, .. } => Some(std::sync::Arc::clone(backend)),
+        }
+    }
+
+    /// See [`Backend::sessions`]; `None` for the local store, where nothing is held that way.
+    pub fn sessions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match self {
+            Store::Files(_) => None,
+            Store::Remote { backend, .. } => backend.sessions(),
         }
     }
 

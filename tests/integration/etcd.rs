@@ -96,6 +96,13 @@ impl Cluster {
         member.child = Some(child);
     }
 
+    /// Sends `signal` to member `i`.
+    pub fn signal_member(&self, i: usize, signal: nix::sys::signal::Signal) {
+        let child = self.members[i].child.as_ref().expect("a running member");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, signal).expect("signal etcd");
+    }
+
     /// Stops member `i` (SIGKILL: as a crash, or a host gone).
     pub fn stop_member(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
@@ -747,4 +754,41 @@ fn a_broker_that_stops_lets_go_of_its_runs_at_once() {
     // Its wrapper would try to tell a broker for owner_timeout: not waited for here.
     run.signal(nix::sys::signal::Signal::SIGKILL);
     run.wait();
+}
+
+/// A broker cut off from etcd for longer than its session (here: etcd frozen by SIGSTOP)
+/// loses the holds of its runs; once etcd is back, the broker opens a new session and lets its
+/// runs re-attach under it, and their tokens are granted again, on every broker.
+#[test]
+fn a_broker_that_lost_its_session_lets_its_runs_re_attach_under_a_new_one() {
+    use nix::sys::signal::Signal;
+    let sandbox = Sandbox::new();
+    sandbox.write_config("owner_timeout = 2\n");
+    let Some((cluster, mut a, b)) = two_brokers(&sandbox) else {
+        return;
+    };
+    let mut run = sandbox
+        .run_sh(
+            "a:b",
+            "printf 'token %s\\n' \"$LEASE_TOKEN\"; exec sleep 600",
+        )
+        .env("LEASE_BROKER", a.endpoint())
+        .start();
+    let line = run.lines.expect("token ");
+    let token = line.trim_start_matches("token ").trim().to_owned();
+    assert_eq!(reason_of(&sandbox, &b, &token), "granted");
+    cluster.signal_member(0, Signal::SIGSTOP);
+    // Frozen, etcd tells nothing: what must pass is its own clock, past the sessions' TTL.
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.signal_member(0, Signal::SIGCONT);
+    a.expect_log("opened a new session");
+    a.expect_log("run re-attached");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while reason_of(&sandbox, &b, &token) != "granted" {
+        assert!(Instant::now() < deadline, "not granted again in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run.signal(Signal::SIGTERM);
+    run.wait();
+    assert_eq!(reason_of(&sandbox, &b, &token), "revoked");
 }

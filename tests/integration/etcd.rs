@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::broker::{Broker, free_port, reason_of};
-use crate::harness::{Sandbox, kill_pid, skip};
+use crate::harness::{Running, Sandbox, kill_pid, skip};
 
 /// One member of a cluster: how to start it again, and the process while it runs.
 struct Member {
@@ -348,6 +348,34 @@ fn without_quorum_every_decision_fails_closed_and_decisions_resume_with_it() {
     verify(revoked).code_is(1).stderr_has("revoked");
 }
 
+/// Starts `lease run --scope a:b` through `endpoint` (nested in `parent`'s lease if given) of
+/// a command that prints its token and waits.
+fn start_run(sandbox: &Sandbox, endpoint: &str, parent: Option<&str>) -> Running {
+    let mut cmd = sandbox
+        .run_sh(
+            "a:b",
+            "printf 'token %s\\n' \"$LEASE_TOKEN\"; exec sleep 600",
+        )
+        .env("LEASE_BROKER", endpoint);
+    if let Some(parent) = parent {
+        cmd = cmd.env("LEASE_TOKEN", parent.trim());
+    }
+    cmd.start()
+}
+
+/// The token a run of [`start_run`] printed.
+fn token_of(run: &mut Running) -> String {
+    let line = run.lines.expect("token ");
+    line.trim_start_matches("token ").trim().to_owned()
+}
+
+/// [`start_run`], and its token.
+fn waiting_run(sandbox: &Sandbox, endpoint: &str, parent: Option<&str>) -> (Running, String) {
+    let mut run = start_run(sandbox, endpoint, parent);
+    let token = token_of(&mut run);
+    (run, token)
+}
+
 /// nginx balancing runs over the brokers' TCP listeners, passing a run's upgraded connection
 /// through (as a load balancer in front of brokers does).
 fn balancer(sandbox: &Sandbox, brokers: &[&Broker]) -> (crate::broker::NginxServer, String) {
@@ -396,20 +424,9 @@ fn a_broker_killed_under_two_hundred_runs_loses_no_run_that_can_come_back_and_no
         .run()
         .success()
         .stdout;
-    let start = |endpoint: &str, parent: Option<&str>| {
-        let mut cmd = sandbox
-            .run_sh(
-                "a:b",
-                "printf 'token %s\\n' \"$LEASE_TOKEN\"; exec sleep 600",
-            )
-            .env("LEASE_BROKER", endpoint);
-        if let Some(parent) = parent {
-            cmd = cmd.env("LEASE_TOKEN", parent.trim());
-        }
-        cmd.start()
-    };
+    let start = |endpoint: &str, parent: Option<&str>| start_run(&sandbox, endpoint, parent);
     // 100 runs through the balancer (spread over both brokers), 50 on A's socket, 50 on B's.
-    let mut runs: Vec<(&str, crate::harness::Running)> = Vec::new();
+    let mut runs: Vec<(&str, Running)> = Vec::new();
     for i in 0..200 {
         let run = match i % 4 {
             0 | 1 => ("balanced", start(&front, Some(&parent))),
@@ -420,10 +437,7 @@ fn a_broker_killed_under_two_hundred_runs_loses_no_run_that_can_come_back_and_no
     }
     let mut tokens: Vec<(&str, String)> = runs
         .iter_mut()
-        .map(|(group, run)| {
-            let line = run.lines.expect("token ");
-            (*group, line.trim_start_matches("token ").trim().to_owned())
-        })
+        .map(|(group, run)| (*group, token_of(run)))
         .collect();
     for (group, token) in &tokens {
         assert_eq!(reason_of(&sandbox, &b, token), "granted", "a run {group}");
@@ -732,15 +746,7 @@ fn a_broker_that_stops_lets_go_of_its_runs_at_once() {
     let Some((_cluster, a, b)) = two_brokers(&sandbox) else {
         return;
     };
-    let mut run = sandbox
-        .run_sh(
-            "a:b",
-            "printf 'token %s\\n' \"$LEASE_TOKEN\"; exec sleep 600",
-        )
-        .env("LEASE_BROKER", a.endpoint())
-        .start();
-    let line = run.lines.expect("token ");
-    let token = line.trim_start_matches("token ").trim().to_owned();
+    let (mut run, token) = waiting_run(&sandbox, &a.endpoint(), None);
     assert_eq!(reason_of(&sandbox, &b, &token), "granted");
     let started = Instant::now();
     let (status, _) = a.stop();
@@ -767,15 +773,7 @@ fn a_broker_that_lost_its_session_lets_its_runs_re_attach_under_a_new_one() {
     let Some((cluster, mut a, b)) = two_brokers(&sandbox) else {
         return;
     };
-    let mut run = sandbox
-        .run_sh(
-            "a:b",
-            "printf 'token %s\\n' \"$LEASE_TOKEN\"; exec sleep 600",
-        )
-        .env("LEASE_BROKER", a.endpoint())
-        .start();
-    let line = run.lines.expect("token ");
-    let token = line.trim_start_matches("token ").trim().to_owned();
+    let (mut run, token) = waiting_run(&sandbox, &a.endpoint(), None);
     assert_eq!(reason_of(&sandbox, &b, &token), "granted");
     cluster.signal_member(0, Signal::SIGSTOP);
     // Frozen, etcd tells nothing: what must pass is its own clock, past the sessions' TTL.

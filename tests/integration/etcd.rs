@@ -2,6 +2,7 @@
 //! on loopback ports by each test: a token minted on one broker is checked on another, a
 //! revocation or a budget holds across them, and losing quorum fails every decision closed.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,6 +27,9 @@ impl Cluster {
     /// Starts `size` members and waits until the cluster has a leader. `None` (the test is
     /// skipped, or fails in CI) when etcd is not installed.
     pub fn start(sandbox: &Sandbox, size: usize) -> Option<Cluster> {
+        if first_pass_only() {
+            return None;
+        }
         if Command::new("etcd").arg("--version").output().is_err() {
             skip(
                 "etcd",
@@ -139,6 +143,22 @@ impl Drop for Cluster {
             self.stop_member(i);
         }
     }
+}
+
+/// Whether the rest of a test is skipped because the suite runs through brokers: the tests here
+/// start an etcd and brokers of their own, which a pass through the sandbox's broker would only
+/// repeat (said on stderr, as `FIRST PASS ONLY`).
+fn first_pass_only() -> bool {
+    if !crate::harness::broker_mode() {
+        return false;
+    }
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    // Straight to stderr, past the test harness's capture, as harness::local_only does.
+    let _ = writeln!(
+        std::io::stderr(),
+        "FIRST PASS ONLY {test}: starts an etcd and brokers of its own"
+    );
+    true
 }
 
 /// Whether etcd at `port` says it is healthy.
@@ -592,10 +612,6 @@ fn verify_through(
 /// A reload keeps the store: a config that moves it is refused, and the broker goes on.
 #[test]
 fn a_reload_cannot_move_the_store() {
-    if crate::harness::shared_store_mode() {
-        // Every broker of this pass has --store, which a config cannot override.
-        return;
-    }
     let sandbox = Sandbox::new();
     let Some(cluster) = Cluster::start(&sandbox, 1) else {
         return;
@@ -614,8 +630,7 @@ fn a_reload_cannot_move_the_store() {
 /// does not start, naming the store.
 #[test]
 fn a_store_over_tls_with_a_client_certificate() {
-    if crate::harness::shared_store_mode() {
-        // Every broker of this pass has --store on the suite's plain etcd.
+    if first_pass_only() {
         return;
     }
     let sandbox = Sandbox::new();

@@ -504,24 +504,24 @@ pub(super) async fn decide(
     // Reading the chain decides most requests here, on the runtime's thread (a few small files
     // on a local disk). Only a write, which may wait for a record's lock (a budget to charge,
     // an expiry to mark), goes to a thread that may block; on a remote store, every read too.
-    let assessed = if live.store.is_remote() {
+    let decision = if live.store.is_remote() {
+        // On a remote store every read may wait on the network: the whole decision, in one
+        // hop, on a thread that may block.
         let (live, token, action) = (Arc::clone(&live), token.clone(), action.clone());
-        tokio::task::spawn_blocking(move || assess(&live, token.as_ref(), &action, now))
-            .await
-            .unwrap_or_else(|err| Err(anyhow::anyhow!("the decision failed: {err}")))
+        off_runtime(move || match assess(&live, token.as_ref(), &action, now)? {
+            Assessed::Decided(decision) => Ok(decision),
+            Assessed::Pending(pending) => pending.settle(&live.store, &action, now),
+        })
+        .await
     } else {
-        assess(&live, token.as_ref(), action, now)
-    };
-    let decision = match assessed {
-        Ok(Assessed::Decided(decision)) => Ok(decision),
-        Ok(Assessed::Pending(pending)) => {
-            let live = Arc::clone(&live);
-            let action = action.clone();
-            tokio::task::spawn_blocking(move || pending.settle(&live.store, &action, now))
-                .await
-                .unwrap_or_else(|err| Err(anyhow::anyhow!("the decision failed: {err}")))
+        match assess(&live, token.as_ref(), action, now) {
+            Ok(Assessed::Decided(decision)) => Ok(decision),
+            Ok(Assessed::Pending(pending)) => {
+                let (live, action) = (Arc::clone(&live), action.clone());
+                off_runtime(move || pending.settle(&live.store, &action, now)).await
+            }
+            Err(err) => Err(err),
         }
-        Err(err) => Err(err),
     };
     let decision = match decision {
         Ok(decision) => decision,
@@ -557,6 +557,15 @@ pub(super) async fn decide(
         decision.reason
     ));
     Ok(decision)
+}
+
+/// Runs `work` on a thread that may block, and its result (a panic there is an error).
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|err| Err(anyhow::anyhow!("the decision failed: {err}")))
 }
 
 /// What `lease verify` would decide, up to the first write (see [`Assessed`]).

@@ -480,10 +480,29 @@ impl Etcd {
         Ok(done?.succeeded())
     }
 
-    fn busy(&self, id: &LeaseId) -> anyhow::Error {
-        anyhow!(
-            "the store {}: lease {id} kept changing under every attempt to write it for {} s",
+    /// Makes a write: `attempt` reads, decides and commits, and says `None` when another writer
+    /// changed what it read (it is made again, on a fresh read), under the local write locks of
+    /// `ids`, for at most [`WRITE_PATIENCE`] (then fails closed).
+    fn retrying<T>(
+        &self,
+        ids: &[LeaseId],
+        mut attempt: impl FnMut() -> Result<Option<T>>,
+    ) -> Result<T> {
+        let _writing = self.lock(ids)?;
+        let began = std::time::Instant::now();
+        for _ in 0..RETRIES {
+            if began.elapsed() > WRITE_PATIENCE {
+                break;
+            }
+            if let Some(done) = attempt()? {
+                return Ok(done);
+            }
+        }
+        let ids: Vec<&str> = ids.iter().map(LeaseId::as_str).collect();
+        bail!(
+            "the store {}: lease {} kept changing under every attempt to write it for {} s",
             self.shown,
+            ids.join(", "),
             WRITE_PATIENCE.as_secs()
         )
     }
@@ -557,23 +576,18 @@ impl Backend for Etcd {
         id: &LeaseId,
         change: &mut dyn FnMut(&mut Record) -> bool,
     ) -> Result<Updated<()>> {
-        let _writing = self.lock(std::slice::from_ref(id))?;
-        let began = std::time::Instant::now();
-        for _ in 0..RETRIES {
-            if began.elapsed() > WRITE_PATIENCE {
-                break;
-            }
+        self.retrying(std::slice::from_ref(id), || {
             let Read {
                 loaded, revision, ..
             } = self.read(id)?;
             let mut record = match loaded {
                 Loaded::Found(record) => record,
-                Loaded::Missing => return Ok(Updated::Missing),
-                Loaded::Corrupt(why) => return Ok(Updated::Corrupt(why)),
+                Loaded::Missing => return Ok(Some(Updated::Missing)),
+                Loaded::Corrupt(why) => return Ok(Some(Updated::Corrupt(why))),
             };
             let expired_at = record.expires_at;
             if !change(&mut record) {
-                return Ok(Updated::Found(record, ()));
+                return Ok(Some(Updated::Found(record, ())));
             }
             let (attach, granted) = if record.expires_at > expired_at {
                 let lease = self.grant_until(record.expires_at)?;
@@ -584,13 +598,13 @@ impl Backend for Etcd {
             let ops = self.writes(&record, attach)?;
             let same = Compare::mod_revision(self.key(id), CompareOp::Equal, revision);
             if self.commit(vec![same], ops)? {
-                return Ok(Updated::Found(record, ()));
+                return Ok(Some(Updated::Found(record, ())));
             }
             if let Some(lease) = granted {
                 self.give_back(lease);
             }
-        }
-        Err(self.busy(id))
+            Ok(None)
+        })
     }
 
     fn charge(
@@ -598,15 +612,10 @@ impl Backend for Etcd {
         chain: &[LeaseId],
         check: &mut dyn FnMut(&Record) -> Option<Charge>,
     ) -> Result<Charged<()>> {
-        let Some(first) = chain.first() else {
+        if chain.is_empty() {
             return Ok(Charged::Paid);
-        };
-        let _writing = self.lock(chain)?;
-        let began = std::time::Instant::now();
-        for _ in 0..RETRIES {
-            if began.elapsed() > WRITE_PATIENCE {
-                break;
-            }
+        }
+        self.retrying(chain, || {
             // The whole chain in one round trip: a transaction of reads only.
             let reads: Vec<TxnOp> = chain
                 .iter()
@@ -634,11 +643,11 @@ impl Backend for Etcd {
                 } = self.parse(id, got.kvs());
                 let mut record = match loaded {
                     Loaded::Found(record) => record,
-                    Loaded::Missing => return Ok(Charged::Missing(id.clone())),
-                    Loaded::Corrupt(why) => return Ok(Charged::Corrupt(id.clone(), why)),
+                    Loaded::Missing => return Ok(Some(Charged::Missing(id.clone()))),
+                    Loaded::Corrupt(why) => return Ok(Some(Charged::Corrupt(id.clone(), why))),
                 };
                 let Some(charge) = check(&record) else {
-                    return Ok(Charged::Refused(()));
+                    return Ok(Some(Charged::Refused(())));
                 };
                 record.spend(&charge);
                 let key = self.key(id);
@@ -651,11 +660,8 @@ impl Backend for Etcd {
                 compares.push(Compare::mod_revision(key, CompareOp::Equal, revision));
                 ops.extend(self.writes(&record, Attach::Keep)?);
             }
-            if self.commit(compares, ops)? {
-                return Ok(Charged::Paid);
-            }
-        }
-        Err(self.busy(first))
+            Ok(self.commit(compares, ops)?.then_some(Charged::Paid))
+        })
     }
 
     fn records(&self, skipped: &mut dyn FnMut(&LeaseId, &str)) -> Result<Vec<Record>> {
@@ -708,27 +714,19 @@ impl Backend for Etcd {
         id: &LeaseId,
         should_remove: &mut dyn FnMut(&Loaded) -> bool,
     ) -> Result<bool> {
-        let _writing = self.lock(std::slice::from_ref(id))?;
-        let began = std::time::Instant::now();
-        for _ in 0..RETRIES {
-            if began.elapsed() > WRITE_PATIENCE {
-                break;
-            }
+        self.retrying(std::slice::from_ref(id), || {
             let Read {
                 loaded, revision, ..
             } = self.read(id)?;
             if matches!(loaded, Loaded::Missing) || !should_remove(&loaded) {
-                return Ok(false);
+                return Ok(Some(false));
             }
             let key = self.key(id);
             let end = format!("{key}0");
             let same = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
             let delete = TxnOp::delete(key, Some(DeleteOptions::new().with_range(end)));
-            if self.commit(vec![same], vec![delete])? {
-                return Ok(true);
-            }
-        }
-        Err(self.busy(id))
+            Ok(self.commit(vec![same], vec![delete])?.then_some(true))
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 //! up to [`MAX_ANSWER`] bytes, and the token travels only in the `Authorization` header of a
 //! buffer that is zeroed when dropped.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -37,17 +37,47 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The `error` field of a JSON error body, or the body as text.
-    pub fn error_text(&self) -> String {
+    /// Why the broker refused, in one line: the `error` of its JSON body (`{"error": ...}`);
+    /// `None` when the body is not one. Redacted of anything shaped like a token.
+    pub fn reason(&self) -> Option<String> {
         #[derive(serde::Deserialize)]
         struct Error {
             error: String,
         }
-        match serde_json::from_slice::<Error>(&self.body) {
-            Ok(error) => error.error,
-            Err(_) => String::from_utf8_lossy(&self.body).trim().to_owned(),
-        }
+        let error = serde_json::from_slice::<Error>(&self.body).ok()?;
+        Some(crate::token::redact(&one_line(&error.error, usize::MAX)).into_owned())
     }
+
+    /// An answer that is not the broker's (another server's: a proxy's error page, say), in
+    /// one line that names `endpoint`.
+    pub fn unexpected(&self, endpoint: &Endpoint) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let began = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(|l| format!(" (it began: {})", one_line(l, 60)))
+            .unwrap_or_default();
+        let line = format!(
+            "broker {endpoint} answered {} and not as a lease broker does: is another server in between?{began}",
+            self.status
+        );
+        crate::token::redact(&line).into_owned()
+    }
+}
+
+/// `text` on one line (control characters, line breaks among them, as spaces), cut after
+/// `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let mut line: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        line.push_str("...");
+    }
+    line
 }
 
 /// `POST`s `body` as JSON to `path` and reads a 200 answer as a `T` (`what` names it in an
@@ -62,7 +92,12 @@ pub fn call<T: serde::de::DeserializeOwned>(
     let body = serde_json::to_vec(body)?;
     let answer = request(endpoint, "POST", path, token, Some(&body))?;
     if answer.status != 200 {
-        bail!("{}", crate::token::redact(&answer.error_text()));
+        bail!(
+            "{}",
+            answer
+                .reason()
+                .unwrap_or_else(|| answer.unexpected(endpoint))
+        );
     }
     serde_json::from_slice(&answer.body)
         .with_context(|| format!("broker {endpoint} answered something that is not {what}"))
@@ -164,11 +199,14 @@ fn send(mut stream: impl Read + Write, request: &[u8]) -> Result<Zeroizing<Vec<u
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => raw.extend_from_slice(&chunk[..n]),
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
             // A TLS peer that closes without close_notify after a whole answer: `parse`
             // checks that the answer is whole.
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {
+            Err(err) if err.kind() == ErrorKind::UnexpectedEof && !raw.is_empty() => {
                 break;
+            }
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                bail!("no answer within {}s", TIMEOUT.as_secs());
             }
             Err(err) => return Err(anyhow::Error::from(err).context("reading the answer")),
         }
@@ -185,6 +223,20 @@ fn send(mut stream: impl Read + Write, request: &[u8]) -> Result<Zeroizing<Vec<u
 
 /// Parses a whole HTTP/1.1 response (the connection was closed after it).
 fn parse(raw: &[u8]) -> Result<Answer> {
+    let (status, length, end) = parse_head(raw)?;
+    let mut body = Zeroizing::new(raw[end..].to_vec());
+    if let Some(length) = length {
+        if body.len() < length {
+            bail!("its answer was cut short");
+        }
+        body.truncate(length);
+    }
+    Ok(Answer { status, body })
+}
+
+/// The status of the answer that begins `raw`, its `Content-Length` if it has one, and where
+/// its head ends.
+fn parse_head(raw: &[u8]) -> Result<(u16, Option<usize>, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let end = match response.parse(raw) {
@@ -198,22 +250,20 @@ fn parse(raw: &[u8]) -> Result<Answer> {
     let status = response
         .code
         .ok_or_else(|| anyhow!("its answer has no status"))?;
-    let mut body = Zeroizing::new(raw[end..].to_vec());
+    let mut length = None;
     for header in response.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
-            let length: usize = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| anyhow!("its answer has a bad Content-Length"))?;
-            if body.len() < length {
-                bail!("its answer was cut short");
-            }
-            body.truncate(length);
+            length = Some(
+                std::str::from_utf8(header.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| anyhow!("its answer has a bad Content-Length"))?,
+            );
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             bail!("its answer uses a transfer encoding this client does not read");
         }
     }
-    Ok(Answer { status, body })
+    Ok((status, length, end))
 }
 
 #[cfg(test)]
@@ -438,14 +488,22 @@ impl Hold {
                 return Err(fail(anyhow!("it closed the connection without answering")));
             }
         };
-        let answer = parse(&hold.buffered[..end]).map_err(fail)?;
-        if answer.status != 101 {
-            // Refused before the upgrade: the body, if any, says why.
-            let _ = hold.read_more();
-            let text = String::from_utf8_lossy(&hold.buffered[end..])
-                .trim()
-                .to_owned();
-            return Err(fail(anyhow!("answered {}: {text}", answer.status)));
+        let (status, length, _) = parse_head(&hold.buffered[..end]).map_err(fail)?;
+        if status != 101 {
+            // Refused before the upgrade: the body says why (read as far as it is announced,
+            // within bounds; a server that does not announce it says less).
+            let wanted = end + length.unwrap_or(0).min(MAX_HELD_LINE);
+            while hold.buffered.len() < wanted && matches!(hold.read_more(), Ok(1..)) {}
+            let mut body = hold.buffered.split_off(end);
+            body.truncate(wanted - end);
+            let answer = Answer {
+                status,
+                body: Zeroizing::new(body),
+            };
+            return Err(match answer.reason() {
+                Some(why) => fail(anyhow!("answered {status}: {why}")),
+                None => anyhow!("{}", answer.unexpected(endpoint)),
+            });
         }
         hold.buffered.drain(..end);
         Ok(hold)
@@ -454,7 +512,12 @@ impl Hold {
     /// Reads what the connection has into the buffer; 0 at the end.
     fn read_more(&mut self) -> Result<usize> {
         let mut chunk = [0u8; 4096];
-        let read = self.conn.read(&mut chunk).context("reading")?;
+        let read = self.conn.read(&mut chunk).map_err(|err| match err.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                anyhow!("no answer within {}s", TIMEOUT.as_secs())
+            }
+            _ => anyhow::Error::from(err).context("reading"),
+        })?;
         self.buffered.extend_from_slice(&chunk[..read]);
         Ok(read)
     }

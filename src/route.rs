@@ -86,10 +86,12 @@ impl Route {
     }
 
     fn matches(&self, method: &str, path: &str) -> bool {
-        // A HEAD is a GET without the body: a GET route allows it.
-        self.method.as_deref().is_none_or(|m| {
-            m.eq_ignore_ascii_case(method) || (m == "GET" && method.eq_ignore_ascii_case("HEAD"))
-        }) && self.path.matches_with(path, PATH_MATCH)
+        // A HEAD is a GET without the body: a GET route allows it. Methods are case-sensitive
+        // (RFC 9110 9.1): `get` is not `GET` to the server behind, so no route allows it.
+        self.method
+            .as_deref()
+            .is_none_or(|m| m == method || (m == "GET" && method == "HEAD"))
+            && self.path.matches_with(path, PATH_MATCH)
     }
 }
 
@@ -137,7 +139,7 @@ mod tests {
             Some("read:articles")
         );
         assert_eq!(
-            action("get", "/articles/a/b?x=1").as_deref(),
+            action("GET", "/articles/a/b?x=1").as_deref(),
             Some("read:articles")
         );
         assert_eq!(action("POST", "/drafts/7").as_deref(), Some("write:draft"));
@@ -171,6 +173,12 @@ mod tests {
             None,
             "only a GET route allows a HEAD"
         );
+        assert_eq!(
+            action("get", "/articles/1"),
+            None,
+            "methods are case-sensitive"
+        );
+        assert_eq!(action("head", "/articles/1"), None);
         assert_eq!(action("GET", "/articles/..;x=1/admin"), None);
     }
 

@@ -176,6 +176,12 @@ fn validate(text: &str, what: &str) -> Result<()> {
     if text.is_empty() {
         bail!("invalid {what} '': it is empty (check for a stray or doubled comma)");
     }
+    // A token where a scope or an action goes (a scope a token holder could then read back in
+    // `lease list`, an action quoted in a denial and the trail): refused, and not quoted.
+    if crate::token::is_token_shaped(text) {
+        let article = if what.starts_with('a') { "an" } else { "a" };
+        bail!("invalid {what}: that is a token, not {article} {what}");
+    }
     let len = text.chars().count();
     if len > MAX_LEN {
         bail!("invalid {what}: {len} characters long, at most {MAX_LEN} allowed");
@@ -206,6 +212,25 @@ mod tests {
         Scope::parse(scope)
             .expect("valid scope")
             .grants(&Action::parse(action).expect("valid action"))
+    }
+
+    #[test]
+    fn a_token_is_neither_a_scope_nor_an_action_and_is_not_quoted() {
+        let token = format!("agt_{}", "Zq9".repeat(14));
+        for text in [token.clone(), format!("read:{token}"), format!("{token}*")] {
+            let err = Action::parse(&text).expect_err("a token is no action");
+            assert_eq!(
+                err.to_string(),
+                "invalid action: that is a token, not an action"
+            );
+            let err = Scope::parse(&text).expect_err("a token is no scope");
+            assert_eq!(
+                err.to_string(),
+                "invalid scope: that is a token, not a scope"
+            );
+            let err = parse_grants(&[format!("read:a,{text}=2")]).expect_err("nor a grant");
+            assert!(!format!("{err:#}").contains(&token), "{err:#}");
+        }
     }
 
     #[test]

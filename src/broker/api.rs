@@ -8,6 +8,7 @@
 //! alive but does not grant the action (out of scope, used up, a parent's, no route); 503 when
 //! the store cannot be read. A token never appears in a response, a log line or the trail.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -63,7 +64,8 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>)
         (&Method::POST, "/v1/upstreams") => upstream_env(shared, peer, request).await,
         (&Method::POST, "/v1/runs") => super::runs::upgrade(shared, peer, request, false),
         (&Method::POST, "/v1/runs/attach") => super::runs::upgrade(shared, peer, request, true),
-        (_, "/healthz" | "/metrics") => not_allowed("GET"),
+        (_, "/healthz") => not_allowed("GET, HEAD"),
+        (_, "/metrics") => not_allowed("GET"),
         (
             _,
             "/v1/verify" | "/v1/leases" | "/v1/commands" | "/v1/runs" | "/v1/runs/attach"
@@ -99,21 +101,8 @@ async fn upstream_env(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
         challenge(answer.headers_mut());
         return answer;
     };
-    let now = SystemTime::now();
-    let standing = {
-        let live = Arc::clone(&live);
-        tokio::task::spawn_blocking(move || dead(&live, &token, now)).await
-    };
-    match standing {
-        Ok(Ok(None)) => {}
-        Ok(Ok(Some(Refusal(status, why)))) => return error(status, &why),
-        Ok(Err(Refusal(status, why))) => return error(status, &why),
-        Err(err) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("the broker failed: {err}"),
-            );
-        }
+    if let Err(refusal) = holder_off_runtime(&live, token).await {
+        return refusal.answer();
     }
     let Some(upstream) = live.upstreams.get(&asked.name) else {
         let known: Vec<&str> = live.upstreams.keys().map(String::as_str).collect();
@@ -211,7 +200,7 @@ async fn verify(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -
         reason: decision.reason,
         id: decision.id.as_ref().map(|id| id.to_string()),
         expires_at: decision.expires_at.clone(),
-        detail: decision.detail.clone(),
+        detail: crate::token::redact(&decision.detail).into_owned(),
     };
     let mut response = json(status, &answer);
     if status == StatusCode::UNAUTHORIZED {
@@ -235,33 +224,43 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
             }
         },
         None => {
-            // One of the two pairs comes from the web server; the other may come from the
-            // client, passed on untouched. Where both are there and disagree, someone is
-            // lying: no route.
-            let either = |original: &str, forwarded: &str| match (
-                header_text(headers, original),
-                header_text(headers, forwarded),
-            ) {
-                (Some(a), Some(b)) if a != b => None,
-                (a, b) => a.or(b),
-            };
-            let method = either("x-original-method", "x-forwarded-method");
-            let uri = either("x-original-uri", "x-forwarded-uri");
-            let (method, uri) = (method.unwrap_or(""), uri.unwrap_or(""));
+            let (method, uri) = original(&request).unwrap_or(("", ""));
             match crate::route::find(&live.config.routes, method, uri) {
                 Some(route) => (route.action.clone(), Some(route.describe())),
                 None => {
-                    // A missing token is still the answer that tells the client what to do.
-                    if token.is_none() {
-                        let mut answer = empty(StatusCode::UNAUTHORIZED);
-                        challenge(answer.headers_mut());
-                        return answer;
-                    }
+                    // Deny by default. A missing or dead token is still told what to do (401);
+                    // a live lease's request goes to its trail.
+                    let leaf = match token {
+                        None => Err(Refusal(StatusCode::UNAUTHORIZED, String::new())),
+                        Some(token) => holder_off_runtime(&live, token).await,
+                    };
+                    let leaf = match leaf {
+                        Ok(leaf) => leaf,
+                        Err(Refusal(status, _)) => {
+                            let mut answer = empty(status);
+                            if status == StatusCode::UNAUTHORIZED {
+                                challenge(answer.headers_mut());
+                            }
+                            return answer;
+                        }
+                    };
+                    let path = crate::token::redact(uri.split(['?', '#']).next().unwrap_or(""));
                     log(&format!(
-                        "denied: no route: method={} uri={} client={peer}",
+                        "denied: no route: method={} path={} lease={} client={peer}",
                         method.escape_debug(),
-                        crate::token::redact(uri).escape_debug()
+                        path.escape_debug(),
+                        leaf.id
                     ));
+                    shared.metrics.no_route();
+                    let mut event = Event::new(EventKind::Denied, None);
+                    event.lease = Some(leaf.id.clone());
+                    event.parent.clone_from(&leaf.parent);
+                    event.run.clone_from(&leaf.run);
+                    event.method = Some(method.to_owned());
+                    event.path = Some(path.into_owned());
+                    event.reason = Some("no route".to_owned());
+                    event.client = Some(peer.shown.clone());
+                    live.store.audit().note(&event);
                     return empty(StatusCode::FORBIDDEN);
                 }
             }
@@ -292,9 +291,56 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
     answer
 }
 
-/// Why a mint was refused: the status and the line the client prints after `lease: `.
+/// The method and URI of the request a web server asks about, from every source there is:
+/// nginx's `X-Original-Method`/`X-Original-URI`, Traefik's and Caddy's `X-Forwarded-Method`/
+/// `X-Forwarded-Uri`, and Envoy's `ext_authz`, which asks with the original method and the
+/// original path under `/v1/auth` (`path_prefix`). One source is the web server's; another
+/// may be the client's, passed on untouched: where two disagree (paths compared without their
+/// query strings), someone is lying, and there is none.
+fn original(request: &Request<Incoming>) -> Option<(&str, &str)> {
+    let headers = request.headers();
+    let suffix = request
+        .uri()
+        .path()
+        .strip_prefix("/v1/auth")
+        .filter(|path| !path.is_empty());
+    let methods = [
+        header_text(headers, "x-original-method"),
+        header_text(headers, "x-forwarded-method"),
+        suffix.map(|_| request.method().as_str()),
+    ];
+    let uris = [
+        header_text(headers, "x-original-uri"),
+        header_text(headers, "x-forwarded-uri"),
+        suffix,
+    ];
+    let method = agreed(methods, |method| method)?;
+    let uri = agreed(uris, |uri| uri.split(['?', '#']).next().unwrap_or(""))?;
+    Some((method, uri))
+}
+
+/// The first of `values` given, if every value given is the same as it by `key`.
+fn agreed(values: [Option<&str>; 3], key: fn(&str) -> &str) -> Option<&str> {
+    let mut given = values.into_iter().flatten();
+    let first = given.next()?;
+    given.all(|value| key(value) == key(first)).then_some(first)
+}
+
+/// Why a request was refused: the status and the line the client prints after `lease: `.
 #[derive(Debug)]
 pub(super) struct Refusal(pub(super) StatusCode, pub(super) String);
+
+impl Refusal {
+    /// The answer: `{"error": ...}`, and the challenge with a `401`.
+    pub(super) fn answer(self) -> Answer {
+        let Refusal(status, why) = self;
+        let mut answer = error(status, &why);
+        if status == StatusCode::UNAUTHORIZED {
+            challenge(answer.headers_mut());
+        }
+        answer
+    }
+}
 
 /// `POST /v1/leases`: mints a lease as `lease issue` does. With a bearer token, a lease nested
 /// in the token's (any token holder may narrow its own lease); without one, or with
@@ -328,7 +374,7 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
         .await;
         return match planned {
             Ok(Ok(planned)) => json(StatusCode::OK, &planned),
-            Ok(Err(Refusal(status, why))) => error(status, &why),
+            Ok(Err(refusal)) => refusal.answer(),
             Err(err) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("the broker failed: {err}"),
@@ -358,13 +404,9 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
             ));
             json(StatusCode::OK, &issued)
         }
-        Ok(Err(Refusal(status, why))) => {
-            log(&format!("refused to issue: {why} client={peer}"));
-            let mut answer = error(status, &why);
-            if status == StatusCode::UNAUTHORIZED {
-                challenge(answer.headers_mut());
-            }
-            answer
+        Ok(Err(refusal)) => {
+            log(&format!("refused to issue: {} client={peer}", refusal.1));
+            refusal.answer()
         }
         Err(err) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -384,10 +426,8 @@ pub(super) fn plan_for(
     let now = SystemTime::now();
     // An operator's token is handled as `lease issue` handles it locally (an unknown one is no
     // parent). Anyone else's must be a live lease's: it is their only right.
-    if let Some(parent) = bearer.filter(|_| !operator)
-        && let Some(denial) = dead(live, parent, now)?
-    {
-        return Err(denial);
+    if let Some(parent) = bearer.filter(|_| !operator) {
+        holder(live, parent, now)?;
     }
     // The policy sees the token as a local issue sees the inherited one: `no_parent` with a
     // parent's token is refused unless `allow_orphans`.
@@ -449,8 +489,14 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
     })
     .await;
     match outcome {
-        Ok(Ok(printed)) => {
+        Ok(Ok(mut printed)) => {
             log(&format!("ran {what}: exit {} client={peer}", printed.exit));
+            // What a command prints quotes what it was given (`no lease 'X'`): never a token.
+            for text in [&mut printed.stdout, &mut printed.stderr] {
+                if let Cow::Owned(redacted) = crate::token::redact(text) {
+                    *text = redacted;
+                }
+            }
             json(StatusCode::OK, &printed)
         }
         Ok(Err(Refused::NoToken(why))) => {
@@ -473,22 +519,40 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
     }
 }
 
-/// The refusal for a token whose lease cannot grant (401), if it cannot; `None` if it is live.
-fn dead(live: &Live, token: &Token, now: SystemTime) -> Result<Option<Refusal>, Refusal> {
+/// The live lease of `token` (its own record), or why there is none: `401` naming the reason
+/// its lease cannot grant (`403` for a parent's), `503` when the store cannot be read.
+fn holder(live: &Live, token: &Token, now: SystemTime) -> Result<Record, Refusal> {
     if !token.is_well_formed() {
-        return Ok(Some(Refusal(
+        return Err(Refusal(
             StatusCode::UNAUTHORIZED,
             "malformed: the token given is not a lease token".to_owned(),
-        )));
+        ));
     }
     match crate::authorize::standing(&live.store, token, now) {
-        Ok(crate::authorize::Standing::Live(_)) => Ok(None),
-        Ok(crate::authorize::Standing::Dead(denial)) => Ok(Some(Refusal(
-            StatusCode::UNAUTHORIZED,
+        Ok(crate::authorize::Standing::Live(records)) => records
+            .into_iter()
+            .next()
+            .ok_or_else(|| Refusal(StatusCode::SERVICE_UNAVAILABLE, "an empty chain".to_owned())),
+        Ok(crate::authorize::Standing::Dead(denial)) => Err(Refusal(
+            status_of(denial.reason),
             format!("{}: {}", denial.reason, denial.detail),
-        ))),
+        )),
         Err(err) => Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}"))),
     }
+}
+
+/// [`holder`], on a thread that may block (the store may wait on a lock or the network).
+pub(super) async fn holder_off_runtime(live: &Arc<Live>, token: Token) -> Result<Record, Refusal> {
+    let live = Arc::clone(live);
+    let now = SystemTime::now();
+    tokio::task::spawn_blocking(move || holder(&live, &token, now))
+        .await
+        .unwrap_or_else(|err| {
+            Err(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the broker failed: {err}"),
+            ))
+        })
 }
 
 /// Makes the decision `lease verify` makes, and logs it. `Err` is the 503 to answer.

@@ -16,6 +16,9 @@ const BUCKETS: [f64; 10] = [
 pub struct Metrics {
     /// Decisions, by reason (index in [`Reason::ALL`]).
     decisions: [AtomicU64; Reason::ALL.len()],
+    /// Requests with a live lease that no route allows (forward-auth and the proxy): denied
+    /// before any action is asked about.
+    no_route: AtomicU64,
     /// Requests by latency bucket (cumulative counts are worked out when printed).
     latency: [AtomicU64; BUCKETS.len()],
     /// Requests slower than the last bucket.
@@ -32,6 +35,11 @@ impl Metrics {
         if let Some(index) = Reason::ALL.iter().position(|r| *r == reason) {
             self.decisions[index].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one request that no route allows.
+    pub fn no_route(&self) {
+        self.no_route.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one answered request and how long it took.
@@ -71,6 +79,11 @@ impl Metrics {
                 count.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "lease_decisions_total{{result=\"denied\",reason=\"no route\"}} {}",
+            self.no_route.load(Ordering::Relaxed)
+        );
         if let Some(active) = active {
             let _ = write!(
                 out,

@@ -43,8 +43,12 @@ use metrics::Metrics;
 pub const DRAIN: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest request head (and buffered body) a connection may send.
-const MAX_BUFFER: usize = 64 * 1024;
+/// The largest request head a client may send: a larger one is answered `431`.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most a connection buffers while it reads a head: past it, the HTTP library answers
+/// `431` itself (it may read up to twice this before it looks), so that a head just over
+/// [`MAX_HEAD`] is read whole and refused by [`head_size`]'s count.
+const MAX_BUFFER: usize = 2 * MAX_HEAD;
 /// Threads for the store's work that may wait for a lock (budget charges, expiry marks, mints,
 /// revocations): a few more than the cores, so that one waiting on a record's lock (at most
 /// 2 s) does not stall the rest, without the hand-offs between dozens of threads that an
@@ -183,6 +187,9 @@ impl Shared {
         match loaded {
             Ok(live) => {
                 let before = self.live();
+                if live.config.socket_group != before.config.socket_group {
+                    log("a changed socket_group takes effect at the next start");
+                }
                 for (name, spec) in &live.config.upstreams {
                     let was = before
                         .config
@@ -758,6 +765,17 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()
     Ok(())
 }
 
+/// The size of `request`'s head as it came: the request line and every header line.
+fn head_size<B>(request: &hyper::Request<B>) -> usize {
+    let uri = request.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = request.method().as_str().len() + target + 12;
+    request.headers().iter().fold(line, |size, (name, value)| {
+        size + name.as_str().len() + value.len() + 4
+    })
+}
+
 /// An accept that failed (out of descriptors, say): logged, and retried after a pause so that
 /// a persistent failure does not spin.
 async fn accept_failed(err: &std::io::Error) {
@@ -788,7 +806,11 @@ fn connect<IO>(
             let peer = Arc::clone(&peer);
             let only = only.clone();
             async move {
-                let reply = if let Some(name) = only {
+                let reply = if head_size(&request) > MAX_HEAD {
+                    let why = format!("the request's head is over {} KiB", MAX_HEAD / 1024);
+                    api::error(hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &why)
+                        .map(http_body_util::Either::Left)
+                } else if let Some(name) = only {
                     proxy::handle(&shared, &peer, request, Some(&name)).await
                 } else if request.uri().path().starts_with("/u/") {
                     proxy::handle(&shared, &peer, request, None).await

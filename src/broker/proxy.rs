@@ -27,7 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
-use super::api::{challenge, decide, empty, error, status_of};
+use super::api::{Refusal, challenge, decide, error, status_of};
 use super::{Live, Peer, Shared, log};
 use crate::audit::{Event, EventKind};
 use crate::authorize::Decision;
@@ -239,19 +239,26 @@ async fn forward(
             "CONNECT, TRACE and protocol upgrades are not proxied",
         ));
     }
+    let Some(token) = token else {
+        let header = spec
+            .token_header
+            .as_ref()
+            .map(|name| format!(", or in {name}"))
+            .unwrap_or_default();
+        let why = format!(
+            "no token: send the lease token as Authorization: Bearer TOKEN, or as the password of Basic auth{header}"
+        );
+        return small(refused(StatusCode::UNAUTHORIZED, &why));
+    };
     let Some(route) = crate::route::find(&spec.routes, method.as_str(), &path) else {
-        // No route: deny by default, and never contact the upstream.
-        if token.is_none() {
-            let mut answer = empty(StatusCode::UNAUTHORIZED);
-            challenge(answer.headers_mut());
-            return small(answer);
-        }
-        // A token that opens nothing is told so first (401), as on a route; a live lease's
-        // request that no route allows is a 403, and goes to its trail.
-        let leaf = match no_route_standing(&live, token).await {
+        // No route: deny by default, and never contact the upstream. A token that opens
+        // nothing is told so first (401), as on a route; a live lease's request that no route
+        // allows is a 403, and goes to its trail.
+        let leaf = match super::api::holder_off_runtime(&live, token).await {
             Ok(leaf) => leaf,
-            Err(answer) => return small(answer),
+            Err(Refusal(status, why)) => return small(refused(status, &why)),
         };
+        shared.metrics.no_route();
         log(&format!(
             "denied: no route: upstream={} method={} path={} lease={} client={peer}",
             spec.name,
@@ -272,7 +279,8 @@ async fn forward(
     };
     let action = route.action.clone();
     let described = format!("{} {}", spec.name, route.describe());
-    let decision = match decide(shared, token.clone(), &action, peer, Some(&described)).await {
+    let decision = match decide(shared, Some(token.clone()), &action, peer, Some(&described)).await
+    {
         Ok(decision) => decision,
         Err(answer) => return small(answer),
     };
@@ -284,16 +292,9 @@ async fn forward(
         if decision.id.is_some() {
             live.store.audit().note(&event);
         }
-        let status = status_of(decision.reason);
-        let mut answer = error(status, &format!("{}: {}", decision.reason, decision.detail));
-        if status == StatusCode::UNAUTHORIZED {
-            challenge(answer.headers_mut());
-        }
-        return small(answer);
+        let why = format!("{}: {}", decision.reason, decision.detail);
+        return small(refused(status_of(decision.reason), &why));
     }
-    let Some(token) = token else {
-        return small(error(StatusCode::UNAUTHORIZED, "no token"));
-    };
     let (parts, body) = request.into_parts();
     let up = Arc::new(AtomicU64::new(0));
     let progress = Progress::new();
@@ -391,44 +392,18 @@ async fn forward(
     Response::from_parts(parts, Either::Right(streamed))
 }
 
-/// The live lease of `token` for a request no route allows, or the answer when there is
-/// none: `401` for a token that opens nothing, `503` when the store cannot be read.
-async fn no_route_standing(
-    live: &Arc<Live>,
-    token: Option<Token>,
-) -> Result<crate::record::Record, Response<Full<Bytes>>> {
-    let unauthorized = |why: &str| {
-        let mut answer = error(StatusCode::UNAUTHORIZED, why);
+/// A refusal as the proxy answers it: `{"error": ...}`; a `401` asks for Bearer and for Basic
+/// (git, and other clients on libcurl, send a Basic password only when asked for one).
+fn refused(status: StatusCode, why: &str) -> Response<Full<Bytes>> {
+    let mut answer = error(status, why);
+    if status == StatusCode::UNAUTHORIZED {
         challenge(answer.headers_mut());
-        answer
-    };
-    let Some(token) = token.filter(Token::is_well_formed) else {
-        return Err(unauthorized(
-            "malformed: the token given is not a lease token",
-        ));
-    };
-    let standing = {
-        let live = Arc::clone(live);
-        let now = std::time::SystemTime::now();
-        tokio::task::spawn_blocking(move || crate::authorize::standing(&live.store, &token, now))
-            .await
-    };
-    match standing {
-        Ok(Ok(crate::authorize::Standing::Live(records))) => {
-            Ok(records.into_iter().next().expect("a live chain has a leaf"))
-        }
-        Ok(Ok(crate::authorize::Standing::Dead(denial))) => {
-            let why = format!("{}: {}", denial.reason, denial.detail);
-            Err(match status_of(denial.reason) {
-                StatusCode::UNAUTHORIZED => unauthorized(&why),
-                status => error(status, &why),
-            })
-        }
-        Ok(Err(_)) | Err(_) => Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the broker cannot read its store; nothing is granted",
-        )),
+        answer.headers_mut().append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"lease\""),
+        );
     }
+    answer
 }
 
 /// The request to send upstream: the client's, with the upstream's URL, without the lease

@@ -100,11 +100,10 @@ fn ask_broker(broker: &Endpoint, token: &Token, action: &Action) -> Result<Decis
             && serde_json::from_slice::<VerifyAnswer>(&answer.body)
                 .is_ok_and(|d| d.reason == Reason::CorruptRecord));
     if !is_decision {
-        bail!(
-            "broker {broker} answered {}: {}",
-            answer.status,
-            crate::token::redact(&answer.error_text())
-        );
+        match answer.reason() {
+            Some(why) => bail!("broker {broker} answered {}: {why}", answer.status),
+            None => bail!("{}", answer.unexpected(broker)),
+        }
     }
     let decided: VerifyAnswer = serde_json::from_slice(&answer.body)
         .with_context(|| format!("broker {broker} answered something that is not a decision"))?;

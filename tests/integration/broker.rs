@@ -124,6 +124,15 @@ impl Reply {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Every value of the header `name`, in order.
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 /// Runs curl with `args` and the headers in `headers` (written to a private file, so that a
@@ -383,6 +392,9 @@ fn the_http_api_answers_each_decision_with_its_status_code() {
     let wrong_method = curl(&sandbox, &[], &[&format!("{url}/v1/verify")]);
     assert_eq!(wrong_method.status, 405);
     assert_eq!(wrong_method.header("allow"), Some("POST"));
+    let wrong_method = curl(&sandbox, &[], &["-X", "POST", &format!("{url}/healthz")]);
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.header("allow"), Some("GET, HEAD"));
     assert_eq!(curl(&sandbox, &[], &[&format!("{url}/nope")]).status, 404);
 
     let metrics = curl(&sandbox, &[], &[&format!("{url}/metrics")]);
@@ -501,6 +513,37 @@ fn an_unreachable_or_garbled_broker_fails_closed() {
     );
     assert!(out.stdout.contains("\"granted\":false"), "{out:?}");
 
+    // A broker that accepts and never answers: each call gives up at its bound, and says so.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hung = format!("http://{}", silent.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(2).collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(held);
+    });
+    for (args, code, said) in [
+        (
+            &["verify", "read:articles"][..],
+            2,
+            format!("lease: cannot verify: broker {hung}: no answer within 5s"),
+        ),
+        (
+            &["run", "--scope", "a", "--", "true"],
+            125,
+            format!("lease: cannot start the run: broker {hung}: no answer within 5s"),
+        ),
+    ] {
+        let started = Instant::now();
+        let out = sandbox
+            .lease(args)
+            .env("LEASE_TOKEN", &token)
+            .env("LEASE_BROKER", &hung)
+            .run()
+            .code_is(code)
+            .one_error_line();
+        assert_eq!(out.stderr.trim_end(), said, "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(15), "{args:?}");
+    }
     // A run whose broker cannot be reached does not start its command.
     let marker = sandbox.path("ran");
     let out = sandbox
@@ -528,6 +571,47 @@ fn an_unreachable_or_garbled_broker_fails_closed() {
             .starts_with(&format!("lease: broker {missing}: ")),
         "{out:?}"
     );
+}
+
+/// A real nginx in front of a broker that is down answers its own 502 page: every subcommand
+/// says so in one line naming the broker, and fails closed with its documented status.
+#[test]
+fn an_error_page_from_a_server_in_front_of_the_broker_is_one_line_naming_it() {
+    if Command::new("nginx").arg("-v").output().is_err() {
+        crate::harness::skip("no-nginx", "nginx is not installed");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("read:articles");
+    let port = free_port();
+    let _nginx = NginxServer::start(
+        sandbox.path("nginx"),
+        &format!(
+            "  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://unix:{}:; }} }}",
+            sandbox.path("down.sock").display()
+        ),
+    );
+    let broker = format!("http://127.0.0.1:{port}");
+    let said = format!(
+        "broker {broker} answered 502 and not as a lease broker does: is another server in between? (it began: <html>)"
+    );
+    for (args, code) in [
+        (&["verify", "read:articles"][..], 2),
+        (&["status"], 2),
+        (&["issue", "--scope", "read:articles"], 2),
+        (&["list"], 2),
+        (&["run", "--scope", "read:articles", "--", "true"], 125),
+    ] {
+        let out = sandbox
+            .lease(args)
+            .env("LEASE_TOKEN", &token)
+            .env("LEASE_BROKER", &broker)
+            .run()
+            .code_is(code)
+            .one_error_line()
+            .lacks_token(&token);
+        assert!(out.stderr.trim_end().ends_with(&said), "{args:?}: {out:?}");
+    }
 }
 
 #[test]
@@ -572,6 +656,23 @@ fn the_broker_listens_privately_reloads_on_sighup_and_stops_on_sigterm() {
     let line = broker.expect_log("reload failed");
     assert!(line.contains("keeping the previous config"), "{line}");
     assert_eq!(auth(&broker, "/drafts/7"), 200);
+    // What a reload cannot change (the sockets were made at the start) is said, not ignored.
+    fs::write(
+        &config,
+        format!(
+            "socket_group = {}\n[[route]]\nmethod = \"GET\"\npath = \"/drafts/*\"\naction = \"read:drafts\"\n",
+            nix::unistd::getgid()
+        ),
+    )
+    .expect("config");
+    broker.signal(Signal::SIGHUP);
+    broker.expect_log("a changed socket_group takes effect at the next start");
+    broker.expect_log("reloaded the config");
+    let mode = fs::metadata(&broker.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the socket is as it was made");
 
     let socket = broker.socket.clone();
     let (status, log) = broker.stop();
@@ -581,6 +682,246 @@ fn the_broker_listens_privately_reloads_on_sighup_and_stops_on_sigterm() {
         "{log:?}"
     );
     assert!(!socket.exists(), "the socket outlived the broker");
+}
+
+/// Envoy's `ext_authz` (HTTP mode) asks with the original method, and the original path under
+/// its `path_prefix`; no `X-Original-*` or `X-Forwarded-*` header comes with it.
+#[test]
+fn forward_auth_takes_envoys_original_method_and_path_under_v1_auth() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config(
+        "[[route]]\nmethod = \"GET\"\npath = \"/articles/**\"\naction = \"read:articles\"\n\
+         [[route]]\nmethod = \"*\"\npath = \"/drafts/**\"\naction = \"write:draft\"\n",
+    );
+    let broker = Broker::start(&sandbox, &[]);
+    let token = sandbox.issue("read:articles");
+    let ask = |method: &str, path: &str, extra: &[&str]| {
+        let mut headers = bearer(&token);
+        headers.extend(extra.iter().map(|h| (*h).to_owned()));
+        let url = format!("http://{}/v1/auth{path}", broker.tcp);
+        // curl waits for the body of an answer to -X HEAD; --head does not.
+        let method = if method == "HEAD" {
+            vec!["--head"]
+        } else {
+            vec!["-X", method]
+        };
+        curl(
+            &sandbox,
+            &headers,
+            &[method.as_slice(), &[url.as_str()]].concat(),
+        )
+        .status
+    };
+    assert_eq!(ask("GET", "/articles/7?page=2", &[]), 200);
+    assert_eq!(
+        ask("HEAD", "/articles/7", &[]),
+        200,
+        "a GET route allows HEAD"
+    );
+    assert_eq!(ask("DELETE", "/articles/7", &[]), 403, "no DELETE route");
+    assert_eq!(ask("POST", "/drafts/7", &[]), 403, "out of scope");
+    // A header the client sent, passed on by Envoy, that names another request: no route.
+    assert_eq!(
+        ask("DELETE", "/articles/7", &["X-Forwarded-Method: GET"]),
+        403
+    );
+    assert_eq!(
+        ask("GET", "/drafts/7", &["X-Original-URI: /articles/7"]),
+        403
+    );
+    // The same request named twice is the same request.
+    assert_eq!(
+        ask(
+            "GET",
+            "/articles/7",
+            &["X-Original-URI: /articles/7?x=1", "X-Original-Method: GET"]
+        ),
+        200
+    );
+    assert_eq!(
+        ask("GET", "/articles/../drafts/7", &[]),
+        403,
+        "a path that climbs"
+    );
+}
+
+/// A request no route allows is a decision too: denied (403), in the trail with the lease and
+/// the path, and counted; a token that opens nothing is told so first (401), as on a route.
+#[test]
+fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
+    let sandbox = Sandbox::new();
+    routes_config(&sandbox);
+    let broker = Broker::start(&sandbox, &[]);
+    let issued = sandbox.issue_json("read:articles", &[]);
+    let token = issued["token"].as_str().expect("token");
+    let ask = |uri: &str| {
+        let mut headers = bearer(token);
+        headers.push("X-Original-Method: GET".to_owned());
+        headers.push(format!("X-Original-URI: {uri}"));
+        curl(
+            &sandbox,
+            &headers,
+            &[&format!("http://{}/v1/auth", broker.tcp)],
+        )
+    };
+    assert_eq!(ask("/articles/1.html").status, 200);
+    assert_eq!(ask("/private/notes?x=1").status, 403);
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
+    let denied: Vec<serde_json::Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event"))
+        .filter(|e: &serde_json::Value| e["reason"] == "no route")
+        .collect();
+    assert_eq!(denied.len(), 1, "{trail}");
+    assert_eq!(denied[0]["event"], "denied");
+    assert_eq!(denied[0]["lease"], issued["id"]);
+    assert_eq!(denied[0]["method"], "GET");
+    assert_eq!(denied[0]["path"], "/private/notes");
+    assert!(denied[0]["client"].is_string(), "{trail}");
+    let metrics = curl(&sandbox, &[], &[&format!("http://{}/metrics", broker.tcp)]);
+    assert!(
+        metrics
+            .body
+            .contains("lease_decisions_total{result=\"denied\",reason=\"no route\"} 1\n"),
+        "{}",
+        metrics.body
+    );
+    sandbox
+        .lease(["revoke", issued["id"].as_str().expect("id")])
+        .run()
+        .success();
+    let dead = ask("/private/notes");
+    assert_eq!(dead.status, 401);
+    assert_eq!(
+        dead.header("www-authenticate"),
+        Some("Bearer realm=\"lease\"")
+    );
+}
+
+/// The API refuses a token where an action, a scope or a lease id goes, as the command line
+/// does, and never quotes it: not in an answer, the store, the trail or the log.
+#[test]
+fn a_token_where_an_action_a_scope_or_an_id_goes_is_refused_and_never_echoed() {
+    let sandbox = Sandbox::new();
+    let mut broker = Broker::start(&sandbox, &[]);
+    let holder = sandbox.issue("read:*");
+    let victim = sandbox.issue("read:articles");
+    let tcp = |path: &str| format!("http://{}{path}", broker.tcp);
+    let socket = broker.socket.display().to_string();
+    let verify = curl(
+        &sandbox,
+        &bearer(&holder),
+        &[
+            "--data",
+            &format!(r#"{{"action":"read:{victim}"}}"#),
+            &tcp("/v1/verify"),
+        ],
+    );
+    assert_eq!(verify.status, 400, "{verify:?}");
+    assert!(
+        verify.body.contains("that is a token, not an action"),
+        "{verify:?}"
+    );
+    let mut headers = bearer(&holder);
+    headers.push(format!("X-Lease-Action: read:{victim}"));
+    assert_eq!(curl(&sandbox, &headers, &[&tcp("/v1/auth")]).status, 403);
+    // A token holder's nested mint, and an operator's root mint.
+    let scope = format!(r#"{{"scope":["read:{victim}"]}}"#);
+    let nested = curl(
+        &sandbox,
+        &bearer(&holder),
+        &["--data", &scope, &tcp("/v1/leases")],
+    );
+    assert_eq!(nested.status, 400, "{nested:?}");
+    let root = curl(
+        &sandbox,
+        &[],
+        &[
+            "--unix-socket",
+            &socket,
+            "--data",
+            &scope,
+            "http://lease/v1/leases",
+        ],
+    );
+    assert_eq!(root.status, 400, "{root:?}");
+    // An operator's revoke and suggest, of a "lease id" that is a token.
+    for command in [
+        format!(r#"{{"command":"revoke","ids":["{victim}"]}}"#),
+        format!(r#"{{"command":"suggest","id":"{victim}"}}"#),
+    ] {
+        let reply = curl(
+            &sandbox,
+            &[],
+            &[
+                "--unix-socket",
+                &socket,
+                "--data",
+                &command,
+                "http://lease/v1/commands",
+            ],
+        );
+        assert!(!reply.body.contains(&victim), "{command}: {reply:?}");
+    }
+    let answers = [verify, nested, root];
+    for answer in &answers {
+        assert!(!format!("{answer:?}").contains(&victim), "{answer:?}");
+    }
+    for file in sandbox.state_files() {
+        let text = String::from_utf8_lossy(&fs::read(&file).unwrap_or_default()).into_owned();
+        assert!(
+            !text.contains(&victim),
+            "the token is in {}",
+            file.display()
+        );
+    }
+    broker.expect_log("denied");
+    let (_, log) = broker.stop();
+    assert!(!log.join("\n").contains(&victim), "{log:?}");
+}
+
+/// The limits docs/api.md gives: a head over 64 KiB is `431`, a body over 16 KiB is `413`.
+#[test]
+fn a_head_over_64_kib_is_431_and_a_body_over_16_kib_is_413() {
+    use std::io::Read as _;
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let status = |request: String| {
+        let mut stream = std::net::TcpStream::connect(&broker.tcp).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        answer
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .unwrap_or_else(|| panic!("not an answer: {answer:?}"))
+            .to_owned()
+    };
+    let head = |padding: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: lease\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "p".repeat(padding)
+        )
+    };
+    assert_eq!(status(head(60 * 1024)), "200");
+    assert_eq!(status(head(64 * 1024)), "431");
+    assert_eq!(status(head(100 * 1024)), "431");
+    let body = |size: usize| {
+        format!(
+            "POST /v1/verify HTTP/1.1\r\nHost: lease\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n{}",
+            " ".repeat(size)
+        )
+    };
+    assert_eq!(
+        status(body(16 * 1024)),
+        "400",
+        "within the limit: read, and not JSON"
+    );
+    assert_eq!(status(body(16 * 1024 + 1)), "413");
 }
 
 #[test]
@@ -1669,7 +2010,7 @@ fn an_https_broker_serves_clients_that_trust_its_certificate() {
         cert.display(),
         key.display()
     ));
-    let broker = Broker::start(&sandbox, &[]);
+    let mut broker = Broker::start(&sandbox, &[]);
     let https = format!("https://{}", broker.tcp);
     let token = sandbox.issue("read:articles");
     let client = |ca: Option<&Path>| {
@@ -1690,13 +2031,10 @@ fn an_https_broker_serves_clients_that_trust_its_certificate() {
         .lacks_token(&token);
     assert!(out.stderr.contains(&format!("broker {https}: ")), "{out:?}");
     // A CA that did not sign it: the handshake fails, nothing is granted.
-    let (other, _) = {
-        let other = Sandbox::new();
-        let made = certificates(&other);
-        let copy = sandbox.path("other-ca.pem");
-        fs::copy(&made.0, &copy).expect("copy");
-        (copy, other)
-    };
+    let other_sandbox = Sandbox::new();
+    let (other_ca, other_cert, other_key) = certificates(&other_sandbox);
+    let other = sandbox.path("other-ca.pem");
+    fs::copy(&other_ca, &other).expect("copy");
     let out = client(Some(&other)).run().code_is(2).one_error_line();
     assert!(out.stderr.contains("TLS handshake"), "{out:?}");
     // A run through the https broker (over TCP, nested in a lease: nobody is an operator
@@ -1723,6 +2061,15 @@ fn an_https_broker_serves_clients_that_trust_its_certificate() {
         .arg(format!("http://{}/healthz", broker.tcp))
         .run();
     assert!(!plain.stdout.contains("ok"), "{plain:?}");
+    // SIGHUP reads the certificate and key again: a renewed certificate (here one from the
+    // other CA) serves the next connections, with no restart.
+    fs::copy(&other_cert, &cert).expect("renew the certificate");
+    fs::copy(&other_key, &key).expect("renew the key");
+    broker.signal(Signal::SIGHUP);
+    broker.expect_log("reloaded the config");
+    client(Some(&other)).run().success();
+    let out = client(Some(&ca)).run().code_is(2).one_error_line();
+    assert!(out.stderr.contains("TLS handshake"), "{out:?}");
     let (status, log) = broker.stop();
     assert_eq!(status.code(), Some(0));
     assert!(!log.join("\n").contains(&token));

@@ -345,13 +345,37 @@ fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
     let unknown = Sandbox::new().issue("read:site");
     let reply = curl(&sandbox, &bearer(&unknown), &[&other]);
     assert_eq!(reply.status, 401, "{reply:?}");
-    // No token: 401 with a challenge, before any route is looked at.
+    // Where a run reaches the upstream (`lease run --upstream`) is for a live lease's holder;
+    // any other token is a 401 with its challenge.
+    let ask = format!("http://{}/v1/upstreams", broker.tcp);
+    let body = r#"{"name":"site"}"#;
+    let reply = curl(&sandbox, &bearer(&token), &["--data", body, &ask]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains(r#""base_url":"http://"#), "{reply:?}");
+    for other in [unknown.as_str(), "agt_not-a-token"] {
+        let reply = curl(&sandbox, &bearer(other), &["--data", body, &ask]);
+        assert_eq!(reply.status, 401, "{reply:?}");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Bearer realm=\"lease\""),
+            "{reply:?}"
+        );
+    }
+    // No token: 401 with a challenge for each way a client may send it (git sends a basic
+    // password only when asked for one), before any route is looked at.
     let reply = curl(&sandbox, &[], &[&url]);
     assert_eq!(reply.status, 401, "{reply:?}");
     assert_eq!(
-        reply.header("www-authenticate"),
-        Some("Bearer realm=\"lease\"")
+        reply.headers_named("www-authenticate"),
+        ["Bearer realm=\"lease\"", "Basic realm=\"lease\""]
     );
+    assert!(
+        reply.body.contains("the password of Basic auth"),
+        "{reply:?}"
+    );
+    let reply = curl(&sandbox, &[], &[&other]);
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(reply.headers_named("www-authenticate").len(), 2);
     // A redirect within the upstream stays within the broker.
     let moved = format!("http://{}/u/site/moved", broker.tcp);
     let reply = curl(&sandbox, &bearer(&token), &[&moved]);
@@ -749,18 +773,22 @@ impl Drop for GitHost {
     }
 }
 
-/// A run's git, unmodified, sends its lease token as a bearer (`http.extraHeader` from the
-/// environment, never an argument); the broker adds the key as basic auth.
+/// A run's git, unmodified, sends its lease token: to clone, as the password of basic auth
+/// from a credential helper that reads it from the environment (git sends it only once the
+/// broker asks for basic auth); to push, as a bearer (`http.extraHeader` from the
+/// environment). Never as an argument. The broker adds the key as basic auth.
 const GIT_SCRIPT: &str = r#"
 set -e
 export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_COUNT=1
-export GIT_CONFIG_KEY_0=http.extraHeader GIT_CONFIG_VALUE_0="Authorization: Bearer $LEASE_TOKEN"
 cat /proc/self/environ | tr '\0' '\n' > "environ.$1"
 case "$1" in
 clone)
+    export GIT_CONFIG_KEY_0=credential.helper
+    export GIT_CONFIG_VALUE_0='!f() { echo username=lease; echo "password=$LEASE_TOKEN"; }; f'
     git clone -q "$GIT_URL/site.git" clone
     ;;
 push)
+    export GIT_CONFIG_KEY_0=http.extraHeader GIT_CONFIG_VALUE_0="Authorization: Bearer $LEASE_TOKEN"
     cd clone
     echo "change $2" >> README
     git -c user.name=t -c user.email=t@t commit -q -am "change $2"

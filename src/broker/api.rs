@@ -291,36 +291,33 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
     answer
 }
 
-/// The method and URI of the request a web server asks about, from every source there is:
-/// nginx's `X-Original-Method`/`X-Original-URI`, Traefik's and Caddy's `X-Forwarded-Method`/
-/// `X-Forwarded-Uri`, and Envoy's `ext_authz`, which asks with the original method and the
-/// original path under `/v1/auth` (`path_prefix`). One source is the web server's; another
-/// may be the client's, passed on untouched: where two disagree (paths compared without their
-/// query strings), someone is lying, and there is none.
+/// The method and URI of the request a web server asks about: from nginx's
+/// `X-Original-Method`/`X-Original-URI` or Traefik's and Caddy's `X-Forwarded-Method`/
+/// `X-Forwarded-Uri`; where neither pair is there, from Envoy's `ext_authz`, which asks with
+/// the original method and the original path under `/v1/auth` (its `path_prefix`). The web
+/// server sends one pair; the other may be the client's, passed on untouched: where the two
+/// disagree (paths compared without their query strings), someone is lying, and there is none.
 fn original(request: &Request<Incoming>) -> Option<(&str, &str)> {
     let headers = request.headers();
-    let suffix = request
-        .uri()
-        .path()
-        .strip_prefix("/v1/auth")
-        .filter(|path| !path.is_empty());
     let methods = [
         header_text(headers, "x-original-method"),
         header_text(headers, "x-forwarded-method"),
-        suffix.map(|_| request.method().as_str()),
     ];
     let uris = [
         header_text(headers, "x-original-uri"),
         header_text(headers, "x-forwarded-uri"),
-        suffix,
     ];
-    let method = agreed(methods, |method| method)?;
-    let uri = agreed(uris, |uri| uri.split(['?', '#']).next().unwrap_or(""))?;
+    if methods.iter().chain(&uris).all(Option::is_none) {
+        let path = request.uri().path().strip_prefix("/v1/auth")?;
+        return (!path.is_empty()).then(|| (request.method().as_str(), path));
+    }
+    let method = agreed(methods, |method| method).unwrap_or("");
+    let uri = agreed(uris, |uri| uri.split(['?', '#']).next().unwrap_or("")).unwrap_or("");
     Some((method, uri))
 }
 
 /// The first of `values` given, if every value given is the same as it by `key`.
-fn agreed(values: [Option<&str>; 3], key: fn(&str) -> &str) -> Option<&str> {
+fn agreed(values: [Option<&str>; 2], key: fn(&str) -> &str) -> Option<&str> {
     let mut given = values.into_iter().flatten();
     let first = given.next()?;
     given.all(|value| key(value) == key(first)).then_some(first)

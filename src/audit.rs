@@ -133,6 +133,10 @@ pub struct Event {
     /// The address of the broker's client (`unix` or `HOST:PORT`) for a decision it made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// For a forward-auth decision: the address the web server in front says the request came
+    /// from (the last of `X-Forwarded-For`, or `X-Real-IP`); the web server's word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_for: Option<String>,
     /// The upstream a request was for (`proxied`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,

@@ -193,7 +193,7 @@ async fn verify(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -
         Ok(decision) => decision,
         Err(answer) => return answer,
     };
-    note(&shared.live(), &decision, &action, &peer.shown, None);
+    note(&shared.live(), &decision, &action, &peer.shown, None, None);
     let status = status_of(decision.reason);
     let answer = VerifyAnswer {
         granted: decision.granted,
@@ -260,6 +260,7 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
                     event.path = Some(path.into_owned());
                     event.reason = Some("no route".to_owned());
                     event.client = Some(peer.shown.clone());
+                    event.forwarded_for = forwarded_for(headers);
                     live.store.audit().note(&event);
                     return empty(StatusCode::FORBIDDEN);
                 }
@@ -270,7 +271,14 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
         Ok(decision) => decision,
         Err(answer) => return answer,
     };
-    note(&live, &decision, &action, &peer.shown, route.as_deref());
+    note(
+        &live,
+        &decision,
+        &action,
+        &peer.shown,
+        route.as_deref(),
+        forwarded_for(request.headers()),
+    );
     let status = status_of(decision.reason);
     let mut answer = empty(status);
     if decision.granted {
@@ -657,7 +665,14 @@ fn assess(
 /// Writes the decision to the trail, as `lease verify` does, with the route and the client.
 /// A decision about no lease (no token, a malformed or unknown one) costs nothing to provoke:
 /// it is counted and logged, not written to the trail, which it could flush.
-fn note(live: &Live, decision: &Decision, action: &Action, peer: &str, route: Option<&str>) {
+fn note(
+    live: &Live,
+    decision: &Decision,
+    action: &Action,
+    peer: &str,
+    route: Option<&str>,
+    forwarded_for: Option<String>,
+) {
     if decision.id.is_none() {
         return;
     }
@@ -674,7 +689,19 @@ fn note(live: &Live, decision: &Decision, action: &Action, peer: &str, route: Op
     event.reason = Some(decision.reason.to_string());
     event.route = route.map(str::to_owned);
     event.client = Some(peer.to_owned());
+    event.forwarded_for = forwarded_for;
     live.store.audit().note(&event);
+}
+
+/// The address the web server in front says a request came from: the last of
+/// `X-Forwarded-For` (the one it added itself), or `X-Real-IP`; only an IP address.
+fn forwarded_for(headers: &HeaderMap) -> Option<String> {
+    let last = header_text(headers, "x-forwarded-for").and_then(|v| v.rsplit(',').next());
+    [last, header_text(headers, "x-real-ip")]
+        .into_iter()
+        .flatten()
+        .find_map(|text| text.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| ip.to_string())
 }
 
 /// The status code a decision is answered with.

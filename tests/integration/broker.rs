@@ -1169,6 +1169,7 @@ impl Nginx {
       proxy_set_header Content-Length \"\";
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-For $remote_addr;
       proxy_set_header X-Lease-Action \"\";
     }}
   }}",
@@ -1372,6 +1373,19 @@ fn behind<S>(server: &str, version: &str, start: impl FnOnce(&Sandbox, &Broker, 
     assert!(log.contains("route=\"GET /articles/**\""), "{log}");
     assert!(log.contains("denied admin:site: out of scope"), "{log}");
     assert!(!log.contains("agt_"), "{log}");
+    // Each decision is in the trail with its route, the web server as the client, and the
+    // address the request came from as the web server says it.
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
+    let decisions: Vec<serde_json::Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event"))
+        .filter(|e: &serde_json::Value| e["route"].is_string())
+        .collect();
+    assert!(!decisions.is_empty(), "{trail}");
+    for event in &decisions {
+        assert!(event["client"].is_string(), "{event}");
+        assert_eq!(event["forwarded_for"], "127.0.0.1", "{event}");
+    }
 }
 
 #[test]

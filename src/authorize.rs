@@ -397,15 +397,19 @@ fn whose(decider: &Record, leaf: &Record) -> &'static str {
 /// budget at zero, on the lease or an ancestor): such a lease can grant nothing any more.
 pub fn spent(records: &[Record]) -> Option<Denial> {
     let leaf = records.first()?;
-    let spent = records.iter().find(|r| {
-        r.uses_left == Some(0)
-            || !r.scope.is_empty()
-                && r.scope
-                    .iter()
-                    .all(|s| r.scope_uses_left.get(s.as_str()) == Some(&0))
-    })?;
+    let spent = records.iter().find(|r| is_spent(r))?;
     let detail = format!("{} {} has no uses left", whose(spent, leaf), spent.id);
     Some(Denial::new(Reason::UsedUp, detail, Some(leaf)))
+}
+
+/// Whether every use of `record` itself is spent: its lease-wide budget, or every scope's.
+fn is_spent(record: &Record) -> bool {
+    record.uses_left == Some(0)
+        || !record.scope.is_empty()
+            && record
+                .scope
+                .iter()
+                .all(|s| record.scope_uses_left.get(s.as_str()) == Some(&0))
 }
 
 /// Every record with its standing, the way verify sees it: `None` while it can grant, or why
@@ -457,9 +461,40 @@ pub fn standings(records: Vec<Record>, now: SystemTime) -> Vec<(Record, Option<R
             waiting[child] = false;
         }
     }
-    let states = resolved
+    let mut states: Vec<Option<Reason>> = resolved
         .into_iter()
-        .map(|r| r.map_or(Some(Reason::CorruptRecord), Resolved::reason));
+        .map(|r| r.map_or(Some(Reason::CorruptRecord), Resolved::reason))
+        .collect();
+    // As verify: a live chain with every use of a lease on it spent grants nothing (`used up`).
+    // Each record's answer is its own or its parent's, remembered: linear again.
+    let mut spent: Vec<Option<bool>> = vec![None; records.len()];
+    for start in 0..records.len() {
+        let mut pending = Vec::new();
+        let mut at = start;
+        let found = loop {
+            if let Some(done) = spent[at] {
+                break done;
+            }
+            if states[at].is_some() || is_spent(&records[at]) {
+                break states[at].is_none();
+            }
+            pending.push(at);
+            // Live, so its chain is on record, live and free of loops up to a root.
+            match records[at].parent.as_deref().and_then(|p| index.get(p)) {
+                Some(&parent) => at = parent,
+                None => break false,
+            }
+        };
+        spent[at] = Some(found);
+        while let Some(child) = pending.pop() {
+            spent[child] = Some(found);
+        }
+    }
+    for (state, spent) in states.iter_mut().zip(spent) {
+        if state.is_none() && spent == Some(true) {
+            *state = Some(Reason::UsedUp);
+        }
+    }
     records.into_iter().zip(states).collect()
 }
 
@@ -712,7 +747,8 @@ mod tests {
         record
     }
 
-    /// Each record's state as verify sees it: its chain walked from the record.
+    /// Each record's state as verify sees it: its chain walked from the record, then its
+    /// budgets.
     fn walked(records: &[Record], which: usize) -> Option<Reason> {
         let by_id: HashMap<&str, &Record> = records.iter().map(|r| (r.id.as_str(), r)).collect();
         let lookup = |id: &LeaseId| {
@@ -721,7 +757,7 @@ mod tests {
                 .map_or(Loaded::Missing, |r| Loaded::Found((*r).clone())))
         };
         match walk(records[which].clone(), now(), lookup).expect("walk").0 {
-            Standing::Live(_) => None,
+            Standing::Live(chain) => spent(&chain).map(|denial| denial.reason),
             Standing::Dead(denial) => Some(denial.reason),
         }
     }
@@ -758,13 +794,13 @@ mod tests {
     proptest! {
         #[test]
         fn every_state_is_what_walking_its_chain_gives(
-            shapes in prop::collection::vec((0u8..4, any::<bool>(), 0usize..14), 1..12),
+            shapes in prop::collection::vec((0u8..4, any::<bool>(), 0usize..14, 0u8..4), 1..12),
         ) {
             let count = shapes.len();
             let records: Vec<Record> = shapes
                 .iter()
                 .enumerate()
-                .map(|(n, (state, expired, parent))| {
+                .map(|(n, (state, expired, parent, budget))| {
                     let parent = match *parent {
                         p if p < count => Some(id(p)),
                         12 => Some(id(999)),
@@ -776,7 +812,18 @@ mod tests {
                         1 => State::Expired,
                         _ => State::Active,
                     };
-                    record(n, parent, state, *expired)
+                    let mut record = record(n, parent, state, *expired);
+                    // Budgets: none, a lease-wide one spent, its one scope's spent, or left.
+                    match budget {
+                        1 => record.uses_left = Some(0),
+                        2 => {
+                            let scope = record.scope[0].to_string();
+                            record.scope_uses_left.insert(scope, 0);
+                        }
+                        3 => record.uses_left = Some(1),
+                        _ => {}
+                    }
+                    record
                 })
                 .collect();
             let states = listed(&records);

@@ -29,27 +29,35 @@ pub fn revoke(setup: &Setup, target: RevokeTarget) -> Result<Exit> {
         }
         RevokeTarget::Own(source) => revoke_own(setup, &store, &source, &caller),
         RevokeTarget::Ids(ids) => {
+            // As with --all, one lease that cannot be revoked keeps none of the others alive:
+            // each is tried, and what failed is said.
             let mut unknown = Vec::new();
+            let mut skipped = super::Skipped::default();
             for text in &ids {
-                let loaded = match LeaseId::parse(text) {
-                    Some(id) => crate::lease::revoke(&store, &id, "revoke", &caller)?,
-                    None => Loaded::Missing,
+                let Some(id) = LeaseId::parse(text) else {
+                    unknown.push(text.escape_debug().to_string());
+                    continue;
                 };
-                match loaded {
-                    Loaded::Found(_) => {}
-                    Loaded::Missing => unknown.push(text.escape_debug().to_string()),
-                    Loaded::Corrupt(why) => bail!("cannot revoke lease {text}: {why}"),
+                match crate::lease::revoke(&store, &id, "revoke", &caller) {
+                    Ok(Loaded::Found(_)) => {}
+                    Ok(Loaded::Missing) => unknown.push(text.escape_debug().to_string()),
+                    Ok(Loaded::Corrupt(why)) => skipped.entry(&id, &why),
+                    Err(err) => skipped.entry(&id, &format!("{err:#}")),
                 }
             }
-            if unknown.is_empty() {
-                return Ok(Exit::Success);
+            if !unknown.is_empty() {
+                let plural = if unknown.len() == 1 { "" } else { "s" };
+                super::console::note!(
+                    "lease: unknown lease id{plural}: {}: see 'lease list --all' for the ids on record",
+                    unknown.join(", ")
+                );
             }
-            let plural = if unknown.len() == 1 { "" } else { "s" };
-            super::console::note!(
-                "lease: unknown lease id{plural}: {}: see 'lease list --all' for the ids on record",
-                unknown.join(", ")
-            );
-            Ok(Exit::Denied)
+            skipped.into_result("revoked")?;
+            Ok(if unknown.is_empty() {
+                Exit::Success
+            } else {
+                Exit::Denied
+            })
         }
     }
 }

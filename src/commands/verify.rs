@@ -2,7 +2,7 @@
 //!
 //! The decision itself is [`crate::authorize`]'s; this reads the token and prints the answer.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::time::SystemTime;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -173,10 +173,13 @@ pub(super) fn read_token(source: &TokenSource, default_env: &str) -> Result<Toke
             value.to_string_lossy().into_owned()
         }
         TokenSource::Stdin => {
+            // One line: the answer comes as soon as it ends, whether or not the writer then
+            // closes its end of the pipe.
             let mut bytes = Vec::new();
             io::stdin()
+                .lock()
                 .take(MAX_STDIN_BYTES + 1)
-                .read_to_end(&mut bytes)
+                .read_until(b'\n', &mut bytes)
                 .context("reading the token from standard input")?;
             if bytes.len() as u64 > MAX_STDIN_BYTES {
                 bail!("the token on standard input is longer than {MAX_STDIN_BYTES} bytes");

@@ -403,6 +403,91 @@ fn a_token_dies_with_its_command_even_while_lease_is_stopped() {
 /// A symlink, a FIFO and a directory planted as records stop neither `revoke --all` nor `gc`:
 /// each is skipped with one warning, every good lease is still revoked or collected, and the
 /// exit status (2) says some entries were bad.
+/// A token `lease issue` cannot hand over (its reader gone, a full disk) would leave a lease
+/// nobody holds alive until its expiry: it is revoked, and that is an error (exit 2).
+#[test]
+fn a_token_issue_cannot_print_is_revoked_and_fails() {
+    let sandbox = Sandbox::new();
+    let reader_gone = || {
+        // A pipe whose reading end is closed before lease starts: its write fails for sure.
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        drop(read);
+        std::process::Stdio::from(write)
+    };
+    let full = || std::process::Stdio::from(fs::File::create("/dev/full").expect("/dev/full"));
+    for (what, stdout, json) in [
+        ("a closed pipe", reader_gone(), false),
+        ("a full disk", full(), false),
+        ("a full disk, --json", full(), true),
+    ] {
+        let mut cmd = sandbox.lease(["issue", "--scope", "read:x"]);
+        if json {
+            cmd = cmd.arg("--json");
+        }
+        let mut command = cmd.command;
+        command.stdout(stdout).stderr(std::process::Stdio::piped());
+        let out = command.output().expect("lease issue");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(
+            stderr.starts_with("lease: cannot hand over the token: writing to standard output: "),
+            "{what}: {stderr}"
+        );
+        assert!(
+            stderr
+                .trim_end()
+                .ends_with("was revoked, so that none is left that nobody holds"),
+            "{what}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+        let listed = sandbox.lease(["list", "--json"]).run().success();
+        assert_eq!(listed.stdout.trim(), "[]", "{what}: a live lease is left");
+    }
+}
+
+/// `lease revoke A BAD B`: the entry that cannot be revoked is said, and keeps neither A nor B
+/// alive; an unknown id among them is said too.
+#[test]
+fn revoke_of_several_ids_revokes_every_good_one_past_a_bad_one() {
+    if crate::harness::files_only("writes an unreadable record file by hand") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let issue = || {
+        sandbox.issue_json("read:x", &[])["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (first, second) = (issue(), issue());
+    let bad = sandbox.leases_dir().join("aaaaaaaaaaaa.toml");
+    fs::write(&bad, "not a record").unwrap();
+    fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = sandbox
+        .lease(["revoke", &first, "aaaaaaaaaaaa", "bbbbbbbbbbbb", &second])
+        .run()
+        .code_is(2);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{out:#?}");
+    assert!(
+        lines[0].starts_with("lease: warning: skipping the store entry for lease aaaaaaaaaaaa: "),
+        "{out:#?}"
+    );
+    assert_eq!(
+        lines[1],
+        "lease: unknown lease id: bbbbbbbbbbbb: see 'lease list --all' for the ids on record"
+    );
+    assert_eq!(
+        lines[2],
+        "lease: 1 store entry could not be revoked (see the warning above); every other lease was"
+    );
+    for id in [&first, &second] {
+        let text = fs::read_to_string(sandbox.leases_dir().join(format!("{id}.toml"))).unwrap();
+        let state = text.parse::<toml::Table>().unwrap()["state"].clone();
+        assert_eq!(state.as_str(), Some("revoked"), "{id}");
+    }
+}
+
 #[test]
 fn bad_store_entries_are_skipped_by_revoke_all_and_gc() {
     if crate::harness::files_only("writes unreadable record files by hand") {

@@ -144,6 +144,49 @@ fn list_shows_active_leases_and_all_adds_ended_ones() {
     run.wait();
 }
 
+/// A lease whose every use is spent grants nothing, as `status` and `verify` say: `list` does
+/// not show it as active, and `list --all` says `used up`, for it and for a lease nested in it.
+#[test]
+fn a_used_up_lease_is_not_listed_as_active() {
+    let sandbox = Sandbox::new();
+    let spent = sandbox.issue_json("x:y=1", &[]);
+    let token = spent["token"].as_str().unwrap();
+    let child = sandbox
+        .lease(["issue", "--scope", "x:y", "--json"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .success()
+        .json();
+    let other = sandbox.issue_json("x:y=2", &[]);
+    sandbox.verify(token, "x:y").success();
+    sandbox
+        .verify(child["token"].as_str().unwrap(), "x:y")
+        .code_is(1)
+        .stderr_has("used up");
+    let active = sandbox.lease(["list", "--json"]).run().success().json();
+    let ids: Vec<&serde_json::Value> = active
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["id"])
+        .collect();
+    assert_eq!(ids, [&other["id"]], "{active}");
+    let all = sandbox
+        .lease(["list", "--all", "--json"])
+        .run()
+        .success()
+        .json();
+    for lease in [&spent, &child] {
+        let entry = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == lease["id"])
+            .unwrap();
+        assert_eq!(entry["state"], "used up", "{entry}");
+    }
+}
+
 #[test]
 fn list_of_an_empty_store_prints_nothing_or_an_empty_array() {
     let sandbox = Sandbox::new();

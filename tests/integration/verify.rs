@@ -268,6 +268,30 @@ fn token_from_stdin_or_a_named_variable() {
         .code_is(1);
 }
 
+/// A gate that writes the token and keeps its end of the pipe open gets its answer at the end
+/// of the line, not when the pipe closes.
+#[test]
+fn token_stdin_is_one_line_answered_with_the_pipe_still_open() {
+    use std::io::Write as _;
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("a");
+    for (action, code) in [("a", 0), ("b", 1)] {
+        let mut command = sandbox.lease(["verify", action, "--token-stdin"]).command;
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = command.spawn().expect("spawn");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(format!("{token}\n").as_bytes())
+            .expect("write");
+        let status = crate::harness::wait_for_exit(&mut child);
+        drop(stdin);
+        assert_eq!(status.code(), Some(code), "{action}");
+    }
+}
+
 #[test]
 fn json_has_the_documented_shape() {
     let sandbox = Sandbox::new();

@@ -344,14 +344,16 @@ impl Log {
     }
 
     /// The kept file and the log's size, if the log's name still leads to that file and it is
-    /// still the user's: one status call instead of an open, a status and a close. A log
-    /// rotated or replaced by another process since is opened again.
+    /// still the user's and private: one status call instead of an open, a status and a close.
+    /// A log rotated, replaced or opened to others by another process since is opened again
+    /// (and checked, and made private, as at first).
     fn still_named(dir: &OwnedFd, kept: Option<Kept>) -> Option<(Kept, u64)> {
         let kept = kept?;
         let named = nix::sys::stat::fstatat(dir, FILE_NAME, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
         let same = named.st_ino == kept.ino
             && named.st_dev == kept.dev
-            && named.st_uid == crate::owner::euid();
+            && named.st_uid == crate::owner::euid()
+            && named.st_mode & 0o077 == 0;
         same.then(|| (kept, u64::try_from(named.st_size).unwrap_or(0)))
     }
 
@@ -511,6 +513,16 @@ fn check_usable(file: &File, path: &Path, consequence: &str) -> Result<fs::Metad
             meta.uid()
         ))
         .into());
+    }
+    // The trail is private, as every file lease writes: one made readable by others (by hand,
+    // or by a tool that rotated it) is made 0600 again before it is written to.
+    if meta.mode() & 0o077 != 0 {
+        nix::sys::stat::fchmod(file, Mode::from_bits_truncate(0o600)).with_context(|| {
+            format!(
+                "the audit log {} is open to others and cannot be made private",
+                path.display()
+            )
+        })?;
     }
     Ok(meta)
 }

@@ -112,6 +112,8 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
     let program = spec.program.to_string_lossy().into_owned();
     let prepared = Prepared::new(&spec);
     wipe(spec.env);
+    // Quoted as Rust would: a name with a line break stays on the error's one line.
+    let program = program.escape_debug().to_string();
     let mut prepared = prepared.with_context(|| format!("cannot run '{program}'"))?;
     let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
     let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;

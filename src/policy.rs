@@ -177,6 +177,10 @@ fn live_parent(store: &Store, token: &Token, now: SystemTime) -> Result<Option<R
     }
     match authorize::standing(store, token, now)? {
         Standing::Dead(denial) if denial.reason == Reason::Unknown => Ok(None),
+        Standing::Live(records) if records.len() >= authorize::MAX_DEPTH => Err(anyhow!(
+            "the parent lease in the environment is nested {} deep, as deep as leases nest: a child of it could never be used",
+            records.len()
+        )),
         Standing::Live(records) => Ok(records.into_iter().next()),
         Standing::Dead(Denial { reason, detail, .. }) => Err(anyhow!(
             "the parent lease in the environment is {reason}: {detail}; a child of it could never be used"

@@ -72,7 +72,11 @@ fn print_table(leases: &[(Record, Option<Reason>)], now: SystemTime) -> std::io:
                 _ => "-".to_owned(),
             };
             let (pid, command) = match &record.owner {
-                Some(owner) => (owner.pid.to_string(), owner.command.clone()),
+                // One lease, one row: a name with a line break in it is shown escaped.
+                Some(owner) => (
+                    owner.pid.to_string(),
+                    owner.command.escape_debug().to_string(),
+                ),
                 None => ("-".to_owned(), "(detached)".to_owned()),
             };
             [

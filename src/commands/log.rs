@@ -42,9 +42,11 @@ fn human(event: &Event) -> String {
         event.event.as_str(),
         event.lease.as_deref().unwrap_or("-")
     );
+    // One event, one line: a value with a control character in it (a command named with a
+    // line break, say) is shown escaped, and cannot pass for another event.
     let mut field = |name: &str, value: Option<String>| {
         if let Some(value) = value {
-            line.push_str(&format!(" {name}={value}"));
+            line.push_str(&format!(" {name}={}", value.escape_debug()));
         }
     };
     field("action", event.action.clone());

@@ -114,6 +114,19 @@ fn every_event_type_is_logged_with_its_fields_and_never_the_token() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// A trail someone made readable by others is made private again before the next event.
+#[test]
+fn a_trail_open_to_others_is_made_private_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    sandbox.issue("a:b");
+    let trail = sandbox.state_dir().join("audit.jsonl");
+    std::fs::set_permissions(&trail, std::fs::Permissions::from_mode(0o644)).unwrap();
+    sandbox.issue("a:b");
+    let mode = std::fs::metadata(&trail).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
 #[test]
 fn a_hundred_concurrent_runs_write_only_whole_lines() {
     let sandbox = Sandbox::new();
@@ -292,6 +305,54 @@ fn a_rotated_audit_log_that_is_not_a_regular_file_is_refused_by_log() {
         .code_is(2)
         .one_error_line()
         .stderr_has("audit.jsonl.1 is a symbolic link");
+}
+
+/// A program named with a line break (a forged event after it) fails in one line, and `lease
+/// log` shows it escaped on the line of its own event: the trail cannot be forged that way.
+#[test]
+fn a_line_break_in_a_command_name_forges_no_line() {
+    let sandbox = Sandbox::new();
+    let forged = "2026-11-30T00:00:00Z  granted     deadbeef0000 action=deploy:prod";
+    let program = format!("nosuch\n{forged}");
+    let out = sandbox
+        .lease(["run", "--scope", "a:b", "--"])
+        .arg(&program)
+        .run()
+        .code_is(127)
+        .one_error_line();
+    assert_eq!(
+        out.stderr,
+        "lease: cannot run 'nosuch\\n2026-11-30T00:00:00Z  granted     deadbeef0000 action=deploy:prod': command not found\n"
+    );
+    let log = sandbox.lease(["log"]).run().success();
+    assert!(
+        !log.stdout
+            .lines()
+            .any(|line| line.starts_with("2026-11-30T00:00:00Z")),
+        "{}",
+        log.stdout
+    );
+    if !crate::harness::broker_mode() {
+        // Through a broker the trail names the broker's client; the record, the program.
+        assert!(
+            log.stdout.contains("command=nosuch\\n2026"),
+            "{}",
+            log.stdout
+        );
+    }
+    // A run of a program named so, still running: its row in `lease list` is one line.
+    let named = sandbox.path(&format!("it\n{forged}"));
+    std::os::unix::fs::symlink("/bin/sh", &named).unwrap();
+    let mut run = sandbox
+        .lease(["run", "--scope", "a:b", "--"])
+        .arg(&named)
+        .args(["-c", "echo ready; exec sleep 60"])
+        .start();
+    run.lines.expect("ready");
+    let list = sandbox.lease(["list"]).run().success();
+    assert_eq!(list.stdout.lines().count(), 2, "{}", list.stdout);
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    run.wait();
 }
 
 #[test]

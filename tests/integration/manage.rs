@@ -1,6 +1,7 @@
 //! `issue`, `list`, `revoke` and `gc`.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
@@ -251,6 +252,35 @@ fn list_of_a_three_thousand_deep_chain_is_quick_and_right() {
     // Linear, this takes a few hundred milliseconds even in a debug build on a busy machine;
     // walking every chain from its leaf took over a minute.
     assert!(took < Duration::from_secs(10), "list took {took:?}");
+}
+
+/// Leases nest up to 10,000 deep (verify follows no longer chain): a lease that deep still
+/// grants, and is refused a child, which could never be used.
+#[test]
+fn a_lease_as_deep_as_leases_nest_grants_and_is_refused_a_child() {
+    if crate::harness::files_only("rewrites a record file by hand") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let ids = write_chain(&sandbox, 9_999, usize::MAX);
+    // A real lease, hung under the hand-written chain: the 10,000th.
+    let issued = sandbox.issue_json("a", &[]);
+    let token = issued["token"].as_str().unwrap();
+    let path = sandbox.record_path(&issued["id"]);
+    let text = fs::read_to_string(&path).unwrap();
+    let last = ids.last().unwrap();
+    fs::write(&path, format!("{text}parent = \"{last}\"\n")).unwrap();
+    sandbox.verify(token, "a").success();
+    let out = sandbox
+        .lease(["issue", "--scope", "a"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert_eq!(
+        out.stderr,
+        "lease: the parent lease in the environment is nested 10000 deep, as deep as leases nest: a child of it could never be used\n"
+    );
 }
 
 #[test]

@@ -401,8 +401,16 @@ fn fifty_concurrent_verifies_of_a_three_use_token_grant_exactly_three() {
         .code_is(1)
         .one_error_line()
         .stderr_has("denied: used up");
+    // Spent, it is no longer listed as active; `--all` shows it, and why.
     let listed = sandbox.lease(["list", "--json"]).run().success().json();
+    assert_eq!(listed, serde_json::json!([]));
+    let listed = sandbox
+        .lease(["list", "--all", "--json"])
+        .run()
+        .success()
+        .json();
     assert_eq!(listed[0]["uses_left"], 0);
+    assert_eq!(listed[0]["state"], "used up");
 }
 
 #[test]

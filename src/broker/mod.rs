@@ -117,6 +117,9 @@ struct Shared {
     guard: Mutex<Option<mpsc::Sender<()>>>,
     /// The runs whose connection is here now: lease id to the serial of that connection.
     attached: Mutex<HashMap<LeaseId, u64>>,
+    /// The runs whose end could not be recorded when it came, to be made again
+    /// ([`runs::retry_ends`]), in the order they came.
+    unended: Mutex<Vec<(LeaseId, runs::Unended)>>,
     serial: AtomicU64,
     /// Permits for [`MAX_CONNECTIONS`].
     connections: Arc<tokio::sync::Semaphore>,
@@ -156,6 +159,26 @@ impl Shared {
 
     fn is_attached(&self, id: &LeaseId) -> bool {
         lock(&self.attached).contains_key(id)
+    }
+
+    /// Remembers that run `id`'s end could not be recorded (a run ended counts over one gone).
+    fn unended(&self, id: &LeaseId, how: runs::Unended) {
+        let mut unended = lock(&self.unended);
+        match unended.iter_mut().find(|(other, _)| other == id) {
+            Some(entry) if how == runs::Unended::Ran => entry.1 = how,
+            Some(_) => {}
+            None => unended.push((id.clone(), how)),
+        }
+    }
+
+    /// The ends still to be made, oldest first.
+    fn unended_now(&self) -> Vec<(LeaseId, runs::Unended)> {
+        lock(&self.unended).clone()
+    }
+
+    /// Forgets run `id`'s end: made, or no longer to be made.
+    fn ended(&self, id: &LeaseId) {
+        lock(&self.unended).retain(|(other, _)| other != id);
     }
 
     /// Reads the config again, one reload at a time: a SIGHUP during a reload makes it read
@@ -419,6 +442,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         stopping: watch::Sender::new(false),
         guard: Mutex::new(Some(guard)),
         attached: Mutex::new(HashMap::new()),
+        unended: Mutex::new(Vec::new()),
         serial: AtomicU64::new(0),
         connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
     });
@@ -674,6 +698,16 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()
     // owner_timeout are ended.
     // Every owner_timeout: runs held by a broker that stopped and did not come back to this
     // one, and this broker's runs left without a connection, are ended.
+    // Every second: the ends of runs that could not be recorded when they came.
+    let retrier = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                runs::retry_ends(&shared).await;
+            }
+        })
+    };
     let sweeper = {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -744,6 +778,7 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()
         acceptor.abort();
     }
     sweeper.abort();
+    retrier.abort();
     log(&format!(
         "{why}: stopped accepting; finishing the requests in flight"
     ));

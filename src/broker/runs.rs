@@ -127,7 +127,7 @@ where
     };
     if send(&mut write, &first).await.is_err() {
         // The run is gone before it heard of its lease: end the lease now.
-        owner_gone(&live, &id, &process, peer).await;
+        owner_gone(shared, &live, &id, &process, peer).await;
         return;
     }
     let serial = shared.attach(&id);
@@ -164,6 +164,12 @@ where
                 if ended {
                     log(&format!("run ended: lease={id} client={peer}"));
                     let _ = send(&mut write, &FromBroker::Ended).await;
+                } else {
+                    // The store cannot be written now: the end is made again until it can.
+                    log(&format!(
+                        "could not end a run's lease yet, retrying: lease={id} client={peer}"
+                    ));
+                    shared.unended(&id, Unended::Ran);
                 }
                 shared.detach(&id, serial);
                 return;
@@ -179,7 +185,7 @@ where
                 // back on a new connection has replaced this one.
                 if shared.detach(&id, serial) {
                     // Logged once the lease is ended: whoever reads the line may rely on it.
-                    owner_gone(&live, &id, &process, peer).await;
+                    owner_gone(shared, &live, &id, &process, peer).await;
                     log(&format!("run {why}: lease={id} client={peer}"));
                 }
                 return;
@@ -368,14 +374,60 @@ async fn end(
 }
 
 /// Ends the lease of a run whose connection is gone.
-async fn owner_gone(live: &Arc<Live>, id: &LeaseId, process: &Process, peer: &Peer) {
+async fn owner_gone(
+    shared: &Shared,
+    live: &Arc<Live>,
+    id: &LeaseId,
+    process: &Process,
+    peer: &Peer,
+) {
+    if !end_now(live, id, Unended::Gone, process).await {
+        log(&format!(
+            "could not end a gone run's lease yet, retrying: lease={id} client={peer}"
+        ));
+        shared.unended(id, Unended::Gone);
+    }
+}
+
+/// How a run's lease is to be ended, when its end could not be recorded at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unended {
+    /// Its command ended: revoked, `run ended`.
+    Ran,
+    /// Its connection is gone: `owner gone`, if it is still so (it may have come back).
+    Gone,
+}
+
+/// Ends `id` as `how` says; whether the store recorded it (or the lease is no longer there).
+async fn end_now(live: &Arc<Live>, id: &LeaseId, how: Unended, process: &Process) -> bool {
     let live = Arc::clone(live);
     let id = id.clone();
     let process = process.clone();
-    let done =
-        tokio::task::spawn_blocking(move || crate::lease::let_go(&live.store, &id, &process)).await;
-    if !matches!(done, Ok(Ok(_))) {
-        log(&format!("could not end a gone run's lease: client={peer}"));
+    let done = tokio::task::spawn_blocking(move || match how {
+        Unended::Ran => crate::lease::revoke(&live.store, &id, "run ended", &process),
+        Unended::Gone => crate::lease::let_go(&live.store, &id, &process),
+    });
+    matches!(done.await, Ok(Ok(_)))
+}
+
+/// Makes again the ends that could not be recorded (the store unreachable, a record's lock held
+/// too long), oldest first, until one fails: the store is still down, the rest waits for the
+/// next round. A run that came back (attached here again) is no longer to be ended.
+pub(super) async fn retry_ends(shared: &Shared) {
+    let live = shared.live();
+    let process = Process::default();
+    for (id, how) in shared.unended_now() {
+        if how == Unended::Gone && shared.is_attached(&id) {
+            shared.ended(&id);
+            continue;
+        }
+        if !end_now(&live, &id, how, &process).await {
+            return;
+        }
+        shared.ended(&id);
+        log(&format!(
+            "ended a run's lease once the store could be written: lease={id}"
+        ));
     }
 }
 

@@ -299,17 +299,18 @@ fn without_quorum_every_decision_fails_closed_and_decisions_resume_with_it() {
     let Some(mut cluster) = Cluster::start(&sandbox, 3) else {
         return;
     };
-    let a = broker_on(&sandbox, &cluster, "a");
+    let mut a = broker_on(&sandbox, &cluster, "a");
+    let endpoint = a.endpoint();
     let issue = || {
         sandbox
             .lease(["issue", "--scope", "read:articles", "--json"])
-            .env("LEASE_BROKER", a.endpoint())
+            .env("LEASE_BROKER", &endpoint)
             .run()
     };
     let verify = |token: &str| {
         sandbox
             .lease(["verify", "read:articles"])
-            .env("LEASE_BROKER", a.endpoint())
+            .env("LEASE_BROKER", &endpoint)
             .env("LEASE_TOKEN", token)
             .run()
     };
@@ -318,10 +319,11 @@ fn without_quorum_every_decision_fails_closed_and_decisions_resume_with_it() {
     let revoked = issue().success().json();
     sandbox
         .lease(["revoke", revoked["id"].as_str().expect("id")])
-        .env("LEASE_BROKER", a.endpoint())
+        .env("LEASE_BROKER", &endpoint)
         .run()
         .success();
     let revoked = revoked["token"].as_str().expect("token");
+    let (mut run, run_token) = waiting_run(&sandbox, &endpoint, None);
 
     // One member of three down, the leader: the others elect another within a call's
     // deadline, and every decision is answered as before.
@@ -348,13 +350,19 @@ fn without_quorum_every_decision_fails_closed_and_decisions_resume_with_it() {
     issue().code_is(2).one_error_line().stderr_has("etcd://");
     sandbox
         .run_sh("read:articles", "touch started")
-        .env("LEASE_BROKER", a.endpoint())
+        .env("LEASE_BROKER", &endpoint)
         .run()
         .code_is(125);
     assert!(
         !sandbox.path("started").exists(),
         "a run started without its store"
     );
+    // A run whose command ends now: its end cannot be recorded, and its wrapper, killed, cannot
+    // come back to tell it again. The broker makes the end again until the store takes it.
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    a.expect_log("could not end a run's lease yet, retrying");
+    run.signal(nix::sys::signal::Signal::SIGKILL);
+    run.wait();
 
     // Quorum back: decisions resume by themselves (after the members' election, which may fail
     // a few more decisions closed), and what was revoked is never granted meanwhile.
@@ -370,6 +378,24 @@ fn without_quorum_every_decision_fails_closed_and_decisions_resume_with_it() {
             break;
         }
         assert!(Instant::now() < deadline, "decisions did not resume");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The run that ended meanwhile is ended as it ended (revoked, `run ended`), by the retry,
+    // not found `owner gone` by the sweep one or two owner_timeouts later.
+    loop {
+        let out = sandbox
+            .lease(["verify", "a:b"])
+            .env("LEASE_BROKER", &endpoint)
+            .env("LEASE_TOKEN", &run_token)
+            .run();
+        if out.code() == Some(1) {
+            out.stderr_has("revoked");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ended run was never ended: {out:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -198,10 +198,20 @@ impl Record {
 
     /// Whether `gc` may remove this record: it can no longer grant anything, and it is not a
     /// revoked lease that is still kept (until its expiry) so that `verify` can say `revoked`.
+    ///
+    /// A run no broker holds on a shared store, still marked active, is not garbage before its
+    /// expiry either: it may be on its way to another broker, and the brokers' sweep ends it if
+    /// it does not arrive (verify denies it meanwhile).
     pub fn is_garbage(&self, now: SystemTime) -> bool {
+        let in_transit = self.state == State::Active
+            && self
+                .owner
+                .as_ref()
+                .is_some_and(|o| o.broker && o.held == Some(crate::owner::Held::Nowhere));
         match self.status(now) {
             Status::Active => false,
             Status::Revoked => self.is_past_expiry(now),
+            Status::OwnerGone if in_transit => self.is_past_expiry(now),
             Status::Expired | Status::OwnerGone => true,
         }
     }
@@ -392,6 +402,27 @@ mod tests {
         for (status, word) in words {
             assert_eq!(status.as_str(), word);
         }
+    }
+
+    #[test]
+    fn a_run_no_broker_holds_is_kept_until_its_expiry_for_the_sweep_to_end() {
+        let issued = SystemTime::UNIX_EPOCH + 1000 * HOUR;
+        let mut record = record_issued_at(issued);
+        let mut owner = crate::owner::Owner::broker("agent".to_owned()).expect("owner");
+        owner.held = Some(crate::owner::Held::Nowhere);
+        record.owner = Some(owner);
+        assert_eq!(record.status(issued), Status::OwnerGone);
+        assert!(!record.is_garbage(issued + HOUR / 2), "on its way");
+        assert!(record.is_garbage(issued + HOUR));
+        // Once a sweep has ended it (the record says so), it is garbage at once.
+        record.state = State::OwnerGone;
+        assert!(record.is_garbage(issued + HOUR / 2));
+        // Held elsewhere, it is alive; and a run of a broker on a local store, gone, is garbage.
+        record.state = State::Active;
+        let mut owner = crate::owner::Owner::broker("agent".to_owned()).expect("owner");
+        owner.held = Some(crate::owner::Held::Elsewhere);
+        record.owner = Some(owner);
+        assert!(!record.is_garbage(issued + HOUR / 2));
     }
 
     #[test]

@@ -283,6 +283,39 @@ fn a_lease_as_deep_as_leases_nest_grants_and_is_refused_a_child() {
     );
 }
 
+/// `list` of a large store, through a broker too, where the answer is several megabytes.
+#[test]
+fn list_of_twenty_thousand_leases_prints_them_all() {
+    let sandbox = Sandbox::new();
+    let ids = write_roots(&sandbox, 20_000);
+    let listed = sandbox.lease(["list", "--json"]).run().success().json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), ids.len());
+    assert!(listed.iter().all(|e| e["state"] == "active"));
+    let table = sandbox.lease(["list"]).run().success().stdout;
+    assert_eq!(table.lines().count(), ids.len() + 1);
+}
+
+/// Writes `count` live detached root leases as records; returns their ids.
+fn write_roots(sandbox: &Sandbox, count: usize) -> Vec<String> {
+    let now = SystemTime::now();
+    let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let (issued, expires) = (at(now), at(now + Duration::from_secs(3600)));
+    let ids: Vec<String> = (1..=count).map(|n| format!("{n:012x}")).collect();
+    let records: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| {
+            let text = format!(
+                "id = \"{id}\"\ntoken_sha256 = \"{id}{}\"\nscope = [\"read:articles\", \"write:drafts\"]\nissued_at = \"{issued}\"\nexpires_at = \"{expires}\"\nstate = \"active\"\n",
+                "0".repeat(52)
+            );
+            (id.clone(), text)
+        })
+        .collect();
+    sandbox.put_records(&records);
+    ids
+}
+
 #[test]
 fn gc_keeps_a_revoked_lease_until_its_expiry_as_its_help_says() {
     let sandbox = Sandbox::new();

@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 
 use super::{Backend, Charged, Loaded, Updated, decode};
@@ -721,11 +721,12 @@ impl Backend for Etcd {
             if matches!(loaded, Loaded::Missing) || !should_remove(&loaded) {
                 return Ok(Some(false));
             }
+            // The record and its hold, by name: nothing else under the prefix.
             let key = self.key(id);
-            let end = format!("{key}0");
+            let hold = format!("{key}{HOLD}");
             let same = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
-            let delete = TxnOp::delete(key, Some(DeleteOptions::new().with_range(end)));
-            Ok(self.commit(vec![same], vec![delete])?.then_some(true))
+            let deletes = vec![TxnOp::delete(key, None), TxnOp::delete(hold, None)];
+            Ok(self.commit(vec![same], deletes)?.then_some(true))
         })
     }
 }

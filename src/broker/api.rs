@@ -228,41 +228,20 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
             match crate::route::find(&live.config.routes, method, uri) {
                 Some(route) => (route.action.clone(), Some(route.describe())),
                 None => {
-                    // Deny by default. A missing or dead token is still told what to do (401);
-                    // a live lease's request goes to its trail.
-                    let leaf = match token {
-                        None => Err(Refusal(StatusCode::UNAUTHORIZED, String::new())),
-                        Some(token) => holder_off_runtime(&live, token).await,
+                    // Deny by default. A missing or dead token is still told what to do (401).
+                    let Some(token) = token else {
+                        return bare(StatusCode::UNAUTHORIZED);
                     };
-                    let leaf = match leaf {
-                        Ok(leaf) => leaf,
-                        Err(Refusal(status, _)) => {
-                            let mut answer = empty(status);
-                            if status == StatusCode::UNAUTHORIZED {
-                                challenge(answer.headers_mut());
-                            }
-                            return answer;
-                        }
-                    };
-                    let path = crate::token::redact(uri.split(['?', '#']).next().unwrap_or(""));
-                    log(&format!(
-                        "denied: no route: method={} path={} lease={} client={peer}",
-                        method.escape_debug(),
-                        path.escape_debug(),
-                        leaf.id
-                    ));
-                    shared.metrics.no_route();
                     let mut event = Event::new(EventKind::Denied, None);
-                    event.lease = Some(leaf.id.clone());
-                    event.parent.clone_from(&leaf.parent);
-                    event.run.clone_from(&leaf.run);
                     event.method = Some(method.to_owned());
-                    event.path = Some(path.into_owned());
-                    event.reason = Some("no route".to_owned());
+                    let path = uri.split(['?', '#']).next().unwrap_or("");
+                    event.path = Some(crate::token::redact(path).into_owned());
                     event.client = Some(peer.shown.clone());
                     event.forwarded_for = forwarded_for(headers);
-                    live.store.audit().note(&event);
-                    return empty(StatusCode::FORBIDDEN);
+                    return match no_route(shared, &live, token, event).await {
+                        Ok(()) => empty(StatusCode::FORBIDDEN),
+                        Err(Refusal(status, _)) => bare(status),
+                    };
                 }
             }
         }
@@ -279,8 +258,7 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
         route.as_deref(),
         forwarded_for(request.headers()),
     );
-    let status = status_of(decision.reason);
-    let mut answer = empty(status);
+    let mut answer = bare(status_of(decision.reason));
     if decision.granted {
         let headers = answer.headers_mut();
         if let Some(id) = &decision.id
@@ -293,8 +271,6 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
         {
             headers.insert("x-lease-scope", value);
         }
-    } else if status == StatusCode::UNAUTHORIZED {
-        challenge(answer.headers_mut());
     }
     answer
 }
@@ -546,6 +522,40 @@ fn holder(live: &Live, token: &Token, now: SystemTime) -> Result<Record, Refusal
     }
 }
 
+/// A request no route allows, from the holder of `token`, as forward-auth and the proxy both
+/// deny it: logged, counted, and `event` (what the request was) written to the trail with the
+/// lease and the reason `no route`. `Err` for a token that opens nothing (401, not a word about
+/// the routes) or a store that cannot be read (503).
+pub(super) async fn no_route(
+    shared: &Shared,
+    live: &Arc<Live>,
+    token: Token,
+    mut event: Event,
+) -> Result<(), Refusal> {
+    let leaf = holder_off_runtime(live, token).await?;
+    shared.metrics.no_route();
+    let field = |name: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| format!("{name}={} ", v.escape_debug()))
+            .unwrap_or_default()
+    };
+    log(&format!(
+        "denied: no route: {}{}{}lease={} {}",
+        field("upstream", &event.upstream),
+        field("method", &event.method),
+        field("path", &event.path),
+        leaf.id,
+        field("client", &event.client).trim_end()
+    ));
+    event.lease = Some(leaf.id.clone());
+    event.parent.clone_from(&leaf.parent);
+    event.run.clone_from(&leaf.run);
+    event.reason = Some("no route".to_owned());
+    live.store.audit().note(&event);
+    Ok(())
+}
+
 /// [`holder`], on a thread that may block (the store may wait on a lock or the network).
 pub(super) async fn holder_off_runtime(live: &Arc<Live>, token: Token) -> Result<Record, Refusal> {
     let live = Arc::clone(live);
@@ -785,6 +795,15 @@ pub(super) fn challenge(headers: &mut HeaderMap) {
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"lease\""),
     );
+}
+
+/// An empty answer with `status`, and the challenge with a `401` (forward-auth's answers).
+fn bare(status: StatusCode) -> Answer {
+    let mut answer = empty(status);
+    if status == StatusCode::UNAUTHORIZED {
+        challenge(answer.headers_mut());
+    }
+    answer
 }
 
 pub(super) fn empty(status: StatusCode) -> Answer {

@@ -27,7 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
-use super::api::{Refusal, challenge, decide, error, status_of};
+use super::api::{Refusal, decide, error, no_route, status_of};
 use super::{Live, Peer, Shared, log};
 use crate::audit::{Event, EventKind};
 use crate::authorize::Decision;
@@ -254,24 +254,9 @@ async fn forward(
         // No route: deny by default, and never contact the upstream. A token that opens
         // nothing is told so first (401), as on a route; a live lease's request that no route
         // allows is a 403, and goes to its trail.
-        let leaf = match super::api::holder_off_runtime(&live, token).await {
-            Ok(leaf) => leaf,
-            Err(Refusal(status, why)) => return small(refused(status, &why)),
-        };
-        shared.metrics.no_route();
-        log(&format!(
-            "denied: no route: upstream={} method={} path={} lease={} client={peer}",
-            spec.name,
-            method.as_str().escape_debug(),
-            crate::token::redact(&path).escape_debug(),
-            leaf.id
-        ));
-        let mut event = event;
-        event.lease = Some(leaf.id.clone());
-        event.parent.clone_from(&leaf.parent);
-        event.run.clone_from(&leaf.run);
-        event.reason = Some("no route".to_owned());
-        live.store.audit().note(&event);
+        if let Err(Refusal(status, why)) = no_route(shared, &live, token, event).await {
+            return small(refused(status, &why));
+        }
         return small(error(
             StatusCode::FORBIDDEN,
             &format!("no route of upstream {} allows {method} {path}", spec.name),
@@ -395,9 +380,8 @@ async fn forward(
 /// A refusal as the proxy answers it: `{"error": ...}`; a `401` asks for Bearer and for Basic
 /// (git, and other clients on libcurl, send a Basic password only when asked for one).
 fn refused(status: StatusCode, why: &str) -> Response<Full<Bytes>> {
-    let mut answer = error(status, why);
+    let mut answer = Refusal(status, why.to_owned()).answer();
     if status == StatusCode::UNAUTHORIZED {
-        challenge(answer.headers_mut());
         answer.headers_mut().append(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"lease\""),

@@ -137,6 +137,40 @@ impl Reply {
 
 /// Runs curl with `args` and the headers in `headers` (written to a private file, so that a
 /// token never lands on curl's argv), and parses its `-i` output.
+/// `/metrics` as Prometheus' own text-format parser (the `prometheus_client` package, Debian's
+/// python3-prometheus-client) reads it: each family's type and samples, as JSON. A line the
+/// parser refuses fails the test.
+fn prometheus_families(text: &str) -> serde_json::Value {
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families = {f.name: {"type": f.type, "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]}
+            for f in text_string_to_metric_families(sys.stdin.read())}
+print(json.dumps(families))
+"#;
+    // Debian's python3, where the package is: another python3 may come first on PATH.
+    let mut parser = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (with python3-prometheus-client)");
+    parser
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("writing to the parser");
+    let out = parser.wait_with_output().expect("the parser");
+    assert!(
+        out.status.success(),
+        "Prometheus' parser refused the metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the parser's JSON")
+}
+
 pub fn curl(sandbox: &Sandbox, headers: &[String], args: &[&str]) -> Reply {
     let file = sandbox.path(&format!("headers-{}", rand_suffix()));
     write_private(&file, &headers.join("\n"));
@@ -409,6 +443,50 @@ fn the_http_api_answers_each_decision_with_its_status_code() {
     ] {
         assert!(metrics.body.contains(line), "{line} in {}", metrics.body);
     }
+    assert_eq!(
+        metrics.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    // Read back by Prometheus' own parser for its text format, as a scraper would.
+    let families = prometheus_families(&metrics.body);
+    assert_eq!(families["lease_decisions"]["type"], "counter", "{families}");
+    assert_eq!(families["lease_active_leases"]["type"], "gauge");
+    assert_eq!(families["lease_active_leases"]["samples"][0]["value"], 1.0);
+    let latency = &families["lease_request_duration_seconds"];
+    assert_eq!(latency["type"], "histogram", "{families}");
+    let samples = latency["samples"].as_array().expect("samples");
+    let buckets: Vec<f64> = samples
+        .iter()
+        .filter(|s| s["name"] == "lease_request_duration_seconds_bucket")
+        .map(|s| s["value"].as_f64().expect("a count"))
+        .collect();
+    assert!(buckets.len() > 1, "{families}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{families}");
+    let count = samples
+        .iter()
+        .find(|s| s["name"] == "lease_request_duration_seconds_count")
+        .expect("a count");
+    assert_eq!(
+        Some(count["value"].as_f64()),
+        buckets.last().map(|b| Some(*b))
+    );
+    let granted = families["lease_decisions"]["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .filter(|s| s["labels"]["reason"] == "granted")
+        .map(|s| {
+            (
+                s["name"].clone(),
+                s["labels"]["result"].clone(),
+                s["value"].clone(),
+            )
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(
+        granted,
+        [("lease_decisions_total".into(), "granted".into(), 1.0.into())]
+    );
     // Decisions about a lease went to the trail, with the client.
     let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
     assert!(!trail.contains(&token));

@@ -406,6 +406,18 @@ impl Write for Conn {
 /// The longest line, and the longest answer head, a held run reads from its broker.
 const MAX_HELD_LINE: usize = 64 * 1024;
 
+/// The broker's refusal of a run, in the words a local run would have used.
+#[derive(Debug)]
+pub struct Refusal(String);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
 /// A run's connection to the broker (`/v1/runs`), upgraded to JSON lines: it holds the run's
 /// lease for as long as it is open (docs/api.md).
 #[derive(Debug)]
@@ -418,7 +430,7 @@ pub struct Hold {
 
 impl Hold {
     /// Starts a run: mints its lease as `body` asks (nested in `parent`'s, if given), held by
-    /// this connection. A refusal is an error with the broker's reason.
+    /// this connection. A refusal is a [`Refusal`], with the broker's reason.
     pub fn start(
         endpoint: &Endpoint,
         parent: Option<&Token>,
@@ -428,7 +440,9 @@ impl Hold {
         hold.send(body)?;
         match hold.receive()? {
             crate::wire::FromBroker::Started(started) => Ok((hold, *started)),
-            crate::wire::FromBroker::Error(why) => bail!("{}", crate::token::redact(&why)),
+            crate::wire::FromBroker::Error(why) => {
+                Err(Refusal(crate::token::redact(&why).into_owned()).into())
+            }
             _ => bail!("broker {endpoint}: answered a run with something else"),
         }
     }

@@ -157,7 +157,11 @@ fn remote_through(setup: &Setup, broker: &Endpoint, command: Command) -> Result<
         Command::Revoke(crate::request::RevokeTarget::Own(source)) => {
             (Remote::RevokeSelf, Some(read(&source, "cannot revoke")?))
         }
-        Command::Revoke(crate::request::RevokeTarget::Ids(ids)) => (Remote::Revoke { ids }, None),
+        // A token holder may revoke its own lease and those nested in it by id: the token
+        // it runs under says which those are (an operator needs none).
+        Command::Revoke(crate::request::RevokeTarget::Ids(ids)) => {
+            (Remote::Revoke { ids }, inherited_token(setup)?)
+        }
         Command::Revoke(crate::request::RevokeTarget::All) => (Remote::RevokeAll, None),
         Command::List { all, json } => (Remote::List { all, json }, None),
         Command::Log { id, since, json } => (

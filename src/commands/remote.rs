@@ -60,26 +60,36 @@ pub fn on_broker(
             )))
         }
     };
-    // A token holder may read only its own lease's trail and suggestion: the token must be a
-    // lease's on record (its whole hash, not just the id it starts with).
-    let own_id = |id: &Option<String>, what: &str| -> Result<Option<String>, Refused> {
+    // A token holder may act by id only on its own lease and the leases nested in it: the
+    // token must be a lease's on record (its whole hash, not just the id it starts with). Any
+    // other id, known or not, is refused alike (the answer tells no one which ids exist).
+    let own_ids = |ids: Vec<String>, what: &str| -> Result<Vec<String>, Refused> {
         if operator {
-            return Ok(id.clone());
+            return Ok(ids);
         }
         let token = own(what)?;
         let unknown = || Refused::NoToken("unknown: no lease matches the token".to_owned());
         let unavailable = |err: anyhow::Error| Refused::Unavailable(format!("{err:#}"));
         let store = setup.store(Open::ExistingOnly).map_err(unavailable)?;
         let mine = match store.find(&token.hash()).map_err(unavailable)? {
-            crate::store::Loaded::Found(record) => record.id.to_string(),
+            crate::store::Loaded::Found(record) => record.id,
             _ => return Err(unknown()),
         };
-        match id {
-            Some(id) if *id != mine => Err(Refused::NotAllowed(format!(
-                "not allowed: a token holder may `lease {what}` only its own lease ({mine}); any other needs an operator"
-            ))),
-            _ => Ok(Some(mine)),
+        if ids.is_empty() {
+            return Ok(vec![mine.to_string()]);
         }
+        for id in &ids {
+            // A malformed id is left to the subcommand, which says so as it does locally.
+            let Some(id) = crate::token::LeaseId::parse(id) else {
+                continue;
+            };
+            if !within(&store, &mine, &id).map_err(unavailable)? {
+                return Err(Refused::NotAllowed(format!(
+                    "not allowed: a token holder may `lease {what}` only its own lease ({mine}) and the leases nested in it; {id} is not one of them, and any other needs an operator"
+                )));
+            }
+        }
+        Ok(ids)
     };
     let run: Box<dyn FnOnce() -> anyhow::Result<Exit>> = match asked {
         Remote::Status { json } => {
@@ -117,7 +127,10 @@ pub fn on_broker(
             })
         }
         Remote::Revoke { ids } => {
-            operators_only("revoke")?;
+            if ids.is_empty() {
+                operators_only("revoke")?;
+            }
+            let ids = own_ids(ids, "revoke")?;
             Box::new(move || revoke::revoke(&setup, RevokeTarget::Ids(ids)))
         }
         Remote::RevokeAll => {
@@ -129,11 +142,11 @@ pub fn on_broker(
             Box::new(move || list::list(&setup, all, json))
         }
         Remote::Log { id, since, json } => {
-            let id = own_id(&id, "log")?;
+            let id = own_ids(id.into_iter().collect(), "log")?.pop();
             Box::new(move || log::log(&setup, id.as_deref(), since.map(Duration::from_secs), json))
         }
         Remote::Suggest { id, json } => {
-            let id = own_id(&Some(id), "suggest")?.unwrap_or_default();
+            let id = own_ids(vec![id], "suggest")?.pop().unwrap_or_default();
             Box::new(move || suggest::suggest(&setup, &id, json))
         }
         Remote::Gc => {
@@ -159,4 +172,27 @@ pub fn on_broker(
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
         exit: exit.code(),
     })
+}
+
+/// Whether `id` is `mine` or nested in it: its chain of parents reaches `mine` (within
+/// [`crate::authorize::MAX_DEPTH`] steps, past which no chain is followed).
+fn within(
+    store: &crate::store::Store,
+    mine: &crate::token::LeaseId,
+    id: &crate::token::LeaseId,
+) -> anyhow::Result<bool> {
+    let mut at = id.clone();
+    for _ in 0..=crate::authorize::MAX_DEPTH {
+        if at == *mine {
+            return Ok(true);
+        }
+        match store.load(&at)? {
+            crate::store::Loaded::Found(record) => match record.parent {
+                Some(parent) => at = parent,
+                None => return Ok(false),
+            },
+            _ => return Ok(false),
+        }
+    }
+    Ok(false)
 }

@@ -34,8 +34,14 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     let inherited = super::inherited_token(setup)?;
     let mut body = MintBody::from_asked(&request.asked);
     body.command = Some(program_name(&program));
-    let (hold, started) =
-        Hold::start(broker, inherited.as_ref(), &body).context("cannot start the run")?;
+    // A refusal reads as it does locally; a broker that cannot be reached says so.
+    let (hold, started) = Hold::start(broker, inherited.as_ref(), &body).map_err(|err| {
+        if err.is::<crate::client::Refusal>() {
+            err
+        } else {
+            err.context("cannot start the run")
+        }
+    })?;
     if setup.verbose {
         for note in &started.notes {
             eprintln!("lease: note: {note}");

@@ -1986,13 +1986,42 @@ fn changing_subcommands_through_the_broker_follow_who_may_do_what() {
     let renewed = through(&tcp, &["renew", "--ttl", "10m"]).success();
     assert!(renewed.stdout.ends_with("Z\n"), "{renewed:?}");
     through(&tcp, &["status"]).success();
-    // Not for a token holder: every lease.
+    // The leases nested in its own, by id: their trail, and revoking one alone.
+    let nested = through(&tcp, &["issue", "--scope", "read:articles", "--json"])
+        .success()
+        .json();
+    let (nested_id, nested_token) = (
+        nested["id"].as_str().expect("id"),
+        nested["token"].as_str().expect("token"),
+    );
+    let trail = through(&tcp, &["log", "--id", nested_id, "--json"]).success();
+    assert!(trail.stdout.contains(nested_id), "{trail:?}");
+    through(&tcp, &["revoke", nested_id]).success();
+    let nested_after = sandbox
+        .lease(["verify", "read:articles"])
+        .env("LEASE_BROKER", &tcp)
+        .env("LEASE_TOKEN", nested_token)
+        .run()
+        .code_is(1);
+    assert!(
+        nested_after.stderr.starts_with("lease: denied: revoked: "),
+        "{nested_after:?}"
+    );
+    through(&tcp, &["status"]).success();
+    // Not for a token holder: every lease, and any lease outside its own (a root of its own,
+    // an id no lease has) by id.
+    let stranger = sandbox.issue_json("read:articles", &[]);
+    let stranger = stranger["id"].as_str().expect("id");
     for args in [
         &["list"][..],
         &["revoke", "--all"],
         &["gc"],
         &["revoke", "0123456789ab"],
+        &["revoke", stranger],
+        &["revoke", nested_id, stranger],
         &["log", "--id", "0123456789ab"],
+        &["log", "--id", stranger],
+        &["suggest", stranger],
     ] {
         let out = through(&tcp, args)
             .code_is(2)

@@ -550,13 +550,20 @@ impl Inject {
 }
 
 /// Replaces every occurrence of any needle in a stream of chunks with `***`, including one
-/// split across chunks: it holds back only the end of a chunk that could begin a needle, so a
-/// chunk ending in a line break (a server-sent event, a line of output) goes out whole at once
-/// (a key has no line break).
+/// split across chunks.
+///
+/// Where a chunk is cut never depends on the needles' bytes: it holds back the end of each
+/// chunk after its last line break, at most one byte less than the longest needle, whatever
+/// those bytes are. Holding back only what could begin a needle would tell a client that can
+/// place text at the end of a chunk (an echoing endpoint) whether its guess begins the key,
+/// one byte at a time. A chunk ending in a line break (a server-sent event, a line of output)
+/// still goes out whole at once: a key has no line break.
 pub struct Redactor {
     needles: Vec<Zeroizing<Vec<u8>>>,
     /// The bytes needles begin with.
     firsts: Vec<u8>,
+    /// Whether a line break ends every needle's reach (no needle holds one).
+    lines_bound: bool,
     held: Zeroizing<Vec<u8>>,
 }
 
@@ -578,35 +585,54 @@ impl Redactor {
         let mut firsts: Vec<u8> = needles.iter().map(|n| n[0]).collect();
         firsts.sort_unstable();
         firsts.dedup();
+        let lines_bound = needles.iter().all(|n| !n.contains(&b'\n'));
         Redactor {
             needles,
             firsts,
+            lines_bound,
             held: Zeroizing::new(Vec::new()),
         }
     }
 
     /// The next part of the stream that can go out, after `chunk`.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        self.push_bytes(bytes::Bytes::copy_from_slice(chunk))
-            .to_vec()
+        let (first, then) = self.push_bytes(bytes::Bytes::copy_from_slice(chunk));
+        [first, then].concat()
     }
 
-    /// [`Redactor::push`] for a chunk the caller owns: when it holds no needle and nothing
-    /// was held back before it, what goes out is the chunk itself (or its start), not a copy.
-    pub fn push_bytes(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
-        if self.held.is_empty() {
-            let (masked, held_from) = self.scan(&chunk, false);
-            self.held.extend_from_slice(&chunk[held_from..]);
-            return match masked {
-                Some(out) => bytes::Bytes::from(out),
-                None => chunk.slice(..held_from),
-            };
-        }
-        let mut data = std::mem::take(&mut self.held);
-        data.extend_from_slice(&chunk);
-        let (masked, held_from) = self.scan(&data, false);
-        self.held.extend_from_slice(&data[held_from..]);
-        bytes::Bytes::from(masked.unwrap_or_else(|| data[..held_from].to_vec()))
+    /// [`Redactor::push`] for a chunk the caller owns, in two parts that go out in order: when
+    /// no needle is in it, the second is the chunk itself (or its start), not a copy. The
+    /// first holds what was held back before it, decided with the chunk's first bytes; it is
+    /// empty when nothing was.
+    pub fn push_bytes(&mut self, chunk: bytes::Bytes) -> (bytes::Bytes, bytes::Bytes) {
+        let longest = self.needles.first().map_or(0, |n| n.len());
+        let held = self.held.len();
+        let (first, rest) = if held == 0 {
+            (bytes::Bytes::new(), chunk)
+        } else if chunk.len() < 2 * longest {
+            // A short chunk: decided with what was held, in one copy.
+            let mut data = std::mem::take(&mut self.held);
+            data.extend_from_slice(&chunk);
+            let (masked, held_from) = self.scan(&data, false);
+            self.held.extend_from_slice(&data[held_from..]);
+            let out = masked.unwrap_or_else(|| data[..held_from].to_vec());
+            return (bytes::Bytes::new(), bytes::Bytes::from(out));
+        } else {
+            // Every needle that begins in the held bytes ends within the chunk's first
+            // `longest` bytes: those decide them, and the rest of the chunk is scanned alone.
+            let mut junction = std::mem::take(&mut self.held);
+            junction.extend_from_slice(&chunk[..longest]);
+            let (masked, end) = self.scan_to(&junction, held);
+            let first = masked.unwrap_or_else(|| junction[..end].to_vec());
+            (bytes::Bytes::from(first), chunk.slice(end - held..))
+        };
+        let (masked, held_from) = self.scan(&rest, false);
+        self.held.extend_from_slice(&rest[held_from..]);
+        let then = match masked {
+            Some(out) => bytes::Bytes::from(out),
+            None => rest.slice(..held_from),
+        };
+        (first, then)
     }
 
     /// What is left at the end of the stream (the start of a needle that never finished).
@@ -621,45 +647,60 @@ impl Redactor {
         self.scan(value, true).0
     }
 
-    /// `data` with its needles masked, up to where a needle may begin but `data` ends before
-    /// it could be told (unless `last`): the masked text (`None` when there was nothing to
-    /// mask, so that the caller can pass `data` on as it is), and where the rest to hold
-    /// starts. Where needles start at the same byte, the longest wins.
+    /// `data` with its needles masked up to where it is cut (see [`Redactor`]; all of it when
+    /// `last`): the masked text (`None` when there was nothing to mask, so that the caller can
+    /// pass `data` on as it is), and where the rest to hold starts. A needle that begins
+    /// before the cut is masked whole, even past it. Where needles start at the same byte, the
+    /// longest wins.
     fn scan(&self, data: &[u8], last: bool) -> (Option<Vec<u8>>, usize) {
+        let cut = if last { data.len() } else { self.cut(data) };
+        self.scan_to(data, cut)
+    }
+
+    /// `data` with the needles that begin before `cut` masked, and where what is left starts
+    /// (`cut`, or the end of a needle that runs past it). Every needle that may begin before
+    /// `cut` must be told by `data`.
+    fn scan_to(&self, data: &[u8], cut: usize) -> (Option<Vec<u8>>, usize) {
         let mut out: Option<Vec<u8>> = None;
         let mut copied = 0;
         let mut from = 0;
-        while let Some(found) = self.next_start(&data[from..]) {
+        let mut end = cut;
+        while from < cut {
+            let Some(found) = self.next_start(&data[from..cut]) else {
+                break;
+            };
             let at = from + found;
             let rest = &data[at..];
-            let mut masked = None;
-            for needle in &self.needles {
-                if rest.starts_with(needle) {
-                    masked = Some(needle.len());
-                    break;
-                }
-                if !last && needle.len() > rest.len() && needle.starts_with(rest) {
-                    if let Some(out) = &mut out {
-                        out.extend_from_slice(&data[copied..at]);
-                    }
-                    return (out, at);
-                }
-            }
-            match masked {
-                Some(len) => {
+            // Every needle that begins before the cut is told here: a needle that `data` ends
+            // within would begin after the last line break and less than a needle's length
+            // from the end, which is past the cut.
+            match self.needles.iter().find(|n| rest.starts_with(n)) {
+                Some(needle) => {
                     let out = out.get_or_insert_with(|| Vec::with_capacity(data.len()));
                     out.extend_from_slice(&data[copied..at]);
                     out.extend_from_slice(MASK);
-                    from = at + len;
+                    from = at + needle.len();
                     copied = from;
+                    end = end.max(from);
                 }
                 None => from = at + 1,
             }
         }
         if let Some(out) = &mut out {
-            out.extend_from_slice(&data[copied..]);
+            out.extend_from_slice(&data[copied..end]);
         }
-        (out, data.len())
+        (out, end)
+    }
+
+    /// Where `data` is cut when more may follow: after its last line break (if no needle
+    /// holds one), and no more than one byte less than the longest needle before its end.
+    fn cut(&self, data: &[u8]) -> usize {
+        let longest = self.needles.first().map_or(0, |n| n.len());
+        let reach = data.len().saturating_sub(longest.saturating_sub(1));
+        match memchr::memrchr(b'\n', data) {
+            Some(line) if self.lines_bound => reach.max(line + 1),
+            _ => reach,
+        }
     }
 
     /// Where the next byte that begins a needle is.
@@ -731,11 +772,49 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// A client that can place text at the end of a chunk (an echo) learns nothing from
+        /// where the chunks it gets back are cut: they are cut the same for a needle that its
+        /// text begins as for one it has nothing in common with.
+        #[test]
+        fn where_the_stream_is_cut_tells_nothing_of_the_needle(
+            data in proptest::collection::vec(prop_oneof![Just(b'k'), Just(b'e'), Just(b'y'), Just(b'\n'), Just(b'x')], 0..120),
+            cuts in proptest::collection::vec(0usize..120, 0..10),
+        ) {
+            prop_assume!(!data.windows(5).any(|w| w == b"keyey"));
+            let mut cuts = cuts.into_iter().map(|c| c.min(data.len())).collect::<Vec<_>>();
+            cuts.sort_unstable();
+            let lengths = |needle: &[u8]| {
+                let mut redactor = Redactor::new(needles(&[needle]));
+                let mut from = 0;
+                let mut lengths = Vec::new();
+                for &cut in &cuts {
+                    lengths.push(redactor.push(&data[from..cut]).len());
+                    from = cut;
+                }
+                lengths
+            };
+            prop_assert_eq!(lengths(b"keyey"), lengths(b"zzzzz"));
+        }
+    }
+
+    #[test]
+    fn a_guess_at_the_start_of_the_key_is_cut_where_any_other_text_is() {
+        for guess in [&b"AB s3c"[..], b"AB x9q"] {
+            let mut redactor = Redactor::new(needles(&[b"s3cr3t"]));
+            assert_eq!(redactor.push(guess), b"A");
+            let mut rest = redactor.push(b"|CD\n");
+            rest.extend(redactor.finish());
+            assert_eq!([&b"A"[..], &rest].concat(), [guess, b"|CD\n"].concat());
+        }
+    }
+
     #[test]
     fn a_needle_split_over_chunks_is_masked_and_a_line_goes_out_at_once() {
         let mut redactor = Redactor::new(needles(&[b"s3cr3t"]));
-        assert_eq!(redactor.push(b"data: s3c"), b"data: ");
-        assert_eq!(redactor.push(b"r3t ok\n"), b"*** ok\n");
+        // Five bytes (the needle's length less one) wait for what follows.
+        assert_eq!(redactor.push(b"data: s3c"), b"data");
+        assert_eq!(redactor.push(b"r3t ok\n"), b": *** ok\n");
         assert_eq!(redactor.push(b"data: token\n\n"), b"data: token\n\n");
         assert_eq!(redactor.push(b"s3"), b"");
         assert_eq!(redactor.finish(), b"s3");

@@ -137,6 +137,26 @@ const METHOD_OR_PATH_OVERRIDES: &[&str] = &[
     "x-rewrite-url",
 ];
 
+/// Whether an answer's body is encoded in a way other than chunked framing: any coding but
+/// `identity` in any `Content-Encoding` line, any but `chunked` in any `Transfer-Encoding` line
+/// (hyper undoes only the chunking). The key could not be found in such a body to be masked.
+fn encoded(headers: &HeaderMap) -> bool {
+    let codings = |name: header::HeaderName| {
+        headers
+            .get_all(name)
+            .into_iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .collect::<Vec<&[u8]>>()
+    };
+    codings(header::CONTENT_ENCODING)
+        .iter()
+        .any(|c| !c.eq_ignore_ascii_case(b"identity"))
+        || codings(header::TRANSFER_ENCODING)
+            .iter()
+            .any(|c| !c.eq_ignore_ascii_case(b"chunked"))
+}
+
 /// Removes the hop-by-hop headers, and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -324,11 +344,7 @@ async fn forward(
         }
     };
     let (mut parts, body) = response.into_parts();
-    let encoded = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
+    if encoded(&parts.headers) {
         // Asked for `identity`, it compressed anyway: the key could not be masked in it.
         let why = format!(
             "the upstream {} answered with a compressed body, which the broker cannot check for its key",
@@ -609,8 +625,8 @@ pub(super) struct Streamed {
     down: u64,
     status: u16,
     trail: Option<Trail>,
-    /// Trailers that wait for the held-back bytes to go first.
-    pending: Option<HeaderMap>,
+    /// Data that goes out next, after what went out last.
+    pending: Option<Bytes>,
 }
 
 impl std::fmt::Debug for Streamed {
@@ -649,39 +665,25 @@ impl Body for Streamed {
             if this.done {
                 return Poll::Ready(None);
             }
-            if let Some(trailers) = this.pending.take() {
-                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            if let Some(data) = this.pending.take() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let deadline = tokio::time::Instant::now() + this.idle_for;
                     this.idle.as_mut().reset(deadline);
-                    match frame.into_data() {
-                        Ok(data) => {
-                            this.down += data.len() as u64;
-                            let out = this.redactor.push_bytes(data);
-                            if !out.is_empty() {
-                                return Poll::Ready(Some(Ok(Frame::data(out))));
-                            }
-                        }
-                        Err(frame) => {
-                            if let Ok(mut trailers) = frame.into_trailers() {
-                                // What is held back goes before the trailers; the trailers
-                                // then wait for the next poll.
-                                let rest = this.redactor.finish();
-                                if !rest.is_empty() {
-                                    this.pending = Some(trailers);
-                                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
+                    // Trailers are not passed on (`Trailer` is hop-by-hop here): only data.
+                    if let Ok(data) = frame.into_data() {
+                        this.down += data.len() as u64;
+                        let (first, then) = this.redactor.push_bytes(data);
+                        match (first.is_empty(), then.is_empty()) {
+                            (true, true) => {}
+                            (true, false) => return Poll::Ready(Some(Ok(Frame::data(then)))),
+                            (false, empty) => {
+                                if !empty {
+                                    this.pending = Some(then);
                                 }
-                                for value in trailers.values_mut() {
-                                    if let Some(masked) =
-                                        this.redactor.redact_whole(value.as_bytes())
-                                    {
-                                        *value = HeaderValue::from_bytes(&masked)
-                                            .unwrap_or(HeaderValue::from_static("***"));
-                                    }
-                                }
-                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                                return Poll::Ready(Some(Ok(Frame::data(first))));
                             }
                         }
                     }
@@ -717,6 +719,45 @@ impl Body for Streamed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_coded_other_than_chunked_or_identity_counts_as_encoded() {
+        let headers = |lines: &[(&str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in lines {
+                map.append(
+                    HeaderName::from_bytes(name.as_bytes()).expect("a name"),
+                    HeaderValue::from_str(value).expect("a value"),
+                );
+            }
+            map
+        };
+        for plain in [
+            &[][..],
+            &[("content-encoding", "identity")],
+            &[("content-encoding", "IDENTITY")],
+            &[("transfer-encoding", "chunked")],
+        ] {
+            assert!(!encoded(&headers(plain)), "{plain:?}");
+        }
+        for coded in [
+            &[("content-encoding", "gzip")][..],
+            &[("content-encoding", "")],
+            &[("content-encoding", "identity, br")],
+            &[
+                ("content-encoding", "identity"),
+                ("content-encoding", "gzip"),
+            ],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[("transfer-encoding", "gzip")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "deflate"),
+            ],
+        ] {
+            assert!(encoded(&headers(coded)), "{coded:?}");
+        }
+    }
 
     #[test]
     fn a_redirect_within_the_upstream_stays_within_the_broker() {

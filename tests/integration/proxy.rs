@@ -70,6 +70,18 @@ impl Upstream {
       add_header X-Echo $http_authorization;
       return 200 \"you sent: $http_authorization\\n\";
     }}
+    # Echoes said to be compressed (though asked for identity): once, and after identity.
+    location = /files/gzip {{
+      if ($keyed = 0) {{ return 401; }}
+      add_header Content-Encoding gzip;
+      return 200 \"you sent: $http_authorization\\n\";
+    }}
+    location = /files/identity-then-gzip {{
+      if ($keyed = 0) {{ return 401; }}
+      add_header Content-Encoding identity;
+      add_header Content-Encoding gzip;
+      return 200 \"you sent: $http_authorization\\n\";
+    }}
   }}",
             d = dir.display(),
         );
@@ -320,6 +332,15 @@ fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
     assert_eq!(reply.body, "you sent: Bearer ***\n");
     assert_eq!(reply.header("x-echo"), Some("Bearer ***"));
     assert!(!format!("{reply:?}").contains(KEY));
+    // A body said to be compressed could hide the key from the masking: 502, whatever
+    // `Content-Encoding` line says so.
+    for path in ["gzip", "identity-then-gzip"] {
+        let url = format!("http://{}/u/site/files/{path}", broker.tcp);
+        let reply = curl(&sandbox, &bearer(&token), &[&url]);
+        assert_eq!(reply.status, 502, "{path}: {reply:?}");
+        assert!(reply.body.contains("compressed"), "{reply:?}");
+        assert!(!format!("{reply:?}").contains(KEY));
+    }
     // No route: 403, and the upstream never hears of it.
     let other = format!("http://{}/u/site/elsewhere", broker.tcp);
     let reply = curl(&sandbox, &bearer(&token), &[&other]);

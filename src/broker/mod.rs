@@ -55,9 +55,23 @@ const MAX_BUFFER: usize = 2 * MAX_HEAD;
 /// unbounded pool grows to under load. Decisions that only read are made on the runtime's
 /// threads.
 const BLOCKING_THREADS: usize = 8;
-/// Connections served at once (TLS handshakes included); more are closed as they come, so that
-/// a flood over TCP cannot use up the descriptors operators on the socket need.
+/// Connections served at once on the unix sockets, and apart from them on TCP (TLS handshakes
+/// included); more are closed as they come. Counted apart, so that a flood over TCP cannot take
+/// the connections that operators and local runs on the socket need.
 const MAX_CONNECTIONS: usize = 1024;
+
+/// Raises the soft limit on open descriptors towards the hard one, to hold both pools of
+/// [`MAX_CONNECTIONS`] and what the broker opens beside them (the store, upstreams). Past the
+/// hard limit an accept fails, is logged, and is retried after a pause.
+fn open_files_for_every_connection() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted = 2 * MAX_CONNECTIONS as u64 + 1024;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < wanted
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, wanted.min(hard), hard);
+    }
+}
 
 /// What `lease serve` was asked to do.
 #[derive(Debug, Clone)]
@@ -121,8 +135,10 @@ struct Shared {
     /// ([`runs::retry_ends`]), in the order they came.
     unended: Mutex<Vec<(LeaseId, runs::Unended)>>,
     serial: AtomicU64,
-    /// Permits for [`MAX_CONNECTIONS`].
-    connections: Arc<tokio::sync::Semaphore>,
+    /// Permits for [`MAX_CONNECTIONS`] on the unix sockets.
+    socket_connections: Arc<tokio::sync::Semaphore>,
+    /// Permits for [`MAX_CONNECTIONS`] on TCP.
+    tcp_connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -373,6 +389,11 @@ enum Bound {
 
 /// Runs the broker until SIGTERM or SIGINT.
 pub fn serve(request: ServeRequest) -> Result<Exit> {
+    // The broker holds tokens and the upstreams' keys in memory: no core dump, and no ptrace
+    // or /proc/PID/mem, environ reads by other processes of its user.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_dumpable(false);
+    open_files_for_every_connection();
     // First, before anything starts a process (a secret_command) that could inherit them.
     let activated = activated().context("socket activation")?;
     let live = load(&request, None)?;
@@ -444,7 +465,8 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         attached: Mutex::new(HashMap::new()),
         unended: Mutex::new(Vec::new()),
         serial: AtomicU64::new(0),
-        connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        socket_connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        tcp_connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -563,12 +585,45 @@ fn bind(address: &Listen, off_loopback_ok: bool, group: Option<u32>) -> Result<B
                     open.ip()
                 );
             }
-            let listener = std::net::TcpListener::bind(&addrs[..])
-                .with_context(|| format!("cannot listen on {address}"))?;
-            listener.set_nonblocking(true)?;
+            let listener =
+                bind_tcp(&addrs).with_context(|| format!("cannot listen on {address}"))?;
             Ok(Bound::Tcp(listener, None))
         }
     }
+}
+
+/// Listens on the first of `addrs` that can be bound (as `TcpListener::bind` does), with room
+/// for [`MAX_CONNECTIONS`] connections waiting to be accepted: std's 128 drops the handshakes
+/// of a burst (runs starting at once, a web server opening its pool), which then wait a
+/// second or more to retry.
+fn bind_tcp(addrs: &[SocketAddr]) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, listen,
+        setsockopt, socket, sockopt,
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address");
+    for address in addrs {
+        let family = match address {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let bound = socket(family, SockType::Stream, flags, None).and_then(|fd| {
+            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+            match address {
+                SocketAddr::V4(v4) => bind(raw, &SockaddrIn::from(*v4))?,
+                SocketAddr::V6(v6) => bind(raw, &SockaddrIn6::from(*v6))?,
+            }
+            listen(&fd, Backlog::new(MAX_CONNECTIONS as i32)?)?;
+            Ok(fd)
+        });
+        match bound {
+            Ok(fd) => return Ok(std::net::TcpListener::from(fd)),
+            Err(errno) => last = errno.into(),
+        }
+    }
+    Err(last)
 }
 
 fn bind_unix(path: &Path, group: Option<u32>) -> Result<std::os::unix::net::UnixListener> {
@@ -741,7 +796,11 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()
             }
             connection = accepted.recv() => match connection {
                 Some(accepted) => {
-                    let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+                    let pool = match &accepted {
+                        Accepted::Unix(_) => &shared.socket_connections,
+                        Accepted::Tcp(..) => &shared.tcp_connections,
+                    };
+                    let Ok(permit) = Arc::clone(pool).try_acquire_owned() else {
                         // Dropped: the connection closes at once.
                         continue;
                     };

@@ -971,6 +971,61 @@ fn a_token_where_an_action_a_scope_or_an_id_goes_is_refused_and_never_echoed() {
 }
 
 /// The limits docs/api.md gives: a head over 64 KiB is `431`, a body over 16 KiB is `413`.
+/// Connections over TCP up to the broker's limit, held open by a client that sends nothing,
+/// leave the unix socket's own: its operator still lists, a local run still starts.
+#[test]
+fn a_flood_of_tcp_connections_leaves_the_unix_sockets_connections_alone() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use std::io::Read as _;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("the limit on descriptors");
+    if hard < 1200 {
+        crate::harness::skip(
+            "few-descriptors",
+            "the hard limit on descriptors is under 1200",
+        );
+        return;
+    }
+    if soft < 1200 {
+        setrlimit(Resource::RLIMIT_NOFILE, 1200.max(soft), hard).expect("raising the limit");
+    }
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    // 1,024 connections take the TCP pool; the next is closed as it comes.
+    let mut held: Vec<std::net::TcpStream> = (0..1024)
+        .map(|_| std::net::TcpStream::connect(&broker.tcp).expect("connect"))
+        .collect();
+    let mut refused = std::net::TcpStream::connect(&broker.tcp).expect("connect");
+    refused
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(refused.read(&mut byte), Ok(0)),
+        "the 1,025th connection over TCP was served (or kept waiting)"
+    );
+    let health = curl(
+        &sandbox,
+        &[],
+        &[
+            "--unix-socket",
+            &broker.socket.display().to_string(),
+            "http://lease/healthz",
+        ],
+    );
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    sandbox
+        .lease(["list"])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success();
+    sandbox
+        .lease(["run", "--scope", "a:b", "--", "true"])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success();
+    held.clear();
+}
+
 #[test]
 fn a_head_over_64_kib_is_431_and_a_body_over_16_kib_is_413() {
     use std::io::Read as _;

@@ -196,6 +196,44 @@ fn a_run_killed_by_a_core_dumping_signal_leaves_no_core_file() {
     assert_eq!(cores(&out.stdout), 0, "lease dumped core: {out:#?}");
 }
 
+/// The broker holds tokens and the upstreams' keys: killed by a core-dumping signal, it leaves
+/// no core file either (it makes itself non-dumpable, as lease does).
+#[test]
+fn a_broker_killed_by_a_core_dumping_signal_leaves_no_core_file() {
+    let pattern = fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    if pattern.trim() != "core" {
+        crate::harness::skip(
+            "core-files",
+            &format!(
+                "core_pattern is {:?}, not \"core\": core files cannot be looked for here",
+                pattern.trim()
+            ),
+        );
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path("work");
+    fs::create_dir(&dir).unwrap();
+    let out = sandbox
+        .sh(r#"ulimit -c unlimited
+env -u LEASE_BROKER lease serve --listen "unix:$PWD/b.sock" 2>serve.log &
+broker=$!
+for _ in $(seq 200); do grep -q "listening on" serve.log && break; sleep 0.05; done
+grep -q "listening on" serve.log || { echo "no broker"; exit 1; }
+kill -ABRT "$broker"
+wait "$broker"
+echo "status=$?"
+ls"#)
+        .command_dir(&dir)
+        .run()
+        .success();
+    assert!(out.stdout.contains("status=134"), "{out:#?}");
+    assert!(
+        !out.stdout.lines().any(|l| l.starts_with("core")),
+        "the broker dumped core: {out:#?}"
+    );
+}
+
 /// `--print-env` prints and exits: no store is created, nothing is minted, the command does not
 /// run.
 #[test]

@@ -157,6 +157,25 @@ pub struct Event {
     pub bytes_down: Option<u64>,
 }
 
+/// The longest path an event keeps, in bytes: a request's head may be 64 KiB, and a client
+/// sending such paths by the hundred would otherwise rotate the trail away within seconds.
+pub const MAX_PATH: usize = 1024;
+
+/// A request's path as an event keeps it: a token in it redacted, then cut to [`MAX_PATH`]
+/// bytes (at a character's boundary) with `…` after it. Redacted first, so that no cut leaves
+/// part of a token behind.
+pub fn path_shown(path: &str) -> String {
+    let redacted = crate::token::redact(path);
+    if redacted.len() <= MAX_PATH {
+        return redacted.into_owned();
+    }
+    let mut cut = MAX_PATH;
+    while !redacted.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &redacted[..cut])
+}
+
 impl Event {
     /// For an event that records a decision (`granted`, `denied`, or a `proxied` request,
     /// which the broker decided on first), whether it granted.
@@ -553,6 +572,21 @@ pub fn millis(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_kept_redacted_and_cut_to_its_bound() {
+        assert_eq!(path_shown("/files/a.txt"), "/files/a.txt");
+        let long = format!("/x{}", "é".repeat(MAX_PATH));
+        let shown = path_shown(&long);
+        assert!(shown.len() <= MAX_PATH + "…".len(), "{}", shown.len());
+        assert!(shown.ends_with('…') && long.starts_with(shown.trim_end_matches('…')));
+        // A token that the cut would halve is redacted whole first.
+        let token = crate::token::Token::mint().expect("a token");
+        let path = format!("/{}{}", "p".repeat(MAX_PATH - 20), token.expose());
+        let shown = path_shown(&path);
+        assert!(!shown.contains(&token.expose()[..12]), "{shown}");
+        assert!(shown.len() <= MAX_PATH + "…".len());
+    }
 
     fn open_dir(path: &Path) -> Arc<OwnedFd> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;

@@ -235,7 +235,7 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
                     let mut event = Event::new(EventKind::Denied, None);
                     event.method = Some(method.to_owned());
                     let path = uri.split(['?', '#']).next().unwrap_or("");
-                    event.path = Some(crate::token::redact(path).into_owned());
+                    event.path = Some(crate::audit::path_shown(path));
                     event.client = Some(peer.shown.clone());
                     event.forwarded_for = forwarded_for(headers);
                     return match no_route(shared, &live, token, event).await {

@@ -247,7 +247,7 @@ async fn forward(
     event.upstream = Some(spec.name.clone());
     event.method = Some(method.as_str().to_owned());
     // A token put in the path by mistake stays out of the trail, as out of the log.
-    event.path = Some(crate::token::redact(&path).into_owned());
+    event.path = Some(crate::audit::path_shown(&path));
     event.client = Some(peer.shown.clone());
     // A tunnel or a loop-back of the request is never proxied, whatever the routes say.
     if method == hyper::Method::CONNECT

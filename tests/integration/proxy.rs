@@ -353,6 +353,23 @@ fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
             && l.contains(r#""reason":"no route""#)),
         "{trail}"
     );
+    // A path as long as a head may hold is kept cut to 1 KiB: a flood of them cannot rotate
+    // the trail away at 60 KiB an event.
+    let long = format!(
+        "http://{}/u/site/elsewhere/{}",
+        broker.tcp,
+        "x".repeat(30_000)
+    );
+    assert_eq!(curl(&sandbox, &bearer(&token), &[&long]).status, 403);
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
+    let last: serde_json::Value =
+        serde_json::from_str(trail.lines().last().expect("an event")).expect("json");
+    let path = last["path"].as_str().expect("a path");
+    assert!(
+        path.starts_with("/elsewhere/xxx") && path.ends_with('…') && path.len() <= 1024 + 3,
+        "{} bytes: {path}",
+        path.len()
+    );
     // A token put in the path by mistake is in neither the trail nor the log.
     let in_path = format!("http://{}/u/site/files/{token}", broker.tcp);
     assert_eq!(curl(&sandbox, &bearer(&token), &[&in_path]).status, 404);

@@ -136,7 +136,7 @@ pub fn request(
         }
         head.extend_from_slice(b"\r\n");
         head.extend_from_slice(body.unwrap_or_default());
-        let raw = send(Conn::open(endpoint)?, &head)?;
+        let raw = send(Conn::open(endpoint, TIMEOUT)?, &head)?;
         parse(&raw)
     };
     exchange().map_err(|err| {
@@ -147,9 +147,9 @@ pub fn request(
     })
 }
 
-/// Connects to a unix socket with [`TIMEOUT`] (a broker whose backlog is full would otherwise
-/// keep `connect` waiting).
-fn connect_unix(path: &Path) -> Result<UnixStream> {
+/// Connects to a unix socket within `limit` (a broker whose backlog is full would otherwise
+/// keep `connect` waiting); each read and write then waits at most `limit` too.
+fn connect_unix(path: &Path, limit: Duration) -> Result<UnixStream> {
     let fd: OwnedFd = socket::socket(
         AddressFamily::Unix,
         SockType::Stream,
@@ -157,9 +157,7 @@ fn connect_unix(path: &Path) -> Result<UnixStream> {
         None,
     )
     .context("creating a socket")?;
-    let timeout = TimeVal::new(TIMEOUT.as_secs() as _, 0);
-    socket::setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
-    socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
+    limit_waits(std::os::fd::AsFd::as_fd(&fd), limit)?;
     let address = UnixAddr::new(path).context("socket path")?;
     socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &address)
         .map_err(std::io::Error::from)
@@ -167,16 +165,25 @@ fn connect_unix(path: &Path) -> Result<UnixStream> {
     Ok(UnixStream::from(fd))
 }
 
-fn connect_tcp(authority: &str) -> Result<TcpStream> {
+/// Makes each read and write on `fd` wait at most `limit` (at least a millisecond: a zero
+/// would mean no bound at all).
+fn limit_waits(fd: std::os::fd::BorrowedFd<'_>, limit: Duration) -> Result<()> {
+    let limit = limit.clamp(Duration::from_millis(1), TIMEOUT);
+    let timeout = TimeVal::new(limit.as_secs() as _, limit.subsec_micros() as _);
+    socket::setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+    socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
+    Ok(())
+}
+
+fn connect_tcp(authority: &str, limit: Duration) -> Result<TcpStream> {
     let mut last = None;
     for address in authority
         .to_socket_addrs()
         .context("resolving the address")?
     {
-        match TcpStream::connect_timeout(&address, TIMEOUT) {
+        match TcpStream::connect_timeout(&address, limit.max(Duration::from_millis(1))) {
             Ok(stream) => {
-                stream.set_read_timeout(Some(TIMEOUT))?;
-                stream.set_write_timeout(Some(TIMEOUT))?;
+                limit_waits(std::os::fd::AsFd::as_fd(&stream), limit)?;
                 let _ = stream.set_nodelay(true);
                 return Ok(stream);
             }
@@ -317,7 +324,7 @@ impl Drop for Relay {
 }
 
 /// Starts the TLS relay to `authority` next to this binary and waits for its first line.
-fn relay(authority: &str) -> Result<Conn> {
+fn relay(authority: &str, limit: Duration) -> Result<Conn> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find lease's own binary")?;
     let helper = exe.with_file_name("lease-broker");
@@ -335,8 +342,7 @@ fn relay(authority: &str) -> Result<Conn> {
         .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start the TLS relay {}", helper.display()))?;
-    socket.set_read_timeout(Some(TIMEOUT))?;
-    socket.set_write_timeout(Some(TIMEOUT))?;
+    limit_waits(std::os::fd::AsFd::as_fd(&socket), limit)?;
     let mut relay = Relay { socket, child };
     // Its first line: `ok`, or `error: WHY`.
     let mut line = Vec::new();
@@ -357,11 +363,12 @@ fn relay(authority: &str) -> Result<Conn> {
 }
 
 impl Conn {
-    fn open(endpoint: &Endpoint) -> Result<Conn> {
+    /// Connects, each step (and each read and write after) waiting at most `limit`.
+    fn open(endpoint: &Endpoint, limit: Duration) -> Result<Conn> {
         match endpoint {
-            Endpoint::Unix(path) => Ok(Conn::Unix(connect_unix(path)?)),
-            Endpoint::Http(authority) => Ok(Conn::Tcp(connect_tcp(authority)?)),
-            Endpoint::Https(authority) => relay(authority),
+            Endpoint::Unix(path) => Ok(Conn::Unix(connect_unix(path, limit)?)),
+            Endpoint::Http(authority) => Ok(Conn::Tcp(connect_tcp(authority, limit)?)),
+            Endpoint::Https(authority) => relay(authority, limit),
         }
     }
 
@@ -436,7 +443,7 @@ impl Hold {
         parent: Option<&Token>,
         body: &crate::wire::MintBody,
     ) -> Result<(Hold, crate::wire::Started)> {
-        let mut hold = Hold::open(endpoint, "/v1/runs", parent, None)?;
+        let mut hold = Hold::open(endpoint, "/v1/runs", parent, None, TIMEOUT)?;
         hold.send(body)?;
         match hold.receive()? {
             crate::wire::FromBroker::Started(started) => Ok((hold, *started)),
@@ -448,22 +455,36 @@ impl Hold {
     }
 
     /// Takes a run's lease back on a new connection, proving it holds `token` and is the
-    /// run's wrapper (`secret`, which the command never sees).
-    pub fn attach(endpoint: &Endpoint, token: &Token, secret: &Token) -> Result<Hold> {
-        let mut hold = Hold::open(endpoint, "/v1/runs/attach", Some(token), Some(secret))?;
+    /// run's wrapper (`secret`, which the command never sees); each step waits at most `limit`.
+    pub fn attach(
+        endpoint: &Endpoint,
+        token: &Token,
+        secret: &Token,
+        limit: Duration,
+    ) -> Result<Hold> {
+        let mut hold = Hold::open(
+            endpoint,
+            "/v1/runs/attach",
+            Some(token),
+            Some(secret),
+            limit,
+        )?;
         match hold.receive()? {
             crate::wire::FromBroker::Attached => Ok(hold),
-            crate::wire::FromBroker::Error(why) => bail!("{}", crate::token::redact(&why)),
+            crate::wire::FromBroker::Error(why) => {
+                Err(Refusal(crate::token::redact(&why).into_owned()).into())
+            }
             _ => bail!("broker {endpoint}: answered a re-attach with something else"),
         }
     }
 
-    /// Opens the connection and upgrades it.
+    /// Opens the connection and upgrades it, each step waiting at most `limit`.
     fn open(
         endpoint: &Endpoint,
         path: &str,
         token: Option<&Token>,
         secret: Option<&Token>,
+        limit: Duration,
     ) -> Result<Hold> {
         let fail = |err: anyhow::Error| {
             anyhow!(
@@ -471,7 +492,7 @@ impl Hold {
                 crate::token::redact(&format!("{err:#}"))
             )
         };
-        let conn = Conn::open(endpoint).map_err(fail)?;
+        let conn = Conn::open(endpoint, limit).map_err(fail)?;
         let mut hold = Hold {
             endpoint: endpoint.clone(),
             conn,
@@ -535,6 +556,11 @@ impl Hold {
         })?;
         self.buffered.extend_from_slice(&chunk[..read]);
         Ok(read)
+    }
+
+    /// Makes each read and write from now on wait at most `limit`.
+    pub fn limit_waits(&mut self, limit: Duration) -> Result<()> {
+        limit_waits(self.conn.fd(), limit)
     }
 
     /// Sends one JSON line.
@@ -690,7 +716,7 @@ fn keep(
         let endpoint = hold.endpoint.clone();
         let deadline = std::time::Instant::now() + owner_timeout;
         loop {
-            let why = match Hold::attach(&endpoint, token, secret) {
+            let why = match Hold::attach(&endpoint, token, secret, TIMEOUT) {
                 Ok(again) => {
                     hold = again;
                     break;

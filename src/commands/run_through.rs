@@ -218,20 +218,29 @@ fn finish(
             _ => bail!("broker {broker}: answered the end of the run with something else"),
         }
     };
+    // All of it within owner_timeout: each step waits at most what is left.
+    let deadline = Instant::now() + owner_timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
     let mut last = kept.lost.unwrap_or_default();
     if let Some(mut hold) = kept.hold {
-        match tell(&mut hold) {
+        match hold.limit_waits(left()).and_then(|()| tell(&mut hold)) {
             Ok(()) => return,
             Err(err) => last = format!("{err:#}"),
         }
     }
-    let deadline = Instant::now() + owner_timeout;
-    while Instant::now() < deadline {
-        match Hold::attach(broker, token, secret).and_then(|mut hold| tell(&mut hold)) {
+    while !left().is_zero() {
+        match Hold::attach(broker, token, secret, left()).and_then(|mut hold| tell(&mut hold)) {
             Ok(()) => return,
+            // Ended meanwhile (by the broker, which saw the connection go): nothing to tell.
+            Err(err)
+                if err.is::<crate::client::Refusal>()
+                    && err.to_string().ends_with(" has ended") =>
+            {
+                return;
+            }
             Err(err) => last = format!("{err:#}"),
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200).min(left()));
     }
     eprintln!(
         "lease: could not tell the broker that the run ended: {last}; it ends the lease itself within {}s",

@@ -1829,6 +1829,33 @@ fn a_run_that_ended_while_its_broker_was_dead_stays_dead() {
     assert_eq!(reason_of(&sandbox, &broker, &token), "owner gone");
 }
 
+/// A broker that hangs (stopped) as a run ends: the wrapper tries to tell it for
+/// `owner_timeout` and no longer (each step bounded by what is left), then exits with the
+/// command's status; the broker, once it goes on, ends the lease.
+#[test]
+fn a_run_whose_broker_hangs_as_it_ends_waits_at_most_owner_timeout() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("owner_timeout = 2\n");
+    let broker = Broker::start(&sandbox, &[]);
+    let mut running = waiting_run(&sandbox, &broker.endpoint(), "exit 7");
+    let token = token_in(&sandbox, "token");
+    broker.signal(Signal::SIGSTOP);
+    let ended = Instant::now();
+    fs::write(sandbox.path("go"), "").expect("go");
+    assert_eq!(running.wait().code(), Some(7));
+    let took = ended.elapsed();
+    broker.signal(Signal::SIGCONT);
+    assert!(
+        took < Duration::from_millis(3500),
+        "the wrapper waited {took:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reason_of(&sandbox, &broker, &token) == "granted" {
+        assert!(Instant::now() < deadline, "still granted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// 200 runs at once through one broker: every one granted inside, every lease revoked after.
 #[test]
 fn two_hundred_concurrent_runs_through_one_broker_lose_nothing() {

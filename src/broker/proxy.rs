@@ -11,7 +11,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
-use super::api::{Refusal, decide, error, no_route, status_of};
+use super::api::{Refusal, decide, error, holder_off_runtime, no_route, status_of};
 use super::{Live, Peer, Shared, log};
 use crate::audit::{Event, EventKind};
 use crate::authorize::Decision;
@@ -303,11 +303,13 @@ async fn forward(
     let (parts, body) = request.into_parts();
     let up = Arc::new(AtomicU64::new(0));
     let progress = Progress::new();
+    let cut = Cut::watch(&live, &token);
     let outgoing = match outgoing(&upstream, parts, &path, query.as_deref(), &token) {
         Ok(builder) => builder.body(Counted {
             inner: body,
             count: Arc::clone(&up),
             progress: progress.clone(),
+            cut: cut.stream(),
         }),
         Err(err) => return small(error(StatusCode::BAD_REQUEST, &format!("{err:#}"))),
     };
@@ -389,6 +391,7 @@ async fn forward(
         status: parts.status.as_u16(),
         trail: Some(trail),
         pending: None,
+        cut: cut.stream(),
     };
     Response::from_parts(parts, Either::Right(streamed))
 }
@@ -517,6 +520,89 @@ fn small(answer: Response<Full<Bytes>>) -> Reply {
     answer.map(Either::Left)
 }
 
+/// How often the lease of a request whose bodies still stream is checked again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Ends a proxied request's bodies, both ways, when its lease stops granting while they
+/// stream (its run ended, it was revoked, it expired): a watcher checks the lease every
+/// [`RECHECK`] for as long as a body is open. A lease that is merely used up keeps the
+/// request that used it; a store that cannot be read cuts nothing.
+struct Cut {
+    ended: AtomicBool,
+    woken: Arc<tokio::sync::Notify>,
+}
+
+impl Cut {
+    /// A cut for the request made with `token`, and its watcher.
+    fn watch(live: &Arc<Live>, token: &Token) -> Arc<Cut> {
+        let cut = Arc::new(Cut {
+            ended: AtomicBool::new(false),
+            woken: Arc::new(tokio::sync::Notify::new()),
+        });
+        let watched = Arc::downgrade(&cut);
+        let (live, token) = (Arc::clone(live), token.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RECHECK).await;
+                if watched.strong_count() == 0 {
+                    return;
+                }
+                let Err(Refusal(status, why)) = holder_off_runtime(&live, token.clone()).await
+                else {
+                    continue;
+                };
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    continue;
+                }
+                if let Some(cut) = watched.upgrade() {
+                    cut.ended.store(true, Ordering::Release);
+                    cut.woken.notify_waiters();
+                    log(&format!(
+                        "cut a proxied request in flight: {}",
+                        crate::token::redact(&why)
+                    ));
+                }
+                return;
+            }
+        });
+        cut
+    }
+
+    /// One body's view of the cut.
+    fn stream(self: &Arc<Cut>) -> CutSeen {
+        CutSeen {
+            cut: Arc::clone(self),
+            woken: Box::pin(Arc::clone(&self.woken).notified_owned()),
+        }
+    }
+}
+
+/// A body's view of its [`Cut`]: asked at each poll, which also asks to be woken by it.
+struct CutSeen {
+    cut: Arc<Cut>,
+    woken: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+}
+
+impl CutSeen {
+    /// Whether the body is cut; if not, `cx` is woken when it is.
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> bool {
+        // Registered first, then the flag read: a cut between the two still wakes `cx`.
+        self.woken.as_mut().poll(cx).is_ready() || self.cut.ended.load(Ordering::Acquire)
+    }
+}
+
+impl std::fmt::Debug for CutSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ended = self.cut.ended.load(Ordering::Relaxed);
+        f.debug_struct("CutSeen").field("ended", &ended).finish()
+    }
+}
+
+/// The error a cut body ends with.
+fn cut_short() -> Box<dyn StdError + Send + Sync> {
+    "the lease ended while the request was in flight".into()
+}
+
 /// When a request last moved: its start, or the last part of its body sent upstream.
 #[derive(Debug, Clone)]
 struct Progress {
@@ -567,16 +653,20 @@ pub(super) struct Counted {
     inner: Incoming,
     count: Arc<AtomicU64>,
     progress: Progress,
+    cut: CutSeen,
 }
 
 impl Body for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn StdError + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.cut.poll_cut(cx) {
+            return Poll::Ready(Some(Err(cut_short())));
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             self.progress.moved();
@@ -584,7 +674,7 @@ impl Body for Counted {
                 self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -627,6 +717,7 @@ pub(super) struct Streamed {
     trail: Option<Trail>,
     /// Data that goes out next, after what went out last.
     pending: Option<Bytes>,
+    cut: CutSeen,
 }
 
 impl std::fmt::Debug for Streamed {
@@ -664,6 +755,10 @@ impl Body for Streamed {
         loop {
             if this.done {
                 return Poll::Ready(None);
+            }
+            if this.cut.poll_cut(cx) {
+                this.end();
+                return Poll::Ready(Some(Err(cut_short())));
             }
             if let Some(data) = this.pending.take() {
                 return Poll::Ready(Some(Ok(Frame::data(data))));

@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::broker::{Broker, NginxServer, bearer, curl, free_port};
 use crate::harness::Sandbox;
@@ -43,6 +44,8 @@ impl Upstream {
         fs::create_dir_all(dir.join("received")).expect("uploads");
         fs::write(dir.join("site/files/hello.txt"), "hello from upstream\n").expect("file");
         fs::write(dir.join("site/private/secret.txt"), "private\n").expect("file");
+        fs::create_dir_all(dir.join("site/files/slow")).expect("site");
+        fs::write(dir.join("site/files/slow/big.bin"), vec![b'x'; 1 << 20]).expect("file");
         let port = free_port();
         let http = format!(
             "  log_format seen '$request_method $uri auth=[$http_authorization] key=[$http_x_api_key]';
@@ -69,6 +72,11 @@ impl Upstream {
       if ($keyed = 0) {{ return 401; }}
       add_header X-Echo $http_authorization;
       return 200 \"you sent: $http_authorization\\n\";
+    }}
+    # A download at 64 KiB/s, to be in flight when its lease ends.
+    location /files/slow/ {{
+      if ($keyed = 0) {{ return 401; }}
+      limit_rate 64k;
     }}
     # Echoes said to be compressed (though asked for identity): once, and after identity.
     location = /files/gzip {{
@@ -1055,6 +1063,54 @@ fn an_https_upstream_is_trusted_through_its_ca_file_and_failures_are_502() {
     assert_eq!(reply.status, 502, "{reply:?}");
     let (_, log) = broker.stop();
     assert!(!log.join("\n").contains(KEY));
+}
+
+/// A download in flight when its lease is revoked is cut within a second or two (the broker
+/// checks the lease of every open stream each second), not left to run for the 16 s that
+/// 1 MiB takes at 64 KiB/s.
+#[test]
+fn a_download_in_flight_is_cut_when_its_lease_is_revoked() {
+    let Some((sandbox, _upstream, broker)) = nginx_upstream_and_broker() else {
+        return;
+    };
+    let issued = sandbox.issue_json("read:site", &[]);
+    let (id, token) = (
+        issued["id"].as_str().expect("id"),
+        issued["token"].as_str().expect("token"),
+    );
+    let headers = bearer_file(&sandbox, "headers", token);
+    let got = sandbox.path("got.bin");
+    let mut download = Command::new("curl")
+        .args(["-s", "-o"])
+        .arg(&got)
+        .arg("-H")
+        .arg(format!("@{}", headers.display()))
+        .arg(format!("http://{}/u/site/files/slow/big.bin", broker.tcp))
+        .spawn()
+        .expect("curl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(&got).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "nothing came through");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sandbox
+        .lease(["revoke", id])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success();
+    let revoked = Instant::now();
+    let status = crate::harness::wait_for_exit(&mut download);
+    let took = revoked.elapsed();
+    assert!(!status.success(), "the download finished: {status:?}");
+    assert!(took < Duration::from_secs(4), "cut after {took:?}");
+    let len = fs::metadata(&got).expect("got").len();
+    assert!(len < 1 << 20, "all of it came: {len}");
+    let (_, log) = broker.stop();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("cut a proxied request in flight: revoked")),
+        "{log:?}"
+    );
 }
 
 /// A budget on the lease is charged per proxied request: the third of two uses is refused,

@@ -626,6 +626,27 @@ fn bind_tcp(addrs: &[SocketAddr]) -> std::io::Result<std::net::TcpListener> {
     Err(last)
 }
 
+/// The first directory above `path` that members of group `gid` cannot pass (no search right
+/// for that group if it owns the directory, else none for others), with its mode.
+fn closed_to_group(path: &Path, gid: u32) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors().skip(1).find_map(|dir| {
+        let meta = std::fs::metadata(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+        .ok()?;
+        let mode = meta.mode() & 0o7777;
+        let passes = if meta.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        (!passes).then(|| (dir.to_path_buf(), mode))
+    })
+}
+
 fn bind_unix(path: &Path, group: Option<u32>) -> Result<std::os::unix::net::UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -649,6 +670,14 @@ fn bind_unix(path: &Path, group: Option<u32>) -> Result<std::os::unix::net::Unix
             .context("giving the socket to socket_group")?;
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
             .context("opening the socket to socket_group")?;
+        if let Some(closed) = closed_to_group(path, gid) {
+            log(&format!(
+                "warning: socket_group cannot reach {}: {} (mode {:o}) keeps the group out; listen in a directory its members can pass (/run/lease, 0755, under examples/lease-broker.service)",
+                path.display(),
+                closed.0.display(),
+                closed.1
+            ));
+        }
     }
     listener.set_nonblocking(true)?;
     Ok(listener)

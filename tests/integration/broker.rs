@@ -1829,6 +1829,37 @@ fn a_run_that_ended_while_its_broker_was_dead_stays_dead() {
     assert_eq!(reason_of(&sandbox, &broker, &token), "owner gone");
 }
 
+/// `socket_group` on a socket in a directory the group cannot pass (the default, in the 0700
+/// state dir) would reach no one: the broker says so at start, naming the directory.
+#[test]
+fn a_socket_group_that_cannot_reach_the_socket_is_warned_of() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("socket_group = \"nogroup\"\n");
+    let closed = sandbox.path("closed");
+    fs::create_dir(&closed).expect("dir");
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let broker = Broker::start_at(&sandbox, closed.join("broker.sock"), &[]);
+    let (_, log) = broker.stop();
+    let warning = format!(
+        "lease serve: warning: socket_group cannot reach {}: {} (mode 700) keeps the group out",
+        closed.join("broker.sock").display(),
+        closed.display()
+    );
+    assert!(log.iter().any(|l| l.starts_with(&warning)), "{log:?}");
+    // Directories it can pass (the sandbox opened to others' search, as /tmp and / are): no
+    // warning.
+    fs::set_permissions(sandbox.path(""), fs::Permissions::from_mode(0o711)).expect("chmod");
+    let open = sandbox.path("open");
+    fs::create_dir(&open).expect("dir");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let broker = Broker::start_at(&sandbox, open.join("broker.sock"), &[]);
+    let (_, log) = broker.stop();
+    assert!(
+        !log.iter().any(|l| l.contains("warning: socket_group")),
+        "{log:?}"
+    );
+}
+
 /// A broker that hangs (stopped) as a run ends: the wrapper tries to tell it for
 /// `owner_timeout` and no longer (each step bounded by what is left), then exits with the
 /// command's status; the broker, once it goes on, ends the lease.

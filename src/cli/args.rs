@@ -71,9 +71,11 @@ pub(super) struct Cli {
 pub(super) enum Sub {
     /// Run a command with a fresh token that is revoked when the command exits
     ///
-    /// The command gets LEASE_TOKEN (the secret), LEASE_ID, LEASE_SCOPE, LEASE_EXPIRES_AT and
-    /// LEASE_STATE_DIR in its environment. lease exits with the command's status, forwards
-    /// signals to it, and revokes the token on every path, however the command ends.
+    /// The command gets LEASE_TOKEN (the secret; under another name with --env, which
+    /// LEASE_TOKEN_ENV then names), LEASE_ID, LEASE_SCOPE, LEASE_EXPIRES_AT and LEASE_STATE_DIR
+    /// (LEASE_BROKER instead, through a broker) in its environment. lease exits with the
+    /// command's status, forwards signals to it, and revokes the token on every path, however
+    /// the command ends.
     #[command(after_help = "\
 Examples:
   lease run --scope read:articles,write:draft --ttl 300 -- ./agent.sh
@@ -154,8 +156,8 @@ Examples:
   lease suggest 3f9a2b1c4d5e --json")]
     Suggest(SuggestArgs),
 
-    /// Remove records that can never grant again: expired leases, leases whose run has ended,
-    /// and revoked leases once past their expiry
+    /// Remove records that can never grant again: expired leases, leases whose run is gone
+    /// without having revoked them (owner gone), and revoked leases once past their expiry
     ///
     /// A revoked lease is kept until its expiry, so that `verify` says `revoked` rather than
     /// `unknown`; gc removes it once it has expired.
@@ -279,7 +281,8 @@ pub(super) struct RunArgs {
     pub(super) print_env: bool,
 
     /// Replace the token with *** in the command's stdout and stderr (for CI logs); the
-    /// command's output then goes through lease, line by line
+    /// command's output then goes through lease as it comes (only a tail that could begin
+    /// the token waits for the next bytes)
     #[arg(long)]
     pub(super) mask: bool,
 

@@ -73,6 +73,8 @@ pub struct Config {
     pub default_ttl: Duration,
     /// The longest TTL that may be asked for, and the furthest `renew` may extend a lease.
     pub max_ttl: Duration,
+    /// Whether the file sets `max_ttl` (else it is the default), for messages.
+    pub max_ttl_set: bool,
     /// The variable that carries the token to the child and that `verify` reads.
     pub token_env: String,
     /// When set, the only scopes that may be minted (a requested scope must be covered by one).
@@ -136,6 +138,7 @@ impl Default for Config {
             path: None,
             default_ttl: ttl::DEFAULT_TTL,
             max_ttl: ttl::DEFAULT_MAX_TTL,
+            max_ttl_set: false,
             token_env: DEFAULT_TOKEN_ENV.to_owned(),
             allowed_scopes: None,
             allow_orphans: false,
@@ -336,6 +339,7 @@ impl Config {
         };
         if let Some(value) = &file.max_ttl {
             config.max_ttl = value.parse().map_err(|e| at.error(None, "max_ttl", e))?;
+            config.max_ttl_set = true;
         }
         if let Some(value) = &file.default_ttl {
             config.default_ttl = value
@@ -494,11 +498,12 @@ impl Config {
         )
     }
 
-    /// Where a setting came from, for messages: "max_ttl in FILE" or "the default max_ttl".
-    pub fn source(&self, key: &str) -> String {
+    /// Where a setting came from, for messages: "max_ttl in FILE" if the file sets it (`set`),
+    /// else "the default max_ttl".
+    pub fn source(&self, key: &str, set: bool) -> String {
         match &self.path {
-            Some(path) => format!("{key} in {}", path.display()),
-            None => format!("the default {key}"),
+            Some(path) if set => format!("{key} in {}", path.display()),
+            _ => format!("the default {key}"),
         }
     }
 }

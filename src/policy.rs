@@ -145,7 +145,7 @@ pub fn check_ttl(config: &Config, ttl: Duration) -> Result<()> {
         bail!(
             "ttl {} is too long: {} allows at most {}; ask for less with --ttl",
             ttl::human(ttl),
-            config.source("max_ttl"),
+            config.source("max_ttl", config.max_ttl_set),
             ttl::human(config.max_ttl)
         );
     }
@@ -157,7 +157,7 @@ pub fn check_allowed(config: &Config, scope: &Scope) -> Result<()> {
     match &config.allowed_scopes {
         Some(allowed) if !allowed.iter().any(|a| a.covers(scope)) => bail!(
             "scope '{scope}' is not allowed: {} permits only {}",
-            config.source("allowed_scopes"),
+            config.source("allowed_scopes", true),
             if allowed.is_empty() {
                 "nothing".to_owned()
             } else {

@@ -64,6 +64,22 @@ fn a_profile_supplies_scope_ttl_env_and_uses_and_flags_override_it() {
     assert_eq!(listed[0]["uses_left"], 1);
 }
 
+/// A config file that does not set max_ttl is not named as its source: the default is.
+#[test]
+fn a_ttl_past_the_default_max_ttl_names_the_default_not_a_file_without_it() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("default_ttl = \"1h\"\n");
+    let out = sandbox
+        .lease(["issue", "--scope", "a:b", "--ttl", "25h"])
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert_eq!(
+        out.stderr,
+        "lease: ttl 25h is too long: the default max_ttl allows at most 24h; ask for less with --ttl\n"
+    );
+}
+
 #[test]
 fn unknown_profiles_and_disallowed_scopes_and_ttls_are_refused_naming_the_file() {
     let sandbox = Sandbox::new();

@@ -37,6 +37,11 @@ pub struct Owner {
     /// command never sees it) proves to re-attach the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_sha256: Option<String>,
+    /// For a broker's run: the pid of its wrapper (`lease run`), as the broker saw it on its
+    /// socket or the wrapper said it over TCP (a pid on the wrapper's host). What `list`
+    /// shows, as it shows a local run's; never used to tell whether the run is alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_pid: Option<u32>,
     /// For a broker's run on a store shared by several brokers: whether a broker holds the run
     /// now, as the store tells it (set when the record is read, never stored). `None`: ask
     /// this machine's process table.
@@ -79,6 +84,15 @@ pub enum OwnerState {
 }
 
 impl Owner {
+    /// The pid of the `lease run` that owns the lease: this one's, or for a broker's run its
+    /// wrapper's.
+    pub fn run_pid(&self) -> u32 {
+        match self.run_pid {
+            Some(pid) if self.broker => pid,
+            _ => self.pid,
+        }
+    }
+
     /// Describes the current process as the owner of a lease made for `command`.
     pub fn current(command: String) -> Result<Owner> {
         let pid = std::process::id();
@@ -94,6 +108,7 @@ impl Owner {
             command_start_time: None,
             broker: false,
             hold_sha256: None,
+            run_pid: None,
             held: None,
         })
     }

@@ -58,6 +58,15 @@ pub struct MintBody {
     /// For a run: the program it runs (argv[0] only), for the record and the trail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// For a run: its wrapper's pid, as its own host sees it (for `list`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// For a run: argv[0] as given (for the trail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv0: Option<String>,
+    /// For a run: the number of arguments after argv[0] (for the trail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argc: Option<usize>,
     /// Plan only (`lease run --print-env`): answer [`Planned`], mint nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -84,8 +93,8 @@ impl MintBody {
             env: asked.flags.env.clone(),
             on_expiry: asked.flags.on_expiry.map(|o| o.as_str().to_owned()),
             grace: asked.flags.grace.map(|grace| grace.as_secs()),
-            command: None,
             dry_run: false,
+            ..MintBody::default()
         }
     }
 

@@ -205,10 +205,18 @@ async fn start(
     let body: MintBody = serde_json::from_slice(line)
         .map_err(|err| format!("the first line is not a run: {err}"))?;
     let command = body.command.clone().unwrap_or_else(|| "?".to_owned());
+    // The trail names the run's wrapper as a local run's does: its pid (the socket's word for
+    // it, else the wrapper's), argv[0] and the count of arguments.
+    let mut process = process.clone();
+    process.pid = process.pid.or(body.pid);
+    process.command = body
+        .argv0
+        .as_deref()
+        .map(|argv0| crate::token::redact(argv0).into_owned());
+    process.argc = body.argc;
     let asked = body.into_asked().map_err(|err| format!("{err:#}"))?;
     let operator = peer.is_operator(&live.config);
     let live = Arc::clone(live);
-    let process = process.clone();
     let owner_timeout = live.config.owner_timeout.as_secs();
     let minted = tokio::task::spawn_blocking(move || {
         let unavailable =
@@ -217,6 +225,7 @@ async fn start(
         let mut owner =
             Owner::broker(crate::token::redact(&command).into_owned()).map_err(unavailable)?;
         owner.hold_sha256 = Some(secret.hash().to_hex());
+        owner.run_pid = process.pid;
         let (token, record, plan, notes) =
             mint_for(&live, operator, token, asked, &process, Some(owner))?;
         Ok::<_, Refusal>(Started {
@@ -292,6 +301,7 @@ async fn reattach(
         )
         .map_err(|e| format!("{e:#}"))?;
         owner.hold_sha256 = record.owner.as_ref().and_then(|o| o.hold_sha256.clone());
+        owner.run_pid = record.owner.as_ref().and_then(|o| o.run_pid);
         let updated = live.store.update(&record.id, |current| {
             let ok = reattachable(current).is_ok() && !current.is_past_expiry(now);
             if ok {

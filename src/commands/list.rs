@@ -43,7 +43,7 @@ pub fn list(setup: &Setup, all: bool, json: bool) -> Result<Exit> {
                 scope: record.scope.iter().map(|s| s.as_str()).collect(),
                 issued_at: rfc3339::format(record.issued_at),
                 expires_at: rfc3339::format(record.expires_at),
-                pid: record.owner.as_ref().map(|o| o.pid),
+                pid: record.owner.as_ref().map(crate::owner::Owner::run_pid),
                 command: record.owner.as_ref().map(|o| o.command.as_str()),
                 state: authorize::state_word(*reason),
                 parent: record.parent.as_deref(),
@@ -74,7 +74,7 @@ fn print_table(leases: &[(Record, Option<Reason>)], now: SystemTime) -> std::io:
             let (pid, command) = match &record.owner {
                 // One lease, one row: a name with a line break in it is shown escaped.
                 Some(owner) => (
-                    owner.pid.to_string(),
+                    owner.run_pid().to_string(),
                     owner.command.escape_debug().to_string(),
                 ),
                 None => ("-".to_owned(), "(detached)".to_owned()),

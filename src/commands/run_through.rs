@@ -34,6 +34,9 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     let inherited = super::inherited_token(setup)?;
     let mut body = MintBody::from_asked(&request.asked);
     body.command = Some(program_name(&program));
+    body.pid = Some(std::process::id());
+    body.argv0 = Some(program.to_string_lossy().into_owned());
+    body.argc = Some(args.len());
     // A refusal reads as it does locally; a broker that cannot be reached says so.
     let (hold, started) = Hold::start(broker, inherited.as_ref(), &body).map_err(|err| {
         if err.is::<crate::client::Refusal>() {

@@ -62,11 +62,6 @@ fn issue_rejects_bad_arguments_with_2() {
 
 #[test]
 fn list_shows_active_leases_and_all_adds_ended_ones() {
-    if crate::harness::local_only(
-        "a run through a broker is owned by the broker: list's PID is the broker's",
-    ) {
-        return;
-    }
     let sandbox = Sandbox::new();
     let detached = sandbox.issue_json("a", &[]);
     let gone = sandbox.issue_json("b", &[]);

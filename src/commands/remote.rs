@@ -47,7 +47,7 @@ pub fn on_broker(
         match &bearer {
             Some(token) => Ok(token),
             None => Err(Refused::NoToken(format!(
-                "no token: `lease {what}` through the broker is about the lease of the token in Authorization: Bearer"
+                "no token: `lease {what}` through the broker is about the lease of a token: set LEASE_TOKEN (over HTTP, send Authorization: Bearer)"
             ))),
         }
     };

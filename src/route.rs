@@ -95,6 +95,17 @@ impl Route {
     }
 }
 
+/// Whether `path` percent-encodes a control character (`%00` to `%1f`, `%7f`).
+fn encodes_a_control_character(path: &str) -> bool {
+    path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && std::str::from_utf8(&w[1..])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .is_some_and(|byte| byte < 0x20 || byte == 0x7f)
+    })
+}
+
 /// The first route that matches `method` and `uri` (its query string ignored).
 pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Route> {
     let path = uri.split(['?', '#']).next().unwrap_or("");
@@ -104,10 +115,16 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
     // application behind it may decode it, and a route must never be escaped that way.
     let lower = path.to_ascii_lowercase();
     // `%25` is a percent sign encoded: what it hides is decoded a second time behind us.
-    // `..;x` is a dot segment to servers that strip path parameters (Tomcat, Spring).
-    let disguised = ["%2e", "%2f", "%5c", "%25", "\\", "//"]
-        .iter()
-        .any(|s| lower.contains(s));
+    // `..;x` is a dot segment to servers that strip path parameters (Tomcat, Spring), and
+    // `%3b` is that `;` encoded. `%u002e` is IIS's encoding of a dot; `%c0` and `%c1` begin
+    // overlong UTF-8 (`%c0%ae`, a dot to a lax decoder); an encoded control character (`%00`
+    // ends a C string) means no path a route was written for.
+    let disguised = [
+        "%2e", "%2f", "%5c", "%25", "%3b", "%u", "%c0", "%c1", "\\", "//",
+    ]
+    .iter()
+    .any(|s| lower.contains(s))
+        || encodes_a_control_character(&lower);
     let dot = |segment: &str| matches!(segment.split(';').next(), Some(".." | "."));
     if !path.starts_with('/') || disguised || path.split('/').any(dot) {
         return None;
@@ -180,6 +197,24 @@ mod tests {
         );
         assert_eq!(action("head", "/articles/1"), None);
         assert_eq!(action("GET", "/articles/..;x=1/admin"), None);
+        for disguised in [
+            "/articles/..%3b/admin",
+            "/articles/..%3B/admin",
+            "/articles/..%00/admin",
+            "/articles/1%00.txt",
+            "/articles/..%09/admin",
+            "/articles/%7f",
+            "/articles/%C0%AE%C0%AE/admin",
+            "/articles/%c1%9c",
+            "/articles/%u002e%u002e/admin",
+        ] {
+            assert_eq!(action("GET", disguised), None, "{disguised}");
+        }
+        // Encoded characters that hide nothing still match.
+        assert_eq!(
+            action("GET", "/articles/caf%C3%A9%20au%20lait").as_deref(),
+            Some("read:articles")
+        );
     }
 
     #[test]

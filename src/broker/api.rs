@@ -283,28 +283,33 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
 /// disagree (paths compared without their query strings), someone is lying, and there is none.
 fn original(request: &Request<Incoming>) -> Option<(&str, &str)> {
     let headers = request.headers();
-    let methods = [
-        header_text(headers, "x-original-method"),
-        header_text(headers, "x-forwarded-method"),
-    ];
-    let uris = [
-        header_text(headers, "x-original-uri"),
-        header_text(headers, "x-forwarded-uri"),
-    ];
-    if methods.iter().chain(&uris).all(Option::is_none) {
+    // Every line of both names: a second line (a client's, which a web server appended to
+    // rather than replaced) that says otherwise makes the request match no route.
+    let all = |names: [&str; 2]| -> Vec<&str> {
+        names
+            .iter()
+            .flat_map(|name| headers.get_all(*name))
+            .map(|value| value.to_str().unwrap_or("\0"))
+            .collect()
+    };
+    let methods = all(["x-original-method", "x-forwarded-method"]);
+    let uris = all(["x-original-uri", "x-forwarded-uri"]);
+    if methods.is_empty() && uris.is_empty() {
         let path = request.uri().path().strip_prefix("/v1/auth")?;
         return (!path.is_empty()).then(|| (request.method().as_str(), path));
     }
-    let method = agreed(methods, |method| method).unwrap_or("");
-    let uri = agreed(uris, |uri| uri.split(['?', '#']).next().unwrap_or("")).unwrap_or("");
+    let method = agreed(&methods, |method| method).unwrap_or("");
+    let uri = agreed(&uris, |uri| uri.split(['?', '#']).next().unwrap_or("")).unwrap_or("");
     Some((method, uri))
 }
 
-/// The first of `values` given, if every value given is the same as it by `key`.
-fn agreed(values: [Option<&str>; 2], key: fn(&str) -> &str) -> Option<&str> {
-    let mut given = values.into_iter().flatten();
-    let first = given.next()?;
-    given.all(|value| key(value) == key(first)).then_some(first)
+/// The first of `values`, if every one is the same as it by `key` (a value that is not text
+/// is `\0`, which no other is).
+fn agreed<'a>(values: &[&'a str], key: fn(&str) -> &str) -> Option<&'a str> {
+    let (first, rest) = values.split_first()?;
+    rest.iter()
+        .all(|value| key(value) == key(first))
+        .then_some(*first)
 }
 
 /// Why a request was refused: the status and the line the client prints after `lease: `.

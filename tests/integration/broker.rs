@@ -828,6 +828,14 @@ fn forward_auth_takes_envoys_original_method_and_path_under_v1_auth() {
         ),
         403
     );
+    // Two lines of one header that disagree (a web server that appended to the client's
+    // rather than replaced it): no route, whichever came first.
+    let granted = ["X-Original-Method: GET", "X-Original-URI: /articles/7"];
+    assert_eq!(ask("GET", "/articles/7", &granted), 200);
+    for second in ["X-Original-URI: /admin/1", "X-Original-Method: DELETE"] {
+        let headers = [granted[0], granted[1], second];
+        assert_eq!(ask("GET", "/articles/7", &headers), 403, "{second}");
+    }
     assert_eq!(
         ask("GET", "/articles/../drafts/7", &[]),
         403,

@@ -35,11 +35,26 @@ struct Denial {
 
 pub fn suggest(setup: &Setup, id: &str, json: bool) -> Result<Exit> {
     let store = setup.store(Open::ExistingOnly)?;
-    let events: Vec<_> = store
-        .audit()
-        .read()?
-        .into_iter()
-        .filter(|e| e.lease.as_deref() == Some(id))
+    let trail = store.audit().read()?;
+    // The lease and every lease nested in it, as the trail knows them: a nested lease's
+    // `issued` event names its parent and comes after the parent's. What a nested lease was
+    // granted, the lease it is nested in needed too.
+    let mut family: std::collections::HashSet<&str> = std::collections::HashSet::from([id]);
+    for event in &trail {
+        if event.event == EventKind::Issued
+            && let (Some(lease), Some(parent)) = (event.lease.as_deref(), event.parent.as_deref())
+            && family.contains(parent)
+        {
+            family.insert(lease);
+        }
+    }
+    let events: Vec<_> = trail
+        .iter()
+        .filter(|e| {
+            e.lease
+                .as_deref()
+                .is_some_and(|lease| family.contains(lease))
+        })
         .collect();
     // The scopes the lease was given: from its record, or from the trail if gc removed it.
     let (record_scope, ended) = match LeaseId::parse(id)
@@ -54,7 +69,7 @@ pub fn suggest(setup: &Setup, id: &str, json: bool) -> Result<Exit> {
     };
     let issued_scope = events
         .iter()
-        .find(|e| e.event == EventKind::Issued)
+        .find(|e| e.event == EventKind::Issued && e.lease.as_deref() == Some(id))
         .and_then(|e| e.scope.clone())
         .map(|items| {
             items
@@ -72,7 +87,7 @@ pub fn suggest(setup: &Setup, id: &str, json: bool) -> Result<Exit> {
 
     let mut used: Vec<String> = Vec::new();
     let mut denied: Vec<Denial> = Vec::new();
-    for event in &events {
+    for event in events {
         let Some(action) = &event.action else {
             continue;
         };

@@ -37,6 +37,23 @@ fn suggest_names_the_two_scopes_used_of_four() {
         .one_error_line();
 }
 
+/// What the leases nested in a run were granted (a nested run, a lease issued inside it),
+/// the run needed too: the suggestion covers it.
+#[test]
+fn suggest_counts_what_the_leases_nested_in_it_were_granted() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["run", "--scope", "a:*,b:*", "--", "sh", "-c"])
+        .arg("lease run --scope a:b -- lease verify a:b && t=$(lease issue --scope a:c) && LEASE_TOKEN=$t lease verify a:c && echo $LEASE_ID")
+        .run()
+        .success();
+    let id = out.stdout.trim();
+    let human = sandbox.lease(["suggest", id]).run().success().stdout;
+    let lines: Vec<&str> = human.lines().collect();
+    assert_eq!(lines[0], "--scope a:b,a:c", "{human}");
+    assert_eq!(lines[1], "unused: b:*", "{human}");
+}
+
 #[test]
 fn suggest_on_a_lease_that_has_not_ended_says_so() {
     let sandbox = Sandbox::new();

@@ -70,6 +70,10 @@ pub struct MintBody {
     /// Plan only (`lease run --print-env`): answer [`Planned`], mint nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// With `dry_run`: the upstreams the run would reach (`--upstream`), whose variables
+    /// [`Planned`] then names as well as the profile's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<String>,
 }
 
 impl MintBody {
@@ -184,6 +188,9 @@ pub struct Planned {
     pub expires_at: String,
     /// The variable its token would go in.
     pub token_env: String,
+    /// The variables of the upstreams it would reach (`--upstream`, and the profile's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamEnv>,
 }
 
 /// What the broker tells a run on its held connection (`/v1/runs`), one JSON line each.

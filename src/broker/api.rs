@@ -104,34 +104,44 @@ async fn upstream_env(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
     if let Err(refusal) = holder_off_runtime(&live, token).await {
         return refusal.answer();
     }
-    let Some(upstream) = live.upstreams.get(&asked.name) else {
+    match upstream_env_for(shared, &live, peer, host.as_deref(), &asked.name) {
+        Ok(env) => json(StatusCode::OK, &env),
+        Err(answer) => answer,
+    }
+}
+
+/// Where a command reaches upstream `name` through this broker, and the variables that say
+/// so (its `child_env`): the upstream's own listener, or a TCP listener of the broker's
+/// (unmodified clients speak TCP), as the client reached it (`host`) if it came over TCP.
+fn upstream_env_for(
+    shared: &Shared,
+    live: &Live,
+    peer: &Peer,
+    host: Option<&str>,
+    name: &str,
+) -> Result<UpstreamEnv, Answer> {
+    let Some(upstream) = live.upstreams.get(name) else {
         let known: Vec<&str> = live.upstreams.keys().map(String::as_str).collect();
         let why = if known.is_empty() {
-            format!(
-                "no upstream '{}': the broker has none",
-                asked.name.escape_debug()
-            )
+            format!("no upstream '{}': the broker has none", name.escape_debug())
         } else {
             format!(
                 "no upstream '{}': the broker has {}",
-                asked.name.escape_debug(),
+                name.escape_debug(),
                 known.join(", ")
             )
         };
-        return error(StatusCode::NOT_FOUND, &why);
+        return Err(error(StatusCode::NOT_FOUND, &why));
     };
     let spec = upstream.spec();
     if let Some(own) = shared.own.get(&spec.name) {
-        return json(
-            StatusCode::OK,
-            &UpstreamEnv {
-                base_url: own.clone(),
-                base_url_env: spec.child_env.base_url.clone(),
-                token_env: spec.child_env.token.clone(),
-            },
-        );
+        return Ok(UpstreamEnv {
+            base_url: own.clone(),
+            base_url_env: spec.child_env.base_url.clone(),
+            token_env: spec.child_env.token.clone(),
+        });
     }
-    let base = match (peer.uid, &host) {
+    let base = match (peer.uid, host) {
         (None, Some(host))
             if !peer.shown.starts_with("unix")
                 && host.parse::<hyper::http::uri::Authority>().is_ok() =>
@@ -146,24 +156,21 @@ async fn upstream_env(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
         _ => match shared.bases.first() {
             Some(base) => base.clone(),
             None => {
-                return error(
+                return Err(error(
                     StatusCode::CONFLICT,
                     &format!(
                         "upstream {} is served on the broker's TCP listeners, and it has none: start it with --listen 127.0.0.1:PORT as well",
                         spec.name
                     ),
-                );
+                ));
             }
         },
     };
-    json(
-        StatusCode::OK,
-        &UpstreamEnv {
-            base_url: format!("{base}/u/{}", spec.name),
-            base_url_env: spec.child_env.base_url.clone(),
-            token_env: spec.child_env.token.clone(),
-        },
-    )
+    Ok(UpstreamEnv {
+        base_url: format!("{base}/u/{}", spec.name),
+        base_url_env: spec.child_env.base_url.clone(),
+        token_env: spec.child_env.token.clone(),
+    })
 }
 
 /// The body of `POST /v1/verify`.
@@ -333,15 +340,16 @@ impl Refusal {
 /// `no_parent`, a root lease, which only an operator may mint.
 async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Answer {
     let token = bearer(request.headers());
+    let host = header_text(request.headers(), "host").map(str::to_owned);
     let body = match read_body(request).await {
         Ok(body) => body,
         Err(answer) => return answer,
     };
-    let (asked, dry_run) = match serde_json::from_slice::<MintBody>(&body)
+    let (asked, dry_run, mut upstreams) = match serde_json::from_slice::<MintBody>(&body)
         .map_err(anyhow::Error::from)
-        .and_then(|body| {
-            let dry_run = body.dry_run;
-            Ok((body.into_asked()?, dry_run))
+        .and_then(|mut body| {
+            let (dry_run, upstreams) = (body.dry_run, std::mem::take(&mut body.upstreams));
+            Ok((body.into_asked()?, dry_run, upstreams))
         }) {
         Ok(asked) => asked,
         Err(err) => return error(StatusCode::BAD_REQUEST, &format!("{err:#}")),
@@ -350,22 +358,42 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
     let operator = peer.is_operator(&live.config);
     let process = peer.process();
     if dry_run {
+        let planning = Arc::clone(&live);
         let planned = tokio::task::spawn_blocking(move || {
-            plan_for(&live, operator, token.as_ref(), asked).map(|(plan, _)| Planned {
+            plan_for(&planning, operator, token.as_ref(), asked).map(|(plan, _)| plan)
+        })
+        .await;
+        let plan = match planned {
+            Ok(Ok(plan)) => plan,
+            Ok(Err(refusal)) => return refusal.answer(),
+            Err(err) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the broker failed: {err}"),
+                );
+            }
+        };
+        for name in &plan.upstreams {
+            if !upstreams.contains(name) {
+                upstreams.push(name.clone());
+            }
+        }
+        let mut envs = Vec::new();
+        for name in &upstreams {
+            match upstream_env_for(shared, &live, peer, host.as_deref(), name) {
+                Ok(env) => envs.push(env),
+                Err(answer) => return answer,
+            }
+        }
+        return json(
+            StatusCode::OK,
+            &Planned {
                 scope: plan.grants.iter().map(|g| g.scope.to_string()).collect(),
                 expires_at: crate::record::rfc3339::format(plan.expires_at),
                 token_env: plan.token_env,
-            })
-        })
-        .await;
-        return match planned {
-            Ok(Ok(planned)) => json(StatusCode::OK, &planned),
-            Ok(Err(refusal)) => refusal.answer(),
-            Err(err) => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("the broker failed: {err}"),
-            ),
-        };
+                upstreams: envs,
+            },
+        );
     }
     let outcome = tokio::task::spawn_blocking(move || -> Result<Issued, Refusal> {
         let (token, record, _plan, notes) =

@@ -223,26 +223,36 @@ pub(super) fn env_rules<'a>(
 fn print_env(plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
     let scope = lease::scope_of(plan);
     let planned = (scope.as_str(), plan.expires_at, plan.token_env.as_str());
-    print_planned_env(lease::Authority::Store(store.dir()), planned, rules)
+    print_planned_env(
+        lease::Authority::Store(store.dir()),
+        planned,
+        rules,
+        Vec::new(),
+    )
 }
 
+/// What `--print-env` shows where the token will be.
+pub(super) const TOKEN_PLACEHOLDER: &str = "<token: minted when the command starts>";
+
 /// The environment a command would get for a lease planned with this (scope, expiry, token
-/// variable), with placeholders for the id and the token.
+/// variable), with placeholders for the id and the token, and `more` (an upstream's).
 pub(super) fn print_planned_env(
     authority: lease::Authority<'_>,
     (scope, expires_at, token_env): (&str, SystemTime, &str),
     rules: &EnvRules<'_>,
+    more: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 ) -> Result<Exit> {
-    let vars = lease::variables(
+    let mut vars = lease::variables(
         authority,
         lease::Told {
             id: "<minted when the command starts>",
             scope,
             expires_at,
             token_env,
-            token: "<token: minted when the command starts>",
+            token: TOKEN_PLACEHOLDER,
         },
     );
+    vars.extend(more);
     let mut out = std::io::stdout().lock();
     for (name, value) in child::environment(std::env::vars_os(), rules, vars) {
         let mut line = name.into_encoded_bytes();

@@ -257,6 +257,7 @@ fn print_env(setup: &Setup, broker: &Endpoint, request: &RunRequest) -> Result<E
     let inherited = super::inherited_token(setup)?;
     let mut body = MintBody::from_asked(&request.asked);
     body.dry_run = true;
+    body.upstreams.clone_from(&request.upstreams);
     let planned: Planned =
         crate::client::call(broker, "/v1/leases", inherited.as_ref(), &body, "a plan")?;
     let expires_at = humantime::parse_rfc3339(&planned.expires_at)
@@ -269,14 +270,19 @@ fn print_env(setup: &Setup, broker: &Endpoint, request: &RunRequest) -> Result<E
         &planned.token_env,
         &[lease::STATE_DIR_VAR],
     );
+    let upstreams = planned
+        .upstreams
+        .into_iter()
+        .flat_map(|env| upstream_env_vars(env, super::run::TOKEN_PLACEHOLDER))
+        .collect();
     print_planned_env(
         Authority::Broker(broker),
         (&planned.scope.join(","), expires_at, &planned.token_env),
         &rules,
+        upstreams,
     )
 }
 
-/// The lease's expiry as the broker has it now (it reads the record, and changes nothing).
 /// The variables that point the command at upstream `name` through the broker: its base URL
 /// and the lease token where the client expects its key (the upstream's `child_env`).
 fn upstream_vars(
@@ -289,16 +295,25 @@ fn upstream_vars(
     };
     let env: crate::wire::UpstreamEnv =
         crate::client::call(broker, "/v1/upstreams", Some(token), &ask, "an upstream")?;
+    Ok(upstream_env_vars(env, token.expose()))
+}
+
+/// The variables `env` sets: the base URL, and `token` where the key would be.
+fn upstream_env_vars(
+    env: crate::wire::UpstreamEnv,
+    token: &str,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
     let mut vars = Vec::new();
     if let Some(var) = env.base_url_env {
         vars.push((var.into(), env.base_url.into()));
     }
     if let Some(var) = env.token_env {
-        vars.push((var.into(), token.expose().into()));
+        vars.push((var.into(), token.into()));
     }
-    Ok(vars)
+    vars
 }
 
+/// The lease's expiry as the broker has it now (it reads the record, and changes nothing).
 fn current_expiry(broker: &Endpoint, token: &Token) -> Result<std::time::SystemTime> {
     let printed: crate::wire::Printed = crate::client::call(
         broker,

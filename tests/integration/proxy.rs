@@ -235,6 +235,26 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
         env.contains(&format!("SITE_URL=http://{}/u/site", broker.tcp)),
         "{env}"
     );
+    // --print-env shows the same upstream variables, with the token as a placeholder.
+    let printed = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "read:site",
+            "--upstream",
+            "site",
+            "--print-env",
+        ])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success();
+    let lines: Vec<&str> = printed.stdout.lines().collect();
+    let site_url = format!("SITE_URL=http://{}/u/site", broker.tcp);
+    assert!(lines.contains(&site_url.as_str()), "{printed:?}");
+    assert!(
+        lines.contains(&"SITE_TOKEN=<token: minted when the command starts>"),
+        "{printed:?}"
+    );
     // The upstream saw the key, never the token, and never the out-of-scope request.
     let seen = upstream.access_log();
     assert!(

@@ -106,7 +106,7 @@ async fn upstream_env(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
     }
     match upstream_env_for(shared, &live, peer, host.as_deref(), &asked.name) {
         Ok(env) => json(StatusCode::OK, &env),
-        Err(answer) => answer,
+        Err(refusal) => refusal.answer(),
     }
 }
 
@@ -119,7 +119,7 @@ fn upstream_env_for(
     peer: &Peer,
     host: Option<&str>,
     name: &str,
-) -> Result<UpstreamEnv, Answer> {
+) -> Result<UpstreamEnv, Refusal> {
     let Some(upstream) = live.upstreams.get(name) else {
         let known: Vec<&str> = live.upstreams.keys().map(String::as_str).collect();
         let why = if known.is_empty() {
@@ -131,7 +131,7 @@ fn upstream_env_for(
                 known.join(", ")
             )
         };
-        return Err(error(StatusCode::NOT_FOUND, &why));
+        return Err(Refusal(StatusCode::NOT_FOUND, why));
     };
     let spec = upstream.spec();
     if let Some(own) = shared.own.get(&spec.name) {
@@ -156,9 +156,9 @@ fn upstream_env_for(
         _ => match shared.bases.first() {
             Some(base) => base.clone(),
             None => {
-                return Err(error(
+                return Err(Refusal(
                     StatusCode::CONFLICT,
-                    &format!(
+                    format!(
                         "upstream {} is served on the broker's TCP listeners, and it has none: start it with --listen 127.0.0.1:PORT as well",
                         spec.name
                     ),
@@ -382,7 +382,7 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
         for name in &upstreams {
             match upstream_env_for(shared, &live, peer, host.as_deref(), name) {
                 Ok(env) => envs.push(env),
-                Err(answer) => return answer,
+                Err(refusal) => return refusal.answer(),
             }
         }
         return json(

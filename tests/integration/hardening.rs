@@ -154,9 +154,10 @@ fn a_token_under_another_name_still_parents_nested_runs_and_stays_behind() {
     assert_eq!(listed["parent"], outer_id.as_str(), "{listed}");
 }
 
-/// lease holds its token in memory for the whole run: it must not dump core.
-#[test]
-fn a_run_killed_by_a_core_dumping_signal_leaves_no_core_file() {
+/// An empty directory of `sandbox` in which a plain shell killed by SIGABRT leaves a core file
+/// (checked, then removed): where a test can see that a process leaves none. `None` (a skip)
+/// where this machine writes core files elsewhere or not at all.
+fn where_cores_are_written(sandbox: &Sandbox) -> Option<std::path::PathBuf> {
     let pattern = fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
     if pattern.trim() != "core" {
         crate::harness::skip(
@@ -166,27 +167,39 @@ fn a_run_killed_by_a_core_dumping_signal_leaves_no_core_file() {
                 pattern.trim()
             ),
         );
-        return;
+        return None;
     }
-    let sandbox = Sandbox::new();
     let dir = sandbox.path("work");
     fs::create_dir(&dir).unwrap();
-    // A control first: the same shell dumps core on SIGABRT, so the check can see a core file.
     let control = sandbox
         .sh("ulimit -c unlimited; sh -c 'kill -ABRT $$'; ls")
         .command_dir(&dir)
         .run();
-    let cores = |listing: &str| listing.lines().filter(|l| l.starts_with("core")).count();
     if cores(&control.stdout) == 0 {
         crate::harness::skip(
             "core-files",
             "this machine writes no core files even for a plain shell",
         );
-        return;
+        return None;
     }
     for entry in fs::read_dir(&dir).unwrap() {
         fs::remove_file(entry.unwrap().path()).unwrap();
     }
+    Some(dir)
+}
+
+/// How many core files a listing (`ls`) names.
+fn cores(listing: &str) -> usize {
+    listing.lines().filter(|l| l.starts_with("core")).count()
+}
+
+/// lease holds its token in memory for the whole run: it must not dump core.
+#[test]
+fn a_run_killed_by_a_core_dumping_signal_leaves_no_core_file() {
+    let sandbox = Sandbox::new();
+    let Some(dir) = where_cores_are_written(&sandbox) else {
+        return;
+    };
     let out = sandbox
         .sh(r#"ulimit -c unlimited; lease run --scope a -- sh -c 'kill -ABRT $PPID; sleep 5'; echo "status=$?"; ls"#)
         .command_dir(&dir)
@@ -200,20 +213,10 @@ fn a_run_killed_by_a_core_dumping_signal_leaves_no_core_file() {
 /// no core file either (it makes itself non-dumpable, as lease does).
 #[test]
 fn a_broker_killed_by_a_core_dumping_signal_leaves_no_core_file() {
-    let pattern = fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
-    if pattern.trim() != "core" {
-        crate::harness::skip(
-            "core-files",
-            &format!(
-                "core_pattern is {:?}, not \"core\": core files cannot be looked for here",
-                pattern.trim()
-            ),
-        );
-        return;
-    }
     let sandbox = Sandbox::new();
-    let dir = sandbox.path("work");
-    fs::create_dir(&dir).unwrap();
+    let Some(dir) = where_cores_are_written(&sandbox) else {
+        return;
+    };
     let out = sandbox
         .sh(r#"ulimit -c unlimited
 env -u LEASE_BROKER lease serve --listen "unix:$PWD/b.sock" 2>serve.log &
@@ -228,10 +231,7 @@ ls"#)
         .run()
         .success();
     assert!(out.stdout.contains("status=134"), "{out:#?}");
-    assert!(
-        !out.stdout.lines().any(|l| l.starts_with("core")),
-        "the broker dumped core: {out:#?}"
-    );
+    assert_eq!(cores(&out.stdout), 0, "the broker dumped core: {out:#?}");
 }
 
 /// `--print-env` prints and exits: no store is created, nothing is minted, the command does not

@@ -322,8 +322,8 @@ fn gc_keeps_a_revoked_lease_until_its_expiry_as_its_help_says() {
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" "),
-        "Remove records that can never grant again: expired leases, leases whose run has ended, \
-         and revoked leases once past their expiry \
+        "Remove records that can never grant again: expired leases, leases whose run is gone \
+         without having revoked them (owner gone), and revoked leases once past their expiry \
          A revoked lease is kept until its expiry, so that `verify` says `revoked` rather than \
          `unknown`; gc removes it once it has expired."
     );

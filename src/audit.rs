@@ -227,7 +227,22 @@ impl Process {
     /// The process that started this lease (the caller of a subcommand: a tool asking
     /// `lease verify`, a script running `lease issue`).
     pub fn caller() -> Process {
-        let pid = nix::unistd::getppid().as_raw().unsigned_abs();
+        Process::named(nix::unistd::getppid().as_raw().unsigned_abs())
+    }
+
+    /// The caller of process `pid` (its parent), as [`Process::caller`] names its own: for a
+    /// broker's client on its unix socket, whose pid the socket tells. `None` once it is gone.
+    pub fn caller_of(pid: u32) -> Option<Process> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces or ')': the fields after the last ')'
+        // are the state, then the parent's pid.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let parent = rest.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+        Some(Process::named(parent))
+    }
+
+    /// Process `pid`, with argv[0] and the count of its other arguments.
+    fn named(pid: u32) -> Process {
         // At most the first 4 KiB: argv[0] is all that is kept.
         let argv = fs::File::open(format!("/proc/{pid}/cmdline"))
             .and_then(|file| {

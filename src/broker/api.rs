@@ -200,7 +200,7 @@ async fn verify(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -
         Ok(decision) => decision,
         Err(answer) => return answer,
     };
-    note(&shared.live(), &decision, &action, &peer.shown, None, None);
+    note(&shared.live(), &decision, &action, &peer.caller(), None, None);
     let status = status_of(decision.reason);
     let answer = VerifyAnswer {
         granted: decision.granted,
@@ -257,11 +257,16 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
         Ok(decision) => decision,
         Err(answer) => return answer,
     };
+    // The web server is the client; who it asked for is `forwarded_for`, not its parent.
+    let client = crate::audit::Process {
+        client: Some(peer.shown.clone()),
+        ..crate::audit::Process::default()
+    };
     note(
         &live,
         &decision,
         &action,
-        &peer.shown,
+        &client,
         route.as_deref(),
         forwarded_for(request.headers()),
     );
@@ -356,7 +361,7 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
     };
     let live = shared.live();
     let operator = peer.is_operator(&live.config);
-    let process = peer.process();
+    let process = peer.caller();
     if dry_run {
         let planning = Arc::clone(&live);
         let planned = tokio::task::spawn_blocking(move || {
@@ -487,7 +492,7 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
     };
     let live = shared.live();
     let operator = peer.is_operator(&live.config);
-    let process = peer.process();
+    let process = peer.caller();
     let state_dir = shared.request.state_dir.clone();
     let what = format!("{asked:?}");
     let outcome = tokio::task::spawn_blocking(move || {
@@ -712,7 +717,7 @@ fn note(
     live: &Live,
     decision: &Decision,
     action: &Action,
-    peer: &str,
+    caller: &crate::audit::Process,
     route: Option<&str>,
     forwarded_for: Option<String>,
 ) {
@@ -731,7 +736,10 @@ fn note(
     event.action = Some(action.as_str().to_owned());
     event.reason = Some(decision.reason.to_string());
     event.route = route.map(str::to_owned);
-    event.client = Some(peer.to_owned());
+    event.pid = caller.pid;
+    event.command.clone_from(&caller.command);
+    event.argc = caller.argc;
+    event.client.clone_from(&caller.client);
     event.forwarded_for = forwarded_for;
     live.store.audit().note(&event);
 }

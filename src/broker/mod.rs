@@ -292,6 +292,18 @@ impl Peer {
         }
     }
 
+    /// Who asked through the peer, as a local subcommand names its caller in the trail: on a
+    /// unix socket, the parent of the peer (the tool that ran `lease verify`, the script that
+    /// ran `lease renew`); over TCP, only the address.
+    fn caller(&self) -> crate::audit::Process {
+        let mut caller = self
+            .pid
+            .and_then(crate::audit::Process::caller_of)
+            .unwrap_or_default();
+        caller.client = Some(self.shown.clone());
+        caller
+    }
+
     /// The peer as the trail names who an event happened for.
     fn process(&self) -> crate::audit::Process {
         crate::audit::Process {

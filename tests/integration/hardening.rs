@@ -648,11 +648,6 @@ fn a_config_that_is_a_fifo_or_dev_zero_is_refused_without_hanging() {
 /// never one of its arguments, which may hold secrets.
 #[test]
 fn the_trail_never_takes_a_callers_argument_for_its_command() {
-    if crate::harness::local_only(
-        "the broker records its client's address in the trail, not a command line",
-    ) {
-        return;
-    }
     let sandbox = Sandbox::new();
     let token = sandbox.issue("a");
     sandbox

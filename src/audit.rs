@@ -157,13 +157,14 @@ pub struct Event {
     pub bytes_down: Option<u64>,
 }
 
-/// The longest path an event keeps, in bytes: a request's head may be 64 KiB, and a client
-/// sending such paths by the hundred would otherwise rotate the trail away within seconds.
+/// The longest path (or argv[0] a broker's client sends) an event keeps, in bytes: a request's
+/// head may be 64 KiB, and a client sending such paths by the hundred would otherwise rotate
+/// the trail away within seconds.
 pub const MAX_PATH: usize = 1024;
 
-/// A request's path as an event keeps it: a token in it redacted, then cut to [`MAX_PATH`]
-/// bytes (at a character's boundary) with `…` after it. Redacted first, so that no cut leaves
-/// part of a token behind.
+/// A request's path (or a broker's client's argv[0]) as an event keeps it: a token in it
+/// redacted, then cut to [`MAX_PATH`] bytes (at a character's boundary) with `…` after it.
+/// Redacted first, so that no cut leaves part of a token behind.
 pub fn path_shown(path: &str) -> String {
     let redacted = crate::token::redact(path);
     if redacted.len() <= MAX_PATH {

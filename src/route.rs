@@ -117,10 +117,12 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
     // `%25` is a percent sign encoded: what it hides is decoded a second time behind us.
     // `..;x` is a dot segment to servers that strip path parameters (Tomcat, Spring), and
     // `%3b` is that `;` encoded. `%u002e` is IIS's encoding of a dot; `%c0` and `%c1` begin
-    // overlong UTF-8 (`%c0%ae`, a dot to a lax decoder); an encoded control character (`%00`
-    // ends a C string) means no path a route was written for.
+    // overlong UTF-8 of two bytes (`%c0%ae`, a dot to a lax decoder), `%e0%80` to `%e0%9f`
+    // and `%f0%80` to `%f0%8f` of three and four; an encoded control character (`%00` ends
+    // a C string) means no path a route was written for.
     let disguised = [
-        "%2e", "%2f", "%5c", "%25", "%3b", "%u", "%c0", "%c1", "\\", "//",
+        "%2e", "%2f", "%5c", "%25", "%3b", "%u", "%c0", "%c1", "%e0%8", "%e0%9", "%f0%8", "\\",
+        "//",
     ]
     .iter()
     .any(|s| lower.contains(s))
@@ -207,6 +209,8 @@ mod tests {
             "/articles/%C0%AE%C0%AE/admin",
             "/articles/%c1%9c",
             "/articles/%u002e%u002e/admin",
+            "/articles/%e0%80%ae%e0%80%ae/admin",
+            "/articles/%F0%80%80%AE/admin",
         ] {
             assert_eq!(action("GET", disguised), None, "{disguised}");
         }

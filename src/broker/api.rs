@@ -200,7 +200,14 @@ async fn verify(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -
         Ok(decision) => decision,
         Err(answer) => return answer,
     };
-    note(&shared.live(), &decision, &action, &peer.caller(), None, None);
+    note(
+        &shared.live(),
+        &decision,
+        &action,
+        &peer.caller(),
+        None,
+        None,
+    );
     let status = status_of(decision.reason);
     let answer = VerifyAnswer {
         granted: decision.granted,

@@ -108,16 +108,17 @@ where
     let mut lines = BufReader::new(read);
     let live = shared.live();
     let timeout = live.config.owner_timeout;
-    let process = peer.process();
+    let peer_process = peer.process();
     let started = if attach {
-        reattach(shared, &live, proof).await
+        reattach(shared, &live, proof, &peer_process).await
     } else {
         match tokio::time::timeout(FIRST_LINE, read_line(&mut lines)).await {
-            Ok(Ok(Some(line))) => start(&live, peer, proof.token, &line, &process).await,
+            Ok(Ok(Some(line))) => start(&live, peer, proof.token, &line, &peer_process).await,
             _ => Err("the run sent no first line".to_owned()),
         }
     };
-    let (id, first) = match started {
+    // Every event of the run names it as its first line did: its pid, argv[0] and argc.
+    let (id, first, process) = match started {
         Ok(started) => started,
         Err(why) => {
             log(&format!("refused a run: {why} client={peer}"));
@@ -201,7 +202,7 @@ async fn start(
     token: Option<Token>,
     line: &[u8],
     process: &Process,
-) -> Result<(LeaseId, FromBroker), String> {
+) -> Result<(LeaseId, FromBroker, Process), String> {
     let body: MintBody = serde_json::from_slice(line)
         .map_err(|err| format!("the first line is not a run: {err}"))?;
     let command = body.command.clone().unwrap_or_else(|| "?".to_owned());
@@ -209,11 +210,9 @@ async fn start(
     // it, else the wrapper's), argv[0] and the count of arguments.
     let mut process = process.clone();
     process.pid = process.pid.or(body.pid);
-    process.command = body
-        .argv0
-        .as_deref()
-        .map(|argv0| crate::token::redact(argv0).into_owned());
+    process.command = body.argv0.as_deref().map(crate::audit::path_shown);
     process.argc = body.argc;
+    let named = process.clone();
     let asked = body.into_asked().map_err(|err| format!("{err:#}"))?;
     let operator = peer.is_operator(&live.config);
     let live = Arc::clone(live);
@@ -254,7 +253,7 @@ async fn start(
         "run started: lease={id} scope={} client={peer}",
         minted.lease.scope.join(",")
     ));
-    Ok((id, FromBroker::Started(Box::new(minted))))
+    Ok((id, FromBroker::Started(Box::new(minted)), named))
 }
 
 /// Takes a run's lease back after a reconnect: the token must be a broker-held run's, still
@@ -263,7 +262,8 @@ async fn reattach(
     shared: &Arc<Shared>,
     live: &Arc<Live>,
     proof: Proof,
-) -> Result<(LeaseId, FromBroker), String> {
+    peer: &Process,
+) -> Result<(LeaseId, FromBroker, Process), String> {
     let token = proof
         .token
         .ok_or("no token: a run re-attaches with its token")?;
@@ -274,7 +274,7 @@ async fn reattach(
         return Err("malformed: the token given is not a lease token".to_owned());
     }
     let live = Arc::clone(live);
-    let id = tokio::task::spawn_blocking(move || -> Result<LeaseId, String> {
+    let id = tokio::task::spawn_blocking(move || -> Result<(LeaseId, Owner), String> {
         let record = match live
             .store
             .find(&token.hash())
@@ -310,13 +310,20 @@ async fn reattach(
             crate::store::Change::when(ok)
         });
         match updated {
-            Ok(crate::store::Updated::Found(current, true)) => Ok(current.id),
+            Ok(crate::store::Updated::Found(current, true)) => Ok((current.id, owner)),
             Ok(_) => Err("the lease ended meanwhile".to_owned()),
             Err(err) => Err(format!("{err:#}")),
         }
     })
     .await
     .map_err(|err| format!("the broker failed: {err}"))??;
+    let (id, owner) = id;
+    // The run as its record names it (its first line's argv[0] and argc are not kept).
+    let process = Process {
+        pid: peer.pid.or(owner.run_pid),
+        command: Some(owner.command),
+        ..peer.clone()
+    };
     if shared.is_attached(&id) {
         log(&format!(
             "run re-attached, replacing its old connection: lease={id}"
@@ -324,7 +331,7 @@ async fn reattach(
     } else {
         log(&format!("run re-attached: lease={id}"));
     }
-    Ok((id, FromBroker::Attached))
+    Ok((id, FromBroker::Attached, process))
 }
 
 /// Whether a run may take `record` back: a broker-held run's lease, still active, whose broker

@@ -204,8 +204,10 @@ fn hold_end(hold: Option<Hold>) -> Kept {
 }
 
 /// Tells the broker the run ended, so that it revokes the lease: on the connection the keeper
-/// handed back, or, if that is gone, on a new one (for at most `owner_timeout`). If the broker
-/// cannot be told, says so; the broker ends the lease by itself when the connection is gone.
+/// handed back, or, if that is gone, on a new one, for at most `owner_timeout` in all (the
+/// telling runs on a thread of its own, which is left behind past that: a name to resolve, a
+/// broker that answers each step slowly). If the broker cannot be told, says so; the broker
+/// ends the lease by itself when the connection is gone.
 fn finish(
     kept: Kept,
     broker: &Endpoint,
@@ -213,42 +215,69 @@ fn finish(
     owner_timeout: Duration,
     end: FromRun,
 ) {
+    let (told, outcome) = std::sync::mpsc::channel();
+    let (broker_for, token, secret) = (broker.clone(), token.clone(), secret.clone());
+    let telling = std::thread::Builder::new()
+        .name("lease-end".into())
+        .spawn(move || {
+            let last = tell_end_within(kept, &broker_for, (&token, &secret), owner_timeout, &end);
+            let _ = told.send(last);
+        });
+    let last = match telling {
+        Ok(_) => match outcome.recv_timeout(owner_timeout + Duration::from_millis(100)) {
+            Ok(None) => return,
+            Ok(Some(last)) => last,
+            Err(_) => format!("no answer within {}s", owner_timeout.as_secs()),
+        },
+        Err(err) => format!("cannot start a thread: {err}"),
+    };
+    eprintln!(
+        "lease: could not tell the broker that the run ended: {last}; it ends the lease itself within {}s",
+        owner_timeout.as_secs()
+    );
+}
+
+/// [`finish`]'s attempts, each step waiting at most what is left of `owner_timeout`: `None`
+/// once the broker has been told (or had ended the lease already), else the last error.
+fn tell_end_within(
+    kept: Kept,
+    broker: &Endpoint,
+    (token, secret): (&Token, &Token),
+    owner_timeout: Duration,
+    end: &FromRun,
+) -> Option<String> {
     let tell = |hold: &mut Hold| -> Result<()> {
-        hold.send(&end)?;
+        hold.send(end)?;
         match hold.receive()? {
             FromBroker::Ended => Ok(()),
             FromBroker::Error(why) => bail!("{why}"),
             _ => bail!("broker {broker}: answered the end of the run with something else"),
         }
     };
-    // All of it within owner_timeout: each step waits at most what is left.
     let deadline = Instant::now() + owner_timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
     let mut last = kept.lost.unwrap_or_default();
     if let Some(mut hold) = kept.hold {
         match hold.limit_waits(left()).and_then(|()| tell(&mut hold)) {
-            Ok(()) => return,
+            Ok(()) => return None,
             Err(err) => last = format!("{err:#}"),
         }
     }
     while !left().is_zero() {
         match Hold::attach(broker, token, secret, left()).and_then(|mut hold| tell(&mut hold)) {
-            Ok(()) => return,
+            Ok(()) => return None,
             // Ended meanwhile (by the broker, which saw the connection go): nothing to tell.
             Err(err)
                 if err.is::<crate::client::Refusal>()
                     && err.to_string().ends_with(" has ended") =>
             {
-                return;
+                return None;
             }
             Err(err) => last = format!("{err:#}"),
         }
         std::thread::sleep(Duration::from_millis(200).min(left()));
     }
-    eprintln!(
-        "lease: could not tell the broker that the run ended: {last}; it ends the lease itself within {}s",
-        owner_timeout.as_secs()
-    );
+    Some(last)
 }
 
 /// `--print-env` through the broker: its policy plans the lease (a dry run of `POST

@@ -94,6 +94,11 @@ fn every_event_type_is_logged_with_its_fields_and_never_the_token() {
     );
     let exit = of_kind(&events, "child_exit")[0];
     assert_eq!(exit["exit_code"], 3);
+    assert_eq!(
+        (&exit["command"], &exit["argc"]),
+        (&issued["command"], &issued["argc"])
+    );
+    assert_eq!(exit["pid"], issued["pid"]);
     assert!(exit["duration_ms"].as_u64().is_some());
     assert!(of_kind(&events, "renewed")[0]["expires_at"].is_string());
     assert!(of_kind(&events, "revoked")[0]["reason"].is_string());

@@ -139,6 +139,9 @@ struct Shared {
     socket_connections: Arc<tokio::sync::Semaphore>,
     /// Permits for [`MAX_CONNECTIONS`] on TCP.
     tcp_connections: Arc<tokio::sync::Semaphore>,
+    /// The cut of each lease with proxied requests in flight, by its token's hash: one
+    /// watcher per lease, however many requests it has open ([`proxy`]).
+    cuts: Mutex<HashMap<String, std::sync::Weak<proxy::Cut>>>,
 }
 
 impl Shared {
@@ -479,6 +482,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         serial: AtomicU64::new(0),
         socket_connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         tcp_connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        cuts: Mutex::new(HashMap::new()),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

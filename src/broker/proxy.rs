@@ -303,7 +303,7 @@ async fn forward(
     let (parts, body) = request.into_parts();
     let up = Arc::new(AtomicU64::new(0));
     let progress = Progress::new();
-    let cut = Cut::watch(&live, &token);
+    let cut = Cut::watch(shared, &live, &token);
     let outgoing = match outgoing(&upstream, parts, &path, query.as_deref(), &token) {
         Ok(builder) => builder.body(Counted {
             inner: body,
@@ -525,26 +525,43 @@ const RECHECK: Duration = Duration::from_secs(1);
 
 /// Ends a proxied request's bodies, both ways, when its lease stops granting while they
 /// stream (its run ended, it was revoked, it expired): a watcher checks the lease every
-/// [`RECHECK`] for as long as a body is open. A lease that is merely used up keeps the
-/// request that used it; a store that cannot be read cuts nothing.
-struct Cut {
+/// [`RECHECK`] for as long as a body is open, one watcher for all the requests of a lease. A
+/// lease that is merely used up keeps the request that used it; a store that cannot be read
+/// cuts nothing.
+pub(super) struct Cut {
     ended: AtomicBool,
     woken: Arc<tokio::sync::Notify>,
 }
 
 impl Cut {
-    /// A cut for the request made with `token`, and its watcher.
-    fn watch(live: &Arc<Live>, token: &Token) -> Arc<Cut> {
+    /// The cut for a request made with `token`: the one its lease's other requests in flight
+    /// share, or a new one and its watcher.
+    fn watch(shared: &Arc<Shared>, live: &Arc<Live>, token: &Token) -> Arc<Cut> {
+        let key = token.hash().to_hex();
+        let mut cuts = super::lock(&shared.cuts);
+        if let Some(cut) = cuts.get(&key).and_then(std::sync::Weak::upgrade) {
+            return cut;
+        }
         let cut = Arc::new(Cut {
             ended: AtomicBool::new(false),
             woken: Arc::new(tokio::sync::Notify::new()),
         });
         let watched = Arc::downgrade(&cut);
-        let (live, token) = (Arc::clone(live), token.clone());
+        cuts.insert(key.clone(), watched.clone());
+        drop(cuts);
+        let (shared, live, token) = (Arc::clone(shared), Arc::clone(live), token.clone());
         tokio::spawn(async move {
+            // Gone from the map when the watcher ends, unless a newer cut took its place.
+            let forget = || {
+                let mut cuts = super::lock(&shared.cuts);
+                if cuts.get(&key).is_some_and(|cut| cut.ptr_eq(&watched)) {
+                    cuts.remove(&key);
+                }
+            };
             loop {
                 tokio::time::sleep(RECHECK).await;
                 if watched.strong_count() == 0 {
+                    forget();
                     return;
                 }
                 let Err(Refusal(status, why)) = holder_off_runtime(&live, token.clone()).await
@@ -562,6 +579,7 @@ impl Cut {
                         crate::token::redact(&why)
                     ));
                 }
+                forget();
                 return;
             }
         });

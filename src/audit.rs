@@ -234,7 +234,7 @@ impl Process {
     /// The caller of process `pid` (its parent), as [`Process::caller`] names its own: for a
     /// broker's client on its unix socket, whose pid the socket tells. `None` once it is gone.
     pub fn caller_of(pid: u32) -> Option<Process> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let stat = crate::owner::read_proc(&format!("/proc/{pid}/stat")).ok()?;
         // The command name (field 2) may hold spaces or ')': the fields after the last ')'
         // are the state, then the parent's pid.
         let rest = &stat[stat.rfind(')')? + 1..];

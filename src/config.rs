@@ -557,14 +557,40 @@ pub fn validate_token_env(name: &str) -> Result<()> {
     validate_env_name(name)?;
     let why = if name.starts_with("LEASE_") && name != DEFAULT_TOKEN_ENV {
         "lease sets the LEASE_* variables itself"
-    } else if name == "PATH" {
-        "PATH is where commands are looked up"
-    } else if name.starts_with("LD_") || name.starts_with("DYLD_") {
-        "the dynamic loader reads LD_* and DYLD_* variables"
+    } else if let Some(why) = steers_the_command(name) {
+        why
     } else {
         return Ok(());
     };
     bail!("{name} cannot carry the token: {why}; choose another name, e.g. DEPLOY_TOKEN")
+}
+
+/// Checks that lease may set `name` in a command's environment for an upstream (a
+/// `child_env` name): a variable name that is none of lease's own (`LEASE_*`) and does not
+/// steer how the command runs (`PATH`, `LD_*`, `DYLD_*`).
+pub fn validate_child_var(name: &str) -> Result<()> {
+    validate_env_name(name)?;
+    let why = if name.starts_with("LEASE_") {
+        "lease sets the LEASE_* variables itself"
+    } else if let Some(why) = steers_the_command(name) {
+        why
+    } else {
+        return Ok(());
+    };
+    bail!(
+        "{name} cannot be set for an upstream: {why}; choose another name, e.g. API_URL or API_KEY"
+    )
+}
+
+/// Why a variable set for the command would steer how it runs, if it would.
+fn steers_the_command(name: &str) -> Option<&'static str> {
+    if name == "PATH" {
+        Some("PATH is where commands are looked up")
+    } else if name.starts_with("LD_") || name.starts_with("DYLD_") {
+        Some("the dynamic loader reads LD_* and DYLD_* variables")
+    } else {
+        None
+    }
 }
 
 /// Checks that `name` can be an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.

@@ -290,11 +290,12 @@ impl Spec {
             ("child_env.base_url", &file.child_env.base_url),
             ("child_env.token", &file.child_env.token),
         ] {
-            if let Some(var) = var
-                && !is_env_name(var)
-            {
-                bail!("{key}: '{}' is not a variable name", var.escape_debug());
+            if let Some(var) = var {
+                crate::config::validate_child_var(var).map_err(|err| anyhow!("{key}: {err:#}"))?;
             }
+        }
+        if file.child_env.base_url.is_some() && file.child_env.base_url == file.child_env.token {
+            bail!("child_env: base_url and token name the same variable");
         }
         let mut routes = Vec::new();
         for (index, route) in file.route.iter().enumerate() {
@@ -980,6 +981,26 @@ action = "read:things"
             (
                 "url = \"http://x\"\nsecret_env = \"A\"\ntimeout = 0",
                 "timeout: must be between 1 and 86400 seconds",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\nchild_env = { token = \"LD_PRELOAD\" }",
+                "child_env.token: LD_PRELOAD cannot be set for an upstream: the dynamic loader reads LD_* and DYLD_* variables; choose another name, e.g. API_URL or API_KEY",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\nchild_env = { base_url = \"PATH\" }",
+                "child_env.base_url: PATH cannot be set for an upstream: PATH is where commands are looked up; choose another name, e.g. API_URL or API_KEY",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\nchild_env = { base_url = \"LEASE_BROKER\" }",
+                "child_env.base_url: LEASE_BROKER cannot be set for an upstream: lease sets the LEASE_* variables itself; choose another name, e.g. API_URL or API_KEY",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\nchild_env = { token = \"LEASE_TOKEN\" }",
+                "child_env.token: LEASE_TOKEN cannot be set for an upstream: lease sets the LEASE_* variables itself; choose another name, e.g. API_URL or API_KEY",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\nchild_env = { base_url = \"K\", token = \"K\" }",
+                "child_env: base_url and token name the same variable",
             ),
         ] {
             let err = spec(text).expect_err(text);

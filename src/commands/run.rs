@@ -115,13 +115,18 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
         Ok(Loaded::Found(record)) => record.expires_at,
         _ => SystemTime::now(),
     };
-    let waited = start_and_wait(
+    // Here the token is dead the moment the command is (verify checks its owner): the output
+    // can be passed on first.
+    let (waited, masker) = start_and_wait(
         held,
         &mut forwarder,
         request.mask.then_some(token),
         (plan.on_expiry, plan.grace),
         &mut current_expiry,
     )?;
+    if let Some(masker) = masker {
+        masker.finish();
+    }
     let duration_ms = audit::millis(started.elapsed());
     let outcome = record_exit(&store, &record, &plan, &process, &waited, duration_ms);
 
@@ -166,14 +171,16 @@ pub(super) fn spawn(
 }
 
 /// Lets the held command run and waits for it: signals forwarded, the command ended at expiry
-/// as `on_expiry` says (with its grace), its output masked of `mask`'s token if given.
+/// as `on_expiry` says (with its grace), its output masked of `mask`'s token if given. The
+/// masking may still have output to pass on (to a reader that is slow, or stopped): the
+/// [`Masker`] is handed back, to be finished once the lease is ended.
 pub(super) fn start_and_wait(
     mut held: child::Held,
     forwarder: &mut Forwarder,
     mask: Option<crate::token::Token>,
     (on_expiry, grace): (OnExpiry, std::time::Duration),
     expires_at: &mut dyn FnMut() -> SystemTime,
-) -> Result<Waited> {
+) -> Result<(Waited, Option<Masker>)> {
     let (stdout, stderr) = (held.stdout.take(), held.stderr.take());
     let child = held.start()?;
     let masker = mask.map(|token| Masker::start(stdout, stderr, token.expose().as_bytes()));
@@ -186,10 +193,7 @@ pub(super) fn start_and_wait(
         .wait(child, deadline)
         .context("waiting for the command")?;
     forwarder.finishing();
-    if let Some(masker) = masker {
-        masker.finish();
-    }
-    Ok(waited)
+    Ok((waited, masker))
 }
 
 /// What the command's environment keeps of lease's. An inherited token must not ride along

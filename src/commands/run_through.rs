@@ -57,6 +57,11 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     let expires_at = humantime::parse_rfc3339(&started.lease.expires_at)
         .context("the broker answered a bad expiry")?;
     let owner_timeout = Duration::from_secs(started.owner_timeout.max(1));
+    // The broker names where the token goes: never where it would steer the command (PATH,
+    // the dynamic loader's variables) or stand for one of lease's own. (An error drops the
+    // connection, and the broker ends the lease.)
+    crate::config::validate_token_env(&started.token_env)
+        .with_context(|| format!("broker {broker} answered a variable the command cannot get"))?;
 
     let inherited_at = super::verify::token_env_in_use(&setup.config.token_env).ok();
     // The command reaches the broker, never a local store.
@@ -100,6 +105,13 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
             }
         }
     }
+    if let Some(twice) = named_twice(&vars) {
+        tell_end(hold_end(Some(hold)), FromRun::NoExit);
+        bail!(
+            "broker {broker} answered {} for the command twice: one variable, one value",
+            twice.to_string_lossy()
+        );
+    }
     let held = match spawn(&program, &args, &rules, vars, request.mask, &child_signals) {
         Ok(held) => held,
         Err(err) => {
@@ -127,7 +139,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
         (on_expiry, Duration::from_secs(started.grace)),
         &mut current_expiry,
     );
-    let waited = match waited {
+    let (waited, masker) = match waited {
         Ok(waited) => waited,
         Err(err) => {
             // The command never ran (127, 126) or could not be waited for: the run is over.
@@ -148,7 +160,12 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
         sent_at_expiry: waited.sent_at_expiry,
     };
     let duration_ms = exited.duration_ms;
+    // The lease ends with the command, before what the masking still has to pass on: a reader
+    // that is slow or stopped must not keep the token alive.
     tell_end(keeper.finish(), FromRun::Exit(exited));
+    if let Some(masker) = masker {
+        masker.finish();
+    }
     let outcome = if waited.ended_at_expiry {
         say_expired(&started.lease.id, &waited, on_expiry);
         Exit::Expired
@@ -299,11 +316,14 @@ fn print_env(setup: &Setup, broker: &Endpoint, request: &RunRequest) -> Result<E
         &planned.token_env,
         &[lease::STATE_DIR_VAR],
     );
-    let upstreams = planned
-        .upstreams
-        .into_iter()
-        .flat_map(|env| upstream_env_vars(env, super::run::TOKEN_PLACEHOLDER))
-        .collect();
+    let mut upstreams = Vec::new();
+    for env in planned.upstreams {
+        upstreams.extend(
+            upstream_env_vars(env, super::run::TOKEN_PLACEHOLDER).with_context(|| {
+                format!("broker {broker} answered a variable the command cannot get")
+            })?,
+        );
+    }
     print_planned_env(
         Authority::Broker(broker),
         (&planned.scope.join(","), expires_at, &planned.token_env),
@@ -324,22 +344,36 @@ fn upstream_vars(
     };
     let env: crate::wire::UpstreamEnv =
         crate::client::call(broker, "/v1/upstreams", Some(token), &ask, "an upstream")?;
-    Ok(upstream_env_vars(env, token.expose()))
+    upstream_env_vars(env, token.expose())
+        .with_context(|| format!("broker {broker} answered a variable the command cannot get"))
 }
 
-/// The variables `env` sets: the base URL, and `token` where the key would be.
+/// The variables `env` sets: the base URL, and `token` where the key would be; refused if
+/// the broker named one that steers the command or is one of lease's own.
 fn upstream_env_vars(
     env: crate::wire::UpstreamEnv,
     token: &str,
-) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+) -> Result<Vec<(std::ffi::OsString, std::ffi::OsString)>> {
     let mut vars = Vec::new();
     if let Some(var) = env.base_url_env {
+        crate::config::validate_child_var(&var)?;
         vars.push((var.into(), env.base_url.into()));
     }
     if let Some(var) = env.token_env {
+        crate::config::validate_child_var(&var)?;
         vars.push((var.into(), token.into()));
     }
-    vars
+    Ok(vars)
+}
+
+/// A variable named more than once among `vars`, if one is.
+fn named_twice(vars: &[(std::ffi::OsString, std::ffi::OsString)]) -> Option<&std::ffi::OsString> {
+    let mut names: Vec<&std::ffi::OsString> = vars.iter().map(|(name, _)| name).collect();
+    names.sort();
+    names
+        .windows(2)
+        .find(|pair| pair[0] == pair[1])
+        .map(|pair| pair[0])
 }
 
 /// The lease's expiry as the broker has it now (it reads the record, and changes nothing).
@@ -355,4 +389,40 @@ fn current_expiry(broker: &Endpoint, token: &Token) -> Result<std::time::SystemT
         bail!("the broker has no record of the lease");
     }
     Ok(humantime::parse_rfc3339(printed.stdout.trim())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::UpstreamEnv;
+
+    #[test]
+    fn a_broker_cannot_name_a_variable_that_steers_the_command_or_one_twice() {
+        let env = |base: &str, token: &str| UpstreamEnv {
+            base_url: "http://127.0.0.1:1/u/x".to_owned(),
+            base_url_env: Some(base.to_owned()),
+            token_env: Some(token.to_owned()),
+        };
+        let vars = upstream_env_vars(env("API_URL", "API_KEY"), "agt_x").expect("fine names");
+        assert_eq!(vars.len(), 2);
+        for (base, token) in [
+            ("LD_PRELOAD", "API_KEY"),
+            ("API_URL", "DYLD_INSERT_LIBRARIES"),
+            ("PATH", "API_KEY"),
+            ("API_URL", "LEASE_ID"),
+            ("1BAD", "API_KEY"),
+        ] {
+            assert!(
+                upstream_env_vars(env(base, token), "agt_x").is_err(),
+                "{base} {token}"
+            );
+        }
+        let twice = vec![
+            ("A".into(), "1".into()),
+            ("B".into(), "2".into()),
+            ("A".into(), "3".into()),
+        ];
+        assert_eq!(named_twice(&twice), Some(&"A".into()));
+        assert_eq!(named_twice(&twice[..2]), None);
+    }
 }

@@ -1895,6 +1895,45 @@ fn a_run_whose_broker_hangs_as_it_ends_waits_at_most_owner_timeout() {
     }
 }
 
+/// A masked run whose output no one reads yet (a stopped terminal, a slow pipe): its command
+/// ends, the output waits in lease, and the lease ends all the same; the output then comes
+/// through whole once it is read.
+#[test]
+fn a_masked_run_whose_output_waits_loses_its_lease_when_its_command_ends() {
+    use std::io::Read as _;
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let mut run = sandbox
+        .lease(["run", "--mask", "--scope", "a:b", "--", "sh", "-c"])
+        .arg("printf %s \"$LEASE_TOKEN\" > token; head -c 100000 /dev/zero; touch done")
+        .env("LEASE_BROKER", broker.endpoint());
+    run.command.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = run.command.spawn().expect("lease");
+    let deadline = Instant::now() + crate::harness::PATIENCE;
+    while !sandbox.path("done").exists() {
+        assert!(Instant::now() < deadline, "the command never finished");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let token = token_in(&sandbox, "token");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reason_of(&sandbox, &broker, &token) == "granted" {
+        assert!(
+            Instant::now() < deadline,
+            "still granted while the output waits for a reader"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .expect("read");
+    assert_eq!(out.len(), 100_000);
+    assert!(wait_for_exit(&mut child).success());
+}
+
 /// 200 runs at once through one broker: every one granted inside, every lease revoked after.
 #[test]
 fn two_hundred_concurrent_runs_through_one_broker_lose_nothing() {

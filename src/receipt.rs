@@ -152,9 +152,32 @@ impl Receipt {
 
 /// Checks, before anything is minted, that the receipt can be written: its directory takes a
 /// new file, and `path` is not something other than a regular file.
-pub fn can_be_written(path: &Path) -> Result<()> {
+pub fn can_be_written(path: &Path, state_dir: Option<&Path>) -> Result<()> {
     refuse_non_regular(path)?;
+    if let Some(state_dir) = state_dir {
+        refuse_inside(path, state_dir)?;
+    }
     receipt_temp_file(path).map(drop)
+}
+
+/// Refuses a receipt in the state dir or below it: its files are lease's own (a receipt
+/// renamed over `audit.jsonl` would replace the trail, over a record a lease).
+fn refuse_inside(path: &Path, state_dir: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let (Ok(dir), Ok(state_dir)) = (dir.canonicalize(), state_dir.canonicalize()) else {
+        return Ok(());
+    };
+    if dir.starts_with(&state_dir) {
+        anyhow::bail!(
+            "cannot write the receipt {}: it is inside the state dir {}, whose files are lease's own; choose a path outside it",
+            path.display(),
+            state_dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// A new private temporary file beside `path` (removed when dropped unless persisted).

@@ -57,7 +57,7 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
     };
     // A receipt that could not be written must stop the run before it starts, not after.
     if let Some(path) = &request.receipt {
-        receipt::can_be_written(path)?;
+        receipt::can_be_written(path, Some(store.dir()))?;
     }
 
     let ends_at_expiry = plan.on_expiry != OnExpiry::Keep;

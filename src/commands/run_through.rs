@@ -29,7 +29,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     };
     // A receipt that could not be written must stop the run before it starts, not after.
     if let Some(path) = &request.receipt {
-        crate::receipt::can_be_written(path)?;
+        crate::receipt::can_be_written(path, None)?;
     }
     let inherited = super::inherited_token(setup)?;
     let mut body = MintBody::from_asked(&request.asked);

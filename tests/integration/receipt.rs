@@ -84,3 +84,27 @@ fn a_receipt_that_cannot_be_written_stops_the_run_before_it_starts() {
         "/dev/full is still the device"
     );
 }
+
+/// A receipt aimed into the state dir (over the trail, or beside the records) would replace
+/// lease's own files: refused before anything is minted, the trail untouched.
+#[test]
+fn a_receipt_inside_the_state_dir_is_refused() {
+    if crate::harness::local_only("a run through a broker has no local state dir to protect") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    sandbox.issue("a");
+    let trail = sandbox.state_dir().join("audit.jsonl");
+    let before = std::fs::read(&trail).expect("trail");
+    for receipt in [trail.clone(), sandbox.state_dir().join("leases/r.json")] {
+        let receipt = receipt.display().to_string();
+        let out = sandbox
+            .lease(["run", "--scope", "a", "--receipt", &receipt, "--", "true"])
+            .run()
+            .code_is(125)
+            .one_error_line();
+        assert!(out.stderr.contains("is inside the state dir"), "{out:#?}");
+    }
+    assert_eq!(std::fs::read(&trail).expect("trail"), before);
+    assert_eq!(sandbox.records().len(), 1, "nothing more is minted");
+}

@@ -265,6 +265,50 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Reads a config file without ever blocking (a FIFO is opened `O_NONBLOCK` and refused) and
 /// without reading more than [`MAX_CONFIG_BYTES`] (`/dev/zero` is refused too); `/dev/null` is
 /// an empty config.
+/// The config sets the policy, the broker and the token's variable: as OpenSSH's StrictModes
+/// asks of its files, it must be the user's (or root's) and writable by no one else, and so
+/// must every directory above it, unless sticky (as `/tmp` is): otherwise another user could
+/// rewrite it, or put another file in its place.
+fn only_its_owner_may_change(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = crate::owner::euid();
+    let refuse = |what: String| Err(io::Error::other(what));
+    if meta.uid() != me && meta.uid() != 0 {
+        return refuse(format!(
+            "it belongs to uid {}, not to you or root: only its owner may set the policy; use a config of your own",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "it is writable by group or others (mode {:o}): only its owner may set the policy; chmod go-w {}",
+            meta.mode() & 0o7777,
+            path.display()
+        ));
+    }
+    let real = fs::canonicalize(path)?;
+    for dir in real.ancestors().skip(1) {
+        let meta = fs::metadata(dir)?;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.uid() != me && meta.uid() != 0 {
+            return refuse(format!(
+                "its directory {} belongs to uid {}, not to you or root: its owner could put another config in its place",
+                dir.display(),
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o022 != 0 && !sticky {
+            return refuse(format!(
+                "its directory {} is writable by group or others (mode {:o}): anyone could put another config in its place; chmod go-w {}",
+                dir.display(),
+                meta.mode() & 0o7777,
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn read_bounded(path: &Path) -> io::Result<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -272,13 +316,15 @@ fn read_bounded(path: &Path) -> io::Result<String> {
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         // `--config /dev/null` is the usual way to say "no config file".
         if path == Path::new("/dev/null") {
             return Ok(String::new());
         }
         return Err(io::Error::other("it is not a regular file"));
     }
+    only_its_owner_may_change(path, &meta)?;
     let mut text = String::new();
     file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_CONFIG_BYTES {

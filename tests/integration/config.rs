@@ -118,6 +118,62 @@ fn config_flag_and_env_pick_the_file_and_a_missing_one_is_an_error() {
         .stderr_has("/nonexistent/lease.toml");
 }
 
+/// The config sets the policy and the broker: one that another user could rewrite (writable
+/// by group or others, another user's, in a directory others may write to) is refused, as
+/// OpenSSH refuses such files, in one line naming it; nothing is minted and nothing is asked
+/// of a broker it names.
+#[test]
+fn a_config_others_could_change_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if crate::harness::local_only("the broker reads its own config, not the client's") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let file = sandbox.path("team/team.toml");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, "broker = \"http://127.0.0.1:9\"\n").unwrap();
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let refused = |why: &str| {
+        let issue = sandbox
+            .lease(["issue", "--scope", "a"])
+            .env("LEASE_CONFIG", &file)
+            .run()
+            .code_is(2)
+            .one_error_line();
+        assert!(issue.stderr.contains(why), "{issue:#?}");
+        sandbox
+            .lease(["run", "--scope", "a", "--", "true"])
+            .env("LEASE_CONFIG", &file)
+            .run()
+            .code_is(125)
+            .one_error_line();
+        assert!(sandbox.records().is_empty());
+    };
+    chmod(&file, 0o666);
+    refused("is writable by group or others (mode 666)");
+    chmod(&file, 0o644);
+    chmod(file.parent().unwrap(), 0o777);
+    refused("is writable by group or others (mode 777): anyone could put another config");
+    // Sticky, as /tmp is: others may not replace a file they do not own.
+    chmod(file.parent().unwrap(), 0o1777);
+    std::fs::write(&file, "max_ttl = 10\n").unwrap();
+    sandbox
+        .lease(["issue", "--scope", "a", "--ttl", "11"])
+        .env("LEASE_CONFIG", &file)
+        .run()
+        .code_is(2)
+        .stderr_has("max_ttl");
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::User::from_name("nobody")
+            .unwrap()
+            .expect("nobody");
+        nix::unistd::chown(&file, Some(nobody.uid), None).unwrap();
+        refused("belongs to uid");
+    }
+}
+
 #[test]
 fn the_readme_policy_example_is_a_valid_config() {
     let example = crate::harness::readme_policy_example();

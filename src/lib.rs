@@ -53,6 +53,11 @@ pub fn main(args: Vec<OsString>) -> Exit {
     panic::catch_unwind(AssertUnwindSafe(|| main_inner(args))).unwrap_or(Exit::Failure)
 }
 
+/// Whether lease started with its standard output closed (then filled with /dev/null): what
+/// it prints there (a new token) would be lost.
+pub static STDOUT_WAS_CLOSED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// What the standard library's start-up does before a Rust `main` and lease relies on, for a
 /// binary with its own C entry point (see `src/main.rs`): descriptors 0, 1 and 2 open, so that
 /// a file lease opens can never become its standard output (a closed one is opened on
@@ -66,8 +71,12 @@ pub fn prepare_process() {
         .write(true)
         .open("/dev/null")
     {
-        if std::os::fd::AsRawFd::as_raw_fd(&null) > 2 {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+        if fd > 2 {
             break;
+        }
+        if fd == 1 {
+            STDOUT_WAS_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         // A standard descriptor is inherited: the command gets /dev/null there too.
         let inherited = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty());

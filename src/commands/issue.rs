@@ -16,6 +16,11 @@ use crate::token::Token;
 use crate::wire::{Issued, MintBody, Minted};
 
 pub fn issue(setup: &Setup, request: IssueRequest) -> Result<Exit> {
+    if crate::STDOUT_WAS_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+        anyhow::bail!(
+            "cannot issue: standard output is closed, so the new token could not be shown; nothing was minted"
+        );
+    }
     let (issued, store) = match &setup.broker {
         Some(broker) => (issue_through(setup, broker, &request)?, None),
         None => {

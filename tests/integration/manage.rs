@@ -47,6 +47,21 @@ fn issue_prints_the_token_alone_or_json() {
     assert_eq!(json["id"].as_str().unwrap().len(), 12);
 }
 
+/// With its standard output closed, `issue` could show the new token to no one: it mints
+/// nothing and says so.
+#[test]
+fn issue_with_its_output_closed_mints_nothing() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .sh("lease issue --scope a >&-; echo \"status=$?\"")
+        .run()
+        .success();
+    assert_eq!(out.stdout, "status=2\n", "{out:#?}");
+    assert!(out.stderr.contains("standard output is closed"), "{out:#?}");
+    let listed = sandbox.lease(["list", "--all", "--json"]).run().success();
+    assert_eq!(listed.stdout.trim(), "[]");
+}
+
 #[test]
 fn issue_rejects_bad_arguments_with_2() {
     let sandbox = Sandbox::new();

@@ -100,13 +100,28 @@ impl Drop for Broker {
     }
 }
 
-/// A free loopback port (bound and released: another process could take it in between, which
-/// on a test machine's loopback is rare enough).
+/// A free loopback port, never one this test process was given before (bound and released:
+/// another process could take it in between, which on a test machine's loopback is rare
+/// enough).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    // The kernel may hand the same port out again once its socket is closed: two calls in a
+    // row (a web server's front and its upstream) once got the same one, and nginx then
+    // served both server blocks on it, the first (the site, without auth_request) as the
+    // default. A port is handed out once per test process.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// What curl got: the status and the headers (lower-cased names) and the body.

@@ -117,7 +117,7 @@ fn main_inner(args: Vec<OsString>) -> Exit {
         }
         Err(Rejected::Usage(message, exit)) => {
             // A value typed in the wrong place may be a token: never echo one back.
-            eprintln!("lease: {}", token::redact(&message));
+            eprintln!("lease: {}", within_a_line(&token::redact(&message)));
             return exit;
         }
     };
@@ -127,13 +127,42 @@ fn main_inner(args: Vec<OsString>) -> Exit {
         // The reader went away (`lease log | head`): nothing to report, as with any filter.
         Ok(Err(err)) if is_broken_pipe(&err) => Exit::Success,
         Ok(Err(err)) => {
-            eprintln!("lease: {}", token::redact(&format!("{err:#}")));
+            eprintln!(
+                "lease: {}",
+                within_a_line(&token::redact(&format!("{err:#}")))
+            );
             err.downcast_ref::<ExitError>()
                 .map_or(failure, ExitError::exit)
         }
         // The hook has printed the panic; any lease was revoked while unwinding.
         Err(_) => failure,
     }
+}
+
+/// The longest error line lease prints, in bytes.
+const MAX_ERROR: usize = 4096;
+
+/// An error message cut to [`MAX_ERROR`] bytes by its middle, where a value it quotes is (a
+/// 1 MB value in a config quoted whole made a 1 MB line); its start (what went wrong) and its
+/// end (the fix) are kept.
+fn within_a_line(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_ERROR {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut head = MAX_ERROR / 2;
+    while !message.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = message.len() - MAX_ERROR / 4;
+    while !message.is_char_boundary(tail) {
+        tail += 1;
+    }
+    let left_out = tail - head;
+    std::borrow::Cow::Owned(format!(
+        "{} …({left_out} bytes left out)… {}",
+        &message[..head],
+        &message[tail..]
+    ))
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -494,3 +494,29 @@ fn a_failing_write_without_mounts_fails_in_one_line() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A huge value in the config is not echoed whole: the error stays one line of at most 4 KiB,
+/// with what went wrong at its start and the fix at its end.
+#[test]
+fn a_huge_bad_value_in_the_config_makes_a_short_error_line() {
+    if crate::harness::local_only("the broker reads its own config, not the client's") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&format!("max_ttl = \"{}\"\n", "A".repeat(200_000)));
+    let out = sandbox
+        .lease(["issue", "--scope", "a"])
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(out.stderr.len() <= 4096 + 64, "{} bytes", out.stderr.len());
+    assert!(
+        out.stderr.starts_with("lease: invalid config ")
+            && out.stderr.contains("bytes left out")
+            && out
+                .stderr
+                .ends_with("(use seconds like 300, or 5m, 1h30m)\n"),
+        "{}",
+        out.stderr
+    );
+}

@@ -270,40 +270,39 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// must every directory above it, unless sticky (as `/tmp` is): otherwise another user could
 /// rewrite it, or put another file in its place.
 fn only_its_owner_may_change(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let me = crate::owner::euid();
+    use crate::owner::{OpenToOthers, open_to_others};
     let refuse = |what: String| Err(io::Error::other(what));
-    if meta.uid() != me && meta.uid() != 0 {
-        return refuse(format!(
-            "it belongs to uid {}, not to you or root: only its owner may set the policy; use a config of your own",
-            meta.uid()
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return refuse(format!(
-            "it is writable by group or others (mode {:o}): only its owner may set the policy; chmod go-w {}",
-            meta.mode() & 0o7777,
-            path.display()
-        ));
+    match open_to_others(meta) {
+        Some(OpenToOthers::Owner(uid)) => {
+            return refuse(format!(
+                "it belongs to uid {uid}, not to you or root: only its owner may set the policy; use a config of your own"
+            ));
+        }
+        Some(OpenToOthers::Writable(perms)) => {
+            return refuse(format!(
+                "it is writable by group or others (mode {perms:o}): only its owner may set the policy; chmod go-w {}",
+                path.display()
+            ));
+        }
+        None => {}
     }
     let real = fs::canonicalize(path)?;
     for dir in real.ancestors().skip(1) {
-        let meta = fs::metadata(dir)?;
-        let sticky = meta.mode() & 0o1000 != 0;
-        if meta.uid() != me && meta.uid() != 0 {
-            return refuse(format!(
-                "its directory {} belongs to uid {}, not to you or root: its owner could put another config in its place",
-                dir.display(),
-                meta.uid()
-            ));
-        }
-        if meta.mode() & 0o022 != 0 && !sticky {
-            return refuse(format!(
-                "its directory {} is writable by group or others (mode {:o}): anyone could put another config in its place; chmod go-w {}",
-                dir.display(),
-                meta.mode() & 0o7777,
-                dir.display()
-            ));
+        match open_to_others(&fs::metadata(dir)?) {
+            Some(OpenToOthers::Owner(uid)) => {
+                return refuse(format!(
+                    "its directory {} belongs to uid {uid}, not to you or root: its owner could put another config in its place",
+                    dir.display()
+                ));
+            }
+            Some(OpenToOthers::Writable(perms)) => {
+                return refuse(format!(
+                    "its directory {} is writable by group or others (mode {perms:o}): anyone could put another config in its place; chmod go-w {}",
+                    dir.display(),
+                    dir.display()
+                ));
+            }
+            None => {}
         }
     }
     Ok(())

@@ -217,6 +217,29 @@ pub fn read_proc(path: &str) -> std::io::Result<String> {
     String::from_utf8(text).map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
 }
 
+/// How someone other than the user could change a file or directory, by OpenSSH's StrictModes
+/// rule: it belongs to another user than the user or root, or group or others may write it
+/// (a sticky directory excepted, as `/tmp` is: there others cannot replace what is not theirs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenToOthers {
+    /// Owned by this uid.
+    Owner(u32),
+    /// Writable by group or others, with these permission bits.
+    Writable(u32),
+}
+
+/// Whether someone other than the user could change what `meta` describes.
+pub fn open_to_others(meta: &fs::Metadata) -> Option<OpenToOthers> {
+    use std::os::unix::fs::MetadataExt;
+    let me = euid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(OpenToOthers::Owner(meta.uid()));
+    }
+    let perms = meta.mode() & 0o7777;
+    let sticky_dir = meta.is_dir() && perms & 0o1000 != 0;
+    (perms & 0o022 != 0 && !sticky_dir).then_some(OpenToOthers::Writable(perms))
+}
+
 /// Whether a process with this pid is running (not a zombie).
 pub fn is_running(pid: u32) -> bool {
     matches!(start_time(pid), Ok(Some(_)))

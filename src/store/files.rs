@@ -13,6 +13,7 @@
 //! `renameat`, `unlinkat`, `fstatat`). Whoever renames directories on the path afterwards changes
 //! nothing for an open store.
 
+use crate::owner::OpenToOthers;
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, DirBuilder, File};
@@ -694,21 +695,16 @@ fn check_ancestor(dir: &Path, ancestor: &Path, meta: &fs::Metadata, me: u32) -> 
             "refusing state dir {dir_shown}: {shown} on its path is not a directory: point --state-dir or LEASE_STATE_DIR at a directory"
         );
     }
-    if meta.uid() != me && meta.uid() != 0 {
-        bail!(
-            "refusing state dir {dir_shown}: {which} is owned by uid {}, neither you (uid {me}) nor root: use a directory of your own with --state-dir or LEASE_STATE_DIR",
-            meta.uid()
-        );
-    }
-    let perms = meta.mode() & 0o7777;
-    let sticky = perms & 0o1000 != 0;
-    if perms & 0o022 != 0 && !sticky {
-        bail!(
+    match crate::owner::open_to_others(meta) {
+        Some(OpenToOthers::Owner(uid)) => bail!(
+            "refusing state dir {dir_shown}: {which} is owned by uid {uid}, neither you (uid {me}) nor root: use a directory of your own with --state-dir or LEASE_STATE_DIR"
+        ),
+        Some(OpenToOthers::Writable(perms)) => bail!(
             "refusing state dir {dir_shown}: {which} is writable by group or others (mode {:o}) and not sticky: run 'chmod go-w {shown}' or choose another --state-dir",
             perms & 0o777
-        );
+        ),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Opens the directory `path` (relative to `at`, or absolute) once, without following a

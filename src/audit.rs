@@ -294,15 +294,14 @@ struct Kept {
 }
 
 impl Kept {
-    /// `file`, and its size.
-    fn new(file: File) -> Result<(Kept, u64)> {
-        let meta = file.metadata().context("reading the audit log")?;
+    /// `file`, whose status is `meta`, and its size.
+    fn new(file: File, meta: &fs::Metadata) -> (Kept, u64) {
         let kept = Kept {
             dev: meta.dev(),
             ino: meta.ino(),
             file,
         };
-        Ok((kept, meta.len()))
+        (kept, meta.len())
     }
 }
 
@@ -357,7 +356,7 @@ impl Log {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         let (mut open, size) = match Self::still_named(dir, kept.take()) {
             Some(found) => found,
-            None => match self.open_for_append(dir).and_then(Kept::new) {
+            None => match self.open_for_append(dir) {
                 Ok(opened) => opened,
                 Err(err) if err.is::<Unusable>() => {
                     if !self.reported.swap(true, Ordering::SeqCst) {
@@ -369,7 +368,7 @@ impl Log {
             },
         };
         if size > 0 && size + line.len() as u64 > self.max_bytes {
-            (open, _) = Kept::new(self.rotate(dir, open.file)?)?;
+            (open, _) = self.rotate(dir, open.file)?;
         }
         open.file
             .write_all(&line)
@@ -392,8 +391,9 @@ impl Log {
         same.then(|| (kept, u64::try_from(named.st_size).unwrap_or(0)))
     }
 
-    /// Opens the log to append to, creating it if missing, and checks that it is usable.
-    fn open_for_append(&self, dir: &OwnedFd) -> Result<File> {
+    /// Opens the log to append to, creating it if missing, and checks that it is usable:
+    /// the file kept, and its size.
+    fn open_for_append(&self, dir: &OwnedFd) -> Result<(Kept, u64)> {
         let opened = nix::fcntl::openat(
             dir,
             FILE_NAME,
@@ -408,14 +408,14 @@ impl Log {
         let file = File::from(opened.map_err(|err| {
             opening_failed(dir, FILE_NAME, &self.path, err, "the trail is not written")
         })?);
-        check_usable(&file, &self.path, "the trail is not written")?;
-        Ok(file)
+        let meta = check_usable(&file, &self.path, "the trail is not written")?;
+        Ok(Kept::new(file, &meta))
     }
 
     /// Moves a full log aside, once: under the log's lock, and only if no other writer has
     /// rotated it meanwhile. Returns a file to append to. A lock held by someone else for
     /// longer than [`LOCK_WAIT`] is not waited for: the event goes to the log unrotated.
-    fn rotate(&self, dir: &OwnedFd, file: File) -> Result<File> {
+    fn rotate(&self, dir: &OwnedFd, file: File) -> Result<(Kept, u64)> {
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             match file.try_lock() {
@@ -423,7 +423,10 @@ impl Log {
                 Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(fs::TryLockError::WouldBlock) => return Ok(file),
+                Err(fs::TryLockError::WouldBlock) => {
+                    let meta = file.metadata().context("reading the audit log")?;
+                    return Ok(Kept::new(file, &meta));
+                }
                 Err(fs::TryLockError::Error(err)) => {
                     return Err(err)
                         .with_context(|| format!("locking the audit log {}", self.path.display()));

@@ -141,8 +141,9 @@ impl Files {
         let id = &record.id;
         let text = toml::to_string(record).context("encoding the lease record")?;
         let leases = self.leases()?;
-        let temp = self.write_temp(&text)?;
+        let mut temp = self.write_temp(&text)?;
         let name = record_name(id);
+        let mut renamed = true;
         let placed = match nix::fcntl::renameat2(
             leases,
             temp.name.as_str(),
@@ -151,17 +152,23 @@ impl Files {
             RenameFlags::RENAME_NOREPLACE,
         ) {
             // A file system without RENAME_NOREPLACE: a hard link does not clobber either.
-            Err(Errno::EINVAL | Errno::ENOSYS) => nix::unistd::linkat(
-                leases,
-                temp.name.as_str(),
-                leases,
-                name.as_str(),
-                AtFlags::empty(),
-            ),
+            Err(Errno::EINVAL | Errno::ENOSYS) => {
+                renamed = false;
+                nix::unistd::linkat(
+                    leases,
+                    temp.name.as_str(),
+                    leases,
+                    name.as_str(),
+                    AtFlags::empty(),
+                )
+            }
             done => done,
         };
         match placed {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                temp.renamed(renamed);
+                Ok(true)
+            }
             Err(Errno::EEXIST) => Ok(false),
             Err(err) => Err(io::Error::from(err)).with_context(|| {
                 format!("recording the lease in {}", self.leases_shown().display())
@@ -387,7 +394,11 @@ impl Files {
         )
         .map_err(io::Error::from)
         .with_context(writing)?;
-        let temp = Temp { leases, name };
+        let temp = Temp {
+            leases,
+            name,
+            gone: false,
+        };
         File::from(fd)
             .write_all(text.as_bytes())
             .with_context(writing)?;
@@ -434,11 +445,23 @@ impl Files {
 struct Temp<'a> {
     leases: &'a OwnedFd,
     name: String,
+    /// Renamed into place: the name is gone, and there is nothing to remove.
+    gone: bool,
+}
+
+impl Temp<'_> {
+    /// Tells the guard that the file was renamed into place (`true`), or linked there and
+    /// still to be removed under its own name (`false`).
+    fn renamed(&mut self, gone: bool) {
+        self.gone = gone;
+    }
 }
 
 impl Drop for Temp<'_> {
     fn drop(&mut self) {
-        // After a successful rename the name is gone and this fails harmlessly with ENOENT.
+        if self.gone {
+            return;
+        }
         let _ = nix::unistd::unlinkat(
             self.leases,
             self.name.as_str(),
@@ -459,16 +482,9 @@ struct Locked<'a> {
 impl Locked<'_> {
     /// The record as it stands under the lock.
     fn read(&mut self) -> Result<Loaded> {
-        use std::io::Seek;
-        // A FIFO or a device cannot be rewound; it is no record either way.
-        if !self.file.metadata().is_ok_and(|m| m.is_file()) {
-            return Ok(Loaded::Corrupt("record is not a regular file".into()));
-        }
-        let shown = self.store.shown(&self.name);
-        self.file
-            .rewind()
-            .with_context(|| format!("reading {}", shown.display()))?;
-        read_record(&mut self.file, &self.id, &shown)
+        // Read once, from the start, where the lock opened it; `read_record` refuses a FIFO or
+        // a device before reading from it.
+        read_record(&mut self.file, &self.id, &self.store.shown(&self.name))
     }
 
     /// Replaces the record (atomically); the lock stays held on the old file, which is what
@@ -476,10 +492,12 @@ impl Locked<'_> {
     fn write(&mut self, record: &Record) -> Result<()> {
         let text = toml::to_string(record).context("encoding the lease record")?;
         let leases = self.store.leases()?;
-        let temp = self.store.write_temp(&text)?;
+        let mut temp = self.store.write_temp(&text)?;
         nix::fcntl::renameat(leases, temp.name.as_str(), leases, self.name.as_str())
             .map_err(io::Error::from)
-            .with_context(|| format!("updating {}", self.store.shown(&self.name).display()))
+            .with_context(|| format!("updating {}", self.store.shown(&self.name).display()))?;
+        temp.renamed(true);
+        Ok(())
     }
 }
 

@@ -81,15 +81,27 @@ export LEASE_TOKEN=$token
 
 results="$work/results.tsv"
 : >"$results"
-# compare NAME TARGET CMD_A CMD_B: hyperfine both, side by side; record the two medians.
+# compare NAME TARGET CMD_A CMD_B: hyperfine both, side by side; record the two medians. The
+# runs are taken in five rounds that alternate which command goes first, and the medians are of
+# all of each command's runs: a drift of the machine during the measurement (another job, the
+# page cache, the disk's journal) then weighs on both alike instead of on whichever ran second.
 compare() {
-    local name=$1 target=$2 a=$3 b=$4
-    hyperfine -N --warmup 20 --runs "$runs" --export-json "$work/h.json" "$a" "$b" >/dev/null 2>&1
-    python3 - "$work/h.json" "$name" "$target" "$a" "$b" >>"$results" <<'PY'
-import json, sys
-path, name, target, a, b = sys.argv[1:]
-medians = [r["median"] for r in json.load(open(path))["results"]]
-print("\t".join([name, target, a, f"{medians[0] * 1000:.3f} ms", b, f"{medians[1] * 1000:.3f} ms", f"{medians[0] / medians[1]:.3f}"]))
+    local name=$1 target=$2 a=$3 b=$4 round
+    local per_round=$(((runs + 4) / 5))
+    rm -f "$work"/h-*.json
+    for round in 1 2 3 4 5; do
+        if ((round % 2)); then set -- "$a" "$b"; else set -- "$b" "$a"; fi
+        hyperfine -N --warmup 5 --runs "$per_round" --export-json "$work/h-$round.json" "$1" "$2" >/dev/null 2>&1
+    done
+    python3 - "$work" "$name" "$target" "$a" "$b" >>"$results" <<'PY'
+import glob, json, statistics, sys
+work, name, target, a, b = sys.argv[1:]
+times = {a: [], b: []}
+for path in glob.glob(f"{work}/h-*.json"):
+    for result in json.load(open(path))["results"]:
+        times[result["command"]] += result["times"]
+ma, mb = statistics.median(times[a]), statistics.median(times[b])
+print("\t".join([name, target, a, f"{ma * 1000:.3f} ms", b, f"{mb * 1000:.3f} ms", f"{ma / mb:.3f}"]))
 PY
 }
 # rss NAME TARGET WRAPPER_A WRAPPER_B: median peak RSS (VmHWM) of each wrapper over 51 runs,

@@ -561,8 +561,6 @@ impl Inject {
 /// still goes out whole at once: a key has no line break.
 pub struct Redactor {
     needles: Vec<Zeroizing<Vec<u8>>>,
-    /// The bytes needles begin with.
-    firsts: Vec<u8>,
     /// Whether a line break ends every needle's reach (no needle holds one).
     lines_bound: bool,
     held: Zeroizing<Vec<u8>>,
@@ -583,13 +581,9 @@ impl Redactor {
         needles.retain(|n| !n.is_empty());
         // Longest first: where two start at the same byte, the longer is masked whole.
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        let mut firsts: Vec<u8> = needles.iter().map(|n| n[0]).collect();
-        firsts.sort_unstable();
-        firsts.dedup();
         let lines_bound = needles.iter().all(|n| !n.contains(&b'\n'));
         Redactor {
             needles,
-            firsts,
             lines_bound,
             held: Zeroizing::new(Vec::new()),
         }
@@ -662,29 +656,42 @@ impl Redactor {
     /// (`cut`, or the end of a needle that runs past it). Every needle that may begin before
     /// `cut` must be told by `data`.
     fn scan_to(&self, data: &[u8], cut: usize) -> (Option<Vec<u8>>, usize) {
+        // A substring search per needle (SIMD, led by the needle's rarest bytes: on random
+        // bytes a search for the first byte alone stops every 256 bytes), built for this call
+        // on the needles where they are: a search holds no copy of its needle.
+        let finders: Vec<memchr::memmem::Finder<'_>> = self
+            .needles
+            .iter()
+            .map(|n| memchr::memmem::Finder::new(n.as_slice()))
+            .collect();
+        let search = |finder: &memchr::memmem::Finder<'_>, from: usize| {
+            finder.find(&data[from..]).map(|at| from + at)
+        };
+        // Where each needle next begins, searched again only once the scan has passed it.
+        let mut next: Vec<Option<usize>> = finders.iter().map(|f| search(f, 0)).collect();
         let mut out: Option<Vec<u8>> = None;
         let mut copied = 0;
-        let mut from = 0;
         let mut end = cut;
-        while from < cut {
-            let Some(found) = self.next_start(&data[from..cut]) else {
-                break;
-            };
-            let at = from + found;
-            let rest = &data[at..];
-            // Every needle that begins before the cut is told here: a needle that `data` ends
-            // within would begin after the last line break and less than a needle's length
-            // from the end, which is past the cut.
-            match self.needles.iter().find(|n| rest.starts_with(n)) {
-                Some(needle) => {
-                    let out = out.get_or_insert_with(|| Vec::with_capacity(data.len()));
-                    out.extend_from_slice(&data[copied..at]);
-                    out.extend_from_slice(MASK);
-                    from = at + needle.len();
-                    copied = from;
-                    end = end.max(from);
+        // The next needle to begin, the longest (the first, in the needles' order) where
+        // several begin at once. Every needle that begins before the cut is told here: a
+        // needle that `data` ends within would begin after the last line break and less than
+        // a needle's length from the end, which is past the cut.
+        while let Some((at, which)) = next
+            .iter()
+            .enumerate()
+            .filter_map(|(which, at)| at.map(|at| (at, which)))
+            .min()
+            && at < cut
+        {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(data.len()));
+            out.extend_from_slice(&data[copied..at]);
+            out.extend_from_slice(MASK);
+            copied = at + self.needles[which].len();
+            end = end.max(copied);
+            for (finder, at) in finders.iter().zip(&mut next) {
+                if at.is_some_and(|at| at < copied) {
+                    *at = search(finder, copied);
                 }
-                None => from = at + 1,
             }
         }
         if let Some(out) = &mut out {
@@ -701,18 +708,6 @@ impl Redactor {
         match memchr::memrchr(b'\n', data) {
             Some(line) if self.lines_bound => reach.max(line + 1),
             _ => reach,
-        }
-    }
-
-    /// Where the next byte that begins a needle is.
-    fn next_start(&self, data: &[u8]) -> Option<usize> {
-        let firsts = &self.firsts;
-        match firsts.len() {
-            0 => None,
-            1 => memchr::memchr(firsts[0], data),
-            2 => memchr::memchr2(firsts[0], firsts[1], data),
-            3 => memchr::memchr3(firsts[0], firsts[1], firsts[2], data),
-            _ => data.iter().position(|b| firsts.contains(b)),
         }
     }
 }

@@ -249,14 +249,16 @@ fn token_spans(bytes: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
     })
 }
 
+/// Lower-case hex, two digits a byte: by table, since it runs on every decision (a `write!`
+/// per byte went through the formatting machinery 32 times a hash).
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -321,6 +323,15 @@ mod tests {
         // What it prints instead, so that a log still shows a token was there.
         assert_eq!(format!("{token}"), "agt_***");
         assert_eq!(format!("{token:?}"), "Token(agt_***)");
+    }
+
+    #[test]
+    fn hex_is_two_lower_case_digits_a_byte_in_order() {
+        assert_eq!(hex(&[]), "");
+        assert_eq!(hex(&[0x00, 0x0f, 0x10, 0xa5, 0xff]), "000f10a5ff");
+        let every: Vec<u8> = (0..=255).collect();
+        let expected: String = every.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&every), expected);
     }
 
     #[test]

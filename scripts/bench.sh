@@ -82,16 +82,16 @@ export LEASE_TOKEN=$token
 results="$work/results.tsv"
 : >"$results"
 # compare NAME TARGET CMD_A CMD_B: hyperfine both, side by side; record the two medians. The
-# runs are taken in five rounds that alternate which command goes first, and the medians are of
-# all of each command's runs: a drift of the machine during the measurement (another job, the
-# page cache, the disk's journal) then weighs on both alike instead of on whichever ran second.
+# runs are taken in six rounds, three with each command first, and the medians are of all of
+# each command's runs: a drift of the machine during the measurement (another job, the page
+# cache, the disk's journal) then weighs on both alike instead of on whichever ran second.
 compare() {
     local name=$1 target=$2 a=$3 b=$4 round
-    local per_round=$(((runs + 4) / 5))
+    local per_round=$(((runs + 5) / 6))
     rm -f "$work"/h-*.json
-    for round in 1 2 3 4 5; do
+    for round in 1 2 3 4 5 6; do
         if ((round % 2)); then set -- "$a" "$b"; else set -- "$b" "$a"; fi
-        hyperfine -N --warmup 5 --runs "$per_round" --export-json "$work/h-$round.json" "$1" "$2" >/dev/null 2>&1
+        hyperfine -N --warmup 3 --runs "$per_round" --export-json "$work/h-$round.json" "$1" "$2" >/dev/null 2>&1
     done
     python3 - "$work" "$name" "$target" "$a" "$b" >>"$results" <<'PY'
 import glob, json, statistics, sys

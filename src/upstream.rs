@@ -658,7 +658,9 @@ impl Redactor {
     fn scan_to(&self, data: &[u8], cut: usize) -> (Option<Vec<u8>>, usize) {
         // A substring search per needle (SIMD, led by the needle's rarest bytes: on random
         // bytes a search for the first byte alone stops every 256 bytes), built for this call
-        // on the needles where they are: a search holds no copy of its needle.
+        // on the needles where they are. A search copies no needle; what it derives from one
+        // (two of its bytes and their offsets, a 32-bit hash, the set of its bytes mod 64) is
+        // freed unzeroed with it (docs/security.md).
         let finders: Vec<memchr::memmem::Finder<'_>> = self
             .needles
             .iter()

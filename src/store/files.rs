@@ -143,7 +143,6 @@ impl Files {
         let leases = self.leases()?;
         let mut temp = self.write_temp(&text)?;
         let name = record_name(id);
-        let mut renamed = true;
         let placed = match nix::fcntl::renameat2(
             leases,
             temp.name.as_str(),
@@ -151,24 +150,23 @@ impl Files {
             name.as_str(),
             RenameFlags::RENAME_NOREPLACE,
         ) {
-            // A file system without RENAME_NOREPLACE: a hard link does not clobber either.
-            Err(Errno::EINVAL | Errno::ENOSYS) => {
-                renamed = false;
-                nix::unistd::linkat(
-                    leases,
-                    temp.name.as_str(),
-                    leases,
-                    name.as_str(),
-                    AtFlags::empty(),
-                )
+            Ok(()) => {
+                temp.renamed();
+                Ok(())
             }
-            done => done,
+            // A file system without RENAME_NOREPLACE: a hard link does not clobber either (the
+            // temporary name is then removed on drop).
+            Err(Errno::EINVAL | Errno::ENOSYS) => nix::unistd::linkat(
+                leases,
+                temp.name.as_str(),
+                leases,
+                name.as_str(),
+                AtFlags::empty(),
+            ),
+            failed => failed,
         };
         match placed {
-            Ok(()) => {
-                temp.renamed(renamed);
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             Err(Errno::EEXIST) => Ok(false),
             Err(err) => Err(io::Error::from(err)).with_context(|| {
                 format!("recording the lease in {}", self.leases_shown().display())
@@ -450,10 +448,9 @@ struct Temp<'a> {
 }
 
 impl Temp<'_> {
-    /// Tells the guard that the file was renamed into place (`true`), or linked there and
-    /// still to be removed under its own name (`false`).
-    fn renamed(&mut self, gone: bool) {
-        self.gone = gone;
+    /// Tells the guard that the file was renamed into place: there is nothing to remove.
+    fn renamed(&mut self) {
+        self.gone = true;
     }
 }
 
@@ -496,7 +493,7 @@ impl Locked<'_> {
         nix::fcntl::renameat(leases, temp.name.as_str(), leases, self.name.as_str())
             .map_err(io::Error::from)
             .with_context(|| format!("updating {}", self.store.shown(&self.name).display()))?;
-        temp.renamed(true);
+        temp.renamed();
         Ok(())
     }
 }

@@ -162,15 +162,28 @@ pub struct Event {
 /// the trail away within seconds.
 pub const MAX_PATH: usize = 1024;
 
-/// A request's path (or a broker's client's argv[0]) as an event keeps it: a token in it
-/// redacted, then cut to [`MAX_PATH`] bytes (at a character's boundary) with `…` after it.
-/// Redacted first, so that no cut leaves part of a token behind.
+/// The longest method an event keeps, in bytes: the longest registered HTTP method is 17.
+pub const MAX_METHOD: usize = 32;
+
+/// A request's path (or a broker's client's argv[0]) as an event keeps it: see [`shown`].
 pub fn path_shown(path: &str) -> String {
-    let redacted = crate::token::redact(path);
-    if redacted.len() <= MAX_PATH {
+    shown(path, MAX_PATH)
+}
+
+/// A request's method as an event keeps it (a web server passes on whatever its client sent):
+/// see [`shown`].
+pub fn method_shown(method: &str) -> String {
+    shown(method, MAX_METHOD)
+}
+
+/// `text` with a token in it redacted, then cut to `max` bytes (at a character's boundary)
+/// with `…` after it. Redacted first, so that no cut leaves part of a token behind.
+fn shown(text: &str, max: usize) -> String {
+    let redacted = crate::token::redact(text);
+    if redacted.len() <= max {
         return redacted.into_owned();
     }
-    let mut cut = MAX_PATH;
+    let mut cut = max;
     while !redacted.is_char_boundary(cut) {
         cut -= 1;
     }
@@ -351,7 +364,10 @@ impl Log {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
-        let mut line = serde_json::to_vec(event).context("encoding an audit event")?;
+        let line = serde_json::to_string(event).context("encoding an audit event")?;
+        // Whatever field a token got into (a web server passes on its client's headers), the
+        // trail never holds one.
+        let mut line = crate::token::redact(&line).into_owned().into_bytes();
         line.push(b'\n');
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         let (mut open, size) = match Self::still_named(dir, kept.take()) {

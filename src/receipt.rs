@@ -35,6 +35,9 @@ struct ReceiptLease {
     parent: Option<String>,
 }
 
+/// A decision of the run: a verify, or a request proxied through the broker, which also has
+/// what the trail has of it (upstream, method, path, the upstream's status, bytes each way and
+/// how long it took).
 #[derive(Debug, Serialize)]
 struct Decision {
     time: String,
@@ -42,6 +45,20 @@ struct Decision {
     action: Option<String>,
     granted: bool,
     reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_up: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_down: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +134,13 @@ impl Receipt {
                 lease: e.lease.map(String::from),
                 action: e.action,
                 reason: e.reason,
+                upstream: e.upstream,
+                method: e.method,
+                path: e.path,
+                status: e.status,
+                bytes_up: e.bytes_up,
+                bytes_down: e.bytes_down,
+                duration_ms: e.duration_ms,
             })
             .collect();
         Receipt {

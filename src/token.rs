@@ -21,6 +21,10 @@ use zeroize::Zeroizing;
 
 /// What every lease token starts with, so people and secret scanners can recognise one.
 pub const PREFIX: &str = "agt_";
+
+/// Why a token that is not a lease token (its checksum fails) opens nothing: the reason and
+/// the detail, as every answer about one says it.
+pub const MALFORMED: &str = "malformed: the token given is not a lease token";
 /// Random bytes in a token.
 const RANDOM_BYTES: usize = 32;
 /// Checksum bytes after the random part.

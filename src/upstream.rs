@@ -337,20 +337,39 @@ impl Spec {
         })
     }
 
-    /// Reads the key from where the config says, checks it, and holds it.
-    pub fn load_secret(&self) -> Result<Secret> {
-        let bytes = match &self.source {
-            Source::File(path) => read_secret_file(path)?,
-            Source::Env(var) => Zeroizing::new(
-                std::env::var_os(var)
-                    .map(std::os::unix::ffi::OsStringExt::into_vec)
-                    .ok_or_else(|| {
-                        anyhow!("secret_env: {var} is not set in the broker's environment")
-                    })?,
+    /// The variable `secret_env` names, if the key is there.
+    pub fn secret_env(&self) -> Option<&str> {
+        match &self.source {
+            Source::Env(var) => Some(var),
+            Source::File(_) | Source::Command(_) => None,
+        }
+    }
+
+    /// Reads the key from where the config says, checks it, and holds it. `hidden` are the
+    /// variables that hold keys (every upstream's `secret_env`): a `secret_command` runs
+    /// without them.
+    pub fn load_secret(&self, hidden: &[&str]) -> Result<Secret> {
+        let (bytes, from) = match &self.source {
+            Source::File(path) => (
+                read_secret_file(path)?,
+                format!("secret_file {}", path.display()),
             ),
-            Source::Command(argv) => run_secret_command(argv)?,
+            Source::Env(var) => (
+                Zeroizing::new(
+                    std::env::var_os(var)
+                        .map(std::os::unix::ffi::OsStringExt::into_vec)
+                        .ok_or_else(|| {
+                            anyhow!("secret_env: {var} is not set in the broker's environment")
+                        })?,
+                ),
+                format!("secret_env {var}"),
+            ),
+            Source::Command(argv) => (
+                run_secret_command(argv, hidden)?,
+                format!("secret_command {}", argv[0].escape_debug()),
+            ),
         };
-        Secret::new(bytes)
+        Secret::new(bytes).context(from)
     }
 }
 
@@ -361,7 +380,12 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
         .open(path)
-        .with_context(|| format!("secret_file {shown}"))?;
+        .map_err(|err| match err.raw_os_error() {
+            Some(nix::libc::ELOOP) => {
+                anyhow!("secret_file {shown}: it is a symbolic link: name the file itself")
+            }
+            _ => anyhow::Error::new(err).context(format!("secret_file {shown}")),
+        })?;
     let meta = file
         .metadata()
         .with_context(|| format!("secret_file {shown}"))?;
@@ -394,10 +418,14 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
 /// The standard output of `argv`, run with no shell and no input, within [`COMMAND_TIMEOUT`]
 /// (its whole process group is killed past it, and a descendant that keeps the output open
 /// does not hold the broker: the output is waited for until the same deadline).
-fn run_secret_command(argv: &[String]) -> Result<Zeroizing<Vec<u8>>> {
+fn run_secret_command(argv: &[String], hidden: &[&str]) -> Result<Zeroizing<Vec<u8>>> {
     use std::os::unix::process::CommandExt;
     let program = &argv[0];
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    for name in hidden {
+        command.env_remove(name);
+    }
+    let mut child = command
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -1012,11 +1040,11 @@ action = "read:things"
             ..spec("url = \"http://x\"\nsecret_env = \"A\"").expect("spec")
         };
         let loaded = command(&["sh", "-c", "echo k3y"])
-            .load_secret()
+            .load_secret(&[])
             .expect("loaded");
         assert_eq!(loaded.expose(), b"k3y");
         let err = command(&["sh", "-c", "exit 3"])
-            .load_secret()
+            .load_secret(&[])
             .expect_err("failed");
         assert_eq!(
             err.to_string(),
@@ -1025,7 +1053,7 @@ action = "read:things"
         // A descendant that keeps the output open past the command's exit: the deadline holds.
         let started = Instant::now();
         let err = command(&["sh", "-c", "sleep 60 & echo k3y"])
-            .load_secret()
+            .load_secret(&[])
             .expect_err("bounded");
         assert_eq!(
             err.to_string(),
@@ -1045,7 +1073,9 @@ action = "read:things"
         };
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640))
             .expect("chmod");
-        let err = source(&path).load_secret().expect_err("open to the group");
+        let err = source(&path)
+            .load_secret(&[])
+            .expect_err("open to the group");
         assert_eq!(
             err.to_string(),
             format!(
@@ -1056,15 +1086,15 @@ action = "read:things"
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .expect("chmod");
         assert_eq!(
-            source(&path).load_secret().expect("loaded").expose(),
+            source(&path).load_secret(&[]).expect("loaded").expose(),
             b"k3y"
         );
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&path, &link).expect("symlink");
         assert!(
-            source(&link).load_secret().is_err(),
+            source(&link).load_secret(&[]).is_err(),
             "a symlink is not followed"
         );
-        assert!(source(dir.path()).load_secret().is_err(), "a directory");
+        assert!(source(dir.path()).load_secret(&[]).is_err(), "a directory");
     }
 }

@@ -11,6 +11,16 @@ use crate::config::Profile;
 use crate::policy::Asked;
 use crate::scope;
 
+/// `body` as a `T`, which is a JSON object: serde would also take a struct's fields as an
+/// array in order (`["read:x"]` for `{"action": "read:x"}`), which no client of the API sends
+/// and docs/api.md does not allow.
+pub fn from_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> serde_json::Result<T> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice(body),
+        _ => Err(serde::de::Error::custom("expected a JSON object")),
+    }
+}
+
 /// The answer of `POST /v1/verify`: `lease verify --json`'s object, and the sentence a denial
 /// prints.
 #[derive(Debug, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Live, Peer, Shared, log};
 use crate::audit::{Event, EventKind, Process};
-use crate::authorize::{Assessed, Decision, Reason};
+use crate::authorize::{Assessed, Decision, Reason, Standing};
 use crate::commands::remote::Refused;
 use crate::policy;
 use crate::record::Record;
@@ -85,7 +85,7 @@ async fn upstream_env(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
         Ok(body) => body,
         Err(answer) => return answer,
     };
-    let asked: UpstreamAsk = match serde_json::from_slice(&body) {
+    let asked: UpstreamAsk = match crate::wire::from_object(&body) {
         Ok(asked) => asked,
         Err(err) => {
             let why = format!("the body must be {{\"name\": \"UPSTREAM\"}}: {err}");
@@ -186,7 +186,7 @@ async fn verify(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -
         Ok(body) => body,
         Err(answer) => return answer,
     };
-    let action = match serde_json::from_slice::<VerifyBody>(&body) {
+    let action = match crate::wire::from_object::<VerifyBody>(&body) {
         Ok(body) => match Action::parse(&body.action) {
             Ok(action) => action,
             Err(err) => return error(StatusCode::BAD_REQUEST, &format!("action: {err:#}")),
@@ -229,6 +229,12 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
     let headers = request.headers();
     let token = bearer(headers);
     let live = shared.live();
+    if headers.get_all("x-lease-action").iter().nth(1).is_some() {
+        log(&format!(
+            "denied: client={peer}: X-Lease-Action sent more than once"
+        ));
+        return empty(StatusCode::FORBIDDEN);
+    }
     let (action, route) = match header_text(headers, "x-lease-action") {
         Some(text) => match Action::parse(text) {
             Ok(action) => (action, None),
@@ -243,11 +249,8 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
                 Some(route) => (route.action.clone(), Some(route.describe())),
                 None => {
                     // Deny by default. A missing or dead token is still told what to do (401).
-                    let Some(token) = token else {
-                        return bare(StatusCode::UNAUTHORIZED);
-                    };
                     let mut event = Event::new(EventKind::Denied, None);
-                    event.method = Some(method.to_owned());
+                    event.method = Some(crate::audit::method_shown(method));
                     let path = uri.split(['?', '#']).next().unwrap_or("");
                     event.path = Some(crate::audit::path_shown(path));
                     event.client = Some(peer.shown.clone());
@@ -317,6 +320,13 @@ fn original(request: &Request<Incoming>) -> Option<(&str, &str)> {
         let path = request.uri().path().strip_prefix("/v1/auth")?;
         return (!path.is_empty()).then(|| (request.method().as_str(), path));
     }
+    // A pair half there (a method with no URI from the same server, or the reverse) is a
+    // header the client added: no route.
+    let half = |method: &str, uri: &str| headers.contains_key(method) != headers.contains_key(uri);
+    if half("x-original-method", "x-original-uri") || half("x-forwarded-method", "x-forwarded-uri")
+    {
+        return None;
+    }
     let method = agreed(&methods, |method| method).unwrap_or("");
     let uri = agreed(&uris, |uri| uri.split(['?', '#']).next().unwrap_or("")).unwrap_or("");
     Some((method, uri))
@@ -357,7 +367,7 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
         Ok(body) => body,
         Err(answer) => return answer,
     };
-    let (asked, dry_run, mut upstreams) = match serde_json::from_slice::<MintBody>(&body)
+    let (asked, dry_run, mut upstreams) = match crate::wire::from_object::<MintBody>(&body)
         .map_err(anyhow::Error::from)
         .and_then(|mut body| {
             let (dry_run, upstreams) = (body.dry_run, std::mem::take(&mut body.upstreams));
@@ -453,7 +463,18 @@ pub(super) fn plan_for(
     // An operator's token is handled as `lease issue` handles it locally (an unknown one is no
     // parent). Anyone else's must be a live lease's: it is their only right.
     if let Some(parent) = bearer.filter(|_| !operator) {
-        holder(live, parent, now)?;
+        match standing(live, parent, now)? {
+            Standing::Live(_) => {}
+            Standing::Dead(denial) if denial.reason == Reason::Unknown => {
+                return Err(Refusal(
+                    StatusCode::UNAUTHORIZED,
+                    format!("{}: {}", denial.reason, denial.detail),
+                ));
+            }
+            // A lease on record that can no longer grant: the policy refuses a child of it
+            // below, in the words of a local `lease issue` (403).
+            Standing::Dead(_) => {}
+        }
     }
     // The policy sees the token as a local issue sees the inherited one: `no_parent` with a
     // parent's token is refused unless `allow_orphans`.
@@ -493,7 +514,7 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
         Ok(body) => body,
         Err(answer) => return answer,
     };
-    let asked: Remote = match serde_json::from_slice(&body) {
+    let asked: Remote = match crate::wire::from_object(&body) {
         Ok(asked) => asked,
         Err(err) => return error(StatusCode::BAD_REQUEST, &format!("not a command: {err}")),
     };
@@ -548,50 +569,97 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
 /// The live lease of `token` (its own record), or why there is none: `401` naming the reason
 /// its lease cannot grant (`403` for a parent's), `503` when the store cannot be read.
 fn holder(live: &Live, token: &Token, now: SystemTime) -> Result<Record, Refusal> {
-    if !token.is_well_formed() {
-        return Err(Refusal(
-            StatusCode::UNAUTHORIZED,
-            "malformed: the token given is not a lease token".to_owned(),
-        ));
-    }
-    match crate::authorize::standing(&live.store, token, now) {
-        Ok(crate::authorize::Standing::Live(records)) => records
+    match standing(live, token, now)? {
+        Standing::Live(records) => records
             .into_iter()
             .next()
             .ok_or_else(|| Refusal(StatusCode::SERVICE_UNAVAILABLE, "an empty chain".to_owned())),
-        Ok(crate::authorize::Standing::Dead(denial)) => Err(Refusal(
+        Standing::Dead(denial) => Err(Refusal(
             status_of(denial.reason),
             format!("{}: {}", denial.reason, denial.detail),
         )),
-        Err(err) => Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}"))),
     }
+}
+
+/// Whether `token`'s lease and its ancestors can grant: `401` for a token that is not a lease
+/// token, `503` when the store cannot be read.
+fn standing(live: &Live, token: &Token, now: SystemTime) -> Result<Standing, Refusal> {
+    if !token.is_well_formed() {
+        return Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            crate::token::MALFORMED.to_owned(),
+        ));
+    }
+    crate::authorize::standing(&live.store, token, now)
+        .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))
 }
 
 /// A request no route allows, from the holder of `token`, as forward-auth and the proxy both
 /// deny it: logged, counted, and `event` (what the request was) written to the trail with the
-/// lease and the reason `no route`. `Err` for a token that opens nothing (401, not a word about
-/// the routes) or a store that cannot be read (503).
+/// lease and the reason `no route`. `Err` for a missing token or one that opens nothing (401,
+/// not a word about the routes), counted and logged by the token's reason as a verify is but
+/// kept out of the trail (anyone can send those by the thousand), or for a store that cannot be
+/// read (503).
 pub(super) async fn no_route(
     shared: &Shared,
     live: &Arc<Live>,
-    token: Token,
+    token: Option<Token>,
     mut event: Event,
 ) -> Result<(), Refusal> {
-    let leaf = holder_off_runtime(live, token).await?;
-    shared.metrics.no_route();
     let field = |name: &str, value: &Option<String>| {
         value
             .as_deref()
             .map(|v| format!("{name}={} ", v.escape_debug()))
             .unwrap_or_default()
     };
-    log(&format!(
-        "denied: no route: {}{}{}lease={} {}",
+    let what = format!(
+        "{}{}{}",
         field("upstream", &event.upstream),
         field("method", &event.method),
         field("path", &event.path),
+    );
+    let client = field("client", &event.client);
+    let client = client.trim_end();
+    let refused = |reason: Reason, refusal: Refusal| {
+        shared.metrics.decided(reason);
+        log(&format!("denied: no route: {what}{reason} {client}"));
+        Err(refusal)
+    };
+    let Some(token) = token else {
+        let why = "no token: send the lease token as Authorization: Bearer TOKEN".to_owned();
+        return refused(Reason::NoToken, Refusal(StatusCode::UNAUTHORIZED, why));
+    };
+    let live_for = Arc::clone(live);
+    let now = SystemTime::now();
+    let standing = tokio::task::spawn_blocking(move || standing(&live_for, &token, now))
+        .await
+        .unwrap_or_else(|err| {
+            Err(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the broker failed: {err}"),
+            ))
+        });
+    let leaf = match standing {
+        Ok(Standing::Live(records)) => match records.into_iter().next() {
+            Some(leaf) => leaf,
+            None => {
+                let why = "an empty chain".to_owned();
+                return Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, why));
+            }
+        },
+        Ok(Standing::Dead(denial)) => {
+            let why = format!("{}: {}", denial.reason, denial.detail);
+            return refused(denial.reason, Refusal(status_of(denial.reason), why));
+        }
+        Err(refusal) if refusal.0 == StatusCode::UNAUTHORIZED => {
+            return refused(Reason::Malformed, refusal);
+        }
+        Err(refusal) => return Err(refusal),
+    };
+    shared.metrics.no_route();
+    log(&format!(
+        "denied: no route: {what}lease={} {client}",
         leaf.id,
-        field("client", &event.client).trim_end()
     ));
     event.lease = Some(leaf.id.clone());
     event.parent.clone_from(&leaf.parent);
@@ -785,13 +853,24 @@ pub fn status_of(reason: Reason) -> StatusCode {
 
 /// The token in `Authorization: Bearer TOKEN`, if any.
 pub(super) fn bearer(headers: &HeaderMap) -> Option<Token> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = single(headers, header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
     let token = token.trim();
     (!token.is_empty()).then(|| Token::presented(token.to_owned()))
+}
+
+/// The one value of `name` in `headers`: none when it is missing or there more than once (of
+/// two credentials, which one counts would be a guess).
+pub(super) fn single<K: header::AsHeaderName>(
+    headers: &HeaderMap,
+    name: K,
+) -> Option<&HeaderValue> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next()?;
+    all.next().is_none().then_some(first)
 }
 
 pub(super) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

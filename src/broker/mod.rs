@@ -375,9 +375,17 @@ fn load(request: &ServeRequest, before: Option<&Live>) -> Result<Live> {
         }
     }
     .with_audit_limit(config.audit_max_bytes);
+    let hidden: Vec<&str> = config
+        .upstreams
+        .values()
+        .filter_map(|s| s.secret_env())
+        .collect();
     let mut upstreams = std::collections::BTreeMap::new();
     for (name, spec) in &config.upstreams {
-        upstreams.insert(name.clone(), Arc::new(proxy::Upstream::load(spec)?));
+        upstreams.insert(
+            name.clone(),
+            Arc::new(proxy::Upstream::load(spec, &hidden)?),
+        );
     }
     let tls = match &config.tls {
         Some((cert, key)) => Some(tls_acceptor(cert, key)?),

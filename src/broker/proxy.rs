@@ -57,10 +57,11 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Loads the key and builds the connection pool for `spec`. Errors name the upstream.
-    pub(super) fn load(spec: &Spec) -> Result<Upstream> {
+    /// `hidden`: the variables that hold keys, which a `secret_command` does not get.
+    pub(super) fn load(spec: &Spec, hidden: &[&str]) -> Result<Upstream> {
         let name = &spec.name;
         let secret = spec
-            .load_secret()
+            .load_secret(hidden)
             .with_context(|| format!("upstream {name}"))?;
         let client = client(spec).with_context(|| format!("upstream {name}"))?;
         Ok(Upstream {
@@ -157,6 +158,34 @@ fn encoded(headers: &HeaderMap) -> bool {
             .any(|c| !c.eq_ignore_ascii_case(b"chunked"))
 }
 
+/// Masks the key where an answer's header names hold it (an upstream that echoes a request's
+/// headers as its own): `x-KEY: 1` goes out as `x-***: 1`, which is still a header name. Names
+/// come lower-cased, so the key is looked for lower-cased: a key with its case lost is still
+/// most of the key.
+fn mask_header_names(headers: &mut HeaderMap, needles: &[Zeroizing<Vec<u8>>]) {
+    let lower = needles
+        .iter()
+        .map(|needle| Zeroizing::new(needle.to_ascii_lowercase()))
+        .collect();
+    let redactor = Redactor::new(lower);
+    let named: Vec<(HeaderName, Vec<u8>)> = headers
+        .keys()
+        .filter_map(|name| {
+            redactor
+                .redact_whole(name.as_str().as_bytes())
+                .map(|masked| (name.clone(), masked))
+        })
+        .collect();
+    for (name, masked) in named {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        headers.remove(&name);
+        let masked = HeaderName::from_bytes(&masked).unwrap_or(HeaderName::from_static("x-masked"));
+        for value in values {
+            headers.append(masked.clone(), value);
+        }
+    }
+}
+
 /// Removes the hop-by-hop headers, and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -177,27 +206,32 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The lease token where a client sends its credential: `Authorization: Bearer`, the password
 /// of `Authorization: Basic`, or the upstream's `token_header`.
 fn token_of(headers: &HeaderMap, token_header: Option<&str>) -> Option<Token> {
-    if let Some(token) = super::api::bearer(headers) {
+    if let Some(token) = super::api::bearer(headers).or_else(|| basic_password(headers)) {
         return Some(token);
     }
-    if let Some(value) = headers.get(header::AUTHORIZATION)
-        && let Ok(text) = value.to_str()
-        && let Some((scheme, encoded)) = text.trim().split_once(' ')
-        && scheme.eq_ignore_ascii_case("basic")
-    {
-        let decoded = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded.trim())
-                .ok()?,
-        );
-        let text = std::str::from_utf8(&decoded).ok()?;
-        let (_, password) = text.split_once(':')?;
-        return Some(Token::presented(password.to_owned()));
-    }
     let name = token_header?;
-    let value = headers.get(name)?.to_str().ok()?.trim();
+    let value = super::api::single(headers, name)?.to_str().ok()?.trim();
     let value = value.strip_prefix("Bearer ").unwrap_or(value);
     Some(Token::presented(value.to_owned()))
+}
+
+/// The password of `Authorization: Basic`, if that is what the one `Authorization` is.
+fn basic_password(headers: &HeaderMap) -> Option<Token> {
+    let text = super::api::single(headers, header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, encoded) = text.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()?,
+    );
+    let text = std::str::from_utf8(&decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(Token::presented(password.to_owned()))
 }
 
 /// Answers a request under `/u/NAME/`, or, on upstream `only`'s own listener, any request.
@@ -245,7 +279,7 @@ async fn forward(
     let token = token_of(request.headers(), spec.token_header.as_deref());
     let mut event = Event::new(EventKind::Proxied, None);
     event.upstream = Some(spec.name.clone());
-    event.method = Some(method.as_str().to_owned());
+    event.method = Some(crate::audit::method_shown(method.as_str()));
     // A token put in the path by mistake stays out of the trail, as out of the log.
     event.path = Some(crate::audit::path_shown(&path));
     event.client = Some(peer.shown.clone());
@@ -268,13 +302,21 @@ async fn forward(
         let why = format!(
             "no token: send the lease token as Authorization: Bearer TOKEN, or as the password of Basic auth{header}"
         );
+        // Counted and logged as a verify without a token is; not in the trail.
+        shared.metrics.decided(crate::authorize::Reason::NoToken);
+        log(&format!(
+            "denied: no token: upstream={} method={} path={} client={peer}",
+            spec.name,
+            event.method.as_deref().unwrap_or(""),
+            event.path.as_deref().unwrap_or("").escape_debug()
+        ));
         return small(refused(StatusCode::UNAUTHORIZED, &why));
     };
     let Some(route) = crate::route::find(&spec.routes, method.as_str(), &path) else {
         // No route: deny by default, and never contact the upstream. A token that opens
         // nothing is told so first (401), as on a route; a live lease's request that no route
         // allows is a 403, and goes to its trail.
-        if let Err(Refusal(status, why)) = no_route(shared, &live, token, event).await {
+        if let Err(Refusal(status, why)) = no_route(shared, &live, Some(token), event).await {
             return small(refused(status, &why));
         }
         return small(error(
@@ -367,7 +409,9 @@ async fn forward(
     {
         parts.headers.insert(header::LOCATION, value);
     }
-    let redactor = Redactor::new(spec.inject.needles(&upstream.secret));
+    let needles = spec.inject.needles(&upstream.secret);
+    mask_header_names(&mut parts.headers, &needles);
+    let redactor = Redactor::new(needles);
     for value in parts.headers.values_mut() {
         if let Some(masked) = redactor.redact_whole(value.as_bytes()) {
             *value = HeaderValue::from_bytes(&masked).unwrap_or(HeaderValue::from_static("***"));
@@ -833,18 +877,68 @@ impl Body for Streamed {
 mod tests {
     use super::*;
 
+    /// A header map of `lines`, in order.
+    fn headers(lines: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in lines {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("a name"),
+                HeaderValue::from_str(value).expect("a value"),
+            );
+        }
+        map
+    }
+
+    /// Where a client puts its credential: Bearer, the password of Basic, the upstream's own
+    /// header; one that cannot be read in `Authorization` leaves the upstream's header to
+    /// speak, and two of `Authorization` are none.
+    #[test]
+    fn the_token_is_found_where_the_client_sends_its_credential() {
+        let found = |lines: &[(&str, &str)]| {
+            token_of(&headers(lines), Some("x-api-key")).map(|t| t.expose().to_owned())
+        };
+        assert_eq!(
+            found(&[("authorization", "Bearer a1")]).as_deref(),
+            Some("a1")
+        );
+        // "x:b2" in base64.
+        assert_eq!(
+            found(&[("authorization", "Basic eDpiMg==")]).as_deref(),
+            Some("b2")
+        );
+        assert_eq!(found(&[("x-api-key", "c3")]).as_deref(), Some("c3"));
+        for unreadable in ["Basic !!!", "Basic eDI=", "Token d4"] {
+            let lines = [("authorization", unreadable), ("x-api-key", "c3")];
+            assert_eq!(found(&lines).as_deref(), Some("c3"), "{unreadable}");
+        }
+        let twice = [
+            ("authorization", "Bearer a1"),
+            ("authorization", "Bearer a1"),
+        ];
+        assert_eq!(found(&twice), None);
+    }
+
+    /// An upstream that echoes the request's headers as its own can put the key in a name.
+    #[test]
+    fn the_key_in_a_header_name_is_masked_whatever_its_case() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-sk-live-key123-abc", HeaderValue::from_static("1"));
+        headers.append("x-sk-live-key123-abc", HeaderValue::from_static("2"));
+        headers.append("x-other", HeaderValue::from_static("3"));
+        let needles = vec![Zeroizing::new(b"SK-Live-Key123".to_vec())];
+        mask_header_names(&mut headers, &needles);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-other", "x-***-abc"]);
+        let values: Vec<&[u8]> = headers
+            .get_all("x-***-abc")
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(values, [b"1", b"2"]);
+    }
+
     #[test]
     fn a_body_coded_other_than_chunked_or_identity_counts_as_encoded() {
-        let headers = |lines: &[(&str, &str)]| {
-            let mut map = HeaderMap::new();
-            for (name, value) in lines {
-                map.append(
-                    HeaderName::from_bytes(name.as_bytes()).expect("a name"),
-                    HeaderValue::from_str(value).expect("a value"),
-                );
-            }
-            map
-        };
         for plain in [
             &[][..],
             &[("content-encoding", "identity")],

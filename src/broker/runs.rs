@@ -203,7 +203,7 @@ async fn start(
     line: &[u8],
     process: &Process,
 ) -> Result<(LeaseId, FromBroker, Process), String> {
-    let body: MintBody = serde_json::from_slice(line)
+    let body: MintBody = crate::wire::from_object(line)
         .map_err(|err| format!("the first line is not a run: {err}"))?;
     let command = body.command.clone().unwrap_or_else(|| "?".to_owned());
     // The trail names the run's wrapper as a local run's does: its pid (the socket's word for
@@ -271,7 +271,7 @@ async fn reattach(
         .secret
         .ok_or("no hold secret: only the run's wrapper may re-attach it (X-Lease-Hold)")?;
     if !token.is_well_formed() {
-        return Err("malformed: the token given is not a lease token".to_owned());
+        return Err(crate::token::MALFORMED.to_owned());
     }
     let live = Arc::clone(live);
     let id = tokio::task::spawn_blocking(move || -> Result<(LeaseId, Owner), String> {

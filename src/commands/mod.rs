@@ -62,7 +62,7 @@ fn local(setup: &Setup, command: Command) -> Result<Exit> {
     }
     match command {
         Command::List { all, json } => list::list(setup, all, json),
-        Command::Revoke(target) => revoke::revoke(setup, target),
+        Command::Revoke(target) => revoke::revoke(setup, target, &crate::audit::Process::caller()),
         Command::Renew(request) => renew::renew(setup, &request),
         Command::Log { id, since, json } => log::log(setup, id.as_deref(), since, json),
         Command::Suggest { id, json } => suggest::suggest(setup, &id, json),

@@ -68,6 +68,9 @@ pub fn on_broker(
             return Ok(ids);
         }
         let token = own(what)?;
+        if !token.is_well_formed() {
+            return Err(Refused::NoToken(crate::token::MALFORMED.to_owned()));
+        }
         let unknown = || Refused::NoToken("unknown: no lease matches the token".to_owned());
         let unavailable = |err: anyhow::Error| Refused::Unavailable(format!("{err:#}"));
         let store = setup.store(Open::ExistingOnly).map_err(unavailable)?;
@@ -131,11 +134,13 @@ pub fn on_broker(
                 operators_only("revoke")?;
             }
             let ids = own_ids(ids, "revoke")?;
-            Box::new(move || revoke::revoke(&setup, RevokeTarget::Ids(ids)))
+            let process = process.clone();
+            Box::new(move || revoke::revoke(&setup, RevokeTarget::Ids(ids), &process))
         }
         Remote::RevokeAll => {
             operators_only("revoke --all")?;
-            Box::new(move || revoke::revoke(&setup, RevokeTarget::All))
+            let process = process.clone();
+            Box::new(move || revoke::revoke(&setup, RevokeTarget::All, &process))
         }
         Remote::List { all, json } => {
             operators_only("list")?;

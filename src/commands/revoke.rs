@@ -11,15 +11,14 @@ use crate::request::{RevokeTarget, TokenSource};
 use crate::store::{Loaded, Open, Store};
 use crate::token::{LeaseId, Token};
 
-pub fn revoke(setup: &Setup, target: RevokeTarget) -> Result<Exit> {
+pub fn revoke(setup: &Setup, target: RevokeTarget, caller: &Process) -> Result<Exit> {
     let store = setup.store(Open::ExistingOnly)?;
-    let caller = Process::caller();
     match target {
         RevokeTarget::All => {
             // One bad entry must not keep the good leases alive: it is reported and skipped.
             let mut skipped = super::Skipped::default();
             for id in store.ids()? {
-                match crate::lease::revoke(&store, &id, "revoke --all", &caller) {
+                match crate::lease::revoke(&store, &id, "revoke --all", caller) {
                     Ok(Loaded::Found(_) | Loaded::Missing) => {}
                     Ok(Loaded::Corrupt(why)) => skipped.entry(&id, &why),
                     Err(err) => skipped.entry(&id, &format!("{err:#}")),
@@ -27,7 +26,7 @@ pub fn revoke(setup: &Setup, target: RevokeTarget) -> Result<Exit> {
             }
             skipped.into_result("revoked")
         }
-        RevokeTarget::Own(source) => revoke_own(setup, &store, &source, &caller),
+        RevokeTarget::Own(source) => revoke_own(setup, &store, &source, caller),
         RevokeTarget::Ids(ids) => {
             // As with --all, one lease that cannot be revoked keeps none of the others alive:
             // each is tried, and what failed is said.
@@ -38,7 +37,7 @@ pub fn revoke(setup: &Setup, target: RevokeTarget) -> Result<Exit> {
                     unknown.push(text.escape_debug().to_string());
                     continue;
                 };
-                match crate::lease::revoke(&store, &id, "revoke", &caller) {
+                match crate::lease::revoke(&store, &id, "revoke", caller) {
                     Ok(Loaded::Found(_)) => {}
                     Ok(Loaded::Missing) => unknown.push(text.escape_debug().to_string()),
                     Ok(Loaded::Corrupt(why)) => skipped.entry(&id, &why),

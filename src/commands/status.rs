@@ -39,9 +39,7 @@ pub fn status(setup: &Setup, source: &TokenSource, json: bool) -> Result<Exit> {
 /// The status of `token`'s lease (also what the broker runs for a token holder).
 pub fn status_of(setup: &Setup, token: &Token, json: bool) -> Result<Exit> {
     if !token.is_well_formed() {
-        super::console::note!(
-            "lease: no valid lease: malformed: the token given is not a lease token"
-        );
+        super::console::note!("lease: no valid lease: {}", crate::token::MALFORMED);
         return Ok(Exit::Denied);
     }
     let store = setup.store(Open::ExistingOnly)?;

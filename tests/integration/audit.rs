@@ -9,12 +9,7 @@ use nix::sys::signal::Signal;
 use crate::harness::{Sandbox, kill_pid, wait_until_past};
 
 fn events(sandbox: &Sandbox) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).unwrap_or_default();
-    text.lines()
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a whole JSON line ({e}): {l:?}"))
-        })
-        .collect()
+    sandbox.trail()
 }
 
 fn of_kind<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {

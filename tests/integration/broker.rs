@@ -434,6 +434,10 @@ fn the_http_api_answers_each_decision_with_its_status_code() {
     assert_eq!(bad.status, 400, "{bad:?}");
     let bad = verify_over_http(&sandbox, &broker, Some(&token), &body("no spaces allowed"));
     assert_eq!(bad.status, 400, "{bad:?}");
+    // The fields of the object in order, as an array, is not the object.
+    let bad = verify_over_http(&sandbox, &broker, Some(&token), "[\"read:articles\"]");
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(bad.body.contains("expected a JSON object"), "{bad:?}");
 
     let url = format!("http://{}", broker.tcp);
     let health = curl(&sandbox, &[], &[&format!("{url}/healthz")]);
@@ -521,6 +525,79 @@ fn the_http_api_answers_each_decision_with_its_status_code() {
     let (status, log) = broker.stop();
     assert_eq!(status.code(), Some(0));
     assert!(!log.join("\n").contains(&token));
+}
+
+/// A token holder minting under its own lease once that lease is revoked is refused as a
+/// local `lease issue` is (`403`, the same sentence); a token the broker does not know is `401`.
+#[test]
+fn a_nested_mint_under_a_dead_lease_is_refused_in_the_local_words() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let parent = sandbox.issue_json("read:a", &[]);
+    let token = parent["token"].as_str().expect("token");
+    let id = parent["id"].as_str().expect("id");
+    sandbox
+        .lease(["revoke", id])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success();
+    let url = format!("http://{}/v1/leases", broker.tcp);
+    let body = r#"{"scope":["read:a"]}"#;
+    let dead = curl(&sandbox, &bearer(token), &["--data", body, &url]);
+    assert_eq!(dead.status, 403, "{dead:?}");
+    let why: serde_json::Value = serde_json::from_str(&dead.body).expect("json");
+    let why = why["error"].as_str().expect("error");
+    assert!(
+        why.starts_with(&format!(
+            "the parent lease in the environment is revoked: lease {id} was revoked at "
+        )) && why.ends_with("; a child of it could never be used"),
+        "{why}"
+    );
+    let unknown = format!("agt_{}", "A".repeat(48));
+    let reply = curl(&sandbox, &bearer(&unknown), &["--data", body, &url]);
+    assert_eq!(reply.status, 401, "{reply:?}");
+    // The command line over TCP says what it says locally.
+    let out = sandbox
+        .lease(["issue", "--scope", "read:a"])
+        .env("LEASE_BROKER", format!("http://{}", broker.tcp))
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert_eq!(out.stderr.trim_end(), format!("lease: {why}"));
+}
+
+/// A revoke by id or of all leases through the broker is in the trail under its caller (the
+/// client on the socket), as a local revoke is under its own.
+#[test]
+fn a_revoke_through_the_broker_is_in_the_trail_under_its_caller() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let one = sandbox.issue_json("read:a", &[]);
+    sandbox.issue("read:b");
+    let id = one["id"].as_str().expect("id");
+    for args in [vec!["revoke", id], vec!["revoke", "--all"]] {
+        sandbox
+            .lease(args)
+            .env("LEASE_BROKER", broker.endpoint())
+            .run()
+            .success();
+    }
+    let revoked: Vec<serde_json::Value> = sandbox
+        .trail()
+        .into_iter()
+        .filter(|e| e["event"] == "revoked")
+        .collect();
+    assert_eq!(revoked.len(), 2, "{revoked:?}");
+    for event in &revoked {
+        assert!(
+            event["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("unix:uid=")),
+            "{event}"
+        );
+        assert_eq!(event["pid"], std::process::id(), "{event}");
+    }
 }
 
 /// Forward-auth answers a grant with the lease's id and scopes, for the web server to pass on.
@@ -830,6 +907,27 @@ fn forward_auth_takes_envoys_original_method_and_path_under_v1_auth() {
         ask("GET", "/articles/7", &["X-Original-URI: /articles/7"]),
         403
     );
+    // Halves of two pairs make no pair, and a whole pair with half of the other is still half.
+    assert_eq!(
+        ask(
+            "GET",
+            "/articles/7",
+            &["X-Original-Method: GET", "X-Forwarded-Uri: /articles/7"]
+        ),
+        403
+    );
+    assert_eq!(
+        ask(
+            "GET",
+            "/articles/7",
+            &[
+                "X-Original-Method: GET",
+                "X-Original-URI: /articles/7",
+                "X-Forwarded-Method: GET"
+            ]
+        ),
+        403
+    );
     // Two pairs that disagree: one came from the client.
     assert_eq!(
         ask(
@@ -856,6 +954,15 @@ fn forward_auth_takes_envoys_original_method_and_path_under_v1_auth() {
         403,
         "a path that climbs"
     );
+    // A credential or an action sent twice: which one counts would be a guess.
+    let twice = format!("Authorization: Bearer {token}");
+    assert_eq!(ask("GET", "/articles/7", &[twice.as_str()]), 401);
+    let actions = [
+        "X-Lease-Action: read:articles",
+        "X-Lease-Action: read:articles",
+    ];
+    assert_eq!(ask("GET", "/articles/7", &actions), 403);
+    assert_eq!(ask("GET", "/articles/7", &actions[..1]), 200);
 }
 
 /// A request no route allows is a decision too: denied (403), in the trail with the lease and
@@ -909,6 +1016,35 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
         dead.header("www-authenticate"),
         Some("Bearer realm=\"lease\"")
     );
+    // No token at all: 401 too. Both are counted and logged by the token's reason, as a
+    // verify is, and kept out of the trail.
+    let none = curl(
+        &sandbox,
+        &[
+            "X-Original-Method: GET".to_owned(),
+            "X-Original-URI: /private/notes".to_owned(),
+        ],
+        &[&format!("http://{}/v1/auth", broker.tcp)],
+    );
+    assert_eq!(none.status, 401);
+    let metrics = curl(&sandbox, &[], &[&format!("http://{}/metrics", broker.tcp)]);
+    for reason in ["revoked", "no token"] {
+        let line = format!("lease_decisions_total{{result=\"denied\",reason=\"{reason}\"}} 1\n");
+        assert!(metrics.body.contains(&line), "{reason}: {}", metrics.body);
+    }
+    let (_, log) = broker.stop();
+    let log = log.join("\n");
+    assert!(
+        log.contains("denied: no route: method=GET path=/private/notes revoked client="),
+        "{log}"
+    );
+    assert!(
+        log.contains("denied: no route: method=GET path=/private/notes no token client="),
+        "{log}"
+    );
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
+    let no_route = trail.lines().filter(|l| l.contains("no route")).count();
+    assert_eq!(no_route, 1, "{trail}");
 }
 
 /// The API refuses a token where an action, a scope or a lease id goes, as the command line
@@ -938,6 +1074,18 @@ fn a_token_where_an_action_a_scope_or_an_id_goes_is_refused_and_never_echoed() {
     let mut headers = bearer(&holder);
     headers.push(format!("X-Lease-Action: read:{victim}"));
     assert_eq!(curl(&sandbox, &headers, &[&tcp("/v1/auth")]).status, 403);
+    // A web server passes on its client's method: a request that matches no route is in the
+    // trail with it, and a token there is not.
+    let mut headers = bearer(&holder);
+    headers.push(format!("X-Original-Method: {victim}"));
+    headers.push("X-Original-URI: /nowhere".to_owned());
+    assert_eq!(curl(&sandbox, &headers, &[&tcp("/v1/auth")]).status, 403);
+    let envoy = curl(
+        &sandbox,
+        &bearer(&holder),
+        &["-X", &victim, &tcp("/v1/auth/x")],
+    );
+    assert_eq!(envoy.status, 403, "{envoy:?}");
     // A token holder's nested mint, and an operator's root mint.
     let scope = format!(r#"{{"scope":["read:{victim}"]}}"#);
     let nested = curl(
@@ -1631,7 +1779,7 @@ fn issue_through_the_broker_follows_who_may_mint_what() {
         .one_error_line()
         .lacks_token(&root);
     assert!(out.stderr.contains("admin:all"), "{out:?}");
-    // A token that is no live lease is no right at all.
+    // A token whose lease can no longer grant is no right at all: refused as locally.
     sandbox
         .lease(["revoke", issued["id"].as_str().expect("id")])
         .run()
@@ -1642,7 +1790,11 @@ fn issue_through_the_broker_follows_who_may_mint_what() {
         .run()
         .code_is(2)
         .lacks_token(&root);
-    assert!(out.stderr.starts_with("lease: revoked: "), "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with("lease: the parent lease in the environment is revoked: "),
+        "{out:?}"
+    );
     assert!(
         !sandbox.path("client-state").exists(),
         "the client opened a store"

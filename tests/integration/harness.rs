@@ -143,6 +143,17 @@ impl Sandbox {
         self.path("state")
     }
 
+    /// The events of the trail (`audit.jsonl`), each a whole JSON line; none without a trail.
+    pub fn trail(&self) -> Vec<serde_json::Value> {
+        let text = fs::read_to_string(self.state_dir().join("audit.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not a whole JSON line ({e}): {l:?}"))
+            })
+            .collect()
+    }
+
     pub fn leases_dir(&self) -> PathBuf {
         self.state_dir().join("leases")
     }

@@ -303,9 +303,15 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
     let receipt: serde_json::Value = serde_json::from_str(&read("receipt.json")).expect("json");
     let decisions = receipt["decisions"].as_array().expect("decisions");
     assert!(
-        decisions
-            .iter()
-            .any(|d| d["action"] == "read:site" && d["granted"] == true),
+        decisions.iter().any(|d| d["action"] == "read:site"
+            && d["granted"] == true
+            && d["upstream"] == "site"
+            && d["method"] == "GET"
+            && d["path"] == "/files/hello.txt"
+            && d["status"] == 200
+            && d["bytes_up"] == 0
+            && d["bytes_down"] == 20
+            && d["duration_ms"].is_u64()),
         "{receipt}"
     );
     assert!(
@@ -483,9 +489,63 @@ fn a_key_file_open_to_others_stops_the_broker_naming_it() {
     let out = sandbox.lease(["serve"]).run().code_is(2).one_error_line();
     assert_eq!(
         out.stderr.trim_end(),
-        "lease: cannot serve: upstream site: the secret contains a line break or NUL: refused (it could split a header)"
+        format!(
+            "lease: cannot serve: upstream site: secret_file {}: the secret contains a line break or NUL: refused (it could split a header)",
+            key.display()
+        )
     );
     assert!(!out.stderr.contains("one") && !out.stderr.contains("two"));
+    // A link is not followed, and the refusal says so.
+    let link = sandbox.path("link.key");
+    std::os::unix::fs::symlink(&key, &link).expect("symlink");
+    let config = sandbox.path("config/lease/config.toml");
+    let text = fs::read_to_string(config).expect("config");
+    sandbox.write_config(&text.replace(&key.display().to_string(), &link.display().to_string()));
+    let out = sandbox.lease(["serve"]).run().code_is(2).one_error_line();
+    assert_eq!(
+        out.stderr.trim_end(),
+        format!(
+            "lease: cannot serve: upstream site: secret_file {}: it is a symbolic link: name the file itself",
+            link.display()
+        )
+    );
+}
+
+/// A key held in a variable of the broker's environment (`secret_env`) is not passed on to a
+/// `secret_command` it runs for another upstream.
+#[test]
+fn a_secret_command_does_not_get_the_keys_held_in_variables() {
+    let sandbox = Sandbox::new();
+    let seen = sandbox.path("seen-env");
+    let missing = sandbox.path("no-such-key");
+    sandbox.write_config(&format!(
+        r#"[upstream.a]
+url = "http://127.0.0.1:9"
+secret_env = "LEASE_TEST_KEY_A"
+
+[upstream.b]
+url = "http://127.0.0.1:9"
+secret_command = ["sh", "-c", "env > '{}'; echo key-b"]
+
+[upstream.c]
+url = "http://127.0.0.1:9"
+secret_file = "{}"
+"#,
+        seen.display(),
+        missing.display()
+    ));
+    // Upstream c's missing key stops the broker once a's and b's are loaded.
+    let out = sandbox
+        .lease(["serve"])
+        .env("LEASE_TEST_KEY_A", "the-strong-key-of-a")
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(out.stderr.contains("upstream c: secret_file"), "{out:?}");
+    let env = fs::read_to_string(&seen).expect("the command ran");
+    assert!(env.contains("PATH="), "{env}");
+    assert!(!env.contains("the-strong-key-of-a"), "{env}");
+    assert!(!env.contains("LEASE_TEST_KEY_A"), "{env}");
 }
 
 #[test]

@@ -201,6 +201,18 @@ pub fn holds_token(bytes: &[u8]) -> bool {
     bytes.starts_with(PREFIX.as_bytes()) || token_spans(bytes).next().is_some()
 }
 
+/// Whether `bytes` hold a whole lease token (the prefix, then a body whose checksum holds), not
+/// just something shaped like one: for text where a lookalike is legitimate (a URL's path may
+/// name `agt_tools`), but a real token must not pass.
+pub fn holds_whole_token(bytes: &[u8]) -> bool {
+    token_spans(bytes).any(|(start, end)| {
+        let whole = start + PREFIX.len() + BODY_LEN;
+        whole <= end
+            && std::str::from_utf8(&bytes[start..whole])
+                .is_ok_and(|text| Token::presented(text.to_owned()).is_well_formed())
+    })
+}
+
 /// `text` with everything shaped like a token replaced by `agt_***`: the last guard before a
 /// message that may quote user input (a clap error, say) is printed.
 pub fn redact(text: &str) -> Cow<'_, str> {
@@ -362,6 +374,31 @@ mod tests {
         assert!(!token.hash().matches_hex(&stored[1..]));
         for bad in ["", "xyz", "ABCDEF012345", "../etc/passw", "0123456789abc"] {
             assert_eq!(LeaseId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_whole_token_is_told_from_a_lookalike() {
+        let token = Token::mint().expect("mint");
+        let text = token.expose();
+        for holding in [
+            text.to_owned(),
+            format!("/repos/{text}/x"),
+            format!("access_token={text}&a=1"),
+            format!("x{text}-more"),
+        ] {
+            assert!(holds_whole_token(holding.as_bytes()), "{holding}");
+        }
+        let mut wrong = text.to_owned();
+        let last = if wrong.ends_with('A') { "B" } else { "A" };
+        wrong.replace_range(wrong.len() - 1.., last);
+        for lookalike in [
+            "/repos/acme/agt_tools",
+            "agt_short",
+            &text[..text.len() - 1],
+            &wrong,
+        ] {
+            assert!(!holds_whole_token(lookalike.as_bytes()), "{lookalike}");
         }
     }
 

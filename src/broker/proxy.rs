@@ -139,23 +139,28 @@ const METHOD_OR_PATH_OVERRIDES: &[&str] = &[
 ];
 
 /// Whether an answer's body is encoded in a way other than chunked framing: any coding but
-/// `identity` in any `Content-Encoding` line, any but `chunked` in any `Transfer-Encoding` line
-/// (hyper undoes only the chunking). The key could not be found in such a body to be masked.
+/// `identity` in any `Content-Encoding` line, or [`transfer_coded`]. The key could not be found
+/// in such a body to be masked.
 fn encoded(headers: &HeaderMap) -> bool {
-    let codings = |name: header::HeaderName| {
-        headers
-            .get_all(name)
-            .into_iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .collect::<Vec<&[u8]>>()
-    };
-    codings(header::CONTENT_ENCODING)
-        .iter()
-        .any(|c| !c.eq_ignore_ascii_case(b"identity"))
-        || codings(header::TRANSFER_ENCODING)
-            .iter()
-            .any(|c| !c.eq_ignore_ascii_case(b"chunked"))
+    codings(headers, header::CONTENT_ENCODING).any(|c| !c.eq_ignore_ascii_case(b"identity"))
+        || transfer_coded(headers)
+}
+
+/// Whether a message's body has a transfer coding other than `chunked` in any
+/// `Transfer-Encoding` line: hyper undoes only the chunking, so passed on, the body would lose
+/// the rest of its coding.
+fn transfer_coded(headers: &HeaderMap) -> bool {
+    codings(headers, header::TRANSFER_ENCODING).any(|c| !c.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The codings every `name` line lists. An empty one is a coding too (unknown, so not
+/// `identity`): where the masking is concerned, what cannot be read is refused.
+fn codings(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 /// Masks the key where an answer's header names hold it (an upstream that echoes a request's
@@ -291,6 +296,28 @@ async fn forward(
         return small(error(
             StatusCode::METHOD_NOT_ALLOWED,
             "CONNECT, TRACE and protocol upgrades are not proxied",
+        ));
+    }
+    // A body with a transfer coding hyper does not undo would go out stripped of it.
+    if transfer_coded(request.headers()) {
+        return small(error(
+            StatusCode::NOT_IMPLEMENTED,
+            "a Transfer-Encoding other than chunked is not proxied: send the body chunked or with a Content-Length",
+        ));
+    }
+    // A token in the URL would reach the upstream (and its logs): it goes in a header.
+    if crate::token::holds_whole_token(path.as_bytes())
+        || query
+            .as_deref()
+            .is_some_and(|q| crate::token::holds_whole_token(q.as_bytes()))
+    {
+        log(&format!(
+            "refused: a lease token in the URL: upstream={} client={peer}",
+            spec.name
+        ));
+        return small(error(
+            StatusCode::BAD_REQUEST,
+            "the URL holds a lease token, which would reach the upstream and its logs: send it as Authorization: Bearer TOKEN or as the password of Basic auth, never in the URL",
         ));
     }
     let Some(token) = token else {

@@ -72,8 +72,26 @@ fn revoke_own(
 ) -> Result<Exit> {
     let token =
         super::verify::read_token(source, &setup.config.token_env).context("cannot revoke")?;
-    revoke_token(store, &token, caller)
+    revoke_token(store, &token, caller).map_err(|err| match err.downcast::<NoMatch>() {
+        // Here, unlike on a broker, the state dir is the caller's to choose.
+        Ok(no_match) => anyhow::anyhow!(
+            "{no_match}: pass the state dir it was issued in (--state-dir or LEASE_STATE_DIR)"
+        ),
+        Err(err) => err,
+    })
 }
+
+/// `revoke --self` of a token no lease in the store matches.
+#[derive(Debug)]
+struct NoMatch(String);
+
+impl std::fmt::Display for NoMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot revoke: no lease in {} matches the token", self.0)
+    }
+}
+
+impl std::error::Error for NoMatch {}
 
 /// `revoke --self` for `token` (also what the broker runs for a token holder).
 pub fn revoke_token(store: &Store, token: &Token, caller: &Process) -> Result<Exit> {
@@ -88,10 +106,9 @@ pub fn revoke_token(store: &Store, token: &Token, caller: &Process) -> Result<Ex
     match store.load(&id)? {
         Loaded::Found(record) if hash.matches_hex(&record.token_sha256) => {}
         Loaded::Corrupt(why) => bail!("cannot revoke lease {id}: {why}"),
-        Loaded::Found(_) | Loaded::Missing => bail!(
-            "cannot revoke: no lease in {} matches the token: pass the state dir it was issued in (--state-dir or LEASE_STATE_DIR)",
-            store.dir().display()
-        ),
+        Loaded::Found(_) | Loaded::Missing => {
+            return Err(NoMatch(store.dir().display().to_string()).into());
+        }
     }
     // The lease first: from then on nothing nested under it grants, and no new lease can be
     // nested under it, so the walk below finds every lease there will ever be in its tree.

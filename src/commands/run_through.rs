@@ -90,10 +90,11 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     let tell_end =
         |kept: Kept, end: FromRun| finish(kept, broker, (&token, &secret), owner_timeout, end);
     let mut vars = vars;
-    let mut upstreams = request.upstreams.clone();
-    for name in &started.upstreams {
-        if !upstreams.contains(name) {
-            upstreams.push(name.clone());
+    // Each upstream once, whether named twice on the command line or by the profile as well.
+    let mut upstreams: Vec<&String> = Vec::new();
+    for name in request.upstreams.iter().chain(&started.upstreams) {
+        if !upstreams.contains(&name) {
+            upstreams.push(name);
         }
     }
     for name in &upstreams {
@@ -108,7 +109,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     if let Some(twice) = named_twice(&vars) {
         tell_end(hold_end(Some(hold)), FromRun::NoExit);
         bail!(
-            "broker {broker} answered {} for the command twice: one variable, one value",
+            "{} would be set twice for the command: the lease's variables (--env, token_env) and the upstreams' child_env in the broker's config name it; give one of them another name",
             twice.to_string_lossy()
         );
     }

@@ -558,8 +558,14 @@ fn revoke_self_without_a_usable_token_exits_2_in_one_line() {
     let truncated = &stranger[..stranger.len() - 1];
     let no_token = "lease: cannot revoke: no token: $LEASE_TOKEN is not set; run this inside `lease run`, or pass --token-env NAME or --token-stdin\n".to_owned();
     let not_a_token = "lease: cannot revoke: the token presented is not a lease token (mistyped or truncated?): present the one `lease issue` printed or `lease run` set\n".to_owned();
+    // The state dir is the caller's to choose only without a broker.
+    let hint = if crate::harness::broker_mode() {
+        ""
+    } else {
+        ": pass the state dir it was issued in (--state-dir or LEASE_STATE_DIR)"
+    };
     let unknown = format!(
-        "lease: cannot revoke: no lease in {} matches the token: pass the state dir it was issued in (--state-dir or LEASE_STATE_DIR)\n",
+        "lease: cannot revoke: no lease in {} matches the token{hint}\n",
         state.display()
     );
     for (token, expected) in [

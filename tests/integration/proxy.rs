@@ -404,11 +404,41 @@ fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
         "{} bytes: {path}",
         path.len()
     );
-    // A token put in the path by mistake is in neither the trail nor the log.
-    let in_path = format!("http://{}/u/site/files/{token}", broker.tcp);
-    assert_eq!(curl(&sandbox, &bearer(&token), &[&in_path]).status, 404);
+    // A token put in the URL by mistake (its path or its query) is refused before it reaches
+    // the upstream (and its logs), and is in neither the trail nor the log; a name that only
+    // looks like one goes through.
+    for in_url in [
+        format!("http://{}/u/site/files/{token}", broker.tcp),
+        format!(
+            "http://{}/u/site/files/hello.txt?access_token={token}",
+            broker.tcp
+        ),
+    ] {
+        let reply = curl(&sandbox, &bearer(&token), &[&in_url]);
+        assert_eq!(reply.status, 400, "{reply:?}");
+        assert!(
+            reply.body.contains("the URL holds a lease token"),
+            "{reply:?}"
+        );
+        assert!(!reply.body.contains(&token), "{reply:?}");
+    }
+    // A body with a transfer coding the broker would strip in passing is not proxied.
+    let coded = curl(
+        &sandbox,
+        &[
+            format!("Authorization: Bearer {token}"),
+            "Transfer-Encoding: gzip, chunked".to_owned(),
+        ],
+        &["-X", "GET", "--data-binary", "x", &url],
+    );
+    assert_eq!(coded.status, 501, "{coded:?}");
+    let lookalike = format!("http://{}/u/site/files/agt_tools_and_more", broker.tcp);
+    assert_eq!(curl(&sandbox, &bearer(&token), &[&lookalike]).status, 404);
+    assert!(
+        !upstream.access_log().contains(&token),
+        "the token reached the upstream"
+    );
     let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
-    assert!(trail.contains(r#""path":"/files/agt_"#), "{trail}");
     assert!(
         !trail.contains(&token),
         "the token is in the trail: {trail}"
@@ -1077,6 +1107,44 @@ fn a_profile_names_the_upstreams_its_runs_reach() {
         .run()
         .success();
     assert_eq!(out.stdout, "hello from upstream\n");
+    // The same upstream named again, on the command line as well, is still one upstream; a
+    // variable named twice is refused before anything runs, saying which.
+    let out = sandbox
+        .lease([
+            "run",
+            "--profile",
+            "reader",
+            "--upstream",
+            "site",
+            "--upstream",
+            "site",
+        ])
+        .args(["--", "sh", "-c", script])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success();
+    assert_eq!(out.stdout, "hello from upstream\n");
+    let out = sandbox
+        .lease([
+            "run",
+            "--profile",
+            "reader",
+            "--env",
+            "SITE_URL",
+            "--",
+            "touch",
+            "ran",
+        ])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert!(
+        out.stderr
+            .starts_with("lease: SITE_URL would be set twice for the command: "),
+        "{out:?}"
+    );
+    assert!(!sandbox.path("ran").exists());
     if crate::harness::local_only("the local refusal needs no broker") {
         return;
     }

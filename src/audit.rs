@@ -190,6 +190,32 @@ fn shown(text: &str, max: usize) -> String {
     format!("{}…", &redacted[..cut])
 }
 
+/// The leases of one tree as the trail tells it: a lease and, as their `issued` events come
+/// (each names its parent before the lease is used), the leases nested in it at any depth.
+#[derive(Debug)]
+pub struct Tree(std::collections::HashSet<String>);
+
+impl Tree {
+    /// The tree of lease `root`.
+    pub fn new(root: &str) -> Tree {
+        Tree(std::collections::HashSet::from([root.to_owned()]))
+    }
+
+    /// Whether `event` is about a lease of the tree, taking in a lease it shows nested in one.
+    /// Events must come in the trail's order.
+    pub fn holds(&mut self, event: &Event) -> bool {
+        if let (Some(id), Some(parent)) = (&event.lease, &event.parent)
+            && self.0.contains(parent.as_str())
+        {
+            self.0.insert(id.to_string());
+        }
+        event
+            .lease
+            .as_ref()
+            .is_some_and(|l| self.0.contains(l.as_str()))
+    }
+}
+
 impl Event {
     /// For an event that records a decision (`granted`, `denied`, or a `proxied` request,
     /// which the broker decided on first), whether it granted.
@@ -689,6 +715,28 @@ mod tests {
         text.lines()
             .map(|l| serde_json::from_str(l).expect("an event"))
             .collect()
+    }
+
+    /// Whatever field a token got into, the line written holds `agt_***` in its place.
+    #[test]
+    fn no_line_of_the_trail_holds_a_token() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = Log::new(dir.path(), Some(open_dir(dir.path())), 1 << 20);
+        let token = crate::token::Token::mint().expect("minted");
+        let token = token.expose();
+        let mut event = Event::new(EventKind::Denied, None);
+        event.upstream = Some(format!("up-{token}"));
+        event.route = Some(format!("GET /{token}/**"));
+        event.command = Some(token.to_owned());
+        log.append(&event).expect("appended");
+        let text = fs::read_to_string(dir.path().join(FILE_NAME)).expect("the trail");
+        assert!(!text.contains(token), "{text}");
+        let [written] = &events_in(&dir.path().join(FILE_NAME))[..] else {
+            panic!("{text}");
+        };
+        assert_eq!(written.upstream.as_deref(), Some("up-agt_***"));
+        assert_eq!(written.route.as_deref(), Some("GET /agt_***/**"));
+        assert_eq!(written.command.as_deref(), Some("agt_***"));
     }
 
     #[test]

@@ -425,6 +425,13 @@ impl std::fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
+/// Whether `err` is the broker saying the run's lease has ended (revoked, or `owner gone`
+/// after its connection was lost too long): no attach can bring it back.
+pub fn lease_has_ended(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<Refusal>()
+        .is_some_and(|refusal| refusal.0.ends_with(" has ended"))
+}
+
 /// A run's connection to the broker (`/v1/runs`), upgraded to JSON lines: it holds the run's
 /// lease for as long as it is open (docs/api.md).
 #[derive(Debug)]
@@ -720,6 +727,19 @@ fn keep(
                 Ok(again) => {
                     hold = again;
                     break;
+                }
+                // The broker ended the lease meanwhile: no use asking again, and the command
+                // runs on without a token that works, which its user must hear of now.
+                Err(err) if lease_has_ended(&err) => {
+                    let why = format!("{err:#}");
+                    eprintln!(
+                        "lease: warning: broker {endpoint} ended this run's lease while its connection was lost: {}; the command runs on without a valid token",
+                        crate::token::redact(&why)
+                    );
+                    return Kept {
+                        hold: None,
+                        lost: Some(why),
+                    };
                 }
                 Err(err) => format!("{err:#}"),
             };

@@ -1,7 +1,6 @@
 //! `lease run --receipt FILE`: what a run hands back when it ends: its lease, every verify
 //! decision of the run (nested leases included), the exit and the duration.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -116,17 +115,10 @@ impl Receipt {
     ) -> Receipt {
         // Decisions about this lease and any lease nested in it (at any depth) during the run:
         // the trail names each lease's parent when it is issued, before it is used.
-        let mut ours = HashSet::from([lease.id.clone()]);
+        let mut ours = crate::audit::Tree::new(&lease.id);
         let decisions = trail
             .into_iter()
-            .filter(|e| {
-                if let (Some(id), Some(parent)) = (&e.lease, &e.parent)
-                    && ours.contains(parent.as_str())
-                {
-                    ours.insert(id.to_string());
-                }
-                e.lease.as_ref().is_some_and(|l| ours.contains(l.as_str()))
-            })
+            .filter(|e| ours.holds(e))
             .filter_map(|e| Some((e.decided()?, e)))
             .map(|(granted, e)| Decision {
                 granted,

@@ -22,9 +22,19 @@ use zeroize::Zeroizing;
 /// What every lease token starts with, so people and secret scanners can recognise one.
 pub const PREFIX: &str = "agt_";
 
-/// Why a token that is not a lease token (its checksum fails) opens nothing: the reason and
-/// the detail, as every answer about one says it.
-pub const MALFORMED: &str = "malformed: the token given is not a lease token";
+/// The one spelling of why a token that is not a lease token (its checksum fails) opens
+/// nothing, for the two constants below.
+macro_rules! not_a_lease_token {
+    () => {
+        "the token given is not a lease token"
+    };
+}
+
+/// Why a token that is not a lease token opens nothing: a denial's detail.
+pub const MALFORMED_DETAIL: &str = not_a_lease_token!();
+
+/// The reason and the detail, as every answer about such a token says them.
+pub const MALFORMED: &str = concat!("malformed: ", not_a_lease_token!());
 /// Random bytes in a token.
 const RANDOM_BYTES: usize = 32;
 /// Checksum bytes after the random part.
@@ -205,11 +215,13 @@ pub fn holds_token(bytes: &[u8]) -> bool {
 /// just something shaped like one: for text where a lookalike is legitimate (a URL's path may
 /// name `agt_tools`), but a real token must not pass.
 pub fn holds_whole_token(bytes: &[u8]) -> bool {
-    token_spans(bytes).any(|(start, end)| {
-        let whole = start + PREFIX.len() + BODY_LEN;
-        whole <= end
-            && std::str::from_utf8(&bytes[start..whole])
-                .is_ok_and(|text| Token::presented(text.to_owned()).is_well_formed())
+    // Wherever the prefix is, including inside a longer run of a token's characters
+    // (`agt_x-agt_TOKEN`): the checksum says whether a token starts there.
+    memchr::memmem::find_iter(bytes, PREFIX.as_bytes()).any(|start| {
+        bytes
+            .get(start..start + PREFIX.len() + BODY_LEN)
+            .and_then(|text| std::str::from_utf8(text).ok())
+            .is_some_and(|text| Token::presented(text.to_owned()).is_well_formed())
     })
 }
 
@@ -386,6 +398,8 @@ mod tests {
             format!("/repos/{text}/x"),
             format!("access_token={text}&a=1"),
             format!("x{text}-more"),
+            format!("q=agt_x-{text}"),
+            format!("agt_{text}"),
         ] {
             assert!(holds_whole_token(holding.as_bytes()), "{holding}");
         }

@@ -332,6 +332,34 @@ pub enum Remote {
     Gc,
 }
 
+impl Remote {
+    /// Its name on the wire (`"revoke_all"`), for the broker's log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Remote::Status { .. } => "status",
+            Remote::Expiry => "expiry",
+            Remote::Renew { .. } => "renew",
+            Remote::RevokeSelf => "revoke_self",
+            Remote::Revoke { .. } => "revoke",
+            Remote::RevokeAll => "revoke_all",
+            Remote::List { .. } => "list",
+            Remote::Log { .. } => "log",
+            Remote::Suggest { .. } => "suggest",
+            Remote::Gc => "gc",
+        }
+    }
+
+    /// The lease ids it names.
+    pub fn ids(&self) -> Vec<&str> {
+        match self {
+            Remote::Revoke { ids } => ids.iter().map(String::as_str).collect(),
+            Remote::Log { id, .. } => id.iter().map(String::as_str).collect(),
+            Remote::Suggest { id, .. } => vec![id.as_str()],
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// What a subcommand the broker ran printed, and how it ended.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Printed {
@@ -339,6 +367,10 @@ pub struct Printed {
     pub stdout: String,
     /// Its standard error.
     pub stderr: String,
+    /// Whether it wrote to standard error first (a note before the answer): the client prints
+    /// the two in that order. Absent (false) from a broker that does not say.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_first: bool,
     /// Its exit status.
     pub exit: i32,
 }

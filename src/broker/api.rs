@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Live, Peer, Shared, log};
 use crate::audit::{Event, EventKind, Process};
-use crate::authorize::{Assessed, Decision, Reason, Standing};
+use crate::authorize::{Assessed, Decision, Denial, Reason, Standing};
 use crate::commands::remote::Refused;
 use crate::policy;
 use crate::record::Record;
@@ -52,7 +52,24 @@ pub(super) async fn handle(
 
 async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> Answer {
     let path = request.uri().path();
-    if path == "/v1/auth" || path.starts_with("/v1/auth/") {
+    let forward = path == "/v1/auth" || path.starts_with("/v1/auth/");
+    // Two credentials: which one counts would be a guess, and taking neither would make a
+    // request meant to be nested a root one.
+    if repeated(request.headers(), header::AUTHORIZATION) {
+        log(&format!(
+            "refused: Authorization sent more than once: client={peer}"
+        ));
+        if forward {
+            return bare(StatusCode::UNAUTHORIZED);
+        }
+        let mut answer = error(
+            StatusCode::UNAUTHORIZED,
+            "Authorization sent more than once: send one",
+        );
+        challenge(answer.headers_mut());
+        return answer;
+    }
+    if forward {
         return forward_auth(shared, peer, request).await;
     }
     match (request.method(), path) {
@@ -229,7 +246,7 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
     let headers = request.headers();
     let token = bearer(headers);
     let live = shared.live();
-    if headers.get_all("x-lease-action").iter().nth(1).is_some() {
+    if repeated(headers, "x-lease-action") {
         log(&format!(
             "denied: client={peer}: X-Lease-Action sent more than once"
         ));
@@ -465,11 +482,12 @@ pub(super) fn plan_for(
     if let Some(parent) = bearer.filter(|_| !operator) {
         match standing(live, parent, now)? {
             Standing::Live(_) => {}
-            Standing::Dead(denial) if denial.reason == Reason::Unknown => {
-                return Err(Refusal(
-                    StatusCode::UNAUTHORIZED,
-                    format!("{}: {}", denial.reason, denial.detail),
-                ));
+            // No lease here (401), or a record that cannot be read (503).
+            Standing::Dead(denial)
+                if matches!(denial.reason, Reason::Unknown | Reason::Malformed)
+                    || status_of(denial.reason) == StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                return Err(refusal_of(&denial));
             }
             // A lease on record that can no longer grant: the policy refuses a child of it
             // below, in the words of a local `lease issue` (403).
@@ -518,11 +536,22 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
         Ok(asked) => asked,
         Err(err) => return error(StatusCode::BAD_REQUEST, &format!("not a command: {err}")),
     };
+    // As on the command line: a token where an id goes is refused, and never quoted.
+    if asked
+        .ids()
+        .iter()
+        .any(|id| crate::token::is_token_shaped(id))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "that is a token, not a lease id: pass the 12-digit id shown by `lease list --all`",
+        );
+    }
     let live = shared.live();
     let operator = peer.is_operator(&live.config);
     let process = peer.caller();
     let state_dir = shared.request.state_dir.clone();
-    let what = format!("{asked:?}");
+    let what = asked.name();
     let outcome = tokio::task::spawn_blocking(move || {
         crate::commands::remote::on_broker(
             live.config.clone(),
@@ -556,7 +585,7 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
             error(StatusCode::SERVICE_UNAVAILABLE, &why)
         }
         Ok(Err(Refused::NotAllowed(why))) => {
-            log(&format!("refused {what}: client={peer}"));
+            log(&format!("refused {what}: not allowed: client={peer}"));
             error(StatusCode::FORBIDDEN, &why)
         }
         Err(err) => error(
@@ -566,32 +595,66 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
     }
 }
 
-/// The live lease of `token` (its own record), or why there is none: `401` naming the reason
-/// its lease cannot grant (`403` for a parent's), `503` when the store cannot be read.
-fn holder(live: &Live, token: &Token, now: SystemTime) -> Result<Record, Refusal> {
-    match standing(live, token, now)? {
+/// The live lease at the bottom of `standing` (the token's own record), or the refusal of its
+/// denial: `401` naming the reason its lease cannot grant (`403` for a parent's).
+fn leaf_of(standing: Standing) -> Result<Record, Refusal> {
+    match standing {
         Standing::Live(records) => records
             .into_iter()
             .next()
             .ok_or_else(|| Refusal(StatusCode::SERVICE_UNAVAILABLE, "an empty chain".to_owned())),
-        Standing::Dead(denial) => Err(Refusal(
-            status_of(denial.reason),
-            format!("{}: {}", denial.reason, denial.detail),
-        )),
+        Standing::Dead(denial) => Err(refusal_of(&denial)),
     }
 }
 
-/// Whether `token`'s lease and its ancestors can grant: `401` for a token that is not a lease
-/// token, `503` when the store cannot be read.
+/// A denial as an answer: its status, and `REASON: DETAIL`.
+fn refusal_of(denial: &Denial) -> Refusal {
+    Refusal(
+        status_of(denial.reason),
+        format!("{}: {}", denial.reason, denial.detail),
+    )
+}
+
+/// Whether `token`'s lease and its ancestors can grant (a token that is not a lease token is
+/// denied as `malformed`, the store unread); `503` when the store cannot be read.
 fn standing(live: &Live, token: &Token, now: SystemTime) -> Result<Standing, Refusal> {
     if !token.is_well_formed() {
-        return Err(Refusal(
-            StatusCode::UNAUTHORIZED,
-            crate::token::MALFORMED.to_owned(),
-        ));
+        return Ok(Standing::Dead(Denial {
+            reason: Reason::Malformed,
+            detail: crate::token::MALFORMED_DETAIL.to_owned(),
+            leaf: None,
+        }));
     }
     crate::authorize::standing(&live.store, token, now)
         .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))
+}
+
+/// [`standing`], on a thread that may block (the store may wait on a lock or the network).
+async fn standing_off_runtime(live: &Arc<Live>, token: Token) -> Result<Standing, Refusal> {
+    let live = Arc::clone(live);
+    let now = SystemTime::now();
+    tokio::task::spawn_blocking(move || standing(&live, &token, now))
+        .await
+        .unwrap_or_else(|err| {
+            Err(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the broker failed: {err}"),
+            ))
+        })
+}
+
+/// The live lease of `token` (its own record), or why there is none (see [`leaf_of`]; `503`
+/// when the store cannot be read), from a thread that may block.
+pub(super) async fn holder_off_runtime(live: &Arc<Live>, token: Token) -> Result<Record, Refusal> {
+    leaf_of(standing_off_runtime(live, token).await?)
+}
+
+/// A request turned away before a lease could decide it (no token, or one that opens
+/// nothing): counted under the token's reason and logged, as a verify's denial is, and kept
+/// out of the trail (anyone can send those by the thousand). `what` names the request.
+pub(super) fn turned_away(shared: &Shared, reason: Reason, what: &str) {
+    shared.metrics.decided(reason);
+    log(&format!("denied: {what}: {reason}"));
 }
 
 /// A request no route allows, from the holder of `token`, as forward-auth and the proxy both
@@ -621,45 +684,21 @@ pub(super) async fn no_route(
     let client = field("client", &event.client);
     let client = client.trim_end();
     let refused = |reason: Reason, refusal: Refusal| {
-        shared.metrics.decided(reason);
-        log(&format!("denied: no route: {what}{reason} {client}"));
+        turned_away(shared, reason, &format!("no route: {what}{client}"));
         Err(refusal)
     };
     let Some(token) = token else {
         let why = "no token: send the lease token as Authorization: Bearer TOKEN".to_owned();
         return refused(Reason::NoToken, Refusal(StatusCode::UNAUTHORIZED, why));
     };
-    let live_for = Arc::clone(live);
-    let now = SystemTime::now();
-    let standing = tokio::task::spawn_blocking(move || standing(&live_for, &token, now))
-        .await
-        .unwrap_or_else(|err| {
-            Err(Refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the broker failed: {err}"),
-            ))
-        });
-    let leaf = match standing {
-        Ok(Standing::Live(records)) => match records.into_iter().next() {
-            Some(leaf) => leaf,
-            None => {
-                let why = "an empty chain".to_owned();
-                return Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, why));
-            }
-        },
-        Ok(Standing::Dead(denial)) => {
-            let why = format!("{}: {}", denial.reason, denial.detail);
-            return refused(denial.reason, Refusal(status_of(denial.reason), why));
-        }
-        Err(refusal) if refusal.0 == StatusCode::UNAUTHORIZED => {
-            return refused(Reason::Malformed, refusal);
-        }
-        Err(refusal) => return Err(refusal),
+    let leaf = match standing_off_runtime(live, token).await? {
+        Standing::Dead(denial) => return refused(denial.reason, refusal_of(&denial)),
+        standing @ Standing::Live(_) => leaf_of(standing)?,
     };
     shared.metrics.no_route();
     log(&format!(
         "denied: no route: {what}lease={} {client}",
-        leaf.id,
+        leaf.id
     ));
     event.lease = Some(leaf.id.clone());
     event.parent.clone_from(&leaf.parent);
@@ -667,20 +706,6 @@ pub(super) async fn no_route(
     event.reason = Some("no route".to_owned());
     live.store.audit().note(&event);
     Ok(())
-}
-
-/// [`holder`], on a thread that may block (the store may wait on a lock or the network).
-pub(super) async fn holder_off_runtime(live: &Arc<Live>, token: Token) -> Result<Record, Refusal> {
-    let live = Arc::clone(live);
-    let now = SystemTime::now();
-    tokio::task::spawn_blocking(move || holder(&live, &token, now))
-        .await
-        .unwrap_or_else(|err| {
-            Err(Refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the broker failed: {err}"),
-            ))
-        })
 }
 
 /// Makes the decision `lease verify` makes, and logs it. `Err` is the 503 to answer.
@@ -871,6 +896,11 @@ pub(super) fn single<K: header::AsHeaderName>(
     let mut all = headers.get_all(name).iter();
     let first = all.next()?;
     all.next().is_none().then_some(first)
+}
+
+/// Whether `name` is in `headers` more than once.
+fn repeated<K: header::AsHeaderName>(headers: &HeaderMap, name: K) -> bool {
+    headers.get_all(name).iter().nth(1).is_some()
 }
 
 pub(super) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

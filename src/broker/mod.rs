@@ -375,11 +375,25 @@ fn load(request: &ServeRequest, before: Option<&Live>) -> Result<Live> {
         }
     }
     .with_audit_limit(config.audit_max_bytes);
-    let hidden: Vec<&str> = config
-        .upstreams
-        .values()
-        .filter_map(|s| s.secret_env())
-        .collect();
+    // What a secret_command does not get: every variable that holds a key (named by this
+    // config or the one it replaces, still in the broker's environment), and systemd's
+    // hand-over of sockets and readiness, which are the broker's.
+    let keys = |config: &Config| -> Vec<String> {
+        let named = config.upstreams.values().filter_map(|s| s.secret_env());
+        named.map(str::to_owned).collect()
+    };
+    let mut hidden: Vec<String> = keys(&config);
+    hidden.extend(before.map(|b| keys(&b.config)).unwrap_or_default());
+    hidden.extend(
+        [
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "NOTIFY_SOCKET",
+        ]
+        .map(str::to_owned),
+    );
+    let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
     let mut upstreams = std::collections::BTreeMap::new();
     for (name, spec) in &config.upstreams {
         upstreams.insert(

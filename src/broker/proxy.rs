@@ -27,7 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
-use super::api::{Refusal, decide, error, holder_off_runtime, no_route, status_of};
+use super::api::{Refusal, decide, error, holder_off_runtime, no_route, status_of, turned_away};
 use super::{Live, Peer, Shared, log};
 use crate::audit::{Event, EventKind};
 use crate::authorize::Decision;
@@ -209,7 +209,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The lease token where a client sends its credential: `Authorization: Bearer`, the password
-/// of `Authorization: Basic`, or the upstream's `token_header`.
+/// of `Authorization: Basic`, or else (no `Authorization`, one sent twice, or one that cannot
+/// be read as either) the upstream's `token_header`.
 fn token_of(headers: &HeaderMap, token_header: Option<&str>) -> Option<Token> {
     if let Some(token) = super::api::bearer(headers).or_else(|| basic_password(headers)) {
         return Some(token);
@@ -329,14 +330,13 @@ async fn forward(
         let why = format!(
             "no token: send the lease token as Authorization: Bearer TOKEN, or as the password of Basic auth{header}"
         );
-        // Counted and logged as a verify without a token is; not in the trail.
-        shared.metrics.decided(crate::authorize::Reason::NoToken);
-        log(&format!(
-            "denied: no token: upstream={} method={} path={} client={peer}",
+        let what = format!(
+            "upstream={} method={} path={} client={peer}",
             spec.name,
             event.method.as_deref().unwrap_or(""),
             event.path.as_deref().unwrap_or("").escape_debug()
-        ));
+        );
+        turned_away(shared, crate::authorize::Reason::NoToken, &what);
         return small(refused(StatusCode::UNAUTHORIZED, &why));
     };
     let Some(route) = crate::route::find(&spec.routes, method.as_str(), &path) else {

@@ -7,7 +7,19 @@ use std::io::{self, Write};
 
 thread_local! {
     /// The buffers of the subcommand this thread runs for a broker's client, if it does.
-    static CAPTURED: RefCell<Option<(Vec<u8>, Vec<u8>)>> = const { RefCell::new(None) };
+    static CAPTURED: RefCell<Option<Captured>> = const { RefCell::new(None) };
+}
+
+/// What a subcommand run for a broker's client printed.
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// Its standard output.
+    pub out: Vec<u8>,
+    /// Its standard error.
+    pub err: Vec<u8>,
+    /// Whether it wrote to standard error before anything to standard output (a note before
+    /// the answer), so that the client prints them in that order.
+    pub err_first: bool,
 }
 
 /// Standard output, or the captured one.
@@ -20,8 +32,13 @@ pub struct Err;
 
 fn write_to(stderr: bool, buf: &[u8]) -> io::Result<usize> {
     CAPTURED.with(|captured| match &mut *captured.borrow_mut() {
-        Some((out, err)) => {
-            if stderr { err } else { out }.extend_from_slice(buf);
+        Some(captured) => {
+            if stderr {
+                captured.err_first |= captured.out.is_empty();
+                captured.err.extend_from_slice(buf);
+            } else {
+                captured.out.extend_from_slice(buf);
+            }
             Ok(buf.len())
         }
         None if stderr => io::stderr().write(buf),
@@ -49,14 +66,14 @@ impl Write for Err {
     }
 }
 
-/// Runs `f` with what it prints captured: its result, its stdout and its stderr.
-pub fn captured<T>(f: impl FnOnce() -> T) -> (T, Vec<u8>, Vec<u8>) {
-    CAPTURED.with(|captured| *captured.borrow_mut() = Some((Vec::new(), Vec::new())));
+/// Runs `f` with what it prints captured: its result, and what it printed.
+pub fn captured<T>(f: impl FnOnce() -> T) -> (T, Captured) {
+    CAPTURED.with(|captured| *captured.borrow_mut() = Some(Captured::default()));
     let result = f();
-    let (out, err) = CAPTURED
+    let printed = CAPTURED
         .with(|captured| captured.borrow_mut().take())
         .unwrap_or_default();
-    (result, out, err)
+    (result, printed)
 }
 
 /// `eprintln!` for subcommands: a line on their stderr, wherever that is.

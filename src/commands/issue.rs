@@ -61,7 +61,7 @@ pub fn issue(setup: &Setup, request: IssueRequest) -> Result<Exit> {
                 .map(|_| ())
             }
             (None, Some(store)) => {
-                super::revoke::revoke_token(store, &token, &Process::caller()).map(|_| ())
+                super::revoke::revoke_token(store, &token, &Process::caller(), "").map(|_| ())
             }
             (None, None) => Ok(()),
         };

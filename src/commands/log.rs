@@ -10,13 +10,32 @@ use crate::audit::Event;
 use crate::exit::Exit;
 use crate::store::Open;
 
-pub fn log(setup: &Setup, id: Option<&str>, since: Option<Duration>, json: bool) -> Result<Exit> {
+/// Which events `lease log` shows.
+#[derive(Debug)]
+pub enum About<'a> {
+    /// Every one.
+    All,
+    /// Those of a lease, or of a run (`--id`).
+    Id(&'a str),
+    /// Those of a lease and of the leases nested in it (a token holder's own, on a broker).
+    Tree(&'a str),
+}
+
+pub fn log(setup: &Setup, about: About<'_>, since: Option<Duration>, json: bool) -> Result<Exit> {
     let store = setup.store(Open::ExistingOnly)?;
     let cutoff = since.and_then(|d| SystemTime::now().checked_sub(d));
+    let mut tree = match about {
+        About::Tree(root) => Some(crate::audit::Tree::new(root)),
+        About::All | About::Id(_) => None,
+    };
     let events = store.audit().read()?.into_iter().filter(|event| {
-        let about = id.is_none_or(|id| {
-            event.lease.as_deref() == Some(id) || event.run.as_deref() == Some(id)
-        });
+        let about = match (&about, &mut tree) {
+            (About::Id(id), _) => {
+                event.lease.as_deref() == Some(*id) || event.run.as_deref() == Some(*id)
+            }
+            (_, Some(tree)) => tree.holds(event),
+            _ => true,
+        };
         let recent = cutoff.is_none_or(|cutoff| {
             humantime::parse_rfc3339(&event.time).is_ok_and(|time| time >= cutoff)
         });

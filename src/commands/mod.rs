@@ -64,7 +64,10 @@ fn local(setup: &Setup, command: Command) -> Result<Exit> {
         Command::List { all, json } => list::list(setup, all, json),
         Command::Revoke(target) => revoke::revoke(setup, target, &crate::audit::Process::caller()),
         Command::Renew(request) => renew::renew(setup, &request),
-        Command::Log { id, since, json } => log::log(setup, id.as_deref(), since, json),
+        Command::Log { id, since, json } => {
+            let about = id.as_deref().map_or(log::About::All, log::About::Id);
+            log::log(setup, about, since, json)
+        }
         Command::Suggest { id, json } => suggest::suggest(setup, &id, json),
         Command::Status { source, json } => status::status(setup, &source, json),
         Command::Gc => gc::gc(setup),
@@ -184,10 +187,16 @@ fn remote_through(setup: &Setup, broker: &Endpoint, command: Command) -> Result<
         "a command's output",
     )?;
     use std::io::Write as _;
+    // In the order a local run prints them: a note before the answer, or the answer first.
+    if printed.stderr_first {
+        std::io::stderr().write_all(printed.stderr.as_bytes())?;
+    }
     std::io::stdout()
         .write_all(printed.stdout.as_bytes())
         .context("writing to standard output")?;
-    std::io::stderr().write_all(printed.stderr.as_bytes())?;
+    if !printed.stderr_first {
+        std::io::stderr().write_all(printed.stderr.as_bytes())?;
+    }
     Ok(match printed.exit {
         0 => Exit::Success,
         1 => Exit::Denied,

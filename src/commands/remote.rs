@@ -126,7 +126,7 @@ pub fn on_broker(
             let process = process.clone();
             Box::new(move || {
                 let store = setup.store(Open::ExistingOnly)?;
-                revoke::revoke_token(&store, &token, &process)
+                revoke::revoke_token(&store, &token, &process, "")
             })
         }
         Remote::Revoke { ids } => {
@@ -147,8 +147,17 @@ pub fn on_broker(
             Box::new(move || list::list(&setup, all, json))
         }
         Remote::Log { id, since, json } => {
+            // A token holder asking for no lease in particular gets its own tree.
+            let tree = id.is_none() && !operator;
             let id = own_ids(id.into_iter().collect(), "log")?.pop();
-            Box::new(move || log::log(&setup, id.as_deref(), since.map(Duration::from_secs), json))
+            Box::new(move || {
+                let about = match id.as_deref() {
+                    Some(id) if tree => log::About::Tree(id),
+                    Some(id) => log::About::Id(id),
+                    None => log::About::All,
+                };
+                log::log(&setup, about, since.map(Duration::from_secs), json)
+            })
         }
         Remote::Suggest { id, json } => {
             let id = own_ids(vec![id], "suggest")?.pop().unwrap_or_default();
@@ -159,7 +168,7 @@ pub fn on_broker(
             Box::new(move || gc::gc(&setup))
         }
     };
-    let (result, stdout, stderr) = console::captured(|| {
+    let (result, printed) = console::captured(|| {
         let result = run();
         if let Err(err) = &result {
             console::note!("lease: {}", crate::token::redact(&format!("{err:#}")));
@@ -173,8 +182,9 @@ pub fn on_broker(
             .map_or(Exit::Failure, ExitError::exit),
     };
     Ok(Printed {
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&printed.out).into_owned(),
+        stderr: String::from_utf8_lossy(&printed.err).into_owned(),
+        stderr_first: printed.err_first && !printed.out.is_empty(),
         exit: exit.code(),
     })
 }

@@ -72,29 +72,14 @@ fn revoke_own(
 ) -> Result<Exit> {
     let token =
         super::verify::read_token(source, &setup.config.token_env).context("cannot revoke")?;
-    revoke_token(store, &token, caller).map_err(|err| match err.downcast::<NoMatch>() {
-        // Here, unlike on a broker, the state dir is the caller's to choose.
-        Ok(no_match) => anyhow::anyhow!(
-            "{no_match}: pass the state dir it was issued in (--state-dir or LEASE_STATE_DIR)"
-        ),
-        Err(err) => err,
-    })
+    // Here, unlike on a broker, the state dir is the caller's to choose.
+    let hint = ": pass the state dir it was issued in (--state-dir or LEASE_STATE_DIR)";
+    revoke_token(store, &token, caller, hint)
 }
 
-/// `revoke --self` of a token no lease in the store matches.
-#[derive(Debug)]
-struct NoMatch(String);
-
-impl std::fmt::Display for NoMatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot revoke: no lease in {} matches the token", self.0)
-    }
-}
-
-impl std::error::Error for NoMatch {}
-
-/// `revoke --self` for `token` (also what the broker runs for a token holder).
-pub fn revoke_token(store: &Store, token: &Token, caller: &Process) -> Result<Exit> {
+/// `revoke --self` for `token` (also what the broker runs for a token holder); `hint` follows
+/// the refusal of a token no lease in the store matches.
+pub fn revoke_token(store: &Store, token: &Token, caller: &Process, hint: &str) -> Result<Exit> {
     const WHY: &str = "revoke --self";
     if !token.is_well_formed() {
         bail!(
@@ -106,9 +91,10 @@ pub fn revoke_token(store: &Store, token: &Token, caller: &Process) -> Result<Ex
     match store.load(&id)? {
         Loaded::Found(record) if hash.matches_hex(&record.token_sha256) => {}
         Loaded::Corrupt(why) => bail!("cannot revoke lease {id}: {why}"),
-        Loaded::Found(_) | Loaded::Missing => {
-            return Err(NoMatch(store.dir().display().to_string()).into());
-        }
+        Loaded::Found(_) | Loaded::Missing => bail!(
+            "cannot revoke: no lease in {} matches the token{hint}",
+            store.dir().display()
+        ),
     }
     // The lease first: from then on nothing nested under it grants, and no new lease can be
     // nested under it, so the walk below finds every lease there will ever be in its tree.

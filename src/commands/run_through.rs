@@ -109,7 +109,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     if let Some(twice) = named_twice(&vars) {
         tell_end(hold_end(Some(hold)), FromRun::NoExit);
         bail!(
-            "{} would be set twice for the command: the lease's variables (--env, token_env) and the upstreams' child_env in the broker's config name it; give one of them another name",
+            "{} would be set twice for the command: the token's variable (--env, token_env) and the upstreams' child_env in the broker's config must all have different names",
             twice.to_string_lossy()
         );
     }
@@ -285,12 +285,7 @@ fn tell_end_within(
         match Hold::attach(broker, token, secret, left()).and_then(|mut hold| tell(&mut hold)) {
             Ok(()) => return None,
             // Ended meanwhile (by the broker, which saw the connection go): nothing to tell.
-            Err(err)
-                if err.is::<crate::client::Refusal>()
-                    && err.to_string().ends_with(" has ended") =>
-            {
-                return None;
-            }
+            Err(err) if crate::client::lease_has_ended(&err) => return None,
             Err(err) => last = format!("{err:#}"),
         }
         std::thread::sleep(Duration::from_millis(200).min(left()));

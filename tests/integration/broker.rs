@@ -528,7 +528,8 @@ fn the_http_api_answers_each_decision_with_its_status_code() {
 }
 
 /// A token holder minting under its own lease once that lease is revoked is refused as a
-/// local `lease issue` is (`403`, the same sentence); a token the broker does not know is `401`.
+/// local `lease issue` is (`403`, the same sentence); a token the broker does not know, or two
+/// tokens, are `401`.
 #[test]
 fn a_nested_mint_under_a_dead_lease_is_refused_in_the_local_words() {
     let sandbox = Sandbox::new();
@@ -553,8 +554,27 @@ fn a_nested_mint_under_a_dead_lease_is_refused_in_the_local_words() {
         )) && why.ends_with("; a child of it could never be used"),
         "{why}"
     );
-    let unknown = format!("agt_{}", "A".repeat(48));
+    // A well-formed token of another store: no lease here, so no right (an operator's would
+    // be no parent).
+    let unknown = Sandbox::new().issue("read:a");
     let reply = curl(&sandbox, &bearer(&unknown), &["--data", body, &url]);
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert!(reply.body.contains("unknown: "), "{reply:?}");
+    // Two credentials are none, even from an operator, whose token-less mint would be a root.
+    let mut twice = bearer(&unknown);
+    twice.extend(bearer(token));
+    let socket = broker.socket.display().to_string();
+    let reply = curl(
+        &sandbox,
+        &twice,
+        &[
+            "--unix-socket",
+            &socket,
+            "--data",
+            body,
+            "http://lease/v1/leases",
+        ],
+    );
     assert_eq!(reply.status, 401, "{reply:?}");
     // The command line over TCP says what it says locally.
     let out = sandbox
@@ -1035,11 +1055,17 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
     let (_, log) = broker.stop();
     let log = log.join("\n");
     assert!(
-        log.contains("denied: no route: method=GET path=/private/notes revoked client="),
+        log.lines().any(
+            |l| l.contains("denied: no route: method=GET path=/private/notes client=")
+                && l.ends_with(": revoked")
+        ),
         "{log}"
     );
     assert!(
-        log.contains("denied: no route: method=GET path=/private/notes no token client="),
+        log.lines().any(
+            |l| l.contains("denied: no route: method=GET path=/private/notes client=")
+                && l.ends_with(": no token")
+        ),
         "{log}"
     );
     let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
@@ -1109,7 +1135,8 @@ fn a_token_where_an_action_a_scope_or_an_id_goes_is_refused_and_never_echoed() {
     // An operator's revoke and suggest, of a "lease id" that is a token.
     for command in [
         format!(r#"{{"command":"revoke","ids":["{victim}"]}}"#),
-        format!(r#"{{"command":"suggest","id":"{victim}"}}"#),
+        format!(r#"{{"command":"suggest","id":"{victim}","json":false}}"#),
+        format!(r#"{{"command":"log","id":"{victim}","since":null,"json":false}}"#),
     ] {
         let reply = curl(
             &sandbox,
@@ -1121,6 +1148,11 @@ fn a_token_where_an_action_a_scope_or_an_id_goes_is_refused_and_never_echoed() {
                 &command,
                 "http://lease/v1/commands",
             ],
+        );
+        assert_eq!(reply.status, 400, "{command}: {reply:?}");
+        assert!(
+            reply.body.contains("that is a token, not a lease id"),
+            "{command}: {reply:?}"
         );
         assert!(!reply.body.contains(&victim), "{command}: {reply:?}");
     }
@@ -2359,9 +2391,17 @@ fn changing_subcommands_through_the_broker_follow_who_may_do_what() {
             "{args:?}: {out:?}"
         );
     }
-    // Its own trail, yes.
+    // Its own trail, yes: its lease's events and those of the leases nested in it, and no
+    // stranger's.
     let own = through(&tcp, &["log", "--json"]).success();
-    assert!(own.stdout.lines().count() >= 2, "{own:?}");
+    let leases: Vec<serde_json::Value> = own
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("an event")["lease"].clone())
+        .collect();
+    assert!(leases.contains(&nested["id"]), "{own:?}");
+    assert!(leases.iter().any(|l| *l != nested["id"]), "{own:?}");
+    assert!(!leases.contains(&serde_json::json!(stranger)), "{own:?}");
     // revoke --self, then the lease is gone for everyone.
     through(&tcp, &["revoke", "--self"]).success();
     let after = through(&tcp, &["verify", "read:articles"]).code_is(1);
@@ -2564,9 +2604,25 @@ fn a_silent_run_loses_its_lease_after_owner_timeout() {
     );
     assert_eq!(reason_of(&sandbox, &broker, &token), "owner gone");
     running.signal(Signal::SIGCONT);
+    // The wrapper, back, tries to re-attach and is told the lease is over.
+    broker.expect_log("has ended");
     fs::write(sandbox.path("go"), "").expect("go");
-    let _ = running.wait();
+    assert_eq!(running.wait().code(), Some(0), "the command's status");
     assert_eq!(reason_of(&sandbox, &broker, &token), "owner gone");
+    // It said so, once.
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(
+        &mut running.child.stderr.take().expect("stderr"),
+        &mut stderr,
+    )
+    .expect("stderr");
+    assert_eq!(
+        stderr
+            .matches("ended this run's lease while its connection was lost")
+            .count(),
+        1,
+        "{stderr}"
+    );
 }
 
 /// The command holds its run's token, not its wrapper's hold secret: it cannot re-attach the

@@ -680,6 +680,16 @@ fn renew_extends_within_max_ttl_and_refuses_beyond_it() {
         out.stderr.contains("renew refused: max ttl reached"),
         "{out:#?}"
     );
+    // On one stream, the note comes before the new expiry, through a broker as well.
+    let out = sandbox
+        .lease(["run", "--scope", "a", "--ttl", "40", "--", "sh", "-c"])
+        .arg("lease renew --ttl 200 2>&1")
+        .run()
+        .success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:#?}");
+    assert!(lines[0].contains("extended only to"), "{out:#?}");
+    assert!(humantime::parse_rfc3339(lines[1]).is_ok(), "{out:#?}");
 }
 
 #[test]

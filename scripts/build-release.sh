@@ -20,10 +20,10 @@ case "$host" in
         # calls and a descriptor in every run).
         env "$var=-C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\"" \
             cargo build --release --locked --quiet --target "$host" >&2
-        echo "$PWD/target/$host/release/lease"
+        echo "${CARGO_TARGET_DIR:-$PWD/target}/$host/release/lease"
         ;;
     *)
         cargo build --release --locked --quiet >&2
-        echo "$PWD/target/release/lease"
+        echo "${CARGO_TARGET_DIR:-$PWD/target}/release/lease"
         ;;
 esac

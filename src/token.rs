@@ -228,6 +228,13 @@ pub fn holds_whole_token(bytes: &[u8]) -> bool {
 /// `text` with everything shaped like a token replaced by `agt_***`: the last guard before a
 /// message that may quote user input (a clap error, say) is printed.
 pub fn redact(text: &str) -> Cow<'_, str> {
+    // Most text holds no prefix at all (every line of the trail goes through here): one
+    // vectorised search says so, where the byte-by-byte scan below would cost ~20x more.
+    static PREFIX_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(PREFIX.as_bytes()));
+    if PREFIX_FINDER.find(text.as_bytes()).is_none() {
+        return Cow::Borrowed(text);
+    }
     let mut spans = token_spans(text.as_bytes()).peekable();
     if spans.peek().is_none() {
         return Cow::Borrowed(text);

@@ -254,11 +254,12 @@ fn verify_over_http(sandbox: &Sandbox, broker: &Broker, token: Option<&str>, bod
     verify_on(sandbox, &broker.socket, token, body)
 }
 
-/// `POST /v1/verify` for `action` on the broker's unix socket at `socket`.
+/// `POST /v1/verify` for `action` on the broker's unix socket at `socket`; whatever it
+/// answers, the token is in none of it.
 fn verify_on(sandbox: &Sandbox, socket: &Path, token: Option<&str>, body: &str) -> Reply {
     let headers = token.map(bearer).unwrap_or_default();
     let socket = socket.display().to_string();
-    curl(
+    let reply = curl(
         sandbox,
         &headers,
         &[
@@ -272,7 +273,11 @@ fn verify_on(sandbox: &Sandbox, socket: &Path, token: Option<&str>, body: &str) 
             body,
             "http://lease/v1/verify",
         ],
-    )
+    );
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        assert!(!format!("{reply:?}").contains(token), "{reply:?}");
+    }
+    reply
 }
 
 #[test]
@@ -1099,13 +1104,15 @@ fn a_token_where_an_action_a_scope_or_an_id_goes_is_refused_and_never_echoed() {
     );
     let mut headers = bearer(&holder);
     headers.push(format!("X-Lease-Action: read:{victim}"));
-    assert_eq!(curl(&sandbox, &headers, &[&tcp("/v1/auth")]).status, 403);
+    let action = curl(&sandbox, &headers, &[&tcp("/v1/auth")]);
+    assert_eq!(action.status, 403, "{action:?}");
     // A web server passes on its client's method: a request that matches no route is in the
     // trail with it, and a token there is not.
     let mut headers = bearer(&holder);
     headers.push(format!("X-Original-Method: {victim}"));
     headers.push("X-Original-URI: /nowhere".to_owned());
-    assert_eq!(curl(&sandbox, &headers, &[&tcp("/v1/auth")]).status, 403);
+    let method = curl(&sandbox, &headers, &[&tcp("/v1/auth")]);
+    assert_eq!(method.status, 403, "{method:?}");
     let envoy = curl(
         &sandbox,
         &bearer(&holder),
@@ -1156,7 +1163,7 @@ fn a_token_where_an_action_a_scope_or_an_id_goes_is_refused_and_never_echoed() {
         );
         assert!(!reply.body.contains(&victim), "{command}: {reply:?}");
     }
-    let answers = [verify, nested, root];
+    let answers = [verify, action, method, envoy, nested, root];
     for answer in &answers {
         assert!(!format!("{answer:?}").contains(&victim), "{answer:?}");
     }
@@ -2088,10 +2095,16 @@ fn a_run_whose_broker_hangs_as_it_ends_waits_at_most_owner_timeout() {
         "the wrapper waited {took:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while reason_of(&sandbox, &broker, &token) == "granted" {
+    let reason = loop {
+        let reason = reason_of(&sandbox, &broker, &token);
+        if reason != "granted" {
+            break reason;
+        }
         assert!(Instant::now() < deadline, "still granted");
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    // Ended, not merely unreachable: the broker answered for the lease.
+    assert!(matches!(&*reason, "revoked" | "owner gone"), "{reason}");
 }
 
 /// A masked run whose output no one reads yet (a stopped terminal, a slow pipe): its command
@@ -2115,13 +2128,18 @@ fn a_masked_run_whose_output_waits_loses_its_lease_when_its_command_ends() {
     }
     let token = token_in(&sandbox, "token");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while reason_of(&sandbox, &broker, &token) == "granted" {
+    let reason = loop {
+        let reason = reason_of(&sandbox, &broker, &token);
+        if reason != "granted" {
+            break reason;
+        }
         assert!(
             Instant::now() < deadline,
             "still granted while the output waits for a reader"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    assert!(matches!(&*reason, "revoked" | "owner gone"), "{reason}");
     let mut out = Vec::new();
     child
         .stdout
@@ -2141,13 +2159,17 @@ fn two_hundred_concurrent_runs_through_one_broker_lose_nothing() {
     let _load = crate::harness::loading();
     let out = sandbox
         .sh(
-            "i=0; while [ $i -lt 200 ]; do lease run --scope a:b -- lease verify a:b & i=$((i + 1)); done; \
-             fails=0; for job in $(jobs -p); do wait $job || fails=$((fails + 1)); done; echo \"failed: $fails\"",
+            // Each pid as it starts: `$(jobs -p)` runs in a subshell, which in dash lists none.
+            "i=0; pids=; while [ $i -lt 200 ]; do lease run --scope a:b -- lease verify a:b & pids=\"$pids $!\"; i=$((i + 1)); done; \
+             waited=0; fails=0; for pid in $pids; do waited=$((waited + 1)); wait $pid || fails=$((fails + 1)); done; \
+             echo \"waited: $waited failed: $fails\"",
         )
         .env("LEASE_BROKER", broker.endpoint())
         .run()
         .success();
-    assert_eq!(out.stdout, "failed: 0\n", "{out:?}");
+    assert_eq!(out.stdout, "waited: 200 failed: 0\n", "{out:?}");
+    // A verify denied inside would have said so here.
+    assert_eq!(out.stderr, "", "{out:?}");
     let listed = sandbox
         .lease(["list", "--all", "--json"])
         .run()

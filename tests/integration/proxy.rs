@@ -48,7 +48,7 @@ impl Upstream {
         fs::write(dir.join("site/files/slow/big.bin"), vec![b'x'; 1 << 20]).expect("file");
         let port = free_port();
         let http = format!(
-            "  log_format seen '$request_method $uri auth=[$http_authorization] key=[$http_x_api_key]';
+            "  log_format seen '$request_method $uri auth=[$http_authorization] key=[$http_x_api_key] other=[$http_x_anything] cookie=[$http_cookie] line=[$request]';
   map $http_authorization $keyed {{ \"Bearer {KEY}\" 1; default 0; }}
   server {{
     listen 127.0.0.1:{port}{listen_tls};
@@ -201,6 +201,7 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
         curl -s -o hello.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" "$SITE_URL/files/hello.txt" > hello.code
         curl -s -o private.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" "$SITE_URL/private/secret.txt" > private.code
         curl -s -o basic.out -w '%{http_code}' -u "x:$SITE_TOKEN" "$SITE_URL/files/hello.txt" > basic.code
+        curl -s -o other.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" -H "X-Anything: $SITE_TOKEN" -H "Cookie: t=$SITE_TOKEN" "$SITE_URL/files/hello.txt" > other.code
     "#;
     sandbox
         .lease([
@@ -223,6 +224,9 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
     assert_eq!(read("hello.code"), "200");
     assert_eq!(read("hello.out"), "hello from upstream\n");
     assert_eq!(read("basic.code"), "200", "the token as a basic password");
+    // The token in other headers too: each of them is removed (the upstream's log below
+    // records them, and the request line).
+    assert_eq!(read("other.code"), "200");
     assert_eq!(read("private.code"), "403", "out of scope");
     let token = read("token");
     assert!(token.starts_with("agt_"), "{token}");
@@ -1276,5 +1280,10 @@ fn each_proxied_request_spends_the_leases_budget() {
     let reply = curl(&sandbox, &bearer(&token), &[&url]);
     assert_eq!(reply.status, 403, "{reply:?}");
     assert!(reply.body.contains("used up"), "{reply:?}");
-    assert_eq!(upstream.access_log().matches("/files/hello.txt").count(), 2);
+    let log = upstream.access_log();
+    let reached = log
+        .lines()
+        .filter(|l| l.starts_with("GET /files/hello.txt "))
+        .count();
+    assert_eq!(reached, 2, "{log}");
 }

@@ -131,7 +131,11 @@ fn a_config_others_could_change_is_refused() {
     let sandbox = Sandbox::new();
     let file = sandbox.path("team/team.toml");
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, "broker = \"http://127.0.0.1:9\"\n").unwrap();
+    // A broker the test holds: any client that took the config's word would connect to it.
+    let broker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    broker.set_nonblocking(true).unwrap();
+    let at = broker.local_addr().unwrap();
+    std::fs::write(&file, format!("broker = \"http://{at}\"\n")).unwrap();
     let chmod = |path: &std::path::Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     };
@@ -143,13 +147,26 @@ fn a_config_others_could_change_is_refused() {
             .code_is(2)
             .one_error_line();
         assert!(issue.stderr.contains(why), "{issue:#?}");
-        sandbox
+        let run = sandbox
             .lease(["run", "--scope", "a", "--", "true"])
             .env("LEASE_CONFIG", &file)
             .run()
             .code_is(125)
             .one_error_line();
+        assert!(run.stderr.contains(why), "{run:#?}");
+        let verify = sandbox
+            .lease(["verify", "a"])
+            .env("LEASE_CONFIG", &file)
+            .env("LEASE_TOKEN", format!("agt_{}", "A".repeat(48)))
+            .run()
+            .code_is(2)
+            .one_error_line();
+        assert!(verify.stderr.contains(why), "{verify:#?}");
         assert!(sandbox.records().is_empty());
+        assert!(
+            broker.accept().is_err(),
+            "a client asked the broker a refused config names"
+        );
     };
     chmod(&file, 0o666);
     refused("is writable by group or others (mode 666)");
@@ -171,6 +188,8 @@ fn a_config_others_could_change_is_refused() {
             .expect("nobody");
         nix::unistd::chown(&file, Some(nobody.uid), None).unwrap();
         refused("belongs to uid");
+    } else {
+        crate::harness::skip("not-root", "only root can give a file away");
     }
 }
 

@@ -31,8 +31,11 @@ use crate::wire::{
     ErrorBody, Issued, MintBody, Minted, Planned, Remote, UpstreamAsk, UpstreamEnv, VerifyAnswer,
 };
 
-/// The largest request body read (a verify body is a few dozen bytes).
-const MAX_BODY: usize = 16 * 1024;
+/// The largest request body read: a verify body is a few dozen bytes, the largest mint the
+/// limits allow (256 scopes of 128 characters, each with a budget) about 40 KiB
+/// (`policy::the_largest_lease_the_limits_allow_is_granted_and_revoked` mints one through a
+/// broker).
+const MAX_BODY: usize = 64 * 1024;
 /// How long a client may take to send a request's body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 

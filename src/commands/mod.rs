@@ -41,7 +41,10 @@ pub fn dispatch(invocation: Invocation) -> Result<Exit> {
             insecure_http,
             store,
         } => serve::serve(&setup()?, &listen, insecure_http, store.as_ref()),
-        Command::Verify(request) => verify::verify(&setup()?, &request),
+        Command::Verify(request) => match setup() {
+            Ok(setup) => verify::verify(&setup, &request),
+            Err(err) => Err(verify::undecided(&request, err)),
+        },
         Command::Issue(request) => issue::issue(&setup()?, request),
         Command::Run(request) => {
             let setup = setup()?;

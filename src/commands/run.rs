@@ -351,9 +351,15 @@ impl<'a> RevokeOnExit<'a> {
     }
 
     fn revoke_now(&self) -> Result<()> {
-        lease::revoke(self.store, &self.id, "run ended", self.process)
-            .with_context(|| format!("revoking lease {}", self.id))
-            .map(|_| ())
+        match lease::revoke(self.store, &self.id, "run ended", self.process)
+            .with_context(|| format!("revoking lease {}", self.id))?
+        {
+            // A record the run cannot read back (replaced by its command, say) is not revoked:
+            // verify denies it as corrupt, but the run must not end as if all were well.
+            Loaded::Corrupt(why) => anyhow::bail!("revoking lease {}: {why}", self.id),
+            // Gone: no token of it can be granted any more.
+            Loaded::Found(_) | Loaded::Missing => Ok(()),
+        }
     }
 }
 

@@ -25,20 +25,27 @@ const MAX_STDIN_BYTES: u64 = 4096;
 
 /// `lease verify`: prints the decision (a line on stderr when denied; JSON if asked) and
 /// returns exit 0 (granted) or 1 (denied); errors mean it cannot decide (exit 2).
+/// `err`, which kept verify from deciding (a config, a store or a broker that cannot be read,
+/// no token), after `--json`'s answer for it: `"reason": "no token"` or `"error"`, so that a
+/// caller reading the JSON always has an answer to read.
+pub fn undecided(request: &VerifyRequest, err: anyhow::Error) -> anyhow::Error {
+    if request.json {
+        let reason = if err.is::<NoToken>() {
+            Reason::NoToken
+        } else {
+            Reason::Error
+        };
+        if let Err(printing) = print_json(&Decision::deny(reason, String::new(), None)) {
+            return printing;
+        }
+    }
+    err
+}
+
 pub fn verify(setup: &Setup, request: &VerifyRequest) -> Result<Exit> {
     let (decision, store) = match decide(setup, request) {
         Ok(decided) => decided,
-        Err(err) => {
-            if request.json {
-                let reason = if err.is::<NoToken>() {
-                    Reason::NoToken
-                } else {
-                    Reason::Error
-                };
-                print_json(&Decision::deny(reason, String::new(), None))?;
-            }
-            return Err(err.context("cannot verify"));
-        }
+        Err(err) => return Err(undecided(request, err.context("cannot verify"))),
     };
     if request.json {
         print_json(&decision)?;

@@ -512,9 +512,10 @@ fn lock_within(file: &File, patience: Duration) -> io::Result<()> {
                 if left.is_zero() {
                     return Err(io::Error::new(
                         io::ErrorKind::WouldBlock,
+                        // The whole wait, of which `patience` may be what was left.
                         format!(
                             "another process has held it locked for {} s",
-                            patience.as_secs()
+                            LOCK_PATIENCE.as_secs()
                         ),
                     ));
                 }
@@ -1139,12 +1140,13 @@ mod tests {
         // Padded with a comment before the record, to the limit and one byte past it: a read
         // cut short anywhere would break the record's last value.
         let padded = |size: usize| format!("#{}\n{text}", "x".repeat(size - text.len() - 2));
-        write_record_file(&store, &id, padded(64 * 1024).as_bytes(), 0o600);
+        let limit = usize::try_from(MAX_RECORD_BYTES).expect("a size");
+        write_record_file(&store, &id, padded(limit).as_bytes(), 0o600);
         assert!(matches!(store.load(&id).expect("load"), Loaded::Found(_)));
-        write_record_file(&store, &id, padded(64 * 1024 + 1).as_bytes(), 0o600);
+        write_record_file(&store, &id, padded(limit + 1).as_bytes(), 0o600);
         assert_eq!(
             corrupt_reason(store.load(&id).expect("load")),
-            "record is too large (65537 bytes)"
+            format!("record is too large ({} bytes)", limit + 1)
         );
     }
 

@@ -18,8 +18,10 @@ use crate::token::{LeaseId, TokenHash};
 pub mod etcd;
 pub mod files;
 
-/// Records larger than this are not read: no real record comes near it.
-pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
+/// Records larger than this are not read. The largest record lease writes (256 scopes of 128
+/// characters, each with the largest budget) is under a third of it
+/// (`policy::the_largest_lease_the_limits_allow_is_granted_and_revoked`).
+pub const MAX_RECORD_BYTES: u64 = 256 * 1024;
 
 /// A record from its stored bytes (TOML), checked to belong under `id`.
 pub fn decode(bytes: &[u8], id: &LeaseId) -> Loaded {

@@ -1180,7 +1180,7 @@ fn a_token_where_an_action_a_scope_or_an_id_goes_is_refused_and_never_echoed() {
     assert!(!log.join("\n").contains(&victim), "{log:?}");
 }
 
-/// The limits docs/api.md gives: a head over 64 KiB is `431`, a body over 16 KiB is `413`.
+/// The limits docs/api.md gives: a head over 64 KiB is `431`, a body over 64 KiB is `413`.
 /// Connections over TCP up to the broker's limit, held open by a client that sends nothing,
 /// leave the unix socket's own: its operator still lists, a local run still starts.
 #[test]
@@ -1272,11 +1272,11 @@ fn a_head_over_64_kib_is_431_and_a_body_over_16_kib_is_413() {
         )
     };
     assert_eq!(
-        status(body(16 * 1024)),
+        status(body(64 * 1024)),
         "400",
         "within the limit: read, and not JSON"
     );
-    assert_eq!(status(body(16 * 1024 + 1)), "413");
+    assert_eq!(status(body(64 * 1024 + 1)), "413");
 }
 
 #[test]

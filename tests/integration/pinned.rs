@@ -208,6 +208,25 @@ fn no_token_is_pinned_with_exit_2() {
     transcript.matches("deny/no-token.txt");
 }
 
+/// `verify --json` answers `"reason": "error"` (exit 2) whatever kept it from deciding: a
+/// config that cannot be read stops it before the store is opened, and still has its answer.
+#[test]
+fn verify_json_answers_error_when_the_config_cannot_be_read() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("no_such_key = 1\n");
+    let out = sandbox
+        .lease(["verify", "a", "--json"])
+        .env("LEASE_CONFIG", &config)
+        .env("LEASE_TOKEN", format!("agt_{}", "A".repeat(48)))
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(out.stderr.contains("no_such_key"), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(json["reason"], "error", "{out:?}");
+    assert_eq!(json["granted"], false, "{out:?}");
+}
+
 /// Runs each of `args` and pins them together as tests/snapshots/usage/`class`.txt, checking
 /// that each fails with one line on stderr and the status of its subcommand: 125 for `run`,
 /// 2 for the others.

@@ -836,3 +836,52 @@ fn the_longest_ttl_and_the_longest_renewal_are_ten_years() {
     );
     assert!(!out.stderr.contains("internal error"), "{out:#?}");
 }
+
+/// The largest lease the limits allow (256 scopes of 128 characters, each with the largest
+/// budget) is recorded, granted, listed and revoked like any other: its record stays well under
+/// the size past which a record is not read.
+#[test]
+fn the_largest_lease_the_limits_allow_is_granted_and_revoked() {
+    let sandbox = Sandbox::new();
+    let scope = |i: usize| format!("s{i:03}:{}", "x".repeat(123));
+    let scopes: Vec<String> = (0..256)
+        .map(|i| format!("{}={}", scope(i), u64::MAX))
+        .collect();
+    let scopes = scopes.join(",");
+    let issued = sandbox.issue_json(&scopes, &["--uses", &u64::MAX.to_string()]);
+    let token = issued["token"].as_str().expect("token");
+    sandbox.verify(token, &scope(255)).success();
+    if !crate::harness::broker_mode() {
+        let size = std::fs::metadata(sandbox.record_path(&issued["id"]))
+            .expect("the record")
+            .len();
+        assert!(size < 256 * 1024 / 3, "{size} bytes");
+    }
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            &scopes,
+            "--",
+            "lease",
+            "verify",
+            &scope(0),
+        ])
+        .run()
+        .success();
+    assert_eq!(out.stderr, "", "{out:?}");
+    let listed = sandbox
+        .lease(["list", "--all", "--json"])
+        .run()
+        .success()
+        .json();
+    let states: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|l| l["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert!(states.contains(&"revoked"), "{states:?}");
+    assert!(states.contains(&"active"), "{states:?}");
+}

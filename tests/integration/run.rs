@@ -275,6 +275,32 @@ fn a_failed_revocation_is_reported_and_fails_a_successful_run() {
         .stderr_has("could not be revoked");
 }
 
+/// A command that replaces its own record (with a FIFO, a directory, an empty file) leaves
+/// nothing lease can revoke: the run says so and fails, rather than ending as if all were well.
+#[test]
+fn a_record_replaced_by_its_command_is_a_failed_revocation() {
+    if crate::harness::local_only("it replaces the local store's record") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    for replace in [
+        "mkfifo -m600 \"$f\"",
+        "mkdir -m700 \"$f\"",
+        "(umask 077; : > \"$f\")",
+    ] {
+        let script = format!("f=$LEASE_STATE_DIR/leases/$LEASE_ID.toml; rm \"$f\"; {replace}");
+        let out = sandbox
+            .run_sh("a", &script)
+            .run()
+            .code_is(125)
+            .one_error_line();
+        assert!(
+            out.stderr.contains("could not be revoked"),
+            "{replace}: {out:?}"
+        );
+    }
+}
+
 #[test]
 fn a_panic_after_minting_still_revokes_the_lease() {
     if crate::harness::local_only("it uses the local run's debug panic hook") {

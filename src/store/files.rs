@@ -1131,7 +1131,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_of_up_to_64_kib_is_read_and_a_larger_one_is_corrupt() {
+    fn a_record_of_up_to_the_limit_is_read_and_a_larger_one_is_corrupt() {
         let (_dir, store) = store();
         let token = Token::mint().expect("mint");
         let id = token.hash().id();

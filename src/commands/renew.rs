@@ -47,6 +47,10 @@ pub fn renew_with(
         Standing::Dead(denial) => return Ok(refuse(denial.reason, &denial.detail)),
         Standing::Live(records) => records,
     };
+    // A lease whose uses are all spent grants nothing however long it lives, as `status` says.
+    if let Some(denial) = authorize::spent(&records) {
+        return Ok(refuse(denial.reason, &denial.detail));
+    }
     let parent_expiry = records.get(1).map(|parent| parent.expires_at);
     let id = token.hash().id();
     let updated = store.update(&id, |record| {

@@ -693,7 +693,7 @@ fn renew_extends_within_max_ttl_and_refuses_beyond_it() {
 }
 
 #[test]
-fn renew_refuses_revoked_and_expired_leases_and_needs_a_token() {
+fn renew_refuses_revoked_expired_and_used_up_leases_and_needs_a_token() {
     let sandbox = Sandbox::new();
     let revoked = sandbox.issue_json("a", &[]);
     sandbox
@@ -715,6 +715,17 @@ fn renew_refuses_revoked_and_expired_leases_and_needs_a_token() {
         .run()
         .code_is(1)
         .stderr_has("renew refused: expired");
+    // Used up: it grants nothing however long it lives.
+    let used = sandbox.issue_json("a", &["--uses", "1"]);
+    let used = used["token"].as_str().unwrap();
+    sandbox.verify(used, "a").success();
+    sandbox
+        .lease(["renew"])
+        .env("LEASE_TOKEN", used)
+        .run()
+        .code_is(1)
+        .one_error_line()
+        .stderr_has("renew refused: used up: lease ");
     sandbox
         .lease(["renew"])
         .run()

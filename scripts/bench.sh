@@ -280,7 +280,7 @@ NGINX
         read -r reference_rps _ _ <<<"$(load "$reference/small.txt" "$work/direct.lua")"
         # Latency with one connection: what one request adds, not a queue's wait.
         one() { wrk -t1 -c1 -d"${DURATION:-5}s" --latency -s "$2" "$1" 2>&1 | awk '$1 == "50%" { print $2 }'; }
-        ms() { python3 -c "import sys; v = sys.argv[1]; u = v.lstrip('0123456789.'); n = float(v[:len(v) - len(u)]); print(n * {'us': 0.001, 'ms': 1, 's': 1000}[u])" "$1"; }
+        ms() { python3 -c "import sys; v = sys.argv[1]; u = v.lstrip('0123456789.'); n = float(v[:len(v) - len(u)]); print(f\"{n * {'us': 0.001, 'ms': 1, 's': 1000}[u]:.3f}\")" "$1"; }
         direct_p50=$(ms "$(one "$direct/small.txt" "$work/direct.lua")")
         proxied_p50=$(ms "$(one "$proxied/small.txt" "$work/auth.lua")")
         added=$(python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.3f}')" "$proxied_p50" "$direct_p50")

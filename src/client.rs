@@ -194,7 +194,30 @@ fn connect_tcp(authority: &str, limit: Duration) -> Result<TcpStream> {
 }
 
 fn send(mut stream: impl Read + Write, request: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-    stream.write_all(request).context("sending")?;
+    // A broker that refuses a request before reading all of it (a body over its limit: 413)
+    // answers and closes: its answer, if it can still be read, says more than the broken pipe.
+    let unsent = match stream.write_all(request) {
+        Ok(()) => None,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::BrokenPipe | ErrorKind::ConnectionReset
+            ) =>
+        {
+            Some(err)
+        }
+        Err(err) => return Err(anyhow::Error::from(err).context("sending")),
+    };
+    let raw = receive(&mut stream);
+    match (unsent, raw) {
+        (Some(err), Ok(raw)) if raw.is_empty() => Err(anyhow::Error::from(err).context("sending")),
+        (Some(err), Err(_)) => Err(anyhow::Error::from(err).context("sending")),
+        (_, raw) => raw,
+    }
+}
+
+/// The whole answer on `stream`, read until the broker closes it.
+fn receive(mut stream: impl Read) -> Result<Zeroizing<Vec<u8>>> {
     let mut raw = Zeroizing::new(Vec::new());
     // Each read waits at most TIMEOUT; the whole answer, at most ANSWER_DEADLINE, so that a
     // broker dripping bytes cannot hold the client either.
@@ -277,6 +300,32 @@ fn parse_head(raw: &[u8]) -> Result<(u16, Option<usize>, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A broker that answers (413) and closes before it has read the whole request: the
+    /// client reads that answer rather than failing on the broken pipe.
+    #[test]
+    fn an_answer_given_before_the_whole_request_was_read_is_still_read() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        ours.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let broker = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            let mut head = [0u8; 16];
+            theirs.read_exact(&mut head).expect("the request's start");
+            theirs
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 2\r\n\r\n{}")
+                .expect("the answer");
+        });
+        // Far more than the socket's buffers hold: the write is still going when it closes.
+        let request = vec![b'x'; 8 << 20];
+        let raw = send(&ours, &request).expect("the answer");
+        assert!(
+            raw.starts_with(b"HTTP/1.1 413 "),
+            "{:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        broker.join().expect("the broker");
+    }
 
     #[test]
     fn a_whole_answer_parses() {

@@ -2170,17 +2170,7 @@ fn two_hundred_concurrent_runs_through_one_broker_lose_nothing() {
     assert_eq!(out.stdout, "waited: 200 failed: 0\n", "{out:?}");
     // A verify denied inside would have said so here.
     assert_eq!(out.stderr, "", "{out:?}");
-    let listed = sandbox
-        .lease(["list", "--all", "--json"])
-        .run()
-        .success()
-        .json();
-    let states: Vec<&str> = listed
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|l| l["state"].as_str().expect("state"))
-        .collect();
+    let states = sandbox.states();
     assert_eq!(states.len(), 200);
     assert!(states.iter().all(|s| *s == "revoked"), "{states:?}");
 }

@@ -206,6 +206,20 @@ impl Sandbox {
     }
 
     /// The entry of lease `id` in `lease list --all --json`.
+    /// The state of every lease `list --all --json` shows, in its order.
+    pub fn states(&self) -> Vec<String> {
+        let all = self
+            .lease(["list", "--all", "--json"])
+            .run()
+            .success()
+            .json();
+        all.as_array()
+            .expect("array")
+            .iter()
+            .map(|l| l["state"].as_str().expect("state").to_owned())
+            .collect()
+    }
+
     pub fn listed(&self, id: &serde_json::Value) -> serde_json::Value {
         let all = self
             .lease(["list", "--all", "--json"])

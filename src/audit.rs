@@ -375,7 +375,7 @@ impl Log {
     /// the command.
     pub fn note(&self, event: &Event) {
         if let Err(err) = self.append(event) {
-            eprintln!("lease: warning: {err:#}");
+            crate::say!("lease: warning: {err:#}");
         }
     }
 
@@ -402,7 +402,7 @@ impl Log {
                 Ok(opened) => opened,
                 Err(err) if err.is::<Unusable>() => {
                     if !self.reported.swap(true, Ordering::SeqCst) {
-                        eprintln!("lease: warning: {err:#}");
+                        crate::say!("lease: warning: {err:#}");
                     }
                     return Ok(());
                 }
@@ -524,7 +524,7 @@ impl Log {
         let limit = self.max_bytes.saturating_add(READ_SLACK);
         let skip = meta.len().saturating_sub(limit);
         if skip > 0 {
-            eprintln!(
+            crate::say!(
                 "lease: warning: the audit log {} is larger than {limit} bytes: only its last {limit} bytes are read",
                 path.display()
             );

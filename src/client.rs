@@ -781,9 +781,8 @@ fn keep(
                 // runs on without a token that works, which its user must hear of now.
                 Err(err) if lease_has_ended(&err) => {
                     let why = format!("{err:#}");
-                    eprintln!(
-                        "lease: warning: broker {endpoint} ended this run's lease while its connection was lost: {}; the command runs on without a valid token",
-                        crate::token::redact(&why)
+                    crate::say!(
+                        "lease: warning: broker {endpoint} ended this run's lease while its connection was lost: {why}; the command runs on without a valid token"
                     );
                     return Kept {
                         hold: None,

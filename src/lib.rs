@@ -45,6 +45,20 @@ use std::panic::{self, AssertUnwindSafe};
 use cli::Rejected;
 use exit::{Exit, ExitError};
 
+/// `eprintln!` for lease's own messages: whatever they quote (a path, a value from a config,
+/// an error from below), the line printed is one line ([`within_a_line`]) with no token in it.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!("{}", $crate::one_line(&format!($($arg)*)))
+    };
+}
+pub(crate) use say;
+
+/// `text` as lease prints a message: tokens redacted, made one line ([`within_a_line`]).
+pub(crate) fn one_line(text: &str) -> String {
+    within_a_line(&token::redact(text)).into_owned()
+}
+
 /// Runs lease with these arguments (including argv[0]) and returns how it should exit.
 /// Errors are printed here, once, as `lease: what went wrong: why`.
 pub fn main(args: Vec<OsString>) -> Exit {
@@ -102,8 +116,7 @@ fn main_inner(args: Vec<OsString>) -> Exit {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        let what = token::redact(what);
-        eprintln!("lease: internal error{at}: {what}; please report this bug");
+        say!("lease: internal error{at}: {what}; please report this bug");
     }));
     let invocation = match cli::parse(args) {
         Ok(invocation) => invocation,
@@ -117,7 +130,7 @@ fn main_inner(args: Vec<OsString>) -> Exit {
         }
         Err(Rejected::Usage(message, exit)) => {
             // A value typed in the wrong place may be a token: never echo one back.
-            eprintln!("lease: {}", within_a_line(&token::redact(&message)));
+            say!("lease: {message}");
             return exit;
         }
     };
@@ -127,10 +140,7 @@ fn main_inner(args: Vec<OsString>) -> Exit {
         // The reader went away (`lease log | head`): nothing to report, as with any filter.
         Ok(Err(err)) if is_broken_pipe(&err) => Exit::Success,
         Ok(Err(err)) => {
-            eprintln!(
-                "lease: {}",
-                within_a_line(&token::redact(&format!("{err:#}")))
-            );
+            say!("lease: {err:#}");
             err.downcast_ref::<ExitError>()
                 .map_or(failure, ExitError::exit)
         }
@@ -142,12 +152,28 @@ fn main_inner(args: Vec<OsString>) -> Exit {
 /// The longest error line lease prints, in bytes.
 const MAX_ERROR: usize = 4096;
 
-/// An error message cut to [`MAX_ERROR`] bytes by its middle, where a value it quotes is (a
-/// 1 MB value in a config quoted whole made a 1 MB line); its start (what went wrong) and its
-/// end (the fix) are kept.
+/// An error message made one line: a control character it quotes (a newline in a path, an
+/// escape sequence in a value) is shown escaped (`\n`, `\u{1b}`), so that it can neither
+/// break the line nor drive the terminal; and it is cut to [`MAX_ERROR`] bytes by its middle,
+/// where a value it quotes is (a 1 MB value in a config quoted whole made a 1 MB line), its
+/// start (what went wrong) and its end (the fix) kept.
 fn within_a_line(message: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && c != '\t';
+    let message = if message.contains(escaped) {
+        let mut line = String::with_capacity(message.len() + 16);
+        for c in message.chars() {
+            if escaped(c) {
+                line.extend(c.escape_default());
+            } else {
+                line.push(c);
+            }
+        }
+        std::borrow::Cow::Owned(line)
+    } else {
+        std::borrow::Cow::Borrowed(message)
+    };
     if message.len() <= MAX_ERROR {
-        return std::borrow::Cow::Borrowed(message);
+        return message;
     }
     let mut head = MAX_ERROR / 2;
     while !message.is_char_boundary(head) {

@@ -215,6 +215,22 @@ pub fn holds_token(bytes: &[u8]) -> bool {
 /// just something shaped like one: for text where a lookalike is legitimate (a URL's path may
 /// name `agt_tools`), but a real token must not pass.
 pub fn holds_whole_token(bytes: &[u8]) -> bool {
+    // Percent-encoding hides nothing from the server behind, which decodes it (and a double
+    // encoding, `%2561`, twice): each decoded form is searched too, a few layers deep.
+    let mut text = Zeroizing::new(bytes.to_vec());
+    for _ in 0..4 {
+        if whole_token_in(&text) {
+            return true;
+        }
+        match percent_decoded(&text) {
+            Some(decoded) => text = decoded,
+            None => return false,
+        }
+    }
+    whole_token_in(&text)
+}
+
+fn whole_token_in(bytes: &[u8]) -> bool {
     // Wherever the prefix is, including inside a longer run of a token's characters
     // (`agt_x-agt_TOKEN`): the checksum says whether a token starts there.
     memchr::memmem::find_iter(bytes, PREFIX.as_bytes()).any(|start| {
@@ -223,6 +239,32 @@ pub fn holds_whole_token(bytes: &[u8]) -> bool {
             .and_then(|text| std::str::from_utf8(text).ok())
             .is_some_and(|text| Token::presented(text.to_owned()).is_well_formed())
     })
+}
+
+/// `bytes` with each `%XX` decoded, or `None` when there is none to decode.
+fn percent_decoded(bytes: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let hex = |byte: u8| char::from(byte).to_digit(16);
+    let mut out = Zeroizing::new(Vec::with_capacity(bytes.len()));
+    let mut decoded_any = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let pair = bytes
+            .get(i + 1)
+            .and_then(|&h| hex(h))
+            .zip(bytes.get(i + 2).and_then(|&l| hex(l)));
+        match (bytes[i], pair) {
+            (b'%', Some((high, low))) => {
+                out.push((high * 16 + low) as u8);
+                decoded_any = true;
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    decoded_any.then_some(out)
 }
 
 /// `text` with everything shaped like a token replaced by `agt_***`: the last guard before a
@@ -407,6 +449,12 @@ mod tests {
             format!("x{text}-more"),
             format!("q=agt_x-{text}"),
             format!("agt_{text}"),
+            // Percent-encoded, once or twice over, in part or in whole.
+            format!("/x/%61gt_{}", &text[4..]),
+            format!("q=%2561%67t_{}", &text[4..]),
+            text.bytes()
+                .map(|b| format!("%{b:02X}"))
+                .collect::<String>(),
         ] {
             assert!(holds_whole_token(holding.as_bytes()), "{holding}");
         }
@@ -416,6 +464,7 @@ mod tests {
         for lookalike in [
             "/repos/acme/agt_tools",
             "agt_short",
+            "/a%2Fb%zz%4",
             &text[..text.len() - 1],
             &wrong,
         ] {

@@ -348,7 +348,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn log(line: &str) {
     use std::io::Write as _;
     // One write per line (eprintln! writes the newline apart).
-    let line = format!("lease serve: {}\n", crate::token::redact(line));
+    let line = format!("lease serve: {}\n", crate::one_line(line));
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 

@@ -80,7 +80,11 @@ pub fn captured<T>(f: impl FnOnce() -> T) -> (T, Captured) {
 macro_rules! note {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!($crate::commands::console::Err, $($arg)*);
+        let _ = writeln!(
+            $crate::commands::console::Err,
+            "{}",
+            $crate::one_line(&format!($($arg)*))
+        );
     }};
 }
 pub(crate) use note;

@@ -88,7 +88,7 @@ fn issue_through(setup: &Setup, broker: &Endpoint, request: &IssueRequest) -> Re
     let issued: Issued = client::call(broker, "/v1/leases", inherited.as_ref(), &body, "a lease")?;
     if setup.verbose {
         for note in &issued.notes {
-            eprintln!("lease: note: {note}");
+            crate::say!("lease: note: {note}");
         }
     }
     Ok(issued.lease)

@@ -171,7 +171,7 @@ pub fn on_broker(
     let (result, printed) = console::captured(|| {
         let result = run();
         if let Err(err) = &result {
-            console::note!("lease: {}", crate::token::redact(&format!("{err:#}")));
+            console::note!("lease: {err:#}");
         }
         result
     });

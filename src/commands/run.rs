@@ -117,13 +117,26 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
     };
     // Here the token is dead the moment the command is (verify checks its owner): the output
     // can be passed on first.
-    let (waited, masker) = start_and_wait(
+    let started_and_waited = start_and_wait(
         held,
         &mut forwarder,
         request.mask.then_some(token),
         (plan.on_expiry, plan.grace),
         &mut current_expiry,
-    )?;
+    );
+    let (waited, masker) = match started_and_waited {
+        Ok(waited) => waited,
+        Err(err) => {
+            // A command that could not be run (127, 126) still leaves its receipt: the lease
+            // was minted, and the exit says why nothing used it.
+            if let (Some(path), Some(waited)) = (&request.receipt, never_started(&err)) {
+                let duration_ms = audit::millis(started.elapsed());
+                let receipt = Receipt::new(&store, &record, &waited, started_at, duration_ms);
+                say_unwritten_receipt(receipt.write(path));
+            }
+            return Err(err);
+        }
+    };
     if let Some(masker) = masker {
         masker.finish();
     }
@@ -148,7 +161,7 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
         anyhow::bail!("the command succeeded, but {problems}");
     }
     // The command's failure is the more useful exit status; still say what went wrong.
-    eprintln!("lease: the command failed, and {problems}");
+    crate::say!("lease: the command failed, and {problems}");
     Ok(outcome)
 }
 
@@ -194,6 +207,27 @@ pub(super) fn start_and_wait(
         .context("waiting for the command")?;
     forwarder.finishing();
     Ok((waited, masker))
+}
+
+/// How the command ended when it could not be run at all (its program not found: 127; not
+/// executable: 126), as the receipt shows it; `None` for any other failure to start or wait.
+pub(super) fn never_started(err: &anyhow::Error) -> Option<Waited> {
+    let exit = err.downcast_ref::<crate::exit::ExitError>()?.exit();
+    matches!(exit, Exit::NotFound | Exit::CannotExecute).then(|| Waited {
+        status: ExitStatus::from_raw(exit.code() << 8),
+        ended_at_expiry: false,
+        sent_at_expiry: None,
+    })
+}
+
+/// Says so on stderr when the receipt of a command that could not be run was not written
+/// (the error that ends lease is the command's).
+pub(super) fn say_unwritten_receipt(written: Result<()>) {
+    if let Err(err) = written {
+        crate::say!(
+            "lease: the command could not be run, and its receipt could not be written: {err:#}"
+        );
+    }
 }
 
 /// What the command's environment keeps of lease's. An inherited token must not ride along
@@ -304,7 +338,7 @@ pub(super) fn say_expired(id: &str, waited: &Waited, on_expiry: OnExpiry) {
         (None, Some(sent)) => format!("the command was sent {} and exited", name(sent)),
         (None, None) => "the command was ended".to_owned(),
     };
-    eprintln!(
+    crate::say!(
         "lease: lease {id} expired: {how} (--on-expiry {})",
         on_expiry.as_str()
     );
@@ -368,7 +402,7 @@ impl Drop for RevokeOnExit<'_> {
         if !self.done
             && let Err(err) = self.revoke_now()
         {
-            eprintln!("lease: revoking the lease failed: {err:#}");
+            crate::say!("lease: revoking the lease failed: {err:#}");
         }
     }
 }

@@ -10,7 +10,8 @@ use anyhow::{Context as _, Result, bail};
 
 use super::Setup;
 use super::run::{
-    env_rules, exit_of, print_planned_env, program_name, say_expired, spawn, start_and_wait,
+    env_rules, exit_of, never_started, print_planned_env, program_name, say_expired,
+    say_unwritten_receipt, spawn, start_and_wait,
 };
 use crate::client::{Hold, Keeper, Kept};
 use crate::config::OnExpiry;
@@ -47,7 +48,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     })?;
     if setup.verbose {
         for note in &started.notes {
-            eprintln!("lease: note: {note}");
+            crate::say!("lease: note: {note}");
         }
     }
     let token = Token::presented(started.lease.token.clone());
@@ -145,6 +146,20 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
         Err(err) => {
             // The command never ran (127, 126) or could not be waited for: the run is over.
             tell_end(keeper.finish(), FromRun::NoExit);
+            if let (Some(path), Some(waited)) = (&request.receipt, never_started(&err)) {
+                let duration_ms = crate::audit::millis(started_at.elapsed());
+                let written = held_trail(broker, &token).and_then(|trail| {
+                    crate::receipt::Receipt::of_held_run(
+                        &started,
+                        trail,
+                        &waited,
+                        started_wall,
+                        duration_ms,
+                    )
+                    .write(path)
+                });
+                say_unwritten_receipt(written);
+            }
             return Err(err);
         }
     };
@@ -188,7 +203,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
             if outcome == Exit::Child(0) {
                 bail!("the command succeeded, but its receipt could not be written: {err:#}");
             }
-            eprintln!("lease: the command failed, and its receipt could not be written: {err:#}");
+            crate::say!("lease: the command failed, and its receipt could not be written: {err:#}");
         }
     }
     Ok(outcome)
@@ -249,7 +264,7 @@ fn finish(
         },
         Err(err) => format!("cannot start a thread: {err}"),
     };
-    eprintln!(
+    crate::say!(
         "lease: could not tell the broker that the run ended: {last}; it ends the lease itself within {}s",
         owner_timeout.as_secs()
     );

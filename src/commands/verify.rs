@@ -51,7 +51,7 @@ pub fn verify(setup: &Setup, request: &VerifyRequest) -> Result<Exit> {
         print_json(&decision)?;
     }
     if !decision.granted {
-        eprintln!("lease: denied: {}: {}", decision.reason, decision.detail);
+        crate::say!("lease: denied: {}: {}", decision.reason, decision.detail);
     }
     // The trail is written after the answer is given, so that a trail that cannot be written
     // is reported after (and never instead of) the answer.

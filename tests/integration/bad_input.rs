@@ -520,3 +520,35 @@ fn a_huge_bad_value_in_the_config_makes_a_short_error_line() {
         out.stderr
     );
 }
+
+/// A path or a value quoted in an error can hold a newline or a terminal's escape sequence;
+/// the error is still one line, with those shown escaped, so that no script reading the first
+/// line misses the rest and no quoted value can drive the terminal.
+#[test]
+fn a_newline_or_an_escape_quoted_in_an_error_is_shown_escaped_on_one_line() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.path("no\nsuch\u{1b}[2J");
+    let out = sandbox
+        .lease([
+            "--config",
+            config.to_str().unwrap(),
+            "issue",
+            "--scope",
+            "a",
+        ])
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(
+        out.stderr.contains(r"no\nsuch\u{1b}[2J") && !out.stderr.contains('\u{1b}'),
+        "{}",
+        out.stderr
+    );
+    let out = sandbox
+        .lease(["run", "--scope", "read:a\nb", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert!(out.stderr.contains(r"read:a\nb"), "{}", out.stderr);
+    assert!(sandbox.states().is_empty(), "a lease was left behind");
+}

@@ -417,6 +417,12 @@ fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
             "http://{}/u/site/files/hello.txt?access_token={token}",
             broker.tcp
         ),
+        // Percent-encoding a character of it hides nothing: the upstream would decode it.
+        format!(
+            "http://{}/u/site/files/hello.txt?access_token=%61{}",
+            broker.tcp,
+            &token[1..]
+        ),
     ] {
         let reply = curl(&sandbox, &bearer(&token), &[&in_url]);
         assert_eq!(reply.status, 400, "{reply:?}");

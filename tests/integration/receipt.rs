@@ -42,6 +42,49 @@ fn a_receipt_holds_the_lease_every_decision_and_the_exit() {
     );
 }
 
+/// A command that cannot be run still leaves the receipt its CI step collects: the lease was
+/// minted and revoked, and the exit (127, 126) says why nothing used it.
+#[test]
+fn a_command_that_cannot_be_run_still_leaves_its_receipt() {
+    let sandbox = Sandbox::new();
+    let not_executable = sandbox.path("data.txt");
+    std::fs::write(&not_executable, "data").unwrap();
+    for (program, code) in [
+        ("/nonexistent/program", 127),
+        (not_executable.to_str().unwrap(), 126),
+    ] {
+        let receipt = sandbox.path(&format!("receipt-{code}.json"));
+        sandbox
+            .lease([
+                "run",
+                "--scope",
+                "read:a",
+                "--receipt",
+                receipt.to_str().unwrap(),
+                "--",
+                program,
+            ])
+            .run()
+            .code_is(code)
+            .one_error_line();
+        let text = std::fs::read_to_string(&receipt).expect("a receipt");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json["lease"]["scope"],
+            serde_json::json!(["read:a"]),
+            "{json}"
+        );
+        assert_eq!(json["exit"]["code"], code, "{json}");
+        assert_eq!(json["exit"]["signal"], serde_json::Value::Null, "{json}");
+        assert_eq!(json["decisions"], serde_json::json!([]), "{json}");
+    }
+    assert!(
+        sandbox.states().iter().all(|s| s == "revoked"),
+        "{:?}",
+        sandbox.states()
+    );
+}
+
 #[test]
 fn a_receipt_that_cannot_be_written_stops_the_run_before_it_starts() {
     let sandbox = Sandbox::new();

@@ -27,6 +27,8 @@ pub const EXPIRES_AT_VAR: &str = "LEASE_EXPIRES_AT";
 pub const STATE_DIR_VAR: &str = "LEASE_STATE_DIR";
 /// The broker, for a run that went through one (instead of `LEASE_STATE_DIR`).
 pub const BROKER_VAR: &str = "LEASE_BROKER";
+/// The config file a local run's command and its nested runs read, when one was chosen.
+pub const CONFIG_VAR: &str = "LEASE_CONFIG";
 
 /// How many times minting retries when a new token's id is already taken (48-bit ids make
 /// even one retry vanishingly rare).
@@ -80,8 +82,9 @@ pub fn mint<T>(
 /// Where a command's nested runs and `verify` find the authority over its lease.
 #[derive(Debug, Clone, Copy)]
 pub enum Authority<'a> {
-    /// A local store: `LEASE_STATE_DIR`.
-    Store(&'a Path),
+    /// A local store, `LEASE_STATE_DIR`, and the config chosen with `--config` or
+    /// `LEASE_CONFIG` (an absolute path), `LEASE_CONFIG`: the policy nested runs follow.
+    Store(&'a Path, Option<&'a Path>),
     /// A broker: `LEASE_BROKER`.
     Broker(&'a Endpoint),
 }
@@ -105,11 +108,12 @@ pub struct Told<'a> {
 /// token and the name of the variable that holds it (so that nested runs and `verify` find it
 /// under any name).
 pub fn variables(authority: Authority<'_>, lease: Told<'_>) -> Vec<(OsString, OsString)> {
-    let (name, place) = match authority {
-        Authority::Store(dir) => (STATE_DIR_VAR, dir.as_os_str().to_owned()),
-        Authority::Broker(endpoint) => (BROKER_VAR, endpoint.to_string().into()),
+    let (name, place, config) = match authority {
+        Authority::Store(dir, config) => (STATE_DIR_VAR, dir.as_os_str().to_owned(), config),
+        Authority::Broker(endpoint) => (BROKER_VAR, endpoint.to_string().into(), None),
     };
-    vec![
+    let config = config.map(|path| (CONFIG_VAR.into(), path.as_os_str().to_owned()));
+    let mut vars = vec![
         (ID_VAR.into(), lease.id.into()),
         (SCOPE_VAR.into(), lease.scope.into()),
         (
@@ -119,7 +123,9 @@ pub fn variables(authority: Authority<'_>, lease: Told<'_>) -> Vec<(OsString, Os
         (name.into(), place),
         (TOKEN_ENV_VAR.into(), lease.token_env.into()),
         (lease.token_env.into(), lease.token.into()),
-    ]
+    ];
+    vars.extend(config);
+    vars
 }
 
 /// The scopes the plan grants, comma-joined, as `LEASE_SCOPE` shows them.

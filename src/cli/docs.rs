@@ -122,7 +122,8 @@ const ENVIRONMENT: &str = r#".SH ENVIRONMENT
 The store, as \fB\-\-state\-dir\fR. \fBlease run\fR sets it in the command's environment.
 .TP
 \fBLEASE_CONFIG\fR
-The config file, as \fB\-\-config\fR; it must exist.
+The config file, as \fB\-\-config\fR; it must exist. \fBlease run\fR sets it, as an absolute
+path, in the command's environment when the config was chosen this way or with \fB\-\-config\fR.
 .TP
 \fBLEASE_BROKER\fR
 The broker to go through, as \fB\-\-broker\fR: \fIunix:/path\fR, \fIhttp://HOST:PORT\fR or

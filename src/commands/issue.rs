@@ -61,7 +61,9 @@ pub fn issue(setup: &Setup, request: IssueRequest) -> Result<Exit> {
                 .map(|_| ())
             }
             (None, Some(store)) => {
-                super::revoke::revoke_token(store, &token, &Process::caller(), "").map(|_| ())
+                let shown = setup.store_shown(store);
+                super::revoke::revoke_token(store, &token, &Process::caller(), &shown, "")
+                    .map(|_| ())
             }
             (None, None) => Ok(()),
         };

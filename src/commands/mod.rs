@@ -95,19 +95,43 @@ pub struct Setup {
     broker: Option<Endpoint>,
     /// The store a broker opened on its config's `store` (etcd), for the subcommands it runs.
     remote: Option<std::sync::Arc<dyn crate::store::Backend>>,
+    /// Whether messages may say where the store is: not to a broker's token holders, whom its
+    /// path (or its etcd's address) does not concern.
+    shows_store: bool,
+    /// The config chosen with `--config` or `LEASE_CONFIG`, as an absolute path: a local run
+    /// hands it to its command, so that nested runs follow the same policy wherever they `cd`.
+    chosen_config: Option<PathBuf>,
 }
 
 impl Setup {
     fn new(globals: Globals) -> Result<Setup> {
         let config = Config::load(globals.config.as_deref())?;
         let broker = globals.broker.or_else(|| config.broker.clone());
+        let chosen_config = match globals.config.as_deref() {
+            Some(path) => Some(std::path::absolute(path).with_context(|| {
+                format!("cannot read the config {}: the current directory is gone", path.display())
+            })?),
+            None => None,
+        };
         Ok(Setup {
             config,
             state_dir: globals.state_dir,
             verbose: globals.verbose,
             broker,
             remote: None,
+            shows_store: true,
+            chosen_config,
         })
+    }
+
+    /// Where `store` is, for a message: its state dir (or etcd's address), or, to a broker's
+    /// token holder, only that it is the broker's.
+    fn store_shown(&self, store: &Store) -> String {
+        if self.shows_store {
+            store.shown()
+        } else {
+            "the broker's store".to_owned()
+        }
     }
 
     /// `--state-dir`/`LEASE_STATE_DIR`, or the XDG state dir.

@@ -42,6 +42,8 @@ pub fn on_broker(
         verbose: false,
         broker: None,
         remote,
+        shows_store: operator,
+        chosen_config: None,
     };
     let own = |what: &str| -> Result<&Token, Refused> {
         match &bearer {
@@ -126,7 +128,7 @@ pub fn on_broker(
             let process = process.clone();
             Box::new(move || {
                 let store = setup.store(Open::ExistingOnly)?;
-                revoke::revoke_token(&store, &token, &process, "")
+                revoke::revoke_token(&store, &token, &process, &setup.store_shown(&store), "")
             })
         }
         Remote::Revoke { ids } => {

@@ -74,12 +74,18 @@ fn revoke_own(
         super::verify::read_token(source, &setup.config.token_env).context("cannot revoke")?;
     // Here, unlike on a broker, the state dir is the caller's to choose.
     let hint = ": pass the state dir it was issued in (--state-dir or LEASE_STATE_DIR)";
-    revoke_token(store, &token, caller, hint)
+    revoke_token(store, &token, caller, &setup.store_shown(store), hint)
 }
 
-/// `revoke --self` for `token` (also what the broker runs for a token holder); `hint` follows
-/// the refusal of a token no lease in the store matches.
-pub fn revoke_token(store: &Store, token: &Token, caller: &Process, hint: &str) -> Result<Exit> {
+/// `revoke --self` for `token` (also what the broker runs for a token holder); the refusal of
+/// a token no lease in the store matches names the store as `store_shown`, then gives `hint`.
+pub fn revoke_token(
+    store: &Store,
+    token: &Token,
+    caller: &Process,
+    store_shown: &str,
+    hint: &str,
+) -> Result<Exit> {
     const WHY: &str = "revoke --self";
     if !token.is_well_formed() {
         bail!(
@@ -91,10 +97,9 @@ pub fn revoke_token(store: &Store, token: &Token, caller: &Process, hint: &str) 
     match store.load(&id)? {
         Loaded::Found(record) if hash.matches_hex(&record.token_sha256) => {}
         Loaded::Corrupt(why) => bail!("cannot revoke lease {id}: {why}"),
-        Loaded::Found(_) | Loaded::Missing => bail!(
-            "cannot revoke: no lease in {} matches the token{hint}",
-            store.dir().display()
-        ),
+        Loaded::Found(_) | Loaded::Missing => {
+            bail!("cannot revoke: no lease in {store_shown} matches the token{hint}")
+        }
     }
     // The lease first: from then on nothing nested under it grants, and no new lease can be
     // nested under it, so the walk below finds every lease there will ever be in its tree.

@@ -52,7 +52,7 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
         &[],
     );
     let (program, args) = match request.mode {
-        RunMode::PrintEnv => return print_env(&plan, &rules, &store),
+        RunMode::PrintEnv => return print_env(setup, &plan, &rules, &store),
         RunMode::Exec { program, args } => (program, args),
     };
     // A receipt that could not be written must stop the run before it starts, not after.
@@ -75,7 +75,7 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
     // whether it still runs, whatever becomes of lease.
     let (token, record, held) = lease::mint(&store, &plan, &process, |token| {
         let vars = lease::variables(
-            lease::Authority::Store(store.dir()),
+            lease::Authority::Store(store.dir(), setup.chosen_config.as_deref()),
             lease::Told {
                 id: token.hash().id().as_str(),
                 scope: &lease::scope_of(&plan),
@@ -258,11 +258,11 @@ pub(super) fn env_rules<'a>(
 
 /// `--print-env`: the environment the command would get, with the secret and the id (which do
 /// not exist yet) shown as placeholders. Nothing is minted and nothing is run.
-fn print_env(plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
+fn print_env(setup: &Setup, plan: &Plan, rules: &EnvRules<'_>, store: &Store) -> Result<Exit> {
     let scope = lease::scope_of(plan);
     let planned = (scope.as_str(), plan.expires_at, plan.token_env.as_str());
     print_planned_env(
-        lease::Authority::Store(store.dir()),
+        lease::Authority::Store(store.dir(), setup.chosen_config.as_deref()),
         planned,
         rules,
         Vec::new(),

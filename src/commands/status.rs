@@ -51,7 +51,7 @@ pub fn status_of(setup: &Setup, token: &Token, json: bool) -> Result<Exit> {
         }) => {
             super::console::note!(
                 "lease: no valid lease: unknown: no lease in {} matches the token",
-                store.dir().display()
+                setup.store_shown(&store)
             );
             return Ok(Exit::Denied);
         }

@@ -625,6 +625,42 @@ fn a_revoke_through_the_broker_is_in_the_trail_under_its_caller() {
     }
 }
 
+/// A token holder is told that no lease in the broker's store matches its token, not where
+/// that store is; an operator (on the socket) gets the path, as locally.
+#[test]
+fn a_token_holder_is_not_told_where_the_brokers_store_is() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let stranger = Sandbox::new().issue("read:a");
+    let state = sandbox.state_dir().display().to_string();
+    let reply = curl(
+        &sandbox,
+        &bearer(&stranger),
+        &[
+            "--data",
+            r#"{"command":"revoke_self"}"#,
+            &format!("http://{}/v1/commands", broker.tcp),
+        ],
+    );
+    assert!(
+        reply
+            .body
+            .contains("no lease in the broker's store matches the token"),
+        "{reply:?}"
+    );
+    assert!(!reply.body.contains(&state), "{reply:?}");
+    let out = sandbox
+        .lease(["revoke", "--self"])
+        .env("LEASE_BROKER", broker.endpoint())
+        .env("LEASE_TOKEN", &stranger)
+        .run()
+        .code_is(2);
+    assert!(
+        out.stderr.contains(&format!("no lease in {state} matches")),
+        "{out:?}"
+    );
+}
+
 /// Forward-auth answers a grant with the lease's id and scopes, for the web server to pass on.
 #[test]
 fn forward_auth_names_the_granted_lease_and_its_scopes() {

@@ -107,6 +107,39 @@ fn relative_state_dir_is_passed_on_as_absolute() {
     );
 }
 
+/// The config chosen with `--config` (or `LEASE_CONFIG`), relative or not, is the one nested
+/// runs follow, wherever the command moves to: the command gets it as an absolute
+/// `LEASE_CONFIG`.
+#[test]
+fn a_chosen_config_is_passed_on_as_absolute_to_nested_runs() {
+    if crate::harness::local_only("through a broker, the broker's config is the policy") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    std::fs::write(
+        sandbox.path("chosen.toml"),
+        "[profile.deploy]\nscope = [\"write:site\"]\n",
+    )
+    .unwrap();
+    let nested = "cd / && echo \"$LEASE_CONFIG\" && lease run --profile deploy -- lease verify write:site";
+    for how in ["flag", "env"] {
+        let mut cmd = sandbox.lease(["run", "--profile", "deploy", "--", "sh", "-c", nested]);
+        if how == "flag" {
+            cmd = sandbox
+                .lease(["--config", "chosen.toml", "run", "--profile", "deploy", "--"])
+                .args(["sh", "-c", nested]);
+        } else {
+            cmd = cmd.env("LEASE_CONFIG", "chosen.toml");
+        }
+        let out = cmd.run().success();
+        assert_eq!(
+            out.stdout.trim(),
+            sandbox.path("chosen.toml").to_str().unwrap(),
+            "{how}"
+        );
+    }
+}
+
 #[test]
 fn exit_code_of_the_child_is_lease_exit_code() {
     let sandbox = Sandbox::new();

@@ -217,17 +217,20 @@ pub fn holds_token(bytes: &[u8]) -> bool {
 pub fn holds_whole_token(bytes: &[u8]) -> bool {
     // Percent-encoding hides nothing from the server behind, which decodes it (and a double
     // encoding, `%2561`, twice): each decoded form is searched too, a few layers deep.
-    let mut text = Zeroizing::new(bytes.to_vec());
+    if whole_token_in(bytes) {
+        return true;
+    }
+    let mut decoded = percent_decoded(bytes);
     for _ in 0..4 {
+        let Some(text) = decoded else {
+            return false;
+        };
         if whole_token_in(&text) {
             return true;
         }
-        match percent_decoded(&text) {
-            Some(decoded) => text = decoded,
-            None => return false,
-        }
+        decoded = percent_decoded(&text);
     }
-    whole_token_in(&text)
+    false
 }
 
 fn whole_token_in(bytes: &[u8]) -> bool {
@@ -243,6 +246,7 @@ fn whole_token_in(bytes: &[u8]) -> bool {
 
 /// `bytes` with each `%XX` decoded, or `None` when there is none to decode.
 fn percent_decoded(bytes: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    memchr::memchr(b'%', bytes)?;
     let hex = |byte: u8| char::from(byte).to_digit(16);
     let mut out = Zeroizing::new(Vec::with_capacity(bytes.len()));
     let mut decoded_any = false;

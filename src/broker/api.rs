@@ -264,8 +264,11 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
             }
         },
         None => {
-            let (method, uri) = original(&request).unwrap_or(("", ""));
-            match crate::route::find(&live.config.routes, method, uri) {
+            let (method, uri, agreed) = original(&request);
+            let found = agreed
+                .then(|| crate::route::find(&live.config.routes, method, uri))
+                .flatten();
+            match found {
                 Some(route) => (route.action.clone(), Some(route.describe())),
                 None => {
                     // Deny by default. A missing or dead token is still told what to do (401).
@@ -322,8 +325,9 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
 /// `X-Forwarded-Uri`; where neither pair is there, from Envoy's `ext_authz`, which asks with
 /// the original method and the original path under `/v1/auth` (its `path_prefix`). The web
 /// server sends one pair; the other may be the client's, passed on untouched: where the two
-/// disagree (paths compared without their query strings), someone is lying, and there is none.
-fn original(request: &Request<Incoming>) -> Option<(&str, &str)> {
+/// disagree (paths compared without their query strings), someone is lying, and no route may
+/// match (the `bool` is false; the first method and URI given are still what the trail shows).
+fn original(request: &Request<Incoming>) -> (&str, &str, bool) {
     let headers = request.headers();
     // Every line of both names: a second line (a client's, which a web server appended to
     // rather than replaced) that says otherwise makes the request match no route.
@@ -337,19 +341,21 @@ fn original(request: &Request<Incoming>) -> Option<(&str, &str)> {
     let methods = all(["x-original-method", "x-forwarded-method"]);
     let uris = all(["x-original-uri", "x-forwarded-uri"]);
     if methods.is_empty() && uris.is_empty() {
-        let path = request.uri().path().strip_prefix("/v1/auth")?;
-        return (!path.is_empty()).then(|| (request.method().as_str(), path));
+        let path = request.uri().path().strip_prefix("/v1/auth").unwrap_or("");
+        return (request.method().as_str(), path, !path.is_empty());
     }
     // A pair half there (a method with no URI from the same server, or the reverse) is a
     // header the client added: no route.
     let half = |method: &str, uri: &str| headers.contains_key(method) != headers.contains_key(uri);
-    if half("x-original-method", "x-original-uri") || half("x-forwarded-method", "x-forwarded-uri")
-    {
-        return None;
-    }
-    let method = agreed(&methods, |method| method).unwrap_or("");
-    let uri = agreed(&uris, |uri| uri.split(['?', '#']).next().unwrap_or("")).unwrap_or("");
-    Some((method, uri))
+    let whole = !half("x-original-method", "x-original-uri")
+        && !half("x-forwarded-method", "x-forwarded-uri");
+    let method = agreed(&methods, |method| method);
+    let uri = agreed(&uris, |uri| uri.split(['?', '#']).next().unwrap_or(""));
+    (
+        method.or(methods.first().copied()).unwrap_or(""),
+        uri.or(uris.first().copied()).unwrap_or(""),
+        whole && method.is_some() && uri.is_some(),
+    )
 }
 
 /// The first of `values`, if every one is the same as it by `key` (a value that is not text

@@ -267,9 +267,9 @@ async fn reattach(
     let token = proof
         .token
         .ok_or("no token: a run re-attaches with its token")?;
-    let secret = proof
-        .secret
-        .ok_or("no hold secret: only the run's wrapper may re-attach it (X-Lease-Hold)")?;
+    let secret = proof.secret.ok_or(
+        "not allowed: no hold secret: only the run's wrapper may re-attach it (X-Lease-Hold)",
+    )?;
     if !token.is_well_formed() {
         return Err(crate::token::MALFORMED.to_owned());
     }

@@ -58,7 +58,8 @@ pub(super) struct Cli {
     pub(super) verbose: bool,
 
     /// Go through this broker (`lease serve`): unix:/path, http://HOST:PORT or
-    /// https://HOST:PORT [default: broker in the config]
+    /// https://HOST:PORT (its CA: the PEM file in LEASE_BROKER_CA, else the system's)
+    /// [default: broker in the config]
     #[arg(long, global = true, env = "LEASE_BROKER", value_name = "URL")]
     pub(super) broker: Option<String>,
 

@@ -71,7 +71,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
     };
     let usage = |err: anyhow::Error| Rejected::Usage(format!("{err:#}"), failure);
     for path in [&cli.state_dir, &cli.config].into_iter().flatten() {
-        values::not_a_token(
+        values::not_a_whole_token(
             &path.to_string_lossy(),
             "a path",
             "--state-dir, --config, LEASE_STATE_DIR and LEASE_CONFIG name a directory or a file",

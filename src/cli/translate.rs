@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 
 use super::args::{MintArgs, Shell, Sub, TokenArgs};
-use super::values::{lease_id_arg, not_a_token, store_arg};
+use super::values::{lease_id_arg, not_a_token, not_a_whole_token, store_arg};
 use crate::config::Profile;
 use crate::policy::Asked;
 use crate::request::{
@@ -27,14 +27,14 @@ pub(super) fn validate(sub: Sub) -> Result<Command> {
     Ok(match sub {
         Sub::Run(args) => {
             if let Some(program) = args.command.first() {
-                not_a_token(
+                not_a_whole_token(
                     &program.to_string_lossy(),
                     "a command",
                     "put the command to run after `--`; the token reaches it in $LEASE_TOKEN",
                 )?;
             }
             if let Some(receipt) = &args.receipt {
-                not_a_token(
+                not_a_whole_token(
                     &receipt.to_string_lossy(),
                     "a file name",
                     "--receipt takes the path of the JSON file to write, e.g. --receipt run.json",
@@ -102,7 +102,7 @@ pub(super) fn validate(sub: Sub) -> Result<Command> {
         }),
         Sub::Man(args) => Command::Man(match args.dir {
             Some(dir) => {
-                not_a_token(
+                not_a_whole_token(
                     &dir.to_string_lossy(),
                     "a directory",
                     "--dir takes the directory to write the pages in",

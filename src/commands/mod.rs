@@ -109,7 +109,10 @@ impl Setup {
         let broker = globals.broker.or_else(|| config.broker.clone());
         let chosen_config = match globals.config.as_deref() {
             Some(path) => Some(std::path::absolute(path).with_context(|| {
-                format!("cannot read the config {}: the current directory is gone", path.display())
+                format!(
+                    "cannot read the config {}: the current directory is gone",
+                    path.display()
+                )
             })?),
             None => None,
         };

@@ -977,6 +977,18 @@ fn forward_auth_takes_envoys_original_method_and_path_under_v1_auth() {
         ),
         403
     );
+    // The trail still says what was asked about, as for any request no route allows.
+    let last = sandbox.trail().pop().expect("an event");
+    assert_eq!(
+        (&last["event"], &last["reason"], &last["method"], &last["path"]),
+        (
+            &serde_json::json!("denied"),
+            &serde_json::json!("no route"),
+            &serde_json::json!("GET"),
+            &serde_json::json!("/articles/7")
+        ),
+        "{last}"
+    );
     assert_eq!(
         ask(
             "GET",
@@ -2713,7 +2725,9 @@ fn a_command_cannot_take_its_own_run_over() {
     };
     let answer = attach(None);
     assert!(
-        answer.contains("only the run's wrapper may re-attach it"),
+        answer.contains(
+            r#"{"error":"not allowed: no hold secret: only the run's wrapper may re-attach it"#
+        ),
         "{answer}"
     );
     let forged = format!("agt_{}", "A".repeat(48));

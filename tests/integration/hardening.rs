@@ -88,6 +88,54 @@ fn a_token_typed_in_the_wrong_place_is_never_echoed_or_logged() {
 
 /// A run whose token is in another variable (`--env GH_TOKEN`) is still the parent of runs
 /// nested in it: they find its token through LEASE_TOKEN_ENV, narrow it, and never see it.
+/// A path is refused only for holding a whole token (its checksum holds), not for holding
+/// text shaped like one: a program, a receipt, a state dir or a config in a directory named
+/// `agt_workspace` is an ordinary path.
+#[test]
+fn a_path_that_only_looks_like_it_holds_a_token_is_an_ordinary_path() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path("agt_workspace");
+    fs::create_dir(&dir).unwrap();
+    let program = dir.join("agt_checkout_tool");
+    fs::write(&program, "#!/bin/sh\necho ran\n").unwrap();
+    fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let receipt = dir.join("agt_receipt_file.json");
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "a",
+            "--receipt",
+            receipt.to_str().unwrap(),
+            "--",
+        ])
+        .arg(&program)
+        .run()
+        .success();
+    assert_eq!(out.stdout, "ran\n", "{out:?}");
+    assert!(receipt.is_file());
+    if crate::harness::local_only("a state dir and a config are the broker's own") {
+        return;
+    }
+    let config = dir.join("agt_config_file.toml");
+    fs::write(&config, "").unwrap();
+    let state = sandbox.path("agt_state_directory");
+    sandbox
+        .lease([
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .args(["run", "--scope", "a", "--", "true"])
+        .run()
+        .success();
+}
+
 #[test]
 fn a_token_under_another_name_still_parents_nested_runs_and_stays_behind() {
     let sandbox = Sandbox::new();

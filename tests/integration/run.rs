@@ -121,12 +121,20 @@ fn a_chosen_config_is_passed_on_as_absolute_to_nested_runs() {
         "[profile.deploy]\nscope = [\"write:site\"]\n",
     )
     .unwrap();
-    let nested = "cd / && echo \"$LEASE_CONFIG\" && lease run --profile deploy -- lease verify write:site";
+    let nested =
+        "cd / && echo \"$LEASE_CONFIG\" && lease run --profile deploy -- lease verify write:site";
     for how in ["flag", "env"] {
         let mut cmd = sandbox.lease(["run", "--profile", "deploy", "--", "sh", "-c", nested]);
         if how == "flag" {
             cmd = sandbox
-                .lease(["--config", "chosen.toml", "run", "--profile", "deploy", "--"])
+                .lease([
+                    "--config",
+                    "chosen.toml",
+                    "run",
+                    "--profile",
+                    "deploy",
+                    "--",
+                ])
                 .args(["sh", "-c", nested]);
         } else {
             cmd = cmd.env("LEASE_CONFIG", "chosen.toml");

@@ -177,9 +177,14 @@ pub fn method_shown(method: &str) -> String {
 }
 
 /// `text` with a token in it redacted, then cut to `max` bytes (at a character's boundary)
-/// with `…` after it. Redacted first, so that no cut leaves part of a token behind.
+/// with `…` after it. Redacted first, so that no cut leaves part of a token behind. A token
+/// percent-encoded in it (`agt%5F...`), which no search for the prefix finds, leaves nothing
+/// of the text but a word of why.
 fn shown(text: &str, max: usize) -> String {
     let redacted = crate::token::redact(text);
+    if crate::token::holds_whole_token(redacted.as_bytes()) {
+        return "(left out: it holds a percent-encoded lease token)".to_owned();
+    }
     if redacted.len() <= max {
         return redacted.into_owned();
     }
@@ -737,6 +742,12 @@ mod tests {
         assert_eq!(written.upstream.as_deref(), Some("up-agt_***"));
         assert_eq!(written.route.as_deref(), Some("GET /agt_***/**"));
         assert_eq!(written.command.as_deref(), Some("agt_***"));
+        // A path or a method is shown with the token redacted, even percent-encoded.
+        assert_eq!(path_shown(&format!("/x/{token}")), "/x/agt_***");
+        let encoded = format!("/x/agt%5F{}", &token[4..]);
+        assert!(!path_shown(&encoded).contains(&token[4..]));
+        assert!(!method_shown(&format!("%61gt_{}", &token[4..])).contains(&token[4..]));
+        assert_eq!(path_shown("/x/agt%5Ftools"), "/x/agt%5Ftools");
     }
 
     #[test]

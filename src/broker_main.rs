@@ -9,6 +9,7 @@ use lease::broker::{ServeRequest, serve};
 use lease::endpoint::Listen;
 
 fn main() {
+    lease::report_panics_in_one_line("lease serve");
     // `lease` starts this binary as the TLS side of its connection to an https:// broker.
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if let [flag, authority] = &args[..]
@@ -21,8 +22,8 @@ fn main() {
             Ok(exit) => exit,
             Err(err) => {
                 eprintln!(
-                    "lease: cannot serve: {}",
-                    lease::token::redact(&format!("{err:#}"))
+                    "{}",
+                    lease::one_line(&format!("lease: cannot serve: {err:#}"))
                 );
                 lease::exit::Exit::Failure
             }

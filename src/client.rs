@@ -104,6 +104,19 @@ pub fn call<T: serde::de::DeserializeOwned>(
         .with_context(|| format!("broker {endpoint} answered something that is not {what}"))
 }
 
+/// Writes the `Authorization` line for `token`. A value that is not a lease token (a
+/// `ghp_...` left in `LEASE_TOKEN`, another service's key in `--token-env`) is never sent to
+/// the broker, over a network least of all: the bare prefix goes in its place, which the
+/// broker refuses in the same words as any malformed token.
+fn write_bearer(head: &mut Vec<u8>, token: &Token) -> std::io::Result<()> {
+    let sent = if token.is_well_formed() {
+        token.expose()
+    } else {
+        crate::token::PREFIX
+    };
+    write!(head, "Authorization: Bearer {sent}\r\n")
+}
+
 /// Sends one request to the broker at `endpoint` and reads its answer; `token`, if any, goes
 /// in `Authorization: Bearer`. Errors name the broker.
 pub fn request(
@@ -125,7 +138,7 @@ pub fn request(
             "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
         )?;
         if let Some(token) = token {
-            write!(head, "Authorization: Bearer {}\r\n", token.expose())?;
+            write_bearer(&mut head, token)?;
         }
         if let Some(body) = body {
             write!(
@@ -560,7 +573,7 @@ impl Hold {
             "POST {path} HTTP/1.1\r\nHost: lease\r\nConnection: Upgrade\r\nUpgrade: lease-run\r\nContent-Length: 0\r\n"
         )?;
         if let Some(token) = token {
-            write!(head, "Authorization: Bearer {}\r\n", token.expose())?;
+            write_bearer(&mut head, token)?;
         }
         if let Some(secret) = secret {
             write!(head, "X-Lease-Hold: {}\r\n", secret.expose())?;

@@ -308,6 +308,33 @@ fn only_its_owner_may_change(path: &Path, meta: &fs::Metadata) -> io::Result<()>
     Ok(())
 }
 
+/// The largest PEM file lease reads: a system's CA bundle is a few hundred KB.
+pub const MAX_PEM_BYTES: u64 = 4 << 20;
+
+/// The bytes of a PEM file the config or the environment names (`tls_cert`, `tls_key`,
+/// `ca_file`, `LEASE_BROKER_CA`, etcd's): a regular file, read up to [`MAX_PEM_BYTES`]; a
+/// FIFO, a device (`/dev/zero`) or a directory is refused at once, never waited on or read
+/// without end. Zeroed when dropped: it may be a private key.
+pub fn read_pem(path: &Path) -> io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(io::Error::other(format!(
+            "it is larger than {MAX_PEM_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
+}
+
 fn read_bounded(path: &Path) -> io::Result<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -347,7 +374,15 @@ impl Config {
         };
         let text = match read_bounded(&path) {
             Ok(text) => text,
+            // No file is no policy; but a symbolic link whose file is gone is a policy that
+            // went missing (moved, on a mount not there yet): fail closed, not open.
             Err(err) if err.kind() == io::ErrorKind::NotFound && !required => {
+                if path.symlink_metadata().is_ok() {
+                    bail!(
+                        "reading config {}: it is a symbolic link to a file that does not exist: restore the file, or remove the link to run without a config",
+                        path.display()
+                    );
+                }
                 return Ok(Config::default());
             }
             Err(err) => {

@@ -38,9 +38,18 @@ impl Endpoint {
         } else if let Some(rest) = text.strip_prefix("https://") {
             (true, rest)
         } else {
-            bail!("'{}' is not a broker address: {usage}", text.escape_debug());
+            bail!(
+                "'{}' is not a broker address: {usage}",
+                url_shown(text).escape_debug()
+            );
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['@', '/', '?', '#']) {
+            bail!(
+                "'{}' is not a broker address: it has a user, a path or a query; {usage}",
+                url_shown(text).escape_debug()
+            );
+        }
         host_port(authority).map_err(|err| anyhow::anyhow!("{err}: {usage}"))?;
         Ok(if https {
             Endpoint::Https(authority.to_owned())
@@ -58,6 +67,25 @@ impl fmt::Display for Endpoint {
             Endpoint::Https(authority) => write!(f, "https://{authority}"),
         }
     }
+}
+
+/// `url` as an error may quote it: a password or a key someone put in it (`https://u:PASS@`,
+/// `?api_key=KEY`) shown as `***`.
+pub fn url_shown(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    let path = match path.find(['?', '#']) {
+        Some(at) => format!("{}?***", &path[..at]),
+        None => path.to_owned(),
+    };
+    format!("{scheme}{host}{path}")
 }
 
 /// An address `lease serve` listens on.
@@ -150,6 +178,30 @@ mod tests {
         let token = format!("agt_{}", "A".repeat(48));
         let err = Endpoint::parse(&token).expect_err("refused").to_string();
         assert!(!err.contains(&token), "{err}");
+        // A password or a key put in the address is never quoted back.
+        for text in [
+            "https://user:PASSWORD@broker:7443",
+            "http://broker:7070/?key=PASSWORD",
+            "ftp://user:PASSWORD@broker",
+            "http://broker:7070/x#PASSWORD",
+        ] {
+            let err = Endpoint::parse(text).expect_err("refused").to_string();
+            assert!(!err.contains("PASSWORD"), "{err}");
+            assert!(err.contains("***"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_url_is_shown_without_its_user_or_its_query() {
+        for (url, shown) in [
+            ("https://u:p@host:1/a/b?k=v#f", "https://***@host:1/a/b?***"),
+            ("http://host/a#f", "http://host/a?***"),
+            ("http://a@b@host", "http://***@host"),
+            ("host:1", "host:1"),
+            ("https://host/a/b", "https://host/a/b"),
+        ] {
+            assert_eq!(url_shown(url), shown, "{url}");
+        }
     }
 
     #[test]

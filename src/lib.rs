@@ -54,8 +54,27 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+/// Makes a panic print one line on stderr, `WHO: internal error at FILE:LINE: WHAT; please
+/// report this bug` (redacted, escaped), whatever thread it happens on, instead of Rust's
+/// default lines.
+pub fn report_panics_in_one_line(who: &'static str) {
+    panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let what = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a panic");
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        say!("{who}: internal error{at}: {what}; please report this bug");
+    }));
+}
+
 /// `text` as lease prints a message: tokens redacted, made one line ([`within_a_line`]).
-pub(crate) fn one_line(text: &str) -> String {
+pub fn one_line(text: &str) -> String {
     within_a_line(&token::redact(text)).into_owned()
 }
 
@@ -105,19 +124,7 @@ fn main_inner(args: Vec<OsString>) -> Exit {
     // may read them. The command it starts is dumpable again from its exec on.
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_dumpable(false);
-    panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let what = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("a panic");
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        say!("lease: internal error{at}: {what}; please report this bug");
-    }));
+    report_panics_in_one_line("lease");
     let invocation = match cli::parse(args) {
         Ok(invocation) => invocation,
         Err(Rejected::Info(text)) => {

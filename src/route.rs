@@ -95,6 +95,16 @@ impl Route {
     }
 }
 
+/// Whether a `%` in `path` is not followed by two hex digits.
+fn has_a_stray_percent(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    memchr::memchr_iter(b'%', bytes).any(|at| {
+        !bytes
+            .get(at + 1..at + 3)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
+}
+
 /// Whether `path` percent-encodes a control character (`%00` to `%1f`, `%7f`).
 fn encodes_a_control_character(path: &str) -> bool {
     path.as_bytes().windows(3).any(|w| {
@@ -119,14 +129,40 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
     // `%3b` is that `;` encoded. `%u002e` is IIS's encoding of a dot; `%c0` and `%c1` begin
     // overlong UTF-8 of two bytes (`%c0%ae`, a dot to a lax decoder), `%e0%80` to `%e0%9f`
     // and `%f0%80` to `%f0%8f` of three and four; an encoded control character (`%00` ends
-    // a C string) means no path a route was written for.
+    // a C string) means no path a route was written for. A `%` that does not begin an escape
+    // (`%%32%65` is `%2e` once decoded, a dot twice) is no URI at all; and the characters
+    // that Unicode normalization (NFKC) turns into a dot, a slash or a backslash (fullwidth
+    // `．` `／` `＼`, the one-dot leader, the small full stop) are a dot segment or a separator
+    // to a server that normalizes.
     let disguised = [
-        "%2e", "%2f", "%5c", "%25", "%3b", "%u", "%c0", "%c1", "%e0%8", "%e0%9", "%f0%8", "\\",
+        "%2e",
+        "%2f",
+        "%5c",
+        "%25",
+        "%3b",
+        "%u",
+        "%c0",
+        "%c1",
+        "%e0%8",
+        "%e0%9",
+        "%f0%8",
+        "\\",
         "//",
+        "%ef%bc%8e",
+        "%ef%bc%8f",
+        "%ef%bc%bc",
+        "%e2%80%a4",
+        "%ef%b9%92",
+        "．",
+        "／",
+        "＼",
+        "․",
+        "﹒",
     ]
     .iter()
     .any(|s| lower.contains(s))
-        || encodes_a_control_character(&lower);
+        || encodes_a_control_character(&lower)
+        || has_a_stray_percent(path);
     let dot = |segment: &str| matches!(segment.split(';').next(), Some(".." | "."));
     if !path.starts_with('/') || disguised || path.split('/').any(dot) {
         return None;
@@ -168,6 +204,18 @@ mod tests {
             Some("read:articles"),
             "a GET route allows a HEAD"
         );
+        // Percent-encoding itself is fine: a name with a space or an accent still matches.
+        for encoded in [
+            "/articles/a%20b",
+            "/articles/caf%C3%A9",
+            "/articles/%e6%97%a5",
+        ] {
+            assert_eq!(
+                action("GET", encoded).as_deref(),
+                Some("read:articles"),
+                "{encoded}"
+            );
+        }
     }
 
     #[test]
@@ -211,6 +259,15 @@ mod tests {
             "/articles/%u002e%u002e/admin",
             "/articles/%e0%80%ae%e0%80%ae/admin",
             "/articles/%F0%80%80%AE/admin",
+            "/articles/%%32%65%%32%65/admin",
+            "/articles/%zz",
+            "/articles/%",
+            "/articles/%4",
+            "/articles/%ef%bc%8e%ef%bc%8e/admin",
+            "/articles/%EF%BC%8F..%EF%BC%8Fadmin",
+            "/articles/．．/admin",
+            "/articles/x／..／admin",
+            "/articles/%e2%80%a4%e2%80%a4/admin",
         ] {
             assert_eq!(action("GET", disguised), None, "{disguised}");
         }

@@ -88,13 +88,13 @@ fn config() -> Result<Arc<rustls::ClientConfig>> {
         .filter(|p| !p.is_empty())
         .map_or_else(|| std::path::PathBuf::from(SYSTEM_CA_BUNDLE), Into::into);
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&path).map_err(|err| {
+    let pem = crate::config::read_pem(&path).map_err(|err| {
         anyhow!(
             "CA certificates {}: {err}; set LEASE_BROKER_CA to a PEM file",
             path.display()
         )
     })?;
-    for cert in certs {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|err| anyhow!("CA certificates {}: {err}", path.display()))?;
         let _ = roots.add(cert);
     }

@@ -179,7 +179,7 @@ impl Spec {
         if scheme != "http" && scheme != "https" {
             bail!(
                 "url: '{}' is not http:// or https://",
-                file.url.escape_debug()
+                crate::endpoint::url_shown(&file.url).escape_debug()
             );
         }
         let (authority, base_path) = match rest.find('/') {
@@ -199,7 +199,7 @@ impl Spec {
         {
             bail!(
                 "url: '{}' must be scheme://host[:port][/path], with no user, query or fragment",
-                file.url.escape_debug()
+                crate::endpoint::url_shown(&file.url).escape_debug()
             );
         }
         let source = match (file.secret_file, file.secret_env, file.secret_command) {
@@ -523,6 +523,14 @@ impl Secret {
         }
         if bytes.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
             bail!("the secret contains a control character: refused");
+        }
+        // HTTP trims the whitespace around a header's value: sent, the key would lose it, and
+        // echoed back in a header it would no longer be the bytes the mask looks for.
+        let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+        if blank(bytes.first()) || blank(bytes.last()) {
+            bail!(
+                "the secret begins or ends with a space or a tab: refused (a header would not carry it whole); remove it from the key"
+            );
         }
         Ok(Secret(bytes))
     }
@@ -866,11 +874,12 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_is_refused_empty_or_with_a_line_break_inside() {
+    fn a_secret_is_refused_empty_with_a_line_break_inside_or_blanks_around() {
         let secret =
             |b: &[u8]| Secret::new(Zeroizing::new(b.to_vec())).map(|s| s.expose().to_vec());
         assert_eq!(secret(b"abc\n").expect("trimmed"), b"abc");
         assert_eq!(secret(b"abc\r\n").expect("trimmed"), b"abc");
+        assert_eq!(secret(b"a b\tc\n").expect("inner blanks"), b"a b\tc");
         for bad in [
             &b""[..],
             b"\n",
@@ -879,6 +888,10 @@ mod tests {
             b"a\0b",
             b"ab\n\n",
             b"a\x1bb",
+            b"key ",
+            b" key",
+            b"\tkey",
+            b"key\t\n",
         ] {
             assert!(secret(bad).is_err(), "{bad:?}");
         }
@@ -957,11 +970,19 @@ action = "read:things"
             ),
             (
                 r#"url = "http://u@x""#,
-                "url: 'http://u@x' must be scheme://host[:port][/path], with no user, query or fragment",
+                "url: 'http://***@x' must be scheme://host[:port][/path], with no user, query or fragment",
             ),
             (
                 r#"url = "http://x/?a=1""#,
-                "url: 'http://x/?a=1' must be scheme://host[:port][/path], with no user, query or fragment",
+                "url: 'http://x/?***' must be scheme://host[:port][/path], with no user, query or fragment",
+            ),
+            (
+                r#"url = "https://user:PASSWORD@api.example.com/v1?api_key=KEY#f""#,
+                "url: 'https://***@api.example.com/v1?***' must be scheme://host[:port][/path], with no user, query or fragment",
+            ),
+            (
+                r#"url = "ftp://user:PASSWORD@x?k=KEY""#,
+                "url: 'ftp://***@x?***' is not http:// or https://",
             ),
             (
                 r#"url = "http://x""#,

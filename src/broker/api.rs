@@ -130,6 +130,21 @@ async fn upstream_env(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
     }
 }
 
+/// Why `name` is no upstream of this broker, naming those it has.
+pub(super) fn no_such_upstream(live: &Live, name: &str) -> String {
+    let mut known: Vec<&str> = live.upstreams.keys().map(String::as_str).collect();
+    known.sort_unstable();
+    if known.is_empty() {
+        format!("no upstream '{}': the broker has none", name.escape_debug())
+    } else {
+        format!(
+            "no upstream '{}': the broker has {}",
+            name.escape_debug(),
+            known.join(", ")
+        )
+    }
+}
+
 /// Where a command reaches upstream `name` through this broker, and the variables that say
 /// so (its `child_env`): the upstream's own listener, or a TCP listener of the broker's
 /// (unmodified clients speak TCP), as the client reached it (`host`) if it came over TCP.
@@ -141,17 +156,7 @@ fn upstream_env_for(
     name: &str,
 ) -> Result<UpstreamEnv, Refusal> {
     let Some(upstream) = live.upstreams.get(name) else {
-        let known: Vec<&str> = live.upstreams.keys().map(String::as_str).collect();
-        let why = if known.is_empty() {
-            format!("no upstream '{}': the broker has none", name.escape_debug())
-        } else {
-            format!(
-                "no upstream '{}': the broker has {}",
-                name.escape_debug(),
-                known.join(", ")
-            )
-        };
-        return Err(Refusal(StatusCode::NOT_FOUND, why));
+        return Err(Refusal(StatusCode::NOT_FOUND, no_such_upstream(live, name)));
     };
     let spec = upstream.spec();
     if let Some(own) = shared.own.get(&spec.name) {
@@ -681,7 +686,7 @@ pub(super) async fn no_route(
     let field = |name: &str, value: &Option<String>| {
         value
             .as_deref()
-            .map(|v| format!("{name}={} ", v.escape_debug()))
+            .map(|v| format!("{} ", super::field(name, v)))
             .unwrap_or_default()
     };
     let what = format!(
@@ -921,9 +926,14 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Answer> {
     let limited = Limited::new(request.into_body(), MAX_BODY);
     match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) => Err(error(
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the body is larger than {MAX_BODY} bytes or was cut short"),
+            &format!("the body is larger than {MAX_BODY} bytes"),
+        )),
+        // A chunked body that is not (a bad chunk size), or one cut short.
+        Ok(Err(_)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "the body could not be read: it is malformed or was cut short",
         )),
         Err(_) => Err(error(
             StatusCode::REQUEST_TIMEOUT,

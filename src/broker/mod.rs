@@ -344,6 +344,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// `name=value` for a log line: a value a client chose (a path, a method) is quoted, with
+/// escapes, when it is empty or holds a space, a quote, an `=` or a control character, so that
+/// it cannot pass for more fields of the line (`path=/x lease=... granted`).
+pub(crate) fn field(name: &str, value: &str) -> String {
+    let plain = |c: char| !(c.is_whitespace() || c.is_control() || c == '"' || c == '=');
+    if !value.is_empty() && value.chars().all(plain) {
+        format!("{name}={value}")
+    } else {
+        format!("{name}={value:?}")
+    }
+}
+
 /// One line on stderr: what the broker did. Callers never pass a token.
 fn log(line: &str) {
     use std::io::Write as _;
@@ -727,10 +739,14 @@ fn bind_unix(path: &Path, group: Option<u32>) -> Result<std::os::unix::net::Unix
 fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let pem = crate::config::read_pem(cert)
         .map_err(|err| anyhow!("tls_cert {}: {err}", cert.display()))?;
-    let key_der = PrivateKeyDer::from_pem_file(key)
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| anyhow!("tls_cert {}: {err}", cert.display()))?;
+    let pem =
+        crate::config::read_pem(key).map_err(|err| anyhow!("tls_key {}: {err}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|err| anyhow!("tls_key {}: {err}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -87,8 +87,10 @@ fn client(spec: &Spec) -> Result<Client<Connector, Counted>> {
         }
     }
     if let Some(path) = &spec.ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        let pem = crate::config::read_pem(path)
+            .map_err(|err| anyhow!("ca_file {}: {err}", path.display()))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|err| anyhow!("ca_file {}: {err}", path.display()))?;
         for cert in certs {
             roots
@@ -331,10 +333,10 @@ async fn forward(
             "no token: send the lease token as Authorization: Bearer TOKEN, or as the password of Basic auth{header}"
         );
         let what = format!(
-            "upstream={} method={} path={} client={peer}",
+            "upstream={} {} {} client={peer}",
             spec.name,
-            event.method.as_deref().unwrap_or(""),
-            event.path.as_deref().unwrap_or("").escape_debug()
+            super::field("method", event.method.as_deref().unwrap_or("")),
+            super::field("path", event.path.as_deref().unwrap_or(""))
         );
         turned_away(shared, crate::authorize::Reason::NoToken, &what);
         return small(refused(StatusCode::UNAUTHORIZED, &why));

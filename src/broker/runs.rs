@@ -205,6 +205,17 @@ async fn start(
 ) -> Result<(LeaseId, FromBroker, Process), String> {
     let body: MintBody = crate::wire::from_object(line)
         .map_err(|err| format!("the first line is not a run: {err}"))?;
+    // An upstream the run names and this broker lacks stops it before a lease exists.
+    if let Some(name) = body
+        .upstreams
+        .iter()
+        .find(|n| !live.upstreams.contains_key(*n))
+    {
+        return Err(format!(
+            "cannot reach upstream {name}: {}",
+            super::api::no_such_upstream(live, name)
+        ));
+    }
     let command = body.command.clone().unwrap_or_else(|| "?".to_owned());
     // The trail names the run's wrapper as a local run's does: its pid (the socket's word for
     // it, else the wrapper's), argv[0] and the count of arguments.

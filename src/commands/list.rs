@@ -63,6 +63,17 @@ pub(super) fn load_all(store: &Store) -> Result<Vec<Record>> {
     store.records(|id, why| super::console::note!("lease: warning: skipping lease {id}: {why}"))
 }
 
+/// The longest command name the table shows, in characters.
+const MAX_COMMAND_SHOWN: usize = 64;
+
+/// `text` cut to [`MAX_COMMAND_SHOWN`] characters, `…` ending what was cut.
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(MAX_COMMAND_SHOWN) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 fn print_table(leases: &[(Record, Option<Reason>)], now: SystemTime) -> std::io::Result<()> {
     let rows: Vec<[String; 8]> = leases
         .iter()
@@ -73,9 +84,10 @@ fn print_table(leases: &[(Record, Option<Reason>)], now: SystemTime) -> std::io:
             };
             let (pid, command) = match &record.owner {
                 // One lease, one row: a name with a line break in it is shown escaped.
+                // A long one is cut: the table stays a table (`--json` has it whole).
                 Some(owner) => (
                     owner.run_pid().to_string(),
-                    owner.command.escape_debug().to_string(),
+                    cut(&owner.command.escape_debug().to_string()),
                 ),
                 None => ("-".to_owned(), "(detached)".to_owned()),
             };
@@ -114,10 +126,10 @@ fn print_table(leases: &[(Record, Option<Reason>)], now: SystemTime) -> std::io:
     for row in std::iter::once(&header).chain(&rows) {
         let mut line = String::new();
         for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  "));
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = width - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
             }
         }
         writeln!(out, "{line}")?;

@@ -38,6 +38,8 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     body.pid = Some(std::process::id());
     body.argv0 = Some(program.to_string_lossy().into_owned());
     body.argc = Some(args.len());
+    // Named first, so that an upstream the broker lacks stops the run before a lease exists.
+    body.upstreams.clone_from(&request.upstreams);
     // A refusal reads as it does locally; a broker that cannot be reached says so.
     let (hold, started) = Hold::start(broker, inherited.as_ref(), &body).map_err(|err| {
         if err.is::<crate::client::Refusal>() {

@@ -799,7 +799,9 @@ fn one_line(err: &etcd_client::Error) -> String {
 
 fn tls_options(files: &TlsFiles) -> Result<TlsOptions> {
     let read = |path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        crate::config::read_pem(path)
+            .map(|pem| pem.to_vec())
+            .with_context(|| format!("reading {}", path.display()))
     };
     let mut options = TlsOptions::new();
     if let Some(ca) = &files.ca_file {

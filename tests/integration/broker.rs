@@ -661,6 +661,59 @@ fn a_token_holder_is_not_told_where_the_brokers_store_is() {
     );
 }
 
+/// A value in `LEASE_TOKEN` or `--token-env` that is not a lease token (another service's key
+/// left there) never leaves the client: the broker gets the bare prefix, and answers as it
+/// answers any malformed token, in the local words.
+#[test]
+fn a_value_that_is_not_a_lease_token_is_never_sent_to_the_broker() {
+    use std::io::{BufRead, BufReader};
+    let sandbox = Sandbox::new();
+    let key = "ghp_NOTALEASETOKEN0123456789abcdef";
+    // What the client sends is seen on the wire: a listener here reads one request head (no
+    // server logs its requests' Authorization as sent), then closes without a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let capture = format!("http://{}", listener.local_addr().expect("address"));
+    let heads = std::thread::spawn(move || {
+        let mut heads = Vec::new();
+        for stream in listener.incoming().take(2) {
+            let stream = stream.expect("accepted");
+            stream
+                .set_read_timeout(Some(crate::harness::PATIENCE))
+                .expect("timeout");
+            let mut head = String::new();
+            let mut reader = BufReader::new(stream);
+            while reader.read_line(&mut head).is_ok_and(|n| n > 2) {}
+            heads.push(head);
+        }
+        heads
+    });
+    for args in [&["status"][..], &["status", "--token-env", "GH_TOKEN"]] {
+        sandbox
+            .lease(args)
+            .env("LEASE_TOKEN", key)
+            .env("GH_TOKEN", key)
+            .env("LEASE_BROKER", &capture)
+            .run()
+            .code_is(2);
+    }
+    for head in heads.join().expect("the listener") {
+        assert!(!head.contains("NOTALEASETOKEN"), "{head}");
+        assert!(head.contains("Authorization: Bearer agt_\r\n"), "{head}");
+    }
+    // A real broker answers as the local store does.
+    let broker = Broker::start(&sandbox, &[]);
+    let local = sandbox.lease(["status"]).env("LEASE_TOKEN", key).run();
+    let through = sandbox
+        .lease(["status"])
+        .env("LEASE_TOKEN", key)
+        .env("LEASE_BROKER", broker.endpoint())
+        .run();
+    assert_eq!(
+        (through.code(), &through.stderr, &through.stdout),
+        (local.code(), &local.stderr, &local.stdout)
+    );
+}
+
 /// Forward-auth answers a grant with the lease's id and scopes, for the web server to pass on.
 #[test]
 fn forward_auth_names_the_granted_lease_and_its_scopes() {
@@ -980,7 +1033,12 @@ fn forward_auth_takes_envoys_original_method_and_path_under_v1_auth() {
     // The trail still says what was asked about, as for any request no route allows.
     let last = sandbox.trail().pop().expect("an event");
     assert_eq!(
-        (&last["event"], &last["reason"], &last["method"], &last["path"]),
+        (
+            &last["event"],
+            &last["reason"],
+            &last["method"],
+            &last["path"]
+        ),
         (
             &serde_json::json!("denied"),
             &serde_json::json!("no route"),
@@ -1100,9 +1158,24 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
         &[&format!("http://{}/v1/auth", broker.tcp)],
     );
     assert_eq!(none.status, 401);
+    // A path that would read as more fields of the log line is quoted there; one that holds
+    // a token, even percent-encoded, is left out of it.
+    let encoded = format!("/private/agt%5F{}", &token[4..]);
+    for uri in ["/private/x lease=000000000000 granted", encoded.as_str()] {
+        let reply = curl(
+            &sandbox,
+            &[
+                "X-Original-Method: GET".to_owned(),
+                format!("X-Original-URI: {uri}"),
+            ],
+            &[&format!("http://{}/v1/auth", broker.tcp)],
+        );
+        assert_eq!(reply.status, 401, "{uri}");
+    }
     let metrics = curl(&sandbox, &[], &[&format!("http://{}/metrics", broker.tcp)]);
-    for reason in ["revoked", "no token"] {
-        let line = format!("lease_decisions_total{{result=\"denied\",reason=\"{reason}\"}} 1\n");
+    for (reason, count) in [("revoked", 1), ("no token", 3)] {
+        let line =
+            format!("lease_decisions_total{{result=\"denied\",reason=\"{reason}\"}} {count}\n");
         assert!(metrics.body.contains(&line), "{reason}: {}", metrics.body);
     }
     let (_, log) = broker.stop();
@@ -1119,6 +1192,15 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
             |l| l.contains("denied: no route: method=GET path=/private/notes client=")
                 && l.ends_with(": no token")
         ),
+        "{log}"
+    );
+    assert!(
+        log.contains(r#"path="/private/x lease=000000000000 granted" client="#),
+        "{log}"
+    );
+    assert!(!log.contains(&token[4..]), "{log}");
+    assert!(
+        log.contains("path=\"(left out: it holds a percent-encoded lease token)\""),
         "{log}"
     );
     let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
@@ -1325,6 +1407,14 @@ fn a_head_over_64_kib_is_431_and_a_body_over_16_kib_is_413() {
         "within the limit: read, and not JSON"
     );
     assert_eq!(status(body(64 * 1024 + 1)), "413");
+    // A chunked body that is not one (a chunk size that is no number) is a bad request.
+    assert_eq!(
+        status(
+            "POST /v1/verify HTTP/1.1\r\nHost: lease\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nZZ\r\nxx\r\n0\r\n\r\n"
+                .to_owned()
+        ),
+        "400"
+    );
 }
 
 #[test]
@@ -2551,6 +2641,70 @@ pub fn certificates(sandbox: &Sandbox) -> (PathBuf, PathBuf, PathBuf) {
         "broker.crt",
     ]);
     (path("ca.crt"), path("broker.crt"), path("broker.key"))
+}
+
+/// A PEM file that is a device, a FIFO or a directory (`tls_cert`, `tls_key`, an upstream's
+/// `ca_file`, `LEASE_BROKER_CA`) is refused at once in one line naming it: never read without
+/// end (`/dev/zero`) or waited on (a FIFO no one writes).
+#[test]
+fn a_pem_file_that_is_not_a_regular_file_is_refused_at_once() {
+    let sandbox = Sandbox::new();
+    let fifo = sandbox.path("fifo.pem");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let fifo = fifo.display().to_string();
+    let dir = sandbox.path("").display().to_string();
+    for (config, named) in [
+        (
+            format!("tls_cert = \"/dev/zero\"\ntls_key = \"{fifo}\"\n"),
+            "tls_cert /dev/zero",
+        ),
+        (
+            format!("tls_cert = \"{fifo}\"\ntls_key = \"/dev/zero\"\n"),
+            "tls_cert ",
+        ),
+        (
+            format!(
+                "[upstream.api]\nurl = \"https://127.0.0.1:1\"\nsecret_env = \"HOME\"\nca_file = \"{dir}\"\n"
+            ),
+            "ca_file ",
+        ),
+    ] {
+        std::fs::write(sandbox.path("serve.toml"), &config).expect("config");
+        let started = Instant::now();
+        let out = sandbox
+            .lease([
+                "--config",
+                sandbox.path("serve.toml").to_str().unwrap(),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .run();
+        assert_ne!(out.code(), Some(0), "{out:?}");
+        let out = out.one_error_line();
+        assert!(
+            out.stderr.contains(named) && out.stderr.contains("it is not a regular file"),
+            "{config}: {out:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{config}");
+    }
+    // A client whose LEASE_BROKER_CA is /dev/zero or a FIFO gives up at once (exit 2).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let https = format!("https://{}", listener.local_addr().expect("address"));
+    let token = sandbox.issue("read:a");
+    for ca in ["/dev/zero", fifo.as_str()] {
+        let started = Instant::now();
+        let out = sandbox
+            .lease(["verify", "read:a"])
+            .env("LEASE_TOKEN", &token)
+            .env("LEASE_BROKER", &https)
+            .env("LEASE_BROKER_CA", ca)
+            .run()
+            .code_is(2)
+            .one_error_line();
+        assert!(out.stderr.contains("it is not a regular file"), "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(4), "{ca}");
+    }
 }
 
 /// TLS on the broker's TCP listeners (`tls_cert`, `tls_key`): an `https://` broker serves

@@ -118,6 +118,42 @@ fn config_flag_and_env_pick_the_file_and_a_missing_one_is_an_error() {
         .stderr_has("/nonexistent/lease.toml");
 }
 
+/// No default config is no policy; a default config that is a link to a file that is gone is a
+/// policy gone missing, and nothing is minted until it is back or the link is removed.
+#[test]
+fn a_default_config_linked_to_a_missing_file_fails_closed() {
+    if crate::harness::local_only("the broker reads its own config, not the client's") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let real = sandbox.path("policy.toml");
+    std::fs::write(&real, "allowed_scopes = [\"read:*\"]\n").unwrap();
+    let link = sandbox.write_config("");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    sandbox
+        .lease(["issue", "--scope", "write:x"])
+        .run()
+        .code_is(2);
+    std::fs::rename(&real, sandbox.path("moved.toml")).unwrap();
+    let out = sandbox
+        .lease(["issue", "--scope", "write:x"])
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(
+        out.stderr
+            .contains("is a symbolic link to a file that does not exist"),
+        "{out:?}"
+    );
+    std::fs::remove_file(&link).unwrap();
+    assert!(sandbox.states().is_empty(), "{:?}", sandbox.states());
+    sandbox
+        .lease(["issue", "--scope", "write:x"])
+        .run()
+        .success();
+}
+
 /// The config sets the policy and the broker: one that another user could rewrite (writable
 /// by group or others, another user's, in a directory others may write to) is refused, as
 /// OpenSSH refuses such files, in one line naming it; nothing is minted and nothing is asked

@@ -632,3 +632,40 @@ fn gc_removes_the_temporary_file_of_a_writer_that_died_mid_write() {
     assert!(!left.exists(), "gc left {}", left.display());
     assert_eq!(sandbox.records().len(), 1);
 }
+
+/// A command name longer than a table can hold is cut there (`--json` has it whole), and one
+/// longer than any column width formatting takes does not break `list`.
+#[test]
+fn a_long_command_name_is_cut_in_the_table_and_whole_in_json() {
+    let sandbox = Sandbox::new();
+    // Not found on PATH: the run ends at once, and its record keeps the name.
+    let name = "c".repeat(200);
+    sandbox
+        .lease(["run", "--scope", "a", "--", &name])
+        .run()
+        .code_is(127);
+    let table = sandbox.lease(["list", "--all"]).run().success().stdout;
+    let cut = format!("{}…", &name[..64]);
+    assert!(table.contains(&cut) && !table.contains(&name), "{table}");
+    let all = sandbox
+        .lease(["list", "--all", "--json"])
+        .run()
+        .success()
+        .json();
+    assert_eq!(all[0]["command"], name.as_str(), "{all}");
+    if crate::harness::local_only("a broker takes no run line of 70 KB") {
+        return;
+    }
+    let huge = format!("/nonexistent/{}", "c".repeat(70_000));
+    sandbox
+        .lease(["run", "--scope", "a", "--", &huge])
+        .run()
+        .code_is(126);
+    let table = sandbox.lease(["list", "--all"]).run().success().stdout;
+    assert_eq!(
+        table.lines().count(),
+        3,
+        "{}",
+        &table[..table.len().min(500)]
+    );
+}

@@ -252,6 +252,30 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
         .env("LEASE_BROKER", broker.endpoint())
         .run()
         .success();
+    // An upstream the broker lacks stops the run before a lease exists.
+    let before = sandbox.states().len();
+    let ran = sandbox.path("ran");
+    let out = sandbox
+        .lease([
+            "run",
+            "--scope",
+            "read:site",
+            "--upstream",
+            "nope",
+            "--",
+            "touch",
+        ])
+        .arg(&ran)
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert_eq!(
+        out.stderr,
+        "lease: cannot reach upstream nope: no upstream 'nope': the broker has site\n"
+    );
+    assert!(!ran.exists());
+    assert_eq!(sandbox.states().len(), before, "a lease was minted");
     let lines: Vec<&str> = printed.stdout.lines().collect();
     let site_url = format!("SITE_URL=http://{}/u/site", broker.tcp);
     assert!(lines.contains(&site_url.as_str()), "{printed:?}");

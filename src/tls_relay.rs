@@ -50,7 +50,8 @@ pub fn relay(authority: &str) -> Exit {
                 Exit::Success
             }
             Err(err) => {
-                let line = format!("error: {}\n", crate::token::redact(&format!("{err:#}")));
+                // One line, whatever it quotes (a path with a line break in it).
+                let line = format!("error: {}\n", crate::one_line(&format!("{err:#}")));
                 let _ = client.write_all(line.as_bytes()).await;
                 Exit::Failure
             }

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use super::values::{
-    parse_env_name, parse_glob, parse_listen, parse_on_expiry, parse_token_env, parse_ttl,
+    OnExpiryValues, parse_env_name, parse_glob, parse_listen, parse_token_env, parse_ttl,
 };
 use crate::config::OnExpiry;
 use crate::endpoint::Listen;
@@ -249,7 +249,12 @@ pub(super) struct RunArgs {
 
     /// At expiry: keep the command running (the token just stops working), or end it with
     /// SIGTERM (then SIGKILL after --grace) or SIGKILL; lease then exits 124
-    #[arg(long, value_name = "keep|term|kill", value_parser = parse_on_expiry)]
+    #[arg(
+        long,
+        value_name = "keep|term|kill",
+        value_parser = OnExpiryValues,
+        hide_possible_values = true
+    )]
     pub(super) on_expiry: Option<OnExpiry>,
 
     /// How long a command ended with --on-expiry term has before SIGKILL [default: 10s]

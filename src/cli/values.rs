@@ -38,6 +38,34 @@ pub(super) fn parse_on_expiry(text: &str) -> Result<OnExpiry> {
     text.parse()
 }
 
+/// `--on-expiry`'s parser: [`parse_on_expiry`], whose words are also offered to shell
+/// completion (the help names them already).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OnExpiryValues;
+
+impl clap::builder::TypedValueParser for OnExpiryValues {
+    type Value = OnExpiry;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<OnExpiry, clap::Error> {
+        let parse: fn(&str) -> Result<OnExpiry> = parse_on_expiry;
+        parse.parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        let words = [OnExpiry::Keep, OnExpiry::Term, OnExpiry::Kill];
+        Some(Box::new(words.into_iter().map(|word| {
+            clap::builder::PossibleValue::new(word.as_str())
+        })))
+    }
+}
+
 pub(super) fn parse_env_name(text: &str) -> Result<String> {
     config::validate_env_name(text)?;
     Ok(text.to_owned())

@@ -2705,6 +2705,20 @@ fn a_pem_file_that_is_not_a_regular_file_is_refused_at_once() {
         assert!(out.stderr.contains("it is not a regular file"), "{out:?}");
         assert!(started.elapsed() < Duration::from_secs(4), "{ca}");
     }
+    // The relay's word on it reaches the client whole, on one line, whatever the path holds.
+    let out = sandbox
+        .lease(["verify", "read:a"])
+        .env("LEASE_TOKEN", &token)
+        .env("LEASE_BROKER", &https)
+        .env("LEASE_BROKER_CA", "/nonexistent/ca\nfile.pem")
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(
+        out.stderr
+            .contains(r"/nonexistent/ca\nfile.pem: No such file or directory"),
+        "{out:?}"
+    );
 }
 
 /// TLS on the broker's TCP listeners (`tls_cert`, `tls_key`): an `https://` broker serves

@@ -50,6 +50,19 @@ fn completions_and_man_page_are_generated_and_bash_offers_the_subcommands() {
             "{sub} not offered: {offered}"
         );
     }
+    // A value that has a fixed set of words is completed with them.
+    let probe = format!(
+        "source {}; COMP_WORDS=(lease run --on-expiry \"\"); COMP_CWORD=3; _lease lease \"\" --on-expiry; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display()
+    );
+    let offered = sandbox
+        .command("bash")
+        .arg("-c")
+        .arg(probe)
+        .run()
+        .success()
+        .stdout;
+    assert_eq!(offered, "keep\nterm\nkill\n");
 }
 
 #[test]

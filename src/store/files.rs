@@ -379,11 +379,7 @@ impl Files {
         // pid and 64 random bits: a name no other writer has or can guess, so an existing
         // file under it is never expected, and is an error (O_EXCL) rather than a file to
         // write through.
-        let name = format!(
-            "{TEMP_PREFIX}{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        );
+        let name = format!("{TEMP_PREFIX}{}-{:016x}", std::process::id(), random_u64()?);
         let fd = nix::fcntl::openat(
             leases,
             name.as_str(),
@@ -806,6 +802,18 @@ fn debug_charge_barrier() {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// 64 random bits from the system (`getrandom`), for a temporary file's name. Not a seeded
+/// generator: seeding one asks the CPU what it has (`cpuid`), which costs a virtual machine
+/// about 9 µs a question, once per process.
+fn random_u64() -> Result<u64> {
+    use rand::TryRng as _;
+    let mut bytes = [0u8; 8];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut bytes)
+        .context("reading the system random number generator")?;
+    Ok(u64::from_ne_bytes(bytes))
 }
 
 #[cfg(test)]

@@ -18,9 +18,10 @@ case "$host" in
         # getrandom finds glibc's getrandom() with dlsym, which a static binary cannot: without
         # this it falls back to polling /dev/random and reading /dev/urandom (four more system
         # calls and a descriptor in every run). sha2's portable code hashes a token's few dozen
-        # bytes in well under a microsecond; its SHA-NI code first asks the CPU whether it has
-        # SHA-NI (cpuid), which a virtual machine answers in ~9 us a question, once per process.
-        env "$var=-C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\" --cfg sha2_backend=\"soft\"" \
+        # bytes in well under a microsecond, and httparse's reads a broker's short answer as
+        # fast; their SIMD code first asks the CPU what it has (cpuid), which a virtual machine
+        # answers in ~9 us a question, once per process (docs/performance.md).
+        env "$var=-C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\" --cfg sha2_backend=\"soft\" --cfg httparse_disable_simd=\"1\"" \
             cargo build --release --locked --quiet --target "$host" >&2
         echo "${CARGO_TARGET_DIR:-$PWD/target}/$host/release/lease"
         ;;

@@ -564,10 +564,11 @@ fn revoke_self_without_a_usable_token_exits_2_in_one_line() {
     } else {
         ": pass the state dir it was issued in (--state-dir or LEASE_STATE_DIR)"
     };
-    let unknown = format!(
-        "lease: cannot revoke: no lease in {} matches the token{hint}\n",
-        state.display()
-    );
+    // The store as an operator is told of it: the state dir, or the etcd store's address.
+    let store = sandbox
+        .store_url()
+        .map_or_else(|| state.display().to_string(), str::to_owned);
+    let unknown = format!("lease: cannot revoke: no lease in {store} matches the token{hint}\n");
     for (token, expected) in [
         (None, no_token),
         (Some(truncated), not_a_token),

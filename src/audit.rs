@@ -176,15 +176,19 @@ pub fn method_shown(method: &str) -> String {
     shown(method, MAX_METHOD)
 }
 
+/// What the trail and the log show for a path or a method that holds a percent-encoded token
+/// (within [`MAX_METHOD`]).
+pub const ENCODED_TOKEN_LEFT_OUT: &str = "(left out: a lease token)";
+
 /// `text` with a token in it redacted, then cut to `max` bytes (at a character's boundary)
 /// with `…` after it. Redacted first, so that no cut leaves part of a token behind. A token
-/// percent-encoded in it (`agt%5F...`), which no search for the prefix finds, leaves nothing
-/// of the text but a word of why.
+/// percent-encoded in it, in whole or in part (`agt%5F...`, `agt_ABCDEFGH%49...`), which the
+/// redaction of its plain text would only cut in two, leaves nothing of the text but a word.
 fn shown(text: &str, max: usize) -> String {
-    let redacted = crate::token::redact(text);
-    if crate::token::holds_whole_token(redacted.as_bytes()) {
-        return "(left out: it holds a percent-encoded lease token)".to_owned();
+    if text.contains('%') && crate::token::holds_whole_token(text.as_bytes()) {
+        return ENCODED_TOKEN_LEFT_OUT.to_owned();
     }
+    let redacted = crate::token::redact(text);
     if redacted.len() <= max {
         return redacted.into_owned();
     }
@@ -744,9 +748,22 @@ mod tests {
         assert_eq!(written.command.as_deref(), Some("agt_***"));
         // A path or a method is shown with the token redacted, even percent-encoded.
         assert_eq!(path_shown(&format!("/x/{token}")), "/x/agt_***");
-        let encoded = format!("/x/agt%5F{}", &token[4..]);
-        assert!(!path_shown(&encoded).contains(&token[4..]));
-        assert!(!method_shown(&format!("%61gt_{}", &token[4..])).contains(&token[4..]));
+        // Encoded in whole or only past the first characters of its body, which the
+        // redaction of plain text would cut in two, leaving the rest.
+        for encoded in [
+            format!("/x/agt%5F{}", &token[4..]),
+            format!("%61gt_{}", &token[4..]),
+            format!(
+                "/x/{}%{:02X}{}",
+                &token[..12],
+                token.as_bytes()[12],
+                &token[13..]
+            ),
+        ] {
+            assert_eq!(path_shown(&encoded), ENCODED_TOKEN_LEFT_OUT);
+            assert_eq!(method_shown(&encoded), ENCODED_TOKEN_LEFT_OUT);
+        }
+        assert!(ENCODED_TOKEN_LEFT_OUT.len() <= MAX_METHOD);
         assert_eq!(path_shown("/x/agt%5Ftools"), "/x/agt%5Ftools");
     }
 

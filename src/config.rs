@@ -312,30 +312,38 @@ fn only_its_owner_may_change(path: &Path, meta: &fs::Metadata) -> io::Result<()>
 pub const MAX_PEM_BYTES: u64 = 4 << 20;
 
 /// The bytes of a PEM file the config or the environment names (`tls_cert`, `tls_key`,
-/// `ca_file`, `LEASE_BROKER_CA`, etcd's): a regular file, read up to [`MAX_PEM_BYTES`]; a
-/// FIFO, a device (`/dev/zero`) or a directory is refused at once, never waited on or read
-/// without end. Zeroed when dropped: it may be a private key.
+/// `ca_file`, `LEASE_BROKER_CA`, etcd's): see [`read_regular`]. Zeroed when dropped: it may
+/// be a private key.
 pub fn read_pem(path: &Path) -> io::Result<zeroize::Zeroizing<Vec<u8>>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other("it is not a regular file"));
-    }
-    let mut bytes = zeroize::Zeroizing::new(Vec::new());
-    file.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(io::Error::other(format!(
-            "it is larger than {MAX_PEM_BYTES} bytes"
-        )));
-    }
-    Ok(bytes)
+    read_regular(path, MAX_PEM_BYTES, |_| Ok(()))
 }
 
+/// The config file's text: see [`read_regular`]; it must also be one only its owner (the
+/// user or root) may change.
 fn read_bounded(path: &Path) -> io::Result<String> {
+    // `--config /dev/null` is the usual way to say "no config file".
+    if path == Path::new("/dev/null") {
+        return Ok(String::new());
+    }
+    let bytes = read_regular(path, MAX_CONFIG_BYTES, |meta| {
+        only_its_owner_may_change(path, meta)
+    })?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
+/// The bytes of a file lease is told to read: a regular file (a FIFO, a device such as
+/// `/dev/zero` or a directory is refused at once, never waited on or read without end),
+/// passing `check`, of at most `max` bytes.
+fn read_regular(
+    path: &Path,
+    max: u64,
+    check: impl FnOnce(&fs::Metadata) -> io::Result<()>,
+) -> io::Result<zeroize::Zeroizing<Vec<u8>>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
@@ -344,21 +352,15 @@ fn read_bounded(path: &Path) -> io::Result<String> {
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
-        // `--config /dev/null` is the usual way to say "no config file".
-        if path == Path::new("/dev/null") {
-            return Ok(String::new());
-        }
         return Err(io::Error::other("it is not a regular file"));
     }
-    only_its_owner_may_change(path, &meta)?;
-    let mut text = String::new();
-    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(io::Error::other(format!(
-            "it is larger than {MAX_CONFIG_BYTES} bytes"
-        )));
+    check(&meta)?;
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::other(format!("it is larger than {max} bytes")));
     }
-    Ok(text)
+    Ok(bytes)
 }
 
 impl Config {
@@ -377,10 +379,15 @@ impl Config {
             // No file is no policy; but a symbolic link whose file is gone is a policy that
             // went missing (moved, on a mount not there yet): fail closed, not open.
             Err(err) if err.kind() == io::ErrorKind::NotFound && !required => {
-                if path.symlink_metadata().is_ok() {
+                // The file, or a directory above it (`~/.config/lease` linked to a mount).
+                let dangling = path.ancestors().find(|at| {
+                    at.symlink_metadata().is_ok_and(|m| m.is_symlink()) && at.metadata().is_err()
+                });
+                if let Some(link) = dangling {
                     bail!(
-                        "reading config {}: it is a symbolic link to a file that does not exist: restore the file, or remove the link to run without a config",
-                        path.display()
+                        "reading config {}: {} is a symbolic link to something that does not exist: restore it, or remove the link to run without a config",
+                        path.display(),
+                        link.display()
                     );
                 }
                 return Ok(Config::default());

@@ -76,11 +76,13 @@ pub fn url_shown(url: &str) -> String {
         Some((scheme, rest)) => (format!("{scheme}://"), rest),
         None => (String::new(), url),
     };
-    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
-    let host = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => authority.to_owned(),
+    // A password may hold a `/`, `?` or `#` of its own: everything up to the last `@` goes.
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((_, rest)) => ("***@", rest),
+        None => ("", rest),
     };
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let host = format!("{user}{authority}");
     let path = match path.find(['?', '#']) {
         Some(at) => format!("{}?***", &path[..at]),
         None => path.to_owned(),
@@ -197,6 +199,8 @@ mod tests {
             ("https://u:p@host:1/a/b?k=v#f", "https://***@host:1/a/b?***"),
             ("http://host/a#f", "http://host/a?***"),
             ("http://a@b@host", "http://***@host"),
+            ("https://user:pa/ss@broker:7443", "https://***@broker:7443"),
+            ("https://user:p?ss#x@host/a?k", "https://***@host/a?***"),
             ("host:1", "host:1"),
             ("https://host/a/b", "https://host/a/b"),
         ] {

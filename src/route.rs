@@ -98,23 +98,64 @@ impl Route {
 /// Whether a `%` in `path` is not followed by two hex digits.
 fn has_a_stray_percent(path: &str) -> bool {
     let bytes = path.as_bytes();
-    memchr::memchr_iter(b'%', bytes).any(|at| {
+    let percents = bytes.iter().enumerate().filter(|(_, b)| **b == b'%');
+    percents.map(|(at, _)| at).any(|at| {
         !bytes
             .get(at + 1..at + 3)
             .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
     })
 }
 
-/// Whether `path` percent-encodes a control character (`%00` to `%1f`, `%7f`).
-fn encodes_a_control_character(path: &str) -> bool {
-    path.as_bytes().windows(3).any(|w| {
-        w[0] == b'%'
-            && std::str::from_utf8(&w[1..])
-                .ok()
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                .is_some_and(|byte| byte < 0x20 || byte == 0x7f)
-    })
-}
+/// The characters Unicode's compatibility normalization (NFKC) turns into text holding a
+/// dot, a slash, a backslash, a `;` or a `%` (`．` `／` `＼` `‥` `﹨` `％` ...; the list is
+/// Python's `unicodedata` run over every code point): to a server that normalizes, a dot
+/// segment, a separator, a path parameter or an escape.
+const NORMALIZED_TO_PUNCTUATION: &[char] = &[
+    '\u{37e}',
+    '\u{2024}',
+    '\u{2025}',
+    '\u{2026}',
+    '\u{2100}',
+    '\u{2101}',
+    '\u{2105}',
+    '\u{2106}',
+    '\u{2488}',
+    '\u{2489}',
+    '\u{248a}',
+    '\u{248b}',
+    '\u{248c}',
+    '\u{248d}',
+    '\u{248e}',
+    '\u{248f}',
+    '\u{2490}',
+    '\u{2491}',
+    '\u{2492}',
+    '\u{2493}',
+    '\u{2494}',
+    '\u{2495}',
+    '\u{2496}',
+    '\u{2497}',
+    '\u{2498}',
+    '\u{2499}',
+    '\u{249a}',
+    '\u{249b}',
+    '\u{33c2}',
+    '\u{33c7}',
+    '\u{33d8}',
+    '\u{fe14}',
+    '\u{fe19}',
+    '\u{fe30}',
+    '\u{fe52}',
+    '\u{fe54}',
+    '\u{fe68}',
+    '\u{fe6a}',
+    '\u{ff05}',
+    '\u{ff0e}',
+    '\u{ff0f}',
+    '\u{ff1b}',
+    '\u{ff3c}',
+    '\u{1f100}',
+];
 
 /// The first route that matches `method` and `uri` (its query string ignored).
 pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Route> {
@@ -123,46 +164,29 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
     // encoding (`%2e%2e`, `%2f`, `%5c`), uses a backslash or an empty segment, or is not
     // absolute, is not matched at all: the web server may or may not have normalized it, the
     // application behind it may decode it, and a route must never be escaped that way.
+    // `%25` is a percent sign encoded: what it hides is decoded a second time behind us, and
+    // so is what follows a `%` that begins no escape (`%%32%65` is `%2e` once decoded, a dot
+    // twice). `..;x` is a dot segment to servers that strip path parameters (Tomcat, Spring),
+    // and `%3b` is that `;` encoded. `%u002e` is IIS's encoding of a dot.
     let lower = path.to_ascii_lowercase();
-    // `%25` is a percent sign encoded: what it hides is decoded a second time behind us.
-    // `..;x` is a dot segment to servers that strip path parameters (Tomcat, Spring), and
-    // `%3b` is that `;` encoded. `%u002e` is IIS's encoding of a dot; `%c0` and `%c1` begin
-    // overlong UTF-8 of two bytes (`%c0%ae`, a dot to a lax decoder), `%e0%80` to `%e0%9f`
-    // and `%f0%80` to `%f0%8f` of three and four; an encoded control character (`%00` ends
-    // a C string) means no path a route was written for. A `%` that does not begin an escape
-    // (`%%32%65` is `%2e` once decoded, a dot twice) is no URI at all; and the characters
-    // that Unicode normalization (NFKC) turns into a dot, a slash or a backslash (fullwidth
-    // `．` `／` `＼`, the one-dot leader, the small full stop) are a dot segment or a separator
-    // to a server that normalizes.
-    let disguised = [
-        "%2e",
-        "%2f",
-        "%5c",
-        "%25",
-        "%3b",
-        "%u",
-        "%c0",
-        "%c1",
-        "%e0%8",
-        "%e0%9",
-        "%f0%8",
-        "\\",
-        "//",
-        "%ef%bc%8e",
-        "%ef%bc%8f",
-        "%ef%bc%bc",
-        "%e2%80%a4",
-        "%ef%b9%92",
-        "．",
-        "／",
-        "＼",
-        "․",
-        "﹒",
-    ]
-    .iter()
-    .any(|s| lower.contains(s))
-        || encodes_a_control_character(&lower)
-        || has_a_stray_percent(path);
+    let encoded = ["%2e", "%2f", "%5c", "%25", "%3b", "%u"]
+        .iter()
+        .any(|s| lower.contains(s))
+        || has_a_stray_percent(path)
+        || path.contains('\\')
+        || path.contains("//");
+    // Decoded once, as the server behind will: bytes that are not UTF-8 (overlong forms such
+    // as `%c0%ae`, a dot to a lax decoder), a control character (`%00` ends a C string), or a
+    // character that normalizes to punctuation mean no path a route was written for.
+    let decoded = crate::token::percent_decoded(path.as_bytes());
+    let decoded = decoded
+        .as_deref()
+        .map_or(path.as_bytes(), |bytes| &bytes[..]);
+    let disguised = encoded
+        || std::str::from_utf8(decoded).map_or(true, |text| {
+            text.chars()
+                .any(|c| c.is_control() || NORMALIZED_TO_PUNCTUATION.contains(&c))
+        });
     let dot = |segment: &str| matches!(segment.split(';').next(), Some(".." | "."));
     if !path.starts_with('/') || disguised || path.split('/').any(dot) {
         return None;
@@ -268,6 +292,13 @@ mod tests {
             "/articles/．．/admin",
             "/articles/x／..／admin",
             "/articles/%e2%80%a4%e2%80%a4/admin",
+            "/articles/‥/admin",
+            "/articles/%E2%80%A5/admin",
+            "/articles/%ef%b8%b0/admin",
+            "/articles/..%ef%b9%a8admin",
+            "/articles/%ef%bc%85%32%65",
+            "/articles/%c2%85",
+            "/articles/%ff",
         ] {
             assert_eq!(action("GET", disguised), None, "{disguised}");
         }

@@ -237,13 +237,7 @@ fn whole_token_in(bytes: &[u8]) -> bool {
     // Wherever the prefix is, including inside a longer run of a token's characters
     // (`agt_x-agt_TOKEN`): the checksum says whether a token starts there. (A plain scan of
     // short text: see `redact` on `memchr`.)
-    let prefix = PREFIX.as_bytes();
-    let mut starts = bytes
-        .windows(prefix.len())
-        .enumerate()
-        .filter(|(_, window)| *window == prefix)
-        .map(|(start, _)| start);
-    starts.any(|start| {
+    prefix_positions(bytes).any(|start| {
         bytes
             .get(start..start + PREFIX.len() + BODY_LEN)
             .and_then(|text| std::str::from_utf8(text).ok())
@@ -252,7 +246,7 @@ fn whole_token_in(bytes: &[u8]) -> bool {
 }
 
 /// `bytes` with each `%XX` decoded, or `None` when there is none to decode.
-fn percent_decoded(bytes: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+pub(crate) fn percent_decoded(bytes: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     if !bytes.contains(&b'%') {
         return None;
     }
@@ -306,36 +300,37 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Every offset in `bytes` where the prefix begins, overlapping ones included. A plain scan:
+/// the texts are short (variables, arguments, messages, paths), where setting up a substring
+/// searcher costs more than it saves (and `memchr`'s asks the CPU what it has; see `redact`).
+fn prefix_positions(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let prefix = PREFIX.as_bytes();
+    bytes
+        .windows(prefix.len())
+        .enumerate()
+        .filter(move |(_, window)| *window == prefix)
+        .map(|(start, _)| start)
+}
+
 /// Where a token could stand in `bytes`: the prefix followed by at least a few characters of a
 /// token's body, as (start, end) byte ranges. Both ends sit next to ASCII bytes, so they are
 /// char boundaries when `bytes` is a `str`.
 fn token_spans(bytes: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
     /// Fewer body characters than this after the prefix cannot be (a useful part of) a token.
     const MIN_BODY: usize = 8;
-    let prefix = PREFIX.as_bytes();
     let is_body = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
     let mut from = 0;
-    std::iter::from_fn(move || {
-        // A plain scan: the texts are short (variables, arguments, messages), where setting up
-        // a substring searcher costs more than it saves.
-        while let Some(found) = bytes
-            .get(from..)?
-            .windows(prefix.len())
-            .position(|window| window == prefix)
-        {
-            let start = from + found;
-            let body = bytes[start + prefix.len()..]
-                .iter()
-                .take_while(|b| is_body(b))
-                .count();
-            let end = start + prefix.len() + body;
-            // `end` is past the prefix found, so the next search starts after it.
-            from = end;
-            if body >= MIN_BODY {
-                return Some((start, end));
-            }
+    prefix_positions(bytes).filter_map(move |start| {
+        // A prefix inside the body of the last one found is part of it.
+        if start < from {
+            return None;
         }
-        None
+        let body = bytes[start + PREFIX.len()..]
+            .iter()
+            .take_while(|b| is_body(b))
+            .count();
+        from = start + PREFIX.len() + body;
+        (body >= MIN_BODY).then_some((start, from))
     })
 }
 

@@ -450,7 +450,7 @@ async fn mint(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -> 
     }
     let outcome = tokio::task::spawn_blocking(move || -> Result<Issued, Refusal> {
         let (token, record, _plan, notes) =
-            mint_for(&live, operator, token, asked, &process, None)?;
+            mint_for(&live, (operator, token), asked, &[], &process, None)?;
         Ok(Issued {
             lease: Minted {
                 id: record.id.to_string(),
@@ -525,13 +525,22 @@ pub(super) fn plan_for(
 /// bearer token's lease, or a root lease for an operator only; under the broker's policy.
 pub(super) fn mint_for(
     live: &Live,
-    operator: bool,
-    bearer: Option<Token>,
+    (operator, bearer): (bool, Option<Token>),
     asked: policy::Asked,
+    upstreams: &[String],
     process: &Process,
     owner: Option<crate::owner::Owner>,
 ) -> Result<(Token, Record, policy::Plan, Vec<String>), Refusal> {
     let (plan, notes) = plan_for(live, operator, bearer.as_ref(), asked)?;
+    // An upstream the run names and this broker lacks stops it before a lease exists; named
+    // with those the broker has only now that the caller may mint at all.
+    if let Some(name) = upstreams.iter().find(|n| !live.upstreams.contains_key(*n)) {
+        let why = format!(
+            "cannot reach upstream {name}: {}",
+            no_such_upstream(live, name)
+        );
+        return Err(Refusal(StatusCode::NOT_FOUND, why));
+    }
     let (token, record, ()) =
         crate::lease::mint(&live.store, &plan, process, |_| Ok((owner.clone(), ())))
             .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))?;

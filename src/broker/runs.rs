@@ -203,19 +203,9 @@ async fn start(
     line: &[u8],
     process: &Process,
 ) -> Result<(LeaseId, FromBroker, Process), String> {
-    let body: MintBody = crate::wire::from_object(line)
+    let mut body: MintBody = crate::wire::from_object(line)
         .map_err(|err| format!("the first line is not a run: {err}"))?;
-    // An upstream the run names and this broker lacks stops it before a lease exists.
-    if let Some(name) = body
-        .upstreams
-        .iter()
-        .find(|n| !live.upstreams.contains_key(*n))
-    {
-        return Err(format!(
-            "cannot reach upstream {name}: {}",
-            super::api::no_such_upstream(live, name)
-        ));
-    }
+    let upstreams = std::mem::take(&mut body.upstreams);
     let command = body.command.clone().unwrap_or_else(|| "?".to_owned());
     // The trail names the run's wrapper as a local run's does: its pid (the socket's word for
     // it, else the wrapper's), argv[0] and the count of arguments.
@@ -236,8 +226,14 @@ async fn start(
             Owner::broker(crate::token::redact(&command).into_owned()).map_err(unavailable)?;
         owner.hold_sha256 = Some(secret.hash().to_hex());
         owner.run_pid = process.pid;
-        let (token, record, plan, notes) =
-            mint_for(&live, operator, token, asked, &process, Some(owner))?;
+        let (token, record, plan, notes) = mint_for(
+            &live,
+            (operator, token),
+            asked,
+            &upstreams,
+            &process,
+            Some(owner),
+        )?;
         Ok::<_, Refusal>(Started {
             lease: Minted {
                 id: record.id.to_string(),

@@ -78,18 +78,20 @@ pub(super) fn parse_token_env(text: &str) -> Result<String> {
 
 /// Refuses text shaped like a token where `what` is expected, without quoting it: a token
 /// typed in the wrong place must not be echoed back or logged.
-/// `text` where a whole token would be a slip that puts it on every command line and in
-/// `ps`, but where text merely shaped like one is a legitimate name (a program or a file in a
-/// directory called `agt_workspace`): only a token whose checksum holds is refused.
-pub(super) fn not_a_whole_token(text: &str, what: &str, fix: &str) -> Result<()> {
-    if crate::token::holds_whole_token(text.as_bytes()) {
-        bail!("that is a token, not {what}: {fix}");
-    }
-    Ok(())
+pub(super) fn not_a_token(text: &str, what: &str, fix: &str) -> Result<()> {
+    refused_as_token(crate::token::is_token_shaped(text), what, fix)
 }
 
-pub(super) fn not_a_token(text: &str, what: &str, fix: &str) -> Result<()> {
-    if crate::token::is_token_shaped(text) {
+/// [`not_a_token`] for a path, where a whole token would be a slip that puts it on every
+/// command line and in `ps`, but text merely shaped like one is a legitimate name (a program
+/// or a file in a directory called `agt_workspace`): only a token whose checksum holds is
+/// refused.
+pub(super) fn not_a_whole_token(text: &str, what: &str, fix: &str) -> Result<()> {
+    refused_as_token(crate::token::holds_whole_token(text.as_bytes()), what, fix)
+}
+
+fn refused_as_token(is_token: bool, what: &str, fix: &str) -> Result<()> {
+    if is_token {
         bail!("that is a token, not {what}: {fix}");
     }
     Ok(())

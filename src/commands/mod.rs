@@ -107,15 +107,12 @@ impl Setup {
     fn new(globals: Globals) -> Result<Setup> {
         let config = Config::load(globals.config.as_deref())?;
         let broker = globals.broker.or_else(|| config.broker.clone());
-        let chosen_config = match globals.config.as_deref() {
-            Some(path) => Some(std::path::absolute(path).with_context(|| {
-                format!(
-                    "cannot read the config {}: the current directory is gone",
-                    path.display()
-                )
-            })?),
-            None => None,
-        };
+        // (A relative path whose directory is gone is left out: it was read already, and the
+        // command cannot follow it anyway.)
+        let chosen_config = globals
+            .config
+            .as_deref()
+            .and_then(|path| std::path::absolute(path).ok());
         Ok(Setup {
             config,
             state_dir: globals.state_dir,

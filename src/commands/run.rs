@@ -127,9 +127,13 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
     let (waited, masker) = match started_and_waited {
         Ok(waited) => waited,
         Err(err) => {
-            // A command that could not be run (127, 126) still leaves its receipt: the lease
-            // was minted, and the exit says why nothing used it.
+            // A command that could not be run (127, 126) still leaves its receipt, written
+            // after the revocation as a run's is: the lease was minted, and the exit says why
+            // nothing used it.
             if let (Some(path), Some(waited)) = (&request.receipt, never_started(&err)) {
+                if let Err(revoking) = lease.revoke() {
+                    crate::say!("lease: revoking the lease failed: {revoking:#}");
+                }
                 let duration_ms = audit::millis(started.elapsed());
                 let receipt = Receipt::new(&store, &record, &waited, started_at, duration_ms);
                 say_unwritten_receipt(receipt.write(path));

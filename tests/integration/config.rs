@@ -143,11 +143,22 @@ fn a_default_config_linked_to_a_missing_file_fails_closed() {
         .one_error_line();
     assert!(
         out.stderr
-            .contains("is a symbolic link to a file that does not exist"),
+            .contains("is a symbolic link to something that does not exist"),
         "{out:?}"
     );
     std::fs::remove_file(&link).unwrap();
     assert!(sandbox.states().is_empty(), "{:?}", sandbox.states());
+    // The same when it is the directory above that is linked to something gone.
+    let dir = link.parent().unwrap();
+    std::fs::remove_dir(dir).unwrap();
+    std::os::unix::fs::symlink(sandbox.path("not-mounted"), dir).unwrap();
+    let out = sandbox
+        .lease(["issue", "--scope", "write:x"])
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(out.stderr.contains(dir.to_str().unwrap()), "{out:?}");
+    std::fs::remove_file(dir).unwrap();
     sandbox
         .lease(["issue", "--scope", "write:x"])
         .run()

@@ -86,8 +86,6 @@ fn a_token_typed_in_the_wrong_place_is_never_echoed_or_logged() {
     assert_eq!(log.stdout.lines().count(), 1, "{}", log.stdout);
 }
 
-/// A run whose token is in another variable (`--env GH_TOKEN`) is still the parent of runs
-/// nested in it: they find its token through LEASE_TOKEN_ENV, narrow it, and never see it.
 /// A path is refused only for holding a whole token (its checksum holds), not for holding
 /// text shaped like one: a program, a receipt, a state dir or a config in a directory named
 /// `agt_workspace` is an ordinary path.
@@ -136,6 +134,8 @@ fn a_path_that_only_looks_like_it_holds_a_token_is_an_ordinary_path() {
         .success();
 }
 
+/// A run whose token is in another variable (`--env GH_TOKEN`) is still the parent of runs
+/// nested in it: they find its token through LEASE_TOKEN_ENV, narrow it, and never see it.
 #[test]
 fn a_token_under_another_name_still_parents_nested_runs_and_stays_behind() {
     let sandbox = Sandbox::new();

@@ -276,6 +276,24 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
     );
     assert!(!ran.exists());
     assert_eq!(sandbox.states().len(), before, "a lease was minted");
+    // A client that may mint nothing (over TCP, no token) is not told which upstreams exist.
+    let answer = {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(&broker.tcp).expect("connect");
+        stream
+            .set_read_timeout(Some(crate::harness::PATIENCE))
+            .expect("timeout");
+        stream
+            .write_all(
+                b"POST /v1/runs HTTP/1.1\r\nHost: lease\r\nConnection: Upgrade\r\nUpgrade: lease-run\r\nContent-Length: 0\r\n\r\n{\"scope\":[\"read:site\"],\"upstreams\":[\"nope\"]}\n",
+            )
+            .expect("send");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    assert!(answer.contains("not allowed"), "{answer}");
+    assert!(!answer.contains("the broker has"), "{answer}");
     let lines: Vec<&str> = printed.stdout.lines().collect();
     let site_url = format!("SITE_URL=http://{}/u/site", broker.tcp);
     assert!(lines.contains(&site_url.as_str()), "{printed:?}");

@@ -798,10 +798,9 @@ fn one_line(err: &etcd_client::Error) -> String {
 }
 
 fn tls_options(files: &TlsFiles) -> Result<TlsOptions> {
+    // (tonic copies what it is given; the copy read here is zeroed when dropped.)
     let read = |path: &std::path::Path| {
-        crate::config::read_pem(path)
-            .map(|pem| pem.to_vec())
-            .with_context(|| format!("reading {}", path.display()))
+        crate::config::read_pem(path).with_context(|| format!("reading {}", path.display()))
     };
     let mut options = TlsOptions::new();
     if let Some(ca) = &files.ca_file {

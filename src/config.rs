@@ -396,6 +396,10 @@ impl Config {
                 return Err(err).with_context(|| format!("reading config {}", path.display()));
             }
         };
+        // `/dev/null` is no config file: no message should suggest editing it.
+        if path == Path::new("/dev/null") {
+            return Ok(Config::default());
+        }
         Config::parse(&text, &path)
     }
 

@@ -370,6 +370,21 @@ fn no_parent_is_refused_unless_orphans_are_allowed() {
         .env("LEASE_TOKEN", &parent)
         .run()
         .code_is(125);
+    if !crate::harness::broker_mode() {
+        // `/dev/null` is no config: the fix does not suggest editing it.
+        let out = sandbox
+            .lease(["run", "--scope", "b", "--no-parent", "--", "true"])
+            .env("LEASE_TOKEN", &parent)
+            .env("LEASE_CONFIG", "/dev/null")
+            .run()
+            .code_is(125)
+            .one_error_line();
+        assert!(
+            out.stderr
+                .ends_with("set allow_orphans = true in the config file to allow it\n"),
+            "{out:?}"
+        );
+    }
     sandbox.write_config("allow_orphans = true\n");
     let orphan = sandbox
         .lease(["issue", "--scope", "b", "--no-parent", "--json"])

@@ -157,6 +157,24 @@ const NORMALIZED_TO_PUNCTUATION: &[char] = &[
     '\u{1f100}',
 ];
 
+/// Characters a server may drop before it reads a path (Unicode's default-ignorable ones that
+/// can hide between two dots: soft hyphen, zero-width space and joiners, word joiner, BOM).
+const IGNORABLE: &[char] = &[
+    '\u{ad}', '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{feff}',
+];
+
+/// Whether `segment` is `.` or `..` to some server: up to a path parameter (`..;x`, Tomcat
+/// and Spring), percent-decoded, without the characters in [`IGNORABLE`], it is dots and
+/// spaces only (`...`, `..%20`, `.%20.`: Windows and IIS drop a segment's trailing dots and
+/// spaces).
+fn is_a_dot_segment(segment: &str) -> bool {
+    let segment = segment.split(';').next().unwrap_or("");
+    let decoded = crate::token::percent_decoded(segment.as_bytes());
+    let text = String::from_utf8_lossy(decoded.as_deref().map_or(segment.as_bytes(), |b| &b[..]));
+    let kept: String = text.chars().filter(|c| !IGNORABLE.contains(c)).collect();
+    kept.contains('.') && kept.chars().all(|c| c == '.' || c == ' ')
+}
+
 /// The first route that matches `method` and `uri` (its query string ignored).
 pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Route> {
     let path = uri.split(['?', '#']).next().unwrap_or("");
@@ -187,8 +205,7 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
             text.chars()
                 .any(|c| c.is_control() || NORMALIZED_TO_PUNCTUATION.contains(&c))
         });
-    let dot = |segment: &str| matches!(segment.split(';').next(), Some(".." | "."));
-    if !path.starts_with('/') || disguised || path.split('/').any(dot) {
+    if !path.starts_with('/') || disguised || path.split('/').any(is_a_dot_segment) {
         return None;
     }
     routes.iter().find(|route| route.matches(method, path))
@@ -233,6 +250,10 @@ mod tests {
             "/articles/a%20b",
             "/articles/caf%C3%A9",
             "/articles/%e6%97%a5",
+            "/articles/v1.2",
+            "/articles/.well-known",
+            "/articles/a..b",
+            "/articles/%20",
         ] {
             assert_eq!(
                 action("GET", encoded).as_deref(),
@@ -299,6 +320,12 @@ mod tests {
             "/articles/%ef%bc%85%32%65",
             "/articles/%c2%85",
             "/articles/%ff",
+            "/articles/..%20/admin",
+            "/articles/%20../admin",
+            "/articles/.../admin",
+            "/articles/.%20./admin",
+            "/articles/.%c2%ad./admin",
+            "/articles/.%e2%80%8b./admin",
         ] {
             assert_eq!(action("GET", disguised), None, "{disguised}");
         }

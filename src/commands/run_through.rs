@@ -67,13 +67,13 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
         .with_context(|| format!("broker {broker} answered a variable the command cannot get"))?;
 
     let inherited_at = super::verify::token_env_in_use(&setup.config.token_env).ok();
-    // The command reaches the broker, never a local store.
+    // The command reaches the broker, never a local store or policy.
     let rules = env_rules(
         setup,
         &request.env,
         inherited_at.as_deref(),
         &started.token_env,
-        &[lease::STATE_DIR_VAR],
+        &[lease::STATE_DIR_VAR, lease::CONFIG_VAR],
     );
     let ends_at_expiry = on_expiry != OnExpiry::Keep;
     let mut forwarder = Forwarder::install(ends_at_expiry).context("watching signals")?;
@@ -327,7 +327,7 @@ fn print_env(setup: &Setup, broker: &Endpoint, request: &RunRequest) -> Result<E
         &request.env,
         inherited_at.as_deref(),
         &planned.token_env,
-        &[lease::STATE_DIR_VAR],
+        &[lease::STATE_DIR_VAR, lease::CONFIG_VAR],
     );
     let mut upstreams = Vec::new();
     for env in planned.upstreams {

@@ -2040,19 +2040,21 @@ fn run_through_the_broker_hands_the_command_the_broker_and_revokes_at_the_end() 
     let out = sandbox
         .lease(["run", "--scope", "a:b,c:d", "--", "sh", "-c"])
         .arg(
-            "printf %s \"$LEASE_TOKEN\" > token; echo \"broker=${LEASE_BROKER:-none} store=${LEASE_STATE_DIR:-none}\"; \
+            "printf %s \"$LEASE_TOKEN\" > token; echo \"broker=${LEASE_BROKER:-none} store=${LEASE_STATE_DIR:-none} config=${LEASE_CONFIG:-none}\"; \
              lease verify a:b && echo outer-granted; \
              lease run --scope a:b -- sh -c 'lease verify a:b && echo nested-granted; lease verify c:d 2>/dev/null || echo nested-denied-c'; \
              exit 7",
         )
         .env("LEASE_BROKER", broker.endpoint())
         .env("LEASE_STATE_DIR", sandbox.path("client-state"))
+        .env("LEASE_CONFIG", "/dev/null")
         .run()
         .code_is(7);
+    // The broker's store and policy are the command's: neither a state dir nor a config.
     assert_eq!(
         out.stdout,
         format!(
-            "broker={} store=none\nouter-granted\nnested-granted\nnested-denied-c\n",
+            "broker={} store=none config=none\nouter-granted\nnested-granted\nnested-denied-c\n",
             broker.endpoint()
         ),
         "{out:?}"

@@ -30,39 +30,36 @@ fn completions_and_man_page_are_generated_and_bash_offers_the_subcommands() {
             .stdout,
     )
     .unwrap();
-    // As bash calls a completion function: the command, the word being completed, the one before.
-    let probe = format!(
-        "source {}; COMP_WORDS=(lease \"\"); COMP_CWORD=1; _lease lease \"\" lease; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
-        script.display()
-    );
-    let offered = sandbox
-        .command("bash")
-        .arg("-c")
-        .arg(probe)
-        .run()
-        .success()
-        .stdout;
+    // As bash calls a completion function: the words typed (the last one being completed),
+    // the word being completed, the one before; what it offers, one per line.
+    let offered = |words: &str, before: &str| {
+        let count = words.split(' ').count();
+        let probe = format!(
+            "source {}; COMP_WORDS=({words} \"\"); COMP_CWORD={count}; _lease lease \"\" {before}; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        sandbox
+            .command("bash")
+            .arg("-c")
+            .arg(probe)
+            .run()
+            .success()
+            .stdout
+    };
+    let subcommands = offered("lease", "lease");
     for sub in [
         "run", "verify", "issue", "list", "revoke", "gc", "renew", "log", "suggest", "status",
     ] {
         assert!(
-            offered.lines().any(|l| l == sub),
-            "{sub} not offered: {offered}"
+            subcommands.lines().any(|l| l == sub),
+            "{sub} not offered: {subcommands}"
         );
     }
     // A value that has a fixed set of words is completed with them.
-    let probe = format!(
-        "source {}; COMP_WORDS=(lease run --on-expiry \"\"); COMP_CWORD=3; _lease lease \"\" --on-expiry; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
-        script.display()
+    assert_eq!(
+        offered("lease run --on-expiry", "--on-expiry"),
+        "keep\nterm\nkill\n"
     );
-    let offered = sandbox
-        .command("bash")
-        .arg("-c")
-        .arg(probe)
-        .run()
-        .success()
-        .stdout;
-    assert_eq!(offered, "keep\nterm\nkill\n");
 }
 
 #[test]

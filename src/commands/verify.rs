@@ -2,8 +2,9 @@
 //!
 //! The decision itself is [`crate::authorize`]'s; this reads the token and prints the answer.
 
-use std::io::{self, BufRead, Read};
-use std::time::SystemTime;
+use std::io;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
@@ -21,7 +22,10 @@ use crate::token::{BODY_LEN, LeaseId, PREFIX, Token};
 use crate::wire::VerifyAnswer;
 
 /// Longest token read from standard input; a real token is 52 bytes.
-const MAX_STDIN_BYTES: u64 = 4096;
+const MAX_STDIN_BYTES: usize = 4096;
+/// How long `--token-stdin` waits for the token's line: a pipe whose writer neither writes nor
+/// closes it is an error, not a wait without end.
+const STDIN_WAIT: Duration = Duration::from_secs(10);
 
 /// `lease verify`: prints the decision (a line on stderr when denied; JSON if asked) and
 /// returns exit 0 (granted) or 1 (denied); errors mean it cannot decide (exit 2).
@@ -180,17 +184,7 @@ pub(super) fn read_token(source: &TokenSource, default_env: &str) -> Result<Toke
             value.to_string_lossy().into_owned()
         }
         TokenSource::Stdin => {
-            // One line: the answer comes as soon as it ends, whether or not the writer then
-            // closes its end of the pipe.
-            let mut bytes = Vec::new();
-            io::stdin()
-                .lock()
-                .take(MAX_STDIN_BYTES + 1)
-                .read_until(b'\n', &mut bytes)
-                .context("reading the token from standard input")?;
-            if bytes.len() as u64 > MAX_STDIN_BYTES {
-                bail!("the token on standard input is longer than {MAX_STDIN_BYTES} bytes");
-            }
+            let bytes = first_line_of_stdin(STDIN_WAIT)?;
             let text = String::from_utf8_lossy(&bytes);
             let line = text.lines().next().unwrap_or("").trim().to_owned();
             if line.is_empty() {
@@ -200,4 +194,55 @@ pub(super) fn read_token(source: &TokenSource, default_env: &str) -> Result<Toke
         }
     };
     Ok(Token::presented(text))
+}
+
+/// The first line of standard input (or all of it, up to its end, without a line break), read
+/// as it arrives: the answer comes as soon as the line ends, whether or not the writer then
+/// closes its end of the pipe. Fails once `within` has passed without the line's end, or past
+/// [`MAX_STDIN_BYTES`].
+fn first_line_of_stdin(within: Duration) -> Result<Vec<u8>> {
+    let stdin = io::stdin();
+    let fd = stdin.as_fd();
+    let deadline = Instant::now() + within;
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let millis = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(
+            &mut fds,
+            nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX),
+        ) {
+            Ok(0) => {
+                return Err(NoToken(format!(
+                    "no token: nothing came on standard input within {} s; pipe the token to --token-stdin, followed by a line break or the end of the input",
+                    within.as_secs()
+                ))
+                .into());
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => {
+                return Err(io::Error::from(err)).context("reading the token from standard input");
+            }
+        }
+        // Only what was there (at most one line's worth is kept).
+        let read = match nix::unistd::read(fd, &mut chunk) {
+            Ok(read) => read,
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+            Err(err) => {
+                return Err(io::Error::from(err)).context("reading the token from standard input");
+            }
+        };
+        let got = &chunk[..read];
+        let end = got.iter().position(|&b| b == b'\n');
+        line.extend_from_slice(&got[..end.unwrap_or(read)]);
+        zeroize::Zeroize::zeroize(&mut chunk[..read]);
+        if line.len() > MAX_STDIN_BYTES {
+            bail!("the token on standard input is longer than {MAX_STDIN_BYTES} bytes");
+        }
+        if read == 0 || end.is_some() {
+            return Ok(line);
+        }
+    }
 }

@@ -292,6 +292,45 @@ fn token_stdin_is_one_line_answered_with_the_pipe_still_open() {
     }
 }
 
+/// A pipe whose writer neither finishes a line nor closes it is not waited on without end: after
+/// ten seconds, the documented "no token" error (exit 2), whether nothing came or half a token.
+#[test]
+fn token_stdin_gives_up_on_a_silent_pipe() {
+    use std::io::{Read as _, Write as _};
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("a");
+    for sent in [String::new(), token[..20].to_owned()] {
+        let mut command = sandbox.lease(["verify", "a", "--token-stdin"]).command;
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let started = std::time::Instant::now();
+        let mut child = command.spawn().expect("spawn");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(sent.as_bytes()).expect("write");
+        let status = crate::harness::wait_for_exit(&mut child);
+        let waited = started.elapsed();
+        drop(stdin);
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("stderr");
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert_eq!(
+            stderr,
+            "lease: cannot verify: no token: nothing came on standard input within 10 s; pipe the token to --token-stdin, followed by a line break or the end of the input\n"
+        );
+        assert!(
+            waited >= std::time::Duration::from_secs(10),
+            "gave up after {waited:?}"
+        );
+    }
+}
+
 #[test]
 fn json_has_the_documented_shape() {
     let sandbox = Sandbox::new();

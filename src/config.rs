@@ -467,7 +467,7 @@ impl Config {
             config.audit_max_bytes = bytes;
         }
         for pattern in file.scrub_env.iter().flatten() {
-            let parsed = glob::Pattern::new(pattern).map_err(|e| at.error(None, "scrub_env", e))?;
+            let parsed = scrub_pattern(pattern).map_err(|e| at.error(None, "scrub_env", e))?;
             config.scrub_env.push(parsed);
         }
         if let Some(text) = &file.broker {
@@ -763,6 +763,18 @@ fn unknown_key_line(text: &str, message: &str) -> Option<usize> {
 
 fn default_path() -> Option<PathBuf> {
     directories::BaseDirs::new().map(|dirs| dirs.config_dir().join("lease").join("config.toml"))
+}
+
+/// A pattern of `scrub_env` or `--scrub`: a glob over variable names. An empty one would
+/// match no variable, so that a scrub which removes nothing is a mistake said at once.
+pub fn scrub_pattern(text: &str) -> Result<glob::Pattern, String> {
+    if text.is_empty() {
+        return Err(
+            "an empty pattern matches no variable: give a name or a glob such as '*_TOKEN'".into(),
+        );
+    }
+    glob::Pattern::new(text)
+        .map_err(|err| format!("invalid pattern '{}': {err}", text.escape_debug()))
 }
 
 #[cfg(test)]

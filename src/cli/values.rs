@@ -19,8 +19,7 @@ pub(super) fn parse_glob(text: &str) -> Result<glob::Pattern> {
         "a variable name pattern",
         "pass a pattern such as '*_TOKEN'",
     )?;
-    glob::Pattern::new(text)
-        .map_err(|err| anyhow::anyhow!("invalid pattern '{}': {err}", text.escape_debug()))
+    crate::config::scrub_pattern(text).map_err(anyhow::Error::msg)
 }
 
 pub(super) fn parse_listen(text: &str) -> Result<Listen> {

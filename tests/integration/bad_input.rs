@@ -99,6 +99,11 @@ fn forty_and_more_malformed_inputs_across_every_subcommand() {
             "put `--` before the command",
         ),
         case(&["run", "--", "true"], 125, "--scope"),
+        case(
+            &["run", "--scope", "a", "--scrub", "", "--", "true"],
+            125,
+            "an empty pattern matches no variable",
+        ),
         case(&["run", "--scope", "", "--", "true"], 125, "empty"),
         case(&["run", "--scope", "a,,b", "--", "true"], 125, "empty"),
         case(&["run", "--scope", ",a", "--", "true"], 125, "empty"),

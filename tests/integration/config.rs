@@ -86,6 +86,13 @@ fn unknown_keys_and_bad_values_are_errors_naming_key_and_file() {
         .code_is(2)
         .one_error_line()
         .stderr_has("token_env");
+    sandbox.write_config("scrub_env = [\"AWS_*\", \"\"]\n");
+    sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("scrub_env: an empty pattern matches no variable");
     assert!(sandbox.records().is_empty());
 }
 

@@ -566,6 +566,15 @@ impl Config {
         Ok(config)
     }
 
+    /// This config as a token holder of the broker is told of it: its messages name it "the
+    /// broker's config", not its path (where it lives is none of a holder's concern).
+    pub fn told_to_a_holder(&self) -> Config {
+        Config {
+            path: Some(PathBuf::from("the broker's config")),
+            ..self.clone()
+        }
+    }
+
     /// The profile called `name`, or an error naming the file and the profiles it has.
     pub fn profile(&self, name: &str) -> Result<&Profile> {
         if let Some(profile) = self.profiles.get(name) {

@@ -506,8 +506,8 @@ impl std::fmt::Debug for Secret {
 
 impl Secret {
     /// The key from `bytes`, one trailing line break removed (files and commands end with
-    /// one). Refused: empty, a line break or NUL inside, or not printable ASCII-compatible
-    /// header text.
+    /// one). Refused: empty, a line break, NUL or another control character inside, a byte
+    /// past ASCII, or blanks around it.
     pub fn new(mut bytes: Zeroizing<Vec<u8>>) -> Result<Secret> {
         if bytes.ends_with(b"\n") {
             bytes.pop();
@@ -523,6 +523,13 @@ impl Secret {
         }
         if bytes.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
             bail!("the secret contains a control character: refused");
+        }
+        // A header carries ASCII safely; past it, servers differ (some read U+0085 or U+2028
+        // as a line break, some re-encode the value), and an API key is ASCII.
+        if !bytes.is_ascii() {
+            bail!(
+                "the secret holds a byte past ASCII: refused (not every server would carry it as it is)"
+            );
         }
         // HTTP trims the whitespace around a header's value: sent, the key would lose it, and
         // echoed back in a header it would no longer be the bytes the mask looks for.
@@ -888,6 +895,9 @@ mod tests {
             b"a\0b",
             b"ab\n\n",
             b"a\x1bb",
+            "a\u{85}b".as_bytes(),
+            "a\u{2028}b".as_bytes(),
+            b"a\xffb",
             b"key ",
             b" key",
             b"\tkey",

@@ -57,8 +57,9 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>)
     let path = request.uri().path();
     let forward = path == "/v1/auth" || path.starts_with("/v1/auth/");
     // Two credentials: which one counts would be a guess, and taking neither would make a
-    // request meant to be nested a root one.
-    if repeated(request.headers(), header::AUTHORIZATION) {
+    // request meant to be nested a root one. A verify takes neither: its answer to no token,
+    // a denial in its own shape.
+    if repeated(request.headers(), header::AUTHORIZATION) && path != "/v1/verify" {
         log(&format!(
             "refused: Authorization sent more than once: client={peer}"
         ));
@@ -270,6 +271,7 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
         },
         None => {
             let (method, uri, agreed) = original(&request);
+            let (method, uri) = (method.as_ref(), uri.as_ref());
             let found = agreed
                 .then(|| crate::route::find(&live.config.routes, method, uri))
                 .flatten();
@@ -332,22 +334,26 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
 /// server sends one pair; the other may be the client's, passed on untouched: where the two
 /// disagree (paths compared without their query strings), someone is lying, and no route may
 /// match (the `bool` is false; the first method and URI given are still what the trail shows).
-fn original(request: &Request<Incoming>) -> (&str, &str, bool) {
+fn original(request: &Request<Incoming>) -> (Cow<'_, str>, Cow<'_, str>, bool) {
     let headers = request.headers();
     // Every line of both names: a second line (a client's, which a web server appended to
     // rather than replaced) that says otherwise makes the request match no route.
-    let all = |names: [&str; 2]| -> Vec<&str> {
+    let all = |names: [&str; 2]| -> Vec<Cow<'_, str>> {
         names
             .iter()
             .flat_map(|name| headers.get_all(*name))
-            .map(|value| value.to_str().unwrap_or("\0"))
+            .map(|value| ascii_or_encoded(value.as_bytes()))
             .collect()
     };
     let methods = all(["x-original-method", "x-forwarded-method"]);
     let uris = all(["x-original-uri", "x-forwarded-uri"]);
     if methods.is_empty() && uris.is_empty() {
         let path = request.uri().path().strip_prefix("/v1/auth").unwrap_or("");
-        return (request.method().as_str(), path, !path.is_empty());
+        return (
+            Cow::Borrowed(request.method().as_str()),
+            Cow::Borrowed(path),
+            !path.is_empty(),
+        );
     }
     // A pair half there (a method with no URI from the same server, or the reverse) is a
     // header the client added: no route.
@@ -356,20 +362,39 @@ fn original(request: &Request<Incoming>) -> (&str, &str, bool) {
         && !half("x-forwarded-method", "x-forwarded-uri");
     let method = agreed(&methods, |method| method);
     let uri = agreed(&uris, |uri| uri.split(['?', '#']).next().unwrap_or(""));
-    (
-        method.or(methods.first().copied()).unwrap_or(""),
-        uri.or(uris.first().copied()).unwrap_or(""),
-        whole && method.is_some() && uri.is_some(),
-    )
+    let agreed = whole && method && uri;
+    let method = methods.into_iter().next().unwrap_or_default();
+    let uri = uris.into_iter().next().unwrap_or_default();
+    (method, uri, agreed)
 }
 
-/// The first of `values`, if every one is the same as it by `key` (a value that is not text
-/// is `\0`, which no other is).
-fn agreed<'a>(values: &[&'a str], key: fn(&str) -> &str) -> Option<&'a str> {
-    let (first, rest) = values.split_first()?;
-    rest.iter()
-        .all(|value| key(value) == key(first))
-        .then_some(*first)
+/// Whether every one of `values` is the same as the first by `key`.
+fn agreed(values: &[Cow<'_, str>], key: fn(&str) -> &str) -> bool {
+    values
+        .split_first()
+        .is_some_and(|(first, rest)| rest.iter().all(|value| key(value) == key(first)))
+}
+
+/// A header's bytes as text: as they are when ASCII; otherwise each byte past ASCII
+/// percent-encoded (nginx passes a path's UTF-8 as it came), so that `café` is routed as
+/// `caf%C3%A9` is, bytes that are not UTF-8 match no route once decoded, and the trail shows
+/// what came.
+fn ascii_or_encoded(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.is_ascii() => Cow::Borrowed(text),
+        _ => Cow::Owned(
+            bytes
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii() {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// Why a request was refused: the status and the line the client prints after `lease: `.
@@ -508,15 +533,28 @@ pub(super) fn plan_for(
             Standing::Dead(_) => {}
         }
     }
-    // The policy sees the token as a local issue sees the inherited one: `no_parent` with a
-    // parent's token is refused unless `allow_orphans`.
-    let (plan, notes) = policy::plan(&live.config, asked, &live.store, bearer, now)
-        .map_err(|err| Refusal(StatusCode::FORBIDDEN, format!("{err:#}")))?;
-    if plan.parent.is_none() && !operator {
-        return Err(Refusal(
+    let root_needs_an_operator = || {
+        Refusal(
             StatusCode::FORBIDDEN,
             "not allowed: minting a root lease needs an operator (a uid in operators, on the broker's unix socket); a token holder may mint leases nested in its own".to_owned(),
-        ));
+        )
+    };
+    // `no_parent` asks for a root lease, whatever `allow_orphans` says.
+    if asked.no_parent && !operator {
+        return Err(root_needs_an_operator());
+    }
+    // The policy sees the token as a local issue sees the inherited one: `no_parent` with a
+    // parent's token is refused unless `allow_orphans`. A token holder is told of the config
+    // as "the broker's config": where it lives is none of its concern.
+    let config = if operator {
+        Cow::Borrowed(&live.config)
+    } else {
+        Cow::Owned(live.config.told_to_a_holder())
+    };
+    let (plan, notes) = policy::plan(&config, asked, &live.store, bearer, now)
+        .map_err(|err| Refusal(StatusCode::FORBIDDEN, format!("{err:#}")))?;
+    if plan.parent.is_none() && !operator {
+        return Err(root_needs_an_operator());
     }
     Ok((plan, notes))
 }
@@ -577,7 +615,11 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
     let what = asked.name();
     let outcome = tokio::task::spawn_blocking(move || {
         crate::commands::remote::on_broker(
-            live.config.clone(),
+            if operator {
+                live.config.clone()
+            } else {
+                live.config.told_to_a_holder()
+            },
             state_dir,
             live.store.backend(),
             asked,

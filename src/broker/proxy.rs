@@ -225,21 +225,33 @@ fn token_of(headers: &HeaderMap, token_header: Option<&str>) -> Option<Token> {
 
 /// The password of `Authorization: Basic`, if that is what the one `Authorization` is.
 fn basic_password(headers: &HeaderMap) -> Option<Token> {
-    let text = super::api::single(headers, header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    let value = super::api::single(headers, header::AUTHORIZATION)?;
+    let decoded = basic_credentials(value.as_bytes())?;
+    let text = std::str::from_utf8(&decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(Token::presented(password.to_owned()))
+}
+
+/// The decoded credentials of a `Basic` header value (`user:password`), if that is what it is.
+fn basic_credentials(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let text = std::str::from_utf8(value).ok()?;
     let (scheme, encoded) = text.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = Zeroizing::new(
-        base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()?,
-    );
-    let text = std::str::from_utf8(&decoded).ok()?;
-    let (_, password) = text.split_once(':')?;
-    Some(Token::presented(password.to_owned()))
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    Some(Zeroizing::new(decoded))
+}
+
+/// Whether a header's value carries a lease token: the request's own as it was sent, or any
+/// whole token, plain, percent-encoded or in `Basic` credentials. Such a header never reaches
+/// the upstream, whatever its name (a cookie, a custom header, a second credential).
+fn carries_a_token(value: &[u8], own: &[u8]) -> bool {
+    contains(value, own)
+        || crate::token::holds_whole_token(value)
+        || basic_credentials(value).is_some_and(|decoded| crate::token::holds_whole_token(&decoded))
 }
 
 /// Answers a request under `/u/NAME/`, or, on upstream `only`'s own listener, any request.
@@ -519,11 +531,11 @@ fn outgoing(
     if let Some(name) = &spec.token_header {
         headers.remove(name.as_str());
     }
-    // The token goes nowhere upstream, whatever header a client put it in.
+    // No token goes upstream, whatever header a client put it in.
     let secret = token.expose().as_bytes();
     let carrying: Vec<HeaderName> = headers
         .iter()
-        .filter(|(_, v)| contains(v.as_bytes(), secret))
+        .filter(|(_, v)| carries_a_token(v.as_bytes(), secret))
         .map(|(n, _)| n.clone())
         .collect();
     for name in carrying {
@@ -555,6 +567,12 @@ fn within_broker(spec: &Spec, location: &[u8], own: bool) -> Option<String> {
         _ if location.starts_with('/') && !location.starts_with("//") => location,
         _ => return None,
     };
+    // Where the client will go: `/v2/../admin` is `/admin`, not under `/v2`.
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    let path = match &path[..end] {
+        "" => path.to_owned(),
+        resolved => format!("{}{}", without_dot_segments(resolved), &path[end..]),
+    };
     let rest = path.strip_prefix(spec.base_path.as_str())?;
     if !(rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
         return None;
@@ -567,6 +585,29 @@ fn within_broker(spec: &Spec, location: &[u8], own: bool) -> Option<String> {
         });
     }
     Some(format!("/u/{}{rest}", spec.name))
+}
+
+/// An absolute path with its `.` and `..` segments resolved, as a client resolves a URL's
+/// (RFC 3986, 5.2.4).
+fn without_dot_segments(path: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (at, segment) in segments.iter().enumerate() {
+        let last = at + 1 == segments.len();
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." {
+                    kept.pop();
+                }
+                // A dot segment at the end leaves the path ending in a slash.
+                if last {
+                    kept.push("");
+                }
+            }
+            other => kept.push(other),
+        }
+    }
+    format!("/{}", kept.join("/"))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -947,6 +988,34 @@ mod tests {
         assert_eq!(found(&twice), None);
     }
 
+    /// Any lease token in a header keeps that header from the upstream: the request's own as
+    /// sent, another lease's, percent-encoded, or as the password of Basic credentials; a name
+    /// merely shaped like a token does not.
+    #[test]
+    fn a_header_carrying_any_lease_token_is_found() {
+        use base64::Engine as _;
+        let own = crate::token::Token::mint().expect("mint");
+        let other = crate::token::Token::mint().expect("mint");
+        let own = own.expose().as_bytes();
+        let other = other.expose();
+        let encoded: String = other.bytes().map(|b| format!("%{b:02X}")).collect();
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("u:{other}"))
+        );
+        for carrying in [
+            format!("s={}", String::from_utf8_lossy(own)),
+            format!("s={other}; t=1"),
+            format!("s={encoded}"),
+            basic,
+        ] {
+            assert!(carries_a_token(carrying.as_bytes(), own), "{carrying}");
+        }
+        for clean in ["agt_workspace", "Basic eDpiMg==", "s=1", ""] {
+            assert!(!carries_a_token(clean.as_bytes(), own), "{clean}");
+        }
+    }
+
     /// An upstream that echoes the request's headers as its own can put the key in a name.
     #[test]
     fn the_key_in_a_header_name_is_masked_whatever_its_case() {
@@ -1014,6 +1083,14 @@ mod tests {
         assert_eq!(moved("/v2x/next"), None, "not under the base path");
         assert_eq!(moved("/other"), None);
         assert_eq!(moved("//api.example.com/v2/a"), None);
+        // Dot segments, resolved as the client will: out of the base path goes as it is.
+        assert_eq!(moved("https://api.example.com/v2/../admin"), None);
+        assert_eq!(moved("/v2/a/../b").as_deref(), Some("/u/api/b"));
+        assert_eq!(moved("/v2/./a/..").as_deref(), Some("/u/api/"));
+        assert_eq!(
+            moved("/v2/a/../../v2/c?x=/..").as_deref(),
+            Some("/u/api/c?x=/..")
+        );
         assert_eq!(
             moved("https://cdn.example.com/v2/a"),
             None,

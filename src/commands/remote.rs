@@ -84,13 +84,15 @@ pub fn on_broker(
             return Ok(vec![mine.to_string()]);
         }
         for id in &ids {
-            // A malformed id is left to the subcommand, which says so as it does locally.
-            let Some(id) = crate::token::LeaseId::parse(id) else {
-                continue;
+            // A malformed id is no lease of the holder's either.
+            let ours = match crate::token::LeaseId::parse(id) {
+                Some(id) => within(&store, &mine, &id).map_err(unavailable)?,
+                None => false,
             };
-            if !within(&store, &mine, &id).map_err(unavailable)? {
+            if !ours {
                 return Err(Refused::NotAllowed(format!(
-                    "not allowed: a token holder may `lease {what}` only its own lease ({mine}) and the leases nested in it; {id} is not one of them, and any other needs an operator"
+                    "not allowed: a token holder may `lease {what}` only its own lease ({mine}) and the leases nested in it; '{}' is not one of them, and any other needs an operator",
+                    id.escape_debug()
                 )));
             }
         }

@@ -254,6 +254,23 @@ fn verify_over_http(sandbox: &Sandbox, broker: &Broker, token: Option<&str>, bod
     verify_on(sandbox, &broker.socket, token, body)
 }
 
+/// `POST` of `body` to `path` on the broker's unix socket, with `headers`.
+fn post_on_socket(
+    sandbox: &Sandbox,
+    broker: &Broker,
+    headers: &[String],
+    body: &str,
+    path: &str,
+) -> Reply {
+    let socket = broker.socket.display().to_string();
+    let url = format!("http://lease{path}");
+    curl(
+        sandbox,
+        headers,
+        &["--unix-socket", &socket, "--data", body, &url],
+    )
+}
+
 /// `POST /v1/verify` for `action` on the broker's unix socket at `socket`; whatever it
 /// answers, the token is in none of it.
 fn verify_on(sandbox: &Sandbox, socket: &Path, token: Option<&str>, body: &str) -> Reply {
@@ -435,6 +452,24 @@ fn the_http_api_answers_each_decision_with_its_status_code() {
         );
     }
 
+    // Authorization sent twice is no token: the same answer, in the same shape.
+    let mut twice = bearer(&token);
+    twice.extend(bearer(&token));
+    let reply = post_on_socket(
+        &sandbox,
+        &broker,
+        &twice,
+        &body("read:articles"),
+        "/v1/verify",
+    );
+    assert_eq!(reply.status, 401, "{reply:?}");
+    let json: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+    assert_eq!(
+        (&json["granted"], &json["reason"]),
+        (&serde_json::json!(false), &serde_json::json!("no token")),
+        "{reply:?}"
+    );
+
     let bad = verify_over_http(&sandbox, &broker, Some(&token), "{\"action\": 5}");
     assert_eq!(bad.status, 400, "{bad:?}");
     let bad = verify_over_http(&sandbox, &broker, Some(&token), &body("no spaces allowed"));
@@ -568,18 +603,7 @@ fn a_nested_mint_under_a_dead_lease_is_refused_in_the_local_words() {
     // Two credentials are none, even from an operator, whose token-less mint would be a root.
     let mut twice = bearer(&unknown);
     twice.extend(bearer(token));
-    let socket = broker.socket.display().to_string();
-    let reply = curl(
-        &sandbox,
-        &twice,
-        &[
-            "--unix-socket",
-            &socket,
-            "--data",
-            body,
-            "http://lease/v1/leases",
-        ],
-    );
+    let reply = post_on_socket(&sandbox, &broker, &twice, body, "/v1/leases");
     assert_eq!(reply.status, 401, "{reply:?}");
     // The command line over TCP says what it says locally.
     let out = sandbox
@@ -664,6 +688,42 @@ fn a_token_holder_is_not_told_where_the_brokers_store_is() {
         out.stderr.contains(&format!("no lease in {store} matches")),
         "{out:?}"
     );
+}
+
+/// A token holder is told of "the broker's config", not of its path; and a root lease
+/// (`no_parent`) is an operator's, whatever `allow_orphans` says.
+#[test]
+fn a_token_holder_is_not_told_where_the_brokers_config_is() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("allow_orphans = true\n");
+    let broker = Broker::start(&sandbox, &[]);
+    let token = sandbox.issue("read:a");
+    let mint = |body: &str| {
+        curl(
+            &sandbox,
+            &bearer(&token),
+            &["--data", body, &format!("http://{}/v1/leases", broker.tcp)],
+        )
+    };
+    let orphan = mint(r#"{"scope":["read:a"],"no_parent":true}"#);
+    assert_eq!(orphan.status, 403, "{orphan:?}");
+    assert!(
+        orphan
+            .body
+            .contains("not allowed: minting a root lease needs an operator"),
+        "{orphan:?}"
+    );
+    let profile = mint(r#"{"scope":["read:a"],"profile":"p"}"#);
+    assert!(
+        profile
+            .body
+            .contains("no profiles are defined in the broker's config"),
+        "{profile:?}"
+    );
+    let config = config.display().to_string();
+    for reply in [&orphan, &profile] {
+        assert!(!reply.body.contains(&config), "{reply:?}");
+    }
 }
 
 /// A value in `LEASE_TOKEN` or `--token-env` that is not a lease token (another service's key
@@ -1054,6 +1114,14 @@ fn forward_auth_takes_envoys_original_method_and_path_under_v1_auth() {
         ),
         "{last}"
     );
+    // A path's UTF-8 as nginx passes it, raw, is routed as its percent-encoded form is, and the
+    // trail shows it percent-encoded.
+    let raw = ["X-Original-Method: GET", "X-Original-URI: /articles/café"];
+    assert_eq!(ask("GET", "/x", &raw), 200);
+    let raw = ["X-Original-Method: GET", "X-Original-URI: /private/café"];
+    assert_eq!(ask("GET", "/x", &raw), 403);
+    let last = sandbox.trail().pop().expect("an event");
+    assert_eq!(last["path"], "/private/caf%C3%A9", "{last}");
     assert_eq!(
         ask(
             "GET",
@@ -2537,6 +2605,10 @@ fn changing_subcommands_through_the_broker_follow_who_may_do_what() {
         &["log", "--id", "0123456789ab"],
         &["log", "--id", stranger],
         &["suggest", stranger],
+        // Not an id at all: no lease of its own either.
+        &["log", "--id", "zzz"],
+        &["revoke", "zzz"],
+        &["suggest", "DFD1118EE83A"],
     ] {
         let out = through(&tcp, args)
             .code_is(2)

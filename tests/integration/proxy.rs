@@ -48,7 +48,7 @@ impl Upstream {
         fs::write(dir.join("site/files/slow/big.bin"), vec![b'x'; 1 << 20]).expect("file");
         let port = free_port();
         let http = format!(
-            "  log_format seen '$request_method $uri auth=[$http_authorization] key=[$http_x_api_key] other=[$http_x_anything] cookie=[$http_cookie] line=[$request]';
+            "  log_format seen '$request_method $uri auth=[$http_authorization] key=[$http_x_api_key] other=[$http_x_anything] cookie=[$http_cookie] second=[$http_x_second] line=[$request]';
   map $http_authorization $keyed {{ \"Bearer {KEY}\" 1; default 0; }}
   server {{
     listen 127.0.0.1:{port}{listen_tls};
@@ -202,7 +202,18 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
         curl -s -o private.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" "$SITE_URL/private/secret.txt" > private.code
         curl -s -o basic.out -w '%{http_code}' -u "x:$SITE_TOKEN" "$SITE_URL/files/hello.txt" > basic.code
         curl -s -o other.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" -H "X-Anything: $SITE_TOKEN" -H "Cookie: t=$SITE_TOKEN" "$SITE_URL/files/hello.txt" > other.code
+        curl -s -o another.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" -H "X-Anything: $ANOTHER" -H "Cookie: t=$ANOTHER_ENCODED" -H "X-Second: $ANOTHER_BASIC" "$SITE_URL/files/hello.txt" > another.code
     "#;
+    // Another lease's token, as such, percent-encoded and in Basic credentials.
+    let another = sandbox.issue("read:other");
+    let another_encoded: String = another.bytes().map(|b| format!("%{b:02X}")).collect();
+    let another_basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("u:{another}")
+        )
+    );
     sandbox
         .lease([
             "run",
@@ -218,6 +229,9 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
             script,
         ])
         .env("LEASE_BROKER", broker.endpoint())
+        .env("ANOTHER", &another)
+        .env("ANOTHER_ENCODED", &another_encoded)
+        .env("ANOTHER_BASIC", &another_basic)
         .run()
         .success();
     let read = |name: &str| fs::read_to_string(sandbox.path(name)).expect(name);
@@ -310,6 +324,19 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
     assert!(
         !seen.contains(&token),
         "the token reached the upstream: {seen}"
+    );
+    assert_eq!(read("another.code"), "200");
+    for form in [&another, &another_encoded, &another_basic] {
+        assert!(
+            !seen.contains(form.as_str()),
+            "another token reached the upstream: {seen}"
+        );
+    }
+    // nginx logs an absent header as "-".
+    assert!(
+        seen.lines()
+            .all(|line| line.contains("other=[-] cookie=[-] second=[-]")),
+        "{seen}"
     );
     assert!(!seen.contains("/private/"), "{seen}");
     // After the run, the token opens nothing.

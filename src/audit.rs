@@ -225,6 +225,14 @@ impl Tree {
     }
 }
 
+/// Whether `trail` reaches back to the start of lease `id`: it holds the lease's `issued`
+/// event. Once a rotation has dropped that, events of the lease may be gone with it.
+pub fn reaches_back_to(trail: &[Event], id: &str) -> bool {
+    trail
+        .iter()
+        .any(|e| e.event == EventKind::Issued && e.lease.as_deref() == Some(id))
+}
+
 impl Event {
     /// For an event that records a decision (`granted`, `denied`, or a `proxied` request,
     /// which the broker decided on first), whether it granted.

@@ -267,8 +267,9 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// an empty config.
 /// The config sets the policy, the broker and the token's variable: as OpenSSH's StrictModes
 /// asks of its files, it must be the user's (or root's) and writable by no one else, and so
-/// must every directory above it, unless sticky (as `/tmp` is): otherwise another user could
-/// rewrite it, or put another file in its place.
+/// must every directory above it, and above the path it was reached by (a symlink's), unless
+/// sticky (as `/tmp` is): otherwise another user could rewrite it, or put another file, or
+/// another link, in its place.
 fn only_its_owner_may_change(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
     use crate::owner::{OpenToOthers, open_to_others};
     let refuse = |what: String| Err(io::Error::other(what));
@@ -286,8 +287,17 @@ fn only_its_owner_may_change(path: &Path, meta: &fs::Metadata) -> io::Result<()>
         }
         None => {}
     }
+    // The directories above the file itself, and above the path as given: where that path
+    // goes through a symlink, whoever may write beside the link may point it elsewhere.
     let real = fs::canonicalize(path)?;
-    for dir in real.ancestors().skip(1) {
+    let given = std::env::current_dir()?.join(path);
+    let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
+    for dir in given.ancestors().skip(1) {
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
         match open_to_others(&fs::metadata(dir)?) {
             Some(OpenToOthers::Owner(uid)) => {
                 return refuse(format!(
@@ -777,6 +787,12 @@ fn default_path() -> Option<PathBuf> {
 /// A pattern of `scrub_env` or `--scrub`: a glob over variable names. An empty one would
 /// match no variable, so that a scrub which removes nothing is a mistake said at once.
 pub fn scrub_pattern(text: &str) -> Result<glob::Pattern, String> {
+    // Never quoted: a token typed in the wrong place must not be echoed.
+    if crate::token::is_token_shaped(text) {
+        return Err(
+            "that is a token, not a variable name pattern: pass a pattern such as '*_TOKEN'".into(),
+        );
+    }
     if text.is_empty() {
         return Err(
             "an empty pattern matches no variable: give a name or a glob such as '*_TOKEN'".into(),

@@ -181,11 +181,20 @@ fn live_parent(store: &Store, token: &Token, now: SystemTime) -> Result<Option<R
             "the parent lease in the environment is nested {} deep, as deep as leases nest: a child of it could never be used",
             records.len()
         )),
-        Standing::Live(records) => Ok(records.into_iter().next()),
-        Standing::Dead(Denial { reason, detail, .. }) => Err(anyhow!(
-            "the parent lease in the environment is {reason}: {detail}; a child of it could never be used"
-        )),
+        // Alive, but with every use spent (its own or an ancestor's): as dead to a child.
+        Standing::Live(records) => match authorize::spent(&records) {
+            Some(denial) => Err(dead_parent(&denial)),
+            None => Ok(records.into_iter().next()),
+        },
+        Standing::Dead(denial) => Err(dead_parent(&denial)),
     }
+}
+
+/// Why no lease may be nested in a parent that can grant nothing any more.
+fn dead_parent(Denial { reason, detail, .. }: &Denial) -> anyhow::Error {
+    anyhow!(
+        "the parent lease in the environment is {reason}: {detail}; a child of it could never be used"
+    )
 }
 
 /// `time + by`; durations are at most [`ttl::MAX`], so this fails only with a clock set

@@ -19,6 +19,9 @@ use crate::store::Store;
 pub struct Receipt {
     lease: ReceiptLease,
     decisions: Vec<Decision>,
+    /// Whether `decisions` are all the run's: false when the trail could not be read, or no
+    /// longer reaches back to the lease's start (rotated past it, see `audit_max_bytes`).
+    decisions_complete: bool,
     exit: ReceiptExit,
     started_at: String,
     ended_at: String,
@@ -83,7 +86,7 @@ impl Receipt {
             expires_at: rfc3339::format(record.expires_at),
             parent: record.parent.as_deref().map(str::to_owned),
         };
-        let trail = store.audit().read().unwrap_or_default();
+        let trail = store.audit().read().ok();
         Receipt::from_trail(lease, trail, waited, started_at, duration_ms)
     }
 
@@ -103,16 +106,19 @@ impl Receipt {
             expires_at: lease.lease.expires_at.clone(),
             parent: lease.parent.clone(),
         };
-        Receipt::from_trail(lease, trail, waited, started_at, duration_ms)
+        Receipt::from_trail(lease, Some(trail), waited, started_at, duration_ms)
     }
 
+    /// `trail` is `None` when it could not be read.
     fn from_trail(
         lease: ReceiptLease,
-        trail: Vec<Event>,
+        trail: Option<Vec<Event>>,
         waited: &Waited,
         started_at: SystemTime,
         duration_ms: u64,
     ) -> Receipt {
+        let trail = trail.unwrap_or_default();
+        let decisions_complete = crate::audit::reaches_back_to(&trail, &lease.id);
         // Decisions about this lease and any lease nested in it (at any depth) during the run:
         // the trail names each lease's parent when it is issued, before it is used.
         let mut ours = crate::audit::Tree::new(&lease.id);
@@ -138,6 +144,7 @@ impl Receipt {
         Receipt {
             lease,
             decisions,
+            decisions_complete,
             exit: ReceiptExit {
                 code: waited.status.code(),
                 signal: waited.status.signal(),
@@ -162,6 +169,11 @@ impl Receipt {
         temp.persist(path)
             .map_err(|e| e.error)
             .with_context(|| format!("writing the receipt {shown}"))?;
+        if !self.decisions_complete {
+            crate::say!(
+                "lease: the receipt {shown} may lack decisions of the run: the audit trail does not reach back to the lease's start (rotated past it: raise audit_max_bytes; or unreadable); its decisions_complete is false"
+            );
+        }
         Ok(())
     }
 }
@@ -169,11 +181,28 @@ impl Receipt {
 /// Checks, before anything is minted, that the receipt can be written: its directory takes a
 /// new file, and `path` is not something other than a regular file.
 pub fn can_be_written(path: &Path, state_dir: Option<&Path>) -> Result<()> {
+    refuse_not_a_file_name(path)?;
     refuse_non_regular(path)?;
     if let Some(state_dir) = state_dir {
         refuse_inside(path, state_dir)?;
     }
     receipt_temp_file(path).map(drop)
+}
+
+/// Refuses a path that cannot name a file, whatever is there: one that ends in `/`, `.` or
+/// `..` (the file would be written in the directory above it, then fail to take its name).
+fn refuse_not_a_file_name(path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let last = bytes.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    if matches!(last, b"" | b"." | b"..") {
+        anyhow::bail!(
+            "cannot write the receipt {}: the path names a directory, not a file; give a file name, such as {}",
+            path.display(),
+            Path::new(path).join("receipt.json").display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses a receipt in the state dir or below it: its files are lease's own (a receipt

@@ -18,11 +18,12 @@ use crate::ttl;
 
 #[derive(Serialize)]
 struct Status<'a> {
-    id: &'a str,
+    /// `null` when no lease matches the token (`state` says why: `unknown`, `malformed`).
+    id: Option<&'a str>,
     valid: bool,
     state: &'a str,
     scope: Vec<&'a str>,
-    expires_at: String,
+    expires_at: Option<String>,
     seconds_left: u64,
     uses_left: Option<u64>,
     scope_uses_left: &'a BTreeMap<String, u64>,
@@ -38,9 +39,28 @@ pub fn status(setup: &Setup, source: &TokenSource, json: bool) -> Result<Exit> {
 
 /// The status of `token`'s lease (also what the broker runs for a token holder).
 pub fn status_of(setup: &Setup, token: &Token, json: bool) -> Result<Exit> {
+    // No lease to show: with --json, still an object to read (every field empty).
+    let no_lease = |reason: Reason| -> Result<Exit> {
+        if json {
+            let empty = BTreeMap::new();
+            print_json(&Status {
+                id: None,
+                valid: false,
+                state: reason.as_str(),
+                scope: Vec::new(),
+                expires_at: None,
+                seconds_left: 0,
+                uses_left: None,
+                scope_uses_left: &empty,
+                parent: None,
+                run: None,
+            })?;
+        }
+        Ok(Exit::Denied)
+    };
     if !token.is_well_formed() {
         super::console::note!("lease: no valid lease: {}", crate::token::MALFORMED);
-        return Ok(Exit::Denied);
+        return no_lease(Reason::Malformed);
     }
     let store = setup.store(Open::ExistingOnly)?;
     let now = SystemTime::now();
@@ -53,7 +73,7 @@ pub fn status_of(setup: &Setup, token: &Token, json: bool) -> Result<Exit> {
                 "lease: no valid lease: unknown: no lease in {} matches the token",
                 setup.store_shown(&store)
             );
-            return Ok(Exit::Denied);
+            return no_lease(Reason::Unknown);
         }
         Standing::Dead(Denial {
             reason,
@@ -66,7 +86,7 @@ pub fn status_of(setup: &Setup, token: &Token, json: bool) -> Result<Exit> {
             leaf: None,
         }) => {
             super::console::note!("lease: no valid lease: {reason}: {detail}");
-            return Ok(Exit::Denied);
+            return no_lease(reason);
         }
         Standing::Live(records) => match authorize::spent(&records) {
             Some(denial) => (records[0].clone(), Some(denial.reason), denial.detail),
@@ -76,11 +96,11 @@ pub fn status_of(setup: &Setup, token: &Token, json: bool) -> Result<Exit> {
     let state = authorize::state_word(reason);
     let left = record.expires_at.duration_since(now).unwrap_or_default();
     let status = Status {
-        id: &record.id,
+        id: Some(&record.id),
         valid: reason.is_none(),
         state,
         scope: record.scope.iter().map(|s| s.as_str()).collect(),
-        expires_at: rfc3339::format(record.expires_at),
+        expires_at: Some(rfc3339::format(record.expires_at)),
         seconds_left: if reason.is_none() { left.as_secs() } else { 0 },
         uses_left: record.uses_left,
         scope_uses_left: &record.scope_uses_left,
@@ -107,7 +127,7 @@ pub fn status_of(setup: &Setup, token: &Token, json: bool) -> Result<Exit> {
 /// (`--uses`), or none of its scopes has (every scope budgeted, every budget spent).
 fn print_human(status: &Status<'_>, record: &Record) -> std::io::Result<()> {
     let mut out = super::console::Out;
-    writeln!(out, "lease:     {} ({})", status.id, status.state)?;
+    writeln!(out, "lease:     {} ({})", record.id, status.state)?;
     writeln!(out, "scope:     {}", record.scope_with_uses_left())?;
     let left = if status.valid {
         format!(
@@ -117,7 +137,11 @@ fn print_human(status: &Status<'_>, record: &Record) -> std::io::Result<()> {
     } else {
         String::new()
     };
-    writeln!(out, "expires:   {}{left}", status.expires_at)?;
+    writeln!(
+        out,
+        "expires:   {}{left}",
+        rfc3339::format(record.expires_at)
+    )?;
     let uses = status
         .uses_left
         .map_or_else(|| "unlimited".to_owned(), |n| n.to_string());

@@ -22,6 +22,9 @@ struct Suggestion {
     /// Whether the lease has ended (revoked, expired, its run over, or no longer on record);
     /// until then the suggestion covers only what it has used so far.
     ended: bool,
+    /// Whether the trail reaches back to the lease's start: once rotated past it, actions the
+    /// lease used may be missing from `suggested`.
+    complete: bool,
     suggested: Vec<String>,
     unused: Vec<String>,
     denied: Vec<Denial>,
@@ -111,9 +114,17 @@ pub fn suggest(setup: &Setup, id: &str, json: bool) -> Result<Exit> {
         .filter(|scope| !actions.iter().any(|a| scope.grants(a)))
         .map(|s| s.to_string())
         .collect();
+    let complete = crate::audit::reaches_back_to(&trail, id);
+    if !complete {
+        super::console::note!(
+            "lease: the suggestion for lease {} may miss actions: the audit trail does not reach back to the lease's start (rotated past it: raise audit_max_bytes)",
+            id.escape_debug()
+        );
+    }
     let suggestion = Suggestion {
         id: id.to_owned(),
         ended,
+        complete,
         suggested: used,
         unused,
         denied,

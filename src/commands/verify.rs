@@ -159,8 +159,11 @@ impl std::error::Error for NoToken {}
 pub(super) fn token_env_in_use(default_env: &str) -> Result<String> {
     match std::env::var(TOKEN_ENV_VAR) {
         Ok(name) if !name.is_empty() => {
-            crate::config::validate_env_name(&name)
-                .with_context(|| format!("${TOKEN_ENV_VAR} does not name a variable"))?;
+            // Where a token may be put, as `--env` and `token_env` allow (not PATH, LD_*, ...):
+            // a nested run drops the variable from its command's environment.
+            crate::config::validate_token_env(&name).with_context(|| {
+                format!("${TOKEN_ENV_VAR} does not name a variable a token may be in")
+            })?;
             Ok(name)
         }
         _ => Ok(default_env.to_owned()),

@@ -93,6 +93,13 @@ fn unknown_keys_and_bad_values_are_errors_naming_key_and_file() {
         .code_is(125)
         .one_error_line()
         .stderr_has("scrub_env: an empty pattern matches no variable");
+    sandbox.write_config("scrub_env = [\"agt_AAAAAAAAAAAA\"]\n");
+    sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("scrub_env: that is a token, not a variable name pattern");
     assert!(sandbox.records().is_empty());
 }
 
@@ -245,6 +252,45 @@ fn a_config_others_could_change_is_refused() {
     } else {
         crate::harness::skip("not-root", "only root can give a file away");
     }
+}
+
+/// A config reached through a symlink: whoever may write beside the link may point it at
+/// another config. A link in a directory others may write to is refused as a file there is;
+/// the same link in a directory only its owner writes is followed.
+#[test]
+fn a_config_reached_through_a_link_others_could_swap_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if crate::harness::local_only("the broker reads its own config, not the client's") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let safe = sandbox.path("safe");
+    std::fs::create_dir_all(&safe).unwrap();
+    chmod(&safe, 0o700);
+    let strict = safe.join("strict.toml");
+    std::fs::write(&strict, "allowed_scopes = [\"read:x\"]\n").unwrap();
+    chmod(&strict, 0o600);
+    let shared = sandbox.path("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let link = shared.join("policy.toml");
+    std::os::unix::fs::symlink(&strict, &link).unwrap();
+    let run = || {
+        sandbox
+            .lease(["run", "--scope", "read:x", "--", "true"])
+            .env("LEASE_CONFIG", &link)
+            .run()
+    };
+    chmod(&shared, 0o777);
+    run().code_is(125).one_error_line().stderr_has(&format!(
+        "its directory {} is writable by group or others (mode 777)",
+        shared.display()
+    ));
+    assert!(sandbox.records().is_empty());
+    chmod(&shared, 0o755);
+    run().success();
 }
 
 #[test]

@@ -90,3 +90,31 @@ fn print_env_shows_what_the_command_would_get_without_minting() {
     );
     assert!(sandbox.records().is_empty(), "nothing was minted");
 }
+
+/// `LEASE_TOKEN_ENV` names where a token is, and a nested run drops that variable from its
+/// command's environment: it obeys the rules of `--env` (not `PATH`, `LD_*`, ...), or the
+/// user's `PATH` would be dropped, or read as a token.
+#[test]
+fn lease_token_env_may_name_only_a_variable_a_token_may_be_in() {
+    let sandbox = Sandbox::new();
+    let why =
+        "$LEASE_TOKEN_ENV does not name a variable a token may be in: PATH cannot carry the token";
+    sandbox
+        .lease(["verify", "read:x"])
+        .env("LEASE_TOKEN_ENV", "PATH")
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has(why);
+    let ran = sandbox.path("ran");
+    sandbox
+        .lease(["run", "--scope", "read:x", "--", "touch"])
+        .arg(&ran)
+        .env("LEASE_TOKEN_ENV", "LD_PRELOAD")
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("LD_PRELOAD cannot carry the token");
+    assert!(!ran.exists(), "the command ran");
+    assert!(sandbox.records().is_empty());
+}

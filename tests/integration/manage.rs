@@ -293,6 +293,38 @@ fn a_lease_as_deep_as_leases_nest_grants_and_is_refused_a_child() {
     );
 }
 
+/// A parent whose every use is spent (its own `--uses`, or an ancestor's) grants nothing any
+/// more: it is refused a child, as an expired or revoked one is, and the run never starts.
+#[test]
+fn a_used_up_lease_is_refused_a_child() {
+    let sandbox = Sandbox::new();
+    let issued = sandbox.issue_json("read:x", &["--uses", "1"]);
+    let (id, token) = (
+        issued["id"].as_str().unwrap(),
+        issued["token"].as_str().unwrap(),
+    );
+    sandbox.verify(token, "read:x").success();
+    let expected = format!(
+        "lease: the parent lease in the environment is used up: lease {id} has no uses left; a child of it could never be used\n"
+    );
+    let out = sandbox
+        .lease(["issue", "--scope", "read:x"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(2);
+    assert_eq!(out.stderr, expected);
+    let ran = sandbox.path("ran");
+    let out = sandbox
+        .lease(["run", "--scope", "read:x", "--", "touch"])
+        .arg(&ran)
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(125);
+    assert_eq!(out.stderr, expected);
+    assert!(!ran.exists(), "the command ran under a used-up parent");
+    assert_eq!(sandbox.states().len(), 1, "a child was minted");
+}
+
 /// `list` of a large store, through a broker too, where the answer is several megabytes.
 #[test]
 fn list_of_twenty_thousand_leases_prints_them_all() {

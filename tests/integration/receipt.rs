@@ -35,11 +35,48 @@ fn a_receipt_holds_the_lease_every_decision_and_the_exit() {
         "nested leases and nested runs count too"
     );
     assert_eq!(json["exit"]["code"], 0);
+    assert_eq!(json["decisions_complete"], true);
     assert!(json["duration_ms"].as_u64().is_some());
     assert_eq!(
         std::fs::metadata(&receipt).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+/// A trail rotated past the run's start has lost some of its decisions: the receipt says so
+/// (`decisions_complete: false`, and one line on stderr), and so does `suggest`, rather than
+/// passing a part for the whole.
+#[test]
+fn a_receipt_and_a_suggestion_say_when_the_trail_no_longer_reaches_the_runs_start() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("audit_max_bytes = 1024\n");
+    let receipt = sandbox.path("receipt.json");
+    let out = sandbox
+        .lease(["run", "--scope", "read:*", "--receipt", receipt.to_str().unwrap(), "--", "sh", "-c"])
+        .arg("for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do lease verify read:$i; done")
+        .run()
+        .success()
+        .one_error_line();
+    assert!(
+        out.stderr.contains("may lack decisions of the run: the audit trail does not reach back to the lease's start"),
+        "{out:?}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
+    assert_eq!(json["decisions_complete"], false, "{json}");
+    let kept = crate::harness::receipt_decisions(&json).len();
+    assert!(kept < 20, "{kept} decisions: the trail was not rotated");
+    let id = json["lease"]["id"].as_str().expect("id");
+    let suggested = sandbox
+        .lease(["suggest", "--json", id])
+        .run()
+        .success()
+        .one_error_line();
+    assert!(
+        suggested.stderr.contains("may miss actions"),
+        "{suggested:?}"
+    );
+    assert_eq!(suggested.json()["complete"], false);
 }
 
 /// A command that cannot be run still leaves the receipt its CI step collects: the lease was
@@ -99,6 +136,16 @@ fn a_receipt_that_cannot_be_written_stops_the_run_before_it_starts() {
             "/dev/full".to_owned(),
             "lease: cannot write the receipt /dev/full: it exists and is not a regular file; choose a new file name\n",
         ),
+        // A path that names a directory, there or not: the temporary file would be written
+        // above it, and the receipt fail to take its name after the command ran.
+        (
+            format!("{}/new/", sandbox.path("").display()),
+            "the path names a directory, not a file",
+        ),
+        (
+            format!("{}/..", sandbox.path("").display()),
+            "the path names a directory, not a file",
+        ),
     ] {
         let out = sandbox
             .lease(["run", "--scope", "a", "--receipt", &receipt, "--"])
@@ -108,7 +155,11 @@ fn a_receipt_that_cannot_be_written_stops_the_run_before_it_starts() {
             .run()
             .code_is(125)
             .one_error_line();
-        assert!(out.stderr.starts_with(why), "{out:#?}");
+        let said = format!("lease: cannot write the receipt {receipt}: ");
+        assert!(
+            out.stderr.starts_with(why) || out.stderr.starts_with(&format!("{said}{why}")),
+            "{out:#?}"
+        );
         assert!(
             !ran.exists(),
             "the command ran although its receipt could not be written"

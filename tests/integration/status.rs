@@ -47,6 +47,24 @@ fn status_inside_a_run_and_after_it() {
         "{after:#?}"
     );
     sandbox.lease(["status"]).run().code_is(2).one_error_line();
+    // No lease matches: still an object to read, every field empty, `state` saying why.
+    let stranger = Sandbox::new().issue("a");
+    for (token, state) in [(stranger.as_str(), "unknown"), ("agt_x", "malformed")] {
+        let none = sandbox
+            .lease(["status", "--json"])
+            .env("LEASE_TOKEN", token)
+            .run()
+            .code_is(1)
+            .one_error_line();
+        assert_eq!(
+            none.json(),
+            serde_json::json!({
+                "id": null, "valid": false, "state": state, "scope": [], "expires_at": null,
+                "seconds_left": 0, "uses_left": null, "scope_uses_left": {}, "parent": null,
+                "run": null
+            })
+        );
+    }
 }
 
 #[test]

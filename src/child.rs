@@ -224,6 +224,12 @@ impl Held {
         self.pid = Pid::from_raw(0);
         let program = &self.program;
         let (exit, why) = match errno {
+            // A path to a file that is there: what it needs to run is not (bash: "required
+            // file not found"); 127 all the same, as with bash, env and tini.
+            libc::ENOENT if program.contains('/') && std::path::Path::new(program).is_file() => (
+                Exit::NotFound,
+                "it exists, but the interpreter its #! line names (or the loader it needs) was not found".to_owned(),
+            ),
             libc::ENOENT | libc::ENOTDIR => (Exit::NotFound, "command not found".to_owned()),
             libc::EACCES | libc::EPERM => (Exit::CannotExecute, "permission denied".to_owned()),
             other => (

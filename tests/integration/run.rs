@@ -197,7 +197,18 @@ fn command_not_found_is_127_and_not_executable_is_126() {
         .code_is(126)
         .one_error_line()
         .stderr_has("permission denied");
-    sandbox.assert_all_revoked(2);
+    // A script whose interpreter is missing is there: 127 (as bash, env, tini), said so.
+    let orphan = sandbox.path("orphan.sh");
+    std::fs::write(&orphan, "#!/nonexistent/interpreter\necho hi\n").unwrap();
+    std::fs::set_permissions(&orphan, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    sandbox
+        .lease(["run", "--scope", "a", "--"])
+        .arg(&orphan)
+        .run()
+        .code_is(127)
+        .one_error_line()
+        .stderr_has("it exists, but the interpreter its #! line names");
+    sandbox.assert_all_revoked(3);
 }
 
 #[test]

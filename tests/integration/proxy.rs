@@ -1340,6 +1340,37 @@ fn a_download_in_flight_is_cut_when_its_lease_is_revoked() {
     );
 }
 
+/// An upstream that goes away in the middle of a body never passes for a body that ended well:
+/// the client's response stops without its last chunk (curl's exit 18).
+#[test]
+fn an_upstream_gone_mid_body_leaves_the_client_a_body_cut_short() {
+    let Some((sandbox, upstream, broker)) = nginx_upstream_and_broker() else {
+        return;
+    };
+    let token = sandbox.issue("read:site");
+    let headers = bearer_file(&sandbox, "headers", &token);
+    let got = sandbox.path("got.bin");
+    let mut download = Command::new("curl")
+        .args(["-s", "-o"])
+        .arg(&got)
+        .arg("-H")
+        .arg(format!("@{}", headers.display()))
+        .arg(format!("http://{}/u/site/files/slow/big.bin", broker.tcp))
+        .spawn()
+        .expect("curl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(&got).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "nothing came through");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // nginx stops at once (`-s stop`), its connections closed mid-body.
+    drop(upstream);
+    let status = crate::harness::wait_for_exit(&mut download);
+    assert_eq!(status.code(), Some(18), "curl: {status:?}");
+    let len = fs::metadata(&got).expect("got").len();
+    assert!(len < 1 << 20, "all of it came: {len}");
+}
+
 /// A budget on the lease is charged per proxied request: the third of two uses is refused,
 /// and the upstream never sees it.
 #[test]

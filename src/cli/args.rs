@@ -45,11 +45,11 @@ Examples:
 #[command(max_term_width = 100)]
 pub(super) struct Cli {
     /// Where leases are recorded [default: $XDG_STATE_HOME/lease, i.e. ~/.local/state/lease]
-    #[arg(long, global = true, env = "LEASE_STATE_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "LEASE_STATE_DIR", value_name = "DIR", value_parser = path_or_empty())]
     pub(super) state_dir: Option<PathBuf>,
 
     /// Config file [default: $XDG_CONFIG_HOME/lease/config.toml, if it exists]
-    #[arg(long, global = true, env = "LEASE_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "LEASE_CONFIG", value_name = "FILE", value_parser = path_or_empty())]
     pub(super) config: Option<PathBuf>,
 
     /// Also print notes on stderr, such as a nested lease's expiry capped at its parent's
@@ -488,4 +488,11 @@ impl Cli {
             .get_subcommands()
             .any(|c| c.get_name() == name)
     }
+}
+
+/// A path, or the empty text of a variable that is set but empty (which means unset, as for
+/// `LEASE_BROKER`); an empty path given on the command line is refused in `cli::parse`.
+fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
 }

@@ -38,6 +38,19 @@ pub enum Rejected {
     Usage(String, Exit),
 }
 
+/// Why an empty `flag` (or its variable, `from_env`) is refused.
+fn empty_path(flag: &str, from_env: bool) -> String {
+    let (variable, what) = match flag {
+        "--state-dir" => ("LEASE_STATE_DIR", "a directory"),
+        _ => ("LEASE_CONFIG", "a file"),
+    };
+    if from_env {
+        format!("{variable} is set but empty: unset it, or give {what}")
+    } else {
+        format!("{flag} is empty: give {what}, or leave {flag} out")
+    }
+}
+
 /// Parses and validates the command line.
 pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
     if args.len() <= 1 {
@@ -46,14 +59,28 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
             failure_exit(None),
         ));
     }
-    let (cli, failure) = match fast::parse(&args) {
+    // An empty path, on the command line (`--config "$UNSET"`) or in LEASE_STATE_DIR or
+    // LEASE_CONFIG, names nothing: refused (no fallback to the default, which could be another
+    // policy or store), naming where it came from.
+    let (cli, failure, empty_given) = match fast::parse(&args) {
         Some(cli) => {
             let failure = failure_exit(match cli.command {
                 args::Sub::Run(_) => Some("run"),
                 args::Sub::Verify(_) => Some("verify"),
                 _ => None,
             });
-            (cli, failure)
+            // The fast parse leaves an empty variable to clap: an empty path here was given.
+            let empty = |path: &Option<std::path::PathBuf>| {
+                path.as_ref().is_some_and(|p| p.as_os_str().is_empty())
+            };
+            let given = if empty(&cli.state_dir) {
+                Some(empty_path("--state-dir", false))
+            } else if empty(&cli.config) {
+                Some(empty_path("--config", false))
+            } else {
+                None
+            };
+            (cli, failure, given)
         }
         None => {
             let mut definition = Cli::command();
@@ -65,10 +92,25 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
             // is left to the end of the process.
             std::mem::forget(definition);
             let failure = failure_exit(matches.subcommand_name());
+            let given = [("state_dir", "--state-dir"), ("config", "--config")]
+                .into_iter()
+                .find(|(id, _)| {
+                    matches
+                        .get_one::<std::path::PathBuf>(id)
+                        .is_some_and(|p| p.as_os_str().is_empty())
+                })
+                .map(|(id, flag)| {
+                    let from_env =
+                        matches.value_source(id) == Some(clap::parser::ValueSource::EnvVariable);
+                    empty_path(flag, from_env)
+                });
             let cli = Cli::from_arg_matches_mut(&mut matches).map_err(|err| reject(&err, &args))?;
-            (cli, failure)
+            (cli, failure, given)
         }
     };
+    if let Some(why) = empty_given {
+        return Err(Rejected::Usage(why, failure));
+    }
     let usage = |err: anyhow::Error| Rejected::Usage(format!("{err:#}"), failure);
     for path in [&cli.state_dir, &cli.config].into_iter().flatten() {
         values::not_a_whole_token(

@@ -116,28 +116,38 @@ fn non_utf8_arguments_are_handled() {
 }
 
 /// `run` and `verify` read their usual lines without clap; an empty `LEASE_STATE_DIR` or
-/// `LEASE_CONFIG`, which clap refuses for every subcommand, must be refused by them alike.
+/// `LEASE_CONFIG` (or `--state-dir ''`, `--config ''`) names nothing, and is refused by every
+/// subcommand alike, naming the variable or the option (no fallback to the default store or
+/// policy).
 #[test]
 fn an_empty_state_dir_or_config_variable_is_refused_by_every_subcommand_alike() {
     let sandbox = Sandbox::new();
-    for (variable, option) in [
-        ("LEASE_STATE_DIR", "--state-dir <DIR>"),
-        ("LEASE_CONFIG", "--config <FILE>"),
+    for (variable, option, what) in [
+        ("LEASE_STATE_DIR", "--state-dir", "a directory"),
+        ("LEASE_CONFIG", "--config", "a file"),
     ] {
-        for (args, sub, code) in [
-            (&["run", "--scope", "a", "--", "true"][..], "run", 125),
-            (&["verify", "a"], "verify", 2),
-            (&["issue", "--scope", "a"], "issue", 2),
+        for (args, code) in [
+            (&["run", "--scope", "a", "--", "true"][..], 125),
+            (&["verify", "a"], 2),
+            (&["issue", "--scope", "a"], 2),
+            (&["list"], 2),
         ] {
             let out = sandbox.lease(args).env(variable, "").run();
             assert_eq!(out.code(), Some(code), "{variable}: {out:#?}");
             assert_eq!(
                 out.stderr,
-                format!(
-                    "lease: a value is required for '{option}' but none was supplied; see 'lease {sub} --help'\n"
-                ),
+                format!("lease: {variable} is set but empty: unset it, or give {what}\n"),
                 "{variable}"
+            );
+            let given = [&args[..1], &[option, ""], &args[1..]].concat();
+            let out = sandbox.lease(&given).run();
+            assert_eq!(out.code(), Some(code), "{option}: {out:#?}");
+            assert_eq!(
+                out.stderr,
+                format!("lease: {option} is empty: give {what}, or leave {option} out\n"),
+                "{option}"
             );
         }
     }
+    assert!(sandbox.records().is_empty());
 }

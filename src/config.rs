@@ -418,8 +418,14 @@ impl Config {
         let shown = path.display();
         let file: File = toml::from_str(text).map_err(|err| {
             let line = unknown_key_line(text, err.message()).or_else(|| {
-                err.span()
-                    .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+                // The line the error's span starts on: the line breaks before it, plus one.
+                err.span().map(|span| {
+                    text.as_bytes()[..span.start.min(text.len())]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1
+                })
             });
             let mut message = err.message().trim_end().replace('\n', " ");
             // A bad value's message does not say whose value it is: name the key on its line.
@@ -593,7 +599,7 @@ impl Config {
         let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
         let file = match &self.path {
             Some(path) => format!("in {}", path.display()),
-            None => "(no config file was found)".to_owned(),
+            None => "(no config file is in use)".to_owned(),
         };
         if known.is_empty() {
             bail!(
@@ -629,6 +635,14 @@ fn parse_profile(
             .transpose()
     };
     let scope = match &file.scope {
+        Some(items) if items.is_empty() => {
+            return Err(error(
+                "scope",
+                anyhow!(
+                    "an empty list grants nothing: list the profile's scopes, e.g. [\"read:articles\"]"
+                ),
+            ));
+        }
         Some(items) => Some(scope::parse_grants(items).map_err(|e| error("scope", e))?),
         None => None,
     };

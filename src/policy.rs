@@ -155,14 +155,14 @@ pub fn check_ttl(config: &Config, ttl: Duration) -> Result<()> {
 /// Checks that `scope` may be minted under `allowed_scopes`.
 pub fn check_allowed(config: &Config, scope: &Scope) -> Result<()> {
     match &config.allowed_scopes {
+        Some(allowed) if allowed.is_empty() => bail!(
+            "scope '{scope}' is not allowed: {} is empty, so it permits no scope",
+            config.source("allowed_scopes", true),
+        ),
         Some(allowed) if !allowed.iter().any(|a| a.covers(scope)) => bail!(
             "scope '{scope}' is not allowed: {} permits only {}",
             config.source("allowed_scopes", true),
-            if allowed.is_empty() {
-                "nothing".to_owned()
-            } else {
-                crate::scope::join(allowed)
-            }
+            crate::scope::join(allowed)
         ),
         _ => Ok(()),
     }

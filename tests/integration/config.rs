@@ -100,6 +100,21 @@ fn unknown_keys_and_bad_values_are_errors_naming_key_and_file() {
         .code_is(125)
         .one_error_line()
         .stderr_has("scrub_env: that is a token, not a variable name pattern");
+    // A key given twice: the second line is the one to fix.
+    sandbox.write_config("default_ttl = \"5m\"\ndefault_ttl = \"6m\"\n");
+    sandbox
+        .lease(["list"])
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("line 2: default_ttl: duplicate key");
+    sandbox.write_config("[profile.p]\nscope = []\n");
+    sandbox
+        .lease(["run", "--profile", "p", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has("profile.p.scope: an empty list grants nothing");
     assert!(sandbox.records().is_empty());
 }
 

@@ -901,3 +901,23 @@ fn the_largest_lease_the_limits_allow_is_granted_and_revoked() {
     assert!(states.iter().any(|s| s == "revoked"), "{states:?}");
     assert!(states.iter().any(|s| s == "active"), "{states:?}");
 }
+
+/// `allowed_scopes = []` permits no scope at all, and says so.
+#[test]
+fn an_empty_allowed_scopes_permits_nothing_and_says_so() {
+    let sandbox = Sandbox::new();
+    let path = sandbox.write_config("allowed_scopes = []\n");
+    let out = sandbox
+        .lease(["run", "--scope", "read:x", "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "lease: scope 'read:x' is not allowed: allowed_scopes in {} is empty, so it permits no scope\n",
+            path.display()
+        )
+    );
+    assert!(sandbox.records().is_empty());
+}

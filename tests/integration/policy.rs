@@ -799,11 +799,7 @@ fn durations_past_ten_years_are_refused_in_one_line_naming_the_flag_or_the_file(
     );
 
     let path = sandbox.write_config("max_ttl = 18446744073709551615\n");
-    let out = sandbox
-        .lease(["run", "--scope", "a", "--", "true"])
-        .run()
-        .code_is(125)
-        .one_error_line();
+    let out = run_refused(&sandbox, "a");
     assert_eq!(
         out.stderr,
         format!(
@@ -907,11 +903,7 @@ fn the_largest_lease_the_limits_allow_is_granted_and_revoked() {
 fn an_empty_allowed_scopes_permits_nothing_and_says_so() {
     let sandbox = Sandbox::new();
     let path = sandbox.write_config("allowed_scopes = []\n");
-    let out = sandbox
-        .lease(["run", "--scope", "read:x", "--", "true"])
-        .run()
-        .code_is(125)
-        .one_error_line();
+    let out = run_refused(&sandbox, "read:x");
     assert_eq!(
         out.stderr,
         format!(
@@ -920,4 +912,13 @@ fn an_empty_allowed_scopes_permits_nothing_and_says_so() {
         )
     );
     assert!(sandbox.records().is_empty());
+}
+
+/// `lease run --scope SCOPE -- true`, refused before it starts: 125 and one line.
+fn run_refused(sandbox: &Sandbox, scope: &str) -> crate::harness::Out {
+    sandbox
+        .lease(["run", "--scope", scope, "--", "true"])
+        .run()
+        .code_is(125)
+        .one_error_line()
 }

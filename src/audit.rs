@@ -497,12 +497,10 @@ impl Log {
         let still_ours =
             current.is_ok_and(|m| m.st_ino == locked.ino() && m.st_dev == locked.dev());
         if still_ours && locked.len() > 0 {
-            // The previous rotation's file goes first: renamed over, it would have ext4 start
-            // writing the whole log to the disk inside the rename (`auto_da_alloc`), ~10 ms for
-            // 10 MiB against ~4 ms, with the log's lock held. A crash in between loses nothing
-            // the rotation was to keep.
-            let _ =
-                nix::unistd::unlinkat(dir, ROTATED_NAME, nix::unistd::UnlinkatFlags::NoRemoveDir);
+            // Renamed over the previous rotation's file in one step, so that a reader always
+            // finds the rotated events in one of the two files (removing the old file first
+            // would spare ext4's flush of the log, `auto_da_alloc`, but open a moment where a
+            // reader sees neither).
             nix::fcntl::renameat(dir, FILE_NAME, dir, ROTATED_NAME)
                 .map_err(io::Error::from)
                 .with_context(|| format!("rotating the audit log {}", self.path.display()))?;

@@ -287,18 +287,8 @@ fn only_its_owner_may_change(path: &Path, meta: &fs::Metadata) -> io::Result<()>
         }
         None => {}
     }
-    // The directories above the file itself, and above the path as given: where that path
-    // goes through a symlink, whoever may write beside the link may point it elsewhere.
-    let real = fs::canonicalize(path)?;
-    let given = std::env::current_dir()?.join(path);
-    let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
-    for dir in given.ancestors().skip(1) {
-        if !dirs.contains(&dir) {
-            dirs.push(dir);
-        }
-    }
-    for dir in dirs {
-        match open_to_others(&fs::metadata(dir)?) {
+    for dir in directories_on_the_way(path)? {
+        match open_to_others(&fs::metadata(&dir)?) {
             Some(OpenToOthers::Owner(uid)) => {
                 return refuse(format!(
                     "its directory {} belongs to uid {uid}, not to you or root: its owner could put another config in its place",
@@ -316,6 +306,59 @@ fn only_its_owner_may_change(path: &Path, meta: &fs::Metadata) -> io::Result<()>
         }
     }
     Ok(())
+}
+
+/// Every directory that `path` goes through on its way to its file, symbolic links followed
+/// one at a time: those above the path as given, above each link met (whoever may write beside
+/// a link may point it elsewhere), and above the file itself. At most 40 links, as the kernel.
+fn directories_on_the_way(path: &Path) -> io::Result<Vec<PathBuf>> {
+    use std::path::Component;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut above = |at: &Path| {
+        for dir in at.ancestors().skip(1) {
+            if !dirs.iter().any(|known| known == dir) {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+    };
+    let given = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    // The parts still to walk, the next one last.
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    let push = |pending: &mut Vec<std::ffi::OsString>, at: &Path| {
+        let parts: Vec<_> = at.components().map(|c| c.as_os_str().to_owned()).collect();
+        pending.extend(parts.into_iter().rev());
+    };
+    push(&mut pending, &given);
+    let mut current = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match Path::new(&part).components().next() {
+            Some(Component::RootDir) => current = PathBuf::from("/"),
+            Some(Component::ParentDir) => {
+                current.pop();
+            }
+            Some(Component::Normal(name)) => {
+                let next = current.join(name);
+                if fs::symlink_metadata(&next)?.file_type().is_symlink() {
+                    links += 1;
+                    if links > 40 {
+                        return Err(io::Error::other("too many symbolic links on the way"));
+                    }
+                    above(&next);
+                    push(&mut pending, &fs::read_link(&next)?);
+                } else {
+                    current = next;
+                }
+            }
+            _ => {}
+        }
+    }
+    above(&current);
+    Ok(dirs)
 }
 
 /// The largest PEM file lease reads: a system's CA bundle is a few hundred KB.

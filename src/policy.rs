@@ -83,6 +83,9 @@ pub fn plan(
     let mut notes = Vec::new();
 
     let parent = match inherited {
+        // A root lease asked for, and allowed: the lease in the environment, dead or alive,
+        // is no parent, and has no say.
+        Some(_) if asked.no_parent && config.allow_orphans => None,
         Some(token) => live_parent(store, token, now)?,
         None => None,
     };

@@ -171,7 +171,7 @@ impl Receipt {
             .with_context(|| format!("writing the receipt {shown}"))?;
         if !self.decisions_complete {
             crate::say!(
-                "lease: the receipt {shown} may lack decisions of the run: the audit trail does not reach back to the lease's start (rotated past it: raise audit_max_bytes; or unreadable); its decisions_complete is false"
+                "lease: the receipt {shown} may lack decisions of the run: the audit trail does not reach back to the lease's start (rotated past it: raise audit_max_bytes; or kept by another broker, or unreadable); its decisions_complete is false"
             );
         }
         Ok(())

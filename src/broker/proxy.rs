@@ -232,17 +232,21 @@ fn basic_password(headers: &HeaderMap) -> Option<Token> {
     Some(Token::presented(password.to_owned()))
 }
 
-/// The decoded credentials of a `Basic` header value (`user:password`), if that is what it is.
+/// The decoded credentials of a `Basic` header value (`user:password`), if that is what it is:
+/// read leniently (any blank after the scheme; base64 standard or URL-safe, padded or not), as
+/// some servers read it.
 fn basic_credentials(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let text = std::str::from_utf8(value).ok()?;
-    let (scheme, encoded) = text.trim().split_once(' ')?;
+    let (scheme, encoded) = text.trim().split_once(|c: char| c.is_ascii_whitespace())?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    Some(Zeroizing::new(decoded))
+    let encoded = encoded.trim();
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(encoded).ok())
+        .map(Zeroizing::new)
 }
 
 /// Whether a header's value carries a lease token: the request's own as it was sent, or any
@@ -563,10 +567,27 @@ fn within_broker(spec: &Spec, location: &[u8], own: bool) -> Option<String> {
     let location = std::str::from_utf8(location).ok()?;
     let absolute = format!("{}://{}", spec.scheme, spec.authority);
     let path = match location.get(..absolute.len()) {
-        Some(start) if start.eq_ignore_ascii_case(&absolute) => &location[absolute.len()..],
+        // The upstream's own origin, and not a longer host, a port or a user that begins the
+        // same (`https://api.example.com.evil.net`, `:8443`, `@other`).
+        Some(start)
+            if start.eq_ignore_ascii_case(&absolute)
+                && location[absolute.len()..].starts_with(['/', '?', '#']) =>
+        {
+            &location[absolute.len()..]
+        }
+        Some(start)
+            if start.eq_ignore_ascii_case(&absolute) && location.len() == absolute.len() =>
+        {
+            ""
+        }
         _ if location.starts_with('/') && !location.starts_with("//") => location,
         _ => return None,
     };
+    // A client resolves `%2e` as `.` and `\\` as `/` (WHATWG URLs): such a path is left as it is
+    // rather than resolved here otherwise than the client will.
+    if path.contains('\\') || path.to_ascii_lowercase().contains("%2e") {
+        return None;
+    }
     // Where the client will go: `/v2/../admin` is `/admin`, not under `/v2`.
     let end = path.find(['?', '#']).unwrap_or(path.len());
     let path = match &path[..end] {
@@ -1003,11 +1024,14 @@ mod tests {
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("u:{other}"))
         );
+        let unpadded =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("u:{other}"));
         for carrying in [
             format!("s={}", String::from_utf8_lossy(own)),
             format!("s={other}; t=1"),
             format!("s={encoded}"),
             basic,
+            format!("basic\t{unpadded}"),
         ] {
             assert!(carries_a_token(carrying.as_bytes(), own), "{carrying}");
         }
@@ -1083,6 +1107,19 @@ mod tests {
         assert_eq!(moved("/v2x/next"), None, "not under the base path");
         assert_eq!(moved("/other"), None);
         assert_eq!(moved("//api.example.com/v2/a"), None);
+        // Another port, a longer host, a user: another place, which goes as it is.
+        assert_eq!(moved("https://api.example.com:8443/v2/a"), None);
+        assert_eq!(moved("https://api.example.com.evil.net/v2/a"), None);
+        assert_eq!(moved("https://api.example.com@other/v2/a"), None);
+        assert_eq!(
+            moved("https://api.example.com?x=1"),
+            None,
+            "no path: not under /v2"
+        );
+        // A path a client would resolve otherwise than plain dot segments: as it is.
+        assert_eq!(moved("/v2/%2e%2e/x"), None);
+        assert_eq!(moved("/v2/%2E/x"), None);
+        assert_eq!(moved("/v2\\..\\x"), None);
         // Dot segments, resolved as the client will: out of the base path goes as it is.
         assert_eq!(moved("https://api.example.com/v2/../admin"), None);
         assert_eq!(moved("/v2/a/../b").as_deref(), Some("/u/api/b"));

@@ -69,18 +69,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
                 args::Sub::Verify(_) => Some("verify"),
                 _ => None,
             });
-            // The fast parse leaves an empty variable to clap: an empty path here was given.
-            let empty = |path: &Option<std::path::PathBuf>| {
-                path.as_ref().is_some_and(|p| p.as_os_str().is_empty())
-            };
-            let given = if empty(&cli.state_dir) {
-                Some(empty_path("--state-dir", false))
-            } else if empty(&cli.config) {
-                Some(empty_path("--config", false))
-            } else {
-                None
-            };
-            (cli, failure, given)
+            // The fast parse leaves every empty path, given or in a variable, to clap.
+            (cli, failure, None)
         }
         None => {
             let mut definition = Cli::command();

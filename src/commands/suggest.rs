@@ -117,7 +117,7 @@ pub fn suggest(setup: &Setup, id: &str, json: bool) -> Result<Exit> {
     let complete = crate::audit::reaches_back_to(&trail, id);
     if !complete {
         super::console::note!(
-            "lease: the suggestion for lease {} may miss actions: the audit trail does not reach back to the lease's start (rotated past it: raise audit_max_bytes)",
+            "lease: the suggestion for lease {} may miss actions: the audit trail does not reach back to the lease's start (rotated past it: raise audit_max_bytes; or kept by another broker)",
             id.escape_debug()
         );
     }

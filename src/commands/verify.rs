@@ -23,9 +23,9 @@ use crate::wire::VerifyAnswer;
 
 /// Longest token read from standard input; a real token is 52 bytes.
 const MAX_STDIN_BYTES: usize = 4096;
-/// How long `--token-stdin` waits for the token's line: a pipe whose writer neither writes nor
-/// closes it is an error, not a wait without end.
-const STDIN_WAIT: Duration = Duration::from_secs(10);
+/// How long `--token-stdin` waits on a silent input for the token's line: a pipe whose writer
+/// neither writes nor closes it is an error, not a wait without end.
+const STDIN_WAIT: Duration = Duration::from_secs(30);
 
 /// `lease verify`: prints the decision (a line on stderr when denied; JSON if asked) and
 /// returns exit 0 (granted) or 1 (denied); errors mean it cannot decide (exit 2).
@@ -201,12 +201,13 @@ pub(super) fn read_token(source: &TokenSource, default_env: &str) -> Result<Toke
 
 /// The first line of standard input (or all of it, up to its end, without a line break), read
 /// as it arrives: the answer comes as soon as the line ends, whether or not the writer then
-/// closes its end of the pipe. Fails once `within` has passed without the line's end, or past
-/// [`MAX_STDIN_BYTES`].
-fn first_line_of_stdin(within: Duration) -> Result<Vec<u8>> {
+/// closes its end of the pipe. Fails once the input has been silent for `silence` (a writer
+/// may take its time, as a password manager waiting for its user does, but not for ever), or
+/// past [`MAX_STDIN_BYTES`].
+fn first_line_of_stdin(silence: Duration) -> Result<Vec<u8>> {
     let stdin = io::stdin();
     let fd = stdin.as_fd();
-    let deadline = Instant::now() + within;
+    let mut deadline = Instant::now() + silence;
     let mut line = Vec::new();
     let mut chunk = [0u8; 512];
     loop {
@@ -218,13 +219,20 @@ fn first_line_of_stdin(within: Duration) -> Result<Vec<u8>> {
             nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX),
         ) {
             Ok(0) => {
+                let what = if line.is_empty() {
+                    "nothing came on standard input"
+                } else {
+                    "part of a line came on standard input, then nothing"
+                };
                 return Err(NoToken(format!(
-                    "no token: nothing came on standard input within {} s; pipe the token to --token-stdin, followed by a line break or the end of the input",
-                    within.as_secs()
+                    "no token: {what} for {} s; pipe the token to --token-stdin, followed by a line break or the end of the input",
+                    silence.as_secs()
                 ))
                 .into());
             }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            // A signal: poll again, with what is left of the wait.
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
             Err(err) => {
                 return Err(io::Error::from(err)).context("reading the token from standard input");
             }
@@ -247,5 +255,6 @@ fn first_line_of_stdin(within: Duration) -> Result<Vec<u8>> {
         if read == 0 || end.is_some() {
             return Ok(line);
         }
+        deadline = Instant::now() + silence;
     }
 }

@@ -303,6 +303,19 @@ fn a_config_reached_through_a_link_others_could_swap_is_refused() {
         "its directory {} is writable by group or others (mode 777)",
         shared.display()
     ));
+    // A link in the middle of a chain, the path given and the file both in safe places.
+    let entry = safe.join("entry.toml");
+    std::os::unix::fs::symlink(&link, &entry).unwrap();
+    sandbox
+        .lease(["run", "--scope", "read:x", "--", "true"])
+        .env("LEASE_CONFIG", &entry)
+        .run()
+        .code_is(125)
+        .one_error_line()
+        .stderr_has(&format!(
+            "its directory {} is writable by group or others (mode 777)",
+            shared.display()
+        ));
     assert!(sandbox.records().is_empty());
     chmod(&shared, 0o755);
     run().success();

@@ -394,6 +394,16 @@ fn no_parent_is_refused_unless_orphans_are_allowed() {
         .json();
     let entry = sandbox.listed(&orphan["id"]);
     assert_eq!(entry["parent"], serde_json::Value::Null);
+    // Allowed, a root lease does not depend on the lease in the environment: one used up (or
+    // revoked) is refused a child, not a lease of its own.
+    let spent = sandbox.issue_json("a", &["--uses", "1"]);
+    let spent = spent["token"].as_str().unwrap();
+    sandbox.verify(spent, "a").success();
+    sandbox
+        .lease(["run", "--scope", "b", "--no-parent", "--", "true"])
+        .env("LEASE_TOKEN", spent)
+        .run()
+        .success();
     // Without a parent in the environment, --no-parent changes nothing.
     let plain = Sandbox::new();
     plain

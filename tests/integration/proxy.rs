@@ -202,7 +202,7 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
         curl -s -o private.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" "$SITE_URL/private/secret.txt" > private.code
         curl -s -o basic.out -w '%{http_code}' -u "x:$SITE_TOKEN" "$SITE_URL/files/hello.txt" > basic.code
         curl -s -o other.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" -H "X-Anything: $SITE_TOKEN" -H "Cookie: t=$SITE_TOKEN" "$SITE_URL/files/hello.txt" > other.code
-        curl -s -o another.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" -H "X-Anything: $ANOTHER" -H "Cookie: t=$ANOTHER_ENCODED" -H "X-Second: $ANOTHER_BASIC" "$SITE_URL/files/hello.txt" > another.code
+        curl -s -o another.out -w '%{http_code}' -H "Authorization: Bearer $SITE_TOKEN" -H @another.headers "$SITE_URL/files/hello.txt" > another.code
     "#;
     // Another lease's token, as such, percent-encoded and in Basic credentials.
     let another = sandbox.issue("read:other");
@@ -214,6 +214,12 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
             format!("u:{another}")
         )
     );
+    // In a file (curl -H @FILE): a variable holding a token never reaches the command.
+    fs::write(
+        sandbox.path("another.headers"),
+        format!("X-Anything: {another}\nCookie: t={another_encoded}\nX-Second: {another_basic}\n"),
+    )
+    .expect("headers");
     sandbox
         .lease([
             "run",
@@ -229,9 +235,6 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
             script,
         ])
         .env("LEASE_BROKER", broker.endpoint())
-        .env("ANOTHER", &another)
-        .env("ANOTHER_ENCODED", &another_encoded)
-        .env("ANOTHER_BASIC", &another_basic)
         .run()
         .success();
     let read = |name: &str| fs::read_to_string(sandbox.path(name)).expect(name);

@@ -267,9 +267,9 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// an empty config.
 /// The config sets the policy, the broker and the token's variable: as OpenSSH's StrictModes
 /// asks of its files, it must be the user's (or root's) and writable by no one else, and so
-/// must every directory above it, and above the path it was reached by (a symlink's), unless
-/// sticky (as `/tmp` is): otherwise another user could rewrite it, or put another file, or
-/// another link, in its place.
+/// must every directory above it, above the path as given and above each symbolic link on the
+/// way ([`directories_on_the_way`]), unless sticky (as `/tmp` is): otherwise another user could
+/// rewrite it, or put another file, or another link, in its place.
 fn only_its_owner_may_change(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
     use crate::owner::{OpenToOthers, open_to_others};
     let refuse = |what: String| Err(io::Error::other(what));

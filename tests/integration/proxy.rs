@@ -1308,21 +1308,7 @@ fn a_download_in_flight_is_cut_when_its_lease_is_revoked() {
         issued["id"].as_str().expect("id"),
         issued["token"].as_str().expect("token"),
     );
-    let headers = bearer_file(&sandbox, "headers", token);
-    let got = sandbox.path("got.bin");
-    let mut download = Command::new("curl")
-        .args(["-s", "-o"])
-        .arg(&got)
-        .arg("-H")
-        .arg(format!("@{}", headers.display()))
-        .arg(format!("http://{}/u/site/files/slow/big.bin", broker.tcp))
-        .spawn()
-        .expect("curl");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::metadata(&got).map_or(0, |m| m.len()) == 0 {
-        assert!(Instant::now() < deadline, "nothing came through");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut download, got) = slow_download_under_way(&sandbox, &broker, token);
     sandbox
         .lease(["revoke", id])
         .env("LEASE_BROKER", broker.endpoint())
@@ -1343,17 +1329,16 @@ fn a_download_in_flight_is_cut_when_its_lease_is_revoked() {
     );
 }
 
-/// An upstream that goes away in the middle of a body never passes for a body that ended well:
-/// the client's response stops without its last chunk (curl's exit 18).
-#[test]
-fn an_upstream_gone_mid_body_leaves_the_client_a_body_cut_short() {
-    let Some((sandbox, upstream, broker)) = nginx_upstream_and_broker() else {
-        return;
-    };
-    let token = sandbox.issue("read:site");
-    let headers = bearer_file(&sandbox, "headers", &token);
+/// curl downloading the 1 MiB served at 64 KiB/s through the broker with `token`, once its first
+/// bytes have come (into the file returned).
+fn slow_download_under_way(
+    sandbox: &Sandbox,
+    broker: &Broker,
+    token: &str,
+) -> (std::process::Child, PathBuf) {
+    let headers = bearer_file(sandbox, "headers", token);
     let got = sandbox.path("got.bin");
-    let mut download = Command::new("curl")
+    let download = Command::new("curl")
         .args(["-s", "-o"])
         .arg(&got)
         .arg("-H")
@@ -1366,6 +1351,18 @@ fn an_upstream_gone_mid_body_leaves_the_client_a_body_cut_short() {
         assert!(Instant::now() < deadline, "nothing came through");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (download, got)
+}
+
+/// An upstream that goes away in the middle of a body never passes for a body that ended well:
+/// the client's response stops without its last chunk (curl's exit 18).
+#[test]
+fn an_upstream_gone_mid_body_leaves_the_client_a_body_cut_short() {
+    let Some((sandbox, upstream, broker)) = nginx_upstream_and_broker() else {
+        return;
+    };
+    let token = sandbox.issue("read:site");
+    let (mut download, got) = slow_download_under_way(&sandbox, &broker, &token);
     // nginx stops at once (`-s stop`), its connections closed mid-body.
     drop(upstream);
     let status = crate::harness::wait_for_exit(&mut download);

@@ -86,7 +86,8 @@ impl Receipt {
             expires_at: rfc3339::format(record.expires_at),
             parent: record.parent.as_deref().map(str::to_owned),
         };
-        let trail = store.audit().read().ok();
+        // A trail that cannot be read is an empty one: the receipt then says it is incomplete.
+        let trail = store.audit().read().unwrap_or_default();
         Receipt::from_trail(lease, trail, waited, started_at, duration_ms)
     }
 
@@ -106,18 +107,16 @@ impl Receipt {
             expires_at: lease.lease.expires_at.clone(),
             parent: lease.parent.clone(),
         };
-        Receipt::from_trail(lease, Some(trail), waited, started_at, duration_ms)
+        Receipt::from_trail(lease, trail, waited, started_at, duration_ms)
     }
 
-    /// `trail` is `None` when it could not be read.
     fn from_trail(
         lease: ReceiptLease,
-        trail: Option<Vec<Event>>,
+        trail: Vec<Event>,
         waited: &Waited,
         started_at: SystemTime,
         duration_ms: u64,
     ) -> Receipt {
-        let trail = trail.unwrap_or_default();
         let decisions_complete = crate::audit::reaches_back_to(&trail, &lease.id);
         // Decisions about this lease and any lease nested in it (at any depth) during the run:
         // the trail names each lease's parent when it is issued, before it is used.

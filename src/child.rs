@@ -8,15 +8,18 @@ use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::process::{ChildStderr, ChildStdout};
+use std::ptr::NonNull;
 
 use anyhow::Context as _;
 use nix::fcntl::OFlag;
 use nix::libc::{self, c_int};
 use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
-use nix::unistd::{ForkResult, Pid, pipe2};
+use nix::unistd::{Pid, pipe2};
 use zeroize::Zeroize;
 
 use crate::signals::SignalPlan;
+
+mod sys;
 
 use crate::exit::{Exit, ExitError};
 
@@ -81,7 +84,7 @@ fn holds_token(text: &OsStr) -> bool {
     crate::token::holds_token(text.as_bytes())
 }
 
-/// A child that is forked and held just before `exec`: it has its environment, its signal
+/// A child that is started and held just before `exec`: it has its environment, its signal
 /// state and its death signal, and waits for [`Held::start`]. Holding it lets lease record the
 /// command's own identity (pid and start time) in the lease before the command runs a single
 /// instruction, so `verify` can deny the token the moment the command is gone, whatever happens
@@ -96,9 +99,13 @@ pub struct Held {
     pub stdout: Option<ChildStdout>,
     /// The read end of the command's stderr, with `mask`.
     pub stderr: Option<ChildStderr>,
+    /// What the child reads until its `exec`: freed with `Held`, whose drop first kills and
+    /// reaps a child that was not started, and which [`Held::start`] drops only once the child
+    /// has exec'd or ended.
+    _start: Start,
 }
 
-/// Forks the child and holds it before `exec` (see [`Held`]). It stays in lease's process group
+/// Starts the child and holds it before `exec` (see [`Held`]). It stays in lease's process group
 /// and session, so it keeps the terminal; its signal mask is empty; the signals in
 /// `signals.reset` are back to their default action and those in `signals.ignore` ignored.
 ///
@@ -107,14 +114,14 @@ pub struct Held {
 /// the death signal is armed only after the child's dispositions are reset, so it cannot land
 /// in one of lease's handlers. If lease died before the death signal was armed, the child sees
 /// another parent and never runs the command. Call from the main thread: the kernel ties the
-/// death signal to the thread that forked.
+/// death signal to the thread that started the child.
 pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
     let program = spec.program.to_string_lossy().into_owned();
     let prepared = Prepared::new(&spec);
     wipe(spec.env);
     // Quoted as Rust would: a name with a line break stays on the error's one line.
     let program = program.escape_debug().to_string();
-    let mut prepared = prepared.with_context(|| format!("cannot run '{program}'"))?;
+    let prepared = prepared.with_context(|| format!("cannot run '{program}'"))?;
     let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
     let (error_read, error_write) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
     let outputs = if spec.mask {
@@ -130,11 +137,24 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
     } else {
         libc::SIGKILL
     };
-    let lease_pid = nix::unistd::getpid();
     let hooks = DebugHooks::from_env();
     #[cfg(all(debug_assertions, not(test)))]
     assert_every_handler_is_reset(signals);
-    // Every signal is blocked across the fork, as posix_spawn does: one that comes meanwhile
+    let start = Start::new(Inputs {
+        prepared,
+        reset: signals.reset.clone(),
+        ignore: signals.ignore.clone(),
+        death,
+        lease_pid: nix::unistd::getpid().as_raw(),
+        go: go_read.as_raw_fd(),
+        exec_error: error_write.as_raw_fd(),
+        streams: outputs
+            .as_ref()
+            .map(|((_, out), (_, err))| (out.as_raw_fd(), err.as_raw_fd())),
+        hooks,
+    })
+    .context("cannot start the command: allocating its stack")?;
+    // Every signal is blocked across the start, as posix_spawn does: one that comes meanwhile
     // stays pending, in lease (whose handler then sees it) or in the child, where it takes its
     // default action once the child has put lease's handlers back to default and unblocked it.
     // Without this, it would run lease's handler in the child and be lost.
@@ -145,50 +165,162 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
         Some(&mut unblocked),
     )
     .context("cannot start the command: blocking signals")?;
-    // SAFETY: lease is single-threaded at this point (the mask pumps start after the child
-    // does), and the child only makes async-signal-safe system calls on memory prepared before
-    // the fork, then execs or exits.
-    let forked = unsafe { nix::unistd::fork() };
-    if !matches!(forked, Ok(ForkResult::Child)) {
-        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&unblocked), None);
+    let started = start.run();
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&unblocked), None);
+    let child = started.context("cannot start the command: fork failed")?;
+    drop((go_read, error_write));
+    let (stdout, stderr) = match outputs {
+        Some(((out, _), (err, _))) => (Some(ChildStdout::from(out)), Some(ChildStderr::from(err))),
+        None => (None, None),
+    };
+    Ok(Held {
+        pid: child,
+        go: Some(go_write),
+        exec_error: Some(error_read),
+        program,
+        stdout,
+        stderr,
+        _start: start,
+    })
+}
+
+/// What the child needs from its start to its `exec`, prepared before it starts: it may not
+/// allocate.
+struct Inputs {
+    prepared: Prepared,
+    /// Signals put back to their default action.
+    reset: Vec<c_int>,
+    /// Signals ignored.
+    ignore: Vec<c_int>,
+    /// The signal it gets when lease dies.
+    death: c_int,
+    lease_pid: libc::pid_t,
+    /// The read end of the go-ahead pipe.
+    go: c_int,
+    /// The write end of the pipe that carries exec's errno.
+    exec_error: c_int,
+    /// Its stdout and stderr, with `mask`.
+    streams: Option<(c_int, c_int)>,
+    hooks: DebugHooks,
+}
+
+/// The child's [`Inputs`] and the stack it starts on, at addresses that stay put. On x86-64
+/// Linux the child shares lease's memory until its `exec` (`clone(CLONE_VM)`): no page table is
+/// copied and no page of lease's becomes copy-on-write, which a fork costs on every run. So
+/// both are freed only once the child is known to have exec'd or ended ([`Held`]).
+struct Start {
+    inputs: NonNull<Inputs>,
+    stack: Stack,
+}
+
+impl Start {
+    fn new(inputs: Inputs) -> io::Result<Start> {
+        let stack = Stack::new()?;
+        Ok(Start {
+            inputs: NonNull::from(Box::leak(Box::new(inputs))),
+            stack,
+        })
     }
-    match forked.context("cannot start the command: fork failed")? {
-        ForkResult::Child => {
-            let streams = outputs
-                .as_ref()
-                .map(|((_, out), (_, err))| (out.as_raw_fd(), err.as_raw_fd()));
-            // SAFETY: we are the forked child; see `in_child`.
-            unsafe {
-                in_child(
-                    &mut prepared,
-                    signals,
-                    death,
-                    lease_pid,
-                    go_read.as_raw_fd(),
-                    error_write.as_raw_fd(),
-                    streams,
-                    hooks,
-                )
-            }
-        }
-        ForkResult::Parent { child } => {
-            drop((go_read, error_write));
-            let (stdout, stderr) = match outputs {
-                Some(((out, _), (err, _))) => {
-                    (Some(ChildStdout::from(out)), Some(ChildStderr::from(err)))
-                }
-                None => (None, None),
-            };
-            Ok(Held {
-                pid: child,
-                go: Some(go_write),
-                exec_error: Some(error_read),
-                program,
-                stdout,
-                stderr,
-            })
+
+    /// Starts the child (held, see [`Held`]): its pid.
+    fn run(&self) -> io::Result<Pid> {
+        match self.clone_or_fork() {
+            -1 => Err(io::Error::last_os_error()),
+            0 => sys::exit(child_main(self.inputs.as_ptr().cast())),
+            pid => Ok(Pid::from_raw(pid)),
         }
     }
+
+    /// `clone(CLONE_VM)`: the child runs `child_main` on its own stack and never returns here.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    fn clone_or_fork(&self) -> libc::pid_t {
+        // SAFETY: the child runs `child_main` on its own stack, which stays mapped (as do its
+        // inputs) until it has exec'd or ended; it makes only raw system calls (`sys`), so it
+        // writes nothing of lease's: not errno, not a lock, not the heap.
+        unsafe {
+            libc::clone(
+                child_main,
+                self.stack.top(),
+                libc::CLONE_VM | libc::SIGCHLD,
+                self.inputs.as_ptr().cast(),
+            )
+        }
+    }
+
+    /// A fork: the child returns here with 0.
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    fn clone_or_fork(&self) -> libc::pid_t {
+        // SAFETY: the forked child only makes async-signal-safe system calls on memory
+        // prepared before the fork, then execs or exits.
+        unsafe { libc::fork() }
+    }
+}
+
+impl Drop for Start {
+    fn drop(&mut self) {
+        // SAFETY: made by `Box::leak` in `new`; the child no longer reads it (see `Start`).
+        drop(unsafe { Box::from_raw(self.inputs.as_ptr()) });
+    }
+}
+
+impl std::fmt::Debug for Start {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Start").finish_non_exhaustive()
+    }
+}
+
+/// The child's stack until its `exec`: mapped for it, with a guard page below, and unmapped
+/// with [`Start`]. Only the pages it touches are ever allocated.
+struct Stack {
+    base: NonNull<std::ffi::c_void>,
+}
+
+impl Stack {
+    /// The guard page and the stack above it.
+    const SIZE: usize = 256 * 1024;
+    const GUARD: usize = 4096;
+
+    fn new() -> io::Result<Stack> {
+        // SAFETY: a fresh anonymous mapping, nothing else is at its address.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Stack::SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        let Some(base) = NonNull::new(base).filter(|_| base != libc::MAP_FAILED) else {
+            return Err(io::Error::last_os_error());
+        };
+        let stack = Stack { base };
+        // SAFETY: the lowest page of our own mapping.
+        if unsafe { libc::mprotect(base.as_ptr(), Stack::GUARD, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The stack's top, where it starts (it grows down), 16-byte aligned.
+    fn top(&self) -> *mut std::ffi::c_void {
+        // SAFETY: one past the end of the mapping, which is page-aligned.
+        unsafe { self.base.as_ptr().byte_add(Stack::SIZE) }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, which nothing uses any more (see `Start`).
+        unsafe { libc::munmap(self.base.as_ptr(), Stack::SIZE) };
+    }
+}
+
+/// The child's entry point, given its [`Inputs`].
+extern "C" fn child_main(inputs: *mut std::ffi::c_void) -> c_int {
+    // SAFETY: `Start::run` passes its inputs, which the child alone uses until its exec.
+    unsafe { in_child(&mut *inputs.cast::<Inputs>()) }
 }
 
 impl Held {
@@ -307,7 +439,7 @@ fn reap(pid: Pid, flags: c_int) -> Reaped {
 }
 
 /// The command, its arguments and its environment as C strings, and every place `exec` will
-/// look for the program: all allocated before the fork, since the child may not allocate.
+/// look for the program: all allocated before the child starts, since it may not allocate.
 struct Prepared {
     candidates: Vec<CString>,
     /// The strings `argv_ptrs` and `envp_ptrs` point into, kept alive until the exec.
@@ -412,114 +544,103 @@ impl Prepared {
     }
 }
 
-/// The forked child: signal state, death signal, output pipes, the wait for lease, then `exec`
+/// The child: signal state, death signal, output pipes, the wait for lease, then `exec`
 /// (trying each place on PATH, as `execvp` does). Never returns.
 ///
 /// # Safety
-/// Only in the child of a fork of a single-threaded process: it makes only async-signal-safe
-/// system calls, on memory prepared before the fork.
-#[allow(clippy::too_many_arguments)]
-unsafe fn in_child(
-    prepared: &mut Prepared,
-    signals: &SignalPlan,
-    death: c_int,
-    lease_pid: Pid,
-    go: c_int,
-    exec_error: c_int,
-    streams: Option<(c_int, c_int)>,
-    hooks: DebugHooks,
-) -> ! {
-    // SAFETY (whole body): each call is an async-signal-safe system call on valid memory that
-    // was allocated before the fork; nothing here allocates or takes a lock.
-    unsafe {
-        if hooks.signal_after_fork != 0 {
-            libc::raise(hooks.signal_after_fork);
+/// Only in the child, started by [`Start::run`] with every signal blocked: it makes only the
+/// raw system calls of [`sys`], on memory prepared before its start; it allocates nothing and
+/// takes no lock.
+unsafe fn in_child(inputs: &mut Inputs) -> ! {
+    let Inputs {
+        prepared,
+        reset,
+        ignore,
+        death,
+        lease_pid,
+        go,
+        exec_error,
+        streams,
+        hooks,
+    } = inputs;
+    if hooks.signal_after_fork != 0 {
+        sys::signal_self(hooks.signal_after_fork);
+    }
+    // lease's handlers are still installed in the child, with every signal blocked: a signal
+    // landing in one of them would be swallowed, and exec would go ahead. `reset` is every
+    // signal lease handles (`assert_every_handler_is_reset` in debug builds, and
+    // `signals::lease_handles_no_signal_its_command_does_not_get_back_at_default`, hold it to
+    // that), and SIGPIPE, which lease ignores. Only then is the mask emptied.
+    for &signal in reset.iter() {
+        let _ = sys::set_disposition(signal, libc::SIG_DFL);
+    }
+    for &signal in ignore.iter() {
+        let _ = sys::set_disposition(signal, libc::SIG_IGN);
+    }
+    let _ = sys::unblock_all();
+    #[cfg(target_os = "linux")]
+    if sys::set_death_signal(*death).is_err() || sys::parent() != *lease_pid {
+        sys::exit(127);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = death;
+    if let Some((out, err)) = *streams
+        && let Err(errno) = sys::dup2(out, 1).and_then(|()| sys::dup2(err, 2))
+    {
+        fail(*exec_error, errno);
+    }
+    // Wait for lease to record the lease; an end of stream means it gave up.
+    let mut byte = [0u8];
+    loop {
+        match sys::read(*go, &mut byte) {
+            Ok(1) => break,
+            Err(libc::EINTR) => {}
+            _ => sys::exit(127),
         }
-        // lease's handlers are still installed in the fork, with every signal blocked: a signal
-        // landing in one of them would be swallowed, and exec would go ahead. `signals.reset`
-        // is every signal lease handles (`assert_every_handler_is_reset` in debug builds, and
-        // `signals::lease_handles_no_signal_its_command_does_not_get_back_at_default`, hold it
-        // to that), and SIGPIPE, which lease ignores. Only then is the mask emptied.
-        let default: libc::sigaction = std::mem::zeroed();
-        for &signal in &signals.reset {
-            libc::sigaction(signal, &default, std::ptr::null_mut());
-        }
-        crate::signals::ignore_after_fork(&signals.ignore);
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        #[cfg(target_os = "linux")]
-        {
-            let death = libc::c_ulong::try_from(death).unwrap_or(9);
-            if libc::prctl(libc::PR_SET_PDEATHSIG, death, 0, 0, 0) != 0
-                || libc::getppid() != lease_pid.as_raw()
-            {
-                libc::_exit(127);
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = death;
-        if let Some((out, err)) = streams
-            && (libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0)
-        {
-            fail(exec_error);
-        }
-        // Wait for lease to record the lease; an end of stream means it gave up.
-        let mut byte = 0u8;
-        loop {
-            match libc::read(go, (&raw mut byte).cast(), 1) {
-                1 => break,
-                n if n < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR => {}
-                _ => libc::_exit(127),
-            }
-        }
-        if hooks.hold_before_exec {
-            hold_while_parent_is(lease_pid);
-        }
-        let mut denied = false;
-        let mut last = libc::ENOENT;
-        for candidate in &prepared.candidates {
-            libc::execve(
+    }
+    if hooks.hold_before_exec {
+        hold_while_parent_is(*lease_pid);
+    }
+    let mut denied = false;
+    let mut last = libc::ENOENT;
+    for candidate in &prepared.candidates {
+        // SAFETY: NUL-terminated strings and null-terminated arrays, alive in `prepared`.
+        last = unsafe {
+            sys::execve(
                 candidate.as_ptr(),
                 prepared.argv_ptrs.as_ptr(),
                 prepared.envp_ptrs.as_ptr(),
-            );
-            last = nix::errno::Errno::last_raw();
-            if last == libc::ENOEXEC {
-                prepared.sh_ptrs[1] = candidate.as_ptr();
-                libc::execve(
+            )
+        };
+        if last == libc::ENOEXEC
+            && let Some(file) = prepared.sh_ptrs.get_mut(1)
+        {
+            *file = candidate.as_ptr();
+            // SAFETY: as above; `sh_ptrs` is `/bin/sh`, the file, then the arguments.
+            last = unsafe {
+                sys::execve(
                     SH.as_ptr(),
                     prepared.sh_ptrs.as_ptr(),
                     prepared.envp_ptrs.as_ptr(),
-                );
-                last = nix::errno::Errno::last_raw();
-            }
-            match last {
-                libc::EACCES => denied = true,
-                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
-                _ => break,
-            }
+                )
+            };
         }
-        if denied && matches!(last, libc::ENOENT | libc::ENOTDIR) {
-            last = libc::EACCES;
+        match last {
+            libc::EACCES => denied = true,
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+            _ => break,
         }
-        let bytes = last.to_ne_bytes();
-        libc::write(exec_error, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(127)
     }
+    if denied && matches!(last, libc::ENOENT | libc::ENOTDIR) {
+        last = libc::EACCES;
+    }
+    fail(*exec_error, last)
 }
 
-/// Reports a failure before exec to lease and exits.
-///
-/// # Safety
-/// As for [`in_child`].
-unsafe fn fail(exec_error: c_int) -> ! {
-    // SAFETY: async-signal-safe calls on a local buffer.
-    unsafe {
-        let bytes = nix::errno::Errno::last_raw().to_ne_bytes();
-        libc::write(exec_error, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(127)
-    }
+/// Reports `errno`, a failure before exec, to lease and exits.
+fn fail(exec_error: c_int, errno: sys::Errno) -> ! {
+    sys::write(exec_error, &errno.to_ne_bytes());
+    sys::exit(127)
 }
 
 /// Debug builds of lease only: panics if lease has a handler for a signal the child does not
@@ -542,13 +663,13 @@ fn assert_every_handler_is_reset(signals: &SignalPlan) {
 }
 
 /// Points where a debug build lets the test suite act inside the window a random signal rarely
-/// hits; read before the fork, since the child may not allocate. Release builds have none.
+/// hits; read before the child starts, since it may not allocate. Release builds have none.
 #[derive(Debug, Clone, Copy, Default)]
 struct DebugHooks {
     /// `LEASE_DEBUG_HOLD_BEFORE_EXEC`: the child waits between arming the death signal and
     /// exec until lease is gone (see [`hold_while_parent_is`]), so a test can kill lease there.
     hold_before_exec: bool,
-    /// `LEASE_DEBUG_SIGNAL_AFTER_FORK=N`: the child sends itself signal N right after the fork,
+    /// `LEASE_DEBUG_SIGNAL_AFTER_FORK=N`: the child sends itself signal N right after its start,
     /// while lease's handlers are still installed in it.
     signal_after_fork: c_int,
 }
@@ -573,18 +694,13 @@ impl DebugHooks {
 
 /// Debug builds only (`LEASE_DEBUG_HOLD_BEFORE_EXEC`): waits, at most 10 s, until lease is no
 /// longer this process's parent, then lets exec go ahead. A child still alive by then has
-/// survived its wrapper's death. Call between fork and exec only.
-fn hold_while_parent_is(lease_pid: Pid) {
+/// survived its wrapper's death. Call between the child's start and its exec only.
+fn hold_while_parent_is(lease_pid: libc::pid_t) {
     for _ in 0..10_000 {
-        if nix::unistd::getppid() != lease_pid {
+        if sys::parent() != lease_pid {
             return;
         }
-        // SAFETY: nanosleep is async-signal-safe; the timespec is valid.
-        let pause = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 1_000_000,
-        };
-        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+        sys::sleep_a_millisecond();
     }
 }
 
@@ -593,6 +709,7 @@ mod tests {
     use nix::errno::Errno;
     use nix::sys::signal::{Signal, kill};
     use nix::sys::wait::{Id, WaitPidFlag, waitid, waitpid};
+    use nix::unistd::ForkResult;
 
     use super::*;
 
@@ -698,6 +815,38 @@ mod tests {
             drop(hold(env));
         });
         assert_eq!(freed, 0, "blocks holding the token were freed unzeroed");
+    }
+
+    #[test]
+    fn the_childs_failed_execs_leave_the_errno_of_lease_alone() {
+        let _one = one_fork_at_a_time();
+        // Twenty places to look and none holds the program: the child fails twenty execs,
+        // sharing this thread's memory (on x86-64 Linux), before it reports and exits.
+        let path: Vec<String> = (0..20)
+            .map(|i| format!("/lease-test-missing-{i}"))
+            .collect();
+        let spec = Spec {
+            program: OsStr::new("lease-test-no-such-program"),
+            args: &[],
+            env: vec![(OsString::from("PATH"), OsString::from(path.join(":")))],
+            mask: false,
+        };
+        let plan = SignalPlan {
+            reset: vec![libc::SIGTERM],
+            ignore: Vec::new(),
+        };
+        let held = spawn(spec, &plan).expect("starting a held child");
+        Errno::set_raw(4242);
+        let err = held.start().expect_err("the program is nowhere");
+        assert_eq!(
+            Errno::last_raw(),
+            4242,
+            "the child wrote this thread's errno"
+        );
+        assert_eq!(
+            err.to_string(),
+            "cannot run 'lease-test-no-such-program': command not found"
+        );
     }
 
     #[test]

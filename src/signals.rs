@@ -326,7 +326,7 @@ fn forward(origin: &Origin, child: Pid) {
 }
 
 /// Debug builds only (`LEASE_DEBUG_SIGNAL_BEFORE_START=N`): lease sends itself signal N once
-/// the command is forked and held, before it may start: the window in which a stopping signal
+/// the command is started and held, before it may start: the window in which a stopping signal
 /// must stop the start, which a signal sent from outside rarely hits.
 #[cfg(debug_assertions)]
 pub fn debug_signal_before_start() {
@@ -350,24 +350,12 @@ fn is_ignored(signal: c_int) -> bool {
 /// closed pipe then fails with `BrokenPipe` instead of killing lease. What it was at start is
 /// recorded before (`.init_array`) and given back to the command.
 pub fn ignore_sigpipe() {
+    // SAFETY: an all-zero sigaction is valid: empty mask, no flags, SIG_DFL.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = libc::SIG_IGN;
     // SAFETY: SIG_IGN installs no handler, so no code of ours runs on a signal; `sigaction`
     // with a valid action is sound at any time. Called once, before lease starts a thread.
-    unsafe { ignore_after_fork(&[SIGPIPE]) }
-}
-
-/// Ignores `signals` in a freshly forked child, before exec.
-///
-/// # Safety
-/// Only to be called between fork and exec; it only calls `sigaction`, which is
-/// async-signal-safe.
-pub unsafe fn ignore_after_fork(signals: &[c_int]) {
-    for &signal in signals {
-        // SAFETY: an all-zero sigaction is valid: empty mask, no flags, SIG_DFL.
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = libc::SIG_IGN;
-        // SAFETY: `action` is a valid sigaction; a null old-action pointer is allowed.
-        unsafe { libc::sigaction(signal, &action, ptr::null_mut()) };
-    }
+    unsafe { libc::sigaction(SIGPIPE, &action, ptr::null_mut()) };
 }
 
 /// Dies of `signal`, the way the child did: core dumps off (the child already dumped, if it

@@ -70,7 +70,7 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
         client: None,
     };
     let child_signals = forwarder.child_signals();
-    // The command is forked and held just before its exec while its lease is recorded, with
+    // The command is started and held just before its exec while its lease is recorded, with
     // the command's own pid and start time: from its first instruction on, `verify` can tell
     // whether it still runs, whatever becomes of lease.
     let (token, record, held) = lease::mint(&store, &plan, &process, |token| {
@@ -169,7 +169,7 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
     Ok(outcome)
 }
 
-/// Forks the command and holds it before its exec (see [`child::Held`]).
+/// Starts the command and holds it before its exec (see [`child::Held`]).
 pub(super) fn spawn(
     program: &std::ffi::OsStr,
     args: &[std::ffi::OsString],

@@ -91,7 +91,7 @@ fn holds_token(text: &OsStr) -> bool {
 /// to lease. Dropped without being started, the child is killed and reaped.
 #[derive(Debug)]
 pub struct Held {
-    pid: Pid,
+    child: Child,
     go: Option<OwnedFd>,
     exec_error: Option<OwnedFd>,
     program: String,
@@ -99,10 +99,6 @@ pub struct Held {
     pub stdout: Option<ChildStdout>,
     /// The read end of the command's stderr, with `mask`.
     pub stderr: Option<ChildStderr>,
-    /// What the child reads until its `exec`: freed with `Held`, whose drop first kills and
-    /// reaps a child that was not started, and which [`Held::start`] drops only once the child
-    /// has exec'd or ended.
-    _start: Start,
 }
 
 /// Starts the child and holds it before `exec` (see [`Held`]). It stays in lease's process group
@@ -167,20 +163,19 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
     .context("cannot start the command: blocking signals")?;
     let started = start.run();
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&unblocked), None);
-    let child = started.context("cannot start the command: fork failed")?;
+    let child = started.context("cannot start the command")?;
     drop((go_read, error_write));
     let (stdout, stderr) = match outputs {
         Some(((out, _), (err, _))) => (Some(ChildStdout::from(out)), Some(ChildStderr::from(err))),
         None => (None, None),
     };
     Ok(Held {
-        pid: child,
+        child,
         go: Some(go_write),
         exec_error: Some(error_read),
         program,
         stdout,
         stderr,
-        _start: start,
     })
 }
 
@@ -207,52 +202,82 @@ struct Inputs {
 /// The child's [`Inputs`] and the stack it starts on, at addresses that stay put. On x86-64
 /// Linux the child shares lease's memory until its `exec` (`clone(CLONE_VM)`): no page table is
 /// copied and no page of lease's becomes copy-on-write, which a fork costs on every run. So
-/// both are freed only once the child is known to have exec'd or ended ([`Held`]).
+/// both are freed only once the child is known to have exec'd or ended ([`Child`]).
 struct Start {
     inputs: NonNull<Inputs>,
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     stack: Stack,
 }
 
 impl Start {
     fn new(inputs: Inputs) -> io::Result<Start> {
-        let stack = Stack::new()?;
         Ok(Start {
+            #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+            stack: Stack::new()?,
             inputs: NonNull::from(Box::leak(Box::new(inputs))),
-            stack,
         })
     }
 
-    /// Starts the child (held, see [`Held`]): its pid.
-    fn run(&self) -> io::Result<Pid> {
-        match self.clone_or_fork() {
+    /// Starts the child (held, see [`Held`]), which then owns this memory.
+    ///
+    /// On x86-64 Linux with `clone(CLONE_VM)`, unless that is refused: QEMU's user mode (an
+    /// amd64 container on an arm64 host) answers `EINVAL` to a shared memory without a thread's
+    /// other flags, and valgrind aborts on it, so there (and on other systems) the child is
+    /// forked. Either way it runs [`child_main`] and makes only the raw calls of [`sys`].
+    fn run(self) -> io::Result<Child> {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        if !sys::under_valgrind() {
+            // SAFETY: the child runs `child_main` on its own stack, which stays mapped (as do
+            // its inputs) until it has exec'd or ended (`Child`); it makes only raw system calls
+            // (`sys`), so it writes nothing of lease's: not errno, not a lock, not the heap.
+            let cloned =
+                unsafe { sys::clone_vm(child_main, self.inputs.as_ptr().cast(), self.stack.top()) };
+            match cloned {
+                Ok(pid) => return Ok(Child::new(pid, self)),
+                Err(libc::EINVAL | libc::ENOSYS) => {}
+                Err(errno) => return Err(io::Error::from_raw_os_error(errno)),
+            }
+        }
+        // SAFETY: the forked child only makes the raw system calls of `sys` on memory prepared
+        // before the fork, then execs or exits.
+        match unsafe { libc::fork() } {
             -1 => Err(io::Error::last_os_error()),
             0 => sys::exit(child_main(self.inputs.as_ptr().cast())),
-            pid => Ok(Pid::from_raw(pid)),
+            pid => Ok(Child::new(pid, self)),
+        }
+    }
+}
+
+/// A started child and the memory it may be using: dropped, it kills and reaps the child
+/// first, so its [`Start`] is freed only once nothing runs on it. [`Child::release`] says the
+/// child no longer uses it (it has exec'd, or is reaped).
+#[derive(Debug)]
+struct Child {
+    /// 0 once released.
+    pid: Pid,
+    _start: Start,
+}
+
+impl Child {
+    fn new(pid: libc::pid_t, start: Start) -> Child {
+        Child {
+            pid: Pid::from_raw(pid),
+            _start: start,
         }
     }
 
-    /// `clone(CLONE_VM)`: the child runs `child_main` on its own stack and never returns here.
-    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    fn clone_or_fork(&self) -> libc::pid_t {
-        // SAFETY: the child runs `child_main` on its own stack, which stays mapped (as do its
-        // inputs) until it has exec'd or ended; it makes only raw system calls (`sys`), so it
-        // writes nothing of lease's: not errno, not a lock, not the heap.
-        unsafe {
-            libc::clone(
-                child_main,
-                self.stack.top(),
-                libc::CLONE_VM | libc::SIGCHLD,
-                self.inputs.as_ptr().cast(),
-            )
-        }
+    /// The pid, which this no longer kills or reaps.
+    fn release(&mut self) -> Pid {
+        std::mem::replace(&mut self.pid, Pid::from_raw(0))
     }
+}
 
-    /// A fork: the child returns here with 0.
-    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-    fn clone_or_fork(&self) -> libc::pid_t {
-        // SAFETY: the forked child only makes async-signal-safe system calls on memory
-        // prepared before the fork, then execs or exits.
-        unsafe { libc::fork() }
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.pid.as_raw() > 0 {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            reap(self.pid, 0);
+        }
     }
 }
 
@@ -271,10 +296,12 @@ impl std::fmt::Debug for Start {
 
 /// The child's stack until its `exec`: mapped for it, with a guard page below, and unmapped
 /// with [`Start`]. Only the pages it touches are ever allocated.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 struct Stack {
     base: NonNull<std::ffi::c_void>,
 }
 
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 impl Stack {
     /// The guard page and the stack above it.
     const SIZE: usize = 256 * 1024;
@@ -310,6 +337,7 @@ impl Stack {
     }
 }
 
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 impl Drop for Stack {
     fn drop(&mut self) {
         // SAFETY: our own mapping, which nothing uses any more (see `Start`).
@@ -326,7 +354,7 @@ extern "C" fn child_main(inputs: *mut std::ffi::c_void) -> c_int {
 impl Held {
     /// The child's pid.
     pub fn pid(&self) -> u32 {
-        self.pid.as_raw().unsigned_abs()
+        self.child.pid.as_raw().unsigned_abs()
     }
 
     /// Lets the child run the command, and waits until it has (or could not). A program that is
@@ -337,23 +365,21 @@ impl Held {
         {
             // The held child is gone before it could start: a signal ended it (a Ctrl-C after
             // it unblocked signals, a kill), and lease ends the same way.
-            let pid = std::mem::replace(&mut self.pid, Pid::from_raw(0));
+            let pid = self.child.release();
             let err = anyhow::Error::new(err).context("cannot start the command");
             return Err(ended_first(reap(pid, 0), err));
         }
         let Some(exec_error) = self.exec_error.take() else {
-            return Ok(self.pid);
+            return Ok(self.child.pid);
         };
-        // The pipe closes on a successful exec (it is close-on-exec), or carries errno.
+        // The pipe closes on a successful exec (it is close-on-exec), or when the child dies;
+        // else it carries errno.
         let mut errno = [0u8; 4];
         if File::from(exec_error).read_exact(&mut errno).is_err() {
-            let pid = self.pid;
-            self.pid = Pid::from_raw(0);
-            return Ok(pid);
+            return Ok(self.child.release());
         }
         let errno = i32::from_ne_bytes(errno);
-        reap(self.pid, 0);
-        self.pid = Pid::from_raw(0);
+        reap(self.child.release(), 0);
         let program = &self.program;
         let (exit, why) = match errno {
             // A path to a file that is there: what it needs to run is not (bash: "required
@@ -378,7 +404,7 @@ impl Held {
     /// identity could not be read): lease dies of the signal that ended it, if one did (a
     /// Ctrl-C, a kill); otherwise `err`. A child that still runs is killed and reaped.
     pub fn gone(mut self, err: anyhow::Error) -> anyhow::Error {
-        let pid = std::mem::replace(&mut self.pid, Pid::from_raw(0));
+        let pid = self.child.release();
         match reap(pid, libc::WNOHANG) {
             Reaped::Running => {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -399,15 +425,6 @@ fn ended_first(reaped: Reaped, err: anyhow::Error) -> anyhow::Error {
         )
         .into(),
         _ => err,
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if self.pid.as_raw() > 0 {
-            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-            reap(self.pid, 0);
-        }
     }
 }
 
@@ -737,7 +754,7 @@ mod tests {
             reset: vec![libc::SIGTERM],
             ignore: Vec::new(),
         };
-        spawn(spec, &plan).expect("forking a held child")
+        spawn(spec, &plan).expect("starting a held child")
     }
 
     /// Whether `pid` is no longer a child of this process: exited and reaped.
@@ -784,7 +801,7 @@ mod tests {
     fn a_held_child_dropped_without_being_started_is_killed_and_reaped() {
         let _one = one_fork_at_a_time();
         let held = hold(Vec::new());
-        let pid = held.pid;
+        let pid = held.child.pid;
         drop(held);
         assert!(reaped(pid), "the held child {pid} is left behind");
     }
@@ -793,7 +810,7 @@ mod tests {
     fn starting_a_held_child_that_died_meanwhile_is_an_error_and_it_is_reaped() {
         let _one = one_fork_at_a_time();
         let held = hold(Vec::new());
-        let pid = held.pid;
+        let pid = held.child.pid;
         kill(pid, Signal::SIGKILL).expect("killing the held child");
         // Wait for its death without reaping it, so that `start` writes to a closed pipe.
         waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).expect("waitid");
@@ -821,7 +838,8 @@ mod tests {
     fn the_childs_failed_execs_leave_the_errno_of_lease_alone() {
         let _one = one_fork_at_a_time();
         // Twenty places to look and none holds the program: the child fails twenty execs,
-        // sharing this thread's memory (on x86-64 Linux), before it reports and exits.
+        // sharing this thread's memory (on x86-64 Linux), before it reports and exits. The C
+        // library's wrappers would leave ENOENT (or EINVAL) in this thread's errno.
         let path: Vec<String> = (0..20)
             .map(|i| format!("/lease-test-missing-{i}"))
             .collect();
@@ -831,9 +849,10 @@ mod tests {
             env: vec![(OsString::from("PATH"), OsString::from(path.join(":")))],
             mask: false,
         };
+        // SIGKILL's action cannot be changed: the child's resets fail too.
         let plan = SignalPlan {
-            reset: vec![libc::SIGTERM],
-            ignore: Vec::new(),
+            reset: vec![libc::SIGTERM, libc::SIGKILL],
+            ignore: vec![libc::SIGKILL],
         };
         let held = spawn(spec, &plan).expect("starting a held child");
         Errno::set_raw(4242);

@@ -66,6 +66,31 @@ pub fn exit(code: c_int) -> ! {
     imp::exit(code)
 }
 
+/// Starts a process that shares this one's memory: `clone(CLONE_VM | SIGCHLD)`, the child on
+/// `stack_top`, where it runs `main(arg)` and ends with what that returns. The C library's
+/// `clone` is not used: before glibc 2.24 its child wrote into the parent's thread data.
+///
+/// # Safety
+/// `stack_top` must be the 16-byte aligned top of a stack that stays mapped, and `arg` valid,
+/// for as long as the child runs before its `exec`; `main` may make only the calls of this
+/// module (anything else could write lease's `errno`, heap or locks under its feet).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub unsafe fn clone_vm(
+    main: extern "C" fn(*mut std::ffi::c_void) -> c_int,
+    arg: *mut std::ffi::c_void,
+    stack_top: *mut std::ffi::c_void,
+) -> Result<libc::pid_t, Errno> {
+    // SAFETY: the caller's promise.
+    unsafe { imp::clone_vm(main, arg, stack_top) }
+}
+
+/// Whether lease runs under valgrind, which aborts on a `clone` it does not know (its client
+/// request `RUNNING_ON_VALGRIND`: a sequence of rotations that is a no-op on a real CPU).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub fn under_valgrind() -> bool {
+    imp::under_valgrind()
+}
+
 /// Replaces this process's program; returns only if that failed, with why.
 ///
 /// # Safety
@@ -217,6 +242,71 @@ mod imp {
         };
         // SAFETY: a valid timespec; no remainder wanted.
         unsafe { syscall(libc::SYS_nanosleep, [(&raw const pause) as usize, 0, 0, 0]) };
+    }
+
+    pub unsafe fn clone_vm(
+        main: extern "C" fn(*mut std::ffi::c_void) -> c_int,
+        arg: *mut std::ffi::c_void,
+        stack_top: *mut std::ffi::c_void,
+    ) -> Result<libc::pid_t, Errno> {
+        let flags = (libc::CLONE_VM | libc::SIGCHLD).unsigned_abs() as usize;
+        let ret: isize;
+        // SAFETY: clone(flags, stack, parent_tid, child_tid, tls) with no tid or TLS to set.
+        // The parent gets the pid (or -errno) and jumps past the child's part. The child starts
+        // on `stack_top` with a copy of the registers: it clears the frame pointer, calls
+        // `main(arg)` (rsp is 16-byte aligned before the call, as the ABI wants) and exits with
+        // its result; it never comes back into this function.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "mov edi, eax",
+                "mov eax, {exit_group}",
+                "syscall",
+                "ud2",
+                "2:",
+                exit_group = const libc::SYS_exit_group,
+                inlateout("rax") libc::SYS_clone as isize => ret,
+                inlateout("rdi") flags => _,
+                inlateout("rsi") stack_top => _,
+                inlateout("rdx") 0usize => _,
+                inlateout("r10") 0usize => _,
+                inlateout("r8") 0usize => _,
+                in("r12") arg,
+                in("r13") main,
+                lateout("rcx") _,
+                lateout("r11") _,
+            );
+        }
+        checked(ret).map(|pid| libc::pid_t::try_from(pid).unwrap_or(libc::pid_t::MAX))
+    }
+
+    pub fn under_valgrind() -> bool {
+        // Valgrind's client request: rdx = request(rax = &args), the default (0) on a real CPU.
+        const RUNNING_ON_VALGRIND: usize = 0x1001;
+        let args: [usize; 6] = [RUNNING_ON_VALGRIND, 0, 0, 0, 0, 0];
+        let answer: usize;
+        // SAFETY: four rotations of rdi by 128 bits in all leave it as it was, and exchanging
+        // rbx with itself changes nothing; only valgrind gives the sequence a meaning, reading
+        // `args` and writing rdx.
+        unsafe {
+            std::arch::asm!(
+                "rol rdi, 3",
+                "rol rdi, 13",
+                "rol rdi, 61",
+                "rol rdi, 51",
+                "xchg rbx, rbx",
+                in("rax") args.as_ptr(),
+                inout("rdx") 0usize => answer,
+                inout("rdi") 0usize => _,
+                options(nostack),
+            );
+        }
+        answer != 0
     }
 
     pub fn exit(code: c_int) -> ! {

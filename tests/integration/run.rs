@@ -1,5 +1,6 @@
 //! `lease run`: the child's environment, exit statuses, and revocation on every path.
 
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::harness::{PATIENCE, Sandbox, death_signal, kill_pid};
@@ -209,6 +210,29 @@ fn command_not_found_is_127_and_not_executable_is_126() {
         .one_error_line()
         .stderr_has("it exists, but the interpreter its #! line names");
     sandbox.assert_all_revoked(3);
+}
+
+/// valgrind aborts a process that clones with shared memory but without a thread's other flags,
+/// which is how lease starts a command on x86-64 Linux: under valgrind lease forks instead, and
+/// the run is the same as anywhere else.
+#[test]
+fn a_run_under_valgrind_forks_its_command_and_revokes_its_lease() {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        crate::harness::skip("no-valgrind", "valgrind is not installed");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .command("valgrind")
+        .args(["--tool=none", "-q", "--trace-children=no"])
+        .arg(crate::harness::lease_bin())
+        .args(["run", "--scope", "a:b", "--", "sh", "-c"])
+        .arg("printf '%.4s\\n' \"$LEASE_TOKEN\"; exit 4")
+        .run()
+        .code_is(4);
+    assert_eq!(out.stdout, "agt_\n");
+    assert_eq!(out.stderr, "", "valgrind or lease complained");
+    sandbox.assert_all_revoked(1);
 }
 
 #[test]

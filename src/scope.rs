@@ -101,13 +101,21 @@ pub struct Grant {
     pub uses: Option<u64>,
 }
 
+/// A use budget as given (`--uses N`, `SCOPE=N`): digits only (no sign, no blank), at least 1.
+pub fn parse_uses(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u64>().ok().filter(|n| *n >= 1)
+}
+
 impl Grant {
     /// Parses `SCOPE` or `SCOPE=N` (N at least 1).
     pub fn parse(text: &str) -> Result<Grant> {
         let (scope, uses) = match text.split_once('=') {
-            Some((scope, count)) => match count.parse::<u64>() {
-                Ok(n) if n >= 1 => (scope, Some(n)),
-                _ => bail!(
+            Some((scope, count)) => match parse_uses(count) {
+                Some(n) => (scope, Some(n)),
+                None => bail!(
                     "invalid use budget in '{}': after '=' comes a whole number of uses, at least 1",
                     text.escape_debug()
                 ),
@@ -285,7 +293,9 @@ mod tests {
         let grants = parse_grants(&["write:draft=1,read:*", "deploy=3"]).expect("valid");
         let uses: Vec<Option<u64>> = grants.iter().map(|g| g.uses).collect();
         assert_eq!(uses, [Some(1), None, Some(3)]);
-        for bad in ["a=0", "a=", "a=x", "a=-1", "=3", "a=1=2"] {
+        for bad in [
+            "a=0", "a=", "a=x", "a=-1", "a=+1", "a= 1", "a=1 ", "=3", "a=1=2",
+        ] {
             assert!(parse_grants(&[bad]).is_err(), "{bad}");
         }
         assert!(parse_grants(&["a=1,a=2"]).is_err());

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use super::values::{
     OnExpiryValues, parse_env_name, parse_glob, parse_listen, parse_token_env, parse_ttl,
+    parse_uses,
 };
 use crate::config::OnExpiry;
 use crate::endpoint::Listen;
@@ -228,7 +229,7 @@ pub(super) struct MintArgs {
     pub(super) ttl: Option<Duration>,
 
     /// Allow at most N granted verifies in all
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = parse_uses)]
     pub(super) uses: Option<u64>,
 
     /// Mint a root lease even though a parent lease's token is in the environment

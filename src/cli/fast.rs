@@ -184,8 +184,8 @@ fn run(words: &mut Words<'_>, globals: &mut Globals) -> Option<RunArgs> {
             "scope" => mint.scope.push(words.value(word, "--scope")?.to_owned()),
             "ttl" => once(&mut mint.ttl, parse_ttl(words.value(word, "--ttl")?).ok()?)?,
             "uses" => {
-                let uses = words.value(word, "--uses")?.parse::<u64>().ok()?;
-                once(&mut mint.uses, (uses >= 1).then_some(uses)?)?;
+                let uses = crate::scope::parse_uses(words.value(word, "--uses")?)?;
+                once(&mut mint.uses, uses)?;
             }
             "profile" => once(
                 &mut mint.profile,
@@ -380,6 +380,7 @@ mod tests {
             &["lease", "run", "--scope", "", "--", "x"],
             &["lease", "run", "--scope", "a", "--ttl", "0", "--", "x"],
             &["lease", "run", "--scope", "a", "--uses", "0", "--", "x"],
+            &["lease", "run", "--scope", "a", "--uses", "+1", "--", "x"],
             &["lease", "run", "--scope", "a", "--print-env"],
             &[
                 "lease",

@@ -13,6 +13,13 @@ pub(super) fn parse_ttl(text: &str) -> Result<Duration> {
     ttl::parse(text)
 }
 
+pub(super) fn parse_uses(text: &str) -> Result<u64> {
+    match crate::scope::parse_uses(text) {
+        Some(uses) => Ok(uses),
+        None => bail!("a whole number of uses, from 1 to {}", u64::MAX),
+    }
+}
+
 pub(super) fn parse_glob(text: &str) -> Result<glob::Pattern> {
     not_a_token(
         text,

@@ -559,12 +559,20 @@ fn outgoing(
     Ok(builder)
 }
 
-/// A `Location` under the upstream's URL (absolute, or a path under its base path), as the
-/// same place under the broker's `/u/NAME` (or at the root of the upstream's own listener,
-/// `own`): a path the client resolves against the broker. `None` for anywhere else, which goes
-/// out as it is.
+/// A `Location` under the upstream's URL (absolute, scheme-relative, or a path under its base
+/// path), as the same place under the broker's `/u/NAME` (or at the root of the upstream's own
+/// listener, `own`): a path the client resolves against the broker. `None` for anywhere else,
+/// which goes out as it is.
 fn within_broker(spec: &Spec, location: &[u8], own: bool) -> Option<String> {
     let location = std::str::from_utf8(location).ok()?;
+    // `//host/path` is on the scheme of the request the upstream answered: the broker's to it.
+    let with_scheme;
+    let location = if location.starts_with("//") {
+        with_scheme = format!("{}:{location}", spec.scheme);
+        with_scheme.as_str()
+    } else {
+        location
+    };
     let absolute = format!("{}://{}", spec.scheme, spec.authority);
     let path = match location.get(..absolute.len()) {
         // The upstream's own origin, and not a longer host, a port or a user that begins the
@@ -1106,7 +1114,12 @@ mod tests {
         assert_eq!(moved("/v2/next").as_deref(), Some("/u/api/next"));
         assert_eq!(moved("/v2x/next"), None, "not under the base path");
         assert_eq!(moved("/other"), None);
-        assert_eq!(moved("//api.example.com/v2/a"), None);
+        // Scheme-relative: the upstream's own host is the upstream, on the scheme it was asked.
+        assert_eq!(moved("//api.example.com/v2/a").as_deref(), Some("/u/api/a"));
+        assert_eq!(moved("//API.example.com/v2").as_deref(), Some("/u/api"));
+        assert_eq!(moved("//cdn.example.com/v2/a"), None);
+        assert_eq!(moved("//api.example.com.evil.net/v2/a"), None);
+        assert_eq!(moved("///v2/a"), None);
         // Another port, a longer host, a user: another place, which goes as it is.
         assert_eq!(moved("https://api.example.com:8443/v2/a"), None);
         assert_eq!(moved("https://api.example.com.evil.net/v2/a"), None);

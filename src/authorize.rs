@@ -627,7 +627,15 @@ pub fn assess(store: &Store, token: &Token, action: &Action, now: SystemTime) ->
             let write = Write::MarkExpired(denial, expired);
             return Ok(Assessed::Pending(Pending(Box::new(write))));
         }
-        (Standing::Dead(denial), None) => return Ok(Assessed::Decided(denial.into())),
+        (Standing::Dead(denial), None) => {
+            let mut decision = Decision::from(denial);
+            // A record that is there but cannot be read is still this token's lease: its id
+            // (the hash's) is named, for the operator to find it, as the detail names it.
+            if decision.reason == Reason::CorruptRecord && decision.id.is_none() {
+                decision.id = Some(token.hash().id());
+            }
+            return Ok(Assessed::Decided(decision));
+        }
         (Standing::Live(records), _) => records,
     };
     let leaf = &records[0];

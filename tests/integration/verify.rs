@@ -135,6 +135,16 @@ fn no_denial_shows_the_presented_token() {
         .code_is(1)
         .stderr_has("denied: corrupt record")
         .lacks_token(token);
+    // A record that cannot be read is still this token's lease: its id is named.
+    let json = sandbox
+        .lease(["verify", "--json", "a"])
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(1)
+        .json();
+    assert_eq!(json["reason"], "corrupt record");
+    assert_eq!(json["id"], id, "{json}");
+    assert_eq!(json["expires_at"], serde_json::Value::Null, "{json}");
     let trail = std::fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).unwrap();
     for presented in [token, &elsewhere, &typo] {
         assert!(!trail.contains(&presented[4..]), "the trail shows a token");

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use nix::libc::{self, c_int};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::unistd::{Pid, getpgid, getpgrp};
 use signal_hook::consts::signal::{
     SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGPIPE, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
@@ -87,19 +87,27 @@ impl Forwarder {
         if SIGPIPE_IGNORED_AT_START.load(Ordering::Relaxed) {
             ignore_in_child.push(SIGPIPE);
         }
-        let finishing = Arc::new(AtomicBool::new(false));
-        for signal in [SIGINT, SIGTERM] {
-            if watched.contains(&signal) {
-                let status = 128 + signal;
-                signal_hook::flag::register_conditional_shutdown(
-                    signal,
-                    status,
-                    Arc::clone(&finishing),
-                )?;
+        // The watched signals are blocked while their handlers go in, and come (once) after:
+        // signal-hook's registry installs a signal's handler a moment before the action that
+        // keeps it, and a signal in between was dropped (the command then started and ran on
+        // as if nothing had been sent: about one run in a hundred, signalled in its first
+        // milliseconds).
+        let mut blocked = SigSet::empty();
+        for &signal in &watched {
+            if let Ok(signal) = Signal::try_from(signal) {
+                blocked.add(signal);
             }
         }
+        let mut before = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut before))?;
+        #[cfg(debug_assertions)]
+        debug_raise("LEASE_DEBUG_SIGNAL_DURING_INSTALL");
+        let finishing = Arc::new(AtomicBool::new(false));
+        let installed = register(&watched, &finishing);
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&before), None)?;
+        let signals = installed?;
         Ok(Forwarder {
-            signals: SignalsInfo::<WithOrigin>::new(&watched)?,
+            signals,
             watched,
             ignore_in_child,
             finishing,
@@ -163,6 +171,22 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// The iterator over `watched`, and the conditional shutdowns of SIGINT and SIGTERM (see
+/// [`Forwarder::finishing`]).
+fn register(watched: &[c_int], finishing: &Arc<AtomicBool>) -> io::Result<SignalsInfo<WithOrigin>> {
+    let signals = SignalsInfo::<WithOrigin>::new(watched)?;
+    for signal in [SIGINT, SIGTERM] {
+        if watched.contains(&signal) {
+            signal_hook::flag::register_conditional_shutdown(
+                signal,
+                128 + signal,
+                Arc::clone(finishing),
+            )?;
+        }
+    }
+    Ok(signals)
 }
 
 /// The child's exit status if it has exited (reaping it), or `None` while it runs. The raw
@@ -330,7 +354,15 @@ fn forward(origin: &Origin, child: Pid) {
 /// must stop the start, which a signal sent from outside rarely hits.
 #[cfg(debug_assertions)]
 pub fn debug_signal_before_start() {
-    let signal = std::env::var("LEASE_DEBUG_SIGNAL_BEFORE_START").ok();
+    debug_raise("LEASE_DEBUG_SIGNAL_BEFORE_START");
+}
+
+/// Debug builds only: lease sends itself the signal whose number `variable` holds, if set, to
+/// hit a window of a few microseconds at will (`LEASE_DEBUG_SIGNAL_DURING_INSTALL`: while
+/// lease's handlers go in, before any is in place).
+#[cfg(debug_assertions)]
+pub fn debug_raise(variable: &str) {
+    let signal = std::env::var(variable).ok();
     if let Some(signal) = signal.and_then(|n| n.parse::<c_int>().ok()) {
         let _ = signal_hook::low_level::raise(signal);
     }

@@ -500,6 +500,20 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         })
         .map(|address| format!("{scheme}://{}", reachable(address)))
         .collect();
+    // SIGTERM, SIGINT and SIGHUP are blocked from here until `run` watches them, and the
+    // runtime's threads are born with them blocked, so that one sent meanwhile waits for its
+    // watcher (the registry installs a handler a moment before the action that keeps the
+    // signal, and one in between was dropped: a SIGTERM then left the broker running). After,
+    // this thread alone takes them.
+    let stopping_signals = stopping_signals();
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&stopping_signals),
+        None,
+    )
+    .context("blocking signals")?;
+    #[cfg(debug_assertions)]
+    crate::signals::debug_raise("LEASE_DEBUG_SIGNAL_DURING_INSTALL");
     let (guard, done) = mpsc::channel(1);
     let shared = Arc::new(Shared {
         bases,
@@ -767,6 +781,16 @@ enum Accepted {
     Tcp(TcpStream, SocketAddr, Option<Arc<str>>),
 }
 
+/// The signals that stop (TERM, INT) or reload (HUP) the broker.
+fn stopping_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::Signal;
+    let mut set = nix::sys::signal::SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(signal);
+    }
+    set
+}
+
 async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()>) -> Result<()> {
     // Whether the TCP listeners speak TLS is fixed at start; the certificate is the live
     // config's, so that a reload serves a renewed one to the next connection.
@@ -774,6 +798,14 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()
     let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
+    // `serve` blocked them until now; this is its thread (`block_on` polls this future there
+    // until its first wait).
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_UNBLOCK,
+        Some(&stopping_signals()),
+        None,
+    )
+    .context("unblocking signals")?;
     let (tx, mut accepted) = mpsc::channel::<Accepted>(64);
     let mut acceptors = Vec::new();
     for listener in bound {

@@ -1035,6 +1035,35 @@ fn the_broker_listens_privately_reloads_on_sighup_and_stops_on_sigterm() {
     assert!(!socket.exists(), "the socket outlived the broker");
 }
 
+/// A SIGTERM that comes while the broker starts to watch its signals waits for the watcher and
+/// stops it gracefully (one in between was dropped, and the broker ran on).
+#[test]
+fn a_sigterm_while_the_broker_starts_watching_signals_stops_it_gracefully() {
+    let sandbox = Sandbox::new();
+    let mut command = sandbox
+        .lease(["serve", "--listen"])
+        .arg(format!("unix:{}", sandbox.path("early.sock").display()))
+        .env("LEASE_DEBUG_SIGNAL_DURING_INSTALL", "15")
+        .command;
+    if let Some(url) = sandbox.store_url() {
+        command.arg("--store").arg(url);
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lease serve");
+    let log = Lines::from(child.stderr.take().expect("stderr"));
+    let status = wait_for_exit(&mut child);
+    let log = log.rest();
+    assert_eq!(status.code(), Some(0), "{status:?}: {log:?}");
+    assert!(
+        log.iter().any(|l| l.contains("SIGTERM: stopped accepting")),
+        "{log:?}"
+    );
+}
+
 /// Envoy's `ext_authz` (HTTP mode) asks with the original method, and the original path under
 /// its `path_prefix`; no `X-Original-*` or `X-Forwarded-*` header comes with it.
 #[test]

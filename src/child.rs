@@ -222,8 +222,8 @@ impl Start {
     ///
     /// On x86-64 Linux with `clone(CLONE_VM)`, unless that is refused: QEMU's user mode (an
     /// amd64 container on an arm64 host) answers `EINVAL` to a shared memory without a thread's
-    /// other flags, and valgrind aborts on it, so there (and on other systems) the child is
-    /// forked. Either way it runs [`child_main`] and makes only the raw calls of [`sys`].
+    /// other flags, a seccomp policy may answer `EPERM`, and valgrind aborts on it, so there
+    /// (and on other systems) the child is forked. Either way it runs [`child_main`] and makes only the raw calls of [`sys`].
     fn run(self) -> io::Result<Child> {
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         if !sys::under_valgrind() {
@@ -234,7 +234,7 @@ impl Start {
                 unsafe { sys::clone_vm(child_main, self.inputs.as_ptr().cast(), self.stack.top()) };
             match cloned {
                 Ok(pid) => return Ok(Child::new(pid, self)),
-                Err(libc::EINVAL | libc::ENOSYS) => {}
+                Err(libc::EINVAL | libc::ENOSYS | libc::EPERM) => {}
                 Err(errno) => return Err(io::Error::from_raw_os_error(errno)),
             }
         }
@@ -390,9 +390,10 @@ impl Held {
             ),
             libc::ENOENT | libc::ENOTDIR => (Exit::NotFound, "command not found".to_owned()),
             libc::EACCES | libc::EPERM => (Exit::CannotExecute, "permission denied".to_owned()),
+            // The system's words, without Rust's "(os error N)" that no other message has.
             other => (
                 Exit::CannotExecute,
-                io::Error::from_raw_os_error(other).to_string(),
+                nix::errno::Errno::from_raw(other).desc().to_owned(),
             ),
         };
         Err(ExitError::new(exit, format!("cannot run '{program}': {why}")).into())

@@ -364,7 +364,11 @@ pub fn debug_signal_before_start() {
 pub fn debug_raise(variable: &str) {
     let signal = std::env::var(variable).ok();
     if let Some(signal) = signal.and_then(|n| n.parse::<c_int>().ok()) {
-        let _ = signal_hook::low_level::raise(signal);
+        // To the process, as `kill` from outside sends it: any thread that does not block it
+        // may take it, which is what the blocking must account for.
+        if let Ok(signal) = Signal::try_from(signal) {
+            let _ = kill(nix::unistd::getpid(), signal);
+        }
     }
 }
 

@@ -442,6 +442,19 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     // or /proc/PID/mem, environ reads by other processes of its user.
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_dumpable(false);
+    // SIGTERM, SIGINT and SIGHUP are blocked from here until `run` watches them, and every
+    // thread started meanwhile (the runtimes', etcd's, a secret_command's reader) is born with
+    // them blocked, so that one sent meanwhile waits for its watcher (the registry installs a
+    // handler a moment before the action that keeps the signal, and one in between was
+    // dropped: a SIGTERM then left the broker running). After, this thread alone takes them.
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&stopping_signals()),
+        None,
+    )
+    .context("blocking signals")?;
+    #[cfg(debug_assertions)]
+    crate::signals::debug_raise("LEASE_DEBUG_SIGNAL_DURING_INSTALL");
     open_files_for_every_connection();
     // First, before anything starts a process (a secret_command) that could inherit them.
     let activated = activated().context("socket activation")?;
@@ -500,20 +513,6 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         })
         .map(|address| format!("{scheme}://{}", reachable(address)))
         .collect();
-    // SIGTERM, SIGINT and SIGHUP are blocked from here until `run` watches them, and the
-    // runtime's threads are born with them blocked, so that one sent meanwhile waits for its
-    // watcher (the registry installs a handler a moment before the action that keeps the
-    // signal, and one in between was dropped: a SIGTERM then left the broker running). After,
-    // this thread alone takes them.
-    let stopping_signals = stopping_signals();
-    nix::sys::signal::pthread_sigmask(
-        nix::sys::signal::SigmaskHow::SIG_BLOCK,
-        Some(&stopping_signals),
-        None,
-    )
-    .context("blocking signals")?;
-    #[cfg(debug_assertions)]
-    crate::signals::debug_raise("LEASE_DEBUG_SIGNAL_DURING_INSTALL");
     let (guard, done) = mpsc::channel(1);
     let shared = Arc::new(Shared {
         bases,

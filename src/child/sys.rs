@@ -68,7 +68,8 @@ pub fn exit(code: c_int) -> ! {
 
 /// Starts a process that shares this one's memory: `clone(CLONE_VM | SIGCHLD)`, the child on
 /// `stack_top`, where it runs `main(arg)` and ends with what that returns. The C library's
-/// `clone` is not used: before glibc 2.24 its child wrote into the parent's thread data.
+/// `clone` is not used: before glibc 2.25 (which stopped caching the pid) its child wrote into
+/// the parent's thread data.
 ///
 /// # Safety
 /// `stack_top` must be the 16-byte aligned top of a stack that stays mapped, and `arg` valid,

@@ -138,8 +138,7 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
     assert_every_handler_is_reset(signals);
     let start = Start::new(Inputs {
         prepared,
-        reset: signals.reset.clone(),
-        ignore: signals.ignore.clone(),
+        signals: signals.clone(),
         death,
         lease_pid: nix::unistd::getpid().as_raw(),
         go: go_read.as_raw_fd(),
@@ -183,10 +182,8 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
 /// allocate.
 struct Inputs {
     prepared: Prepared,
-    /// Signals put back to their default action.
-    reset: Vec<c_int>,
-    /// Signals ignored.
-    ignore: Vec<c_int>,
+    /// The signals put back to their default action, and those ignored.
+    signals: SignalPlan,
     /// The signal it gets when lease dies.
     death: c_int,
     lease_pid: libc::pid_t,
@@ -223,7 +220,8 @@ impl Start {
     /// On x86-64 Linux with `clone(CLONE_VM)`, unless that is refused: QEMU's user mode (an
     /// amd64 container on an arm64 host) answers `EINVAL` to a shared memory without a thread's
     /// other flags, a seccomp policy may answer `EPERM`, and valgrind aborts on it, so there
-    /// (and on other systems) the child is forked. Either way it runs [`child_main`] and makes only the raw calls of [`sys`].
+    /// (and on other systems) the child is forked. Either way it runs [`child_main`] and makes
+    /// only the raw calls of [`sys`].
     fn run(self) -> io::Result<Child> {
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         if !sys::under_valgrind() {
@@ -572,8 +570,7 @@ impl Prepared {
 unsafe fn in_child(inputs: &mut Inputs) -> ! {
     let Inputs {
         prepared,
-        reset,
-        ignore,
+        signals,
         death,
         lease_pid,
         go,
@@ -585,14 +582,14 @@ unsafe fn in_child(inputs: &mut Inputs) -> ! {
         sys::signal_self(hooks.signal_after_fork);
     }
     // lease's handlers are still installed in the child, with every signal blocked: a signal
-    // landing in one of them would be swallowed, and exec would go ahead. `reset` is every
+    // landing in one of them would be swallowed, and exec would go ahead. `signals.reset` is every
     // signal lease handles (`assert_every_handler_is_reset` in debug builds, and
     // `signals::lease_handles_no_signal_its_command_does_not_get_back_at_default`, hold it to
     // that), and SIGPIPE, which lease ignores. Only then is the mask emptied.
-    for &signal in reset.iter() {
+    for &signal in &signals.reset {
         let _ = sys::set_disposition(signal, libc::SIG_DFL);
     }
-    for &signal in ignore.iter() {
+    for &signal in &signals.ignore {
         let _ = sys::set_disposition(signal, libc::SIG_IGN);
     }
     let _ = sys::unblock_all();

@@ -356,8 +356,9 @@ impl Held {
     }
 
     /// Lets the child run the command, and waits until it has (or could not). A program that is
-    /// not found gives exit 127; one that cannot be executed, 126.
-    pub fn start(mut self) -> anyhow::Result<Pid> {
+    /// not found gives exit 127; one that cannot be executed, 126. `meanwhile` runs while the
+    /// child execs (lease would only wait there), once the child was let go.
+    pub fn start(mut self, meanwhile: impl FnOnce()) -> anyhow::Result<Pid> {
         if let Some(go) = self.go.take()
             && let Err(err) = File::from(go).write_all(b"x")
         {
@@ -367,6 +368,7 @@ impl Held {
             let err = anyhow::Error::new(err).context("cannot start the command");
             return Err(ended_first(reap(pid, 0), err));
         }
+        meanwhile();
         let Some(exec_error) = self.exec_error.take() else {
             return Ok(self.child.pid);
         };
@@ -812,7 +814,9 @@ mod tests {
         kill(pid, Signal::SIGKILL).expect("killing the held child");
         // Wait for its death without reaping it, so that `start` writes to a closed pipe.
         waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).expect("waitid");
-        let err = held.start().expect_err("a dead child cannot be started");
+        let err = held
+            .start(|| ())
+            .expect_err("a dead child cannot be started");
         assert_eq!(
             err.to_string(),
             "cannot start the command: signal 9 ended it first"
@@ -854,7 +858,7 @@ mod tests {
         };
         let held = spawn(spec, &plan).expect("starting a held child");
         Errno::set_raw(4242);
-        let err = held.start().expect_err("the program is nowhere");
+        let err = held.start(|| ()).expect_err("the program is nowhere");
         assert_eq!(
             Errno::last_raw(),
             4242,

@@ -119,6 +119,8 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
     // can be passed on first.
     let started_and_waited = start_and_wait(
         held,
+        // The revoke's file, and the next run's, are made while the command execs.
+        || store.prepare(),
         &mut forwarder,
         request.mask.then_some(token),
         (plan.on_expiry, plan.grace),
@@ -190,16 +192,18 @@ pub(super) fn spawn(
 /// Lets the held command run and waits for it: signals forwarded, the command ended at expiry
 /// as `on_expiry` says (with its grace), its output masked of `mask`'s token if given. The
 /// masking may still have output to pass on (to a reader that is slow, or stopped): the
-/// [`Masker`] is handed back, to be finished once the lease is ended.
+/// [`Masker`] is handed back, to be finished once the lease is ended. `meanwhile` runs while
+/// the command execs (see [`child::Held::start`]).
 pub(super) fn start_and_wait(
     mut held: child::Held,
+    meanwhile: impl FnOnce(),
     forwarder: &mut Forwarder,
     mask: Option<crate::token::Token>,
     (on_expiry, grace): (OnExpiry, std::time::Duration),
     expires_at: &mut dyn FnMut() -> SystemTime,
 ) -> Result<(Waited, Option<Masker>)> {
     let (stdout, stderr) = (held.stdout.take(), held.stderr.take());
-    let child = held.start()?;
+    let child = held.start(meanwhile)?;
     let masker = mask.map(|token| Masker::start(stdout, stderr, token.expose().as_bytes()));
     let deadline = (on_expiry != OnExpiry::Keep).then(|| Deadline {
         kill_at_once: on_expiry == OnExpiry::Kill,

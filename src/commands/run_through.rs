@@ -138,6 +138,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     let mut current_expiry = || current_expiry(broker, &token).unwrap_or(expires_at);
     let waited = start_and_wait(
         held,
+        || (),
         &mut forwarder,
         request.mask.then(|| token.clone()),
         (on_expiry, Duration::from_secs(started.grace)),

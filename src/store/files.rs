@@ -4,7 +4,9 @@
 //! `verify` reads exactly one file whatever the number of leases. Every write goes to a
 //! temporary file in the same directory and is renamed into place (an update is exchanged with
 //! the old record, which is then removed), so a reader sees either the old record or the new
-//! one, never a torn one. Updates lock the one record they change (and
+//! one, never a torn one. The file a write fills is, where one is ready, a file created
+//! beforehand ([`Files::prepare`]): creating a file is most of what a write costs on ext4.
+//! Updates lock the one record they change (and
 //! check, after locking, that the file they locked is still the one in place), so concurrent
 //! runs never serialise on a global lock.
 //!
@@ -37,6 +39,10 @@ use crate::token::LeaseId;
 use super::MAX_RECORD_BYTES;
 /// Prefix of the temporary files that writes go through.
 const TEMP_PREFIX: &str = ".tmp-";
+/// The empty file that [`Files::prepare`] leaves in the leases dir for the next process that
+/// writes: it takes the file by renaming it to a temporary name of its own (so only one can),
+/// and fills it instead of creating one.
+const SPARE: &str = ".spare";
 /// The directory of the records in the state dir.
 const LEASES: &str = "leases";
 /// How long lease waits for a record's lock before giving up: a lock is held for a read and a
@@ -58,6 +64,16 @@ pub struct Files {
     /// `leases` in the state dir, opened relative to `state` and checked; `None` if missing.
     leases: Option<OwnedFd>,
     audit: crate::audit::Log,
+    /// A temporary file created by [`Files::prepare`] for this process's next write. Taken
+    /// with `try_lock` only: a write never waits for it, it creates a file instead.
+    prepared: std::sync::Mutex<Option<Blank>>,
+}
+
+/// An empty private file in the leases dir, under a temporary name of this process's.
+#[derive(Debug)]
+struct Blank {
+    name: String,
+    file: File,
 }
 
 impl Files {
@@ -73,6 +89,7 @@ impl Files {
             dir,
             state: None,
             leases: None,
+            prepared: std::sync::Mutex::new(None),
         };
         let Some(real) = resolve(&store.dir, mode)? else {
             return Ok(store);
@@ -372,31 +389,60 @@ impl Files {
         Ok(names)
     }
 
-    /// Creates a private temporary file in the leases dir holding `text`. Its name carries the
-    /// writer's pid, so gc can tell a write in progress from one whose writer died.
+    /// Gets the files of the next writes ready while there is time to spare: a run calls this
+    /// while its command execs on another core. It creates a temporary file for this process's
+    /// next write (a run's revoke) and, if there is none, the spare file that the next process
+    /// to write (the next run's insert) takes. Creating a file is most of what a write costs
+    /// on ext4 (finding a free inode: 40 to 120 us on this project's machines, against about
+    /// 10 us for the rest of the write; docs/performance.md), and done here it is no longer
+    /// between the command's exit and lease's, or between lease's start and the command's.
+    /// Nothing here is needed: a write without a file ready creates one, so failures are
+    /// ignored.
+    pub fn prepare(&self) {
+        let Some(leases) = &self.leases else {
+            return;
+        };
+        if let Ok(mut prepared) = self.prepared.try_lock()
+            && prepared.is_none()
+        {
+            *prepared = create_blank(leases).ok();
+        }
+        // Created empty under its final name: whoever takes it renames it away first, so no
+        // one ever writes to it under this name.
+        let _ = nix::fcntl::openat(
+            leases,
+            SPARE,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        );
+    }
+
+    /// A private temporary file in the leases dir holding `text`, to be renamed into place. Its
+    /// name carries the writer's pid, so gc can tell a write in progress from one whose writer
+    /// died. The file is the one [`Files::prepare`] made for this process if there is one, else
+    /// the spare file if this process can take it, else a new one.
     fn write_temp(&self, text: &str) -> Result<Temp<'_>> {
         let leases = self.leases()?;
         let writing = || format!("writing a record in {}", self.leases_shown().display());
-        // pid and 64 random bits: a name no other writer has or can guess, so an existing
-        // file under it is never expected, and is an error (O_EXCL) rather than a file to
-        // write through.
-        let name = format!("{TEMP_PREFIX}{}-{:016x}", std::process::id(), random_u64()?);
-        let fd = nix::fcntl::openat(
-            leases,
-            name.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::S_IRUSR | Mode::S_IWUSR,
-        )
-        .map_err(io::Error::from)
-        .with_context(writing)?;
+        let prepared = self.prepared.try_lock().ok().and_then(|mut p| p.take());
+        let (blank, filled) = match prepared {
+            Some(blank) => (blank, 0),
+            None => match take_spare(leases) {
+                Some(taken) => taken,
+                None => (create_blank(leases).with_context(writing)?, 0),
+            },
+        };
+        let Blank { name, mut file } = blank;
         let temp = Temp {
             leases,
             name,
             gone: false,
         };
-        File::from(fd)
-            .write_all(text.as_bytes())
-            .with_context(writing)?;
+        file.write_all(text.as_bytes()).with_context(writing)?;
+        // A spare someone wrote to holds more than the record: cut it where the record ends.
+        if filled > text.len() as u64 {
+            file.set_len(text.len() as u64).with_context(writing)?;
+        }
         Ok(temp)
     }
 
@@ -432,6 +478,87 @@ impl Files {
                         .with_context(|| format!("reading {}", shown()));
                 }
             }
+        }
+    }
+}
+
+impl Drop for Files {
+    /// Removes the file [`Files::prepare`] made if no write used it.
+    fn drop(&mut self) {
+        let prepared = self.prepared.get_mut().map(Option::take);
+        if let (Ok(Some(blank)), Some(leases)) = (prepared, &self.leases) {
+            let _ = nix::unistd::unlinkat(
+                leases,
+                blank.name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+}
+
+/// A name for a temporary file: pid and 64 random bits, a name no other writer has or can
+/// guess, so an existing file under it is never expected.
+fn temp_name() -> Result<String> {
+    Ok(format!(
+        "{TEMP_PREFIX}{}-{:016x}",
+        std::process::id(),
+        random_u64()?
+    ))
+}
+
+/// Creates an empty private file under a new temporary name; a file already there under that
+/// name is an error (O_EXCL), not a file to write through.
+fn create_blank(leases: &OwnedFd) -> Result<Blank> {
+    let name = temp_name()?;
+    let fd = nix::fcntl::openat(
+        leases,
+        name.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )
+    .map_err(io::Error::from)?;
+    Ok(Blank {
+        name,
+        file: File::from(fd),
+    })
+}
+
+/// Takes the spare file, if there is one and this process gets it: renamed to a temporary name
+/// of this process's (an atomic step only one process wins), then opened and checked to be what
+/// lease leaves there: a regular file of the user's, private, with no other name. Anything
+/// else found there is removed, and `None` returned (the caller creates a file). Returns the
+/// file and how many bytes it already holds.
+fn take_spare(leases: &OwnedFd) -> Option<(Blank, u64)> {
+    let name = temp_name().ok()?;
+    nix::fcntl::renameat2(
+        leases,
+        SPARE,
+        leases,
+        name.as_str(),
+        RenameFlags::RENAME_NOREPLACE,
+    )
+    .ok()?;
+    let opened = nix::fcntl::openat(
+        leases,
+        name.as_str(),
+        OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(File::from);
+    let fit = opened.ok().and_then(|file| {
+        let meta = file.metadata().ok()?;
+        let private = meta.uid() == crate::owner::euid() && meta.mode() & 0o077 == 0;
+        (meta.is_file() && private && meta.nlink() == 1).then_some((file, meta.len()))
+    });
+    match fit {
+        Some((file, filled)) => Some((Blank { name, file }, filled)),
+        None => {
+            let _ = nix::unistd::unlinkat(
+                leases,
+                name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+            None
         }
     }
 }
@@ -868,8 +995,13 @@ mod tests {
 
     /// Writes a record file by path, as someone editing the store by hand would.
     fn write_record_file(store: &Files, id: &LeaseId, bytes: &[u8], mode: u32) {
+        write_record_file_at(&record_path(store, id), bytes, mode);
+    }
+
+    /// Writes a file with these bytes and this mode.
+    fn write_record_file_at(path: &Path, bytes: &[u8], mode: u32) {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let path = record_path(store, id);
+        let path = path.to_owned();
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -1234,6 +1366,131 @@ mod tests {
         let just_after = a_minute_on + Duration::from_secs(1);
         assert_eq!(store.remove_stale_temp_files(just_after).expect("gc"), 1);
         assert_eq!(leftover_temp_files(&store), Vec::<OsString>::new());
+    }
+
+    fn inode(path: &Path) -> u64 {
+        fs::symlink_metadata(path).expect("file").ino()
+    }
+
+    #[test]
+    fn writes_fill_the_files_prepared_for_them_then_create_their_own() {
+        let (_dir, store) = store();
+        let leases = store.dir().join(LEASES);
+        store.prepare();
+        let spare = inode(&leases.join(SPARE));
+        let prepared = leftover_temp_files(&store);
+        assert_eq!(
+            prepared.len(),
+            1,
+            "one file made for this process's next write"
+        );
+        let prepared = inode(&leases.join(&prepared[0]));
+        assert_eq!(fs::metadata(leases.join(SPARE)).expect("spare").len(), 0);
+
+        // The process's own prepared file first, then the spare, then a new file.
+        let tokens: Vec<Token> = (0..3).map(|_| Token::mint().expect("mint")).collect();
+        for token in &tokens {
+            assert!(store.insert(&record(token)).expect("insert"));
+        }
+        let placed: Vec<u64> = tokens
+            .iter()
+            .map(|t| inode(&record_path(&store, &t.hash().id())))
+            .collect();
+        assert_eq!(placed[0], prepared);
+        assert_eq!(placed[1], spare);
+        assert!(placed[2] != prepared && placed[2] != spare);
+        assert!(!leases.join(SPARE).exists(), "the spare was taken");
+        assert_eq!(leftover_temp_files(&store), Vec::<OsString>::new());
+        for token in &tokens {
+            let id = token.hash().id();
+            assert!(
+                matches!(store.load(&id).expect("load"), Loaded::Found(r) if r.id == id),
+                "each record reads back whole"
+            );
+            let mode = fs::metadata(record_path(&store, &id))
+                .expect("record")
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+
+        // An update fills the prepared file too; a prepared file no write used goes with the
+        // store, and the spare stays for the next process.
+        store.prepare();
+        let prepared = inode(&leases.join(&leftover_temp_files(&store)[0]));
+        let id = tokens[0].hash().id();
+        let now = SystemTime::now();
+        store
+            .update(&id, |r| Change::when(r.revoke(now)))
+            .expect("update");
+        assert_eq!(inode(&record_path(&store, &id)), prepared);
+        assert_eq!(leftover_temp_files(&store), Vec::<OsString>::new());
+        store.prepare();
+        assert_eq!(leftover_temp_files(&store).len(), 1);
+        drop(store);
+        let left: Vec<String> = fs::read_dir(&leases)
+            .expect("leases dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert_eq!(left, vec![SPARE.to_owned()]);
+    }
+
+    #[test]
+    fn a_spare_holding_more_than_the_record_is_cut_where_the_record_ends() {
+        let (_dir, store) = store();
+        let spare = store.dir().join(LEASES).join(SPARE);
+        write_record_file_at(&spare, &[b'#'; 3000], 0o600);
+        let token = Token::mint().expect("mint");
+        let id = token.hash().id();
+        assert!(store.insert(&record(&token)).expect("insert"));
+        let text = fs::read_to_string(record_path(&store, &id)).expect("record");
+        assert!(
+            !text.contains('#'),
+            "nothing of the spare's bytes is left: {text:?}"
+        );
+        assert!(matches!(store.load(&id).expect("load"), Loaded::Found(_)));
+    }
+
+    #[test]
+    fn a_spare_that_is_not_a_private_file_of_ours_alone_is_removed_not_written_through() {
+        use std::os::unix::fs::symlink;
+        let (dir, store) = store();
+        let spare = store.dir().join(LEASES).join(SPARE);
+        let outside = dir.path().join("outside");
+        // Each plants something at the spare's name (given first), maybe naming `outside`.
+        type Plant = fn(&Path, &Path);
+        let plants: [(&str, Plant); 4] = [
+            ("a symlink", |spare, outside| {
+                symlink(outside, spare).expect("symlink");
+            }),
+            ("a second name of another file", |spare, outside| {
+                fs::hard_link(outside, spare).expect("link");
+            }),
+            ("a file open to others", |spare, _| {
+                write_record_file_at(spare, b"", 0o644);
+            }),
+            ("a FIFO", |spare, _| {
+                nix::unistd::mkfifo(spare, Mode::S_IRUSR | Mode::S_IWUSR).expect("fifo");
+            }),
+        ];
+        for (what, plant) in plants {
+            write_record_file_at(&outside, b"untouched", 0o600);
+            plant(&spare, &outside);
+            let token = Token::mint().expect("mint");
+            let id = token.hash().id();
+            assert!(store.insert(&record(&token)).expect("insert"), "{what}");
+            assert!(
+                matches!(store.load(&id).expect("load"), Loaded::Found(_)),
+                "{what}: the record is written to a file of its own"
+            );
+            assert_eq!(fs::read(&outside).expect("outside"), b"untouched", "{what}");
+            assert!(fs::symlink_metadata(&spare).is_err(), "{what}: removed");
+            assert_eq!(
+                leftover_temp_files(&store),
+                Vec::<OsString>::new(),
+                "{what}"
+            );
+        }
     }
 
     #[test]

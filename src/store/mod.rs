@@ -367,6 +367,14 @@ impl Store {
         }
     }
 
+    /// Gets the files of the next writes ready (see [`files::Files::prepare`]); a remote store
+    /// has nothing to prepare.
+    pub fn prepare(&self) {
+        if let Store::Files(files) = self {
+            files.prepare();
+        }
+    }
+
     /// Removes what writers that died mid-write left behind; returns how many.
     pub fn remove_stale_temp_files(&self, now: SystemTime) -> Result<usize> {
         match self {

@@ -24,11 +24,79 @@ fn state_dir_is_0700_and_records_are_0600() {
     assert_eq!(mode(&sandbox.state_dir()), 0o700);
     assert_eq!(mode(&sandbox.leases_dir()), 0o700);
     let files = sandbox.state_files();
-    assert_eq!(files.len(), 3, "two records and the audit log: {files:?}");
+    // A local run leaves an empty spare file for the next write; a broker prepares none.
+    let spare = !crate::harness::broker_mode();
+    assert_eq!(
+        files.len(),
+        3 + usize::from(spare),
+        "two records, the audit log (and the spare): {files:?}"
+    );
+    assert_eq!(sandbox.leases_dir().join(".spare").is_file(), spare);
     assert!(sandbox.state_dir().join("audit.jsonl").is_file());
     for file in files {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
+}
+
+/// The inode of a file (not followed if a symlink).
+fn inode(path: &std::path::Path) -> u64 {
+    fs::symlink_metadata(path).unwrap().ino()
+}
+
+#[test]
+fn a_run_revokes_into_a_file_it_made_while_its_command_started_and_leaves_one_for_the_next_run() {
+    if crate::harness::local_only("about the files a local run writes") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    // The command finds the files its run makes while it starts (waiting for them, bounded:
+    // they are made while it execs), and says which file the revoke is to fill.
+    let out = sandbox
+        .run_sh(
+            "a",
+            r#"cd "$1" || exit 3
+            for _ in $(seq 500); do
+                for f in .tmp-*; do
+                    [ -e "$f" ] && [ -e .spare ] && { stat -c %i "$f"; exit 0; }
+                done
+                sleep 0.01
+            done
+            exit 4"#,
+        )
+        .arg("sh")
+        .arg(sandbox.leases_dir())
+        .run()
+        .success();
+    let prepared: u64 = out.stdout.trim().parse().expect("an inode");
+    let run = &sandbox
+        .lease(["list", "--all", "--json"])
+        .run()
+        .success()
+        .json()[0];
+    assert_eq!(run["state"], "revoked");
+    assert_eq!(
+        inode(&sandbox.record_path(&run["id"])),
+        prepared,
+        "the revoked record is the file made while the command started"
+    );
+    // The next write takes the spare: the next run's record is written in it (until its
+    // revoke replaces it).
+    let spare = inode(&sandbox.leases_dir().join(".spare"));
+    let recorded_in = sandbox
+        .run_sh("b", r#"stat -c %i "$1/$LEASE_ID.toml""#)
+        .arg("sh")
+        .arg(sandbox.leases_dir())
+        .run()
+        .success()
+        .stdout;
+    assert_eq!(recorded_in.trim().parse::<u64>().expect("an inode"), spare);
+    let left: Vec<_> = fs::read_dir(sandbox.leases_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert_eq!(left, [".spare"], "no temporary file is left");
 }
 
 #[test]

@@ -159,30 +159,31 @@ impl Files {
         let id = &record.id;
         let text = toml::to_string(record).context("encoding the lease record")?;
         let leases = self.leases()?;
-        let mut temp = self.write_temp(&text)?;
         let name = record_name(id);
-        let placed = match nix::fcntl::renameat2(
-            leases,
-            temp.name.as_str(),
-            leases,
-            name.as_str(),
-            RenameFlags::RENAME_NOREPLACE,
-        ) {
-            Ok(()) => {
-                temp.renamed();
-                Ok(())
-            }
-            // A file system without RENAME_NOREPLACE: a hard link does not clobber either (the
-            // temporary name is then removed on drop).
-            Err(Errno::EINVAL | Errno::ENOSYS) => nix::unistd::linkat(
+        let placed = self.placed(&text, |temp| {
+            match nix::fcntl::renameat2(
                 leases,
                 temp.name.as_str(),
                 leases,
                 name.as_str(),
-                AtFlags::empty(),
-            ),
-            failed => failed,
-        };
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => {
+                    temp.renamed();
+                    Ok(())
+                }
+                // A file system without RENAME_NOREPLACE: a hard link does not clobber either
+                // (the temporary name is then removed on drop).
+                Err(Errno::EINVAL | Errno::ENOSYS) => nix::unistd::linkat(
+                    leases,
+                    temp.name.as_str(),
+                    leases,
+                    name.as_str(),
+                    AtFlags::empty(),
+                ),
+                failed => failed,
+            }
+        })?;
         match placed {
             Ok(()) => Ok(true),
             Err(Errno::EEXIST) => Ok(false),
@@ -190,7 +191,6 @@ impl Files {
                 format!("recording the lease in {}", self.leases_shown().display())
             }),
         }
-        // `temp` is removed on drop if it is still there (after a link, or a failure).
     }
 
     /// Reads one record. Symlinks are not followed; anything that is not a small regular file
@@ -393,7 +393,7 @@ impl Files {
     /// while its command execs on another core. It creates a temporary file for this process's
     /// next write (a run's revoke) and, if there is none, the spare file that the next process
     /// to write (the next run's insert) takes. Creating a file is most of what a write costs
-    /// on ext4 (finding a free inode: 40 to 120 us on this project's machines, against about
+    /// on ext4 (finding a free inode: 35 to 120 us on this project's machines, against about
     /// 10 us for the rest of the write; docs/performance.md), and done here it is no longer
     /// between the command's exit and lease's, or between lease's start and the command's.
     /// Nothing here is needed: a write without a file ready creates one, so failures are
@@ -417,20 +417,46 @@ impl Files {
         );
     }
 
+    /// Writes `text` to a temporary file (see [`Files::write_temp`]) and has `place` rename it
+    /// into place. A file made ahead can be removed before it is placed: a run's revoke file
+    /// waits as long as its command runs, and gc removes temporary files older than a minute
+    /// (or whose writer it cannot see, from another pid namespace). If `place` fails and the
+    /// temporary file is gone, the write is made once more, through a file created for it.
+    fn placed<T>(
+        &self,
+        text: &str,
+        mut place: impl FnMut(&mut Temp<'_>) -> nix::Result<T>,
+    ) -> Result<nix::Result<T>> {
+        let mut temp = self.write_temp(text, true)?;
+        let placed = place(&mut temp);
+        if placed.is_err() && temp.is_gone() {
+            let mut temp = self.write_temp(text, false)?;
+            return Ok(place(&mut temp));
+        }
+        Ok(placed)
+    }
+
     /// A private temporary file in the leases dir holding `text`, to be renamed into place. Its
     /// name carries the writer's pid, so gc can tell a write in progress from one whose writer
-    /// died. The file is the one [`Files::prepare`] made for this process if there is one, else
-    /// the spare file if this process can take it, else a new one.
-    fn write_temp(&self, text: &str) -> Result<Temp<'_>> {
+    /// died. With `ahead`, the file is the one [`Files::prepare`] made for this process if
+    /// there is one, else the spare file if this process can take it; otherwise, a new one.
+    fn write_temp(&self, text: &str, ahead: bool) -> Result<Temp<'_>> {
         let leases = self.leases()?;
         let writing = || format!("writing a record in {}", self.leases_shown().display());
-        let prepared = self.prepared.try_lock().ok().and_then(|mut p| p.take());
-        let (blank, filled) = match prepared {
-            Some(blank) => (blank, 0),
-            None => match take_spare(leases) {
-                Some(taken) => taken,
-                None => (create_blank(leases).with_context(writing)?, 0),
-            },
+        let prepared = match self.prepared.try_lock() {
+            _ if !ahead => None,
+            Ok(mut prepared) => prepared.take(),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let taken = match prepared {
+            Some(blank) => Some((blank, 0)),
+            None if ahead => take_spare(leases),
+            None => None,
+        };
+        let (blank, filled) = match taken {
+            Some(taken) => taken,
+            None => (create_blank(leases).with_context(writing)?, 0),
         };
         let Blank { name, mut file } = blank;
         let temp = Temp {
@@ -485,8 +511,12 @@ impl Files {
 impl Drop for Files {
     /// Removes the file [`Files::prepare`] made if no write used it.
     fn drop(&mut self) {
-        let prepared = self.prepared.get_mut().map(Option::take);
-        if let (Ok(Some(blank)), Some(leases)) = (prepared, &self.leases) {
+        let prepared = self
+            .prepared
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let (Some(blank), Some(leases)) = (prepared, &self.leases) {
             let _ = nix::unistd::unlinkat(
                 leases,
                 blank.name.as_str(),
@@ -524,10 +554,11 @@ fn create_blank(leases: &OwnedFd) -> Result<Blank> {
 }
 
 /// Takes the spare file, if there is one and this process gets it: renamed to a temporary name
-/// of this process's (an atomic step only one process wins), then opened and checked to be what
-/// lease leaves there: a regular file of the user's, private, with no other name. Anything
-/// else found there is removed, and `None` returned (the caller creates a file). Returns the
-/// file and how many bytes it already holds.
+/// of this process's (an atomic step only one process wins), then checked to be what lease
+/// leaves there (a regular file of the user's, private, with no other name) before it is opened,
+/// and again once open. Anything else found there is removed (a directory only if empty), and
+/// `None` returned: the caller creates a file. Returns the file and how many bytes it already
+/// holds.
 fn take_spare(leases: &OwnedFd) -> Option<(Blank, u64)> {
     let name = temp_name().ok()?;
     nix::fcntl::renameat2(
@@ -538,26 +569,43 @@ fn take_spare(leases: &OwnedFd) -> Option<(Blank, u64)> {
         RenameFlags::RENAME_NOREPLACE,
     )
     .ok()?;
-    let opened = nix::fcntl::openat(
-        leases,
-        name.as_str(),
-        OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map(File::from);
-    let fit = opened.ok().and_then(|file| {
-        let meta = file.metadata().ok()?;
-        let private = meta.uid() == crate::owner::euid() && meta.mode() & 0o077 == 0;
-        (meta.is_file() && private && meta.nlink() == 1).then_some((file, meta.len()))
+    let me = crate::owner::euid();
+    let fit = |st: &nix::sys::stat::FileStat| {
+        let kind =
+            nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT;
+        kind == nix::sys::stat::SFlag::S_IFREG
+            && st.st_uid == me
+            && st.st_mode & 0o077 == 0
+            && st.st_nlink == 1
+    };
+    let found = nix::sys::stat::fstatat(leases, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
+    let opened = found.ok().filter(fit).and_then(|checked| {
+        let file = nix::fcntl::openat(
+            leases,
+            name.as_str(),
+            OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(File::from)
+        .ok()?;
+        let st = nix::sys::stat::fstat(&file).ok()?;
+        let same = st.st_ino == checked.st_ino && st.st_dev == checked.st_dev;
+        (same && fit(&st)).then(|| (file, u64::try_from(st.st_size).unwrap_or(u64::MAX)))
     });
-    match fit {
+    match opened {
         Some((file, filled)) => Some((Blank { name, file }, filled)),
         None => {
-            let _ = nix::unistd::unlinkat(
-                leases,
-                name.as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
+            let dir = found.is_ok_and(|st| {
+                nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+                    & nix::sys::stat::SFlag::S_IFMT
+                    == nix::sys::stat::SFlag::S_IFDIR
+            });
+            let how = if dir {
+                nix::unistd::UnlinkatFlags::RemoveDir
+            } else {
+                nix::unistd::UnlinkatFlags::NoRemoveDir
+            };
+            let _ = nix::unistd::unlinkat(leases, name.as_str(), how);
             None
         }
     }
@@ -575,6 +623,15 @@ impl Temp<'_> {
     /// Tells the guard that the file was renamed into place: there is nothing to remove.
     fn renamed(&mut self) {
         self.gone = true;
+    }
+
+    /// Whether nothing is under the temporary name any more (someone removed it).
+    fn is_gone(&self) -> bool {
+        nix::sys::stat::fstatat(
+            self.leases,
+            self.name.as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) == Err(Errno::ENOENT)
     }
 }
 
@@ -620,22 +677,23 @@ impl Locked<'_> {
     fn write(&mut self, record: &Record) -> Result<()> {
         let text = toml::to_string(record).context("encoding the lease record")?;
         let leases = self.store.leases()?;
-        let mut temp = self.store.write_temp(&text)?;
-        let (from, to) = (temp.name.as_str(), self.name.as_str());
-        match nix::fcntl::renameat2(leases, from, leases, to, RenameFlags::RENAME_EXCHANGE) {
-            // `temp` now names the old record, and removes it on drop.
-            Ok(()) => return Ok(()),
-            Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::ENOENT) => {}
-            Err(err) => {
-                return Err(io::Error::from(err))
-                    .with_context(|| format!("updating {}", self.store.shown(to).display()));
-            }
-        }
-        nix::fcntl::renameat(leases, from, leases, to)
+        let to = self.name.as_str();
+        self.store
+            .placed(&text, |temp| {
+                let from = temp.name.as_str();
+                match nix::fcntl::renameat2(leases, from, leases, to, RenameFlags::RENAME_EXCHANGE)
+                {
+                    // `temp` now names the old record, and removes it on drop.
+                    Ok(()) => return Ok(()),
+                    Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::ENOENT) => {}
+                    Err(err) => return Err(err),
+                }
+                nix::fcntl::renameat(leases, from, leases, to)?;
+                temp.renamed();
+                Ok(())
+            })?
             .map_err(io::Error::from)
-            .with_context(|| format!("updating {}", self.store.shown(to).display()))?;
-        temp.renamed();
-        Ok(())
+            .with_context(|| format!("updating {}", self.store.shown(to).display()))
     }
 }
 
@@ -1436,6 +1494,42 @@ mod tests {
     }
 
     #[test]
+    fn a_write_whose_file_made_ahead_was_removed_by_gc_is_made_through_a_new_one() {
+        let (_dir, store) = store();
+        let token = Token::mint().expect("mint");
+        let id = token.hash().id();
+        assert!(store.insert(&record(&token)).expect("insert"));
+        // A command that runs past a minute: gc finds the revoke's file stale and removes it.
+        for write in ["update", "insert"] {
+            store.prepare();
+            let _ = fs::remove_file(store.dir().join(LEASES).join(SPARE));
+            let later = SystemTime::now() + STALE_TEMP_AGE + Duration::from_secs(5);
+            assert_eq!(store.remove_stale_temp_files(later).expect("gc"), 1);
+            match write {
+                "update" => {
+                    let now = SystemTime::now();
+                    let updated = store.update(&id, |r| Change::when(r.revoke(now)));
+                    assert!(
+                        matches!(updated.expect("update"), Updated::Found(r, true) if r.revoked_at.is_some())
+                    );
+                    assert!(
+                        matches!(store.load(&id).expect("load"), Loaded::Found(r) if r.revoked_at.is_some())
+                    );
+                }
+                _ => {
+                    let other = Token::mint().expect("mint");
+                    assert!(store.insert(&record(&other)).expect("insert"));
+                    assert!(matches!(
+                        store.load(&other.hash().id()).expect("load"),
+                        Loaded::Found(_)
+                    ));
+                }
+            }
+            assert_eq!(leftover_temp_files(&store), Vec::<OsString>::new());
+        }
+    }
+
+    #[test]
     fn a_spare_holding_more_than_the_record_is_cut_where_the_record_ends() {
         let (_dir, store) = store();
         let spare = store.dir().join(LEASES).join(SPARE);
@@ -1457,25 +1551,38 @@ mod tests {
         let (dir, store) = store();
         let spare = store.dir().join(LEASES).join(SPARE);
         let outside = dir.path().join("outside");
-        // Each plants something at the spare's name (given first), maybe naming `outside`.
-        type Plant = fn(&Path, &Path);
-        let plants: [(&str, Plant); 4] = [
+        // Each plants something at the spare's name (given first), maybe naming `outside`, and
+        // returns what must stay open meanwhile.
+        type Plant = fn(&Path, &Path) -> Option<File>;
+        let plants: [(&str, Plant); 5] = [
             ("a symlink", |spare, outside| {
                 symlink(outside, spare).expect("symlink");
+                None
             }),
             ("a second name of another file", |spare, outside| {
                 fs::hard_link(outside, spare).expect("link");
+                None
             }),
             ("a file open to others", |spare, _| {
                 write_record_file_at(spare, b"", 0o644);
+                None
             }),
-            ("a FIFO", |spare, _| {
+            ("a FIFO with a reader", |spare, _| {
                 nix::unistd::mkfifo(spare, Mode::S_IRUSR | Mode::S_IWUSR).expect("fifo");
+                // With a reader, opening it to write would succeed: only the check stops it.
+                let reader =
+                    nix::fcntl::open(spare, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())
+                        .expect("reader");
+                Some(File::from(reader))
+            }),
+            ("a directory", |spare, _| {
+                fs::create_dir(spare).expect("dir");
+                None
             }),
         ];
         for (what, plant) in plants {
             write_record_file_at(&outside, b"untouched", 0o600);
-            plant(&spare, &outside);
+            let _held = plant(&spare, &outside);
             let token = Token::mint().expect("mint");
             let id = token.hash().id();
             assert!(store.insert(&record(&token)).expect("insert"), "{what}");

@@ -153,6 +153,13 @@ impl Owner {
         }
     }
 
+    /// Whether the run is ending: its command has exited, and its `lease run`, which revokes
+    /// the lease next, still runs. The lease is over (`state` says gone), but its record is
+    /// not gc's to remove: the run's revoke is on its way.
+    pub fn ending(&self) -> bool {
+        matches!(self.gone(), Some(Gone::Command(_)))
+    }
+
     /// Why the owner counts as gone, as a sentence about lease `id`; `None` while it runs.
     pub fn gone_because(&self, id: &str) -> Option<String> {
         let pid = self.pid;

@@ -208,10 +208,14 @@ impl Record {
                 .owner
                 .as_ref()
                 .is_some_and(|o| o.broker && o.held == Some(crate::owner::Held::Nowhere));
+        let ending =
+            || self.state == State::Active && self.owner.as_ref().is_some_and(Owner::ending);
         match self.status(now) {
             Status::Active => false,
             Status::Revoked => self.is_past_expiry(now),
             Status::OwnerGone if in_transit => self.is_past_expiry(now),
+            // Its `lease run` still runs and revokes it next (gc would take its revoke's record).
+            Status::OwnerGone if ending() => false,
             Status::Expired | Status::OwnerGone => true,
         }
     }
@@ -423,6 +427,40 @@ mod tests {
         owner.held = Some(crate::owner::Held::Elsewhere);
         record.owner = Some(owner);
         assert!(!record.is_garbage(issued + HOUR / 2));
+    }
+
+    #[test]
+    fn a_run_whose_command_exited_is_left_to_its_lease_run_until_that_ends_too() {
+        let issued = SystemTime::now();
+        let mut record = record_issued_at(issued);
+        // This process as the `lease run`, and a command that has exited.
+        let mut command = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let owner = Owner::current("sleep".to_owned())
+            .expect("owner")
+            .running(command.id())
+            .expect("running");
+        command.kill().expect("killed");
+        command.wait().expect("reaped");
+        record.owner = Some(owner.clone());
+        assert_eq!(
+            record.status(issued),
+            Status::OwnerGone,
+            "its token is dead"
+        );
+        assert!(
+            !record.is_garbage(issued),
+            "its lease run, still running, revokes it next"
+        );
+        // Once the lease run is gone too, gc takes it.
+        record.owner = Some(Owner {
+            start_time: owner.start_time + 1,
+            ..owner
+        });
+        assert_eq!(record.status(issued), Status::OwnerGone);
+        assert!(record.is_garbage(issued));
     }
 
     #[test]

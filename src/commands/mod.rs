@@ -277,10 +277,10 @@ impl Skipped {
         match self.0 {
             0 => Ok(Exit::Success),
             1 => bail!(
-                "1 store entry could not be {done} (see the warning above); every other lease was"
+                "1 store entry could not be {done} (see the warning above); every other lease was {done}"
             ),
             n => bail!(
-                "{n} store entries could not be {done} (see the warnings above); every other lease was"
+                "{n} store entries could not be {done} (see the warnings above); every other lease was {done}"
             ),
         }
     }

@@ -74,6 +74,10 @@ pub struct Files {
 struct Blank {
     name: String,
     file: File,
+    /// For a file made ahead (prepared, or the spare): its device and inode, as checked. Its
+    /// name was in the leases dir for a while, so before it is renamed into place the name is
+    /// checked to still lead to this file.
+    ahead: Option<(u64, u64)>,
 }
 
 impl Files {
@@ -347,13 +351,15 @@ impl Files {
                         now.duration_since(modified)
                             .is_ok_and(|age| age > STALE_TEMP_AGE)
                     });
+            // A directory under a temporary name (planted as the spare) goes too, if empty.
             let gone = || {
-                nix::unistd::unlinkat(
-                    leases,
-                    name.as_os_str(),
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                )
-                .is_ok()
+                let remove = |how| nix::unistd::unlinkat(leases, name.as_os_str(), how);
+                match remove(nix::unistd::UnlinkatFlags::NoRemoveDir) {
+                    Err(Errno::EISDIR | Errno::EPERM) => {
+                        remove(nix::unistd::UnlinkatFlags::RemoveDir).is_ok()
+                    }
+                    removed => removed.is_ok(),
+                }
             };
             if (writer_gone || old) && gone() {
                 removed += 1;
@@ -409,12 +415,14 @@ impl Files {
         }
         // Created empty under its final name: whoever takes it renames it away first, so no
         // one ever writes to it under this name.
-        let _ = nix::fcntl::openat(
+        if let Ok(spare) = nix::fcntl::openat(
             leases,
             SPARE,
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::S_IRUSR | Mode::S_IWUSR,
-        );
+        ) {
+            let _ = private(&File::from(spare));
+        }
     }
 
     /// Writes `text` to a temporary file (see [`Files::write_temp`]) and has `place` rename it
@@ -428,6 +436,11 @@ impl Files {
         mut place: impl FnMut(&mut Temp<'_>) -> nix::Result<T>,
     ) -> Result<nix::Result<T>> {
         let mut temp = self.write_temp(text, true)?;
+        if !temp.leads_to_its_file() {
+            // Its name now leads elsewhere (or nowhere): written again, through a new file.
+            let mut temp = self.write_temp(text, false)?;
+            return Ok(place(&mut temp));
+        }
         let placed = place(&mut temp);
         if placed.is_err() && temp.is_gone() {
             let mut temp = self.write_temp(text, false)?;
@@ -449,24 +462,38 @@ impl Files {
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner().take(),
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
-        let taken = match prepared {
-            Some(blank) => Some((blank, 0)),
-            None if ahead => take_spare(leases),
-            None => None,
+        // The prepared file's name was in the leases dir while the command ran: it is filled
+        // only if it is still what `prepare` made (another name given to it meanwhile, or its
+        // mode changed, and a new file is made instead).
+        let prepared = prepared.and_then(|mut blank| {
+            let st = nix::sys::stat::fstat(&blank.file).ok()?;
+            fit_to_fill(&st).then(|| {
+                blank.ahead = Some((st.st_dev, st.st_ino));
+                blank
+            })
+        });
+        let blank = match prepared {
+            Some(blank) => blank,
+            None if ahead => match take_spare(leases) {
+                Some(taken) => taken,
+                None => create_blank(leases).with_context(writing)?,
+            },
+            None => create_blank(leases).with_context(writing)?,
         };
-        let (blank, filled) = match taken {
-            Some(taken) => taken,
-            None => (create_blank(leases).with_context(writing)?, 0),
-        };
-        let Blank { name, mut file } = blank;
+        let Blank {
+            name,
+            mut file,
+            ahead,
+        } = blank;
         let temp = Temp {
             leases,
             name,
             gone: false,
+            ahead,
         };
         file.write_all(text.as_bytes()).with_context(writing)?;
-        // A spare someone wrote to holds more than the record: cut it where the record ends.
-        if filled > text.len() as u64 {
+        // A file made ahead may hold bytes written to it meanwhile: cut where the record ends.
+        if ahead.is_some() {
             file.set_len(text.len() as u64).with_context(writing)?;
         }
         Ok(temp)
@@ -547,10 +574,30 @@ fn create_blank(leases: &OwnedFd) -> Result<Blank> {
         Mode::S_IRUSR | Mode::S_IWUSR,
     )
     .map_err(io::Error::from)?;
+    let file = File::from(fd);
+    private(&file)?;
     Ok(Blank {
         name,
-        file: File::from(fd),
+        file,
+        ahead: None,
     })
+}
+
+/// Makes a file lease created 0600 whatever the umask (a umask of 0277 would leave a record
+/// lease itself cannot read).
+fn private(file: &File) -> io::Result<()> {
+    nix::sys::stat::fchmod(file, Mode::S_IRUSR | Mode::S_IWUSR).map_err(io::Error::from)
+}
+
+/// Whether a file is what lease leaves as a file to write a record in: a regular file of the
+/// user's, 0600 exactly, with no other name.
+fn fit_to_fill(st: &nix::sys::stat::FileStat) -> bool {
+    let kind =
+        nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT;
+    kind == nix::sys::stat::SFlag::S_IFREG
+        && st.st_uid == crate::owner::euid()
+        && st.st_mode & 0o7777 == 0o600
+        && st.st_nlink == 1
 }
 
 /// Takes the spare file, if there is one and this process gets it: renamed to a temporary name
@@ -559,7 +606,7 @@ fn create_blank(leases: &OwnedFd) -> Result<Blank> {
 /// and again once open. Anything else found there is removed (a directory only if empty), and
 /// `None` returned: the caller creates a file. Returns the file and how many bytes it already
 /// holds.
-fn take_spare(leases: &OwnedFd) -> Option<(Blank, u64)> {
+fn take_spare(leases: &OwnedFd) -> Option<Blank> {
     let name = temp_name().ok()?;
     nix::fcntl::renameat2(
         leases,
@@ -569,17 +616,8 @@ fn take_spare(leases: &OwnedFd) -> Option<(Blank, u64)> {
         RenameFlags::RENAME_NOREPLACE,
     )
     .ok()?;
-    let me = crate::owner::euid();
-    let fit = |st: &nix::sys::stat::FileStat| {
-        let kind =
-            nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT;
-        kind == nix::sys::stat::SFlag::S_IFREG
-            && st.st_uid == me
-            && st.st_mode & 0o077 == 0
-            && st.st_nlink == 1
-    };
     let found = nix::sys::stat::fstatat(leases, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
-    let opened = found.ok().filter(fit).and_then(|checked| {
+    let opened = found.ok().filter(fit_to_fill).and_then(|checked| {
         let file = nix::fcntl::openat(
             leases,
             name.as_str(),
@@ -589,11 +627,15 @@ fn take_spare(leases: &OwnedFd) -> Option<(Blank, u64)> {
         .map(File::from)
         .ok()?;
         let st = nix::sys::stat::fstat(&file).ok()?;
-        let same = st.st_ino == checked.st_ino && st.st_dev == checked.st_dev;
-        (same && fit(&st)).then(|| (file, u64::try_from(st.st_size).unwrap_or(u64::MAX)))
+        let same = (st.st_dev, st.st_ino) == (checked.st_dev, checked.st_ino);
+        (same && fit_to_fill(&st)).then_some((file, (st.st_dev, st.st_ino)))
     });
     match opened {
-        Some((file, filled)) => Some((Blank { name, file }, filled)),
+        Some((file, identity)) => Some(Blank {
+            name,
+            file,
+            ahead: Some(identity),
+        }),
         None => {
             let dir = found.is_ok_and(|st| {
                 nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
@@ -617,12 +659,28 @@ struct Temp<'a> {
     name: String,
     /// Renamed into place: the name is gone, and there is nothing to remove.
     gone: bool,
+    /// See [`Blank::ahead`].
+    ahead: Option<(u64, u64)>,
 }
 
 impl Temp<'_> {
     /// Tells the guard that the file was renamed into place: there is nothing to remove.
     fn renamed(&mut self) {
         self.gone = true;
+    }
+
+    /// Whether the temporary name still leads to the file written (always, for a file this
+    /// write created; checked for one made ahead).
+    fn leads_to_its_file(&self) -> bool {
+        let Some(identity) = self.ahead else {
+            return true;
+        };
+        nix::sys::stat::fstatat(
+            self.leases,
+            self.name.as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| (st.st_dev, st.st_ino) == identity)
     }
 
     /// Whether nothing is under the temporary name any more (someone removed it).
@@ -1413,8 +1471,11 @@ mod tests {
         for name in [&live, &dead, &no_pid] {
             fs::write(leases.join(name), "").expect("temp file");
         }
+        // A directory planted as the spare, taken and left under a dead writer's name.
+        let dir = format!("{TEMP_PREFIX}4000000000-0000000000000004");
+        fs::create_dir(leases.join(&dir)).expect("dir");
         let now = SystemTime::now();
-        assert_eq!(store.remove_stale_temp_files(now).expect("gc"), 2);
+        assert_eq!(store.remove_stale_temp_files(now).expect("gc"), 3);
         assert_eq!(leftover_temp_files(&store), vec![OsString::from(&live)]);
         // Its age is counted in whole seconds of its mtime: exactly a minute is not stale yet.
         let mtime = fs::metadata(leases.join(&live)).expect("temp file").mtime();
@@ -1530,6 +1591,77 @@ mod tests {
     }
 
     #[test]
+    fn a_prepared_file_changed_while_the_command_ran_is_not_what_the_revoke_writes_through() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let (dir, store) = store();
+        let outside = dir.path().join("outside");
+        // Each changes the prepared file (by its name) as a process of the user could while the
+        // command runs.
+        type Tamper = fn(&Path, &Path);
+        let changes: [(&str, Tamper); 5] = [
+            ("opened to others", |prepared, _| {
+                fs::set_permissions(prepared, fs::Permissions::from_mode(0o644)).expect("chmod");
+            }),
+            ("given a second name outside", |prepared, outside| {
+                fs::remove_file(outside).expect("rm");
+                fs::hard_link(prepared, outside).expect("link");
+            }),
+            ("replaced by a symlink", |prepared, outside| {
+                fs::remove_file(prepared).expect("rm");
+                symlink(outside, prepared).expect("symlink");
+            }),
+            (
+                "moved away, a symlink left in its place",
+                |prepared, outside| {
+                    fs::rename(prepared, outside.with_extension("moved")).expect("mv");
+                    symlink(outside, prepared).expect("symlink");
+                },
+            ),
+            ("filled with more than a record", |prepared, _| {
+                fs::write(prepared, [b'Z'; 3000]).expect("write");
+            }),
+        ];
+        for (what, change) in changes {
+            let token = Token::mint().expect("mint");
+            let id = token.hash().id();
+            assert!(store.insert(&record(&token)).expect("insert"));
+            write_record_file_at(&outside, b"untouched", 0o600);
+            store.prepare();
+            let prepared = store
+                .dir()
+                .join(LEASES)
+                .join(&leftover_temp_files(&store)[0]);
+            change(&prepared, &outside);
+            let now = SystemTime::now();
+            store
+                .update(&id, |r| Change::when(r.revoke(now)))
+                .expect("update");
+            let placed = fs::symlink_metadata(record_path(&store, &id)).expect("record");
+            assert!(placed.is_file(), "{what}");
+            assert_eq!(placed.mode() & 0o7777, 0o600, "{what}");
+            assert_eq!(placed.nlink(), 1, "{what}");
+            assert!(
+                matches!(store.load(&id).expect("load"), Loaded::Found(r) if r.revoked_at.is_some()),
+                "{what}: the revoked record reads back whole"
+            );
+            // Nothing was written through to the file outside (which, linked, is the empty
+            // prepared file itself).
+            let expected: &[u8] = if what == "given a second name outside" {
+                b""
+            } else {
+                b"untouched"
+            };
+            assert_eq!(fs::read(&outside).expect("outside"), expected, "{what}");
+            let _ = fs::remove_file(&prepared);
+            assert_eq!(
+                leftover_temp_files(&store),
+                Vec::<OsString>::new(),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
     fn a_spare_holding_more_than_the_record_is_cut_where_the_record_ends() {
         let (_dir, store) = store();
         let spare = store.dir().join(LEASES).join(SPARE);
@@ -1554,7 +1686,7 @@ mod tests {
         // Each plants something at the spare's name (given first), maybe naming `outside`, and
         // returns what must stay open meanwhile.
         type Plant = fn(&Path, &Path) -> Option<File>;
-        let plants: [(&str, Plant); 5] = [
+        let plants: [(&str, Plant); 6] = [
             ("a symlink", |spare, outside| {
                 symlink(outside, spare).expect("symlink");
                 None
@@ -1565,6 +1697,10 @@ mod tests {
             }),
             ("a file open to others", |spare, _| {
                 write_record_file_at(spare, b"", 0o644);
+                None
+            }),
+            ("a file its owner cannot read (0200)", |spare, _| {
+                write_record_file_at(spare, b"", 0o200);
                 None
             }),
             ("a FIFO with a reader", |spare, _| {
@@ -1590,6 +1726,10 @@ mod tests {
                 matches!(store.load(&id).expect("load"), Loaded::Found(_)),
                 "{what}: the record is written to a file of its own"
             );
+            let mode = fs::symlink_metadata(record_path(&store, &id))
+                .expect("record")
+                .mode();
+            assert_eq!(mode & 0o7777, 0o600, "{what}");
             assert_eq!(fs::read(&outside).expect("outside"), b"untouched", "{what}");
             assert!(fs::symlink_metadata(&spare).is_err(), "{what}: removed");
             assert_eq!(

@@ -407,7 +407,7 @@ fn a_read_only_store_still_verifies_and_refuses_writes_in_one_line() {
     );
     assert_eq!(
         lines[2],
-        "lease: 2 store entries could not be revoked (see the warnings above); every other lease was"
+        "lease: 2 store entries could not be revoked (see the warnings above); every other lease was revoked"
     );
     // Found expired but unable to record it: still denied. The audit trail cannot be written
     // either, which lease reports after the denial.

@@ -565,7 +565,7 @@ fn revoke_of_several_ids_revokes_every_good_one_past_a_bad_one() {
     );
     assert_eq!(
         lines[2],
-        "lease: 1 store entry could not be revoked (see the warning above); every other lease was"
+        "lease: 1 store entry could not be revoked (see the warning above); every other lease was revoked"
     );
     for id in [&first, &second] {
         let text = fs::read_to_string(sandbox.leases_dir().join(format!("{id}.toml"))).unwrap();
@@ -607,7 +607,7 @@ fn bad_store_entries_are_skipped_by_revoke_all_and_gc() {
     }
     assert_eq!(
         lines[3],
-        "lease: 3 store entries could not be revoked (see the warnings above); every other lease was"
+        "lease: 3 store entries could not be revoked (see the warnings above); every other lease was revoked"
     );
     let record = |id: &str| {
         let path = leases.join(format!("{id}.toml"));

@@ -43,6 +43,9 @@ const TEMP_PREFIX: &str = ".tmp-";
 /// writes: it takes the file by renaming it to a temporary name of its own (so only one can),
 /// and fills it instead of creating one.
 const SPARE: &str = ".spare";
+/// The space [`Files::prepare`] reserves in the file of a run's revoke: a page, more than any
+/// record of a few scopes needs.
+const RESERVED_FOR_THE_REVOKE: i64 = 4096;
 /// The directory of the records in the state dir.
 const LEASES: &str = "leases";
 /// How long lease waits for a record's lock before giving up: a lock is held for a read and a
@@ -412,6 +415,17 @@ impl Files {
             && prepared.is_none()
         {
             *prepared = create_blank(leases).ok();
+            // Space for the revoke, taken now: a command that fills the disk does not leave
+            // its lease unrevoked (a record is a few hundred bytes; the cut after the write
+            // gives back what it does not use).
+            if let Some(blank) = prepared.as_ref() {
+                let _ = nix::fcntl::fallocate(
+                    &blank.file,
+                    nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    RESERVED_FOR_THE_REVOKE,
+                );
+            }
         }
         // Created empty under its final name: whoever takes it renames it away first, so no
         // one ever writes to it under this name.

@@ -468,6 +468,48 @@ fn a_full_disk_fails_in_one_line_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn a_command_that_fills_the_disk_still_has_its_lease_revoked() {
+    if crate::harness::local_only("it breaks the local store's disk") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let Some(_mount) = Tmpfs::mount(&sandbox.state_dir(), "mode=0700,size=64k") else {
+        crate::harness::skip("no-tmpfs", "cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    // The command waits (bounded) for the file its run makes for the revoke while it starts,
+    // then fills the disk and fails.
+    let state = sandbox.state_dir();
+    let out = sandbox
+        .run_sh(
+            "a",
+            r#"cd "$1/leases" || exit 3
+            for _ in $(seq 500); do
+                for f in .tmp-*; do [ -e "$f" ] && break 2; done
+                sleep 0.01
+            done
+            head -c 1000000 /dev/zero > "$1/filler" 2>/dev/null
+            [ -s "$1/filler" ] || exit 4
+            exit 7"#,
+        )
+        .arg("sh")
+        .arg(&state)
+        .run()
+        .code_is(7);
+    assert!(
+        !out.stderr.contains("could not be revoked"),
+        "{}",
+        out.stderr
+    );
+    let listed = sandbox
+        .lease(["list", "--all", "--json"])
+        .run()
+        .success()
+        .json();
+    assert_eq!(listed[0]["state"], "revoked", "{listed}");
+}
+
+#[test]
 fn a_failing_write_without_mounts_fails_in_one_line() {
     if crate::harness::local_only("it breaks the local store's disk") {
         return;

@@ -367,14 +367,23 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn a_read_only_store_still_verifies_and_refuses_writes_in_one_line() {
+/// A sandbox whose state dir is a tmpfs mounted with `options`, or `None` (said on stderr) in
+/// broker mode, where the store's disk is the broker's, or where no tmpfs can be mounted.
+fn sandbox_on_tmpfs(options: &str) -> Option<(Sandbox, Tmpfs)> {
     if crate::harness::local_only("it breaks the local store's disk") {
-        return;
+        return None;
     }
     let sandbox = Sandbox::new();
-    let Some(mount) = Tmpfs::mount(&sandbox.state_dir(), "mode=0700,size=1m") else {
+    let Some(mount) = Tmpfs::mount(&sandbox.state_dir(), options) else {
         crate::harness::skip("no-tmpfs", "cannot mount a tmpfs here (not root?)");
+        return None;
+    };
+    Some((sandbox, mount))
+}
+
+#[test]
+fn a_read_only_store_still_verifies_and_refuses_writes_in_one_line() {
+    let Some((sandbox, mount)) = sandbox_on_tmpfs("mode=0700,size=1m") else {
         return;
     };
     let live = sandbox.issue("a");
@@ -426,12 +435,7 @@ fn a_read_only_store_still_verifies_and_refuses_writes_in_one_line() {
 
 #[test]
 fn a_full_disk_fails_in_one_line_and_leaves_nothing_behind() {
-    if crate::harness::local_only("it breaks the local store's disk") {
-        return;
-    }
-    let sandbox = Sandbox::new();
-    let Some(_mount) = Tmpfs::mount(&sandbox.state_dir(), "mode=0700,size=64k") else {
-        crate::harness::skip("no-tmpfs", "cannot mount a tmpfs here (not root?)");
+    let Some((sandbox, _mount)) = sandbox_on_tmpfs("mode=0700,size=64k") else {
         return;
     };
     let token = sandbox.issue("a");
@@ -469,12 +473,7 @@ fn a_full_disk_fails_in_one_line_and_leaves_nothing_behind() {
 
 #[test]
 fn a_command_that_fills_the_disk_still_has_its_lease_revoked() {
-    if crate::harness::local_only("it breaks the local store's disk") {
-        return;
-    }
-    let sandbox = Sandbox::new();
-    let Some(_mount) = Tmpfs::mount(&sandbox.state_dir(), "mode=0700,size=64k") else {
-        crate::harness::skip("no-tmpfs", "cannot mount a tmpfs here (not root?)");
+    let Some((sandbox, _mount)) = sandbox_on_tmpfs("mode=0700,size=64k") else {
         return;
     };
     // The command waits (bounded) for the file its run makes for the revoke while it starts,

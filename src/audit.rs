@@ -616,8 +616,9 @@ fn check_usable(file: &File, path: &Path, consequence: &str) -> Result<fs::Metad
         .into());
     }
     // The trail is private, as every file lease writes: one made readable by others (by hand,
-    // or by a tool that rotated it) is made 0600 again before it is written to.
-    if meta.mode() & 0o077 != 0 {
+    // or by a tool that rotated it), or created under a umask that took the owner's bits, is
+    // made 0600 again before it is written to.
+    if meta.mode() & 0o777 != 0o600 {
         nix::sys::stat::fchmod(file, Mode::from_bits_truncate(0o600)).with_context(|| {
             format!(
                 "the audit log {} is open to others and cannot be made private",

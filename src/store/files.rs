@@ -83,6 +83,17 @@ struct Blank {
     ahead: Option<(u64, u64)>,
 }
 
+impl Blank {
+    /// Closes the file and removes its name, whatever the name leads to now (not a directory).
+    fn discard(self, leases: &OwnedFd) {
+        let _ = nix::unistd::unlinkat(
+            leases,
+            self.name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+}
+
 impl Files {
     /// Opens the store in `dir`, refusing a directory that is not private to this user or that
     /// lies under a directory someone else could change (see [`resolve`]). The state dir and
@@ -478,13 +489,17 @@ impl Files {
         };
         // The prepared file's name was in the leases dir while the command ran: it is filled
         // only if it is still what `prepare` made (another name given to it meanwhile, or its
-        // mode changed, and a new file is made instead).
-        let prepared = prepared.and_then(|mut blank| {
-            let st = nix::sys::stat::fstat(&blank.file).ok()?;
-            fit_to_fill(&st).then(|| {
+        // mode changed, and a new file is made instead, and the name is removed: what is
+        // there now is no file of lease's).
+        let prepared = prepared.and_then(|mut blank| match nix::sys::stat::fstat(&blank.file) {
+            Ok(st) if fit_to_fill(&st) => {
                 blank.ahead = Some((st.st_dev, st.st_ino));
-                blank
-            })
+                Some(blank)
+            }
+            _ => {
+                blank.discard(leases);
+                None
+            }
         });
         let blank = match prepared {
             Some(blank) => blank,
@@ -558,11 +573,7 @@ impl Drop for Files {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let (Some(blank), Some(leases)) = (prepared, &self.leases) {
-            let _ = nix::unistd::unlinkat(
-                leases,
-                blank.name.as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
+            blank.discard(leases);
         }
     }
 }
@@ -922,7 +933,20 @@ fn resolve(dir: &Path, mode: Open) -> Result<Option<PathBuf>> {
                     }
                 }
                 match DirBuilder::new().mode(0o700).create(&next) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        // 0700 whatever the umask, as `mkdir -p` makes its parents usable.
+                        if let Ok(made) = nix::fcntl::openat(
+                            nix::fcntl::AT_FDCWD,
+                            &next,
+                            OFlag::O_RDONLY
+                                | OFlag::O_DIRECTORY
+                                | OFlag::O_NOFOLLOW
+                                | OFlag::O_CLOEXEC,
+                            Mode::empty(),
+                        ) {
+                            let _ = nix::sys::stat::fchmod(&made, Mode::S_IRWXU);
+                        }
+                    }
                     Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(err) => {
                         return Err(err)
@@ -1011,13 +1035,15 @@ fn open_private_dir(
         None => nix::fcntl::openat(nix::fcntl::AT_FDCWD, path, flags, Mode::empty()),
     };
     let shown_text = shown.display();
+    let mut made = false;
     let opened = match open() {
         Err(Errno::ENOENT) if mode == Open::CreateIfMissing => {
-            let made = match at {
+            let created = match at {
                 Some(at) => nix::sys::stat::mkdirat(at, path, Mode::S_IRWXU),
                 None => nix::sys::stat::mkdirat(nix::fcntl::AT_FDCWD, path, Mode::S_IRWXU),
             };
-            match made {
+            made = created.is_ok();
+            match created {
                 Ok(()) | Err(Errno::EEXIST) => open(),
                 Err(err) => {
                     return Err(io::Error::from(err))
@@ -1051,7 +1077,14 @@ fn open_private_dir(
             st.st_uid
         );
     }
-    let perms = st.st_mode & 0o777;
+    let mut perms = st.st_mode & 0o777;
+    if made && perms != 0o700 {
+        // Made here: 0700 whatever the umask (0277 would leave a directory lease cannot write).
+        nix::sys::stat::fchmod(&fd, Mode::S_IRWXU)
+            .map_err(io::Error::from)
+            .with_context(|| format!("creating {what} {shown_text}"))?;
+        perms = 0o700;
+    }
     if perms & 0o022 != 0 {
         bail!(
             "refusing {what} {shown_text}: it is writable by group or others (mode {perms:o}): run 'chmod 700 {shown_text}'"
@@ -1666,7 +1699,7 @@ mod tests {
                 b"untouched"
             };
             assert_eq!(fs::read(&outside).expect("outside"), expected, "{what}");
-            let _ = fs::remove_file(&prepared);
+            // And the name it had is not left behind.
             assert_eq!(
                 leftover_temp_files(&store),
                 Vec::<OsString>::new(),

@@ -38,6 +38,54 @@ fn state_dir_is_0700_and_records_are_0600() {
     }
 }
 
+#[test]
+fn a_umask_that_takes_the_owners_bits_still_leaves_a_usable_private_state_dir() {
+    if crate::harness::local_only("about the files a local lease creates") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    // A state dir two levels below any existing directory, made under a umask that would
+    // leave directories 0500 and files 0400 (or 0200): lease makes them 0700 and 0600.
+    for umask in ["277", "477"] {
+        let state = sandbox.path(&format!("made-{umask}/under/state"));
+        sandbox
+            .sh(&format!(
+                "umask {umask} && lease run --scope a -- true && lease run --scope a -- true"
+            ))
+            .env("LEASE_STATE_DIR", &state)
+            .run()
+            .success();
+        let made = sandbox.path(&format!("made-{umask}"));
+        for dir in [
+            made.clone(),
+            made.join("under"),
+            state.clone(),
+            state.join("leases"),
+        ] {
+            assert_eq!(mode(&dir), 0o700, "umask {umask}: {}", dir.display());
+        }
+        let mut files = 0;
+        for file in [state.join("audit.jsonl")].into_iter().chain(
+            fs::read_dir(state.join("leases"))
+                .unwrap()
+                .map(|entry| entry.unwrap().path()),
+        ) {
+            assert_eq!(mode(&file), 0o600, "umask {umask}: {}", file.display());
+            files += 1;
+        }
+        assert_eq!(files, 4, "the trail, two records and the spare");
+        let listed = sandbox
+            .lease(["list", "--all", "--json"])
+            .env("LEASE_STATE_DIR", &state)
+            .run()
+            .success()
+            .json();
+        assert_eq!(listed.as_array().map(Vec::len), Some(2), "umask {umask}");
+        assert_eq!(listed[0]["state"], "revoked", "umask {umask}");
+    }
+}
+
+/// The inode of a file (not followed if a symlink).
 /// The inode of a file (not followed if a symlink).
 fn inode(path: &std::path::Path) -> u64 {
     fs::symlink_metadata(path).unwrap().ino()

@@ -5,7 +5,7 @@
 # Needs: hyperfine and tini (Debian: apt-get install hyperfine tini), python3, cargo.
 # It installs nothing itself. Timings on a shared machine are noisy: compare ratios, not times.
 #   scripts/bench.sh            full run (a few minutes)
-#   RUNS=50 scripts/bench.sh    fewer runs per command
+#   RUNS=50 scripts/bench.sh    fewer runs per command (the four start-up comparisons keep 600)
 #   DEPTH=2000 scripts/bench.sh the depth of the nested chain that list reads (default 5000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,14 +82,16 @@ export LEASE_TOKEN=$token
 results="$work/results.tsv"
 : >"$results"
 # compare NAME TARGET CMD_A CMD_B: hyperfine both, side by side; record the two medians. The
-# runs are taken in six rounds, three with each command first, and the medians are of all of
-# each command's runs: a drift of the machine during the measurement (another job, the page
-# cache, the disk's journal) then weighs on both alike instead of on whichever ran second.
+# runs are taken in ROUNDS rounds (6 unless the caller sets `rounds`), half with each command
+# first, and the medians are of all of each command's runs: a drift of the machine during the
+# measurement (another job, the page cache, the disk's journal) then weighs on both alike
+# instead of on whichever ran second.
 compare() {
     local name=$1 target=$2 a=$3 b=$4 round
-    local per_round=$(((runs + 5) / 6))
+    local rounds=${rounds:-6}
+    local per_round=$(((runs + rounds - 1) / rounds))
     rm -f "$work"/h-*.json
-    for round in 1 2 3 4 5 6; do
+    for round in $(seq "$rounds"); do
         if ((round % 2)); then set -- "$a" "$b"; else set -- "$b" "$a"; fi
         hyperfine -N --warmup 3 --runs "$per_round" --export-json "$work/h-$round.json" "$1" "$2" >/dev/null 2>&1
     done
@@ -125,8 +127,12 @@ PY
 }
 
 export LEASE_STATE_DIR="$work/run"
-compare "run vs tini" 1.2 "$lease run --scope a:b -- true" "tini -s -- true"
-compare "verify vs cat of one file" 1.05 "$lease --state-dir $work/s10 verify a:b" "cat $work/small.txt"
+# The start-up comparisons are a few milliseconds a run: at least 600 runs of each, in 20
+# rounds, a few seconds in all. With 100 in six rounds, the machine's drift between rounds
+# (tini's own median moved by 15% from one round to the next) decided the ratio's last digits.
+quick=$((runs > 600 ? runs : 600))
+runs=$quick rounds=20 compare "run vs tini" 1.2 "$lease run --scope a:b -- true" "tini -s -- true"
+runs=$quick rounds=20 compare "verify vs cat of one file" 1.05 "$lease --state-dir $work/s10 verify a:b" "cat $work/small.txt"
 compare "verify at 10,000 vs at 10 leases" 1.1 "$lease --state-dir $work/s10000 verify a:b" "$lease --state-dir $work/s10 verify a:b"
 runs=$((runs / 10 > 10 ? runs / 10 : 10)) compare "list --json at 10,000 vs at 1,000" 12 \
     "$lease --state-dir $work/s10000 list --json" "$lease --state-dir $work/s1000 list --json"
@@ -157,10 +163,10 @@ broker=$!
 trap 'kill "$broker" 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 200); do grep -q "listening on 127" "$work/broker.log" && break; sleep 0.05; done
 port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/broker.log")
-compare "verify through the broker (unix socket) vs local" 1.5 \
+runs=$quick rounds=20 compare "verify through the broker (unix socket) vs local" 1.5 \
     "$lease --broker unix:$work/broker.sock verify a:b" "$lease --state-dir $work/s10 verify a:b"
 # A run through the broker: nested in the exported token's lease (a token holder's run).
-compare "run through the broker (unix socket) vs tini" 1.6 \
+runs=$quick rounds=20 compare "run through the broker (unix socket) vs tini" 1.6 \
     "$lease --broker unix:$work/broker.sock run --scope a:b -- true" "tini -s -- true"
 
 # wrk: DURATION seconds of keep-alive load; prints "requests/s p50 p99" (latencies in ms).

@@ -133,6 +133,14 @@ impl Forwarder {
         self.finishing.store(true, Ordering::SeqCst);
     }
 
+    /// Leaves the handlers in place until lease exits, which it does soon after its child:
+    /// until then a SIGINT or SIGTERM still ends it at once ([`Forwarder::finishing`]) and
+    /// other watched signals are caught and dropped. Taking them out one by one (each a new
+    /// copy of signal-hook's registry) cost a run 42,000 instructions for nothing.
+    pub fn leave_installed(self) {
+        std::mem::forget(self);
+    }
+
     /// A stopping signal that arrived before the child started, if any. lease then cleans up
     /// and dies of it instead of starting the child.
     pub fn arrived_before_start(&mut self) -> Option<c_int> {

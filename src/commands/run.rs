@@ -121,7 +121,7 @@ pub fn run(setup: &Setup, request: RunRequest) -> Result<Exit> {
         held,
         // The revoke's file, and the next run's, are made while the command execs.
         || store.prepare(),
-        &mut forwarder,
+        forwarder,
         request.mask.then_some(token),
         (plan.on_expiry, plan.grace),
         &mut current_expiry,
@@ -197,7 +197,7 @@ pub(super) fn spawn(
 pub(super) fn start_and_wait(
     mut held: child::Held,
     meanwhile: impl FnOnce(),
-    forwarder: &mut Forwarder,
+    mut forwarder: Forwarder,
     mask: Option<crate::token::Token>,
     (on_expiry, grace): (OnExpiry, std::time::Duration),
     expires_at: &mut dyn FnMut() -> SystemTime,
@@ -214,6 +214,7 @@ pub(super) fn start_and_wait(
         .wait(child, deadline)
         .context("waiting for the command")?;
     forwarder.finishing();
+    forwarder.leave_installed();
     Ok((waited, masker))
 }
 

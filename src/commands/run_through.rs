@@ -139,7 +139,7 @@ pub fn run_through(setup: &Setup, broker: &Endpoint, request: RunRequest) -> Res
     let waited = start_and_wait(
         held,
         || (),
-        &mut forwarder,
+        forwarder,
         request.mask.then(|| token.clone()),
         (on_expiry, Duration::from_secs(started.grace)),
         &mut current_expiry,

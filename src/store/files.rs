@@ -70,6 +70,18 @@ pub struct Files {
     /// A temporary file created by [`Files::prepare`] for this process's next write. Taken
     /// with `try_lock` only: a write never waits for it, it creates a file instead.
     prepared: std::sync::Mutex<Option<Blank>>,
+    /// The record this process inserted last, as written, decoded by [`Files::prepare`]: a
+    /// read of the same bytes under the same id (a run's revoke, when nothing changed the
+    /// record while its command ran) takes it instead of decoding them again.
+    inserted: std::sync::Mutex<Option<Inserted>>,
+}
+
+/// See [`Files::inserted`].
+#[derive(Debug)]
+struct Inserted {
+    id: LeaseId,
+    text: String,
+    decoded: Option<Record>,
 }
 
 /// An empty private file in the leases dir, under a temporary name of this process's.
@@ -81,6 +93,8 @@ struct Blank {
     /// name was in the leases dir for a while, so before it is renamed into place the name is
     /// checked to still lead to this file.
     ahead: Option<(u64, u64)>,
+    /// How many bytes the file held when checked (none, for a file just created).
+    held: u64,
 }
 
 impl Blank {
@@ -108,6 +122,7 @@ impl Files {
             state: None,
             leases: None,
             prepared: std::sync::Mutex::new(None),
+            inserted: std::sync::Mutex::new(None),
         };
         let Some(real) = resolve(&store.dir, mode)? else {
             return Ok(store);
@@ -203,7 +218,16 @@ impl Files {
             }
         })?;
         match placed {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                if let Ok(mut inserted) = self.inserted.try_lock() {
+                    *inserted = Some(Inserted {
+                        id: id.clone(),
+                        text,
+                        decoded: None,
+                    });
+                }
+                Ok(true)
+            }
             Err(Errno::EEXIST) => Ok(false),
             Err(err) => Err(io::Error::from(err)).with_context(|| {
                 format!("recording the lease in {}", self.leases_shown().display())
@@ -227,7 +251,26 @@ impl Files {
                     .with_context(|| format!("reading {}", self.shown(&name).display()));
             }
         };
-        read_record(&mut file, id, &self.shown(&name))
+        read_record(&mut file, &self.shown(&name), |bytes| {
+            self.decode(bytes, id)
+        })
+    }
+
+    /// A record's bytes, read under the name of `id`, as a record: the one decoded ahead if
+    /// they are the bytes this process inserted under that id, else decoded now.
+    fn decode(&self, bytes: &[u8], id: &LeaseId) -> Loaded {
+        if let Ok(inserted) = self.inserted.try_lock()
+            && let Some(Inserted {
+                id: inserted_id,
+                text,
+                decoded: Some(record),
+            }) = inserted.as_ref()
+            && inserted_id == id
+            && text.as_bytes() == bytes
+        {
+            return Loaded::Found(record.clone());
+        }
+        super::decode(bytes, id)
     }
 
     /// See [`super::Store::update`]: under the record's lock.
@@ -419,6 +462,15 @@ impl Files {
     /// Nothing here is needed: a write without a file ready creates one, so failures are
     /// ignored.
     pub fn prepare(&self) {
+        // The record just inserted, decoded for the revoke that reads it back (a cold decode
+        // was about a fifth of the instructions between a command's exit and lease's).
+        if let Ok(mut inserted) = self.inserted.try_lock()
+            && let Some(inserted) = inserted.as_mut()
+            && inserted.decoded.is_none()
+            && let Loaded::Found(record) = super::decode(inserted.text.as_bytes(), &inserted.id)
+        {
+            inserted.decoded = Some(record);
+        }
         let Some(leases) = &self.leases else {
             return;
         };
@@ -494,6 +546,7 @@ impl Files {
         let prepared = prepared.and_then(|mut blank| match nix::sys::stat::fstat(&blank.file) {
             Ok(st) if fit_to_fill(&st) => {
                 blank.ahead = Some((st.st_dev, st.st_ino));
+                blank.held = u64::try_from(st.st_size).unwrap_or(u64::MAX);
                 Some(blank)
             }
             _ => {
@@ -513,6 +566,7 @@ impl Files {
             name,
             mut file,
             ahead,
+            held,
         } = blank;
         let temp = Temp {
             leases,
@@ -521,8 +575,11 @@ impl Files {
             ahead,
         };
         file.write_all(text.as_bytes()).with_context(writing)?;
-        // A file made ahead may hold bytes written to it meanwhile: cut where the record ends.
-        if ahead.is_some() {
+        // A file made ahead may have held bytes (written to it meanwhile, or the spare's
+        // maker's): cut where the record ends if they reach past it. (A file that held none
+        // needs no cut: the record's one write fills it. A process of the user's writing into
+        // it at the same moment could also write the record itself.)
+        if held > text.len() as u64 {
             file.set_len(text.len() as u64).with_context(writing)?;
         }
         Ok(temp)
@@ -605,6 +662,7 @@ fn create_blank(leases: &OwnedFd) -> Result<Blank> {
         name,
         file,
         ahead: None,
+        held: 0,
     })
 }
 
@@ -653,13 +711,14 @@ fn take_spare(leases: &OwnedFd) -> Option<Blank> {
         .ok()?;
         let st = nix::sys::stat::fstat(&file).ok()?;
         let same = (st.st_dev, st.st_ino) == (checked.st_dev, checked.st_ino);
-        (same && fit_to_fill(&st)).then_some((file, (st.st_dev, st.st_ino)))
+        (same && fit_to_fill(&st)).then_some((file, st))
     });
     match opened {
-        Some((file, identity)) => Some(Blank {
+        Some((file, st)) => Some(Blank {
             name,
             file,
-            ahead: Some(identity),
+            ahead: Some((st.st_dev, st.st_ino)),
+            held: u64::try_from(st.st_size).unwrap_or(u64::MAX),
         }),
         None => {
             let dir = found.is_ok_and(|st| {
@@ -745,7 +804,10 @@ impl Locked<'_> {
     fn read(&mut self) -> Result<Loaded> {
         // Read once, from the start, where the lock opened it; `read_record` refuses a FIFO or
         // a device before reading from it.
-        read_record(&mut self.file, &self.id, &self.store.shown(&self.name))
+        let (store, id) = (self.store, &self.id);
+        read_record(&mut self.file, &store.shown(&self.name), |bytes| {
+            store.decode(bytes, id)
+        })
     }
 
     /// Replaces the record (atomically); the lock stays held on the old file, which is what
@@ -829,7 +891,11 @@ fn open_record(leases: &OwnedFd, name: &str) -> nix::Result<File> {
 /// the file or its content is `Corrupt`, so callers fail closed without stopping. A record
 /// must be a regular file owned by the user with no permission for group or others (lease
 /// writes them 0600; a 0400 record is still private and is read).
-fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
+fn read_record(
+    file: &mut File,
+    path: &Path,
+    decode: impl FnOnce(&[u8]) -> Loaded,
+) -> Result<Loaded> {
     let meta = file
         .metadata()
         .with_context(|| format!("reading {}", path.display()))?;
@@ -861,7 +927,7 @@ fn read_record(file: &mut File, id: &LeaseId, path: &Path) -> Result<Loaded> {
     file.take(MAX_RECORD_BYTES)
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;
-    Ok(super::decode(&bytes, id))
+    Ok(decode(&bytes))
 }
 
 /// One step of resolving a path.
@@ -1706,6 +1772,49 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    #[test]
+    fn a_record_decoded_ahead_stands_for_its_own_bytes_under_its_own_id_only() {
+        let (_dir, store) = store();
+        let token = Token::mint().expect("mint");
+        let id = token.hash().id();
+        assert!(store.insert(&record(&token)).expect("insert"));
+        store.prepare();
+        // The same bytes under another id's name are no record of that id.
+        let other = Token::mint().expect("mint").hash().id();
+        let bytes = fs::read(record_path(&store, &id)).expect("record");
+        write_record_file(&store, &other, &bytes, 0o600);
+        assert!(
+            matches!(store.load(&other).expect("load"), Loaded::Corrupt(why) if why.contains("does not belong")),
+            "a copy of the record under another name"
+        );
+        // Changed on disk by another process (a renew), the record is read as it now stands.
+        let elsewhere = Files::open(store.dir(), Open::ExistingOnly).expect("store");
+        let later = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        elsewhere
+            .update(&id, |r| {
+                r.expires_at = later;
+                Change::Write(())
+            })
+            .expect("renewed");
+        let mut seen = None;
+        store
+            .update(&id, |r| {
+                seen = Some(r.expires_at);
+                Change::Keep(())
+            })
+            .expect("read under the lock");
+        assert_eq!(seen, Some(later));
+        assert!(
+            matches!(store.load(&id).expect("load"), Loaded::Found(r) if r.expires_at == later)
+        );
+        // Unchanged, it reads back as it was written.
+        let token = Token::mint().expect("mint");
+        let id = token.hash().id();
+        assert!(store.insert(&record(&token)).expect("insert"));
+        store.prepare();
+        assert!(matches!(store.load(&id).expect("load"), Loaded::Found(r) if r == record(&token)));
     }
 
     #[test]

@@ -468,6 +468,16 @@ impl Log {
             opening_failed(dir, FILE_NAME, &self.path, err, "the trail is not written")
         })?);
         let meta = check_usable(&file, &self.path, "the trail is not written")?;
+        // Created under a umask that took the owner's bits (0277: 0400), the trail is made
+        // 0600, so that the next append can open it and `lease log` read it.
+        if meta.mode() & 0o600 != 0o600 {
+            nix::sys::stat::fchmod(&file, Mode::S_IRUSR | Mode::S_IWUSR).with_context(|| {
+                format!(
+                    "the audit log {} cannot be made readable and writable by you",
+                    self.path.display()
+                )
+            })?;
+        }
         Ok(Kept::new(file, &meta))
     }
 
@@ -616,9 +626,8 @@ fn check_usable(file: &File, path: &Path, consequence: &str) -> Result<fs::Metad
         .into());
     }
     // The trail is private, as every file lease writes: one made readable by others (by hand,
-    // or by a tool that rotated it), or created under a umask that took the owner's bits, is
-    // made 0600 again before it is written to.
-    if meta.mode() & 0o777 != 0o600 {
+    // or by a tool that rotated it) is made 0600 again before it is written to.
+    if meta.mode() & 0o077 != 0 {
         nix::sys::stat::fchmod(file, Mode::from_bits_truncate(0o600)).with_context(|| {
             format!(
                 "the audit log {} is open to others and cannot be made private",

@@ -19,10 +19,10 @@
 use crate::owner::OpenToOthers;
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, DirBuilder, File};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -93,7 +93,10 @@ struct Blank {
     /// name was in the leases dir for a while, so before it is renamed into place the name is
     /// checked to still lead to this file.
     ahead: Option<(u64, u64)>,
-    /// How many bytes the file held when checked (none, for a file just created).
+    /// How far the file reached when checked: the bytes it held (none, for a file just
+    /// created), or, for the revoke's file on a file system of blocks smaller than the space
+    /// reserved in it, that space. A record shorter than this is cut to its length once
+    /// written.
     held: u64,
 }
 
@@ -479,8 +482,8 @@ impl Files {
         {
             *prepared = create_blank(leases).ok();
             // Space for the revoke, taken now: a command that fills the disk does not leave
-            // its lease unrevoked (a record is a few hundred bytes; the cut after the write
-            // gives back what it does not use).
+            // its lease unrevoked (a record is a few hundred bytes: on blocks smaller than
+            // this, the cut after the write gives back what it does not use).
             if let Some(blank) = prepared.as_ref() {
                 let _ = nix::fcntl::fallocate(
                     &blank.file,
@@ -547,6 +550,11 @@ impl Files {
             Ok(st) if fit_to_fill(&st) => {
                 blank.ahead = Some((st.st_dev, st.st_ino));
                 blank.held = u64::try_from(st.st_size).unwrap_or(u64::MAX);
+                // The space reserved is one block of 4 KiB, which a record of a few hundred
+                // bytes occupies anyway; of smaller blocks, the cut gives back the rest.
+                if st.st_blksize < RESERVED_FOR_THE_REVOKE {
+                    blank.held = blank.held.max(RESERVED_FOR_THE_REVOKE.unsigned_abs());
+                }
                 Some(blank)
             }
             _ => {
@@ -998,21 +1006,8 @@ fn resolve(dir: &Path, mode: Open) -> Result<Option<PathBuf>> {
                         );
                     }
                 }
-                match DirBuilder::new().mode(0o700).create(&next) {
-                    Ok(()) => {
-                        // 0700 whatever the umask, as `mkdir -p` makes its parents usable.
-                        if let Ok(made) = nix::fcntl::openat(
-                            nix::fcntl::AT_FDCWD,
-                            &next,
-                            OFlag::O_RDONLY
-                                | OFlag::O_DIRECTORY
-                                | OFlag::O_NOFOLLOW
-                                | OFlag::O_CLOEXEC,
-                            Mode::empty(),
-                        ) {
-                            let _ = nix::sys::stat::fchmod(&made, Mode::S_IRWXU);
-                        }
-                    }
+                match mkdir_private(None, &next).map_err(io::Error::from) {
+                    Ok(()) => {}
                     Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(err) => {
                         return Err(err)
@@ -1101,22 +1096,14 @@ fn open_private_dir(
         None => nix::fcntl::openat(nix::fcntl::AT_FDCWD, path, flags, Mode::empty()),
     };
     let shown_text = shown.display();
-    let mut made = false;
     let opened = match open() {
-        Err(Errno::ENOENT) if mode == Open::CreateIfMissing => {
-            let created = match at {
-                Some(at) => nix::sys::stat::mkdirat(at, path, Mode::S_IRWXU),
-                None => nix::sys::stat::mkdirat(nix::fcntl::AT_FDCWD, path, Mode::S_IRWXU),
-            };
-            made = created.is_ok();
-            match created {
-                Ok(()) | Err(Errno::EEXIST) => open(),
-                Err(err) => {
-                    return Err(io::Error::from(err))
-                        .with_context(|| format!("creating {what} {shown_text}"));
-                }
+        Err(Errno::ENOENT) if mode == Open::CreateIfMissing => match mkdir_private(at, path) {
+            Ok(()) | Err(Errno::EEXIST) => open(),
+            Err(err) => {
+                return Err(io::Error::from(err))
+                    .with_context(|| format!("creating {what} {shown_text}"));
             }
-        }
+        },
         opened => opened,
     };
     let fd = match opened {
@@ -1143,20 +1130,42 @@ fn open_private_dir(
             st.st_uid
         );
     }
-    let mut perms = st.st_mode & 0o777;
-    if made && perms != 0o700 {
-        // Made here: 0700 whatever the umask (0277 would leave a directory lease cannot write).
-        nix::sys::stat::fchmod(&fd, Mode::S_IRWXU)
-            .map_err(io::Error::from)
-            .with_context(|| format!("creating {what} {shown_text}"))?;
-        perms = 0o700;
-    }
+    let perms = st.st_mode & 0o777;
     if perms & 0o022 != 0 {
         bail!(
             "refusing {what} {shown_text}: it is writable by group or others (mode {perms:o}): run 'chmod 700 {shown_text}'"
         );
     }
     Ok(Some(fd))
+}
+
+/// Creates the directory `path` (relative to `at`, or absolute) 0700 whatever the umask: a
+/// umask that takes the owner's bits (0277, 0477) would otherwise leave a directory lease
+/// cannot write or even open, as `mkdir -p` makes its parents usable. Such a directory is
+/// made 0700 through an `O_PATH` descriptor, which needs no permission on it and follows no
+/// link (and the process's umask is never changed: another thread would create with it).
+fn mkdir_private(at: Option<&OwnedFd>, path: &Path) -> nix::Result<()> {
+    let made = match at {
+        Some(at) => nix::sys::stat::mkdirat(at, path, Mode::S_IRWXU),
+        None => nix::sys::stat::mkdirat(nix::fcntl::AT_FDCWD, path, Mode::S_IRWXU),
+    };
+    made?;
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let dir = match at {
+        Some(at) => nix::fcntl::openat(at, path, flags, Mode::empty()),
+        None => nix::fcntl::openat(nix::fcntl::AT_FDCWD, path, flags, Mode::empty()),
+    }?;
+    if nix::sys::stat::fstat(&dir)?.st_mode & 0o700 != 0o700 {
+        use std::os::fd::AsRawFd as _;
+        let by_descriptor = format!("/proc/self/fd/{}", dir.as_raw_fd());
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            by_descriptor.as_str(),
+            Mode::S_IRWXU,
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )?;
+    }
+    Ok(())
 }
 
 /// With `LEASE_DEBUG_CHARGE_BARRIER=DIR`, waits (at most 2 s) until two verifies have reached

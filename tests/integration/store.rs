@@ -38,24 +38,37 @@ fn state_dir_is_0700_and_records_are_0600() {
     }
 }
 
+/// A umask that takes the owner's bits (0277, 0477) would leave the directories lease creates
+/// 0500 or 0300 and its files 0400 or 0200: lease makes them 0700 and 0600, and the store
+/// stays usable. Run as a user other than root where the test runs as root (root, who may
+/// open and write anything, would not see a directory it cannot use).
 #[test]
 fn a_umask_that_takes_the_owners_bits_still_leaves_a_usable_private_state_dir() {
     if crate::harness::local_only("about the files a local lease creates") {
         return;
     }
     let sandbox = Sandbox::new();
-    // A state dir two levels below any existing directory, made under a umask that would
-    // leave directories 0500 and files 0400 (or 0200): lease makes them 0700 and 0600.
+    let nobody = nix::unistd::geteuid().is_root().then(Nobody::new);
+    let base = nobody
+        .as_ref()
+        .map_or_else(|| sandbox.path("umasked"), |nobody| nobody.home.clone());
     for umask in ["277", "477"] {
-        let state = sandbox.path(&format!("made-{umask}/under/state"));
-        sandbox
-            .sh(&format!(
-                "umask {umask} && lease run --scope a -- true && lease run --scope a -- true"
-            ))
-            .env("LEASE_STATE_DIR", &state)
-            .run()
-            .success();
-        let made = sandbox.path(&format!("made-{umask}"));
+        // A state dir two levels below any existing directory.
+        let made = base.join(format!("made-{umask}"));
+        let state = made.join("under/state");
+        let script = format!(
+            "umask {umask} && \"$0\" run --scope a -- true && \"$0\" run --scope a -- true && \"$0\" list --all --json"
+        );
+        let out = match &nobody {
+            Some(nobody) => nobody.sh(&sandbox, &script),
+            None => sandbox
+                .sh(&script)
+                .arg(crate::harness::lease_bin())
+                .env("LEASE_STATE_DIR", &state),
+        }
+        .env("LEASE_STATE_DIR", &state)
+        .run()
+        .success();
         for dir in [
             made.clone(),
             made.join("under"),
@@ -74,18 +87,71 @@ fn a_umask_that_takes_the_owners_bits_still_leaves_a_usable_private_state_dir() 
             files += 1;
         }
         assert_eq!(files, 4, "the trail, two records and the spare");
-        let listed = sandbox
-            .lease(["list", "--all", "--json"])
-            .env("LEASE_STATE_DIR", &state)
-            .run()
-            .success()
-            .json();
+        let listed = out.json();
         assert_eq!(listed.as_array().map(Vec::len), Some(2), "umask {umask}");
         assert_eq!(listed[0]["state"], "revoked", "umask {umask}");
     }
 }
 
-/// The inode of a file (not followed if a symlink).
+/// A home of uid 65534's (nobody) and a copy of lease it can run, for the tests that run lease
+/// as a user other than root. Only root can make one.
+struct Nobody {
+    _base: tempfile::TempDir,
+    home: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl Nobody {
+    const UID: u32 = 65534;
+
+    fn new() -> Nobody {
+        use std::os::unix::fs::chown;
+        let base = tempfile::tempdir().expect("temp dir");
+        fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).expect("mode");
+        let home = base.path().join("home");
+        fs::create_dir(&home).expect("home");
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).expect("mode");
+        chown(&home, Some(Nobody::UID), Some(Nobody::UID)).expect("chown");
+        // A copy of lease in a directory nobody can reach (the build's may be under a private
+        // one).
+        let bin = base.path().join("bin");
+        fs::create_dir(&bin).expect("bin");
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("mode");
+        fs::copy(crate::harness::lease_bin(), bin.join("lease")).expect("copy lease");
+        Nobody {
+            _base: base,
+            home,
+            bin: bin.join("lease"),
+        }
+    }
+
+    /// `lease ARGS` as nobody, in its home, with no config.
+    fn lease<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        sandbox: &Sandbox,
+        args: impl IntoIterator<Item = S>,
+    ) -> crate::harness::Cmd {
+        self.setpriv(sandbox).arg(&self.bin).args(args)
+    }
+
+    /// `sh -c SCRIPT LEASE` as nobody, in its home, with no config: `$0` is lease.
+    fn sh(&self, sandbox: &Sandbox, script: &str) -> crate::harness::Cmd {
+        self.setpriv(sandbox)
+            .args(["sh", "-c", script])
+            .arg(&self.bin)
+    }
+
+    fn setpriv(&self, sandbox: &Sandbox) -> crate::harness::Cmd {
+        let mut cmd = sandbox
+            .command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .env("HOME", &self.home)
+            .env("LEASE_CONFIG", "/dev/null");
+        cmd.command.current_dir(&self.home);
+        cmd
+    }
+}
+
 /// The inode of a file (not followed if a symlink).
 fn inode(path: &std::path::Path) -> u64 {
     fs::symlink_metadata(path).unwrap().ino()
@@ -649,31 +715,14 @@ fn a_user_other_than_root_keeps_a_store_in_their_own_directory() {
         crate::harness::skip("not-root", "only root can run lease as another uid");
         return;
     }
-    let base = tempfile::tempdir().expect("temp dir");
-    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).expect("mode");
-    let home = base.path().join("home");
-    fs::create_dir(&home).expect("home");
-    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).expect("mode");
-    chown(&home, Some(65534), Some(65534)).expect("chown");
-    // nobody runs a copy of lease from a directory it can reach (the build's may be under a
-    // private one), with no config and in its own home.
-    let bin = base.path().join("bin");
-    fs::create_dir(&bin).expect("bin");
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("mode");
-    fs::copy(crate::harness::lease_bin(), bin.join("lease")).expect("copy lease");
+    let nobody = Nobody::new();
+    let home = nobody.home.clone();
     let as_nobody = |state: &std::path::Path| {
         let sandbox = Sandbox::new();
-        let mut cmd = sandbox
-            .command("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(bin.join("lease"))
-            .arg("--state-dir")
-            .arg(state)
+        nobody
+            .lease(&sandbox, ["--state-dir".as_ref(), state.as_os_str()])
             .args(["issue", "--scope", "a"])
-            .env("HOME", &home)
-            .env("LEASE_CONFIG", "/dev/null");
-        cmd.command.current_dir(&home);
-        cmd.run()
+            .run()
     };
     let out = as_nobody(&home.join("state"));
     assert_eq!(out.code(), Some(0), "{out:#?}");
@@ -700,7 +749,7 @@ fn a_user_other_than_root_keeps_a_store_in_their_own_directory() {
     );
     // Above it, a directory of another user's is refused (a directory of root's, or the
     // user's own, that others cannot write passes, as the first store shows).
-    let theirs = base.path().join("theirs");
+    let theirs = nobody.home.parent().expect("base").join("theirs");
     fs::create_dir(&theirs).expect("dir");
     fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755)).expect("mode");
     chown(&theirs, Some(65533), Some(65533)).expect("chown");

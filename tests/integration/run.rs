@@ -254,6 +254,44 @@ fn a_run_under_valgrind_forks_its_command_and_revokes_its_lease() {
     sandbox.assert_all_revoked(1);
 }
 
+/// Where `clone(CLONE_VM)` is refused (a seccomp policy answers EPERM; QEMU's user mode,
+/// EINVAL), lease forks its command instead, and the run is the same as anywhere else. The
+/// refusal is a real seccomp filter (tests/fixtures/deny_clone_vm.py), and strace shows that
+/// lease met it.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_run_whose_shared_memory_clone_is_refused_forks_its_command_and_revokes_its_lease() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        crate::harness::skip("no-strace", "strace is not installed");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    for denied in ["EPERM", "EINVAL"] {
+        let log = sandbox.path(&format!("clone-{denied}.log"));
+        let out = sandbox
+            .command("python3")
+            .arg(crate::harness::fixture("deny_clone_vm.py"))
+            .arg(denied)
+            .args(["strace", "-f", "-qq", "-e", "trace=clone", "-o"])
+            .arg(&log)
+            .arg(crate::harness::lease_bin())
+            .args(["run", "--scope", "a:b", "--", "sh", "-c"])
+            .arg("printf '%.4s\\n' \"$LEASE_TOKEN\"; exit 4")
+            .run()
+            .code_is(4);
+        assert_eq!(out.stdout, "agt_\n", "{denied}");
+        assert_eq!(out.stderr, "", "{denied}");
+        let trace = std::fs::read_to_string(&log).expect("strace's log");
+        assert!(
+            trace
+                .lines()
+                .any(|line| line.contains("CLONE_VM") && line.contains(&format!("= -1 {denied}"))),
+            "{denied}: lease's clone with CLONE_VM was not refused:\n{trace}"
+        );
+    }
+    sandbox.assert_all_revoked(2);
+}
+
 #[test]
 fn every_bad_argument_is_125_with_one_line_and_no_lease() {
     let sandbox = Sandbox::new();

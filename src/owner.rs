@@ -268,7 +268,7 @@ fn start_time(pid: u32) -> Result<Option<u64>> {
         .map(|end| &stat[end + 1..])
         .context("unexpected /proc stat format")?;
     // The fields are ASCII, one space apart (an ASCII split: the Unicode-aware one cost a run
-    // 40,000 instructions).
+    // about 30,000 more instructions).
     let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
     // A zombie has exited; but a thread-group leader that called pthread_exit shows as a zombie
     // while its other threads run on (field 20, the thread count, says so): that process runs.

@@ -502,6 +502,9 @@ pub struct Hold {
     conn: Conn,
     /// Bytes read and not consumed yet.
     buffered: Vec<u8>,
+    /// Past it, a read fails: each read waits at most its own limit, and this bounds a broker
+    /// that drips an answer a byte at a time within it.
+    deadline: Option<std::time::Instant>,
 }
 
 impl Hold {
@@ -518,7 +521,10 @@ impl Hold {
         first.push(b'\n');
         let mut hold = Hold::open(endpoint, "/v1/runs", (parent, None), &first, TIMEOUT)?;
         match hold.receive()? {
-            crate::wire::FromBroker::Started(started) => Ok((hold, *started)),
+            crate::wire::FromBroker::Started(started) => {
+                hold.deadline = None;
+                Ok((hold, *started))
+            }
             crate::wire::FromBroker::Error(why) => {
                 Err(Refusal(crate::token::redact(&why).into_owned()).into())
             }
@@ -542,7 +548,10 @@ impl Hold {
             limit,
         )?;
         match hold.receive()? {
-            crate::wire::FromBroker::Attached => Ok(hold),
+            crate::wire::FromBroker::Attached => {
+                hold.deadline = None;
+                Ok(hold)
+            }
             crate::wire::FromBroker::Error(why) => {
                 Err(Refusal(crate::token::redact(&why).into_owned()).into())
             }
@@ -552,7 +561,8 @@ impl Hold {
 
     /// Opens the connection and upgrades it, presenting `token` and the wrapper's `secret`,
     /// with `first` (the run's first line, if any) sent at once after the request; each step
-    /// waits at most `limit`.
+    /// waits at most `limit`, and the answers until the caller clears [`Hold::deadline`], at
+    /// most [`ANSWER_DEADLINE`] (or `limit`, if longer) in all.
     fn open(
         endpoint: &Endpoint,
         path: &str,
@@ -571,6 +581,7 @@ impl Hold {
             endpoint: endpoint.clone(),
             conn,
             buffered: Vec::new(),
+            deadline: Some(std::time::Instant::now() + ANSWER_DEADLINE.max(limit)),
         };
         let mut head = Zeroizing::new(Vec::with_capacity(256));
         write!(
@@ -622,6 +633,11 @@ impl Hold {
 
     /// Reads what the connection has into the buffer; 0 at the end.
     fn read_more(&mut self) -> Result<usize> {
+        if let Some(deadline) = self.deadline
+            && std::time::Instant::now() > deadline
+        {
+            bail!("the answer took longer than it may: the broker sends it too slowly");
+        }
         let mut chunk = [0u8; 4096];
         let read = self.conn.read(&mut chunk).map_err(|err| match err.kind() {
             ErrorKind::WouldBlock | ErrorKind::TimedOut => {
@@ -633,8 +649,10 @@ impl Hold {
         Ok(read)
     }
 
-    /// Makes each read and write from now on wait at most `limit`.
-    pub fn limit_waits(&mut self, limit: Duration) -> Result<()> {
+    /// Makes each read and write from now on wait at most `limit`, and the reads fail once
+    /// `deadline` is past.
+    pub fn limit_waits(&mut self, limit: Duration, deadline: std::time::Instant) -> Result<()> {
+        self.deadline = Some(deadline);
         limit_waits(self.conn.fd(), limit)
     }
 

@@ -574,13 +574,15 @@ impl Config {
         if let Some(value) = &file.socket_group {
             config.socket_group = Some(match value {
                 OperatorValue::Uid(gid) => *gid,
-                OperatorValue::Name(name) => match nix::unistd::Group::from_name(name) {
-                    Ok(Some(group)) => group.gid.as_raw(),
-                    Ok(None) => {
-                        let why = format!("no group is called '{}'", name.escape_debug());
+                OperatorValue::Name(name) => match crate::account::gid_of(name) {
+                    Some(gid) => gid,
+                    None => {
+                        let why = format!(
+                            "no group is called '{}' in /etc/group (give a group only a directory service knows by its gid)",
+                            name.escape_debug()
+                        );
                         return Err(at.error(None, "socket_group", why));
                     }
-                    Err(err) => return Err(at.error(None, "socket_group", err)),
                 },
             });
         }
@@ -589,13 +591,15 @@ impl Config {
             for value in values {
                 uids.push(match value {
                     OperatorValue::Uid(uid) => *uid,
-                    OperatorValue::Name(name) => match nix::unistd::User::from_name(name) {
-                        Ok(Some(user)) => user.uid.as_raw(),
-                        Ok(None) => {
-                            let why = format!("no user is called '{}'", name.escape_debug());
+                    OperatorValue::Name(name) => match crate::account::uid_of(name) {
+                        Some(uid) => uid,
+                        None => {
+                            let why = format!(
+                                "no user is called '{}' in /etc/passwd (give a user only a directory service knows by its uid)",
+                                name.escape_debug()
+                            );
                             return Err(at.error(None, "operators", why));
                         }
-                        Err(err) => return Err(at.error(None, "operators", err)),
                     },
                 });
             }
@@ -838,7 +842,7 @@ fn unknown_key_line(text: &str, message: &str) -> Option<usize> {
 }
 
 fn default_path() -> Option<PathBuf> {
-    directories::BaseDirs::new().map(|dirs| dirs.config_dir().join("lease").join("config.toml"))
+    crate::account::config_dir().map(|dir| dir.join("lease").join("config.toml"))
 }
 
 /// A pattern of `scrub_env` or `--scrub`: a glob over variable names. An empty one would

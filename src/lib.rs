@@ -10,6 +10,7 @@
 #[cfg(panic = "abort")]
 compile_error!("lease must be built with panic = \"unwind\": a panic must still revoke the lease");
 
+pub mod account;
 pub mod audit;
 pub mod authorize;
 pub mod broker;

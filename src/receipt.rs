@@ -39,14 +39,23 @@ struct ReceiptLease {
 
 /// A decision of the run: a verify, or a request proxied through the broker, which also has
 /// what the trail has of it (upstream, method, path, the upstream's status, bytes each way and
-/// how long it took).
+/// how long it took). The lease's parent and run, the route and the client are there when the
+/// trail has them (a decision of the broker's).
 #[derive(Debug, Serialize)]
 struct Decision {
     time: String,
     lease: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<String>,
     action: Option<String>,
     granted: bool,
     reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,8 +138,12 @@ impl Receipt {
                 granted,
                 time: e.time,
                 lease: e.lease.map(String::from),
+                parent: e.parent.map(String::from),
+                run: e.run.map(String::from),
                 action: e.action,
                 reason: e.reason,
+                route: e.route,
+                client: e.client,
                 upstream: e.upstream,
                 method: e.method,
                 path: e.path,

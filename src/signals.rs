@@ -380,6 +380,23 @@ pub fn debug_raise(variable: &str) {
     }
 }
 
+/// Whether a SIGTERM or SIGINT sent to this process waits, blocked, to be taken. The broker
+/// blocks them while it starts (`broker::serve`); what it waits for meanwhile (a
+/// `secret_command`) asks this, to stop at once rather than at its own deadline.
+pub fn stop_pending() -> bool {
+    let mut pending = MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: sigpending writes the set of pending signals into the valid, writable set given.
+    if unsafe { libc::sigpending(pending.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: sigpending returned 0, so it filled `pending` (zeroed to begin with anyway).
+    let pending = unsafe { pending.assume_init() };
+    // SAFETY: sigismember reads the initialised set; both numbers are valid signals.
+    [SIGTERM, SIGINT]
+        .into_iter()
+        .any(|signal| unsafe { libc::sigismember(&pending, signal) } == 1)
+}
+
 /// Whether `signal` is currently ignored.
 fn is_ignored(signal: c_int) -> bool {
     let mut old = MaybeUninit::<libc::sigaction>::zeroed();

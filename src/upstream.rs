@@ -170,6 +170,10 @@ impl Spec {
         {
             bail!("the name must be letters, digits, '-', '_' or '.' (it goes in /u/NAME/)");
         }
+        // `/u/..` is the broker's root to every client, and `/u/.` is `/u/`.
+        if name == "." || name == ".." {
+            bail!("the name must not be '.' or '..' (in /u/NAME/ a client reads it as a step)");
+        }
         let (scheme, rest) = file.url.split_once("://").ok_or_else(|| {
             anyhow!(
                 "url: '{}' is not http:// or https://",
@@ -251,6 +255,13 @@ impl Spec {
                 }
                 let format = file.format.clone().unwrap_or_else(|| "{secret}".to_owned());
                 refuse_crlf("format", &format)?;
+                // What a header carries as it is, as for the key itself (see `Secret::new`).
+                if format.bytes().any(|b| b.is_ascii_control() && b != b'\t') || !format.is_ascii()
+                {
+                    bail!(
+                        "format: must be ASCII without control characters (a header could not carry it)"
+                    );
+                }
                 if format.matches("{secret}").count() != 1 {
                     bail!("format: must contain {{secret}} once");
                 }
@@ -415,6 +426,19 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     Ok(bytes)
 }
 
+/// A `secret_command` cut short because the broker was asked to stop (SIGTERM or SIGINT)
+/// while it started.
+#[derive(Debug)]
+pub struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the broker was asked to stop")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
 /// The standard output of `argv`, run with no shell and no input, within [`COMMAND_TIMEOUT`]
 /// (its whole process group is killed past it, and a descendant that keeps the output open
 /// does not hold the broker: the output is waited for until the same deadline).
@@ -471,6 +495,13 @@ fn run_secret_command(argv: &[String], hidden: &[&str]) -> Result<Zeroizing<Vec<
         if Instant::now() >= deadline {
             kill(&mut child);
             return Err(late());
+        }
+        // The broker was asked to stop while it starts: it does not wait for the key first.
+        if crate::signals::stop_pending() {
+            kill(&mut child);
+            return Err(anyhow::Error::new(Stopped)).with_context(|| {
+                format!("secret_command: {} was stopped", program.escape_debug())
+            });
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -1027,6 +1058,14 @@ action = "read:things"
                 "format: must not contain a line break or NUL",
             ),
             (
+                "url = \"http://x\"\nsecret_env = \"A\"\ninject = \"header\"\nheader = \"k\"\nformat = \"a\\u0001{secret}\"",
+                "format: must be ASCII without control characters (a header could not carry it)",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"A\"\ninject = \"header\"\nheader = \"k\"\nformat = \"Clé {secret}\"",
+                "format: must be ASCII without control characters (a header could not carry it)",
+            ),
+            (
                 "url = \"http://x\"\nsecret_env = \"A\"\nbasic_user = \"u\"",
                 "basic_user: only with inject = \"basic\"",
             ),
@@ -1062,6 +1101,30 @@ action = "read:things"
             let err = spec(text).expect_err(text);
             assert_eq!(format!("{err:#}"), error, "{text}");
         }
+        let file = |text: &str| toml::from_str::<SpecFile>(text).expect("toml");
+        for (name, error) in [
+            (
+                "..",
+                "the name must not be '.' or '..' (in /u/NAME/ a client reads it as a step)",
+            ),
+            (
+                ".",
+                "the name must not be '.' or '..' (in /u/NAME/ a client reads it as a step)",
+            ),
+            (
+                "a/b",
+                "the name must be letters, digits, '-', '_' or '.' (it goes in /u/NAME/)",
+            ),
+            (
+                "",
+                "the name must be letters, digits, '-', '_' or '.' (it goes in /u/NAME/)",
+            ),
+        ] {
+            let err =
+                Spec::parse(name, file("url = \"http://x\"\nsecret_env = \"A\"")).expect_err(name);
+            assert_eq!(format!("{err:#}"), error, "{name}");
+        }
+        assert!(Spec::parse("..a", file("url = \"http://x\"\nsecret_env = \"A\"")).is_ok());
     }
 
     #[test]

@@ -458,7 +458,15 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     open_files_for_every_connection();
     // First, before anything starts a process (a secret_command) that could inherit them.
     let activated = activated().context("socket activation")?;
-    let live = load(&request, None)?;
+    let live = match load(&request, None) {
+        Ok(live) => live,
+        // Nothing is served yet, so nothing is in flight: a graceful stop is the exit itself.
+        Err(err) if err.downcast_ref::<crate::upstream::Stopped>().is_some() => {
+            log(&format!("stopped before it was ready: {err:#}"));
+            return Ok(Exit::Success);
+        }
+        Err(err) => return Err(err),
+    };
     let listen = if request.listen.is_empty() && activated.is_empty() {
         vec![Listen::Unix(request.state_dir.join("broker.sock"))]
     } else {

@@ -454,6 +454,7 @@ async fn forward(
     {
         parts.headers.insert(header::LOCATION, value);
     }
+    scope_cookies(spec, &mut parts.headers, only.is_some());
     let needles = spec.inject.needles(&upstream.secret);
     mask_header_names(&mut parts.headers, &needles);
     let redactor = Redactor::new(needles);
@@ -614,6 +615,71 @@ fn within_broker(spec: &Spec, location: &[u8], own: bool) -> Option<String> {
         });
     }
     Some(format!("/u/{}{rest}", spec.name))
+}
+
+/// Keeps each cookie an upstream sets to that upstream: every upstream shares the broker's
+/// origin, so a cookie left at `Path=/` would go with the run's requests to every other
+/// upstream. Its `Path` becomes the same place under `/u/NAME` (a path outside the
+/// upstream's base path, or none, becomes `/u/NAME` itself), and its `Domain` goes (the
+/// cookie is then the broker's host's alone). On the upstream's own listener, where every
+/// path is the upstream's, the path loses the base path only. A `Set-Cookie` that is not text
+/// is dropped.
+fn scope_cookies(spec: &Spec, headers: &mut HeaderMap, own: bool) {
+    let set: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    if set.is_empty() {
+        return;
+    }
+    headers.remove(header::SET_COOKIE);
+    for value in set {
+        let Some(scoped) = value
+            .to_str()
+            .ok()
+            .map(|cookie| scoped_cookie(spec, cookie, own))
+            .and_then(|cookie| HeaderValue::from_str(&cookie).ok())
+        else {
+            continue;
+        };
+        headers.append(header::SET_COOKIE, scoped);
+    }
+}
+
+/// One `Set-Cookie` value scoped as [`scope_cookies`] says.
+fn scoped_cookie(spec: &Spec, cookie: &str, own: bool) -> String {
+    let mut parts = cookie.split(';');
+    let mut kept = vec![parts.next().unwrap_or_default().trim().to_owned()];
+    // RFC 6265 5.3: the last `Path` counts, and one that is not absolute is no path.
+    let mut path = None;
+    for attribute in parts {
+        let attribute = attribute.trim();
+        let (name, value) = attribute.split_once('=').unwrap_or((attribute, ""));
+        match name.trim().to_ascii_lowercase().as_str() {
+            "domain" => {}
+            "path" => path = Some(value.trim().to_owned()).filter(|p| p.starts_with('/')),
+            _ if attribute.is_empty() => {}
+            _ => kept.push(attribute.to_owned()),
+        }
+    }
+    let rest = path.as_deref().and_then(|path| {
+        let rest = path.strip_prefix(spec.base_path.as_str())?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+    });
+    let scoped = match (own, rest) {
+        (false, rest) => Some(format!("/u/{}{}", spec.name, rest.unwrap_or_default())),
+        (true, Some("")) => Some("/".to_owned()),
+        (true, Some(rest)) => Some(rest.to_owned()),
+        // Outside the base path, no path of the listener is the upstream's any less.
+        (true, None) if path.is_some() => Some("/".to_owned()),
+        // No path: the client's default, the request's own directory, is already the same.
+        (true, None) => None,
+    };
+    if let Some(scoped) = scoped {
+        kept.push(format!("Path={scoped}"));
+    }
+    kept.join("; ")
 }
 
 /// An absolute path with its `.` and `..` segments resolved, as a client resolves a URL's
@@ -1157,5 +1223,53 @@ mod tests {
         assert_eq!(own("/v2").as_deref(), Some("/"));
         assert_eq!(own("/v2?x").as_deref(), Some("/?x"));
         assert_eq!(own("https://cdn.example.com/v2/a"), None);
+    }
+
+    /// A cookie an upstream sets goes back to that upstream only: under `/u/NAME`, without a
+    /// domain; on the upstream's own listener, at the same place as a redirect would be.
+    #[test]
+    fn a_cookie_an_upstream_sets_is_kept_to_that_upstream() {
+        let file: crate::upstream::SpecFile =
+            toml::from_str("url = \"https://api.example.com/v2\"\nsecret_env = \"K\"")
+                .expect("table");
+        let spec = Spec::parse("api", file).expect("spec");
+        for (set, shared, own) in [
+            ("s=1; Path=/", "s=1; Path=/u/api", "s=1; Path=/"),
+            (
+                "s=1; Path=/v2/repos; HttpOnly",
+                "s=1; HttpOnly; Path=/u/api/repos",
+                "s=1; HttpOnly; Path=/repos",
+            ),
+            ("s=1", "s=1; Path=/u/api", "s=1"),
+            (
+                "s=1; domain=.example.com; path=/v2; Secure",
+                "s=1; Secure; Path=/u/api",
+                "s=1; Secure; Path=/",
+            ),
+            // A base path's name that goes on is not under it.
+            ("s=1; Path=/v20", "s=1; Path=/u/api", "s=1; Path=/"),
+            ("s=1; Path=relative", "s=1; Path=/u/api", "s=1"),
+            (
+                "s=1; Path=/v2/a; Path=/v2/b",
+                "s=1; Path=/u/api/b",
+                "s=1; Path=/b",
+            ),
+        ] {
+            assert_eq!(scoped_cookie(&spec, set, false), shared, "{set}");
+            assert_eq!(scoped_cookie(&spec, set, true), own, "{set} (own)");
+        }
+        let mut map = headers(&[
+            ("set-cookie", "a=1; Path=/"),
+            ("set-cookie", "b=2; Domain=example.com"),
+            ("x-other", "kept"),
+        ]);
+        scope_cookies(&spec, &mut map, false);
+        let set: Vec<&str> = map
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().expect("text"))
+            .collect();
+        assert_eq!(set, ["a=1; Path=/u/api", "b=2; Path=/u/api"]);
+        assert_eq!(map["x-other"], "kept");
     }
 }

@@ -156,12 +156,11 @@ impl Setup {
 }
 
 fn default_state_dir() -> Result<PathBuf> {
-    let Some(dirs) = directories::BaseDirs::new() else {
+    let Some(base) = crate::account::state_dir() else {
         bail!(
             "cannot find a state dir: no home directory is known; set LEASE_STATE_DIR or pass --state-dir"
         );
     };
-    let base = dirs.state_dir().unwrap_or_else(|| dirs.data_local_dir());
     Ok(base.join("lease"))
 }
 

@@ -294,13 +294,20 @@ fn tell_end_within(
     let left = || deadline.saturating_duration_since(Instant::now());
     let mut last = kept.lost.unwrap_or_default();
     if let Some(mut hold) = kept.hold {
-        match hold.limit_waits(left()).and_then(|()| tell(&mut hold)) {
+        match hold
+            .limit_waits(left(), deadline)
+            .and_then(|()| tell(&mut hold))
+        {
             Ok(()) => return None,
             Err(err) => last = format!("{err:#}"),
         }
     }
     while !left().is_zero() {
-        match Hold::attach(broker, token, secret, left()).and_then(|mut hold| tell(&mut hold)) {
+        let attached = Hold::attach(broker, token, secret, left()).and_then(|mut hold| {
+            hold.limit_waits(left(), deadline)?;
+            tell(&mut hold)
+        });
+        match attached {
             Ok(()) => return None,
             // Ended meanwhile (by the broker, which saw the connection go): nothing to tell.
             Err(err) if crate::client::lease_has_ended(&err) => return None,

@@ -3,7 +3,7 @@
 //! (`forward_auth`) in front of a site, each started on free loopback ports and stopped after.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -895,6 +895,52 @@ fn an_unreachable_or_garbled_broker_fails_closed() {
         assert_eq!(out.stderr.trim_end(), said, "{out:?}");
         assert!(started.elapsed() < Duration::from_secs(15), "{args:?}");
     }
+    // A broker that drips its answer, a line or a byte a second (each read gets something
+    // within its bound): the whole answer is bounded too, before the upgrade and after it.
+    let drip = |prefix: &'static [u8], drop: &'static [u8]| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten().take(1) {
+                let _ = stream.read(&mut [0u8; 4096]);
+                let _ = stream.write_all(prefix);
+                for _ in 0..30 {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if stream.write_all(drop).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        url
+    };
+    let dripping = [
+        drip(b"HTTP/1.1 200 OK\r\n", b"x-a: b\r\n"),
+        drip(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", b"x"),
+    ];
+    std::thread::scope(|scope| {
+        for (index, url) in dripping.iter().enumerate() {
+            let (sandbox, token) = (&sandbox, &token);
+            scope.spawn(move || {
+                let marker = sandbox.path(&format!("ran-{index}"));
+                let started = Instant::now();
+                let out = sandbox
+                    .lease(["run", "--scope", "a", "--", "touch"])
+                    .arg(&marker)
+                    .env("LEASE_TOKEN", token)
+                    .env("LEASE_BROKER", url)
+                    .run()
+                    .code_is(125)
+                    .one_error_line();
+                assert_eq!(
+                    out.stderr.trim_end(),
+                    format!("lease: cannot start the run: broker {url}: the answer took longer than it may: the broker sends it too slowly"),
+                );
+                assert!(started.elapsed() < Duration::from_secs(16), "{url}");
+                assert!(!marker.exists(), "{url}");
+            });
+        }
+    });
     // A run whose broker cannot be reached does not start its command.
     let marker = sandbox.path("ran");
     let out = sandbox
@@ -2107,7 +2153,7 @@ fn only_the_configured_operators_mint_root_leases() {
         .one_error_line();
     assert!(
         out.stderr
-            .contains("operators: no user is called 'no-such-user-here'"),
+            .contains("operators: no user is called 'no-such-user-here' in /etc/passwd"),
         "{out:?}"
     );
 }

@@ -2,11 +2,10 @@
 //! `--print-env`, and variable names that cannot carry a token.
 
 use std::fs;
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::{PATIENCE, Sandbox};
+use crate::harness::{Sandbox, wait_for_file};
 
 /// Every place a token might be typed by mistake: each is refused with the subcommand's usage
 /// code, in one line that never quotes the token, and nothing reaches the trail.
@@ -401,20 +400,6 @@ fn denied_within(sandbox: &Sandbox, token: &str, within: Duration) -> String {
         );
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Waits until `path` exists (the command wrote it) and returns its content.
-fn wait_for_file(path: &Path) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if let Ok(text) = fs::read_to_string(path)
-            && !text.is_empty()
-        {
-            return text;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{} never appeared", path.display());
 }
 
 /// The command's leftover holds its record's lock, so lease cannot write the revocation: the

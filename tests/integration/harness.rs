@@ -741,6 +741,20 @@ impl Running {
 }
 
 /// Waits for a child to exit, failing the test after PATIENCE.
+/// Waits until `path` holds something (a command wrote it) and returns its content.
+pub fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if let Ok(text) = fs::read_to_string(path)
+            && !text.is_empty()
+        {
+            return text;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} never appeared", path.display());
+}
+
 pub fn wait_for_exit(child: &mut Child) -> ExitStatus {
     let deadline = Instant::now() + PATIENCE;
     loop {

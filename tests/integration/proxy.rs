@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::broker::{Broker, NginxServer, bearer, curl, free_port};
-use crate::harness::Sandbox;
+use crate::harness::{Lines, Sandbox, wait_for_exit, wait_for_file};
 
 /// The strong key: what only the broker and the upstream may see.
 const KEY: &str = "sk-live-7Hq2vX9pLm4Rt8Wn";
@@ -66,6 +66,7 @@ impl Upstream {
     }}
     location = /moved {{
       if ($keyed = 0) {{ return 401; }}
+      add_header Set-Cookie \"session=upstream; Path=/; Domain=127.0.0.1\";
       return 302 http://127.0.0.1:{port}/files/hello.txt;
     }}
     location = /echo {{
@@ -396,6 +397,21 @@ fn the_broker_adds_the_key_and_the_run_never_holds_it() {
             .any(|d| d["action"] == "read:private" && d["granted"] == false),
         "{receipt}"
     );
+    // Each proxied request in the receipt has every field its event in the trail has.
+    let in_full = |decision: &serde_json::Value| {
+        proxied.iter().any(|event| {
+            let fields = event.as_object().expect("an object");
+            fields
+                .iter()
+                .all(|(name, value)| name == "event" || &decision[name] == value)
+        })
+    };
+    for decision in decisions.iter().filter(|d| d.get("upstream").is_some()) {
+        assert!(
+            in_full(decision),
+            "{decision} lacks a field of its event: {trail}"
+        );
+    }
     assert!(!read("receipt.json").contains(KEY));
     // `lease suggest` counts the proxied requests as the run's decisions.
     let id = receipt["lease"]["id"].as_str().expect("id");
@@ -565,6 +581,12 @@ fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
     let reply = curl(&sandbox, &bearer(&token), &[&moved]);
     assert_eq!(reply.status, 302, "{reply:?}");
     assert_eq!(reply.header("location"), Some("/u/site/files/hello.txt"));
+    // So does a cookie it sets: it would otherwise go with requests to every upstream.
+    assert_eq!(
+        reply.header("set-cookie"),
+        Some("session=upstream; Path=/u/site/"),
+        "{reply:?}"
+    );
     // A tunnel or a reflection of the request is never proxied.
     let reply = curl(&sandbox, &bearer(&token), &["-X", "TRACE", &url]);
     assert_eq!(reply.status, 405, "{reply:?}");
@@ -658,6 +680,64 @@ secret_file = "{}"
     assert!(env.contains("PATH="), "{env}");
     assert!(!env.contains("the-strong-key-of-a"), "{env}");
     assert!(!env.contains("LEASE_TEST_KEY_A"), "{env}");
+}
+
+/// A SIGTERM while the broker waits for a `secret_command` as it starts stops it at once,
+/// gracefully, and the command with it (the broker waited out the command's 10 s deadline).
+#[test]
+fn a_sigterm_while_a_secret_command_runs_at_start_stops_the_broker_at_once() {
+    use nix::sys::signal::{Signal, kill};
+    let sandbox = Sandbox::new();
+    let pid_file = sandbox.path("command.pid");
+    // A config of this broker's own: under LEASE_TEST_MODE=broker the sandbox's broker reads
+    // the sandbox's, and would run the command too.
+    let config = sandbox.path("slow.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"[upstream.slow]
+url = "http://127.0.0.1:9"
+secret_command = ["sh", "-c", "echo $$ > '{}'; exec sleep 30"]
+"#,
+            pid_file.display()
+        ),
+    )
+    .expect("config");
+    let mut command = sandbox
+        .lease(["serve", "--listen"])
+        .arg(format!("unix:{}", sandbox.path("slow.sock").display()))
+        .env("LEASE_CONFIG", &config)
+        .command;
+    if let Some(url) = sandbox.store_url() {
+        command.arg("--store").arg(url);
+    }
+    let mut broker = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn lease serve");
+    let log = Lines::from(broker.stderr.take().expect("stderr"));
+    let secret_command = wait_for_file(&pid_file);
+    let asked = Instant::now();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(broker.id()).expect("pid"));
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let status = wait_for_exit(&mut broker);
+    let took = asked.elapsed();
+    let log = log.rest();
+    assert_eq!(status.code(), Some(0), "{status:?}: {log:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "stopped after {took:?}: {log:?}"
+    );
+    assert_eq!(
+        log,
+        [
+            "lease serve: stopped before it was ready: upstream slow: secret_command: sh was stopped: the broker was asked to stop"
+        ]
+    );
+    let gone = PathBuf::from(format!("/proc/{}", secret_command.trim()));
+    assert!(!gone.exists(), "the secret_command is still there");
 }
 
 #[test]

@@ -99,19 +99,25 @@ struct Nobody {
     _base: tempfile::TempDir,
     home: std::path::PathBuf,
     bin: std::path::PathBuf,
+    uid: u32,
 }
 
 impl Nobody {
     const UID: u32 = 65534;
 
     fn new() -> Nobody {
+        Nobody::with_uid(Nobody::UID)
+    }
+
+    /// The same for `uid` (and the gid of the same number).
+    fn with_uid(uid: u32) -> Nobody {
         use std::os::unix::fs::chown;
         let base = tempfile::tempdir().expect("temp dir");
         fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).expect("mode");
         let home = base.path().join("home");
         fs::create_dir(&home).expect("home");
         fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).expect("mode");
-        chown(&home, Some(Nobody::UID), Some(Nobody::UID)).expect("chown");
+        chown(&home, Some(uid), Some(uid)).expect("chown");
         // A copy of lease in a directory nobody can reach (the build's may be under a private
         // one).
         let bin = base.path().join("bin");
@@ -122,6 +128,7 @@ impl Nobody {
             _base: base,
             home,
             bin: bin.join("lease"),
+            uid,
         }
     }
 
@@ -144,11 +151,80 @@ impl Nobody {
     fn setpriv(&self, sandbox: &Sandbox) -> crate::harness::Cmd {
         let mut cmd = sandbox
             .command("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.uid))
+            .args(["--clear-groups", "--"])
             .env("HOME", &self.home)
             .env("LEASE_CONFIG", "/dev/null");
         cmd.command.current_dir(&self.home);
         cmd
+    }
+}
+
+/// A uid that `/etc/passwd` does not hold (a container's arbitrary uid), without `$HOME`:
+/// lease says it knows no home, and works with a state dir or `$XDG_STATE_HOME`; a config
+/// naming a user or group the files do not hold is one error line. The release binary,
+/// linked statically, crashed on each (the C library looked the account up through a module
+/// it cannot load); `.ci/run` checks the installed binary the same way.
+#[test]
+fn an_account_the_files_do_not_hold_gets_a_line_not_a_crash() {
+    if crate::harness::local_only("the accounts of the client's own machine") {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        crate::harness::skip("not-root", "only root can run lease as another uid");
+        return;
+    }
+    const UID: u32 = 54321;
+    let passwd = fs::read_to_string("/etc/passwd").expect("/etc/passwd");
+    assert!(
+        !passwd.lines().any(|l| l.split(':').nth(2) == Some("54321")),
+        "uid {UID} has an entry here: choose another"
+    );
+    let sandbox = Sandbox::new();
+    let stranger = Nobody::with_uid(UID);
+    let homeless = |args: &[&str]| {
+        stranger
+            .lease(&sandbox, args)
+            .env_remove("HOME")
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("LEASE_STATE_DIR")
+    };
+    let out = homeless(&["list"]).run().code_is(2).one_error_line();
+    assert_eq!(
+        out.stderr.trim_end(),
+        "lease: cannot find a state dir: no home directory is known; set LEASE_STATE_DIR or pass --state-dir"
+    );
+    let state = stranger.home.join("state");
+    homeless(&["issue", "--scope", "a:b"])
+        .env("XDG_STATE_HOME", &state)
+        .run()
+        .success();
+    assert!(
+        state.join("lease/audit.jsonl").is_file(),
+        "the store is under XDG_STATE_HOME"
+    );
+    let config = stranger.home.join("config.toml");
+    for (text, error) in [
+        (
+            "operators = [\"no-such-user-here\"]\n",
+            "operators: no user is called 'no-such-user-here' in /etc/passwd",
+        ),
+        (
+            "socket_group = \"no-such-group-here\"\n",
+            "socket_group: no group is called 'no-such-group-here' in /etc/group",
+        ),
+    ] {
+        fs::write(&config, text).expect("config");
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).expect("mode");
+        let out = homeless(&["list"])
+            .env("LEASE_CONFIG", &config)
+            .env("LEASE_STATE_DIR", &state)
+            .run()
+            .code_is(2)
+            .one_error_line();
+        assert!(out.stderr.contains(error), "{out:?}");
     }
 }
 

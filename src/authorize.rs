@@ -98,6 +98,20 @@ impl Reason {
         }
     }
 
+    /// Whether the token itself is no credential (none, not a token, no lease, or its lease
+    /// ended): what HTTP answers `401` for, where a live lease refused is a `403`.
+    pub fn is_no_credential(self) -> bool {
+        matches!(
+            self,
+            Reason::Unknown
+                | Reason::Malformed
+                | Reason::Expired
+                | Reason::Revoked
+                | Reason::OwnerGone
+                | Reason::NoToken
+        )
+    }
+
     /// The reason a nested lease gets when an ancestor is dead for this reason.
     pub fn of_parent(self) -> Reason {
         match self {

@@ -104,6 +104,30 @@ pub fn call<T: serde::de::DeserializeOwned>(
         .with_context(|| format!("broker {endpoint} answered something that is not {what}"))
 }
 
+/// `POST /v1/commands`: what the broker's run of a subcommand printed. It comes with a `200`,
+/// or with a `401` when the command was about a token that is no credential (malformed,
+/// unknown, ended): the command still said so in its own words, which the client prints.
+pub fn run_command(
+    endpoint: &Endpoint,
+    token: Option<&Token>,
+    asked: &crate::wire::Remote,
+) -> Result<crate::wire::Printed> {
+    let body = serde_json::to_vec(asked)?;
+    let answer = request(endpoint, "POST", "/v1/commands", token, Some(&body))?;
+    match answer.status {
+        200 => serde_json::from_slice(&answer.body).with_context(|| {
+            format!("broker {endpoint} answered something that is not a command's output")
+        }),
+        401 if let Ok(printed) = serde_json::from_slice(&answer.body) => Ok(printed),
+        _ => bail!(
+            "{}",
+            answer
+                .reason()
+                .unwrap_or_else(|| answer.unexpected(endpoint))
+        ),
+    }
+}
+
 /// Writes the `Authorization` line for `token`. A value that is not a lease token (a
 /// `ghp_...` left in `LEASE_TOKEN`, another service's key in `--token-env`) is never sent to
 /// the broker, over a network least of all: the bare prefix goes in its place, which the

@@ -371,6 +371,30 @@ pub fn read_pem(path: &Path) -> io::Result<zeroize::Zeroizing<Vec<u8>>> {
     read_regular(path, MAX_PEM_BYTES, |_| Ok(()))
 }
 
+/// The bytes of a PEM file that holds a private key (`tls_key`, etcd's `key_file`): as
+/// [`read_pem`], and refused if it is not the user's or root's, or if others may touch it or
+/// its group may change it (`0640 root:ssl-cert` passes; `0644` does not).
+pub fn read_private_pem(path: &Path) -> io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    read_regular(path, MAX_PEM_BYTES, |meta| {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode() & 0o7777;
+        let me = crate::owner::euid();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(io::Error::other(format!(
+                "it belongs to uid {}, not to you or root, and it holds a private key",
+                meta.uid()
+            )));
+        }
+        if mode & 0o027 != 0 {
+            return Err(io::Error::other(format!(
+                "it holds a private key and is open to others or writable by its group (mode {mode:o}): chmod 600 {}",
+                path.display()
+            )));
+        }
+        Ok(())
+    })
+}
+
 /// The config file's text: see [`read_regular`]; it must also be one only its owner (the
 /// user or root) may change.
 fn read_bounded(path: &Path) -> io::Result<String> {
@@ -755,12 +779,20 @@ pub fn validate_child_var(name: &str) -> Result<()> {
 
 /// Why a variable set for the command would steer how it runs, if it would.
 fn steers_the_command(name: &str) -> Option<&'static str> {
-    if name == "PATH" {
-        Some("PATH is where commands are looked up")
-    } else if name.starts_with("LD_") || name.starts_with("DYLD_") {
-        Some("the dynamic loader reads LD_* and DYLD_* variables")
-    } else {
-        None
+    match name {
+        "PATH" => Some("PATH is where commands are looked up"),
+        _ if name.starts_with("LD_") || name.starts_with("DYLD_") => {
+            Some("the dynamic loader reads LD_* and DYLD_* variables")
+        }
+        // Read as a place or a file to run, the token would be quoted in the errors of any
+        // program that cannot find it (`cd: agt_...: No such file or directory`).
+        "HOME" | "PWD" | "OLDPWD" | "CDPATH" | "TMPDIR" | "TMP" | "TEMP" | "SHELL" => {
+            Some("programs read it as a path and quote it in their errors")
+        }
+        "IFS" | "ENV" | "BASH_ENV" | "PS4" | "PROMPT_COMMAND" | "SHELLOPTS" | "BASHOPTS" => {
+            Some("shells read it as how to run, or as a file to run first")
+        }
+        _ => None,
     }
 }
 
@@ -869,6 +901,33 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(text, Path::new("/etc/lease.toml"))
+    }
+
+    #[test]
+    fn a_private_key_is_read_only_when_others_cannot_touch_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let key = dir.path().join("k.pem");
+        fs::write(&key, "key").expect("key");
+        for (mode, read) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, true),
+            (0o644, false),
+            (0o604, false),
+            (0o660, false),
+            (0o601, false),
+        ] {
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).expect("mode");
+            let got = read_private_pem(&key);
+            assert_eq!(got.is_ok(), read, "{mode:o}: {got:?}");
+            if let Err(err) = got {
+                assert!(
+                    err.to_string().contains(&format!("(mode {mode:o})")),
+                    "{err}"
+                );
+            }
+        }
     }
 
     #[test]

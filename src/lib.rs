@@ -121,6 +121,7 @@ pub fn prepare_process() {
 }
 
 fn main_inner(args: Vec<OsString>) -> Exit {
+    use std::io::Write as _;
     // lease holds tokens in memory: no core dump, and no ptrace by other processes of the user,
     // may read them. The command it starts is dumpable again from its exec on.
     #[cfg(target_os = "linux")]
@@ -129,11 +130,29 @@ fn main_inner(args: Vec<OsString>) -> Exit {
     let invocation = match cli::parse(args) {
         Ok(invocation) => invocation,
         Err(Rejected::Info(text)) => {
-            print!("{text}");
-            return Exit::Success;
+            // `--help >/dev/full`: said in one line, as any other output that cannot be written.
+            let mut out = std::io::stdout().lock();
+            return match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => Exit::Success,
+                Err(err) => {
+                    say!("lease: writing to standard output: {err}");
+                    Exit::Failure
+                }
+            };
         }
         Err(Rejected::Help(text, exit)) => {
-            eprint!("{text}");
+            // Help in place of an error goes to standard error; if that cannot be written,
+            // there is nowhere left to say so.
+            let _ = std::io::stderr().write_all(text.as_bytes());
+            return exit;
+        }
+        Err(Rejected::UsageInJson(message, exit)) => {
+            let undecided =
+                authorize::Decision::deny(authorize::Reason::Error, String::new(), None);
+            if let Err(err) = commands::print_json(&undecided) {
+                say!("lease: {err:#}");
+            }
+            say!("lease: {message}");
             return exit;
         }
         Err(Rejected::Usage(message, exit)) => {

@@ -175,6 +175,11 @@ impl Receipt {
         text.push(b'\n');
         let shown = path.display();
         let mut temp = receipt_temp_file(path)?;
+        // 0600 whatever the umask (which may take the owner's bits, or leave none at all).
+        use std::os::unix::fs::PermissionsExt as _;
+        temp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("writing the receipt {shown}"))?;
         temp.write_all(&text)
             .with_context(|| format!("writing the receipt {shown}"))?;
         refuse_non_regular(path)?;

@@ -30,9 +30,11 @@ pub fn parse(text: &str) -> Result<Duration> {
     } else {
         match humantime::parse_duration(trimmed) {
             Ok(duration) => duration,
+            // humantime's own hint ("for example 1sec or 1ms") names a unit lease refuses.
             Err(err) => bail!(
-                "invalid duration '{}': {err} (use seconds like 300, or 5m, 1h30m)",
-                text.escape_debug()
+                "invalid duration '{}': {} (use seconds like 300, or 5m, 1h30m)",
+                text.escape_debug(),
+                err.to_string().replace(", for example 1sec or 1ms", "")
             ),
         }
     };
@@ -87,6 +89,15 @@ pub fn human(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_without_a_unit_is_told_of_the_units_lease_takes() {
+        let err = parse("1.5").expect_err("no unit").to_string();
+        assert_eq!(
+            err,
+            "invalid duration '1.5': time unit needed (use seconds like 300, or 5m, 1h30m)"
+        );
+    }
 
     #[test]
     fn parses_seconds_and_human_forms() {

@@ -630,7 +630,10 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
     })
     .await;
     match outcome {
-        Ok(Ok(mut printed)) => {
+        Ok(Ok(crate::commands::remote::Ran {
+            mut printed,
+            no_credential,
+        })) => {
             log(&format!("ran {what}: exit {} client={peer}", printed.exit));
             // What a command prints quotes what it was given (`no lease 'X'`): never a token.
             for text in [&mut printed.stdout, &mut printed.stderr] {
@@ -638,7 +641,15 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
                     *text = redacted;
                 }
             }
-            json(StatusCode::OK, &printed)
+            // A token that is no credential is a 401, as for every endpoint; the body is still
+            // what the command printed, for the client to print as a local run would.
+            if no_credential {
+                let mut answer = json(StatusCode::UNAUTHORIZED, &printed);
+                challenge(answer.headers_mut());
+                answer
+            } else {
+                json(StatusCode::OK, &printed)
+            }
         }
         Ok(Err(Refused::NoToken(why))) => {
             let mut answer = error(StatusCode::UNAUTHORIZED, &why);
@@ -773,6 +784,10 @@ pub(super) async fn no_route(
     Ok(())
 }
 
+/// The longest a decision on a remote store is waited for, its wait for a thread included
+/// (each call to etcd has a deadline of 3 s; a decision makes one or a few).
+const REMOTE_DECISION: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Makes the decision `lease verify` makes, and logs it. `Err` is the 503 to answer.
 pub(super) async fn decide(
     shared: &Arc<Shared>,
@@ -789,12 +804,35 @@ pub(super) async fn decide(
     let decision = if live.store.is_remote() {
         // On a remote store every read may wait on the network: the whole decision, in one
         // hop, on a thread that may block.
-        let (live, token, action) = (Arc::clone(&live), token.clone(), action.clone());
-        off_runtime(move || match assess(&live, token.as_ref(), &action, now)? {
-            Assessed::Decided(decision) => Ok(decision),
-            Assessed::Pending(pending) => pending.settle(&live.store, &action, now),
-        })
-        .await
+        // While the store does not answer, decisions would pile up behind each other's calls
+        // and take every thread that may block (mints and commands too): at most
+        // REMOTE_DECISIONS are made at once, and each is answered (503) within REMOTE_DECISION
+        // whatever happens, waiting for its turn included.
+        let deadline = tokio::time::Instant::now() + REMOTE_DECISION;
+        let late = || {
+            anyhow::anyhow!(
+                "no decision within {} s: the store is too slow, or cannot be reached",
+                REMOTE_DECISION.as_secs()
+            )
+        };
+        let turn = Arc::clone(&shared.remote_decisions).acquire_owned();
+        match tokio::time::timeout_at(deadline, turn).await {
+            Ok(Ok(turn)) => {
+                let (live, token, action) = (Arc::clone(&live), token.clone(), action.clone());
+                let decided = off_runtime(move || {
+                    // Held until the work ends, past a 503 given meanwhile.
+                    let _turn = turn;
+                    match assess(&live, token.as_ref(), &action, now)? {
+                        Assessed::Decided(decision) => Ok(decision),
+                        Assessed::Pending(pending) => pending.settle(&live.store, &action, now),
+                    }
+                });
+                tokio::time::timeout_at(deadline, decided)
+                    .await
+                    .unwrap_or_else(|_| Err(late()))
+            }
+            _ => Err(late()),
+        }
     } else {
         match assess(&live, token.as_ref(), action, now) {
             Ok(Assessed::Decided(decision)) => Ok(decision),
@@ -1077,4 +1115,21 @@ fn not_allowed(allow: &'static str) -> Answer {
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One truth for what a `401` is: the reasons that say the token is no credential.
+    #[test]
+    fn a_token_that_is_no_credential_is_401_and_no_other_reason_is() {
+        for reason in Reason::ALL {
+            assert_eq!(
+                status_of(reason) == StatusCode::UNAUTHORIZED,
+                reason.is_no_credential(),
+                "{reason:?}"
+            );
+        }
+    }
 }

@@ -55,17 +55,27 @@ const MAX_BUFFER: usize = 2 * MAX_HEAD;
 /// unbounded pool grows to under load. Decisions that only read are made on the runtime's
 /// threads.
 const BLOCKING_THREADS: usize = 8;
+/// Decisions made at once on a remote store (each on a thread that may block): fewer than
+/// [`BLOCKING_THREADS`], so that mints and commands still find a thread while the store is
+/// slow to answer.
+const REMOTE_DECISIONS: usize = BLOCKING_THREADS - 2;
 /// Connections served at once on the unix sockets, and apart from them on TCP (TLS handshakes
 /// included); more are closed as they come. Counted apart, so that a flood over TCP cannot take
 /// the connections that operators and local runs on the socket need.
 const MAX_CONNECTIONS: usize = 1024;
+/// The most connections one uid other than an operator's holds on the unix sockets: an agent
+/// in `socket_group` cannot take them all from the web server, the runs and the operators.
+const MAX_CONNECTIONS_PER_UID: usize = MAX_CONNECTIONS / 2;
+/// Connections on the unix sockets kept for operators alone, past [`MAX_CONNECTIONS`]: an
+/// operator gets in however many others hold.
+const OPERATOR_CONNECTIONS: usize = 64;
 
 /// Raises the soft limit on open descriptors towards the hard one, to hold both pools of
 /// [`MAX_CONNECTIONS`] and what the broker opens beside them (the store, upstreams). Past the
 /// hard limit an accept fails, is logged, and is retried after a pause.
 fn open_files_for_every_connection() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let wanted = 2 * MAX_CONNECTIONS as u64 + 1024;
+    let wanted = 2 * MAX_CONNECTIONS as u64 + OPERATOR_CONNECTIONS as u64 + 1024;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
         && soft < wanted
     {
@@ -137,8 +147,14 @@ struct Shared {
     serial: AtomicU64,
     /// Permits for [`MAX_CONNECTIONS`] on the unix sockets.
     socket_connections: Arc<tokio::sync::Semaphore>,
+    /// Permits for [`OPERATOR_CONNECTIONS`], taken when the unix sockets' are all taken.
+    operator_connections: Arc<tokio::sync::Semaphore>,
+    /// Connections held on the unix sockets, by the peer's uid (operators' not counted).
+    by_uid: ByUid,
     /// Permits for [`MAX_CONNECTIONS`] on TCP.
     tcp_connections: Arc<tokio::sync::Semaphore>,
+    /// Permits for [`REMOTE_DECISIONS`].
+    remote_decisions: Arc<tokio::sync::Semaphore>,
     /// The cut of each lease with proxied requests in flight, by its token's hash: one
     /// watcher per lease, however many requests it has open ([`proxy`]).
     cuts: Mutex<HashMap<String, std::sync::Weak<proxy::Cut>>>,
@@ -536,7 +552,10 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         unended: Mutex::new(Vec::new()),
         serial: AtomicU64::new(0),
         socket_connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        operator_connections: Arc::new(tokio::sync::Semaphore::new(OPERATOR_CONNECTIONS)),
+        by_uid: Arc::new(Mutex::new(HashMap::new())),
         tcp_connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        remote_decisions: Arc::new(tokio::sync::Semaphore::new(REMOTE_DECISIONS)),
         cuts: Mutex::new(HashMap::new()),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -765,8 +784,8 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| anyhow!("tls_cert {}: {err}", cert.display()))?;
-    let pem =
-        crate::config::read_pem(key).map_err(|err| anyhow!("tls_key {}: {err}", key.display()))?;
+    let pem = crate::config::read_private_pem(key)
+        .map_err(|err| anyhow!("tls_key {}: {err}", key.display()))?;
     let key_der = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|err| anyhow!("tls_key {}: {err}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -917,38 +936,35 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()
                 tokio::task::spawn_blocking(move || shared.reload_now());
             }
             connection = accepted.recv() => match connection {
-                Some(accepted) => {
-                    let pool = match &accepted {
-                        Accepted::Unix(_) => &shared.socket_connections,
-                        Accepted::Tcp(..) => &shared.tcp_connections,
-                    };
-                    let Ok(permit) = Arc::clone(pool).try_acquire_owned() else {
-                        // Dropped: the connection closes at once.
+                // A connection past its pool's bound is dropped: it closes at once.
+                Some(Accepted::Unix(stream)) => {
+                    let peer = Peer::unix(&stream);
+                    if let Some(slot) = shared.socket_slot(&peer) {
+                        connect(&shared, stream, peer, slot, None);
+                    }
+                }
+                Some(Accepted::Tcp(stream, address, only)) => {
+                    let Ok(permit) = Arc::clone(&shared.tcp_connections).try_acquire_owned() else {
                         continue;
                     };
-                    match accepted {
-                        Accepted::Unix(stream) => {
-                            let peer = Peer::unix(&stream);
-                            connect(&shared, stream, peer, permit, None);
-                        }
-                        Accepted::Tcp(stream, address, only) => match shared.live().tls.clone() {
-                            Some(acceptor) => {
-                                // The handshake runs in a task of its own, bounded like a
-                                // request head.
-                                let shared = Arc::clone(&shared);
-                                tokio::spawn(async move {
-                                    let handshake = acceptor.accept(stream);
-                                    match tokio::time::timeout(HEADER_TIMEOUT, handshake).await {
-                                        Ok(Ok(stream)) => {
-                                            let peer = Peer::tcp(address);
-                                            connect(&shared, stream, peer, permit, only);
-                                        }
-                                        _ => log(&format!("TLS handshake failed: client={address}")),
+                    let permit = Slot::from(permit);
+                    match shared.live().tls.clone() {
+                        Some(acceptor) => {
+                            // The handshake runs in a task of its own, bounded like a request
+                            // head.
+                            let shared = Arc::clone(&shared);
+                            tokio::spawn(async move {
+                                let handshake = acceptor.accept(stream);
+                                match tokio::time::timeout(HEADER_TIMEOUT, handshake).await {
+                                    Ok(Ok(stream)) => {
+                                        let peer = Peer::tcp(address);
+                                        connect(&shared, stream, peer, permit, only);
                                     }
-                                });
-                            }
-                            None => connect(&shared, stream, Peer::tcp(address), permit, only),
-                        },
+                                    _ => log(&format!("TLS handshake failed: client={address}")),
+                                }
+                            });
+                        }
+                        None => connect(&shared, stream, Peer::tcp(address), permit, only),
                     }
                 }
                 None => break "no listener left",
@@ -999,15 +1015,76 @@ async fn accept_failed(err: &std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// How many connections each uid holds on the unix sockets.
+type ByUid = Arc<Mutex<HashMap<u32, usize>>>;
+
+/// A connection's place in its pool, given back when the connection ends.
+#[derive(Debug)]
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The uid whose count of connections on the unix sockets this one is in.
+    counted: Option<(ByUid, u32)>,
+}
+
+impl From<tokio::sync::OwnedSemaphorePermit> for Slot {
+    fn from(permit: tokio::sync::OwnedSemaphorePermit) -> Slot {
+        Slot {
+            _permit: permit,
+            counted: None,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((by_uid, uid)) = &self.counted {
+            let mut by_uid = lock(by_uid);
+            if let Some(count) = by_uid.get_mut(uid) {
+                *count -= 1;
+                if *count == 0 {
+                    by_uid.remove(uid);
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// A place on the unix sockets for `peer`: from their pool, then, for an operator, from the
+    /// operators' own; for anyone else, only while its uid holds fewer than
+    /// [`MAX_CONNECTIONS_PER_UID`].
+    fn socket_slot(&self, peer: &Peer) -> Option<Slot> {
+        if peer.is_operator(&self.live().config) {
+            let permit = Arc::clone(&self.socket_connections)
+                .try_acquire_owned()
+                .or_else(|_| Arc::clone(&self.operator_connections).try_acquire_owned())
+                .ok()?;
+            return Some(Slot::from(permit));
+        }
+        // A peer without credentials counts as one uid, which no account has.
+        let uid = peer.uid.unwrap_or(u32::MAX);
+        let mut by_uid = lock(&self.by_uid);
+        if by_uid
+            .get(&uid)
+            .is_some_and(|held| *held >= MAX_CONNECTIONS_PER_UID)
+        {
+            return None;
+        }
+        let permit = Arc::clone(&self.socket_connections)
+            .try_acquire_owned()
+            .ok()?;
+        *by_uid.entry(uid).or_insert(0) += 1;
+        Some(Slot {
+            _permit: permit,
+            counted: Some((Arc::clone(&self.by_uid), uid)),
+        })
+    }
+}
+
 /// Serves one connection (HTTP/1.1, keep-alive, upgrades for held runs) until it closes or
 /// the broker stops: then the request in flight is answered and the connection closed.
-fn connect<IO>(
-    shared: &Arc<Shared>,
-    io: IO,
-    peer: Peer,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    only: Option<Arc<str>>,
-) where
+fn connect<IO>(shared: &Arc<Shared>, io: IO, peer: Peer, permit: Slot, only: Option<Arc<str>>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(guard) = shared.hold_guard() else {

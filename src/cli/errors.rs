@@ -76,6 +76,15 @@ fn lacks_separator(err: &clap::Error, args: &[OsString]) -> bool {
 /// The subcommand of a command line clap refused, as clap itself found it: parsed again with
 /// errors ignored, clap goes on into the subcommand whose arguments failed and records it.
 /// `None` when the error came before any subcommand (`lease --bogus run`).
+/// Whether `args` ask `lease verify` for its answer in JSON (`--json` before any `--`).
+pub(super) fn asks_verify_json(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|arg| *arg != "--")
+        .any(|arg| arg == "--json")
+        && failed_subcommand(args).as_deref() == Some("verify")
+}
+
 fn failed_subcommand(args: &[OsString]) -> Option<String> {
     let matches = Cli::command()
         .ignore_errors(true)

@@ -36,6 +36,9 @@ pub enum Rejected {
     Help(String, Exit),
     /// The arguments are wrong: print this one-line message and exit with this status.
     Usage(String, Exit),
+    /// The same for `verify --json`, whose caller reads an answer on stdout whatever happens:
+    /// `{"granted": false, "reason": "error", ...}` goes there first.
+    UsageInJson(String, Exit),
 }
 
 /// Why an empty `flag` (or its variable, `from_env`) is refused.
@@ -53,6 +56,15 @@ fn empty_path(flag: &str, from_env: bool) -> String {
 
 /// Parses and validates the command line.
 pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
+    parse_args(&args).map_err(|rejected| match rejected {
+        Rejected::Usage(message, exit) if errors::asks_verify_json(&args) => {
+            Rejected::UsageInJson(message, exit)
+        }
+        other => other,
+    })
+}
+
+fn parse_args(args: &[OsString]) -> Result<Invocation, Rejected> {
     if args.len() <= 1 {
         return Err(Rejected::Help(
             Cli::command().render_help().to_string(),
@@ -62,7 +74,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
     // An empty path, on the command line (`--config "$UNSET"`) or in LEASE_STATE_DIR or
     // LEASE_CONFIG, names nothing: refused (no fallback to the default, which could be another
     // policy or store), naming where it came from.
-    let (cli, failure, empty_given) = match fast::parse(&args) {
+    let (cli, failure, empty_given) = match fast::parse(args) {
         Some(cli) => {
             let failure = failure_exit(match cli.command {
                 args::Sub::Run(_) => Some("run"),
@@ -75,8 +87,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
         None => {
             let mut definition = Cli::command();
             let mut matches = definition
-                .try_get_matches_from_mut(&args)
-                .map_err(|err| reject(&err, &args))?;
+                .try_get_matches_from_mut(args)
+                .map_err(|err| reject(&err, args))?;
             // Freeing the definition's few hundred small allocations cost 4-7% of a short
             // run's instructions (callgrind); lease exits soon or waits on its command, so it
             // is left to the end of the process.
@@ -94,7 +106,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, Rejected> {
                         matches.value_source(id) == Some(clap::parser::ValueSource::EnvVariable);
                     empty_path(flag, from_env)
                 });
-            let cli = Cli::from_arg_matches_mut(&mut matches).map_err(|err| reject(&err, &args))?;
+            let cli = Cli::from_arg_matches_mut(&mut matches).map_err(|err| reject(&err, args))?;
             (cli, failure, given)
         }
     };

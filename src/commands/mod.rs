@@ -205,13 +205,7 @@ fn remote_through(setup: &Setup, broker: &Endpoint, command: Command) -> Result<
         Command::Gc => (Remote::Gc, None),
         _ => bail!("internal error: this subcommand is dispatched before the remote ones"),
     };
-    let printed: Printed = crate::client::call(
-        broker,
-        "/v1/commands",
-        token.as_ref(),
-        &asked,
-        "a command's output",
-    )?;
+    let printed: Printed = crate::client::run_command(broker, token.as_ref(), &asked)?;
     use std::io::Write as _;
     // In the order a local run prints them: a note before the answer, or the answer first.
     if printed.stderr_first {
@@ -286,7 +280,7 @@ impl Skipped {
 }
 
 /// Prints one JSON document on its own line.
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     use std::io::Write;
     let text = serde_json::to_string(value).context("encoding JSON")?;
     writeln!(console::Out, "{text}").context("writing to standard output")

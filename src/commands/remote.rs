@@ -25,6 +25,15 @@ pub enum Refused {
     Unavailable(String),
 }
 
+/// What a subcommand run for a client printed, and whether it failed because the token it was
+/// about is no credential at all (HTTP's `401`: malformed, unknown, expired, revoked, owner
+/// gone), though the command, as locally, said so in its own words.
+#[derive(Debug)]
+pub struct Ran {
+    pub printed: Printed,
+    pub no_credential: bool,
+}
+
 /// Runs `asked` for a client of the broker: an `operator` (a uid in `operators` on the
 /// socket) may run any of them; a token holder (`bearer`) only those about its own lease.
 pub fn on_broker(
@@ -35,7 +44,7 @@ pub fn on_broker(
     bearer: Option<Token>,
     operator: bool,
     process: &Process,
-) -> Result<Printed, Refused> {
+) -> Result<Ran, Refused> {
     let setup = Setup {
         config,
         state_dir: Some(state_dir),
@@ -98,9 +107,14 @@ pub fn on_broker(
         }
         Ok(ids)
     };
+    // Whether the holder's token is a credential at all, for the commands about its own lease
+    // (before they run: `revoke --self` ends it).
+    let mut no_credential = false;
+    let mut about_own = |token: &Token| no_credential = names_no_lease(&setup, token);
     let run: Box<dyn FnOnce() -> anyhow::Result<Exit>> = match asked {
         Remote::Status { json } => {
             let token = own("status")?.clone();
+            about_own(&token);
             Box::new(move || status::status_of(&setup, &token, json))
         }
         Remote::Expiry => {
@@ -120,6 +134,7 @@ pub fn on_broker(
         }
         Remote::Renew { ttl } => {
             let token = own("renew")?.clone();
+            about_own(&token);
             let process = process.clone();
             Box::new(move || {
                 renew::renew_with(&setup, &token, ttl.map(Duration::from_secs), &process)
@@ -127,6 +142,7 @@ pub fn on_broker(
         }
         Remote::RevokeSelf => {
             let token = own("revoke --self")?.clone();
+            about_own(&token);
             let process = process.clone();
             Box::new(move || {
                 let store = setup.store(Open::ExistingOnly)?;
@@ -185,12 +201,32 @@ pub fn on_broker(
             .downcast_ref::<ExitError>()
             .map_or(Exit::Failure, ExitError::exit),
     };
-    Ok(Printed {
-        stdout: String::from_utf8_lossy(&printed.out).into_owned(),
-        stderr: String::from_utf8_lossy(&printed.err).into_owned(),
-        stderr_first: printed.err_first && !printed.out.is_empty(),
-        exit: exit.code(),
+    Ok(Ran {
+        printed: Printed {
+            stdout: String::from_utf8_lossy(&printed.out).into_owned(),
+            stderr: String::from_utf8_lossy(&printed.err).into_owned(),
+            stderr_first: printed.err_first && !printed.out.is_empty(),
+            exit: exit.code(),
+        },
+        // A command that succeeded all the same (`revoke --self` of a lease revoked already)
+        // was answered, not refused.
+        no_credential: no_credential && exit != Exit::Success,
     })
+}
+
+/// Whether `token` names no lease that could be its holder's credential (see [`Ran`]). A
+/// store that cannot be read says nothing here: the command itself says so.
+fn names_no_lease(setup: &Setup, token: &Token) -> bool {
+    if !token.is_well_formed() {
+        return true;
+    }
+    let Ok(store) = setup.store(Open::ExistingOnly) else {
+        return false;
+    };
+    match crate::authorize::standing(&store, token, std::time::SystemTime::now()) {
+        Ok(crate::authorize::Standing::Dead(denial)) => denial.reason.is_no_credential(),
+        _ => false,
+    }
 }
 
 /// Whether `id` is `mine` or nested in it: its chain of parents reaches `mine` (within

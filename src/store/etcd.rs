@@ -37,6 +37,10 @@ use crate::token::LeaseId;
 pub const RETAIN: Duration = Duration::from_secs(60);
 /// The deadline of every call to etcd.
 const CALL: Duration = Duration::from_secs(3);
+/// How long one attempt at a read may take before it is made again: a member that accepts a
+/// connection and then does not answer (frozen, partitioned with its socket open) would
+/// otherwise hold each read that lands on it for the whole [`CALL`], and fail it.
+const READ_ATTEMPT: Duration = Duration::from_millis(750);
 /// How many times a write is made again after another writer changed what it read.
 const RETRIES: usize = 200;
 /// Records read per page when listing.
@@ -744,8 +748,9 @@ fn range_end(prefix: &str) -> String {
 /// thread. A call that could not connect to its member (so the request never reached etcd) is
 /// made again while the deadline allows, so that another member answers it, and so is one that
 /// a member without a leader refused; any other failure is final (a write that failed otherwise
-/// may have been applied), except for a `read`, which
-/// is made again on any `Unavailable`.
+/// may have been applied), except for a `read`, which is made again on any `Unavailable`, and
+/// after [`READ_ATTEMPT`] without an answer (the client balances over the members: usually on
+/// another).
 fn block<T, F, M>(rt: &tokio::runtime::Runtime, shown: &str, read: bool, make: M) -> Result<T>
 where
     T: Send + 'static,
@@ -757,7 +762,12 @@ where
         let deadline = tokio::time::Instant::now() + CALL;
         let again = Duration::from_millis(50);
         let answered = loop {
-            match tokio::time::timeout_at(deadline, make()).await {
+            let attempt = if read {
+                deadline.min(tokio::time::Instant::now() + READ_ATTEMPT)
+            } else {
+                deadline
+            };
+            match tokio::time::timeout_at(attempt, make()).await {
                 Ok(Err(etcd_client::Error::GRpcStatus(status)))
                     if status.code() == tonic::Code::Unavailable
                         && (read || never_proposed(status.message()))
@@ -765,6 +775,7 @@ where
                 {
                     tokio::time::sleep(again).await;
                 }
+                Err(_) if tokio::time::Instant::now() + again < deadline => {}
                 other => break other,
             }
         };
@@ -810,7 +821,9 @@ fn tls_options(files: &TlsFiles) -> Result<TlsOptions> {
     }
     match (&files.cert_file, &files.key_file) {
         (Some(cert), Some(key)) => {
-            options = options.identity(Identity::from_pem(read(cert)?, read(key)?));
+            let key_pem = crate::config::read_private_pem(key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            options = options.identity(Identity::from_pem(read(cert)?, key_pem));
         }
         (None, None) => {}
         _ => bail!("[etcd] cert_file and key_file go together"),
@@ -837,10 +850,22 @@ async fn keep_session(mut client: Client, session: Arc<Session>, shown: String, 
             }
             continue;
         }
+        let lost = || {
+            session.id.store(0, Ordering::SeqCst);
+            log(&format!(
+                "lost its session on the store {shown}: the runs it held are owner gone"
+            ));
+        };
         let Ok(Ok((mut keeper, mut answers))) =
             tokio::time::timeout(CALL, client.lease_keep_alive(id)).await
         else {
-            tokio::time::sleep(every).await;
+            // A keep-alive cannot start on a session etcd has let go (the client says so only
+            // in an error's words): asked plainly, etcd answers a TTL of -1 for it.
+            if session_gone(&mut client, id).await {
+                lost();
+            } else {
+                tokio::time::sleep(every).await;
+            }
             continue;
         };
         loop {
@@ -853,10 +878,7 @@ async fn keep_session(mut client: Client, session: Arc<Session>, shown: String, 
             match tokio::time::timeout(CALL, answers.message()).await {
                 Ok(Ok(Some(answer))) if answer.ttl() > 0 => {}
                 Ok(Ok(Some(_))) => {
-                    session.id.store(0, Ordering::SeqCst);
-                    log(&format!(
-                        "lost its session on the store {shown}: the runs it held are owner gone"
-                    ));
+                    lost();
                     break;
                 }
                 _ => break,
@@ -865,6 +887,15 @@ async fn keep_session(mut client: Client, session: Arc<Session>, shown: String, 
         }
         // The stream ended: open another, not at once.
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Whether etcd says the session `id` is gone (expired, revoked): not when it cannot be asked.
+async fn session_gone(client: &mut Client, id: i64) -> bool {
+    match tokio::time::timeout(CALL, client.lease_time_to_live(id, None)).await {
+        Ok(Ok(answer)) => answer.ttl() <= 0,
+        Ok(Err(err)) => err.to_string().contains("requested lease not found"),
+        Err(_) => false,
     }
 }
 
@@ -906,6 +937,44 @@ mod tests {
             );
             assert!(!err.contains("pw"), "{bad}: {err}");
         }
+    }
+
+    /// A read that a member holds without an answer is made again before the call's deadline
+    /// (here the second attempt answers); a write is not (it may have been applied), and waits
+    /// for its answer until the deadline.
+    #[test]
+    fn a_read_left_unanswered_is_made_again_and_a_write_is_not() {
+        use std::sync::atomic::AtomicUsize;
+        let rt = runtime().expect("runtime");
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&attempts);
+        let started = std::time::Instant::now();
+        let answered = block(rt, "etcd://test", true, move || {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<u8, etcd_client::Error>(7)
+            }
+        });
+        assert_eq!(answered.expect("answered"), 7);
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert!(started.elapsed() < CALL, "{:?}", started.elapsed());
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&attempts);
+        let written = block(rt, "etcd://test", false, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                std::future::pending::<()>().await;
+                Ok::<u8, etcd_client::Error>(7)
+            }
+        });
+        assert_eq!(
+            written.expect_err("no answer").to_string(),
+            "the store etcd://test did not answer within 3 s"
+        );
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -690,6 +690,82 @@ fn a_token_holder_is_not_told_where_the_brokers_store_is() {
     );
 }
 
+/// `status`, `renew` and `revoke --self` over HTTP about a token that is no credential
+/// (malformed, unknown, revoked) answer `401` with the challenge, as every endpoint does, and
+/// still carry what the command printed, which the client prints as a local run would; a
+/// live token's answer is a `200`.
+#[test]
+fn the_commands_about_a_token_that_is_no_credential_answer_401() {
+    let sandbox = Sandbox::new();
+    let broker = Broker::start(&sandbox, &[]);
+    let live = sandbox.issue("read:a");
+    let revoked = sandbox.issue("read:b");
+    sandbox
+        .lease(["revoke", "--self"])
+        .env("LEASE_TOKEN", &revoked)
+        .run()
+        .success();
+    let stranger = Sandbox::new().issue("read:c");
+    let malformed = format!("agt_{}", "A".repeat(48));
+    let url = format!("http://{}/v1/commands", broker.tcp);
+    for (command, tokens) in [
+        (
+            r#"{"command":"status","json":false}"#,
+            &[&malformed, &stranger, &revoked][..],
+        ),
+        (
+            r#"{"command":"renew","ttl":60}"#,
+            &[&malformed, &stranger, &revoked],
+        ),
+        // Revoking a lease revoked already succeeds (200): only a token naming none is refused.
+        (r#"{"command":"revoke_self"}"#, &[&malformed, &stranger]),
+    ] {
+        for token in tokens {
+            let said = if *token == &malformed {
+                "malformed"
+            } else if *token == &stranger {
+                "unknown"
+            } else {
+                "revoked"
+            };
+            let reply = curl(&sandbox, &bearer(token), &["--data", command, &url]);
+            assert_eq!(reply.status, 401, "{command} {said}: {reply:?}");
+            assert_eq!(
+                reply.header("www-authenticate"),
+                Some("Bearer realm=\"lease\""),
+                "{command} {said}"
+            );
+            let printed: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+            assert_ne!(printed["exit"], 0, "{command} {said}: {reply:?}");
+            assert!(
+                printed["stderr"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("lease: ") && e.lines().count() == 1),
+                "{command} {said}: {reply:?}"
+            );
+        }
+    }
+    for (token, command) in [
+        (&live, r#"{"command":"status","json":true}"#),
+        (&revoked, r#"{"command":"revoke_self"}"#),
+    ] {
+        let reply = curl(&sandbox, &bearer(token), &["--data", command, &url]);
+        assert_eq!(reply.status, 200, "{command}: {reply:?}");
+    }
+    // The client prints what a local run prints, whichever status carried it.
+    for token in [&revoked, &live] {
+        let local = sandbox.lease(["status"]).env("LEASE_TOKEN", token).run();
+        let through = sandbox
+            .lease(["status"])
+            .env("LEASE_TOKEN", token)
+            .env("LEASE_BROKER", broker.endpoint())
+            .run();
+        assert_eq!(through.code(), local.code(), "{through:?}");
+        assert_eq!(through.stdout, local.stdout);
+        assert_eq!(through.stderr, local.stderr);
+    }
+}
+
 /// A token holder is told of "the broker's config", not of its path; and a root lease
 /// (`no_parent`) is an operator's, whatever `allow_orphans` says.
 #[test]
@@ -1511,6 +1587,110 @@ fn a_flood_of_tcp_connections_leaves_the_unix_sockets_connections_alone() {
         .run()
         .success();
     held.clear();
+}
+
+/// Lets other uids pass through `sandbox` (not list it), reach a socket in `sock/` and write
+/// in `out/`; the store stays 0700, root's.
+fn open_to_other_uids(sandbox: &Sandbox) {
+    use std::os::unix::fs::PermissionsExt as _;
+    for (dir, mode) in [("", 0o711), ("sock", 0o711), ("out", 0o1777)] {
+        let path = sandbox.path(dir);
+        fs::create_dir_all(&path).expect("dir");
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+}
+
+/// An agent in `socket_group` cannot take the unix sockets' connections from everyone else:
+/// one uid other than an operator's holds at most 512 of them (the rest close as they come),
+/// another uid still gets in, and so does an operator, on places kept for operators.
+#[test]
+fn one_uid_cannot_take_every_connection_on_the_socket() {
+    if !nix::unistd::geteuid().is_root() {
+        crate::harness::skip("not-root", "only root can connect as other uids");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    open_to_other_uids(&sandbox);
+    sandbox.write_config("socket_group = \"nogroup\"\n");
+    let broker = Broker::start_at(&sandbox, sandbox.path("sock/broker.sock"), &[]);
+    // 600 connections as uid 65534, each asking for /healthz once: how many are answered,
+    // how many are closed unanswered; then they are held until `go` appears.
+    let flood = r#"
+import os, socket, sys, time
+held, served, closed = [], 0, 0
+for _ in range(600):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(sys.argv[1])
+    held.append(s)
+for s in held:
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: lease\r\n\r\n")
+        answer = s.recv(200)
+    except OSError:
+        answer = b""
+    if answer.startswith(b"HTTP/1.1 200"):
+        served += 1
+    else:
+        closed += 1
+print(f"served {served} closed {closed}", flush=True)
+deadline = time.time() + 30
+while not os.path.exists(sys.argv[2]) and time.time() < deadline:
+    time.sleep(0.02)
+"#;
+    let go = sandbox.path("out/go");
+    let mut flooding = sandbox
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            // The system's: a user's own (pyenv's, in root's home) is not nobody's to run.
+            "/usr/bin/python3",
+            "-c",
+            flood,
+        ])
+        .arg(&broker.socket)
+        .arg(&go)
+        .start();
+    let counted = flooding.lines.expect("served ");
+    assert_eq!(counted, "served 512 closed 88");
+    // Another uid of the group is served while the first holds its 512.
+    let other = sandbox
+        .command("setpriv")
+        .args(["--reuid=65533", "--regid=65534", "--clear-groups", "--"])
+        .args(["curl", "-s", "--max-time", "5", "--unix-socket"])
+        .arg(&broker.socket)
+        .arg("http://lease/healthz")
+        .run()
+        .success();
+    assert_eq!(other.stdout, "ok\n");
+    // With every other place taken by a second uid's 512, an operator still gets in.
+    let mut second = sandbox
+        .command("setpriv")
+        .args([
+            "--reuid=65533",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            // The system's: a user's own (pyenv's, in root's home) is not nobody's to run.
+            "/usr/bin/python3",
+            "-c",
+            flood,
+        ])
+        .arg(&broker.socket)
+        .arg(&go)
+        .start();
+    assert_eq!(second.lines.expect("served "), "served 512 closed 88");
+    sandbox
+        .lease(["list"])
+        .env("LEASE_BROKER", broker.endpoint())
+        .run()
+        .success();
+    fs::write(&go, "").expect("go");
+    flooding.wait();
+    second.wait();
 }
 
 #[test]
@@ -2475,16 +2655,10 @@ fn an_agent_under_another_uid_cannot_reach_past_the_broker() {
         return;
     }
     let sandbox = Sandbox::new();
-    let open = |path: &Path, mode: u32| {
-        fs::create_dir_all(path).expect("dir");
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
-    };
-    // nobody may pass through the sandbox (not list it), run lease from bin/, reach the socket
-    // in sock/ and write its results in out/; the store stays 0700, root's.
-    open(&sandbox.path(""), 0o711);
-    open(&sandbox.path("bin"), 0o755);
-    open(&sandbox.path("sock"), 0o711);
-    open(&sandbox.path("out"), 0o1777);
+    open_to_other_uids(&sandbox);
+    // ... and run lease from bin/.
+    fs::create_dir(sandbox.path("bin")).expect("bin");
+    fs::set_permissions(sandbox.path("bin"), fs::Permissions::from_mode(0o755)).expect("chmod");
     fs::copy(crate::harness::lease_bin(), sandbox.path("bin/lease")).expect("copy lease");
     sandbox.write_config("socket_group = \"nogroup\"\nmax_ttl = \"1h\"\n");
     let broker = Broker::start_at(&sandbox, sandbox.path("sock/broker.sock"), &[]);
@@ -2870,6 +3044,44 @@ fn a_pem_file_that_is_not_a_regular_file_is_refused_at_once() {
     assert!(
         out.stderr
             .contains(r"/nonexistent/ca\nfile.pem: No such file or directory"),
+        "{out:?}"
+    );
+}
+
+/// A private key others may read (`tls_key`) stops the broker at start, in one line naming
+/// the file and the fix.
+#[test]
+fn a_private_key_others_may_read_stops_the_broker() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let key = sandbox.path("open.key");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("mode");
+    let config = sandbox.path("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            key.display(),
+            key.display()
+        ),
+    )
+    .expect("config");
+    let out = sandbox
+        .lease(["serve", "--listen", "127.0.0.1:0"])
+        .env("LEASE_CONFIG", &config)
+        .run()
+        .code_is(2)
+        .one_error_line();
+    let shown = key.display();
+    assert!(
+        out.stderr.ends_with(&format!(
+            "tls_key {shown}: it holds a private key and is open to others or writable by its group (mode 644): chmod 600 {shown}\n"
+        )),
         "{out:?}"
     );
 }

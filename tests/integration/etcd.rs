@@ -347,6 +347,31 @@ fn without_quorum_every_decision_fails_closed_and_decisions_resume_with_it() {
         started.elapsed()
     );
     verify(revoked).code_is(2);
+    // Forty at once, as a web server in front may ask: each is answered 503 within the
+    // decision's bound (5 s), not queued behind the others' calls (8 threads, 3 s a call).
+    let url = format!("http://{}/v1/verify", a.tcp);
+    let waits: Vec<Duration> = std::thread::scope(|scope| {
+        let asks: Vec<_> = (0..40)
+            .map(|_| {
+                let (url, sandbox) = (&url, &sandbox);
+                scope.spawn(move || {
+                    let asked = Instant::now();
+                    let reply = crate::broker::curl(
+                        sandbox,
+                        &crate::broker::bearer(live),
+                        &["--data", r#"{"action":"read:articles"}"#, url],
+                    );
+                    assert_eq!(reply.status, 503, "{reply:?}");
+                    asked.elapsed()
+                })
+            })
+            .collect();
+        asks.into_iter()
+            .map(|ask| ask.join().expect("ask"))
+            .collect()
+    });
+    let longest = waits.iter().max().expect("waits");
+    assert!(*longest < Duration::from_millis(6500), "{waits:?}");
     issue().code_is(2).one_error_line().stderr_has("etcd://");
     sandbox
         .run_sh("read:articles", "touch started")
@@ -823,8 +848,11 @@ fn a_broker_that_lost_its_session_lets_its_runs_re_attach_under_a_new_one() {
     let (mut run, token) = waiting_run(&sandbox, &a.endpoint(), None);
     assert_eq!(reason_of(&sandbox, &b, &token), "granted");
     cluster.signal_member(0, Signal::SIGSTOP);
-    // Frozen, etcd tells nothing: what must pass is its own clock, past the sessions' TTL.
-    std::thread::sleep(Duration::from_secs(3));
+    // Frozen, etcd tells nothing: what must pass is its own clock, past the sessions' TTL, and
+    // past the deadline of the broker's calls (3 s), so that its keep-alive stream ends and
+    // must be opened again on a session etcd has let go (a broker then refused every run,
+    // retrying that session forever).
+    std::thread::sleep(Duration::from_secs(7));
     cluster.signal_member(0, Signal::SIGCONT);
     a.expect_log("opened a new session");
     a.expect_log("run re-attached");
@@ -833,6 +861,11 @@ fn a_broker_that_lost_its_session_lets_its_runs_re_attach_under_a_new_one() {
         assert!(Instant::now() < deadline, "not granted again in time");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // New runs are held under the new session.
+    let (mut second, fresh) = waiting_run(&sandbox, &a.endpoint(), None);
+    assert_eq!(reason_of(&sandbox, &b, &fresh), "granted");
+    second.signal(Signal::SIGTERM);
+    second.wait();
     run.signal(Signal::SIGTERM);
     run.wait();
     assert_eq!(reason_of(&sandbox, &b, &token), "revoked");

@@ -354,6 +354,22 @@ fn env_names_that_would_break_the_run_are_refused() {
             "DYLD_INSERT_LIBRARIES",
             "the dynamic loader reads LD_* and DYLD_* variables",
         ),
+        (
+            "HOME",
+            "programs read it as a path and quote it in their errors",
+        ),
+        (
+            "TMPDIR",
+            "programs read it as a path and quote it in their errors",
+        ),
+        (
+            "BASH_ENV",
+            "shells read it as how to run, or as a file to run first",
+        ),
+        (
+            "IFS",
+            "shells read it as how to run, or as a file to run first",
+        ),
     ] {
         let out = sandbox
             .lease(["run", "--scope", "a", "--env", name, "--", "touch", "ran"])
@@ -513,6 +529,33 @@ fn a_token_issue_cannot_print_is_revoked_and_fails() {
         assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
         let listed = sandbox.lease(["list", "--json"]).run().success();
         assert_eq!(listed.stdout.trim(), "[]", "{what}: a live lease is left");
+    }
+}
+
+/// Help and the version, asked for with stdout on a full disk: one line saying so, exit 2
+/// (the standard library's `print!` panicked, and lease called that an internal error).
+#[test]
+fn help_that_cannot_be_written_is_one_line_not_an_internal_error() {
+    let sandbox = Sandbox::new();
+    for args in [
+        &["--help"][..],
+        &["-V"],
+        &["run", "--help"],
+        &["help", "verify"],
+    ] {
+        let mut command = sandbox.lease(args).command;
+        command
+            .stdout(std::process::Stdio::from(
+                fs::File::create("/dev/full").expect("/dev/full"),
+            ))
+            .stderr(std::process::Stdio::piped());
+        let out = command.output().expect("lease");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr, "lease: writing to standard output: No space left on device (os error 28)\n",
+            "{args:?}"
+        );
     }
 }
 

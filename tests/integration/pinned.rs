@@ -227,6 +227,34 @@ fn verify_json_answers_error_when_the_config_cannot_be_read() {
     assert_eq!(json["granted"], false, "{out:?}");
 }
 
+/// ... and so does a command line it cannot parse (a bad action, an unknown flag, a bad
+/// `--token-env`): the answer on stdout, the one line on stderr. Without `--json`, stdout
+/// stays empty.
+#[test]
+fn verify_json_answers_error_when_its_command_line_is_wrong() {
+    let sandbox = Sandbox::new();
+    let cases: [&[&str]; 4] = [
+        &["verify", "bad action", "--json"],
+        &["verify", "--json", "a", "--bogus"],
+        &["verify", "a", "--token-env", "1X", "--json"],
+        &["--verbose", "verify", "--json"],
+    ];
+    for args in cases {
+        let out = sandbox
+            .lease(args)
+            .env("LEASE_TOKEN", format!("agt_{}", "A".repeat(48)))
+            .run()
+            .code_is(2)
+            .one_error_line();
+        let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        assert_eq!(json["reason"], "error", "{args:?}: {out:?}");
+        assert_eq!(json["granted"], false, "{args:?}: {out:?}");
+        let without: Vec<&str> = args.iter().copied().filter(|a| *a != "--json").collect();
+        let out = sandbox.lease(without).run().code_is(2).one_error_line();
+        assert_eq!(out.stdout, "", "{args:?}");
+    }
+}
+
 /// Runs each of `args` and pins them together as tests/snapshots/usage/`class`.txt, checking
 /// that each fails with one line on stderr and the status of its subcommand: 125 for `run`,
 /// 2 for the others.

@@ -43,6 +43,29 @@ fn a_receipt_holds_the_lease_every_decision_and_the_exit() {
     );
 }
 
+/// A receipt is 0600 whatever the umask: one that takes the owner's bits made it 0400 or
+/// 0000, one that leaves others theirs (0002) would not widen it either.
+#[test]
+fn a_receipt_is_private_whatever_the_umask() {
+    let sandbox = Sandbox::new();
+    for umask in ["777", "222", "077", "002"] {
+        let receipt = sandbox.path(&format!("receipt-{umask}.json"));
+        sandbox
+            .sh(&format!(
+                "umask {umask} && \"$0\" run --scope a --receipt '{}' -- true",
+                receipt.display()
+            ))
+            .arg(crate::harness::lease_bin())
+            .run()
+            .success();
+        assert_eq!(
+            std::fs::metadata(&receipt).unwrap().permissions().mode() & 0o7777,
+            0o600,
+            "umask {umask}"
+        );
+    }
+}
+
 /// A trail rotated past the run's start has lost some of its decisions: the receipt says so
 /// (`decisions_complete: false`, and one line on stderr), and so does `suggest`, rather than
 /// passing a part for the whole.

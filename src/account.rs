@@ -9,7 +9,6 @@
 //! a segmentation fault. Accounts that only a directory service knows (LDAP, sssd) are
 //! therefore not found by name: give their numeric ids.
 
-use std::ffi::OsString;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
@@ -54,13 +53,14 @@ fn xdg(name: &str) -> Option<PathBuf> {
 
 /// The home of the real uid in `/etc/passwd` (asked only when `$HOME` is not set).
 fn home() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
     let uid = nix::unistd::getuid().as_raw().to_string();
     let passwd = read(Path::new("/etc/passwd"))?;
     entries(&passwd)
-        .find(|fields| fields.get(2) == Some(&uid.as_str()))
+        .find(|fields| fields.get(2) == Some(&uid.as_bytes()))
         .and_then(|fields| fields.get(5).copied())
-        .filter(|home| home.starts_with('/'))
-        .map(|home| PathBuf::from(OsString::from(home)))
+        .filter(|home| home.starts_with(b"/"))
+        .map(|home| PathBuf::from(std::ffi::OsStr::from_bytes(home)))
 }
 
 /// The uid of the user called `name` in `/etc/passwd`.
@@ -73,29 +73,35 @@ pub fn gid_of(name: &str) -> Option<u32> {
     id_of(&read(Path::new("/etc/group"))?, name)
 }
 
-/// The id (third field) of the first entry called `name` in a passwd or group file's text.
-fn id_of(text: &str, name: &str) -> Option<u32> {
+/// The id (third field) of the first entry called `name` in a passwd or group file's bytes
+/// (whatever the other fields hold: a GECOS field in Latin-1 is no reason to fail).
+fn id_of(text: &[u8], name: &str) -> Option<u32> {
+    if name.is_empty() {
+        return None;
+    }
     entries(text)
-        .find(|fields| fields.first() == Some(&name))
-        .and_then(|fields| fields.get(2)?.parse().ok())
+        .find(|fields| fields.first() == Some(&name.as_bytes()))
+        .and_then(|fields| std::str::from_utf8(fields.get(2)?).ok()?.parse().ok())
 }
 
 /// The entries of a passwd or group file, split at `:`: blank lines, comments and NIS
 /// inclusions (`+`, `-`) left out.
-fn entries(text: &str) -> impl Iterator<Item = Vec<&str>> {
-    text.lines()
-        .filter(|line| !line.is_empty() && !line.starts_with(['#', '+', '-']))
-        .map(|line| line.split(':').collect())
+fn entries(text: &[u8]) -> impl Iterator<Item = Vec<&[u8]>> {
+    text.split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty() && !matches!(line[0], b'#' | b'+' | b'-'))
+        .map(|line| line.split(|b| *b == b':').collect())
 }
 
-fn read(path: &Path) -> Option<String> {
-    let mut text = String::new();
+/// The whole file, or nothing: one larger than [`MAX_FILE`] is not read in part (a line cut
+/// short could give another id).
+fn read(path: &Path) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
     std::fs::File::open(path)
         .ok()?
-        .take(MAX_FILE)
-        .read_to_string(&mut text)
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
         .ok()?;
-    Some(text)
+    (bytes.len() as u64 <= MAX_FILE).then_some(bytes)
 }
 
 #[cfg(test)]
@@ -104,13 +110,13 @@ mod tests {
 
     #[test]
     fn names_are_found_in_the_files_own_lines_only() {
-        let passwd = "\
+        let passwd = b"\
 # a comment
 root:x:0:0:root:/root:/bin/bash
 +nis::::::
 -excluded:x:7:7::/:/bin/sh
 
-agent:x:1001:1001:An Agent,,,:/home/agent:/bin/sh
+agent:x:1001:1001:An Agent \xe9,,,:/home/agent:/bin/sh
 agent:x:1002:1002::/home/again:/bin/sh
 broken:x:notanumber:0::/:/bin/sh
 ";
@@ -122,6 +128,11 @@ broken:x:notanumber:0::/:/bin/sh
         assert_eq!(id_of(passwd, "broken"), None);
         assert_eq!(id_of(passwd, "nobody-here"), None);
         assert_eq!(id_of(passwd, ""), None);
-        assert_eq!(id_of("agents:x:1005:alice,bob", "agents"), Some(1005));
+        assert_eq!(
+            id_of(b":x:3:3::/:/bin/sh", ""),
+            None,
+            "an empty name is no one's"
+        );
+        assert_eq!(id_of(b"agents:x:1005:alice,bob", "agents"), Some(1005));
     }
 }

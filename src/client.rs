@@ -90,18 +90,7 @@ pub fn call<T: serde::de::DeserializeOwned>(
     body: &impl serde::Serialize,
     what: &str,
 ) -> Result<T> {
-    let body = serde_json::to_vec(body)?;
-    let answer = request(endpoint, "POST", path, token, Some(&body))?;
-    if answer.status != 200 {
-        bail!(
-            "{}",
-            answer
-                .reason()
-                .unwrap_or_else(|| answer.unexpected(endpoint))
-        );
-    }
-    serde_json::from_slice(&answer.body)
-        .with_context(|| format!("broker {endpoint} answered something that is not {what}"))
+    call_taking(endpoint, path, (token, body), what, false)
 }
 
 /// `POST /v1/commands`: what the broker's run of a subcommand printed. It comes with a `200`,
@@ -112,13 +101,29 @@ pub fn run_command(
     token: Option<&Token>,
     asked: &crate::wire::Remote,
 ) -> Result<crate::wire::Printed> {
-    let body = serde_json::to_vec(asked)?;
-    let answer = request(endpoint, "POST", "/v1/commands", token, Some(&body))?;
+    call_taking(
+        endpoint,
+        "/v1/commands",
+        (token, asked),
+        "a command's output",
+        true,
+    )
+}
+
+/// [`call`], taking the answer from a `401` too when `unauthorized` is set and it reads as one.
+fn call_taking<T: serde::de::DeserializeOwned>(
+    endpoint: &Endpoint,
+    path: &str,
+    (token, body): (Option<&Token>, &impl serde::Serialize),
+    what: &str,
+    unauthorized: bool,
+) -> Result<T> {
+    let body = serde_json::to_vec(body)?;
+    let answer = request(endpoint, "POST", path, token, Some(&body))?;
     match answer.status {
-        200 => serde_json::from_slice(&answer.body).with_context(|| {
-            format!("broker {endpoint} answered something that is not a command's output")
-        }),
-        401 if let Ok(printed) = serde_json::from_slice(&answer.body) => Ok(printed),
+        200 => serde_json::from_slice(&answer.body)
+            .with_context(|| format!("broker {endpoint} answered something that is not {what}")),
+        401 if unauthorized && let Ok(taken) = serde_json::from_slice(&answer.body) => Ok(taken),
         _ => bail!(
             "{}",
             answer
@@ -526,8 +531,8 @@ pub struct Hold {
     conn: Conn,
     /// Bytes read and not consumed yet.
     buffered: Vec<u8>,
-    /// Past it, a read fails: each read waits at most its own limit, and this bounds a broker
-    /// that drips an answer a byte at a time within it.
+    /// Past it, no read starts: each read waits at most its own limit, and this bounds a broker
+    /// that drips an answer a byte at a time within it (to the deadline and one read's limit).
     deadline: Option<std::time::Instant>,
 }
 

@@ -789,9 +789,16 @@ fn steers_the_command(name: &str) -> Option<&'static str> {
         "HOME" | "PWD" | "OLDPWD" | "CDPATH" | "TMPDIR" | "TMP" | "TEMP" | "SHELL" => {
             Some("programs read it as a path and quote it in their errors")
         }
-        "IFS" | "ENV" | "BASH_ENV" | "PS4" | "PROMPT_COMMAND" | "SHELLOPTS" | "BASHOPTS" => {
-            Some("shells read it as how to run, or as a file to run first")
+        "LANG" | "LANGUAGE" | "TERM" => {
+            Some("programs read it as a setting and quote it in their errors")
         }
+        _ if name.starts_with("LC_") => {
+            Some("programs read it as a setting and quote it in their errors")
+        }
+        "IFS" | "ENV" | "BASH_ENV" | "PS1" | "PS2" | "PS4" | "PROMPT_COMMAND" | "SHELLOPTS"
+        | "BASHOPTS" => Some("shells read it as how to run, or as a file to run first"),
+        "NODE_OPTIONS" | "PYTHONSTARTUP" | "PERL5OPT" | "RUBYOPT" | "GIT_SSH_COMMAND"
+        | "EDITOR" | "VISUAL" | "PAGER" => Some("programs run it, or take it as their options"),
         _ => None,
     }
 }

@@ -147,9 +147,7 @@ fn main_inner(args: Vec<OsString>) -> Exit {
             return exit;
         }
         Err(Rejected::UsageInJson(message, exit)) => {
-            let undecided =
-                authorize::Decision::deny(authorize::Reason::Error, String::new(), None);
-            if let Err(err) = commands::print_json(&undecided) {
+            if let Err(err) = commands::print_undecided(authorize::Reason::Error) {
                 say!("lease: {err:#}");
             }
             say!("lease: {message}");

@@ -483,6 +483,12 @@ fn run_secret_command(argv: &[String], hidden: &[&str]) -> Result<Zeroizing<Vec<
         }
         let _ = child.wait();
     };
+    // The broker was asked to stop while it starts: it does not wait for the key first.
+    let stopped = |child: &mut std::process::Child| {
+        kill(child);
+        Err(anyhow::Error::new(Stopped))
+            .with_context(|| format!("secret_command: {} was stopped", program.escape_debug()))
+    };
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -496,21 +502,25 @@ fn run_secret_command(argv: &[String], hidden: &[&str]) -> Result<Zeroizing<Vec<
             kill(&mut child);
             return Err(late());
         }
-        // The broker was asked to stop while it starts: it does not wait for the key first.
         if crate::signals::stop_pending() {
-            kill(&mut child);
-            return Err(anyhow::Error::new(Stopped)).with_context(|| {
-                format!("secret_command: {} was stopped", program.escape_debug())
-            });
+            return stopped(&mut child);
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let left = deadline.saturating_duration_since(Instant::now());
-    let bytes = match output.recv_timeout(left) {
-        Ok(read) => read.context("secret_command: reading its output")?,
-        Err(_) => {
-            kill(&mut child);
-            return Err(late());
+    // Its output, which a descendant may keep open past its exit: waited for as long.
+    let bytes = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match output.recv_timeout(left.min(Duration::from_millis(10))) {
+            Ok(read) => break read.context("secret_command: reading its output")?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {
+                if crate::signals::stop_pending() {
+                    return stopped(&mut child);
+                }
+            }
+            Err(_) => {
+                kill(&mut child);
+                return Err(late());
+            }
         }
     };
     if !status.success() {

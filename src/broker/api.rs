@@ -644,7 +644,20 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
             // A token that is no credential is a 401, as for every endpoint; the body is still
             // what the command printed, for the client to print as a local run would.
             if no_credential {
-                let mut answer = json(StatusCode::UNAUTHORIZED, &printed);
+                // With `error` too, as every refusal has it, for clients that read only that.
+                #[derive(serde::Serialize)]
+                struct Refused<'a> {
+                    #[serde(flatten)]
+                    printed: &'a crate::wire::Printed,
+                    error: &'a str,
+                }
+                let error = printed.stderr.lines().next().unwrap_or("no valid lease");
+                let error = error.strip_prefix("lease: ").unwrap_or(error);
+                let body = Refused {
+                    printed: &printed,
+                    error,
+                };
+                let mut answer = json(StatusCode::UNAUTHORIZED, &body);
                 challenge(answer.headers_mut());
                 answer
             } else {
@@ -809,6 +822,7 @@ pub(super) async fn decide(
         // REMOTE_DECISIONS are made at once, and each is answered (503) within REMOTE_DECISION
         // whatever happens, waiting for its turn included.
         let deadline = tokio::time::Instant::now() + REMOTE_DECISION;
+        let cutoff = deadline.into_std();
         let late = || {
             anyhow::anyhow!(
                 "no decision within {} s: the store is too slow, or cannot be reached",
@@ -824,6 +838,9 @@ pub(super) async fn decide(
                     let _turn = turn;
                     match assess(&live, token.as_ref(), &action, now)? {
                         Assessed::Decided(decision) => Ok(decision),
+                        // Answered 503 already: no use is charged for a grant nobody gets
+                        // (one charged while the deadline passes is spent, failing closed).
+                        Assessed::Pending(_) if std::time::Instant::now() >= cutoff => Err(late()),
                         Assessed::Pending(pending) => pending.settle(&live.store, &action, now),
                     }
                 });

@@ -1018,6 +1018,14 @@ async fn accept_failed(err: &std::io::Error) {
 /// How many connections each uid holds on the unix sockets.
 type ByUid = Arc<Mutex<HashMap<u32, usize>>>;
 
+/// A connection's place in its pool, given back when the connection ends: when hyper is done
+/// with it, and, for a run's connection, when the run's hold on the upgraded socket ends too
+/// (each holds one of these).
+#[derive(Debug, Clone)]
+pub(super) struct Occupied {
+    _slot: Arc<Slot>,
+}
+
 /// A connection's place in its pool, given back when the connection ends.
 #[derive(Debug)]
 struct Slot {
@@ -1092,12 +1100,20 @@ where
     };
     let mut stopping = shared.stopping.subscribe();
     let peer = Arc::new(peer);
+    let occupied = Occupied {
+        _slot: Arc::new(permit),
+    };
     let service = {
         let shared = Arc::clone(shared);
-        service_fn(move |request| {
+        let occupied = occupied.clone();
+        service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let shared = Arc::clone(&shared);
             let peer = Arc::clone(&peer);
             let only = only.clone();
+            // A run's connection outlives hyper's, upgraded: it keeps its place in the pool.
+            if request.uri().path().starts_with("/v1/runs") {
+                request.extensions_mut().insert(occupied.clone());
+            }
             async move {
                 let reply = if head_size(&request) > MAX_HEAD {
                     let why = format!("the request's head is over {} KiB", MAX_HEAD / 1024);
@@ -1118,7 +1134,7 @@ where
     };
     tokio::spawn(async move {
         let _guard = guard;
-        let _permit = permit;
+        let _occupied = occupied;
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)

@@ -454,15 +454,7 @@ async fn forward(
     {
         parts.headers.insert(header::LOCATION, value);
     }
-    scope_cookies(spec, &mut parts.headers, only.is_some());
-    let needles = spec.inject.needles(&upstream.secret);
-    mask_header_names(&mut parts.headers, &needles);
-    let redactor = Redactor::new(needles);
-    for value in parts.headers.values_mut() {
-        if let Some(masked) = redactor.redact_whole(value.as_bytes()) {
-            *value = HeaderValue::from_bytes(&masked).unwrap_or(HeaderValue::from_static("***"));
-        }
-    }
+    let redactor = masked_headers(spec, &upstream.secret, &mut parts.headers, only.is_some());
     // Masking may change the body's length: a body goes out chunked. A HEAD, 204 or 304
     // answer has no body, and its length describes another one.
     let bodiless = method == hyper::Method::HEAD
@@ -615,6 +607,23 @@ fn within_broker(spec: &Spec, location: &[u8], own: bool) -> Option<String> {
         });
     }
     Some(format!("/u/{}{rest}", spec.name))
+}
+
+/// The answer's headers with the key masked in their names and values, then its cookies kept
+/// to the upstream ([`scope_cookies`]); the mask for the body.
+fn masked_headers(spec: &Spec, secret: &Secret, headers: &mut HeaderMap, own: bool) -> Redactor {
+    let needles = spec.inject.needles(secret);
+    mask_header_names(headers, &needles);
+    let redactor = Redactor::new(needles);
+    for value in headers.values_mut() {
+        if let Some(masked) = redactor.redact_whole(value.as_bytes()) {
+            *value = HeaderValue::from_bytes(&masked).unwrap_or(HeaderValue::from_static("***"));
+        }
+    }
+    // After the mask: scoping rewrites a cookie's attributes (`;` and the blanks around it),
+    // which would change the bytes of a key that holds a `;` before the mask looked for them.
+    scope_cookies(spec, headers, own);
+    redactor
 }
 
 /// Keeps each cookie an upstream sets to that upstream: every upstream shares the broker's
@@ -1271,5 +1280,25 @@ mod tests {
             .collect();
         assert_eq!(set, ["a=1; Path=/u/api", "b=2; Path=/u/api"]);
         assert_eq!(map["x-other"], "kept");
+    }
+
+    /// A key with a `;` echoed in a cookie is masked before the cookie is rewritten (which
+    /// would turn `ab;cd` into `ab; cd`, out of the mask's sight).
+    #[test]
+    fn a_key_in_a_cookie_is_masked_before_the_cookie_is_scoped() {
+        let file: crate::upstream::SpecFile =
+            toml::from_str("url = \"https://api.example.com\"\nsecret_env = \"K\"").expect("table");
+        let spec = Spec::parse("api", file).expect("spec");
+        let secret = Secret::new(Zeroizing::new(b"k3y;0f;the;key".to_vec())).expect("key");
+        let mut map = headers(&[
+            ("set-cookie", "s=k3y;0f;the;key; Path=/"),
+            ("x-echo", "Bearer k3y;0f;the;key"),
+        ]);
+        masked_headers(&spec, &secret, &mut map, false);
+        for value in map.values() {
+            let value = value.to_str().expect("text");
+            assert!(!value.contains("k3y"), "{value}");
+        }
+        assert_eq!(map["set-cookie"], "s=***; Path=/u/api/");
     }
 }

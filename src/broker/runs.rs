@@ -69,10 +69,13 @@ pub(super) fn upgrade(
         .and_then(|v| v.to_str().ok())
         .map(|v| Token::presented(v.trim().to_owned()));
     let upgraded = hyper::upgrade::on(&mut request);
+    let occupied = request.extensions_mut().remove::<super::Occupied>();
     let shared = Arc::clone(shared);
     let peer = peer.clone();
     tokio::spawn(async move {
         let _guard = guard;
+        // The connection's place in its pool, kept while the run holds it.
+        let _occupied = occupied;
         match upgraded.await {
             Ok(io) => {
                 let proof = Proof { token, secret };

@@ -73,9 +73,6 @@ fn lacks_separator(err: &clap::Error, args: &[OsString]) -> bool {
     }
 }
 
-/// The subcommand of a command line clap refused, as clap itself found it: parsed again with
-/// errors ignored, clap goes on into the subcommand whose arguments failed and records it.
-/// `None` when the error came before any subcommand (`lease --bogus run`).
 /// Whether `args` ask `lease verify` for its answer in JSON (`--json` before any `--`).
 pub(super) fn asks_verify_json(args: &[OsString]) -> bool {
     args.iter()
@@ -85,6 +82,9 @@ pub(super) fn asks_verify_json(args: &[OsString]) -> bool {
         && failed_subcommand(args).as_deref() == Some("verify")
 }
 
+/// The subcommand of a command line clap refused, as clap itself found it: parsed again with
+/// errors ignored, clap goes on into the subcommand whose arguments failed and records it.
+/// `None` when the error came before any subcommand (`lease --bogus run`).
 fn failed_subcommand(args: &[OsString]) -> Option<String> {
     let matches = Cli::command()
         .ignore_errors(true)

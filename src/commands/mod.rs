@@ -16,6 +16,8 @@ mod status;
 mod suggest;
 mod verify;
 
+pub use verify::print_undecided;
+
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -280,7 +282,7 @@ impl Skipped {
 }
 
 /// Prints one JSON document on its own line.
-pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     use std::io::Write;
     let text = serde_json::to_string(value).context("encoding JSON")?;
     writeln!(console::Out, "{text}").context("writing to standard output")

@@ -39,11 +39,16 @@ pub fn undecided(request: &VerifyRequest, err: anyhow::Error) -> anyhow::Error {
         } else {
             Reason::Error
         };
-        if let Err(printing) = print_json(&Decision::deny(reason, String::new(), None)) {
+        if let Err(printing) = print_undecided(reason) {
             return printing;
         }
     }
     err
+}
+
+/// `--json`'s answer when verify could not decide, for `reason` (`no token` or `error`).
+pub fn print_undecided(reason: Reason) -> Result<()> {
+    print_json(&Decision::deny(reason, String::new(), None))
 }
 
 pub fn verify(setup: &Setup, request: &VerifyRequest) -> Result<Exit> {

@@ -271,13 +271,13 @@ impl Etcd {
             );
         }
         let rt = runtime()?;
-        let client = block(rt, &shown, false, move || {
+        let client = block(rt, &shown, Kind::Write, move || {
             let (endpoints, options) = (endpoints.clone(), options.clone());
             async move { Client::connect(endpoints, Some(options)).await }
         })?;
         let ttl = i64::try_from(owner_timeout.as_secs().max(2)).unwrap_or(3600);
         let granting = client.clone();
-        let granted = block(rt, &shown, false, move || {
+        let granted = block(rt, &shown, Kind::Write, move || {
             let mut client = granting.clone();
             async move { client.lease_grant(ttl, None).await }
         })
@@ -348,19 +348,22 @@ impl Etcd {
         M: Fn(Client) -> F + Send + 'static,
     {
         let client = self.client.clone();
-        block(runtime()?, &self.shown, false, move || make(client.clone()))
+        block(runtime()?, &self.shown, Kind::Write, move || {
+            make(client.clone())
+        })
     }
 
-    /// [`Etcd::call`] for a read, which is made again on any member that cannot answer now
-    /// (no leader yet, unreachable) while the deadline allows: a read changes nothing.
-    fn call_read<T, F, M>(&self, make: M) -> Result<T>
+    /// [`Etcd::call`] for a read (a [`Kind::Read`], or a page: [`Kind::Scan`]), which is made
+    /// again on any member that cannot answer now (no leader yet, unreachable) while the
+    /// deadline allows: a read changes nothing.
+    fn call_read<T, F, M>(&self, kind: Kind, make: M) -> Result<T>
     where
         T: Send + 'static,
         F: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
         M: Fn(Client) -> F + Send + 'static,
     {
         let client = self.client.clone();
-        block(runtime()?, &self.shown, true, move || make(client.clone()))
+        block(runtime()?, &self.shown, kind, move || make(client.clone()))
     }
 
     /// Reads a record and its hold, after any write of it in flight here.
@@ -373,7 +376,7 @@ impl Etcd {
     fn read(&self, id: &LeaseId) -> Result<Read> {
         let key = self.key(id);
         let end = format!("{key}0");
-        let mut got = self.call_read(move |mut client| {
+        let mut got = self.call_read(Kind::Read, move |mut client| {
             let (key, end) = (key.clone(), end.clone());
             async move {
                 client
@@ -525,7 +528,7 @@ impl Etcd {
                 options = options.with_revision(revision);
             }
             let key = from.clone();
-            let mut page = self.call_read(move |mut client| {
+            let mut page = self.call_read(Kind::Scan, move |mut client| {
                 let (key, options) = (key.clone(), options.clone());
                 async move { client.get(key, Some(options)).await }
             })?;
@@ -630,7 +633,7 @@ impl Backend for Etcd {
                 })
                 .collect();
             let reads = Txn::new().and_then(reads);
-            let answer = self.call_read(move |mut client| {
+            let answer = self.call_read(Kind::Read, move |mut client| {
                 let reads = reads.clone();
                 async move { client.txn(reads).await }
             })?;
@@ -744,14 +747,26 @@ fn range_end(prefix: &str) -> String {
     String::from_utf8_lossy(&end).into_owned()
 }
 
+/// What a call to etcd is, for how it is made again (see [`block`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// It changes something: made again only where it certainly never reached raft.
+    Write,
+    /// It reads a few keys: made again on any `Unavailable`, and after [`READ_ATTEMPT`].
+    Read,
+    /// It reads a page of up to [`PAGE`] records: made again on any `Unavailable` only (a
+    /// large page may take a while to answer; asking again would only add load).
+    Scan,
+}
+
 /// Runs the call `make` makes on the etcd runtime within [`CALL`], and waits for it on this
 /// thread. A call that could not connect to its member (so the request never reached etcd) is
 /// made again while the deadline allows, so that another member answers it, and so is one that
 /// a member without a leader refused; any other failure is final (a write that failed otherwise
-/// may have been applied), except for a `read`, which is made again on any `Unavailable`, and
-/// after [`READ_ATTEMPT`] without an answer (the client balances over the members: usually on
-/// another).
-fn block<T, F, M>(rt: &tokio::runtime::Runtime, shown: &str, read: bool, make: M) -> Result<T>
+/// may have been applied), except for a read, which is made again on any `Unavailable`, and a
+/// [`Kind::Read`] also after [`READ_ATTEMPT`] without an answer (the client balances over the
+/// members: usually on another).
+fn block<T, F, M>(rt: &tokio::runtime::Runtime, shown: &str, kind: Kind, make: M) -> Result<T>
 where
     T: Send + 'static,
     F: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
@@ -762,15 +777,17 @@ where
         let deadline = tokio::time::Instant::now() + CALL;
         let again = Duration::from_millis(50);
         let answered = loop {
-            let attempt = if read {
-                deadline.min(tokio::time::Instant::now() + READ_ATTEMPT)
+            // Asked again only while another whole attempt fits; the last one has what is left.
+            let now = tokio::time::Instant::now();
+            let attempt = if kind == Kind::Read && now + 2 * READ_ATTEMPT <= deadline {
+                now + READ_ATTEMPT
             } else {
                 deadline
             };
             match tokio::time::timeout_at(attempt, make()).await {
                 Ok(Err(etcd_client::Error::GRpcStatus(status)))
                     if status.code() == tonic::Code::Unavailable
-                        && (read || never_proposed(status.message()))
+                        && (kind != Kind::Write || never_proposed(status.message()))
                         && tokio::time::Instant::now() + again < deadline =>
                 {
                     tokio::time::sleep(again).await;
@@ -893,7 +910,8 @@ async fn keep_session(mut client: Client, session: Arc<Session>, shown: String, 
 /// Whether etcd says the session `id` is gone (expired, revoked): not when it cannot be asked.
 async fn session_gone(client: &mut Client, id: i64) -> bool {
     match tokio::time::timeout(CALL, client.lease_time_to_live(id, None)).await {
-        Ok(Ok(answer)) => answer.ttl() <= 0,
+        // -1: no such lease. A live one with under a second left answers 0.
+        Ok(Ok(answer)) => answer.ttl() < 0,
         Ok(Err(err)) => err.to_string().contains("requested lease not found"),
         Err(_) => false,
     }
@@ -940,8 +958,8 @@ mod tests {
     }
 
     /// A read that a member holds without an answer is made again before the call's deadline
-    /// (here the second attempt answers); a write is not (it may have been applied), and waits
-    /// for its answer until the deadline.
+    /// (here the second attempt answers); a write is not (it may have been applied), nor a
+    /// page of a list: they wait for their answer until the deadline.
     #[test]
     fn a_read_left_unanswered_is_made_again_and_a_write_is_not() {
         use std::sync::atomic::AtomicUsize;
@@ -949,7 +967,7 @@ mod tests {
         let attempts = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&attempts);
         let started = std::time::Instant::now();
-        let answered = block(rt, "etcd://test", true, move || {
+        let answered = block(rt, "etcd://test", Kind::Read, move || {
             let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
             async move {
                 if first {
@@ -961,20 +979,33 @@ mod tests {
         assert_eq!(answered.expect("answered"), 7);
         assert_eq!(attempts.load(Ordering::SeqCst), 2);
         assert!(started.elapsed() < CALL, "{:?}", started.elapsed());
-        let attempts = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&attempts);
-        let written = block(rt, "etcd://test", false, move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                std::future::pending::<()>().await;
-                Ok::<u8, etcd_client::Error>(7)
-            }
-        });
-        assert_eq!(
-            written.expect_err("no answer").to_string(),
-            "the store etcd://test did not answer within 3 s"
-        );
-        assert_eq!(attempts.load(Ordering::SeqCst), 1);
+        // A write, and a page of a list (slow to answer when large), wait for their answer.
+        let waits: Vec<_> = [Kind::Write, Kind::Scan]
+            .into_iter()
+            .map(|kind| {
+                std::thread::spawn(move || {
+                    let attempts = Arc::new(AtomicUsize::new(0));
+                    let counted = Arc::clone(&attempts);
+                    let answer = block(rt, "etcd://test", kind, move || {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            std::future::pending::<()>().await;
+                            Ok::<u8, etcd_client::Error>(7)
+                        }
+                    });
+                    (kind, answer, attempts.load(Ordering::SeqCst))
+                })
+            })
+            .collect();
+        for wait in waits {
+            let (kind, answer, attempts) = wait.join().expect("joined");
+            assert_eq!(
+                answer.expect_err("no answer").to_string(),
+                "the store etcd://test did not answer within 3 s",
+                "{kind:?}"
+            );
+            assert_eq!(attempts, 1, "{kind:?}");
+        }
     }
 
     #[test]

@@ -737,11 +737,16 @@ fn the_commands_about_a_token_that_is_no_credential_answer_401() {
             );
             let printed: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
             assert_ne!(printed["exit"], 0, "{command} {said}: {reply:?}");
+            let stderr = printed["stderr"].as_str().expect("stderr");
             assert!(
-                printed["stderr"]
-                    .as_str()
-                    .is_some_and(|e| e.starts_with("lease: ") && e.lines().count() == 1),
+                stderr.starts_with("lease: ") && stderr.lines().count() == 1,
                 "{command} {said}: {reply:?}"
+            );
+            // And the error, as every refusal has it.
+            assert_eq!(
+                printed["error"].as_str(),
+                stderr.trim_end().strip_prefix("lease: "),
+                "{command} {said}"
             );
         }
     }
@@ -1602,7 +1607,8 @@ fn open_to_other_uids(sandbox: &Sandbox) {
 
 /// An agent in `socket_group` cannot take the unix sockets' connections from everyone else:
 /// one uid other than an operator's holds at most 512 of them (the rest close as they come),
-/// another uid still gets in, and so does an operator, on places kept for operators.
+/// kept-alive or held as runs, another uid still gets in, and so does an operator, on places
+/// kept for operators.
 #[test]
 fn one_uid_cannot_take_every_connection_on_the_socket() {
     if !nix::unistd::geteuid().is_root() {
@@ -1615,21 +1621,28 @@ fn one_uid_cannot_take_every_connection_on_the_socket() {
     let broker = Broker::start_at(&sandbox, sandbox.path("sock/broker.sock"), &[]);
     // 600 connections as uid 65534, each asking for /healthz once: how many are answered,
     // how many are closed unanswered; then they are held until `go` appears.
+    // 600 connections, one after the other, each asking once (argv[3]: /healthz, kept alive,
+    // or a run's upgrade, held on the upgraded socket): how many are answered, how many closed
+    // unanswered; then they are held until `go` appears.
     let flood = r#"
 import os, socket, sys, time
+ask = {
+    "healthz": (b"GET /healthz HTTP/1.1\r\nHost: lease\r\n\r\n", b"HTTP/1.1 200"),
+    "runs": (b"POST /v1/runs HTTP/1.1\r\nHost: lease\r\nConnection: Upgrade\r\n"
+             b"Upgrade: lease-run\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.1 101"),
+}[sys.argv[3]]
 held, served, closed = [], 0, 0
 for _ in range(600):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(5)
     s.connect(sys.argv[1])
     held.append(s)
-for s in held:
     try:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: lease\r\n\r\n")
+        s.sendall(ask[0])
         answer = s.recv(200)
     except OSError:
         answer = b""
-    if answer.startswith(b"HTTP/1.1 200"):
+    if answer.startswith(ask[1]):
         served += 1
     else:
         closed += 1
@@ -1653,20 +1666,22 @@ while not os.path.exists(sys.argv[2]) and time.time() < deadline:
         ])
         .arg(&broker.socket)
         .arg(&go)
+        .arg("healthz")
         .start();
     let counted = flooding.lines.expect("served ");
     assert_eq!(counted, "served 512 closed 88");
     // Another uid of the group is served while the first holds its 512.
     let other = sandbox
         .command("setpriv")
-        .args(["--reuid=65533", "--regid=65534", "--clear-groups", "--"])
+        .args(["--reuid=65532", "--regid=65534", "--clear-groups", "--"])
         .args(["curl", "-s", "--max-time", "5", "--unix-socket"])
         .arg(&broker.socket)
         .arg("http://lease/healthz")
         .run()
         .success();
     assert_eq!(other.stdout, "ok\n");
-    // With every other place taken by a second uid's 512, an operator still gets in.
+    // With every other place taken by a second uid's 512, held runs this time (upgraded, they
+    // keep their places), an operator still gets in.
     let mut second = sandbox
         .command("setpriv")
         .args([
@@ -1681,6 +1696,7 @@ while not os.path.exists(sys.argv[2]) and time.time() < deadline:
         ])
         .arg(&broker.socket)
         .arg(&go)
+        .arg("runs")
         .start();
     assert_eq!(second.lines.expect("served "), "served 512 closed 88");
     sandbox

@@ -370,6 +370,14 @@ fn env_names_that_would_break_the_run_are_refused() {
             "IFS",
             "shells read it as how to run, or as a file to run first",
         ),
+        (
+            "LC_ALL",
+            "programs read it as a setting and quote it in their errors",
+        ),
+        (
+            "NODE_OPTIONS",
+            "programs run it, or take it as their options",
+        ),
     ] {
         let out = sandbox
             .lease(["run", "--scope", "a", "--env", name, "--", "touch", "ran"])

@@ -740,7 +740,6 @@ impl Running {
     }
 }
 
-/// Waits for a child to exit, failing the test after PATIENCE.
 /// Waits until `path` holds something (a command wrote it) and returns its content.
 pub fn wait_for_file(path: &Path) -> String {
     let deadline = Instant::now() + PATIENCE;
@@ -755,6 +754,7 @@ pub fn wait_for_file(path: &Path) -> String {
     panic!("{} never appeared", path.display());
 }
 
+/// Waits for a child to exit, failing the test after PATIENCE.
 pub fn wait_for_exit(child: &mut Child) -> ExitStatus {
     let deadline = Instant::now() + PATIENCE;
     loop {

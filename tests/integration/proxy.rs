@@ -687,57 +687,70 @@ secret_file = "{}"
 #[test]
 fn a_sigterm_while_a_secret_command_runs_at_start_stops_the_broker_at_once() {
     use nix::sys::signal::{Signal, kill};
-    let sandbox = Sandbox::new();
-    let pid_file = sandbox.path("command.pid");
-    // A config of this broker's own: under LEASE_TEST_MODE=broker the sandbox's broker reads
-    // the sandbox's, and would run the command too.
-    let config = sandbox.path("slow.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"[upstream.slow]
-url = "http://127.0.0.1:9"
-secret_command = ["sh", "-c", "echo $$ > '{}'; exec sleep 30"]
-"#,
-            pid_file.display()
-        ),
-    )
-    .expect("config");
-    let mut command = sandbox
-        .lease(["serve", "--listen"])
-        .arg(format!("unix:{}", sandbox.path("slow.sock").display()))
-        .env("LEASE_CONFIG", &config)
-        .command;
-    if let Some(url) = sandbox.store_url() {
-        command.arg("--store").arg(url);
+    // The command itself runs on; or it has ended, and what it started keeps its output open.
+    for (case, script) in [
+        ("running", "echo $$ > '{}'; exec sleep 30"),
+        ("output held", "sleep 30 & echo $! > '{}'"),
+    ] {
+        let sandbox = Sandbox::new();
+        let pid_file = sandbox.path("command.pid");
+        // A config of this broker's own: under LEASE_TEST_MODE=broker the sandbox's broker
+        // reads the sandbox's, and would run the command too.
+        let config = sandbox.path("slow.toml");
+        let script = script.replace("{}", &pid_file.display().to_string());
+        fs::write(
+            &config,
+            format!(
+                "[upstream.slow]\nurl = \"http://127.0.0.1:9\"\nsecret_command = [\"sh\", \"-c\", \"{script}\"]\n"
+            ),
+        )
+        .expect("config");
+        let mut command = sandbox
+            .lease(["serve", "--listen"])
+            .arg(format!("unix:{}", sandbox.path("slow.sock").display()))
+            .env("LEASE_CONFIG", &config)
+            .command;
+        if let Some(url) = sandbox.store_url() {
+            command.arg("--store").arg(url);
+        }
+        let mut broker = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn lease serve");
+        let log = Lines::from(broker.stderr.take().expect("stderr"));
+        let sleeper = wait_for_file(&pid_file);
+        let asked = Instant::now();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(broker.id()).expect("pid"));
+        kill(pid, Signal::SIGTERM).expect("SIGTERM");
+        let status = wait_for_exit(&mut broker);
+        let took = asked.elapsed();
+        let log = log.rest();
+        assert_eq!(status.code(), Some(0), "{case}: {status:?}: {log:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{case}: stopped after {took:?}: {log:?}"
+        );
+        assert_eq!(
+            log,
+            [
+                "lease serve: stopped before it was ready: upstream slow: secret_command: sh was stopped: the broker was asked to stop"
+            ],
+            "{case}"
+        );
+        // Killed with its group (a zombie left to init at most).
+        let state =
+            fs::read_to_string(format!("/proc/{}/stat", sleeper.trim())).unwrap_or_default();
+        let state = state
+            .rsplit(") ")
+            .next()
+            .and_then(|rest| rest.chars().next());
+        assert!(
+            matches!(state, None | Some('Z' | 'X')),
+            "{case}: the sleep it started is still there ({state:?})"
+        );
     }
-    let mut broker = command
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn lease serve");
-    let log = Lines::from(broker.stderr.take().expect("stderr"));
-    let secret_command = wait_for_file(&pid_file);
-    let asked = Instant::now();
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(broker.id()).expect("pid"));
-    kill(pid, Signal::SIGTERM).expect("SIGTERM");
-    let status = wait_for_exit(&mut broker);
-    let took = asked.elapsed();
-    let log = log.rest();
-    assert_eq!(status.code(), Some(0), "{status:?}: {log:?}");
-    assert!(
-        took < Duration::from_secs(5),
-        "stopped after {took:?}: {log:?}"
-    );
-    assert_eq!(
-        log,
-        [
-            "lease serve: stopped before it was ready: upstream slow: secret_command: sh was stopped: the broker was asked to stop"
-        ]
-    );
-    let gone = PathBuf::from(format!("/proc/{}", secret_command.trim()));
-    assert!(!gone.exists(), "the secret_command is still there");
 }
 
 #[test]

@@ -5,8 +5,9 @@
 
 It asks `lease verify ACTION --json` (the token comes from $LEASE_TOKEN, never from argv) and
 runs COMMAND only when the answer is granted. $LEASE names the lease binary when it is not on
-PATH (examples/Makefile passes it on). Exit status: COMMAND's own when granted; 1 when denied;
-2 when lease cannot decide (no token, unreadable store, no lease binary).
+PATH (examples/Makefile passes it on). Exit status: COMMAND's own when granted (127 when it
+cannot be found, 126 when it cannot be run); 1 when denied; 2 when lease cannot decide (no
+token, unreadable store, no lease binary).
 """
 import json
 import os
@@ -38,7 +39,12 @@ def main() -> int:
     if answer.returncode != 0 or not decision.get("granted"):
         print(f"gate: {action} refused: {decision.get('reason')}", file=sys.stderr)
         return 1 if answer.returncode == 1 else 2
-    os.execvp(command[0], command)
+    try:
+        os.execvp(command[0], command)
+    except OSError as err:
+        # As a shell says it, with its status: 127 not found, 126 found but not runnable.
+        print(f"gate: cannot run {command[0]}: {err.strerror}", file=sys.stderr)
+        return 127 if isinstance(err, FileNotFoundError) else 126
     return 127  # not reached
 
 

@@ -201,9 +201,16 @@ fn connect_unix(path: &Path, limit: Duration) -> Result<UnixStream> {
     .context("creating a socket")?;
     limit_waits(std::os::fd::AsFd::as_fd(&fd), limit)?;
     let address = UnixAddr::new(path).context("socket path")?;
-    socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &address)
-        .map_err(std::io::Error::from)
-        .context("connecting")?;
+    socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &address).map_err(|errno| {
+        let io = std::io::Error::from(errno);
+        match errno {
+            // Nothing listens there: say what to check.
+            nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED => {
+                anyhow!("connecting: {io}: is `lease serve` running, and listening on this socket?")
+            }
+            _ => anyhow::Error::from(io).context("connecting"),
+        }
+    })?;
     Ok(UnixStream::from(fd))
 }
 

@@ -251,9 +251,12 @@ fn receipt_temp_file(path: &Path) -> Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
         .prefix(".lease-receipt-")
         .tempfile_in(dir)
-        .with_context(|| {
-            format!(
-                "cannot write the receipt {}: its directory {} does not take new files",
+        .map_err(|err| {
+            // The temporary file's random name (which tempfile adds) tells the user nothing.
+            let why = err.to_string();
+            let why = why.split(" at path ").next().unwrap_or_default().to_owned();
+            anyhow::anyhow!(
+                "cannot write the receipt {}: its directory {} does not take new files: {why}",
                 path.display(),
                 dir.display()
             )

@@ -493,6 +493,12 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     let tls = live.tls.is_some();
     let plain_ok = request.insecure_http || tls;
     let mut bound = Vec::new();
+    if live.config.socket_group.is_some() && activated.iter().any(|s| matches!(s, Bound::Unix(..)))
+    {
+        log(
+            "warning: socket_group does not apply to the sockets systemd passes: set SocketGroup= and SocketMode=0660 in the .socket unit",
+        );
+    }
     for socket in activated {
         if let Bound::Tcp(listener, _) = &socket
             && let Ok(address) = listener.local_addr()
@@ -755,11 +761,22 @@ fn bind_unix(path: &Path, group: Option<u32>) -> Result<std::os::unix::net::Unix
     nix::sys::stat::umask(old);
     let listener = listener?;
     if let Some(gid) = group {
-        // Given to the group first, opened to it second: never wider than meant.
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .context("giving the socket to socket_group")?;
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
-            .context("opening the socket to socket_group")?;
+        // Given to the group first, opened to it second: never wider than meant. A socket that
+        // cannot be given is not left behind.
+        let given = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|err| {
+                anyhow!(
+                    "giving the socket to socket_group (gid {gid}): {err}: the broker's user must be in that group (SupplementaryGroups= in its systemd unit, or usermod -aG GROUP USER)"
+                )
+            })
+            .and_then(|()| {
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+                    .context("opening the socket to socket_group")
+            });
+        if let Err(err) = given {
+            let _ = std::fs::remove_file(path);
+            return Err(err);
+        }
         if let Some(closed) = closed_to_group(path, gid) {
             log(&format!(
                 "warning: socket_group cannot reach {}: {} (mode {:o}) keeps the group out; listen in a directory its members can pass (/run/lease, 0755, under examples/lease-broker.service)",

@@ -54,7 +54,7 @@ pub(super) struct Cli {
     pub(super) config: Option<PathBuf>,
 
     /// Also print notes on stderr, such as a nested lease's expiry capped at its parent's
-    /// (without it, `lease run` prints nothing of its own unless something fails)
+    /// (without it, lease prints nothing of its own unless something fails)
     #[arg(short, long, global = true)]
     pub(super) verbose: bool,
 
@@ -243,8 +243,9 @@ pub(super) struct RunArgs {
     #[command(flatten)]
     pub(super) mint: MintArgs,
 
-    /// Put the token in this variable instead of LEASE_TOKEN (not PATH, LD_*, DYLD_* or the
-    /// other LEASE_* variables)
+    /// Put the token in this variable instead of LEASE_TOKEN (not PATH, LD_*, DYLD_*, the other
+    /// LEASE_* variables, nor a name programs read as a path or a setting, or run: HOME, LC_*,
+    /// BASH_ENV, EDITOR and the like; README lists them)
     #[arg(long, value_name = "NAME", value_parser = parse_token_env)]
     pub(super) env: Option<String>,
 
@@ -374,7 +375,7 @@ pub(super) struct SuggestArgs {
     #[arg(value_name = "ID")]
     pub(super) id: String,
 
-    /// Print {"id","ended","suggested","unused","denied"} as JSON
+    /// Print {"id","ended","suggested","unused","denied","complete"} as JSON
     #[arg(long)]
     pub(super) json: bool,
 }

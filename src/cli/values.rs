@@ -110,5 +110,11 @@ pub(super) fn lease_id_arg(text: String) -> Result<String> {
         "a lease id",
         "pass the 12-digit id shown by `lease list --all`, or use `lease revoke --self` to end the lease of a token",
     )?;
+    // `lease revoke "$(cat id-file)"` of a file left empty: a mistake, not an unknown id.
+    if text.trim().is_empty() {
+        bail!(
+            "an empty lease id: pass the 12-digit id shown by `lease list --all` (is the variable or file it came from empty?)"
+        );
+    }
     Ok(text)
 }

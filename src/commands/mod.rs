@@ -177,7 +177,11 @@ fn remote_through(setup: &Setup, broker: &Endpoint, command: Command) -> Result<
     let (asked, token) = match command {
         Command::Status { source, json } => (
             Remote::Status { json },
-            Some(read(&source, "cannot show the lease's status")?),
+            Some(
+                verify::read_token(&source, &setup.config.token_env)
+                    .map_err(|err| status::without_token(json, err))
+                    .context("cannot show the lease's status")?,
+            ),
         ),
         Command::Renew(request) => (
             Remote::Renew {

@@ -33,8 +33,35 @@ struct Status<'a> {
 
 pub fn status(setup: &Setup, source: &TokenSource, json: bool) -> Result<Exit> {
     let token = super::verify::read_token(source, &setup.config.token_env)
+        .map_err(|err| without_token(json, err))
         .context("cannot show the lease's status")?;
     status_of(setup, &token, json)
+}
+
+/// `err`, which kept status from reading the token, after `--json`'s object for it (state
+/// `no token`, or `error`), so that a caller reading the JSON always has one to read.
+pub fn without_token(json: bool, err: anyhow::Error) -> anyhow::Error {
+    if json && let Err(printing) = print_no_lease(super::verify::undecided_reason(&err)) {
+        return printing;
+    }
+    err
+}
+
+/// The object `--json` prints when there is no lease to show (every field empty).
+fn print_no_lease(reason: Reason) -> Result<()> {
+    let empty = BTreeMap::new();
+    print_json(&Status {
+        id: None,
+        valid: false,
+        state: reason.as_str(),
+        scope: Vec::new(),
+        expires_at: None,
+        seconds_left: 0,
+        uses_left: None,
+        scope_uses_left: &empty,
+        parent: None,
+        run: None,
+    })
 }
 
 /// The status of `token`'s lease (also what the broker runs for a token holder).
@@ -42,19 +69,7 @@ pub fn status_of(setup: &Setup, token: &Token, json: bool) -> Result<Exit> {
     // No lease to show: with --json, still an object to read (every field empty).
     let no_lease = |reason: Reason| -> Result<Exit> {
         if json {
-            let empty = BTreeMap::new();
-            print_json(&Status {
-                id: None,
-                valid: false,
-                state: reason.as_str(),
-                scope: Vec::new(),
-                expires_at: None,
-                seconds_left: 0,
-                uses_left: None,
-                scope_uses_left: &empty,
-                parent: None,
-                run: None,
-            })?;
+            print_no_lease(reason)?;
         }
         Ok(Exit::Denied)
     };

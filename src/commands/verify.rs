@@ -33,17 +33,22 @@ const STDIN_WAIT: Duration = Duration::from_secs(30);
 /// no token), after `--json`'s answer for it: `"reason": "no token"` or `"error"`, so that a
 /// caller reading the JSON always has an answer to read.
 pub fn undecided(request: &VerifyRequest, err: anyhow::Error) -> anyhow::Error {
-    if request.json {
-        let reason = if err.is::<NoToken>() {
-            Reason::NoToken
-        } else {
-            Reason::Error
-        };
-        if let Err(printing) = print_undecided(reason) {
-            return printing;
-        }
+    if request.json
+        && let Err(printing) = print_undecided(undecided_reason(&err))
+    {
+        return printing;
     }
     err
+}
+
+/// The reason `--json` gives for `err`, which kept a command from deciding: `no token`, or
+/// `error`.
+pub(super) fn undecided_reason(err: &anyhow::Error) -> Reason {
+    if err.is::<NoToken>() {
+        Reason::NoToken
+    } else {
+        Reason::Error
+    }
 }
 
 /// `--json`'s answer when verify could not decide, for `reason` (`no token` or `error`).

@@ -920,6 +920,12 @@ fn an_unreachable_or_garbled_broker_fails_closed() {
             .starts_with(&format!("lease: cannot verify: broker {missing}: ")),
         "{out:?}"
     );
+    assert!(
+        out.stderr.trim_end().ends_with(
+            "connecting: No such file or directory (os error 2): is `lease serve` running, and listening on this socket?"
+        ),
+        "{out:?}"
+    );
 
     // A server that answers garbage: no real server does that on purpose, so a thread here
     // plays it, once per connection.
@@ -1603,6 +1609,51 @@ fn open_to_other_uids(sandbox: &Sandbox) {
         fs::create_dir_all(&path).expect("dir");
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
     }
+}
+
+/// A broker whose user is not in `socket_group` cannot give it the socket: it stops, in one
+/// line that says how to put the user in the group, and leaves no socket behind.
+#[test]
+fn a_socket_group_the_brokers_user_is_not_in_stops_it_naming_the_fix() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !nix::unistd::geteuid().is_root() {
+        crate::harness::skip("not-root", "only root can run the broker as another uid");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    open_to_other_uids(&sandbox);
+    let bin = sandbox.path("bin");
+    fs::create_dir(&bin).expect("bin");
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let built = crate::harness::lease_bin();
+    for name in ["lease", "lease-broker"] {
+        fs::copy(built.with_file_name(name), bin.join(name)).expect("copy");
+    }
+    let config = sandbox.path("out/config.toml");
+    fs::write(&config, "socket_group = \"www-data\"\n").expect("config");
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let socket = sandbox.path("out/group.sock");
+    let out = sandbox
+        .command("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin.join("lease"))
+        .arg("--state-dir")
+        .arg(sandbox.path("out/state"))
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--listen"])
+        .arg(format!("unix:{}", socket.display()))
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(
+        out.stderr.contains("giving the socket to socket_group (gid 33): EPERM")
+            && out.stderr.trim_end().ends_with(
+                "the broker's user must be in that group (SupplementaryGroups= in its systemd unit, or usermod -aG GROUP USER)"
+            ),
+        "{out:?}"
+    );
+    assert!(!socket.exists(), "the socket was left behind");
 }
 
 /// An agent in `socket_group` cannot take the unix sockets' connections from everyone else:
@@ -3320,7 +3371,7 @@ fn the_broker_takes_its_sockets_from_socket_activation() {
     let port = free_port();
     // `lease serve` under systemd-socket-activate with `sockets` (its arguments before the
     // program), and the tool's log, which the broker's stderr joins.
-    let activate = |sockets: &[&std::ffi::OsStr]| {
+    let activate = |config: &std::ffi::OsStr, sockets: &[&std::ffi::OsStr]| {
         let mut command = sandbox.command("systemd-socket-activate").command;
         command
             .args(sockets)
@@ -3329,7 +3380,9 @@ fn the_broker_takes_its_sockets_from_socket_activation() {
             // unit's.
             .arg("--state-dir")
             .arg(sandbox.state_dir())
-            .args(["--config", "/dev/null", "serve"])
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
             .args(
                 sandbox
                     .store_url()
@@ -3345,12 +3398,15 @@ fn the_broker_takes_its_sockets_from_socket_activation() {
         (child, log)
     };
     let tcp = format!("127.0.0.1:{port}");
-    let (mut child, mut log) = activate(&[
-        "-l".as_ref(),
-        socket.as_os_str(),
-        "-l".as_ref(),
-        tcp.as_ref(),
-    ]);
+    let (mut child, mut log) = activate(
+        "/dev/null".as_ref(),
+        &[
+            "-l".as_ref(),
+            socket.as_os_str(),
+            "-l".as_ref(),
+            tcp.as_ref(),
+        ],
+    );
     log.expect("Listening on 127.0.0.1");
     // The first connection starts the broker; the request waits in the socket's queue.
     sandbox
@@ -3383,8 +3439,10 @@ fn the_broker_takes_its_sockets_from_socket_activation() {
     // Accept=yes passes a connection, not a listening socket: the broker says so and stops,
     // instead of failing every accept.
     let connected = sandbox.path("accept.sock");
-    let (mut child, mut log) =
-        activate(&["--accept".as_ref(), "-l".as_ref(), connected.as_os_str()]);
+    let (mut child, mut log) = activate(
+        "/dev/null".as_ref(),
+        &["--accept".as_ref(), "-l".as_ref(), connected.as_os_str()],
+    );
     log.expect("Listening on");
     sandbox
         .lease(["verify", "read:articles"])
@@ -3399,6 +3457,25 @@ fn the_broker_takes_its_sockets_from_socket_activation() {
     );
     let _ = child.kill();
     let _ = child.wait();
+    // socket_group does not apply to systemd's socket (its owner and mode are the unit's):
+    // the broker says so rather than leave the group out without a word.
+    let config = sandbox.path("grouped.toml");
+    fs::write(&config, "socket_group = \"nogroup\"\n").expect("config");
+    let grouped = sandbox.path("grouped.sock");
+    let (mut child, mut log) = activate(config.as_os_str(), &["-l".as_ref(), grouped.as_os_str()]);
+    log.expect("Listening on");
+    sandbox
+        .lease(["verify", "read:articles"])
+        .env("LEASE_TOKEN", &token)
+        .env("LEASE_BROKER", format!("unix:{}", grouped.display()))
+        .run()
+        .success();
+    log.expect(
+        "warning: socket_group does not apply to the sockets systemd passes: set SocketGroup= and SocketMode=0660 in the .socket unit",
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, Signal::SIGTERM).expect("stop");
+    assert_eq!(wait_for_exit(&mut child).code(), Some(0));
 }
 
 /// A renewed certificate in the same files: SIGHUP serves it to the next connection. TLS

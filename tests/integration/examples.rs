@@ -112,6 +112,17 @@ fn gate_runs_granted_actions_and_refuses_others() {
         .arg("true")
         .run()
         .code_is(2);
+    // A granted command that is not there: one line and 127, as a shell says it.
+    let missing = format!(
+        "{} write:draft no-such-command-here; echo status=$?",
+        example("gate.py").display()
+    );
+    let out = sandbox.run_sh("write:draft", &missing).run().success();
+    assert_eq!(out.stdout, "status=127\n", "{out:#?}");
+    assert_eq!(
+        out.stderr,
+        "gate: cannot run no-such-command-here: No such file or directory\n"
+    );
 }
 
 #[test]

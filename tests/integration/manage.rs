@@ -702,3 +702,24 @@ fn a_long_command_name_is_cut_in_the_table_and_whole_in_json() {
         &table[..table.len().min(500)]
     );
 }
+
+/// An empty id (`lease revoke "$(cat id-file)"` of a file left empty) is a usage error naming
+/// the likely cause, not an unknown id (exit 1) that a script would take for "already gone".
+#[test]
+fn an_empty_lease_id_is_a_usage_error() {
+    let sandbox = Sandbox::new();
+    for args in [
+        &["revoke", ""][..],
+        &["revoke", " "],
+        &["log", "--id", ""],
+        &["suggest", ""],
+    ] {
+        let out = sandbox.lease(args).run().code_is(2).one_error_line();
+        assert!(
+            out.stderr.contains(
+                "an empty lease id: pass the 12-digit id shown by `lease list --all` (is the variable or file it came from empty?)"
+            ),
+            "{args:?}: {out:?}"
+        );
+    }
+}

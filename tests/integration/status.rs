@@ -152,3 +152,28 @@ fn status_and_renew_take_the_token_from_standard_input() {
         );
     }
 }
+
+/// Without a token to read, `status --json` still prints its object (state `no token`, every
+/// field empty) before its error line, as `verify --json` does: a script reading the JSON has
+/// one to read (examples/gitlab-ci.yml saves the id from it).
+#[test]
+fn status_json_without_a_token_prints_its_object() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .lease(["status", "--json"])
+        .env_remove("LEASE_TOKEN")
+        .run()
+        .code_is(2)
+        .one_error_line();
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(json["state"], "no token", "{out:?}");
+    assert_eq!(json["valid"], false);
+    assert!(json["id"].is_null());
+    let out = sandbox
+        .lease(["status"])
+        .env_remove("LEASE_TOKEN")
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert_eq!(out.stdout, "");
+}

@@ -222,18 +222,14 @@ async fn verify(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) -
             return error(StatusCode::BAD_REQUEST, &why);
         }
     };
-    let decision = match decide(shared, token, &action, peer, None).await {
+    let noted = Trailed::Noted(Noted {
+        caller: peer.caller(),
+        forwarded_for: None,
+    });
+    let decision = match decide(shared, token, &action, peer, None, noted).await {
         Ok(decision) => decision,
         Err(answer) => return answer,
     };
-    note(
-        &shared.live(),
-        &decision,
-        &action,
-        &peer.caller(),
-        None,
-        None,
-    );
     let status = status_of(decision.reason);
     let answer = VerifyAnswer {
         granted: decision.granted,
@@ -293,23 +289,18 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
             }
         }
     };
-    let decision = match decide(shared, token, &action, peer, route.as_deref()).await {
+    // The web server is the client; who it asked for is `forwarded_for`, not its parent.
+    let noted = Trailed::Noted(Noted {
+        caller: crate::audit::Process {
+            client: Some(peer.shown.clone()),
+            ..crate::audit::Process::default()
+        },
+        forwarded_for: forwarded_for(request.headers()),
+    });
+    let decision = match decide(shared, token, &action, peer, route.as_deref(), noted).await {
         Ok(decision) => decision,
         Err(answer) => return answer,
     };
-    // The web server is the client; who it asked for is `forwarded_for`, not its parent.
-    let client = crate::audit::Process {
-        client: Some(peer.shown.clone()),
-        ..crate::audit::Process::default()
-    };
-    note(
-        &live,
-        &decision,
-        &action,
-        &client,
-        route.as_deref(),
-        forwarded_for(request.headers()),
-    );
     let mut answer = bare(status_of(decision.reason));
     if decision.granted {
         let headers = answer.headers_mut();
@@ -801,90 +792,174 @@ pub(super) async fn no_route(
 /// (each call to etcd has a deadline of 3 s; a decision makes one or a few).
 const REMOTE_DECISION: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Makes the decision `lease verify` makes, and logs it. `Err` is the 503 to answer.
+/// Who a decision's trail event names besides the decision, as `lease verify` writes it
+/// ([`note`]).
+pub(super) struct Noted {
+    pub(super) caller: crate::audit::Process,
+    pub(super) forwarded_for: Option<String>,
+}
+
+/// What becomes of a decision's trail event.
+pub(super) enum Trailed {
+    /// Written with the decision.
+    Noted(Noted),
+    /// The caller writes its own event once it has the decision (the proxy's `proxied`); if
+    /// the request is gone by then, this writes it instead.
+    Abandoned(Box<dyn FnOnce(&Decision) + Send>),
+}
+
+/// Makes the decision `lease verify` makes, logs it (with `route`, if any), and sees to its
+/// trail event. `Err` is the 503 to answer.
+///
+/// A decision that charges a use or marks an expiry (a write, on a thread that may block), or
+/// that a remote store makes, is made in a task of its own: a client that leaves meanwhile
+/// takes neither the decision nor its trail event with it (a use charged is always in the
+/// trail).
 pub(super) async fn decide(
     shared: &Arc<Shared>,
     token: Option<Token>,
     action: &Action,
     peer: &Peer,
     route: Option<&str>,
+    trail: Trailed,
 ) -> Result<Decision, Answer> {
     let live = shared.live();
     let now = SystemTime::now();
+    let (noted, abandoned) = match trail {
+        Trailed::Noted(noted) => (Some(noted), None),
+        Trailed::Abandoned(write) => (None, Some(write)),
+    };
     // Reading the chain decides most requests here, on the runtime's thread (a few small files
     // on a local disk). Only a write, which may wait for a record's lock (a budget to charge,
     // an expiry to mark), goes to a thread that may block; on a remote store, every read too.
-    let decision = if live.store.is_remote() {
-        // On a remote store every read may wait on the network: the whole decision, in one
-        // hop, on a thread that may block.
-        // While the store does not answer, decisions would pile up behind each other's calls
-        // and take every thread that may block (mints and commands too): at most
-        // REMOTE_DECISIONS are made at once, and each is answered (503) within REMOTE_DECISION
-        // whatever happens, waiting for its turn included.
-        let deadline = tokio::time::Instant::now() + REMOTE_DECISION;
-        let cutoff = deadline.into_std();
-        let late = || {
-            anyhow::anyhow!(
-                "no decision within {} s: the store is too slow, or cannot be reached",
-                REMOTE_DECISION.as_secs()
-            )
-        };
-        let turn = Arc::clone(&shared.remote_decisions).acquire_owned();
-        match tokio::time::timeout_at(deadline, turn).await {
-            Ok(Ok(turn)) => {
-                let (live, token, action) = (Arc::clone(&live), token.clone(), action.clone());
-                let decided = off_runtime(move || {
-                    // Held until the work ends, past a 503 given meanwhile.
-                    let _turn = turn;
-                    match assess(&live, token.as_ref(), &action, now)? {
-                        Assessed::Decided(decision) => Ok(decision),
-                        // Answered 503 already: no use is charged for a grant nobody gets
-                        // (one charged while the deadline passes is spent, failing closed).
-                        Assessed::Pending(_) if std::time::Instant::now() >= cutoff => Err(late()),
-                        Assessed::Pending(pending) => pending.settle(&live.store, &action, now),
-                    }
-                });
-                tokio::time::timeout_at(deadline, decided)
-                    .await
-                    .unwrap_or_else(|_| Err(late()))
-            }
-            _ => Err(late()),
-        }
+    let pending = if live.store.is_remote() {
+        None
     } else {
         match assess(&live, token.as_ref(), action, now) {
-            Ok(Assessed::Decided(decision)) => Ok(decision),
-            Ok(Assessed::Pending(pending)) => {
+            Ok(Assessed::Pending(pending)) => Some(pending),
+            Ok(Assessed::Decided(decision)) => {
+                let client = (peer.shown.as_str(), route);
+                return decided(shared, &live, Ok(decision), action, client, noted)
+                    .map_err(unavailable);
+            }
+            Err(err) => {
+                let client = (peer.shown.as_str(), route);
+                return decided(shared, &live, Err(err), action, client, noted)
+                    .map_err(unavailable);
+            }
+        }
+    };
+    let (sent, received) = tokio::sync::oneshot::channel();
+    let shared = Arc::clone(shared);
+    let (action, client, route) = (action.clone(), peer.shown.clone(), route.map(str::to_owned));
+    tokio::spawn(async move {
+        let made = match pending {
+            Some(pending) => {
                 let (live, action) = (Arc::clone(&live), action.clone());
                 off_runtime(move || pending.settle(&live.store, &action, now)).await
             }
-            Err(err) => Err(err),
+            None => remotely(&shared, &live, token, &action, now).await,
+        };
+        let answer = decided(
+            &shared,
+            &live,
+            made,
+            &action,
+            (&client, route.as_deref()),
+            noted,
+        );
+        if let Err(Ok(decision)) = sent.send(answer)
+            && let Some(write) = abandoned
+        {
+            write(&decision);
         }
+    });
+    received
+        .await
+        .unwrap_or_else(|_| Err("the decision failed; nothing is granted".to_owned()))
+        .map_err(unavailable)
+}
+
+/// The 503 of a decision that could not be made.
+fn unavailable(why: String) -> Answer {
+    error(StatusCode::SERVICE_UNAVAILABLE, &why)
+}
+
+/// A decision on a remote store, where every read may wait on the network: the whole of it in
+/// one hop, on a thread that may block. While the store does not answer, decisions would pile
+/// up behind each other's calls and take every thread that may block (mints and commands
+/// too): at most REMOTE_DECISIONS are made at once, and each is answered (503) within
+/// REMOTE_DECISION whatever happens, waiting for its turn included.
+async fn remotely(
+    shared: &Arc<Shared>,
+    live: &Arc<Live>,
+    token: Option<Token>,
+    action: &Action,
+    now: SystemTime,
+) -> anyhow::Result<Decision> {
+    let deadline = tokio::time::Instant::now() + REMOTE_DECISION;
+    let cutoff = deadline.into_std();
+    let late = || {
+        anyhow::anyhow!(
+            "no decision within {} s: the store is too slow, or cannot be reached",
+            REMOTE_DECISION.as_secs()
+        )
     };
-    let decision = match decision {
+    let turn = Arc::clone(&shared.remote_decisions).acquire_owned();
+    let Ok(Ok(turn)) = tokio::time::timeout_at(deadline, turn).await else {
+        return Err(late());
+    };
+    let (live, action) = (Arc::clone(live), action.clone());
+    let decided = off_runtime(move || {
+        // Held until the work ends, past a 503 given meanwhile.
+        let _turn = turn;
+        match assess(&live, token.as_ref(), &action, now)? {
+            Assessed::Decided(decision) => Ok(decision),
+            // Answered 503 already: no use is charged for a grant nobody gets (one charged
+            // while the deadline passes is spent, failing closed).
+            Assessed::Pending(_) if std::time::Instant::now() >= cutoff => Err(late()),
+            Assessed::Pending(pending) => pending.settle(&live.store, &action, now),
+        }
+    });
+    tokio::time::timeout_at(deadline, decided)
+        .await
+        .unwrap_or_else(|_| Err(late()))
+}
+
+/// A decision made: counted, logged (naming `client` and any route), and written to the trail
+/// if `noted` says who asked; or why the store could not be read (the 503's words).
+fn decided(
+    shared: &Shared,
+    live: &Live,
+    made: anyhow::Result<Decision>,
+    action: &Action,
+    (client, route): (&str, Option<&str>),
+    noted: Option<Noted>,
+) -> Result<Decision, String> {
+    let decision = match made {
         Ok(decision) => decision,
         Err(err) => {
             shared.metrics.decided(Reason::Error);
-            log(&format!("cannot decide: client={peer}: {err:#}"));
-            let why = if live.store.is_remote() {
+            log(&format!("cannot decide: client={client}: {err:#}"));
+            return Err(if live.store.is_remote() {
                 format!(
                     "the broker cannot reach its store {}; nothing is granted",
                     live.store.shown()
                 )
             } else {
                 "the broker cannot read its store; nothing is granted".to_owned()
-            };
-            return Err(error(StatusCode::SERVICE_UNAVAILABLE, &why));
+            });
         }
     };
     shared.metrics.decided(decision.reason);
-    let route = route.map(|r| format!(" route=\"{r}\"")).unwrap_or_default();
+    let shown_route = route.map(|r| format!(" route=\"{r}\"")).unwrap_or_default();
     let lease = decision
         .id
         .as_ref()
         .map(|id| format!(" lease={id}"))
         .unwrap_or_default();
     log(&format!(
-        "{} {}: {}{lease}{route} client={peer}",
+        "{} {}: {}{lease}{shown_route} client={client}",
         if decision.granted {
             "granted"
         } else {
@@ -893,6 +968,13 @@ pub(super) async fn decide(
         action.as_str(),
         decision.reason
     ));
+    if let Some(Noted {
+        caller,
+        forwarded_for,
+    }) = noted
+    {
+        note(live, &decision, action, &caller, route, forwarded_for);
+    }
     Ok(decision)
 }
 

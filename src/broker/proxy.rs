@@ -27,7 +27,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
-use super::api::{Refusal, decide, error, holder_off_runtime, no_route, status_of, turned_away};
+use super::api::{
+    Refusal, Trailed, decide, error, holder_off_runtime, no_route, status_of, turned_away,
+};
 use super::{Live, Peer, Shared, log};
 use crate::audit::{Event, EventKind};
 use crate::authorize::Decision;
@@ -371,15 +373,33 @@ async fn forward(
     };
     let action = route.action.clone();
     let described = format!("{} {}", spec.name, route.describe());
-    let decision = match decide(shared, Some(token.clone()), &action, peer, Some(&described)).await
+    event.action = Some(action.as_str().to_owned());
+    event.route = Some(route.describe());
+    // A client gone before its decision was made: the request's event, upstream not reached.
+    let abandoned = {
+        let (live, mut event) = (Arc::clone(&live), event.clone());
+        Trailed::Abandoned(Box::new(move |decision: &Decision| {
+            decided_event(&mut event, decision);
+            if decision.id.is_some() {
+                live.store.audit().note(&event);
+            }
+        }))
+    };
+    let token_sent = Some(token.clone());
+    let decision = match decide(
+        shared,
+        token_sent,
+        &action,
+        peer,
+        Some(&described),
+        abandoned,
+    )
+    .await
     {
         Ok(decision) => decision,
         Err(answer) => return small(answer),
     };
-    event.action = Some(action.as_str().to_owned());
-    event.reason = Some(decision.reason.to_string());
-    event.route = Some(route.describe());
-    named(&mut event, &decision);
+    decided_event(&mut event, &decision);
     if !decision.granted {
         if decision.id.is_some() {
             live.store.audit().note(&event);
@@ -732,6 +752,12 @@ fn named(event: &mut Event, decision: &Decision) {
     event.lease.clone_from(&decision.id);
     event.parent.clone_from(&decision.parent);
     event.run.clone_from(&decision.run);
+}
+
+/// A proxied request's event once its decision is made: its reason and its lease.
+fn decided_event(event: &mut Event, decision: &Decision) {
+    event.reason = Some(decision.reason.to_string());
+    named(event, decision);
 }
 
 fn small(answer: Response<Full<Bytes>>) -> Reply {

@@ -411,6 +411,120 @@ fn a_decision_waiting_for_a_records_lock_holds_up_no_other_decision() {
     });
 }
 
+/// The broker's open descriptors that `keep` holds, by the names they link to.
+fn descriptors(pid: i32, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| fs::read_link(entry.path()).ok())
+                .map(|target| target.display().to_string())
+                .filter(|target| keep(target))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits, at most PATIENCE, until `done` holds.
+fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + crate::harness::PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A client that leaves while its decision is being made (here, a use to charge waits for its
+/// record's lock) takes neither the decision nor its trail event with it: the use charged is
+/// in the trail, for `/v1/verify`, `/v1/auth` and a proxied request alike (the events were lost
+/// with the requests before, the uses spent all the same).
+#[test]
+fn a_client_that_leaves_before_its_decision_still_has_its_use_in_the_trail() {
+    use std::io::Write as _;
+    if crate::harness::files_only("holds a record file's lock (flock) to stall a charge") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    sandbox.write_config(
+        "[upstream.api]\nurl = \"http://127.0.0.1:9\"\nsecret_command = [\"echo\", \"k3y\"]\n\n[[upstream.api.route]]\npath = \"/**\"\naction = \"read:articles\"\n",
+    );
+    let broker = Broker::start(&sandbox, &[]);
+    let lease = sandbox.issue_json("read:articles", &["--uses", "5"]);
+    let id = lease["id"].as_str().expect("id").to_owned();
+    let token = lease["token"].as_str().expect("token").to_owned();
+    let path = sandbox.record_path(&lease["id"]);
+    let shown = path.display().to_string();
+    let sockets = || descriptors(broker.pid(), |t| t.starts_with("socket:")).len();
+    let body = r#"{"action":"read:articles"}"#;
+    let requests = [
+        (
+            format!(
+                "POST /v1/verify HTTP/1.1\r\nHost: lease\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            "\"event\":\"granted\"",
+        ),
+        (
+            format!(
+                "GET /v1/auth HTTP/1.1\r\nHost: lease\r\nAuthorization: Bearer {token}\r\nX-Lease-Action: read:articles\r\n\r\n"
+            ),
+            "\"event\":\"granted\"",
+        ),
+        (
+            format!(
+                "GET /u/api/articles HTTP/1.1\r\nHost: lease\r\nAuthorization: Bearer {token}\r\n\r\n"
+            ),
+            "\"event\":\"proxied\"",
+        ),
+    ];
+    let trail = sandbox.state_dir().join("audit.jsonl");
+    let count = |kind: &str| {
+        fs::read_to_string(&trail)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(kind) && l.contains(&id))
+            .count()
+    };
+    for (left, (request, kind)) in (2..5).rev().zip(&requests) {
+        let before = count(kind);
+        let record = fs::File::open(&path).expect("record");
+        record.lock().expect("record locked");
+        let idle = sockets();
+        let mut client = std::os::unix::net::UnixStream::connect(&broker.socket).expect("connect");
+        client.write_all(request.as_bytes()).expect("request");
+        // The decision is under way once the broker holds the record open for its lock.
+        until("the broker opens the record", || {
+            !descriptors(broker.pid(), |t| t == shown).is_empty()
+        });
+        // The client leaves; the broker lets its connection go.
+        drop(client);
+        until("the broker closes the connection", || sockets() == idle);
+        record.unlock().expect("unlocked");
+        until(&format!("{kind} is in the trail"), || {
+            count(kind) == before + 1
+        });
+        let listed = sandbox.lease(["list", "--json"]).run().success().json();
+        let entry = listed
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|l| l["id"] == id.as_str())
+            .expect("listed")
+            .clone();
+        assert_eq!(entry["uses_left"], left, "{request}: {listed:#?}");
+    }
+    // The proxied request's event: decided, granted, the upstream never reached.
+    let text = fs::read_to_string(&trail).expect("trail");
+    let proxied = text
+        .lines()
+        .find(|l| l.contains("\"event\":\"proxied\""))
+        .expect("proxied");
+    let proxied: serde_json::Value = serde_json::from_str(proxied).expect("json");
+    assert_eq!(proxied["reason"], "granted", "{proxied}");
+    assert_eq!(proxied["upstream"], "api", "{proxied}");
+    assert!(proxied["status"].is_null(), "{proxied}");
+}
+
 #[test]
 fn the_http_api_answers_each_decision_with_its_status_code() {
     if crate::harness::local_only(

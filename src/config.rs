@@ -597,6 +597,11 @@ impl Config {
         };
         if let Some(value) = &file.socket_group {
             config.socket_group = Some(match value {
+                // chown's "leave the group as it is": the socket would be opened 0660 to the
+                // broker's own group instead.
+                OperatorValue::Uid(u32::MAX) => {
+                    return Err(at.error(None, "socket_group", "4294967295 (-1) is no group"));
+                }
                 OperatorValue::Uid(gid) => *gid,
                 OperatorValue::Name(name) => match crate::account::gid_of(name) {
                     Some(gid) => gid,
@@ -614,6 +619,9 @@ impl Config {
             let mut uids = Vec::new();
             for value in values {
                 uids.push(match value {
+                    OperatorValue::Uid(u32::MAX) => {
+                        return Err(at.error(None, "operators", "4294967295 (-1) is no user"));
+                    }
                     OperatorValue::Uid(uid) => *uid,
                     OperatorValue::Name(name) => match crate::account::uid_of(name) {
                         Some(uid) => uid,
@@ -935,6 +943,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// -1 is chown's "leave it as it is" and getuid's error: never a user or a group.
+    #[test]
+    fn an_id_of_minus_one_is_no_user_and_no_group() {
+        for (text, said) in [
+            (
+                "socket_group = 4294967295\n",
+                "socket_group: 4294967295 (-1) is no group",
+            ),
+            (
+                "operators = [0, 4294967295]\n",
+                "operators: 4294967295 (-1) is no user",
+            ),
+        ] {
+            let err = format!("{:#}", parse(text).expect_err(text));
+            assert!(err.contains(said), "{err}");
+        }
+        assert_eq!(
+            parse("socket_group = 4294967294\n")
+                .expect("valid")
+                .socket_group,
+            Some(4_294_967_294)
+        );
     }
 
     #[test]

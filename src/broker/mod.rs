@@ -962,6 +962,9 @@ async fn run(shared: Arc<Shared>, bound: Vec<Bound>, mut done: mpsc::Receiver<()
                 }
                 Some(Accepted::Tcp(stream, address, only)) => {
                     let Ok(permit) = Arc::clone(&shared.tcp_connections).try_acquire_owned() else {
+                        refused(&format!(
+                            "all {MAX_CONNECTIONS} connections over TCP are taken (client={address})"
+                        ));
                         continue;
                     };
                     let permit = Slot::from(permit);
@@ -1035,6 +1038,18 @@ async fn accept_failed(err: &std::io::Error) {
 /// How many connections each uid holds on the unix sockets.
 type ByUid = Arc<Mutex<HashMap<u32, usize>>>;
 
+/// Says that a connection was refused, and why: at most once a second (a flood of refused
+/// connections would flood the log), with the first reason of that second.
+fn refused(why: &str) {
+    static SAID: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    if SAID.swap(now, Ordering::Relaxed) != now {
+        log(&format!("refused a connection: {why}"));
+    }
+}
+
 /// A connection's place in its pool, given back when the connection ends: when hyper is done
 /// with it, and, for a run's connection, when the run's hold on the upgraded socket ends too
 /// (each holds one of these).
@@ -1082,8 +1097,13 @@ impl Shared {
         if peer.is_operator(&self.live().config) {
             let permit = Arc::clone(&self.socket_connections)
                 .try_acquire_owned()
-                .or_else(|_| Arc::clone(&self.operator_connections).try_acquire_owned())
-                .ok()?;
+                .or_else(|_| Arc::clone(&self.operator_connections).try_acquire_owned());
+            let Ok(permit) = permit else {
+                refused(&format!(
+                    "every connection kept for operators is taken ({peer})"
+                ));
+                return None;
+            };
             return Some(Slot::from(permit));
         }
         // A peer without credentials counts as one uid, which no account has.
@@ -1093,11 +1113,17 @@ impl Shared {
             .get(&uid)
             .is_some_and(|held| *held >= MAX_CONNECTIONS_PER_UID)
         {
+            refused(&format!(
+                "{peer} holds {MAX_CONNECTIONS_PER_UID} connections, the most one uid may"
+            ));
             return None;
         }
-        let permit = Arc::clone(&self.socket_connections)
-            .try_acquire_owned()
-            .ok()?;
+        let Ok(permit) = Arc::clone(&self.socket_connections).try_acquire_owned() else {
+            refused(&format!(
+                "all {MAX_CONNECTIONS} connections are taken ({peer})"
+            ));
+            return None;
+        };
         *by_uid.entry(uid).or_insert(0) += 1;
         Some(Slot {
             _permit: permit,

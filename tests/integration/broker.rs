@@ -1783,7 +1783,7 @@ fn one_uid_cannot_take_every_connection_on_the_socket() {
     let sandbox = Sandbox::new();
     open_to_other_uids(&sandbox);
     sandbox.write_config("socket_group = \"nogroup\"\n");
-    let broker = Broker::start_at(&sandbox, sandbox.path("sock/broker.sock"), &[]);
+    let mut broker = Broker::start_at(&sandbox, sandbox.path("sock/broker.sock"), &[]);
     // 600 connections as uid 65534, each asking for /healthz once: how many are answered,
     // how many are closed unanswered; then they are held until `go` appears.
     // 600 connections, one after the other, each asking once (argv[3]: /healthz, kept alive,
@@ -1835,6 +1835,10 @@ while not os.path.exists(sys.argv[2]) and time.time() < deadline:
         .start();
     let counted = flooding.lines.expect("served ");
     assert_eq!(counted, "served 512 closed 88");
+    // Said in the log (once a second at most, not once a connection).
+    broker.expect_log(
+        "refused a connection: unix:uid=65534 holds 512 connections, the most one uid may",
+    );
     // Another uid of the group is served while the first holds its 512.
     let other = sandbox
         .command("setpriv")

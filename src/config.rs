@@ -205,6 +205,37 @@ enum OperatorValue {
     Name(String),
 }
 
+/// What an [`OperatorValue`] names.
+#[derive(Debug, Clone, Copy)]
+enum Account {
+    User,
+    Group,
+}
+
+impl OperatorValue {
+    /// The id it names: a number as it is, a name looked up in /etc/passwd or /etc/group (see
+    /// [`crate::account`]); or why not.
+    fn id(&self, of: Account) -> std::result::Result<u32, String> {
+        let (what, file, lookup): (_, _, fn(&str) -> Option<u32>) = match of {
+            Account::User => ("user", "/etc/passwd", crate::account::uid_of),
+            Account::Group => ("group", "/etc/group", crate::account::gid_of),
+        };
+        match self {
+            // -1: chown's "leave it as it is" (a socket_group of -1 opened the socket to the
+            // broker's own group), getuid's error: never a user or a group.
+            OperatorValue::Uid(u32::MAX) => Err(format!("4294967295 (-1) is no {what}")),
+            OperatorValue::Uid(id) => Ok(*id),
+            OperatorValue::Name(name) => lookup(name).ok_or_else(|| {
+                format!(
+                    "no {what} is called '{}' in {file} (give a {what} only a directory service knows by its {})",
+                    name.escape_debug(),
+                    if matches!(of, Account::User) { "uid" } else { "gid" }
+                )
+            }),
+        }
+    }
+}
+
 /// A `[profile.NAME]` table as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -596,45 +627,17 @@ impl Config {
             }
         };
         if let Some(value) = &file.socket_group {
-            config.socket_group = Some(match value {
-                // chown's "leave the group as it is": the socket would be opened 0660 to the
-                // broker's own group instead.
-                OperatorValue::Uid(u32::MAX) => {
-                    return Err(at.error(None, "socket_group", "4294967295 (-1) is no group"));
-                }
-                OperatorValue::Uid(gid) => *gid,
-                OperatorValue::Name(name) => match crate::account::gid_of(name) {
-                    Some(gid) => gid,
-                    None => {
-                        let why = format!(
-                            "no group is called '{}' in /etc/group (give a group only a directory service knows by its gid)",
-                            name.escape_debug()
-                        );
-                        return Err(at.error(None, "socket_group", why));
-                    }
-                },
-            });
+            let gid = value
+                .id(Account::Group)
+                .map_err(|why| at.error(None, "socket_group", why))?;
+            config.socket_group = Some(gid);
         }
         if let Some(values) = &file.operators {
-            let mut uids = Vec::new();
-            for value in values {
-                uids.push(match value {
-                    OperatorValue::Uid(u32::MAX) => {
-                        return Err(at.error(None, "operators", "4294967295 (-1) is no user"));
-                    }
-                    OperatorValue::Uid(uid) => *uid,
-                    OperatorValue::Name(name) => match crate::account::uid_of(name) {
-                        Some(uid) => uid,
-                        None => {
-                            let why = format!(
-                                "no user is called '{}' in /etc/passwd (give a user only a directory service knows by its uid)",
-                                name.escape_debug()
-                            );
-                            return Err(at.error(None, "operators", why));
-                        }
-                    },
-                });
-            }
+            let uids = values
+                .iter()
+                .map(|value| value.id(Account::User))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|why| at.error(None, "operators", why))?;
             config.operators = Some(uids);
         }
         for (index, route) in file.route.iter().enumerate() {

@@ -1817,22 +1817,21 @@ while not os.path.exists(sys.argv[2]) and time.time() < deadline:
     time.sleep(0.02)
 "#;
     let go = sandbox.path("out/go");
-    let mut flooding = sandbox
-        .command("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
+    let socket = broker.socket.clone();
+    // The flood as `uid` (in nobody's group), asking as `ask` says.
+    let flood_as = |uid: u32, ask: &str| {
+        sandbox
+            .command("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .args(["--regid=65534", "--clear-groups", "--"])
             // The system's: a user's own (pyenv's, in root's home) is not nobody's to run.
-            "/usr/bin/python3",
-            "-c",
-            flood,
-        ])
-        .arg(&broker.socket)
-        .arg(&go)
-        .arg("healthz")
-        .start();
+            .args(["/usr/bin/python3", "-c", flood])
+            .arg(&socket)
+            .arg(&go)
+            .arg(ask)
+            .start()
+    };
+    let mut flooding = flood_as(65534, "healthz");
     let counted = flooding.lines.expect("served ");
     assert_eq!(counted, "served 512 closed 88");
     // Said in the log (once a second at most, not once a connection).
@@ -1851,22 +1850,7 @@ while not os.path.exists(sys.argv[2]) and time.time() < deadline:
     assert_eq!(other.stdout, "ok\n");
     // With every other place taken by a second uid's 512, held runs this time (upgraded, they
     // keep their places), an operator still gets in.
-    let mut second = sandbox
-        .command("setpriv")
-        .args([
-            "--reuid=65533",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            // The system's: a user's own (pyenv's, in root's home) is not nobody's to run.
-            "/usr/bin/python3",
-            "-c",
-            flood,
-        ])
-        .arg(&broker.socket)
-        .arg(&go)
-        .arg("runs")
-        .start();
+    let mut second = flood_as(65533, "runs");
     assert_eq!(second.lines.expect("served "), "served 512 closed 88");
     sandbox
         .lease(["list"])

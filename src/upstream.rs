@@ -740,6 +740,15 @@ impl Redactor {
     /// (`cut`, or the end of a needle that runs past it). Every needle that may begin before
     /// `cut` must be told by `data`.
     fn scan_to(&self, data: &[u8], cut: usize) -> (Option<Vec<u8>>, usize) {
+        // Most of a small response (its header names, most values, a short body) is shorter
+        // than any key: nothing to search, and no search to build.
+        if self
+            .needles
+            .last()
+            .is_some_and(|shortest| data.len() < shortest.len())
+        {
+            return (None, cut);
+        }
         // A substring search per needle (SIMD, led by the needle's rarest bytes: on random
         // bytes a search for the first byte alone stops every 256 bytes), built for this call
         // on the needles where they are. A search copies no needle; what it derives from one

@@ -73,23 +73,53 @@ async fn connect(
         .map_err(|_| anyhow!("connecting: no answer within {}s", TIMEOUT.as_secs()))?
         .context("connecting")?;
     let _ = tcp.set_nodelay(true);
-    let connector = tokio_rustls::TlsConnector::from(config()?);
+    let cas = ca_file();
+    let connector = tokio_rustls::TlsConnector::from(config(&cas)?);
     tokio::time::timeout(TIMEOUT, connector.connect(name, tcp))
         .await
         .map_err(|_| anyhow!("TLS handshake: no answer within {}s", TIMEOUT.as_secs()))?
-        .context("TLS handshake")
+        .map_err(|err| {
+            // A certificate that no trusted CA signed: say which CAs were trusted, and how to
+            // trust the broker's.
+            let unknown = err
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|tls| {
+                    matches!(
+                        tls,
+                        rustls::Error::InvalidCertificate(
+                            rustls::CertificateError::UnknownIssuer
+                                // a CA of the same name, not the one that signed it
+                                | rustls::CertificateError::BadSignature
+                        )
+                    )
+                });
+            if unknown {
+                anyhow!(
+                    "TLS handshake: {err}: no CA in {} signed the broker's certificate; set LEASE_BROKER_CA to the PEM file of the CA that did",
+                    cas.display()
+                )
+            } else {
+                anyhow::Error::from(err).context("TLS handshake")
+            }
+        })
 }
 
-/// The TLS client configuration: the CA certificates of `LEASE_BROKER_CA` (a PEM file), or
-/// the system's, and nothing older than TLS 1.2.
-fn config() -> Result<Arc<rustls::ClientConfig>> {
+/// The PEM file of the CA certificates an `https://` broker's certificate must chain to:
+/// `LEASE_BROKER_CA`, or the system's bundle.
+fn ca_file() -> std::path::PathBuf {
+    std::env::var_os("LEASE_BROKER_CA")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| std::path::PathBuf::from(SYSTEM_CA_BUNDLE), Into::into)
+}
+
+/// The TLS client configuration: the CA certificates of `path` (a PEM file, see [`ca_file`]),
+/// and nothing older than TLS 1.2.
+fn config(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let path = std::env::var_os("LEASE_BROKER_CA")
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| std::path::PathBuf::from(SYSTEM_CA_BUNDLE), Into::into);
     let mut roots = rustls::RootCertStore::empty();
-    let pem = crate::config::read_pem(&path).map_err(|err| {
+    let pem = crate::config::read_pem(path).map_err(|err| {
         anyhow!(
             "CA certificates {}: {err}; set LEASE_BROKER_CA to a PEM file",
             path.display()

@@ -3299,6 +3299,32 @@ fn an_https_broker_serves_clients_that_trust_its_certificate() {
     fs::copy(&other_ca, &other).expect("copy");
     let out = client(Some(&other)).run().code_is(2).one_error_line();
     assert!(out.stderr.contains("TLS handshake"), "{out:?}");
+    // ... and the line says which CAs were trusted, and the fix.
+    assert!(
+        out.stderr.contains(&format!(
+            "no CA in {} signed the broker's certificate; set LEASE_BROKER_CA to the PEM file of the CA that did",
+            other.display()
+        )),
+        "{out:?}"
+    );
+    // The same without LEASE_BROKER_CA: the system's CAs, which never signed a test CA's.
+    let system = "/etc/ssl/certs/ca-certificates.crt";
+    if Path::new(system).exists() {
+        let out = sandbox
+            .lease(["verify", "read:articles"])
+            .env("LEASE_TOKEN", &token)
+            .env("LEASE_BROKER", &https)
+            .env_remove("LEASE_BROKER_CA")
+            .run()
+            .code_is(2)
+            .one_error_line();
+        assert!(
+            out.stderr.contains(&format!(
+                "no CA in {system} signed the broker's certificate; set LEASE_BROKER_CA"
+            )),
+            "{out:?}"
+        );
+    }
     // A run through the https broker (over TCP, nested in a lease: nobody is an operator
     // there), its verify included.
     let out = sandbox

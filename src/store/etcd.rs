@@ -814,15 +814,25 @@ fn never_proposed(message: &str) -> bool {
     message.contains("connect") || message.contains("no leader")
 }
 
-/// An etcd error on one line (gRPC statuses carry their details on several).
+/// An etcd error on one line (gRPC statuses carry their details on several), with its causes:
+/// a failed connection says only "transport error" until its source says why (a refused
+/// client certificate, a CA that did not sign the member's, a refused connection).
 fn one_line(err: &etcd_client::Error) -> String {
-    match err {
-        etcd_client::Error::GRpcStatus(status) => status.message().to_owned(),
-        other => other.to_string(),
+    let (mut text, mut cause): (String, Option<&(dyn std::error::Error + 'static)>) = match err {
+        etcd_client::Error::GRpcStatus(status) => (
+            status.message().to_owned(),
+            std::error::Error::source(status),
+        ),
+        other => (other.to_string(), std::error::Error::source(other)),
+    };
+    while let Some(error) = cause {
+        let said = error.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = error.source();
     }
-    .split_whitespace()
-    .collect::<Vec<_>>()
-    .join(" ")
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn tls_options(files: &TlsFiles) -> Result<TlsOptions> {

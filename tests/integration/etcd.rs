@@ -677,8 +677,8 @@ fn a_reload_cannot_move_the_store() {
 }
 
 /// `etcd+https://`: a member that asks for a client certificate, trusted through `[etcd]
-/// ca_file`; the broker with `cert_file` and `key_file` serves, and one without a certificate
-/// does not start, naming the store.
+/// ca_file`; the broker with `cert_file` and `key_file` serves, and one without a certificate,
+/// or trusting another CA, does not start, naming the store (and, for the CA, why).
 #[test]
 fn a_store_over_tls_with_a_client_certificate() {
     if first_pass_only() {
@@ -758,6 +758,35 @@ fn a_store_over_tls_with_a_client_certificate() {
             .contains(&format!("cannot open the store {store}")),
         "{out:?}"
     );
+    // A CA that did not sign the member's certificate: the line says why, not just that the
+    // transport failed.
+    let other_sandbox = Sandbox::new();
+    let (other_ca, _, _) = crate::broker::certificates(&other_sandbox);
+    let other = sandbox.path("other-ca.pem");
+    std::fs::copy(&other_ca, &other).expect("copy the other CA");
+    sandbox.write_config(&format!(
+        "store = \"{store}\"\n[etcd]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        other.display(),
+        cert.display(),
+        key.display()
+    ));
+    let out = sandbox
+        .lease([
+            "--state-dir",
+            sandbox.path("y-state").to_str().expect("UTF-8"),
+            "serve",
+        ])
+        .arg("--listen")
+        .arg(format!("unix:{}", sandbox.path("y.sock").display()))
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(
+        out.stderr
+            .contains(&format!("cannot open the store {store}"))
+            && out.stderr.contains("invalid peer certificate"),
+        "{out:?}"
+    );
     // With one: served.
     sandbox.write_config(&format!(
         "{files}cert_file = \"{}\"\nkey_file = \"{}\"\n",
@@ -767,6 +796,27 @@ fn a_store_over_tls_with_a_client_certificate() {
     let broker = broker_of_config(&sandbox);
     let minted = mint_on(&sandbox, &broker, &[]);
     verify_through(&sandbox, &broker, &minted).success();
+}
+
+/// A store nobody answers at: the broker does not start, and its one line says why as the
+/// system said it, not only that the transport failed.
+#[test]
+fn a_store_nobody_listens_at_is_refused_at_start_with_the_reason() {
+    let sandbox = Sandbox::new();
+    let store = format!("etcd://127.0.0.1:{}/none", free_port());
+    let out = sandbox
+        .lease(["serve", "--store", &store])
+        .arg("--listen")
+        .arg(format!("unix:{}", sandbox.path("b.sock").display()))
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(
+        out.stderr
+            .contains(&format!("cannot open the store {store}"))
+            && out.stderr.contains("Connection refused"),
+        "{out:?}"
+    );
 }
 
 /// A process killed and reaped when dropped, whether the test passed or not.

@@ -18,19 +18,23 @@ cd "$(dirname "$0")/.."
 . ./scripts/cargo-env.sh
 lease_cargo_env >&2
 
-target=${CARGO_TARGET_DIR:-$PWD/target}
+target=${CARGO_TARGET_DIR:-target}
+case "$target" in
+    /*) ;;
+    *) target=$PWD/$target ;; # cargo reads a relative CARGO_TARGET_DIR from here, the repo's root
+esac
 host=$(rustc -vV | sed -n 's/^host: //p')
 case "$host" in
     *-linux-gnu*)
         var="CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
+        # getrandom finds glibc's getrandom() with dlsym, which a static binary cannot: without
+        # the backend named it falls back to polling /dev/random and reading /dev/urandom (four
+        # more system calls and a descriptor in every process).
         static="-C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\""
-        # For `lease` only: getrandom finds glibc's getrandom() with dlsym, which a static
-        # binary cannot (without the backend above it falls back to polling /dev/random and
-        # reading /dev/urandom: four more system calls and a descriptor in every run). sha2's
-        # portable code hashes a token's few dozen bytes in well under a microsecond, and
-        # httparse's reads a broker's short answer as fast; their SIMD code first asks the CPU
-        # what it has (cpuid), which a virtual machine answers in ~9 us a question, once per
-        # process: a cost for a run, nothing for a broker that asks once.
+        # For `lease` only: sha2's portable code hashes a token's few dozen bytes in well under
+        # a microsecond, and httparse's reads a broker's short answer as fast; their SIMD code
+        # first asks the CPU what it has (cpuid), which a virtual machine answers in ~9 us a
+        # question, once per process: a cost for a run, nothing for a broker that asks once.
         env "$var=$static --cfg sha2_backend=\"soft\" --cfg httparse_disable_simd=\"1\"" \
             cargo build --release --locked --quiet --target "$host" --bin lease >&2
         env "$var=$static" \
@@ -43,9 +47,11 @@ case "$host" in
         built=$target
         ;;
 esac
-# Both in one directory, each replaced atomically (a broker may be running from it).
+# Both in one directory, each replaced atomically (a broker may be running from it), the
+# broker first: a `lease` that finds itself new finds its broker new too.
 mkdir -p "$built/dist"
-for binary in release/lease broker/lease-broker; do
+trap 'rm -f "$built/dist/.lease-broker.$$" "$built/dist/.lease.$$"' EXIT
+for binary in broker/lease-broker release/lease; do
     name=${binary#*/}
     cp "$built/$binary" "$built/dist/.$name.$$"
     mv -f "$built/dist/.$name.$$" "$built/dist/$name"

@@ -80,23 +80,21 @@ async fn connect(
         .map_err(|_| anyhow!("TLS handshake: no answer within {}s", TIMEOUT.as_secs()))?
         .map_err(|err| {
             // A certificate that no trusted CA signed: say which CAs were trusted, and how to
-            // trust the broker's.
+            // trust the broker's. (Not for a bad signature: rustls says so as well of a
+            // handshake signed without the certificate's key, where trusting another CA is
+            // the wrong advice.)
             let unknown = err
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .is_some_and(|tls| {
                     matches!(
                         tls,
-                        rustls::Error::InvalidCertificate(
-                            rustls::CertificateError::UnknownIssuer
-                                // a CA of the same name, not the one that signed it
-                                | rustls::CertificateError::BadSignature
-                        )
+                        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
                     )
                 });
             if unknown {
                 anyhow!(
-                    "TLS handshake: {err}: no CA in {} signed the broker's certificate; set LEASE_BROKER_CA to the PEM file of the CA that did",
+                    "TLS handshake: {err}: no CA in {} signed the broker's certificate (or the broker does not send its intermediate certificates); set LEASE_BROKER_CA to the PEM file of the CA that did",
                     cas.display()
                 )
             } else {

@@ -818,12 +818,13 @@ fn never_proposed(message: &str) -> bool {
 /// a failed connection says only "transport error" until its source says why (a refused
 /// client certificate, a CA that did not sign the member's, a refused connection).
 fn one_line(err: &etcd_client::Error) -> String {
-    let (mut text, mut cause): (String, Option<&(dyn std::error::Error + 'static)>) = match err {
-        etcd_client::Error::GRpcStatus(status) => (
-            status.message().to_owned(),
-            std::error::Error::source(status),
-        ),
-        other => (other.to_string(), std::error::Error::source(other)),
+    use std::error::Error as _;
+    // (etcd_client::Error has no source of its own: the causes are its variants' errors'.)
+    let (mut text, mut cause) = match err {
+        etcd_client::Error::GRpcStatus(status) => (status.message().to_owned(), status.source()),
+        etcd_client::Error::TransportError(transport) => (err.to_string(), transport.source()),
+        etcd_client::Error::IoError(io) => (err.to_string(), io.source()),
+        other => (other.to_string(), None),
     };
     while let Some(error) = cause {
         let said = error.to_string();

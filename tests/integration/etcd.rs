@@ -815,6 +815,37 @@ fn a_store_nobody_listens_at_is_refused_at_start_with_the_reason() {
     );
 }
 
+/// A client certificate and a key that do not belong together: the broker does not start,
+/// and its line says so (the etcd client's own words for it are only "transport error").
+#[test]
+fn a_client_certificate_with_another_key_is_refused_at_start_saying_so() {
+    let sandbox = Sandbox::new();
+    let (ca, cert, _) = crate::broker::certificates(&sandbox);
+    let other_sandbox = Sandbox::new();
+    let (_, _, other_key) = crate::broker::certificates(&other_sandbox);
+    let key = sandbox.path("other.key");
+    std::fs::copy(&other_key, &key).expect("copy the other key");
+    let store = format!("etcd+https://127.0.0.1:{}/tls", free_port());
+    sandbox.write_config(&format!(
+        "store = \"{store}\"\n[etcd]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    ));
+    let out = sandbox
+        .lease(["serve", "--listen"])
+        .arg(format!("unix:{}", sandbox.path("b.sock").display()))
+        .run()
+        .code_is(2)
+        .one_error_line();
+    assert!(
+        out.stderr
+            .contains(&format!("cannot open the store {store}"))
+            && out.stderr.contains("KeyMismatch"),
+        "{out:?}"
+    );
+}
+
 /// A process killed and reaped when dropped, whether the test passed or not.
 struct Stopped(Child);
 

@@ -816,7 +816,7 @@ fn never_proposed(message: &str) -> bool {
 
 /// An etcd error on one line (gRPC statuses carry their details on several), with its causes:
 /// a failed connection says only "transport error" until its source says why (a refused
-/// client certificate, a CA that did not sign the member's, a refused connection).
+/// connection, a CA that did not sign the member's, a key that is not the certificate's).
 fn one_line(err: &etcd_client::Error) -> String {
     use std::error::Error as _;
     // (etcd_client::Error has no source of its own: the causes are its variants' errors'.)

@@ -3,7 +3,7 @@
 //! revocation or a budget holds across them, and losing quorum fails every decision closed.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -749,20 +749,11 @@ fn a_store_over_tls_with_a_client_certificate() {
     let (other_ca, _, _) = crate::broker::certificates(&other_sandbox);
     let other = sandbox.path("other-ca.pem");
     std::fs::copy(&other_ca, &other).expect("copy the other CA");
-    sandbox.write_config(&format!(
-        "store = \"{store}\"\n[etcd]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-        other.display(),
-        cert.display(),
-        key.display()
-    ));
+    sandbox.write_config(&tls_config(&store, &other, &cert, &key));
     let line = refused_start(&sandbox, &store, "y");
     assert!(line.contains("invalid peer certificate"), "{line}");
     // With one: served.
-    sandbox.write_config(&format!(
-        "{files}cert_file = \"{}\"\nkey_file = \"{}\"\n",
-        cert.display(),
-        key.display()
-    ));
+    sandbox.write_config(&tls_config(&store, &ca, &cert, &key));
     let broker = broker_of_config(&sandbox);
     let minted = mint_on(&sandbox, &broker, &[]);
     verify_through(&sandbox, &broker, &minted).success();
@@ -790,14 +781,20 @@ fn a_client_certificate_with_another_key_is_refused_at_start_saying_so() {
     let key = sandbox.path("other.key");
     std::fs::copy(&other_key, &key).expect("copy the other key");
     let store = format!("etcd+https://127.0.0.1:{}/tls", free_port());
-    sandbox.write_config(&format!(
+    sandbox.write_config(&tls_config(&store, &ca, &cert, &key));
+    let line = refused_start(&sandbox, &store, "b");
+    assert!(line.contains("KeyMismatch"), "{line}");
+}
+
+/// A config for a store over TLS: the CA its members' certificates must chain to, and the
+/// client certificate with its key.
+fn tls_config(store: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+    format!(
         "store = \"{store}\"\n[etcd]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
         ca.display(),
         cert.display(),
         key.display()
-    ));
-    let line = refused_start(&sandbox, &store, "b");
-    assert!(line.contains("KeyMismatch"), "{line}");
+    )
 }
 
 /// The one error line of a broker that cannot start on the config written; it names the store.

@@ -776,6 +776,9 @@ where
     rt.spawn(async move {
         let deadline = tokio::time::Instant::now() + CALL;
         let again = Duration::from_millis(50);
+        // The error that made the call be made again: if the deadline cuts the next attempt
+        // short (one started just before it, say), that error is the reason to give.
+        let mut last = None;
         let answered = loop {
             // Asked again only while another whole attempt fits; the last one has what is left.
             let now = tokio::time::Instant::now();
@@ -790,9 +793,11 @@ where
                         && (kind != Kind::Write || never_proposed(status.message()))
                         && tokio::time::Instant::now() + again < deadline =>
                 {
+                    last = Some(etcd_client::Error::GRpcStatus(status));
                     tokio::time::sleep(again).await;
                 }
                 Err(_) if tokio::time::Instant::now() + again < deadline => {}
+                Err(elapsed) => break last.map_or(Err(elapsed), |err| Ok(Err(err))),
                 other => break other,
             }
         };
@@ -1017,6 +1022,34 @@ mod tests {
             );
             assert_eq!(attempts, 1, "{kind:?}");
         }
+    }
+
+    /// A call refused a connection, then made again and cut short by the deadline (as one
+    /// started just before it is): the refusal is the reason given, not only that nothing
+    /// answered in time.
+    #[test]
+    fn a_call_held_after_a_refused_connection_gives_the_refusal_as_its_reason() {
+        use std::sync::atomic::AtomicUsize;
+        let rt = runtime().expect("runtime");
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&attempts);
+        let answer = block(rt, "etcd://test", Kind::Write, move || {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    return Err(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+                        "tcp connect error: Connection refused (os error 111)",
+                    )));
+                }
+                std::future::pending::<()>().await;
+                Ok::<u8, etcd_client::Error>(7)
+            }
+        });
+        assert_eq!(
+            answer.expect_err("refused").to_string(),
+            "the store etcd://test: tcp connect error: Connection refused (os error 111)"
+        );
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -370,8 +370,9 @@ fn without_quorum_every_decision_fails_closed_and_decisions_resume_with_it() {
             .map(|ask| ask.join().expect("ask"))
             .collect()
     });
+    // Queued behind each other's calls, the last would wait 20 s (40 / 6 at a time, 3 s each).
     let longest = waits.iter().max().expect("waits");
-    assert!(*longest < Duration::from_millis(6500), "{waits:?}");
+    assert!(*longest < Duration::from_secs(10), "{waits:?}");
     issue().code_is(2).one_error_line().stderr_has("etcd://");
     sandbox
         .run_sh("read:articles", "touch started")
@@ -488,7 +489,9 @@ fn balancer(sandbox: &Sandbox, brokers: &[&Broker]) -> (crate::broker::NginxServ
 #[test]
 fn a_broker_killed_under_two_hundred_runs_loses_no_run_that_can_come_back_and_no_more() {
     let sandbox = Sandbox::new();
-    sandbox.write_config("owner_timeout = 2\n");
+    // Room for fifty runs to re-attach to B within it on a loaded machine.
+    let owner_timeout = 3;
+    sandbox.write_config(&format!("owner_timeout = {owner_timeout}\n"));
     let Some((_cluster, a, b)) = two_brokers(&sandbox) else {
         return;
     };
@@ -523,8 +526,9 @@ fn a_broker_killed_under_two_hundred_runs_loses_no_run_that_can_come_back_and_no
     kill_pid(a.pid());
     drop(a);
     // A's session expires within owner_timeout: its runs on its socket are then owner gone
-    // everywhere, while every other run is granted (the balanced ones now held by B).
-    let deadline = Instant::now() + Duration::from_secs(4);
+    // everywhere (here within twice that: etcd's expiry, and fifty checks, take their time),
+    // while every other run is granted (the balanced ones now held by B).
+    let deadline = Instant::now() + Duration::from_secs(2 * owner_timeout + 1);
     let on_a: Vec<&String> = tokens
         .iter()
         .filter(|(g, _)| *g == "on a")
@@ -879,8 +883,9 @@ fn a_broker_that_stops_lets_go_of_its_runs_at_once() {
     let (status, _) = a.stop();
     assert_eq!(status.code(), Some(0));
     assert_eq!(reason_of(&sandbox, &b, &token), "owner gone");
+    // Well within owner_timeout (10 s), on a loaded machine too.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(8),
         "{:?}",
         started.elapsed()
     );

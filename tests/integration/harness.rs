@@ -989,6 +989,19 @@ pub fn loading() -> std::sync::RwLockWriteGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Asserts that `expires` is `ttl` after a moment between `before` and `after`, rounded up to
+/// the whole second as a lease's expiry is: the mint happened between them.
+pub fn assert_expires_in(
+    expires: std::time::SystemTime,
+    ttl: Duration,
+    (before, after): (std::time::SystemTime, std::time::SystemTime),
+) {
+    assert!(
+        expires >= before + ttl && expires <= after + ttl + Duration::from_secs(1),
+        "{expires:?} is not {ttl:?} after a moment between {before:?} and {after:?}"
+    );
+}
+
 /// Held by a test whose assertion is a deadline of a second or less.
 pub fn timing() -> std::sync::RwLockReadGuard<'static, ()> {
     LOAD.read()

@@ -739,17 +739,25 @@ fn a_sigterm_while_a_secret_command_runs_at_start_stops_the_broker_at_once() {
             ],
             "{case}"
         );
-        // Killed with its group (a zombie left to init at most).
-        let state =
-            fs::read_to_string(format!("/proc/{}/stat", sleeper.trim())).unwrap_or_default();
-        let state = state
-            .rsplit(") ")
-            .next()
-            .and_then(|rest| rest.chars().next());
-        assert!(
-            matches!(state, None | Some('Z' | 'X')),
-            "{case}: the sleep it started is still there ({state:?})"
-        );
+        // Killed with its group (a zombie left to init at most): SIGKILL was sent, and the
+        // sleep is gone as soon as the kernel has run it down (at once, unless the machine is
+        // loaded).
+        let state = || {
+            let stat =
+                fs::read_to_string(format!("/proc/{}/stat", sleeper.trim())).unwrap_or_default();
+            stat.rsplit(") ")
+                .next()
+                .and_then(|rest| rest.chars().next())
+        };
+        let deadline = Instant::now() + crate::harness::PATIENCE;
+        while !matches!(state(), None | Some('Z' | 'X')) {
+            assert!(
+                Instant::now() < deadline,
+                "{case}: the sleep it started is still there ({:?})",
+                state()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -833,6 +841,8 @@ fn two_hundred_megabytes_each_way_stream_through_in_bounded_memory() {
     let Some((sandbox, upstream, broker)) = nginx_upstream_and_broker() else {
         return;
     };
+    // Seconds of both cores: no test with a deadline of a second runs meanwhile.
+    let _load = crate::harness::loading();
     let token = sandbox.issue("read:site,write:site");
     let size = 200 * 1024 * 1024;
     let big = upstream.dir.join("site/files/big.bin");
@@ -1411,7 +1421,8 @@ fn a_download_in_flight_is_cut_when_its_lease_is_revoked() {
     let status = crate::harness::wait_for_exit(&mut download);
     let took = revoked.elapsed();
     assert!(!status.success(), "the download finished: {status:?}");
-    assert!(took < Duration::from_secs(4), "cut after {took:?}");
+    // Checked again every second; the whole download would take 16 s.
+    assert!(took < Duration::from_secs(8), "cut after {took:?}");
     let len = fs::metadata(&got).expect("got").len();
     assert!(len < 1 << 20, "all of it came: {len}");
     let (_, log) = broker.stop();

@@ -62,10 +62,10 @@ fn child_gets_the_six_variables() {
     );
 
     let expires = humantime::parse_rfc3339(vars["LEASE_EXPIRES_AT"]).expect("RFC 3339 UTC");
-    let ttl = expires.duration_since(before).expect("in the future");
-    assert!(
-        ttl >= Duration::from_secs(299) && ttl <= Duration::from_secs(302),
-        "{ttl:?}"
+    crate::harness::assert_expires_in(
+        expires,
+        Duration::from_secs(300),
+        (before, SystemTime::now()),
     );
 }
 
@@ -392,16 +392,22 @@ fn a_failed_revocation_is_reported_and_fails_a_successful_run() {
     }
     let sandbox = Sandbox::new();
     // A leftover of the child holds the record's lock for longer than lease waits for it (2 s),
-    // so the record can no longer be updated. (Moving the lease dir away no longer sabotages
-    // anything: lease works through the handle it opened.)
-    let sabotage = "setsid flock -s \"$LEASE_STATE_DIR/leases/$LEASE_ID.toml\" sh -c 'touch locked-$LEASE_ID; exec sleep 4' </dev/null >/dev/null 2>&1 &
-        while ! [ -e locked-$LEASE_ID ]; do sleep 0.01; done";
+    // so the record can no longer be updated, until the test ends it. (Moving the lease dir
+    // away no longer sabotages anything: lease works through the handle it opened.)
+    let sabotage = "setsid flock -s \"$LEASE_STATE_DIR/leases/$LEASE_ID.toml\" sh -c 'echo $$ > holder.tmp; mv holder.tmp holder; exec sleep 60' </dev/null >/dev/null 2>&1 &
+        while ! [ -e holder ]; do sleep 0.01; done";
+    let end_holder = || {
+        let holder = std::fs::read_to_string(sandbox.path("holder")).expect("the holder's pid");
+        kill_pid(holder.trim().parse().expect("a pid"));
+        std::fs::remove_file(sandbox.path("holder")).expect("remove the pid file");
+    };
     sandbox
         .run_sh("a", sabotage)
         .run()
         .code_is(125)
         .one_error_line()
         .stderr_has("could not be revoked");
+    end_holder();
     // When the command itself failed, its status wins, and the failure is still reported.
     sandbox
         .run_sh("a", &format!("{sabotage}; exit 3"))
@@ -409,6 +415,7 @@ fn a_failed_revocation_is_reported_and_fails_a_successful_run() {
         .code_is(3)
         .one_error_line()
         .stderr_has("could not be revoked");
+    end_holder();
 }
 
 /// A command that replaces its own record (with a FIFO, a directory, an empty file) leaves

@@ -328,8 +328,10 @@ fn token_stdin_gives_up_on_a_silent_pipe() {
     let (mut partial, mut writer) = start(&token[..10]);
     // The writer pauses, then sends a little more, never a line break.
     std::thread::sleep(Duration::from_secs(2));
-    writer.write_all(&token.as_bytes()[10..20]).expect("write");
+    // Taken before the write: lease may read the bytes, and start its 30 s again, before this
+    // thread would read the clock after it.
     let last_byte = started.elapsed();
+    writer.write_all(&token.as_bytes()[10..20]).expect("write");
     let wait = |child: &mut std::process::Child| {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {

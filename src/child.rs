@@ -107,8 +107,8 @@ pub struct Held {
 ///
 /// On Linux the child is told when lease dies: `PR_SET_PDEATHSIG` sends it SIGTERM (SIGKILL if
 /// SIGTERM was ignored when lease started) if lease is killed, even with SIGKILL, before it;
-/// the death signal is armed only after the child's dispositions are reset, so it cannot land
-/// in one of lease's handlers. If lease died before the death signal was armed, the child sees
+/// the death signal is armed only after the child's dispositions are reset and its mask emptied,
+/// so it takes its default action. If lease died before the death signal was armed, the child sees
 /// another parent and never runs the command. Call from the main thread: the kernel ties the
 /// death signal to the thread that started the child.
 pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
@@ -150,9 +150,8 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
     })
     .context("cannot start the command: allocating its stack")?;
     // Every signal is blocked across the start, as posix_spawn does: one that comes meanwhile
-    // stays pending, in lease (whose handler then sees it) or in the child, where it takes its
-    // default action once the child has put lease's handlers back to default and unblocked it.
-    // Without this, it would run lease's handler in the child and be lost.
+    // stays pending, in lease (which takes the ones it watches) or in the child, where it takes
+    // its default action once the child has reset its dispositions and unblocked it.
     let mut unblocked = SigSet::empty();
     pthread_sigmask(
         SigmaskHow::SIG_SETMASK,
@@ -583,11 +582,12 @@ unsafe fn in_child(inputs: &mut Inputs) -> ! {
     if hooks.signal_after_fork != 0 {
         sys::signal_self(hooks.signal_after_fork);
     }
-    // lease's handlers are still installed in the child, with every signal blocked: a signal
-    // landing in one of them would be swallowed, and exec would go ahead. `signals.reset` is every
-    // signal lease handles (`assert_every_handler_is_reset` in debug builds, and
-    // `signals::lease_handles_no_signal_its_command_does_not_get_back_at_default`, hold it to
-    // that), and SIGPIPE, which lease ignores. Only then is the mask emptied.
+    // lease's dispositions are still the child's, with every signal blocked. lease catches no
+    // signal while its command starts (it blocks the ones it watches: a handler of its here
+    // would swallow a signal, and exec would go ahead; `assert_every_handler_is_reset` in debug
+    // builds, and `signals::lease_handles_no_signal_its_command_does_not_get_back_at_default`,
+    // hold it to that); `signals.reset` is SIGPIPE, which lease ignores. Only then is the mask
+    // emptied.
     for &signal in &signals.reset {
         let _ = sys::set_disposition(signal, libc::SIG_DFL);
     }

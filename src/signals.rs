@@ -1,8 +1,9 @@
 //! The one place that touches signal dispositions.
 //!
-//! While a child runs, lease watches the signals a user or a supervisor uses to stop a job
-//! (INT, TERM, HUP, QUIT, USR1, USR2) and SIGCHLD. A signal that another process sent to lease's
-//! pid is forwarded to the child once. A signal the terminal delivered to the whole foreground
+//! While a child runs, lease watches the signals a user or a supervisor uses to stop or tell a
+//! job (INT, TERM, HUP, QUIT, USR1, USR2; and ALRM, VTALRM, PROF, IO, PWR, STKFLT and the
+//! real-time ones, whose default action would end lease without its revocation) and SIGCHLD. A
+//! signal that another process sent to lease's pid is forwarded to the child once. A signal the terminal delivered to the whole foreground
 //! process group (Ctrl-C, Ctrl-\) already reached the child, so it is not sent again, unless
 //! the child has left lease's process group (e.g. called `setsid`), in which case the terminal's
 //! signal never reached it and lease passes it on. Signals that were ignored when lease started
@@ -14,22 +15,48 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::process::ExitStatus;
 use std::ptr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use nix::libc::{self, c_int};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
-use nix::unistd::{Pid, getpgid, getpgrp};
-use signal_hook::consts::signal::{
-    SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGPIPE, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
+use nix::libc::{
+    SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGKILL, SIGPIPE, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
 };
-use signal_hook::iterator::SignalsInfo;
-use signal_hook::iterator::exfiltrator::WithOrigin;
-use signal_hook::low_level::siginfo::{Cause, Origin};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, getpgid, getpgrp};
 
-/// The signals lease forwards to its child.
-pub const FORWARDED: [c_int; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
+/// The signals that stop a job: one that comes before the command starts stops the start, and
+/// lease dies of it ([`Forwarder::arrived_before_start`]). Forwarded once the command runs.
+pub const STOPPING: [c_int; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
+
+/// The other signals whose default action ends a process and which are sent rather than caused
+/// by what the process does: a supervisor's or a user's (`timeout -s ALRM`, systemd's
+/// SIGRTMIN+3). Not caught, they would end lease without its revocation and leave the command
+/// running: lease forwards them, as the command would get them bare. One that comes before the
+/// command starts is forwarded to it once it runs. Left to their default: the job-control
+/// signals (the terminal and the shell handle them), SIGWINCH and SIGURG (ignored by default),
+/// and the ones the kernel sends a process for what it did itself (SIGSEGV, SIGBUS, SIGFPE,
+/// SIGILL, SIGTRAP, SIGSYS, SIGABRT, SIGXCPU, SIGXFSZ), which are lease's own.
+#[cfg(target_os = "linux")]
+const ALSO_FORWARDED: [c_int; 6] = [
+    SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGPWR,
+    libc::SIGSTKFLT,
+];
+#[cfg(not(target_os = "linux"))]
+const ALSO_FORWARDED: [c_int; 4] = [SIGALRM, libc::SIGVTALRM, libc::SIGPROF, libc::SIGIO];
+
+/// Every signal lease forwards to its command.
+fn forwarded() -> impl Iterator<Item = c_int> {
+    #[cfg(target_os = "linux")]
+    let real_time = libc::SIGRTMIN()..=libc::SIGRTMAX();
+    #[cfg(not(target_os = "linux"))]
+    let real_time = 1..=0;
+    STOPPING.into_iter().chain(ALSO_FORWARDED).chain(real_time)
+}
 
 /// Whether SIGPIPE was ignored when the process started. The Rust runtime sets SIGPIPE to
 /// ignored before `main`, so the original disposition is read earlier, from `.init_array`.
@@ -49,29 +76,43 @@ static RECORD_SIGPIPE_AT_START: extern "C" fn() = record_sigpipe_at_start;
 /// What the child's signal dispositions must be made before it runs the command.
 #[derive(Debug, Clone, Default)]
 pub struct SignalPlan {
-    /// Signals lease caught (with handlers that must not run in the child): back to default.
+    /// Signals whose disposition lease changed for itself (SIGPIPE, ignored): back to default.
     pub reset: Vec<c_int>,
     /// Signals that were ignored when lease started: ignored again in the child.
     pub ignore: Vec<c_int>,
 }
 
 /// Watches signals for the lifetime of one child and forwards them to it.
+///
+/// No handler is installed: the watched signals are blocked, so that each one sent waits,
+/// pending, until [`Forwarder::wait`] takes it with its origin (`sigwaitinfo`). A blocked
+/// signal cannot be lost, cannot run in the child between its start and its exec (the child
+/// unblocks them there, at their default action, as the command would have them), and costs
+/// one system call for all of them, however many.
 #[derive(Debug)]
 pub struct Forwarder {
-    signals: SignalsInfo<WithOrigin>,
     watched: Vec<c_int>,
     ignore_in_child: Vec<c_int>,
-    /// Set once the child has exited: a SIGINT or SIGTERM then ends lease at once.
-    finishing: Arc<AtomicBool>,
 }
 
 impl Forwarder {
     /// Starts watching. Call before minting, so no signal between minting and the child's
-    /// start is lost. With `watch_expiry`, SIGALRM is watched too: it is the expiry timer.
+    /// start is lost, and before lease starts a thread (a thread started before would not
+    /// block them, and one sent there would take its default action: lease's end). With
+    /// `watch_expiry`, SIGALRM is the expiry timer too.
     pub fn install(watch_expiry: bool) -> io::Result<Forwarder> {
-        let mut watched: Vec<c_int> = FORWARDED.into_iter().filter(|&s| !is_ignored(s)).collect();
-        // SIGCHLD (and SIGALRM, when it serves as the expiry timer) must be caught by lease; if
-        // they were ignored, the child gets them back ignored.
+        #[cfg(all(debug_assertions, target_os = "linux"))]
+        assert_eq!(
+            std::fs::read_dir("/proc/self/task")
+                .map(Iterator::count)
+                .ok(),
+            Some(1),
+            "signals are watched before lease starts a thread"
+        );
+        let mut watched: Vec<c_int> = forwarded().filter(|&s| !is_ignored(s)).collect();
+        // SIGCHLD (and SIGALRM, when it serves as the expiry timer) must come to lease: if they
+        // were ignored (an ignored SIGCHLD also reaps the child by itself), they are put back to
+        // default while lease waits, and the child gets them back ignored.
         let mut ignore_in_child = Vec::new();
         let caught = if watch_expiry {
             &[SIGCHLD, SIGALRM][..]
@@ -79,75 +120,69 @@ impl Forwarder {
             &[SIGCHLD][..]
         };
         for &signal in caught {
-            if is_ignored(signal) {
-                ignore_in_child.push(signal);
+            if !watched.contains(&signal) {
+                if is_ignored(signal) {
+                    set_default(signal);
+                    ignore_in_child.push(signal);
+                }
+                watched.push(signal);
             }
-            watched.push(signal);
         }
         if SIGPIPE_IGNORED_AT_START.load(Ordering::Relaxed) {
             ignore_in_child.push(SIGPIPE);
         }
-        // The watched signals are blocked while their handlers go in, and come (once) after:
-        // signal-hook's registry installs a signal's handler a moment before the action that
-        // keeps it, and a signal in between was dropped (the command then started and ran on
-        // as if nothing had been sent: about one run in a hundred, signalled in its first
-        // milliseconds).
-        let mut blocked = SigSet::empty();
-        for &signal in &watched {
-            if let Ok(signal) = Signal::try_from(signal) {
-                blocked.add(signal);
-            }
-        }
-        let mut before = SigSet::empty();
-        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut before))?;
+        mask(libc::SIG_BLOCK, &watched)?;
         #[cfg(debug_assertions)]
         debug_raise("LEASE_DEBUG_SIGNAL_DURING_INSTALL");
-        let finishing = Arc::new(AtomicBool::new(false));
-        let installed = register(&watched, &finishing);
-        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&before), None)?;
-        let signals = installed?;
         Ok(Forwarder {
-            signals,
             watched,
             ignore_in_child,
-            finishing,
         })
     }
 
-    /// What the child's signal state must be made before it runs the command: lease's
-    /// handlers (and the runtime's SIGPIPE) back to default, and what was ignored when lease
-    /// started ignored again.
+    /// What the child's signal state must be made before it runs the command: the runtime's
+    /// SIGPIPE back to default, and what was ignored when lease started ignored again (its
+    /// mask is emptied).
     pub fn child_signals(&self) -> SignalPlan {
-        let mut reset = self.watched.clone();
-        reset.push(SIGPIPE);
         SignalPlan {
-            reset,
+            reset: vec![SIGPIPE],
             ignore: self.ignore_in_child.clone(),
         }
     }
 
     /// The child has exited and lease is cleaning up: from now on a SIGINT or SIGTERM (a user
     /// or a supervisor losing patience) ends lease at once, with 128 + the signal. The token
-    /// is dead already: `verify` denies it once its command is gone.
-    pub fn finishing(&self) {
-        self.finishing.store(true, Ordering::SeqCst);
-    }
-
-    /// Leaves the handlers in place until lease exits, which it does soon after its child:
-    /// until then a SIGINT or SIGTERM still ends it at once ([`Forwarder::finishing`]) and
-    /// other watched signals are caught and dropped. Taking them out one by one (each a new
-    /// copy of signal-hook's registry) cost a run 42,000 instructions for nothing.
-    pub fn leave_installed(self) {
-        std::mem::forget(self);
+    /// is dead already: `verify` denies it once its command is gone. What came meanwhile, as
+    /// the child ended, is dropped; the other watched signals stay blocked until lease exits.
+    pub fn finishing(self) {
+        while take_pending(&self.watched).is_some() {}
+        let stopping: Vec<c_int> = [SIGINT, SIGTERM]
+            .into_iter()
+            .filter(|signal| self.watched.contains(signal))
+            .collect();
+        for &signal in &stopping {
+            // SAFETY: an all-zero sigaction is valid (empty mask, no flags); the handler only
+            // calls _exit, which is async-signal-safe.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = end_now as *const () as libc::sighandler_t;
+                libc::sigaction(signal, &action, ptr::null_mut());
+            }
+        }
+        let _ = mask(libc::SIG_UNBLOCK, &stopping);
     }
 
     /// A stopping signal that arrived before the child started, if any. lease then cleans up
-    /// and dies of it instead of starting the child.
+    /// and dies of it instead of starting the child. (Another one waits for the child, which
+    /// gets it once it runs.)
     pub fn arrived_before_start(&mut self) -> Option<c_int> {
-        self.signals
-            .pending()
-            .map(|origin| origin.signal)
-            .find(|signal| FORWARDED.contains(signal))
+        let stopping: Vec<c_int> = self
+            .watched
+            .iter()
+            .copied()
+            .filter(|signal| STOPPING.contains(signal))
+            .collect();
+        take_pending(&stopping).map(|arrived| arrived.signal)
     }
 
     /// Waits for `child` to exit, forwarding signals to it meanwhile. Returns as soon as the
@@ -158,6 +193,7 @@ impl Forwarder {
         if let Some(deadline) = deadline.as_mut() {
             stage = deadline.on_alarm(stage, pid);
         }
+        let watched = set_of(&self.watched);
         loop {
             if let Some(status) = try_wait(pid)? {
                 if deadline.is_some() {
@@ -169,32 +205,151 @@ impl Forwarder {
                     sent_at_expiry: stage.sent(),
                 });
             }
-            // Blocks until at least one signal arrives; SIGCHLD wakes it when the child exits.
-            for origin in self.signals.wait() {
-                match (origin.signal, deadline.as_mut()) {
-                    (SIGCHLD, _) => {}
-                    (SIGALRM, Some(deadline)) => stage = deadline.on_alarm(stage, pid),
-                    _ => forward(&origin, pid),
+            // Blocks until a watched signal is pending; SIGCHLD comes when the child exits.
+            let Some(arrived) = next(&watched)? else {
+                continue;
+            };
+            match (arrived.signal, deadline.as_mut()) {
+                (SIGCHLD, _) => {}
+                (SIGALRM, Some(deadline)) => {
+                    // The timer's (from the kernel), or one a process sent, which may stand for
+                    // both (two of a signal pending are one): the expiry is checked either way
+                    // (a timer set off early is set again), and one that was sent is the
+                    // command's too.
+                    stage = deadline.on_alarm(stage, pid);
+                    if arrived.sent {
+                        forward(&arrived, pid);
+                    }
                 }
+                _ => forward(&arrived, pid),
             }
         }
     }
 }
 
-/// The iterator over `watched`, and the conditional shutdowns of SIGINT and SIGTERM (see
-/// [`Forwarder::finishing`]).
-fn register(watched: &[c_int], finishing: &Arc<AtomicBool>) -> io::Result<SignalsInfo<WithOrigin>> {
-    let signals = SignalsInfo::<WithOrigin>::new(watched)?;
-    for signal in [SIGINT, SIGTERM] {
-        if watched.contains(&signal) {
-            signal_hook::flag::register_conditional_shutdown(
-                signal,
-                128 + signal,
-                Arc::clone(finishing),
-            )?;
-        }
+/// A signal taken, and where it came from.
+#[derive(Debug, Clone, Copy)]
+struct Arrived {
+    signal: c_int,
+    /// From the kernel: a terminal's (to its foreground process group), a timer's.
+    from_kernel: bool,
+    /// From a process (`kill`, `sigqueue`, `tgkill`).
+    sent: bool,
+}
+
+/// Waits for one of `set`'s signals, which must be blocked, and takes it. `None` when
+/// interrupted.
+#[cfg(target_os = "linux")]
+fn next(set: &libc::sigset_t) -> io::Result<Option<Arrived>> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: `set` is initialised; sigwaitinfo fills `info`, valid and writable.
+    match unsafe { libc::sigwaitinfo(set, info.as_mut_ptr()) } {
+        -1 => match io::Error::last_os_error() {
+            err if err.kind() == io::ErrorKind::Interrupted => Ok(None),
+            err => Err(err),
+        },
+        // SAFETY: sigwaitinfo returned a signal, so it filled `info`.
+        signal => Ok(Some(arrived(signal, unsafe { info.assume_init() }.si_code))),
     }
-    Ok(signals)
+}
+
+/// Takes one of `signals` that is pending, if any, without waiting.
+#[cfg(target_os = "linux")]
+fn take_pending(signals: &[c_int]) -> Option<Arrived> {
+    let set = set_of(signals);
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    let now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: as in `next`; a zero timeout returns at once.
+    match unsafe { libc::sigtimedwait(&set, info.as_mut_ptr(), &now) } {
+        -1 => None,
+        // SAFETY: sigtimedwait returned a signal, so it filled `info`.
+        signal => Some(arrived(signal, unsafe { info.assume_init() }.si_code)),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn arrived(signal: c_int, code: c_int) -> Arrived {
+    Arrived {
+        signal,
+        from_kernel: code == libc::SI_KERNEL,
+        sent: matches!(code, libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL),
+    }
+}
+
+/// Without `sigwaitinfo` (macOS), the origin is unknown: a signal counts as sent, so it is
+/// always forwarded (a terminal's reaches a command in lease's process group twice).
+#[cfg(not(target_os = "linux"))]
+fn next(set: &libc::sigset_t) -> io::Result<Option<Arrived>> {
+    let mut signal: c_int = 0;
+    // SAFETY: `set` is initialised; sigwait writes the signal taken into `signal`.
+    match unsafe { libc::sigwait(set, &mut signal) } {
+        0 => Ok(Some(Arrived {
+            signal,
+            from_kernel: false,
+            sent: true,
+        })),
+        libc::EINTR => Ok(None),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn take_pending(signals: &[c_int]) -> Option<Arrived> {
+    let mut pending = MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: sigpending fills the valid, writable set given.
+    if unsafe { libc::sigpending(pending.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: filled by sigpending.
+    let pending = unsafe { pending.assume_init() };
+    // SAFETY: sigismember reads the initialised set.
+    let signal = *signals
+        .iter()
+        .find(|&&signal| unsafe { libc::sigismember(&pending, signal) } == 1)?;
+    // Pending and blocked: taken at once.
+    next(&set_of(&[signal])).ok().flatten()
+}
+
+/// The set of `signals` (a number that is not a signal is left out).
+fn set_of(signals: &[c_int]) -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: sigemptyset initialises the set; sigaddset adds to it (refusing a bad number).
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for &signal in signals {
+            libc::sigaddset(set.as_mut_ptr(), signal);
+        }
+        set.assume_init()
+    }
+}
+
+/// Blocks (`SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) `signals` in this thread; the threads it
+/// starts afterwards inherit its mask. (nix's `SigSet` cannot hold the real-time signals.)
+fn mask(how: c_int, signals: &[c_int]) -> io::Result<()> {
+    let set = set_of(signals);
+    // SAFETY: `set` is initialised; a null old mask is allowed.
+    match unsafe { libc::pthread_sigmask(how, &set, ptr::null_mut()) } {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// The handler of SIGINT and SIGTERM once the child is gone ([`Forwarder::finishing`]).
+extern "C" fn end_now(signal: c_int) {
+    // SAFETY: _exit is async-signal-safe, and ends the process without running anything else.
+    unsafe { libc::_exit(128 + signal) }
+}
+
+/// Puts `signal` back to its default action.
+fn set_default(signal: c_int) {
+    // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask and no flags.
+    unsafe {
+        let default: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, &default, ptr::null_mut());
+    }
 }
 
 /// The child's exit status if it has exited (reaping it), or `None` while it runs. The raw
@@ -256,7 +411,8 @@ impl std::fmt::Debug for Deadline<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Running,
-    Terminated,
+    /// Sent SIGTERM; SIGKILL is due at this moment, the end of the grace.
+    Terminated(std::time::Instant),
     Killed,
 }
 
@@ -265,8 +421,8 @@ impl Stage {
     fn sent(self) -> Option<c_int> {
         match self {
             Stage::Running => None,
-            Stage::Terminated => Some(SIGTERM),
-            Stage::Killed => Some(signal_hook::consts::signal::SIGKILL),
+            Stage::Terminated(_) => Some(SIGTERM),
+            Stage::Killed => Some(SIGKILL),
         }
     }
 }
@@ -288,15 +444,24 @@ impl Deadline<'_> {
                         Stage::Killed
                     }
                     _ => {
+                        let kill_at = std::time::Instant::now() + self.grace;
                         let _ = kill(child, Signal::SIGTERM);
                         set_alarm(self.grace);
-                        Stage::Terminated
+                        Stage::Terminated(kill_at)
                     }
                 }
             }
-            Stage::Terminated => {
-                let _ = kill(child, Signal::SIGKILL);
-                Stage::Killed
+            Stage::Terminated(kill_at) => {
+                match kill_at.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => {
+                        set_alarm(left);
+                        stage
+                    }
+                    _ => {
+                        let _ = kill(child, Signal::SIGKILL);
+                        Stage::Killed
+                    }
+                }
             }
             Stage::Killed => Stage::Killed,
         }
@@ -344,17 +509,16 @@ fn timeval(after: Duration) -> libc::timeval {
     }
 }
 
-/// Sends `origin.signal` on to the child unless the child already got it from the terminal.
+/// Sends `arrived.signal` on to the child unless the child already got it from the terminal.
 /// The child has not been reaped yet, so its pid cannot have been reused.
-fn forward(origin: &Origin, child: Pid) {
-    let from_terminal = matches!(origin.cause, Cause::Kernel);
-    if from_terminal && getpgid(Some(child)).is_ok_and(|group| group == getpgrp()) {
+fn forward(arrived: &Arrived, child: Pid) {
+    if arrived.from_kernel && getpgid(Some(child)).is_ok_and(|group| group == getpgrp()) {
         return;
     }
-    if let Ok(signal) = Signal::try_from(origin.signal) {
-        // The child may have exited a moment ago; its SIGCHLD ends the wait.
-        let _ = kill(child, signal);
-    }
+    // The child may have exited a moment ago; its SIGCHLD ends the wait. (The real-time signals
+    // have no `Signal` of their own.)
+    // SAFETY: kill takes any pid and signal number; a bad one is an error, which is dropped.
+    let _ = unsafe { libc::kill(child.as_raw(), arrived.signal) };
 }
 
 /// Debug builds only (`LEASE_DEBUG_SIGNAL_BEFORE_START=N`): lease sends itself signal N once
@@ -366,8 +530,8 @@ pub fn debug_signal_before_start() {
 }
 
 /// Debug builds only: lease sends itself the signal whose number `variable` holds, if set, to
-/// hit a window of a few microseconds at will (`LEASE_DEBUG_SIGNAL_DURING_INSTALL`: while
-/// lease's handlers go in, before any is in place).
+/// hit a window of a few microseconds at will (`LEASE_DEBUG_SIGNAL_DURING_INSTALL`: as lease
+/// starts watching, the moment its signals are blocked).
 #[cfg(debug_assertions)]
 pub fn debug_raise(variable: &str) {
     let signal = std::env::var(variable).ok();

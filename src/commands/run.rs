@@ -214,7 +214,6 @@ pub(super) fn start_and_wait(
         .wait(child, deadline)
         .context("waiting for the command")?;
     forwarder.finishing();
-    forwarder.leave_installed();
     Ok((waited, masker))
 }
 

@@ -735,6 +735,19 @@ impl Running {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("kill");
     }
 
+    /// Sends signal number `signal` (a real-time one, say, which has no `Signal`).
+    #[allow(unsafe_code)]
+    pub fn send(&self, signal: i32) {
+        // SAFETY: kill takes any pid and signal number.
+        let sent = unsafe { nix::libc::kill(self.pid(), signal) };
+        assert_eq!(
+            sent,
+            0,
+            "kill {signal}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     pub fn wait(&mut self) -> ExitStatus {
         wait_for_exit(&mut self.child)
     }

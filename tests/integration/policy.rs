@@ -646,6 +646,70 @@ while True:
     }
 }
 
+/// SIGALRM is the expiry timer's signal too. One that a process sends lease is the command's
+/// (forwarded), and neither hastens nor delays the expiry nor cuts the grace short; the timer's
+/// own never reaches the command. The command ignores SIGTERM, counts its SIGALRMs, and (in
+/// one of two runs) sends lease one every 50 ms throughout.
+#[test]
+fn a_sigalrm_sent_to_lease_is_the_commands_and_moves_no_expiry() {
+    let sandbox = Sandbox::new();
+    let script = "\
+import os, signal, time
+got = 0
+def on_alarm(signal_number, frame):
+    global got
+    got += 1
+signal.signal(signal.SIGALRM, on_alarm)
+signal.signal(signal.SIGTERM, lambda signal_number, frame: print('term', got, flush=True))
+send = os.environ['SEND'] == '1'
+while True:
+    if send:
+        os.kill(os.getppid(), signal.SIGALRM)
+    time.sleep(0.05)
+";
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = ["0", "1"]
+            .into_iter()
+            .map(|send| {
+                let sandbox = &sandbox;
+                scope.spawn(move || {
+                    let started = Instant::now();
+                    let out = sandbox
+                        .lease(["run", "--scope", "a", "--ttl", "3", "--on-expiry", "term"])
+                        .args(["--grace", "1", "--", "python3", "-c", script])
+                        .env("SEND", send)
+                        .run()
+                        .code_is(124);
+                    (send, out, started.elapsed())
+                })
+            })
+            .collect();
+        for run in runs {
+            let (send, out, took) = run.join().expect("a run");
+            // SIGTERM at the expiry (3 s after the mint at least), SIGKILL a second later.
+            assert!(
+                took >= Duration::from_secs(4) && took < Duration::from_millis(7_500),
+                "SEND={send}: {took:?} {out:#?}"
+            );
+            let out = out.stderr_has("the command was ended with SIGKILL");
+            let terms: Vec<&str> = out.stdout.lines().collect();
+            assert_eq!(terms.len(), 1, "SEND={send}: one SIGTERM: {out:#?}");
+            let alarms: u32 = terms[0]
+                .strip_prefix("term ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{out:#?}"));
+            if send == "1" {
+                assert!(alarms > 0, "no SIGALRM forwarded: {out:#?}");
+            } else {
+                assert_eq!(
+                    alarms, 0,
+                    "the timer's SIGALRM reached the command: {out:#?}"
+                );
+            }
+        }
+    });
+}
+
 #[test]
 fn on_expiry_kill_and_keep() {
     let sandbox = Sandbox::new();

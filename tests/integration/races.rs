@@ -144,7 +144,9 @@ fn each_forwarded_signal_is_sent_to_the_child_by_exactly_one_system_call() {
     let mut args = vec!["run", "--scope", "a", "--", "python3", "-u"];
     let script = crate::harness::fixture("sigcount.py");
     args.push(script.to_str().unwrap());
-    args.extend(["USR2", "INT", "TERM", "HUP", "QUIT", "USR1", "USR2"]);
+    args.extend([
+        "USR2", "INT", "TERM", "HUP", "QUIT", "USR1", "ALRM", "VTALRM", "PROF", "PWR", "USR2",
+    ]);
     let mut run = sandbox.lease(&args).start();
     run.lines.expect("ready");
     let log = sandbox.path("strace.log");
@@ -160,6 +162,10 @@ fn each_forwarded_signal_is_sent_to_the_child_by_exactly_one_system_call() {
         (Signal::SIGHUP, "HUP"),
         (Signal::SIGQUIT, "QUIT"),
         (Signal::SIGUSR1, "USR1"),
+        (Signal::SIGALRM, "ALRM"),
+        (Signal::SIGVTALRM, "VTALRM"),
+        (Signal::SIGPROF, "PROF"),
+        (Signal::SIGPWR, "PWR"),
         (Signal::SIGUSR2, "USR2"),
     ];
     for (signal, name) in signals {

@@ -8,10 +8,13 @@
 //! action = "read:articles"
 //! ```
 //!
-//! Routes are tried in the order written; the first match wins; no match is a denial.
+//! Routes are tried in the order written; the first match wins; no match is a denial. A path
+//! that the servers behind could read in more than one way (case, path parameters, a
+//! segment's trailing dots and spaces) is routed only if every reading reaches the same route.
 
 use anyhow::{Result, bail};
 use glob::{MatchOptions, Pattern};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::scope::Action;
 
@@ -20,6 +23,12 @@ const PATH_MATCH: MatchOptions = MatchOptions {
     case_sensitive: true,
     require_literal_separator: true,
     require_literal_leading_dot: false,
+};
+
+/// The same, blind to case, as a server on a case-insensitive file system reads a path.
+const PATH_MATCH_ANY_CASE: MatchOptions = MatchOptions {
+    case_sensitive: false,
+    ..PATH_MATCH
 };
 
 /// A route table as written (`[[route]]`, `[[upstream.NAME.route]]`).
@@ -85,13 +94,13 @@ impl Route {
         )
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
+    fn matches(&self, method: &str, path: &str, options: MatchOptions) -> bool {
         // A HEAD is a GET without the body: a GET route allows it. Methods are case-sensitive
         // (RFC 9110 9.1): `get` is not `GET` to the server behind, so no route allows it.
         self.method
             .as_deref()
             .is_none_or(|m| m == method || (m == "GET" && method == "HEAD"))
-            && self.path.matches_with(path, PATH_MATCH)
+            && self.path.matches_with(path, options)
     }
 }
 
@@ -165,19 +174,74 @@ const IGNORABLE: &[char] = &[
 
 /// Whether `segment` is `.` or `..` to some server: up to a path parameter (`..;x`, Tomcat
 /// and Spring), percent-decoded, without the characters in [`IGNORABLE`], it is dots and
-/// spaces only (`...`, `..%20`, `.%20.`: Windows and IIS drop a segment's trailing dots and
-/// spaces).
+/// spaces only (`...`, `..%20`, `.%20.`, `..%C2%A0`: Windows and IIS drop a segment's trailing
+/// dots and spaces, and a server that normalizes reads a no-break space as a space).
 fn is_a_dot_segment(segment: &str) -> bool {
     let segment = segment.split(';').next().unwrap_or("");
     let decoded = crate::token::percent_decoded(segment.as_bytes());
     let text = String::from_utf8_lossy(decoded.as_deref().map_or(segment.as_bytes(), |b| &b[..]));
     let kept: String = text.chars().filter(|c| !IGNORABLE.contains(c)).collect();
-    kept.contains('.') && kept.chars().all(|c| c == '.' || c == ' ')
+    kept.contains('.') && kept.chars().all(|c| c == '.' || c.is_whitespace())
 }
 
-/// The first route that matches `method` and `uri` (its query string ignored).
+/// Whether `path` has an unreserved character percent-encoded (`%70` for `p`, `%2D` for `-`):
+/// no client needs to (RFC 3986 2.3), and a server that decodes it reads another path than the
+/// one the routes were matched on.
+fn encodes_an_unreserved_character(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && std::str::from_utf8(&w[1..])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .is_some_and(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+                })
+    })
+}
+
+/// The ways the servers behind may read `path`: as it is; without its segments' path
+/// parameters (`/a;x/b` is `/a/b` to Tomcat and Spring); without a segment's trailing dots and
+/// spaces (`/admin./x` and `/admin%20/x` are `/admin/x` to Windows and IIS); and without both.
+fn readings(path: &str) -> Vec<String> {
+    let without_parameters = |path: &str| -> String {
+        path.split('/')
+            .map(|segment| segment.split(';').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let trimmed = |path: &str| -> String {
+        path.split('/')
+            .map(|segment| {
+                let mut segment = segment;
+                while let Some(shorter) = segment
+                    .strip_suffix('.')
+                    .or_else(|| segment.strip_suffix("%20"))
+                {
+                    segment = shorter;
+                }
+                segment
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let mut readings = vec![path.to_owned()];
+    for reading in [
+        without_parameters(path),
+        trimmed(path),
+        trimmed(&without_parameters(path)),
+    ] {
+        if !readings.contains(&reading) {
+            readings.push(reading);
+        }
+    }
+    readings
+}
+
+/// The first route that matches `method` and `uri` (its query string ignored), if every reading
+/// of the path ([`readings`], in any case) reaches that same route.
 pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Route> {
-    let path = uri.split(['?', '#']).next().unwrap_or("");
+    let path = uri.split('?').next().unwrap_or("");
     // A path that climbs (`/a/../b`), hides a dot segment or a separator behind percent
     // encoding (`%2e%2e`, `%2f`, `%5c`), uses a backslash or an empty segment, or is not
     // absolute, is not matched at all: the web server may or may not have normalized it, the
@@ -191,8 +255,11 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
         .iter()
         .any(|s| lower.contains(s))
         || has_a_stray_percent(path)
+        || encodes_an_unreserved_character(path)
         || path.contains('\\')
-        || path.contains("//");
+        || path.contains("//")
+        // A fragment is never sent; a server that gets `#` takes what follows as the path.
+        || path.contains('#');
     // Decoded once, as the server behind will: bytes that are not UTF-8 (overlong forms such
     // as `%c0%ae`, a dot to a lax decoder), a control character (`%00` ends a C string), or a
     // character that normalizes to punctuation mean no path a route was written for.
@@ -200,15 +267,32 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
     let decoded = decoded
         .as_deref()
         .map_or(path.as_bytes(), |bytes| &bytes[..]);
+    // A compatibility character (fullwidth `ｐ`, the ligature `ﬁ`, a mathematical `𝐩`) is
+    // another text to a server that normalizes (NFKC) than to the routes.
     let disguised = encoded
         || std::str::from_utf8(decoded).map_or(true, |text| {
             text.chars()
                 .any(|c| c.is_control() || NORMALIZED_TO_PUNCTUATION.contains(&c))
+                || (!text.is_ascii() && !text.nfc().eq(text.nfkc()))
         });
     if !path.starts_with('/') || disguised || path.split('/').any(is_a_dot_segment) {
         return None;
     }
-    routes.iter().find(|route| route.matches(method, path))
+    let mut found = None;
+    for reading in readings(path) {
+        for options in [PATH_MATCH, PATH_MATCH_ANY_CASE] {
+            let at = routes
+                .iter()
+                .position(|route| route.matches(method, &reading, options));
+            match (found, at) {
+                (_, None) => return None,
+                (None, Some(at)) => found = Some(at),
+                (Some(first), Some(at)) if first != at => return None,
+                (Some(_), Some(_)) => {}
+            }
+        }
+    }
+    found.map(|at| &routes[at])
 }
 
 #[cfg(test)]
@@ -334,6 +418,61 @@ mod tests {
             action("GET", "/articles/caf%C3%A9%20au%20lait").as_deref(),
             Some("read:articles")
         );
+    }
+
+    /// A stricter route before a looser one, as tables are written: a path that some server
+    /// behind reads as reaching the stricter one (it decodes `%70`, ignores case, drops a
+    /// path parameter or a segment's trailing dots and spaces, takes `#` as part of the path,
+    /// or normalizes a fullwidth letter) reaches neither.
+    #[test]
+    fn a_path_read_otherwise_by_the_server_behind_skips_no_route() {
+        let routes = vec![
+            Route::parse(None, "/articles/private/**", "admin:site").expect("valid"),
+            Route::parse(Some("GET"), "/articles/**", "read:articles").expect("valid"),
+            Route::parse(None, "/admin/**", "admin:site").expect("valid"),
+            Route::parse(None, "/**", "read:public").expect("valid"),
+        ];
+        let action = |uri: &str| find(&routes, "GET", uri).map(|r| r.action.as_str().to_owned());
+        assert_eq!(action("/articles/private/x").as_deref(), Some("admin:site"));
+        assert_eq!(action("/articles/x").as_deref(), Some("read:articles"));
+        for read_otherwise in [
+            "/articles/%70rivate/x",
+            "/articles/%70RIVATE/x",
+            "/articles/Private/x",
+            "/articles/private;x/y",
+            "/articles/private./x",
+            "/articles/private%20/x",
+            "/articles/private.%20./x",
+            "/articles/a#/../../admin/x",
+            "/articles/a#/%2e%2e/admin",
+            "/articles/%EF%BD%90rivate/x",
+            "/articles/\u{ff50}rivate/x",
+            "/articles/%EF%AC%81le",
+            "/articles/..%C2%A0/admin",
+            "/articles/%C2%A0../admin",
+            "/articles/.%E3%80%80./admin",
+            "/%61dmin/secret",
+            "/ADMIN/secret",
+            "/Admin/secret",
+            "/admin;x/secret",
+            "/admin./secret",
+            "/admin%20/secret",
+            "/%2Dadmin",
+            "/a%7Eb",
+        ] {
+            assert_eq!(action(read_otherwise), None, "{read_otherwise}");
+        }
+        // Readings that all reach the same route are fine: a trailing dot in a name, a path
+        // parameter, case, where every reading is on the same route.
+        for same_everywhere in [
+            "/wiki/U.S.",
+            "/articles/a;b",
+            "/public/README",
+            "/caf%C3%A9",
+        ] {
+            assert!(action(same_everywhere).is_some(), "{same_everywhere}");
+        }
+        assert_eq!(action("/articles/a;b").as_deref(), Some("read:articles"));
     }
 
     #[test]

@@ -64,6 +64,8 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>)
             "refused: Authorization sent more than once: client={peer}"
         ));
         if forward {
+            // A decision, as any forward-auth answer is: counted as one without a token.
+            shared.metrics.decided(Reason::NoToken);
             return bare(StatusCode::UNAUTHORIZED);
         }
         let mut answer = error(
@@ -78,7 +80,7 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>)
     }
     match (request.method(), path) {
         (&Method::GET | &Method::HEAD, "/healthz") => plain(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/metrics") => metrics(shared).await,
+        (&Method::GET | &Method::HEAD, "/metrics") => metrics(shared).await,
         (&Method::POST, "/v1/verify") => verify(shared, peer, request).await,
         (&Method::POST, "/v1/leases") => mint(shared, peer, request).await,
         (&Method::POST, "/v1/commands") => command(shared, peer, request).await,
@@ -86,7 +88,7 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>)
         (&Method::POST, "/v1/runs") => super::runs::upgrade(shared, peer, request, false),
         (&Method::POST, "/v1/runs/attach") => super::runs::upgrade(shared, peer, request, true),
         (_, "/healthz") => not_allowed("GET, HEAD"),
-        (_, "/metrics") => not_allowed("GET"),
+        (_, "/metrics") => not_allowed("GET, HEAD"),
         (
             _,
             "/v1/verify" | "/v1/leases" | "/v1/commands" | "/v1/runs" | "/v1/runs/attach"
@@ -251,43 +253,43 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
     let headers = request.headers();
     let token = bearer(headers);
     let live = shared.live();
-    if repeated(headers, "x-lease-action") {
+    let (method, uri, agreed) = original(&request);
+    let (method, uri) = (method.as_ref(), uri.as_ref());
+    // The action the web server names (`Some`), or the route's. One named twice, or that is no
+    // action, is `Some(None)`: it allows nothing (the web server's config is wrong, or the
+    // client added its own).
+    let named: Option<Option<Action>> = if repeated(headers, "x-lease-action") {
         log(&format!(
             "denied: client={peer}: X-Lease-Action sent more than once"
         ));
-        return empty(StatusCode::FORBIDDEN);
-    }
-    let (action, route) = match header_text(headers, "x-lease-action") {
-        Some(text) => match Action::parse(text) {
-            Ok(action) => (action, None),
-            Err(err) => {
-                log(&format!("denied: client={peer}: X-Lease-Action: {err:#}"));
-                return empty(StatusCode::FORBIDDEN);
-            }
-        },
-        None => {
-            let (method, uri, agreed) = original(&request);
-            let (method, uri) = (method.as_ref(), uri.as_ref());
-            let found = agreed
-                .then(|| crate::route::find(&live.config.routes, method, uri))
-                .flatten();
-            match found {
-                Some(route) => (route.action.clone(), Some(route.describe())),
-                None => {
-                    // Deny by default. A missing or dead token is still told what to do (401).
-                    let mut event = Event::new(EventKind::Denied, None);
-                    event.method = Some(crate::audit::method_shown(method));
-                    let path = uri.split(['?', '#']).next().unwrap_or("");
-                    event.path = Some(crate::audit::path_shown(path));
-                    event.client = Some(peer.shown.clone());
-                    event.forwarded_for = forwarded_for(headers);
-                    return match no_route(shared, &live, token, event).await {
-                        Ok(()) => empty(StatusCode::FORBIDDEN),
-                        Err(Refusal(status, _)) => bare(status),
-                    };
-                }
-            }
-        }
+        Some(None)
+    } else {
+        header_text(headers, "x-lease-action").map(|text| {
+            Action::parse(text)
+                .map_err(|err| log(&format!("denied: client={peer}: X-Lease-Action: {err:#}")))
+                .ok()
+        })
+    };
+    let found = match named {
+        Some(action) => action.map(|action| (action, None)),
+        None => agreed
+            .then(|| crate::route::find(&live.config.routes, method, uri))
+            .flatten()
+            .map(|route| (route.action.clone(), Some(route.describe()))),
+    };
+    let Some((action, route)) = found else {
+        // Deny by default, a decision like any other: counted, and in the lease's trail. A
+        // missing or dead token is still told what to do (401).
+        let mut event = Event::new(EventKind::Denied, None);
+        event.method = Some(crate::audit::method_shown(method));
+        let path = uri.split(['?', '#']).next().unwrap_or("");
+        event.path = Some(crate::audit::path_shown(path));
+        event.client = Some(peer.shown.clone());
+        event.forwarded_for = forwarded_for(headers);
+        return match no_route(shared, &live, token, event).await {
+            Ok(()) => empty(StatusCode::FORBIDDEN),
+            Err(Refusal(status, _)) => bare(status),
+        };
     };
     // The web server is the client; who it asked for is `forwarded_for`, not its parent.
     let noted = Trailed::Noted(Noted {
@@ -660,9 +662,9 @@ async fn command(shared: &Arc<Shared>, peer: &Peer, request: Request<Incoming>) 
             challenge(answer.headers_mut());
             answer
         }
-        Ok(Err(Refused::Unavailable(why))) => {
-            log(&format!("cannot run {what}: client={peer}: {why}"));
-            error(StatusCode::SERVICE_UNAVAILABLE, &why)
+        Ok(Err(Refused::Unavailable { told, logged })) => {
+            log(&format!("cannot run {what}: client={peer}: {logged}"));
+            error(StatusCode::SERVICE_UNAVAILABLE, &told)
         }
         Ok(Err(Refused::NotAllowed(why))) => {
             log(&format!("refused {what}: not allowed: client={peer}"));

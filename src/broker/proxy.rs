@@ -197,12 +197,12 @@ fn mask_header_names(headers: &mut HeaderMap, needles: &[Zeroizing<Vec<u8>>]) {
 
 /// Removes the hop-by-hop headers, and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Read as bytes: a name past a byte that is not ASCII is a name all the same.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -210,6 +210,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(*name);
     }
+}
+
+/// Whether the request asks to switch to a protocol other than HTTP/2 in clear (`h2c`, an offer
+/// a server may decline by answering in HTTP/1.1).
+fn upgrades_to_more_than_h2c(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|protocol| !protocol.trim_ascii().eq_ignore_ascii_case(b"h2c"))
 }
 
 /// The lease token where a client sends its credential: `Authorization: Bearer`, the password
@@ -309,15 +319,22 @@ async fn forward(
     // A token put in the path by mistake stays out of the trail, as out of the log.
     event.path = Some(crate::audit::path_shown(&path));
     event.client = Some(peer.shown.clone());
-    // A tunnel or a loop-back of the request is never proxied, whatever the routes say.
+    // A tunnel or a loop-back of the request is never proxied, whatever the routes say. An
+    // offer of HTTP/2 in clear (`Upgrade: h2c`, as `curl --http2` sends) is only an offer: it
+    // is declined by going on in HTTP/1.1 (the header, hop-by-hop, goes no further).
     if method == hyper::Method::CONNECT
         || method == hyper::Method::TRACE
-        || request.headers().contains_key(header::UPGRADE)
+        || upgrades_to_more_than_h2c(request.headers())
     {
-        return small(error(
+        let mut answer = error(
             StatusCode::METHOD_NOT_ALLOWED,
             "CONNECT, TRACE and protocol upgrades are not proxied",
-        ));
+        );
+        answer.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return small(answer);
     }
     // A body with a transfer coding hyper does not undo would go out stripped of it.
     if transfer_coded(request.headers()) {
@@ -409,6 +426,15 @@ async fn forward(
     }
     let (parts, body) = request.into_parts();
     let up = Arc::new(AtomicU64::new(0));
+    // From here on a use may have been charged and the upstream may be reached: the request's
+    // event is written whatever happens next, the client leaving included ([`Trail`]'s drop).
+    let trail = Trail {
+        live: Arc::clone(&live),
+        event,
+        started,
+        up: Arc::clone(&up),
+        written: false,
+    };
     let progress = Progress::new();
     let cut = Cut::watch(shared, &live, &token);
     let outgoing = match outgoing(&upstream, parts, &path, query.as_deref(), &token) {
@@ -423,12 +449,6 @@ async fn forward(
     let outgoing = match outgoing {
         Ok(outgoing) => outgoing,
         Err(err) => return small(error(StatusCode::BAD_REQUEST, &format!("{err}"))),
-    };
-    let trail = Trail {
-        live: Arc::clone(&live),
-        event,
-        started,
-        up,
     };
     let answered = progress
         .bound(spec.timeout, upstream.client.request(outgoing))
@@ -948,21 +968,36 @@ impl Body for Counted {
     }
 }
 
-/// The trail event of one forwarded request, written when its response ends or is dropped.
+/// The trail event of one forwarded request, written once: when its response ends, or when it
+/// is dropped (the client gone before the upstream answered: no `status`).
 struct Trail {
     live: Arc<Live>,
     event: Event,
     started: Instant,
     up: Arc<AtomicU64>,
+    written: bool,
 }
 
 impl Trail {
     fn write(mut self, status: Option<u16>, down: u64) {
+        self.note(status, down);
+    }
+
+    fn note(&mut self, status: Option<u16>, down: u64) {
+        if std::mem::replace(&mut self.written, true) {
+            return;
+        }
         self.event.status = status;
         self.event.bytes_up = Some(self.up.load(Ordering::Relaxed));
         self.event.bytes_down = Some(down);
         self.event.duration_ms = Some(crate::audit::millis(self.started.elapsed()));
         self.live.store.audit().note(&self.event);
+    }
+}
+
+impl Drop for Trail {
+    fn drop(&mut self) {
+        self.note(None, 0);
     }
 }
 
@@ -1087,6 +1122,26 @@ mod tests {
             );
         }
         map
+    }
+
+    /// The hop-by-hop headers go, and so does every header a `Connection` names, also one
+    /// named after a byte that is not ASCII.
+    #[test]
+    fn the_headers_a_connection_names_go_whatever_else_it_holds() {
+        let mut map = headers(&[
+            ("connection", "keep-alive"),
+            ("x-foo", "hop"),
+            ("x-bar", "hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "end to end"),
+        ]);
+        map.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-foo, x-\xe9, x-bar").expect("a value"),
+        );
+        strip_hop_by_hop(&mut map);
+        let left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     /// Where a client puts its credential: Bearer, the password of Basic, the upstream's own

@@ -70,6 +70,14 @@ fn human(event: &Event) -> String {
     };
     field("action", event.action.clone());
     field("reason", event.reason.clone());
+    // A request decided for a web server or proxied to an upstream: what it was, and (proxied)
+    // what came of it.
+    field("upstream", event.upstream.clone());
+    field("method", event.method.clone());
+    field("path", event.path.clone());
+    field("status", event.status.map(|s| s.to_string()));
+    field("up", event.bytes_up.map(|b| format!("{b}B")));
+    field("down", event.bytes_down.map(|b| format!("{b}B")));
     field("scope", event.scope.as_ref().map(|s| s.join(",")));
     field("expires", event.expires_at.clone());
     field("exit", event.exit_code.map(|c| c.to_string()));

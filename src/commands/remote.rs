@@ -21,8 +21,9 @@ pub enum Refused {
     NoToken(String),
     /// The caller may not do this.
     NotAllowed(String),
-    /// The store cannot be read to tell (503).
-    Unavailable(String),
+    /// The store cannot be read to tell (503): what the client is told, and what the broker's
+    /// log says (the store's place, which a token holder is not told).
+    Unavailable { told: String, logged: String },
 }
 
 /// What a subcommand run for a client printed, and whether it failed because the token it was
@@ -54,6 +55,17 @@ pub fn on_broker(
         shows_store: operator,
         chosen_config: None,
     };
+    // A store that cannot be read is the broker's trouble, not the command's (503, as for every
+    // endpoint); a token holder is not told where it is.
+    let unavailable = |err: anyhow::Error| Refused::Unavailable {
+        told: if operator {
+            format!("{err:#}")
+        } else {
+            "the broker cannot read its store; nothing is changed".to_owned()
+        },
+        logged: format!("{err:#}"),
+    };
+    setup.store(Open::ExistingOnly).map_err(unavailable)?;
     let own = |what: &str| -> Result<&Token, Refused> {
         match &bearer {
             Some(token) => Ok(token),
@@ -78,16 +90,25 @@ pub fn on_broker(
         if operator {
             return Ok(ids);
         }
-        let token = own(what)?;
+        // Neither an operator nor a token holder: the right it lacks is named.
+        let Some(token) = &bearer else {
+            return Err(Refused::NotAllowed(format!(
+                "not allowed: `lease {what}` through the broker needs an operator (a uid in operators, on the broker's unix socket), or the token of the lease or of one it is nested in (set LEASE_TOKEN)"
+            )));
+        };
         if !token.is_well_formed() {
             return Err(Refused::NoToken(crate::token::MALFORMED.to_owned()));
         }
         let unknown = || Refused::NoToken("unknown: no lease matches the token".to_owned());
-        let unavailable = |err: anyhow::Error| Refused::Unavailable(format!("{err:#}"));
         let store = setup.store(Open::ExistingOnly).map_err(unavailable)?;
         let mine = match store.find(&token.hash()).map_err(unavailable)? {
             crate::store::Loaded::Found(record) => record.id,
-            _ => return Err(unknown()),
+            crate::store::Loaded::Corrupt(why) => {
+                return Err(unavailable(anyhow::anyhow!(
+                    "corrupt record: the token's lease cannot be read: {why}"
+                )));
+            }
+            crate::store::Loaded::Missing => return Err(unknown()),
         };
         if ids.is_empty() {
             return Ok(vec![mine.to_string()]);

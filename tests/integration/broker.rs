@@ -614,6 +614,10 @@ fn the_http_api_answers_each_decision_with_its_status_code() {
     assert_eq!(wrong_method.header("allow"), Some("GET, HEAD"));
     assert_eq!(curl(&sandbox, &[], &[&format!("{url}/nope")]).status, 404);
 
+    let head = curl(&sandbox, &[], &["-I", &format!("{url}/metrics")]);
+    assert_eq!(head.status, 200, "{head:?}");
+    let wrong_method = curl(&sandbox, &[], &["-X", "POST", &format!("{url}/metrics")]);
+    assert_eq!(wrong_method.header("allow"), Some("GET, HEAD"));
     let metrics = curl(&sandbox, &[], &[&format!("{url}/metrics")]);
     assert_eq!(metrics.status, 200);
     for line in [
@@ -814,6 +818,68 @@ fn a_token_holder_is_not_told_where_the_brokers_store_is() {
     );
 }
 
+/// A store the broker cannot read is the broker's trouble, not the command's: `503` for every
+/// command, and its place is told to no token holder (only the broker's log has it). A token
+/// whose own record is corrupt is `503` too, not an unknown token.
+#[test]
+fn a_store_the_broker_cannot_read_is_503_and_its_place_is_told_to_no_token_holder() {
+    if crate::harness::files_only("it breaks the state dir's lease directory") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let mut broker = Broker::start(&sandbox, &[]);
+    let issued = sandbox.issue_json("read:a", &[]);
+    let (id, token) = (
+        issued["id"].as_str().expect("id"),
+        issued["token"].as_str().expect("token"),
+    );
+    let place = sandbox.state_dir().display().to_string();
+    let url = format!("http://{}/v1/commands", broker.tcp);
+    let ask = |command: &str| {
+        let reply = curl(&sandbox, &bearer(token), &["--data", command, &url]);
+        assert_eq!(reply.status, 503, "{command}: {reply:?}");
+        assert!(!reply.body.contains(&place), "{command}: {reply:?}");
+        reply
+    };
+    // Its own record corrupt: whose lease an id is cannot be told.
+    fs::write(sandbox.record_path(&issued["id"]), "junk = [").expect("corrupt the record");
+    for command in [
+        r#"{"command":"log","id":null,"since":null,"json":true}"#.to_owned(),
+        format!(r#"{{"command":"suggest","id":"{id}","json":true}}"#),
+        format!(r#"{{"command":"revoke","ids":["{id}"]}}"#),
+    ] {
+        ask(&command);
+    }
+    // The lease directory gone, a file in its place: every command.
+    let leases = sandbox.state_dir().join("leases");
+    fs::rename(&leases, sandbox.state_dir().join("leases.moved")).expect("move the leases");
+    fs::write(&leases, "x").expect("a file in their place");
+    for command in [
+        r#"{"command":"status","json":false}"#,
+        r#"{"command":"renew","ttl":60}"#,
+        r#"{"command":"revoke_self"}"#,
+        r#"{"command":"log","id":null,"since":null,"json":false}"#,
+    ] {
+        let reply = ask(command);
+        assert!(
+            reply.body.contains("the broker cannot read its store"),
+            "{command}: {reply:?}"
+        );
+    }
+    // The client (a token holder, over TCP) says so in one line, exit 2, and the broker's log
+    // says why.
+    let out = sandbox
+        .lease(["status"])
+        .env("LEASE_BROKER", format!("http://{}", broker.tcp))
+        .env("LEASE_TOKEN", token)
+        .run()
+        .code_is(2)
+        .one_error_line()
+        .stderr_has("the broker cannot read its store");
+    assert!(!out.stderr.contains(&place), "{out:?}");
+    broker.expect_log("is not a directory");
+}
+
 /// `status`, `renew` and `revoke --self` over HTTP about a token that is no credential
 /// (malformed, unknown, revoked) answer `401` with the challenge, as every endpoint does, and
 /// still carry what the command printed, which the client prints as a local run would; a
@@ -881,7 +947,10 @@ fn the_commands_about_a_token_that_is_no_credential_answer_401() {
         let reply = curl(&sandbox, &bearer(token), &["--data", command, &url]);
         assert_eq!(reply.status, 200, "{command}: {reply:?}");
     }
-    // The client prints what a local run prints, whichever status carried it.
+    // The client prints what a local run prints, whichever status carried it (the time left,
+    // `in 10m`, is the moment's: the two runs may read the clock a second apart).
+    let countdown = regex::Regex::new(r"\(in [^)]*\)").expect("a pattern");
+    let same = |text: &str| countdown.replace_all(text, "(in ...)").into_owned();
     for token in [&revoked, &live] {
         let local = sandbox.lease(["status"]).env("LEASE_TOKEN", token).run();
         let through = sandbox
@@ -890,8 +959,8 @@ fn the_commands_about_a_token_that_is_no_credential_answer_401() {
             .env("LEASE_BROKER", broker.endpoint())
             .run();
         assert_eq!(through.code(), local.code(), "{through:?}");
-        assert_eq!(through.stdout, local.stdout);
-        assert_eq!(through.stderr, local.stderr);
+        assert_eq!(same(&through.stdout), same(&local.stdout));
+        assert_eq!(same(&through.stderr), same(&local.stderr));
     }
 }
 
@@ -1498,6 +1567,36 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
         "{}",
         metrics.body
     );
+    // An action named twice allows nothing, as no route does: counted, and in the trail.
+    let mut twice = bearer(token);
+    twice.extend([
+        "X-Original-Method: GET".to_owned(),
+        "X-Original-URI: /articles/2.html".to_owned(),
+        "X-Lease-Action: read:articles".to_owned(),
+        "X-Lease-Action: read:articles".to_owned(),
+    ]);
+    let reply = curl(
+        &sandbox,
+        &twice,
+        &[&format!("http://{}/v1/auth", broker.tcp)],
+    );
+    assert_eq!(reply.status, 403, "{reply:?}");
+    let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
+    assert!(
+        trail
+            .lines()
+            .any(|l| l.contains(r#""reason":"no route""#)
+                && l.contains(r#""path":"/articles/2.html""#)),
+        "{trail}"
+    );
+    let metrics = curl(&sandbox, &[], &[&format!("http://{}/metrics", broker.tcp)]);
+    assert!(
+        metrics
+            .body
+            .contains("lease_decisions_total{result=\"denied\",reason=\"no route\"} 2\n"),
+        "{}",
+        metrics.body
+    );
     sandbox
         .lease(["revoke", issued["id"].as_str().expect("id")])
         .run()
@@ -1519,6 +1618,19 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
         &[&format!("http://{}/v1/auth", broker.tcp)],
     );
     assert_eq!(none.status, 401);
+    // Nor is a credential sent twice (which one counts would be a guess).
+    let mut twice = bearer(token);
+    twice.extend(bearer(token));
+    twice.extend([
+        "X-Original-Method: GET".to_owned(),
+        "X-Original-URI: /articles/1.html".to_owned(),
+    ]);
+    let reply = curl(
+        &sandbox,
+        &twice,
+        &[&format!("http://{}/v1/auth", broker.tcp)],
+    );
+    assert_eq!(reply.status, 401, "{reply:?}");
     // A path that would read as more fields of the log line is quoted there; one that holds
     // a token, even percent-encoded, is left out of it.
     let encoded = format!("/private/agt%5F{}", &token[4..]);
@@ -1534,7 +1646,7 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
         assert_eq!(reply.status, 401, "{uri}");
     }
     let metrics = curl(&sandbox, &[], &[&format!("http://{}/metrics", broker.tcp)]);
-    for (reason, count) in [("revoked", 1), ("no token", 3)] {
+    for (reason, count) in [("revoked", 1), ("no token", 4)] {
         let line =
             format!("lease_decisions_total{{result=\"denied\",reason=\"{reason}\"}} {count}\n");
         assert!(metrics.body.contains(&line), "{reason}: {}", metrics.body);
@@ -1563,7 +1675,7 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
     assert!(log.contains("path=\"(left out: a lease token)\""), "{log}");
     let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
     let no_route = trail.lines().filter(|l| l.contains("no route")).count();
-    assert_eq!(no_route, 1, "{trail}");
+    assert_eq!(no_route, 2, "{trail}");
 }
 
 /// The API refuses a token where an action, a scope or a lease id goes, as the command line
@@ -2501,6 +2613,26 @@ fn only_the_configured_operators_mint_root_leases() {
         .code_is(2)
         .one_error_line();
     assert!(out.stderr.contains("needs an operator"), "{out:?}");
+    // Nor act on a lease by its id without its token: the line names both rights.
+    for args in [
+        &["revoke", "0123456789ab"][..],
+        &["log", "--id", "0123456789ab"],
+        &["suggest", "0123456789ab"],
+    ] {
+        let out = sandbox
+            .lease(args)
+            .env("LEASE_BROKER", broker.endpoint())
+            .env_remove("LEASE_TOKEN")
+            .run()
+            .code_is(2)
+            .one_error_line();
+        assert!(
+            out.stderr.contains("not allowed")
+                && out.stderr.contains("needs an operator")
+                && out.stderr.contains("LEASE_TOKEN"),
+            "{args:?}: {out:?}"
+        );
+    }
     let out = sandbox
         .lease(["serve"])
         .env(

@@ -18,6 +18,8 @@ struct Upstream {
     dir: PathBuf,
     port: u16,
     _server: NginxServer,
+    /// A socket nginx's `/files/late` waits on, which never answers.
+    _silent: std::os::unix::net::UnixListener,
 }
 
 impl Upstream {
@@ -74,6 +76,12 @@ impl Upstream {
       add_header X-Echo $http_authorization;
       return 200 \"you sent: $http_authorization\\n\";
     }}
+    # An answer that never comes: nginx waits on a socket nobody answers.
+    location = /files/late {{
+      if ($keyed = 0) {{ return 401; }}
+      proxy_pass http://unix:{d}/silent.sock;
+      proxy_read_timeout 60s;
+    }}
     # A download at 64 KiB/s, to be in flight when its lease ends.
     location /files/slow/ {{
       if ($keyed = 0) {{ return 401; }}
@@ -94,11 +102,14 @@ impl Upstream {
   }}",
             d = dir.display(),
         );
+        let silent = std::os::unix::net::UnixListener::bind(dir.join("silent.sock"))
+            .expect("a socket that never answers");
         let server = NginxServer::start(dir.clone(), &http);
         Upstream {
             dir,
             port,
             _server: server,
+            _silent: silent,
         }
     }
 
@@ -590,6 +601,25 @@ fn an_upstream_that_echoes_the_key_gets_it_masked_in_headers_and_body() {
     // A tunnel or a reflection of the request is never proxied.
     let reply = curl(&sandbox, &bearer(&token), &["-X", "TRACE", &url]);
     assert_eq!(reply.status, 405, "{reply:?}");
+    assert_eq!(
+        reply.header("allow"),
+        Some("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+    );
+    let reply = curl(
+        &sandbox,
+        &bearer(&token),
+        &[
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            &url,
+        ],
+    );
+    assert_eq!(reply.status, 405, "{reply:?}");
+    // An offer of HTTP/2 in clear is declined by answering in HTTP/1.1.
+    let reply = curl(&sandbox, &bearer(&token), &["--http2", &url]);
+    assert_eq!(reply.status, 200, "{reply:?}");
     // A HEAD keeps the upstream's length (it has no body to mask).
     let head = format!("http://{}/u/site/files/hello.txt", broker.tcp);
     let reply = curl(&sandbox, &bearer(&token), &["-I", &head]);
@@ -1496,4 +1526,69 @@ fn each_proxied_request_spends_the_leases_budget() {
         .filter(|l| l.starts_with("GET /files/hello.txt "))
         .count();
     assert_eq!(reached, 2, "{log}");
+}
+
+/// A client that leaves while the upstream has not answered yet: its request reached the
+/// upstream and spent a use, so it is in the trail all the same (a `proxied` event without a
+/// `status`), as every proxied request is.
+#[test]
+fn a_request_whose_client_leaves_before_the_answer_is_in_the_trail() {
+    let Some((sandbox, upstream, broker)) = nginx_upstream_and_broker() else {
+        return;
+    };
+    let issued = sandbox.issue_json("read:site=5", &[]);
+    let (id, token) = (
+        issued["id"].as_str().expect("id"),
+        issued["token"].as_str().expect("token"),
+    );
+    let headers = bearer_file(&sandbox, "late.headers", token);
+    // The upstream (nginx, waiting on a socket that never answers) sends no answer; curl gives
+    // up after a second.
+    let out = sandbox
+        .command("curl")
+        .args(["-s", "--max-time", "1", "-H"])
+        .arg(format!("@{}", headers.display()))
+        .arg(format!("http://{}/u/site/files/late", broker.tcp))
+        .run();
+    assert_eq!(out.code(), Some(28), "curl timed out: {out:?}");
+    let deadline = Instant::now() + crate::harness::PATIENCE;
+    let event = loop {
+        let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).unwrap_or_default();
+        let found = trail
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["event"] == "proxied" && e["path"] == "/files/late");
+        if let Some(event) = found {
+            break event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event for the request: {trail}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(event["lease"], id, "{event}");
+    assert_eq!(event["action"], "read:site", "{event}");
+    assert_eq!(event["reason"], "granted", "{event}");
+    assert!(event.get("status").is_none(), "{event}");
+    // The upstream was reached (nginx logs the request once the broker has left it), and the
+    // use is spent.
+    while !upstream.access_log().contains("GET /files/late ") {
+        assert!(Instant::now() < deadline, "{}", upstream.access_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let listed = sandbox.lease(["list", "--json"]).run().success().json();
+    let lease = listed
+        .as_array()
+        .and_then(|all| all.iter().find(|l| l["id"] == id))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(lease["scope_uses_left"]["read:site"], 4, "{lease}");
+    // `lease log` says which request it was, for people too.
+    let log = sandbox.lease(["log", "--id", id]).run().success().stdout;
+    assert!(
+        log.lines().any(|l| l.contains(" proxied ")
+            && l.contains("upstream=site method=GET path=/files/late ")
+            && l.contains(" up=0B down=0B")),
+        "{log}"
+    );
 }

@@ -128,11 +128,7 @@ pub fn spawn(spec: Spec<'_>, signals: &SignalPlan) -> anyhow::Result<Held> {
     } else {
         None
     };
-    let death = if signals.reset.contains(&libc::SIGTERM) {
-        libc::SIGTERM
-    } else {
-        libc::SIGKILL
-    };
+    let death = signals.death;
     let hooks = DebugHooks::from_env();
     #[cfg(all(debug_assertions, not(test)))]
     assert_every_handler_is_reset(signals);
@@ -753,6 +749,7 @@ mod tests {
         let plan = SignalPlan {
             reset: vec![libc::SIGTERM],
             ignore: Vec::new(),
+            death: libc::SIGTERM,
         };
         spawn(spec, &plan).expect("starting a held child")
     }
@@ -855,6 +852,7 @@ mod tests {
         let plan = SignalPlan {
             reset: vec![libc::SIGTERM, libc::SIGKILL],
             ignore: vec![libc::SIGKILL],
+            death: libc::SIGTERM,
         };
         let held = spawn(spec, &plan).expect("starting a held child");
         Errno::set_raw(4242);

@@ -115,56 +115,17 @@ fn has_a_stray_percent(path: &str) -> bool {
     })
 }
 
-/// The characters Unicode's compatibility normalization (NFKC) turns into text holding a
-/// dot, a slash, a backslash, a `;` or a `%` (`．` `／` `＼` `‥` `﹨` `％` ...; the list is
-/// Python's `unicodedata` run over every code point): to a server that normalizes, a dot
-/// segment, a separator, a path parameter or an escape.
-const NORMALIZED_TO_PUNCTUATION: &[char] = &[
-    '\u{37e}',
-    '\u{2024}',
-    '\u{2025}',
-    '\u{2026}',
-    '\u{2100}',
-    '\u{2101}',
-    '\u{2105}',
-    '\u{2106}',
-    '\u{2488}',
-    '\u{2489}',
-    '\u{248a}',
-    '\u{248b}',
-    '\u{248c}',
-    '\u{248d}',
-    '\u{248e}',
-    '\u{248f}',
-    '\u{2490}',
-    '\u{2491}',
-    '\u{2492}',
-    '\u{2493}',
-    '\u{2494}',
-    '\u{2495}',
-    '\u{2496}',
-    '\u{2497}',
-    '\u{2498}',
-    '\u{2499}',
-    '\u{249a}',
-    '\u{249b}',
-    '\u{33c2}',
-    '\u{33c7}',
-    '\u{33d8}',
-    '\u{fe14}',
-    '\u{fe19}',
-    '\u{fe30}',
-    '\u{fe52}',
-    '\u{fe54}',
-    '\u{fe68}',
-    '\u{fe6a}',
-    '\u{ff05}',
-    '\u{ff0e}',
-    '\u{ff0f}',
-    '\u{ff1b}',
-    '\u{ff3c}',
-    '\u{1f100}',
-];
+/// Whether `c`, past ASCII, is read as ASCII by a server that normalizes a path (Unicode's
+/// compatibility normalization, NFKC: fullwidth `ｐ` and `．`, the ligature `ﬁ`, `º`, `‥`, the
+/// Kelvin sign) or ignores its case (the dotless `ı` is `I` in upper case, `ſ` is `S`): such a
+/// path is another path to that server than to the routes, and may be one a stricter route was
+/// written for.
+fn reads_as_ascii(c: char) -> bool {
+    !c.is_ascii()
+        && (std::iter::once(c).nfkc().any(|d| d.is_ascii())
+            || c.to_lowercase().any(|d| d.is_ascii())
+            || c.to_uppercase().any(|d| d.is_ascii()))
+}
 
 /// Characters a server may drop before it reads a path (Unicode's default-ignorable ones that
 /// can hide between two dots: soft hyphen, zero-width space and joiners, word joiner, BOM).
@@ -184,25 +145,37 @@ fn is_a_dot_segment(segment: &str) -> bool {
     kept.contains('.') && kept.chars().all(|c| c == '.' || c.is_whitespace())
 }
 
-/// Whether `path` has an unreserved character percent-encoded (`%70` for `p`, `%2D` for `-`):
-/// no client needs to (RFC 3986 2.3), and a server that decodes it reads another path than the
-/// one the routes were matched on.
-fn encodes_an_unreserved_character(path: &str) -> bool {
+/// `path` with its percent-encoded unreserved characters decoded (`%70` is `p`, `%7E` is `~`),
+/// as RFC 3986 (6.2.2.2) and every server behind normalize it.
+fn unreserved_decoded(path: &str) -> String {
     let bytes = path.as_bytes();
-    bytes.windows(3).any(|w| {
-        w[0] == b'%'
-            && std::str::from_utf8(&w[1..])
-                .ok()
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                .is_some_and(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-                })
-    })
+    let mut out = String::with_capacity(path.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let decoded = (bytes[at] == b'%')
+            .then(|| bytes.get(at + 1..at + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        match decoded {
+            Some(byte) => {
+                out.push(char::from(byte));
+                at += 3;
+            }
+            None => {
+                let len = path[at..].chars().next().map_or(1, char::len_utf8);
+                out.push_str(&path[at..at + len]);
+                at += len;
+            }
+        }
+    }
+    out
 }
 
-/// The ways the servers behind may read `path`: as it is; without its segments' path
-/// parameters (`/a;x/b` is `/a/b` to Tomcat and Spring); without a segment's trailing dots and
-/// spaces (`/admin./x` and `/admin%20/x` are `/admin/x` to Windows and IIS); and without both.
+/// The ways the servers behind may read `path`: as it is, or with its encoded unreserved
+/// characters decoded; and each of those without its segments' path parameters (`/a;x/b` is
+/// `/a/b` to Tomcat and Spring), without a segment's trailing dots and spaces (`/admin./x` and
+/// `/admin%20/x` are `/admin/x` to Windows and IIS), and without both.
 fn readings(path: &str) -> Vec<String> {
     let without_parameters = |path: &str| -> String {
         path.split('/')
@@ -225,14 +198,17 @@ fn readings(path: &str) -> Vec<String> {
             .collect::<Vec<_>>()
             .join("/")
     };
-    let mut readings = vec![path.to_owned()];
-    for reading in [
-        without_parameters(path),
-        trimmed(path),
-        trimmed(&without_parameters(path)),
-    ] {
-        if !readings.contains(&reading) {
-            readings.push(reading);
+    let mut readings: Vec<String> = Vec::new();
+    for path in [path.to_owned(), unreserved_decoded(path)] {
+        for reading in [
+            without_parameters(&path),
+            trimmed(&path),
+            trimmed(&without_parameters(&path)),
+            path,
+        ] {
+            if !readings.contains(&reading) {
+                readings.push(reading);
+            }
         }
     }
     readings
@@ -255,25 +231,20 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
         .iter()
         .any(|s| lower.contains(s))
         || has_a_stray_percent(path)
-        || encodes_an_unreserved_character(path)
         || path.contains('\\')
         || path.contains("//")
         // A fragment is never sent; a server that gets `#` takes what follows as the path.
         || path.contains('#');
     // Decoded once, as the server behind will: bytes that are not UTF-8 (overlong forms such
     // as `%c0%ae`, a dot to a lax decoder), a control character (`%00` ends a C string), or a
-    // character that normalizes to punctuation mean no path a route was written for.
+    // character some server reads as ASCII mean no path a route was written for.
     let decoded = crate::token::percent_decoded(path.as_bytes());
     let decoded = decoded
         .as_deref()
         .map_or(path.as_bytes(), |bytes| &bytes[..]);
-    // A compatibility character (fullwidth `ｐ`, the ligature `ﬁ`, a mathematical `𝐩`) is
-    // another text to a server that normalizes (NFKC) than to the routes.
     let disguised = encoded
         || std::str::from_utf8(decoded).map_or(true, |text| {
-            text.chars()
-                .any(|c| c.is_control() || NORMALIZED_TO_PUNCTUATION.contains(&c))
-                || (!text.is_ascii() && !text.nfc().eq(text.nfkc()))
+            text.chars().any(|c| c.is_control() || reads_as_ascii(c))
         });
     if !path.starts_with('/') || disguised || path.split('/').any(is_a_dot_segment) {
         return None;
@@ -448,6 +419,9 @@ mod tests {
             "/articles/%EF%BD%90rivate/x",
             "/articles/\u{ff50}rivate/x",
             "/articles/%EF%AC%81le",
+            "/%E2%84%AAeys/x",
+            "/articles/pr%C4%B1vate/x",
+            "/articles/%C5%BFecret",
             "/articles/..%C2%A0/admin",
             "/articles/%C2%A0../admin",
             "/articles/.%E3%80%80./admin",
@@ -457,8 +431,6 @@ mod tests {
             "/admin;x/secret",
             "/admin./secret",
             "/admin%20/secret",
-            "/%2Dadmin",
-            "/a%7Eb",
         ] {
             assert_eq!(action(read_otherwise), None, "{read_otherwise}");
         }
@@ -469,6 +441,9 @@ mod tests {
             "/articles/a;b",
             "/public/README",
             "/caf%C3%A9",
+            "/a%7Eb",
+            "/%2Dadmin",
+            "/articles/%78",
         ] {
             assert!(action(same_everywhere).is_some(), "{same_everywhere}");
         }

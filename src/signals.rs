@@ -54,7 +54,7 @@ fn forwarded() -> impl Iterator<Item = c_int> {
     #[cfg(target_os = "linux")]
     let real_time = libc::SIGRTMIN()..=libc::SIGRTMAX();
     #[cfg(not(target_os = "linux"))]
-    let real_time = 1..=0;
+    let real_time = std::iter::empty();
     STOPPING.into_iter().chain(ALSO_FORWARDED).chain(real_time)
 }
 
@@ -80,6 +80,9 @@ pub struct SignalPlan {
     pub reset: Vec<c_int>,
     /// Signals that were ignored when lease started: ignored again in the child.
     pub ignore: Vec<c_int>,
+    /// The signal the child gets if lease dies (`PR_SET_PDEATHSIG`): SIGTERM, which a command
+    /// can clean up on, unless lease started with it ignored (the child would ignore it too).
+    pub death: c_int,
 }
 
 /// Watches signals for the lifetime of one child and forwards them to it.
@@ -131,6 +134,10 @@ impl Forwarder {
         if SIGPIPE_IGNORED_AT_START.load(Ordering::Relaxed) {
             ignore_in_child.push(SIGPIPE);
         }
+        // The BSDs and macOS drop a signal whose default action is to ignore it even while it
+        // is blocked: SIGCHLD gets a handler that does nothing, so that it waits to be taken.
+        #[cfg(not(target_os = "linux"))]
+        set_handler(SIGCHLD, nothing);
         mask(libc::SIG_BLOCK, &watched)?;
         #[cfg(debug_assertions)]
         debug_raise("LEASE_DEBUG_SIGNAL_DURING_INSTALL");
@@ -145,8 +152,16 @@ impl Forwarder {
     /// mask is emptied).
     pub fn child_signals(&self) -> SignalPlan {
         SignalPlan {
+            #[cfg(target_os = "linux")]
             reset: vec![SIGPIPE],
+            #[cfg(not(target_os = "linux"))]
+            reset: vec![SIGPIPE, SIGCHLD],
             ignore: self.ignore_in_child.clone(),
+            death: if self.watched.contains(&SIGTERM) {
+                SIGTERM
+            } else {
+                SIGKILL
+            },
         }
     }
 
@@ -161,13 +176,7 @@ impl Forwarder {
             .filter(|signal| self.watched.contains(signal))
             .collect();
         for &signal in &stopping {
-            // SAFETY: an all-zero sigaction is valid (empty mask, no flags); the handler only
-            // calls _exit, which is async-signal-safe.
-            unsafe {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = end_now as *const () as libc::sighandler_t;
-                libc::sigaction(signal, &action, ptr::null_mut());
-            }
+            set_handler(signal, end_now);
         }
         let _ = mask(libc::SIG_UNBLOCK, &stopping);
     }
@@ -280,7 +289,8 @@ fn arrived(signal: c_int, code: c_int) -> Arrived {
 }
 
 /// Without `sigwaitinfo` (macOS), the origin is unknown: a signal counts as sent, so it is
-/// always forwarded (a terminal's reaches a command in lease's process group twice).
+/// always forwarded (a terminal's reaches a command in lease's process group twice), except
+/// SIGALRM while it is the expiry timer, which then counts as the timer's.
 #[cfg(not(target_os = "linux"))]
 fn next(set: &libc::sigset_t) -> io::Result<Option<Arrived>> {
     let mut signal: c_int = 0;
@@ -289,7 +299,7 @@ fn next(set: &libc::sigset_t) -> io::Result<Option<Arrived>> {
         0 => Ok(Some(Arrived {
             signal,
             from_kernel: false,
-            sent: true,
+            sent: signal != SIGALRM,
         })),
         libc::EINTR => Ok(None),
         errno => Err(io::Error::from_raw_os_error(errno)),
@@ -341,6 +351,21 @@ fn mask(how: c_int, signals: &[c_int]) -> io::Result<()> {
 extern "C" fn end_now(signal: c_int) {
     // SAFETY: _exit is async-signal-safe, and ends the process without running anything else.
     unsafe { libc::_exit(128 + signal) }
+}
+
+/// A handler that does nothing (see [`Forwarder::install`]).
+#[cfg(not(target_os = "linux"))]
+extern "C" fn nothing(_: c_int) {}
+
+/// Makes `handler` `signal`'s handler. It must be async-signal-safe.
+fn set_handler(signal: c_int, handler: extern "C" fn(c_int)) {
+    // SAFETY: an all-zero sigaction is valid (empty mask, no flags); the handlers given here
+    // call nothing that is not async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as *const () as libc::sighandler_t;
+        libc::sigaction(signal, &action, ptr::null_mut());
+    }
 }
 
 /// Puts `signal` back to its default action.

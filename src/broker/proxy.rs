@@ -131,6 +131,8 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
+    // HTTP/2's settings for an `Upgrade: h2c` (RFC 7540 3.2.1), an offer that is declined.
+    "http2-settings",
 ];
 
 /// Request headers that some servers and frameworks take as the method or the path.

@@ -65,7 +65,10 @@ pub fn on_broker(
         },
         logged: format!("{err:#}"),
     };
-    setup.store(Open::ExistingOnly).map_err(unavailable)?;
+    // (Only for a caller that may be told anything at all: the others are refused below.)
+    if operator || bearer.is_some() {
+        setup.store(Open::ExistingOnly).map_err(unavailable)?;
+    }
     let own = |what: &str| -> Result<&Token, Refused> {
         match &bearer {
             Some(token) => Ok(token),

@@ -777,7 +777,8 @@ where
         let deadline = tokio::time::Instant::now() + CALL;
         let again = Duration::from_millis(50);
         // The error that made the call be made again: if the deadline cuts the next attempt
-        // short (one started just before it, say), that error is the reason to give.
+        // short (one started just before it, say), that error is said too (the attempt cut
+        // may have been applied: it is not said to have failed as the one before did).
         let mut last = None;
         let answered = loop {
             // Asked again only while another whole attempt fits; the last one has what is left.
@@ -797,19 +798,20 @@ where
                     tokio::time::sleep(again).await;
                 }
                 Err(_) if tokio::time::Instant::now() + again < deadline => {}
-                Err(elapsed) => break last.map_or(Err(elapsed), |err| Ok(Err(err))),
                 other => break other,
             }
         };
-        let _ = done.send(answered);
+        let _ = done.send((answered, last));
     });
+    let late = format!(
+        "the store {shown} did not answer within {} s",
+        CALL.as_secs()
+    );
     match answer.recv_timeout(CALL + Duration::from_secs(1)) {
-        Ok(Ok(Ok(value))) => Ok(value),
-        Ok(Ok(Err(err))) => Err(anyhow!("the store {shown}: {}", one_line(&err))),
-        Ok(Err(_)) | Err(_) => Err(anyhow!(
-            "the store {shown} did not answer within {} s",
-            CALL.as_secs()
-        )),
+        Ok((Ok(Ok(value)), _)) => Ok(value),
+        Ok((Ok(Err(err)), _)) => Err(anyhow!("the store {shown}: {}", one_line(&err))),
+        Ok((Err(_), Some(before))) => Err(anyhow!("{late} (before that: {})", one_line(&before))),
+        Ok((Err(_), None)) | Err(_) => Err(anyhow!("{late}")),
     }
 }
 
@@ -1025,8 +1027,8 @@ mod tests {
     }
 
     /// A call refused a connection, then made again and cut short by the deadline (as one
-    /// started just before it is): the refusal is the reason given, not only that nothing
-    /// answered in time.
+    /// started just before it is): the refusal is said too, not only that nothing answered in
+    /// time (and not as the outcome: the attempt cut short may have been applied).
     #[test]
     fn a_call_held_after_a_refused_connection_gives_the_refusal_as_its_reason() {
         use std::sync::atomic::AtomicUsize;
@@ -1047,7 +1049,7 @@ mod tests {
         });
         assert_eq!(
             answer.expect_err("refused").to_string(),
-            "the store etcd://test: tcp connect error: Connection refused (os error 111)"
+            "the store etcd://test did not answer within 3 s (before that: tcp connect error: Connection refused (os error 111))"
         );
         assert_eq!(attempts.load(Ordering::SeqCst), 2);
     }

@@ -403,15 +403,10 @@ fn a_decision_waiting_for_a_records_lock_holds_up_no_other_decision() {
         let reply = verify_over_http(&sandbox, &broker, Some(&free), body);
         let took = started.elapsed();
         assert_eq!(reply.status, 200, "{reply:?}");
-        // Held up, it would wait for the lock's 2 s; and the waiting charges are all still
-        // waiting (none was answered by the store's bound instead).
+        // Held up, it would wait for the lock's 2 s.
         assert!(
             took < Duration::from_millis(1500),
             "the free lease waited {took:?}"
-        );
-        assert!(
-            waiting.iter().all(|thread| !thread.is_finished()),
-            "a charge was answered while the record was locked"
         );
         record.unlock().expect("unlocked");
         for thread in waiting {

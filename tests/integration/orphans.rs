@@ -71,6 +71,26 @@ fn a_wrapper_killed_between_the_childs_fork_and_exec_takes_the_child_with_it() {
     assert_dies(child, "sleep");
 }
 
+/// A wrapper killed (SIGKILL, a supervisor's last word): its command gets SIGTERM, the signal
+/// a command can clean up on, not SIGKILL.
+#[test]
+fn a_killed_wrapper_gives_its_command_sigterm_to_clean_up_on() {
+    let sandbox = Sandbox::new();
+    let mut run = sandbox
+        .run_sh(
+            "a",
+            "trap 'echo cleaned > cleaned; exit 0' TERM; echo ready; while :; do sleep 0.05; done",
+        )
+        .start();
+    run.lines.expect("ready");
+    run.signal(Signal::SIGKILL);
+    run.wait();
+    assert_eq!(
+        crate::harness::wait_for_file(&sandbox.path("cleaned")).trim(),
+        "cleaned"
+    );
+}
+
 #[test]
 fn a_wrapper_started_with_sigterm_ignored_still_takes_its_child_with_it() {
     // The child inherits SIGTERM ignored, so the death signal must be one it cannot ignore.

@@ -19,7 +19,7 @@ struct Upstream {
     port: u16,
     _server: NginxServer,
     /// A socket nginx's `/files/late` waits on, which never answers.
-    _silent: std::os::unix::net::UnixListener,
+    silent: std::os::unix::net::UnixListener,
 }
 
 impl Upstream {
@@ -109,7 +109,7 @@ impl Upstream {
             dir,
             port,
             _server: server,
-            _silent: silent,
+            silent,
         }
     }
 
@@ -1542,16 +1542,33 @@ fn a_request_whose_client_leaves_before_the_answer_is_in_the_trail() {
         issued["token"].as_str().expect("token"),
     );
     let headers = bearer_file(&sandbox, "late.headers", token);
-    // The upstream (nginx, waiting on a socket that never answers) sends no answer; curl gives
-    // up after a second.
-    let out = sandbox
+    // The upstream (nginx, waiting on a socket that never answers) sends no answer; curl is
+    // stopped once nginx has passed the request on.
+    let mut client = sandbox
         .command("curl")
-        .args(["-s", "--max-time", "1", "-H"])
+        .args(["-s", "--max-time", "60", "-H"])
         .arg(format!("@{}", headers.display()))
         .arg(format!("http://{}/u/site/files/late", broker.tcp))
-        .run();
-    assert_eq!(out.code(), Some(28), "curl timed out: {out:?}");
+        .command
+        .spawn()
+        .expect("curl");
+    upstream.silent.set_nonblocking(true).expect("nonblocking");
     let deadline = Instant::now() + crate::harness::PATIENCE;
+    let _held = loop {
+        match upstream.silent.accept() {
+            Ok((held, _)) => break held,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx never passed the request on"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(err) => panic!("accept: {err}"),
+        }
+    };
+    client.kill().expect("stop curl");
+    client.wait().expect("reap curl");
     let event = loop {
         let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).unwrap_or_default();
         let found = trail

@@ -329,6 +329,9 @@ fn lease_handles_no_signal_its_command_does_not_get_back_at_default() {
             "a",
             "--on-expiry",
             "term",
+            // The masking's threads, which block what lease's main thread blocks, and never
+            // wait in `sigwaitinfo`.
+            "--mask",
             "--",
             "sh",
             "-c",
@@ -336,11 +339,12 @@ fn lease_handles_no_signal_its_command_does_not_get_back_at_default() {
         .arg("echo ready; exec sleep 30")
         .start();
     run.lines.expect("ready");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", run.pid())).unwrap();
-    let mask = |field: &str| {
+    let field_of = |status: &str, field: &str| {
         let line = status.lines().find(|l| l.starts_with(field)).unwrap();
         u64::from_str_radix(line[field.len()..].trim(), 16).unwrap()
     };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", run.pid())).unwrap();
+    let mask = |field: &str| field_of(&status, field);
     // 32 and 33 are the C library's own (thread cancellation, set*id across threads):
     // sigaction refuses them, and they are never a death signal.
     let signals = |mask: u64| -> Vec<i32> {
@@ -369,6 +373,25 @@ fn lease_handles_no_signal_its_command_does_not_get_back_at_default() {
         }
     } else {
         assert_eq!(blocked, watched);
+    }
+    let others: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", run.pid()))
+        .expect("the threads")
+        .flatten()
+        .map(|task| task.file_name().to_string_lossy().into_owned())
+        .filter(|tid| *tid != run.pid().to_string())
+        .collect();
+    assert!(!others.is_empty(), "no thread but the main one");
+    // Every thread blocks every watched signal: one sent to lease that reached a thread that
+    // did not would take its default action, and end lease without its revocation.
+    for tid in others {
+        let status = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", run.pid()))
+            .expect("a thread's status");
+        // (A thread just started blocks everything for a moment, as glibc starts one.)
+        let blocked = signals(field_of(&status, "SigBlk:"));
+        assert!(
+            watched.iter().all(|signal| blocked.contains(signal)),
+            "thread {tid} blocks {blocked:?}"
+        );
     }
     assert_eq!(
         signals(mask("SigIgn:")),

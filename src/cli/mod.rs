@@ -105,6 +105,19 @@ fn parse_args(args: &[OsString]) -> Result<Invocation, Rejected> {
                     let from_env =
                         matches.value_source(id) == Some(clap::parser::ValueSource::EnvVariable);
                     empty_path(flag, from_env)
+                })
+                // An empty LEASE_BROKER means no broker (`env LEASE_BROKER= lease ...` leaves
+                // one); an empty `--broker` on the command line is a mistake (`--broker
+                // "$UNSET"`), which must not fall back to the local store.
+                .or_else(|| {
+                    let empty = matches
+                        .get_one::<String>("broker")
+                        .is_some_and(String::is_empty);
+                    let given = matches.value_source("broker")
+                        == Some(clap::parser::ValueSource::CommandLine);
+                    (empty && given).then(|| {
+                        "--broker is empty: give a broker's URL (unix:/path, http://HOST:PORT, https://HOST:PORT), or leave --broker out".to_owned()
+                    })
                 });
             let cli = Cli::from_arg_matches_mut(&mut matches).map_err(|err| reject(&err, args))?;
             (cli, failure, given)

@@ -150,4 +150,28 @@ fn an_empty_state_dir_or_config_variable_is_refused_by_every_subcommand_alike() 
         }
     }
     assert!(sandbox.records().is_empty());
+    // An empty --broker is refused alike, rather than meaning the local store; an empty
+    // LEASE_BROKER means no broker.
+    for (args, code) in [
+        (
+            &["run", "--broker", "", "--scope", "a", "--", "true"][..],
+            125,
+        ),
+        (&["verify", "--broker=", "a"], 2),
+        (&["list", "--broker", ""], 2),
+    ] {
+        let out = sandbox.lease(args).run();
+        assert_eq!(out.code(), Some(code), "{out:#?}");
+        assert!(
+            out.stderr
+                .starts_with("lease: --broker is empty: give a broker's URL"),
+            "{out:#?}"
+        );
+    }
+    assert!(sandbox.records().is_empty());
+    sandbox
+        .lease(["run", "--scope", "a", "--", "true"])
+        .env("LEASE_BROKER", "")
+        .run()
+        .success();
 }

@@ -59,6 +59,9 @@ pub struct Route {
     pub method: Option<String>,
     /// The glob on the request's path.
     pub path: Pattern,
+    /// For a glob that ends in `/**`, the glob without it: `/admin/**` covers `/admin` too (the
+    /// page a server shows for the directory itself).
+    bare: Option<Pattern>,
     /// The action a request on this route needs.
     pub action: Action,
 }
@@ -76,11 +79,17 @@ impl Route {
         if !path.starts_with('/') {
             bail!("path: '{}' must start with /", path.escape_debug());
         }
-        let path = Pattern::new(path).map_err(|err| anyhow::anyhow!("path: {err}"))?;
+        let glob = |text: &str| Pattern::new(text).map_err(|err| anyhow::anyhow!("path: {err}"));
+        let bare = match path.strip_suffix("/**") {
+            Some(bare) if !bare.is_empty() => Some(glob(bare)?),
+            _ => None,
+        };
+        let path = glob(path)?;
         let action = Action::parse(action).map_err(|err| anyhow::anyhow!("action: {err:#}"))?;
         Ok(Route {
             method,
             path,
+            bare,
             action,
         })
     }
@@ -100,7 +109,11 @@ impl Route {
         self.method
             .as_deref()
             .is_none_or(|m| m == method || (m == "GET" && method == "HEAD"))
-            && self.path.matches_with(path, options)
+            && (self.path.matches_with(path, options)
+                || self
+                    .bare
+                    .as_ref()
+                    .is_some_and(|bare| bare.matches_with(path, options)))
     }
 }
 
@@ -121,10 +134,15 @@ fn has_a_stray_percent(path: &str) -> bool {
 /// path is another path to that server than to the routes, and may be one a stricter route was
 /// written for.
 fn reads_as_ascii(c: char) -> bool {
+    // A case mapping to an ASCII letter, alone or with marks (`İ` is `i` and a dot above); not
+    // one to several (`ß` is `SS` in upper case, which no server takes for `ß`).
+    fn case(mut mapped: impl Iterator<Item = char>) -> bool {
+        mapped.next().is_some_and(|first| first.is_ascii()) && mapped.all(|rest| !rest.is_ascii())
+    }
     !c.is_ascii()
         && (std::iter::once(c).nfkc().any(|d| d.is_ascii())
-            || c.to_lowercase().any(|d| d.is_ascii())
-            || c.to_uppercase().any(|d| d.is_ascii()))
+            || case(c.to_lowercase())
+            || case(c.to_uppercase()))
 }
 
 /// Characters a server may drop before it reads a path (Unicode's default-ignorable ones that
@@ -189,6 +207,7 @@ fn readings(path: &str) -> Vec<String> {
                 let mut segment = segment;
                 while let Some(shorter) = segment
                     .strip_suffix('.')
+                    .or_else(|| segment.strip_suffix(' '))
                     .or_else(|| segment.strip_suffix("%20"))
                 {
                     segment = shorter;
@@ -406,6 +425,10 @@ mod tests {
         let action = |uri: &str| find(&routes, "GET", uri).map(|r| r.action.as_str().to_owned());
         assert_eq!(action("/articles/private/x").as_deref(), Some("admin:site"));
         assert_eq!(action("/articles/x").as_deref(), Some("read:articles"));
+        // A glob that ends in `/**` covers the directory itself too.
+        assert_eq!(action("/admin").as_deref(), Some("admin:site"));
+        assert_eq!(action("/articles/private").as_deref(), Some("admin:site"));
+        assert_eq!(action("/articles").as_deref(), Some("read:articles"));
         for read_otherwise in [
             "/articles/%70rivate/x",
             "/articles/%70RIVATE/x",
@@ -422,6 +445,11 @@ mod tests {
             "/%E2%84%AAeys/x",
             "/articles/pr%C4%B1vate/x",
             "/articles/%C5%BFecret",
+            "/%C4%B0tems",
+            "/articles/private /x",
+            "/articles/private. /x",
+            "/admin /x",
+            "/admin;",
             "/articles/..%C2%A0/admin",
             "/articles/%C2%A0../admin",
             "/articles/.%E3%80%80./admin",
@@ -444,6 +472,7 @@ mod tests {
             "/a%7Eb",
             "/%2Dadmin",
             "/articles/%78",
+            "/stra%C3%9Fe",
         ] {
             assert!(action(same_everywhere).is_some(), "{same_everywhere}");
         }

@@ -336,6 +336,20 @@ fn set_of(signals: &[c_int]) -> libc::sigset_t {
     }
 }
 
+/// Whether `signal`, sent by the kernel, is one a terminal sends to its whole foreground process
+/// group, which the child (in lease's group) got too: Ctrl-C's SIGINT, Ctrl-\'s SIGQUIT, and the
+/// SIGHUP of a hangup, unless lease is the session's leader (`ssh -t host 'exec lease run ...'`),
+/// to which alone the kernel sends it. Any other signal from the kernel came to lease alone
+/// (a timer lease inherited across its exec, as `alarm N; exec lease ...` sets): the command gets
+/// it, as it would have bare.
+fn from_the_terminal_to_the_group(signal: c_int) -> bool {
+    match signal {
+        SIGINT | SIGQUIT => true,
+        SIGHUP => nix::unistd::getsid(None).ok() != Some(nix::unistd::getpid()),
+        _ => false,
+    }
+}
+
 /// Blocks (`SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) `signals` in this thread; the threads it
 /// starts afterwards inherit its mask. (nix's `SigSet` cannot hold the real-time signals.)
 fn mask(how: c_int, signals: &[c_int]) -> io::Result<()> {
@@ -537,7 +551,10 @@ fn timeval(after: Duration) -> libc::timeval {
 /// Sends `arrived.signal` on to the child unless the child already got it from the terminal.
 /// The child has not been reaped yet, so its pid cannot have been reused.
 fn forward(arrived: &Arrived, child: Pid) {
-    if arrived.from_kernel && getpgid(Some(child)).is_ok_and(|group| group == getpgrp()) {
+    if arrived.from_kernel
+        && from_the_terminal_to_the_group(arrived.signal)
+        && getpgid(Some(child)).is_ok_and(|group| group == getpgrp())
+    {
         return;
     }
     // The child may have exited a moment ago; its SIGCHLD ends the wait. (The real-time signals

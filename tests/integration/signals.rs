@@ -413,3 +413,58 @@ fn wait_for_state(pid: i32, state: char) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// A timer lease inherited across its exec (`alarm N; exec lease run ...`, the classic timeout
+/// wrapper) goes off as it would for the bare command: the command gets its SIGALRM (and dies
+/// of it here, and lease with it, as the shell would see the bare command die).
+#[test]
+fn a_timer_inherited_across_exec_goes_off_for_the_command() {
+    let sandbox = Sandbox::new();
+    let started = std::time::Instant::now();
+    let out = sandbox
+        .command("python3")
+        .arg("-c")
+        .arg("import os, signal, sys; signal.alarm(1); os.execvp(sys.argv[1], sys.argv[1:])")
+        .arg(crate::harness::lease_bin())
+        .args(["run", "--scope", "a", "--", "sleep", "30"])
+        .run();
+    assert_eq!(death_signal(out.status), Some(14), "{out:#?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    sandbox.assert_all_revoked(1);
+}
+
+/// lease as the session's leader (`ssh -t host 'exec lease run ...'`, a terminal emulator
+/// running it directly): a hangup's SIGHUP goes to it alone, and it passes it on, as the bare
+/// command, leader in its place, would have got it.
+#[test]
+fn a_hangup_reaches_the_command_when_lease_leads_the_session() {
+    let sandbox = Sandbox::new();
+    let driver = "\
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+seen = b''
+while b'ready' not in seen:
+    seen += os.read(fd, 1024)
+os.close(fd)
+os.waitpid(pid, 0)
+";
+    sandbox
+        .command("python3")
+        .arg("-c")
+        .arg(driver)
+        .arg(crate::harness::lease_bin())
+        .args(["run", "--scope", "a", "--", "sh", "-c"])
+        .arg("trap 'echo hangup > got; exit 0' HUP; echo ready; while :; do sleep 0.05; done")
+        .run();
+    assert_eq!(
+        crate::harness::wait_for_file(&sandbox.path("got")).trim(),
+        "hangup"
+    );
+    sandbox.assert_all_revoked(1);
+}

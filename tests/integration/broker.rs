@@ -1530,15 +1530,18 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
     let broker = Broker::start(&sandbox, &[]);
     let issued = sandbox.issue_json("read:articles", &[]);
     let token = issued["token"].as_str().expect("token");
+    let auth = |headers: &[String]| {
+        curl(
+            &sandbox,
+            headers,
+            &[&format!("http://{}/v1/auth", broker.tcp)],
+        )
+    };
     let ask = |uri: &str| {
         let mut headers = bearer(token);
         headers.push("X-Original-Method: GET".to_owned());
         headers.push(format!("X-Original-URI: {uri}"));
-        curl(
-            &sandbox,
-            &headers,
-            &[&format!("http://{}/v1/auth", broker.tcp)],
-        )
+        auth(&headers)
     };
     assert_eq!(ask("/articles/1.html").status, 200);
     assert_eq!(ask("/private/notes?x=1").status, 403);
@@ -1570,11 +1573,7 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
         "X-Lease-Action: read:articles".to_owned(),
         "X-Lease-Action: read:articles".to_owned(),
     ]);
-    let reply = curl(
-        &sandbox,
-        &twice,
-        &[&format!("http://{}/v1/auth", broker.tcp)],
-    );
+    let reply = auth(&twice);
     assert_eq!(reply.status, 403, "{reply:?}");
     let trail = fs::read_to_string(sandbox.state_dir().join("audit.jsonl")).expect("trail");
     assert!(
@@ -1604,14 +1603,10 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
     );
     // No token at all: 401 too. Both are counted and logged by the token's reason, as a
     // verify is, and kept out of the trail.
-    let none = curl(
-        &sandbox,
-        &[
-            "X-Original-Method: GET".to_owned(),
-            "X-Original-URI: /private/notes".to_owned(),
-        ],
-        &[&format!("http://{}/v1/auth", broker.tcp)],
-    );
+    let none = auth(&[
+        "X-Original-Method: GET".to_owned(),
+        "X-Original-URI: /private/notes".to_owned(),
+    ]);
     assert_eq!(none.status, 401);
     // Nor is a credential sent twice (which one counts would be a guess).
     let mut twice = bearer(token);
@@ -1620,24 +1615,16 @@ fn forward_auth_without_a_route_is_denied_in_the_trail_and_counted() {
         "X-Original-Method: GET".to_owned(),
         "X-Original-URI: /articles/1.html".to_owned(),
     ]);
-    let reply = curl(
-        &sandbox,
-        &twice,
-        &[&format!("http://{}/v1/auth", broker.tcp)],
-    );
+    let reply = auth(&twice);
     assert_eq!(reply.status, 401, "{reply:?}");
     // A path that would read as more fields of the log line is quoted there; one that holds
     // a token, even percent-encoded, is left out of it.
     let encoded = format!("/private/agt%5F{}", &token[4..]);
     for uri in ["/private/x lease=000000000000 granted", encoded.as_str()] {
-        let reply = curl(
-            &sandbox,
-            &[
-                "X-Original-Method: GET".to_owned(),
-                format!("X-Original-URI: {uri}"),
-            ],
-            &[&format!("http://{}/v1/auth", broker.tcp)],
-        );
+        let reply = auth(&[
+            "X-Original-Method: GET".to_owned(),
+            format!("X-Original-URI: {uri}"),
+        ]);
         assert_eq!(reply.status, 401, "{uri}");
     }
     let metrics = curl(&sandbox, &[], &[&format!("http://{}/metrics", broker.tcp)]);

@@ -8,9 +8,11 @@
 //! action = "read:articles"
 //! ```
 //!
-//! Routes are tried in the order written; the first match wins; no match is a denial. A path
-//! that the servers behind could read in more than one way (case, path parameters, a
-//! segment's trailing dots and spaces) is routed only if every reading reaches the same route.
+//! Routes are tried in the order written; the first match wins; no match is a denial. Paths
+//! and globs are both matched percent-decoded (`%3A` is `:`, `%C3%A9` is `é`), as the servers
+//! behind read them. A path that the servers behind could read in more than one way (case,
+//! path parameters, a segment's trailing dots and spaces) is routed only if every reading
+//! reaches the same route.
 
 use anyhow::{Result, bail};
 use glob::{MatchOptions, Pattern};
@@ -18,18 +20,67 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::scope::Action;
 
-/// `*` stops at `/`, `**` crosses it, as in the globs people write for paths.
+/// `*` stops at `/`, `**` crosses it, as in the globs people write for paths. Case is never
+/// ignored by the glob itself (it would ignore only ASCII's); the reading in any case matches
+/// a folded path against a folded glob instead ([`fold`]).
 const PATH_MATCH: MatchOptions = MatchOptions {
     case_sensitive: true,
     require_literal_separator: true,
     require_literal_leading_dot: false,
 };
 
-/// The same, blind to case, as a server on a case-insensitive file system reads a path.
-const PATH_MATCH_ANY_CASE: MatchOptions = MatchOptions {
-    case_sensitive: false,
-    ..PATH_MATCH
-};
+/// `text` with every character in one case, as a case-insensitive server compares them: upper
+/// case, then lower (so `É` and `é` are one letter, and `Σ`, `σ` and `ς` one too). Glob syntax
+/// is ASCII punctuation, which folding leaves alone.
+fn fold(text: &str) -> String {
+    text.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// A route's glob, percent-decoded as a request's path is before it is matched (`%3A` is `:`,
+/// `%C3%A9` is `é`; a glob character that was encoded, `%2A`, stays a literal `*`): one spelling
+/// of each path, whichever way the route and the request were written. An encoded separator
+/// (`%2F`, `%5C`) or a control character is refused: no request path holding one is routed.
+fn canonical_glob(text: &str) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        // The escapes' bytes, decoded together: a character may take several (`%C3%A9`).
+        let escapes = rest.as_bytes()[at..]
+            .chunks(3)
+            .take_while(|c| {
+                c.len() == 3 && c[0] == b'%' && c[1..].iter().all(u8::is_ascii_hexdigit)
+            })
+            .count();
+        if escapes == 0 {
+            out.push('%');
+            rest = &rest[at + 1..];
+            continue;
+        }
+        let run = &rest[at..at + 3 * escapes];
+        let bytes = crate::token::percent_decoded(run.as_bytes()).unwrap_or_default();
+        let Ok(chars) = std::str::from_utf8(&bytes) else {
+            bail!("path: '{}' does not decode to UTF-8", text.escape_debug());
+        };
+        if let Some(c) = chars
+            .chars()
+            .find(|c| matches!(c, '/' | '\\') || c.is_control())
+        {
+            bail!(
+                "path: '{}' encodes {:?}, which no routed path holds",
+                text.escape_debug(),
+                c
+            );
+        }
+        out.push_str(&Pattern::escape(chars));
+        rest = &rest[at + 3 * escapes..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
 
 /// A route table as written (`[[route]]`, `[[upstream.NAME.route]]`).
 #[derive(Debug, serde::Deserialize)]
@@ -57,11 +108,13 @@ impl RouteFile {
 pub struct Route {
     /// The method, upper case; `None` for `*` (any method).
     pub method: Option<String>,
-    /// The glob on the request's path.
-    pub path: Pattern,
+    /// The glob on the request's path, as written (for messages and the trail).
+    written: String,
+    /// The glob, percent-decoded ([`canonical_glob`]), and the same folded ([`fold`]).
+    path: [Pattern; 2],
     /// For a glob that ends in `/**`, the glob without it: `/admin/**` covers `/admin` too (the
     /// page a server shows for the directory itself).
-    bare: Option<Pattern>,
+    bare: Option<[Pattern; 2]>,
     /// The action a request on this route needs.
     pub action: Action,
 }
@@ -79,16 +132,21 @@ impl Route {
         if !path.starts_with('/') {
             bail!("path: '{}' must start with /", path.escape_debug());
         }
-        let glob = |text: &str| Pattern::new(text).map_err(|err| anyhow::anyhow!("path: {err}"));
-        let bare = match path.strip_suffix("/**") {
+        let glob = |text: &str| -> Result<[Pattern; 2]> {
+            let compile =
+                |text: &str| Pattern::new(text).map_err(|err| anyhow::anyhow!("path: {err}"));
+            Ok([compile(text)?, compile(&fold(text))?])
+        };
+        let canonical = canonical_glob(path)?;
+        let bare = match canonical.strip_suffix("/**") {
             Some(bare) if !bare.is_empty() => Some(glob(bare)?),
             _ => None,
         };
-        let path = glob(path)?;
         let action = Action::parse(action).map_err(|err| anyhow::anyhow!("action: {err:#}"))?;
         Ok(Route {
             method,
-            path,
+            written: path.to_owned(),
+            path: glob(&canonical)?,
             bare,
             action,
         })
@@ -96,24 +154,22 @@ impl Route {
 
     /// The text the trail and the log show for this route: `GET /articles/**`.
     pub fn describe(&self) -> String {
-        format!(
-            "{} {}",
-            self.method.as_deref().unwrap_or("*"),
-            self.path.as_str()
-        )
+        format!("{} {}", self.method.as_deref().unwrap_or("*"), self.written)
     }
 
-    fn matches(&self, method: &str, path: &str, options: MatchOptions) -> bool {
+    /// Whether the route takes `method` on `path` (decoded), or on `path` folded with `folded`.
+    fn matches(&self, method: &str, path: &str, folded: bool) -> bool {
+        let form = usize::from(folded);
         // A HEAD is a GET without the body: a GET route allows it. Methods are case-sensitive
         // (RFC 9110 9.1): `get` is not `GET` to the server behind, so no route allows it.
         self.method
             .as_deref()
             .is_none_or(|m| m == method || (m == "GET" && method == "HEAD"))
-            && (self.path.matches_with(path, options)
+            && (self.path[form].matches_with(path, PATH_MATCH)
                 || self
                     .bare
                     .as_ref()
-                    .is_some_and(|bare| bare.matches_with(path, options)))
+                    .is_some_and(|bare| bare[form].matches_with(path, PATH_MATCH)))
     }
 }
 
@@ -163,37 +219,10 @@ fn is_a_dot_segment(segment: &str) -> bool {
     kept.contains('.') && kept.chars().all(|c| c == '.' || c.is_whitespace())
 }
 
-/// `path` with its percent-encoded unreserved characters decoded (`%70` is `p`, `%7E` is `~`),
-/// as RFC 3986 (6.2.2.2) and every server behind normalize it.
-fn unreserved_decoded(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        let decoded = (bytes[at] == b'%')
-            .then(|| bytes.get(at + 1..at + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
-            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-        match decoded {
-            Some(byte) => {
-                out.push(char::from(byte));
-                at += 3;
-            }
-            None => {
-                let len = path[at..].chars().next().map_or(1, char::len_utf8);
-                out.push_str(&path[at..at + len]);
-                at += len;
-            }
-        }
-    }
-    out
-}
-
-/// The ways the servers behind may read `path`: as it is, or with its encoded unreserved
-/// characters decoded; and each of those without its segments' path parameters (`/a;x/b` is
-/// `/a/b` to Tomcat and Spring), without a segment's trailing dots and spaces (`/admin./x` and
-/// `/admin%20/x` are `/admin/x` to Windows and IIS), and without both.
+/// The ways the servers behind may read `path` (percent-decoded): as it is, without its
+/// segments' path parameters (`/a;x/b` is `/a/b` to Tomcat and Spring), without a segment's
+/// trailing dots and spaces (`/admin./x` and `/admin /x` are `/admin/x` to Windows and IIS),
+/// and without both.
 fn readings(path: &str) -> Vec<String> {
     let without_parameters = |path: &str| -> String {
         path.split('/')
@@ -208,7 +237,6 @@ fn readings(path: &str) -> Vec<String> {
                 while let Some(shorter) = segment
                     .strip_suffix('.')
                     .or_else(|| segment.strip_suffix(' '))
-                    .or_else(|| segment.strip_suffix("%20"))
                 {
                     segment = shorter;
                 }
@@ -218,23 +246,22 @@ fn readings(path: &str) -> Vec<String> {
             .join("/")
     };
     let mut readings: Vec<String> = Vec::new();
-    for path in [path.to_owned(), unreserved_decoded(path)] {
-        for reading in [
-            without_parameters(&path),
-            trimmed(&path),
-            trimmed(&without_parameters(&path)),
-            path,
-        ] {
-            if !readings.contains(&reading) {
-                readings.push(reading);
-            }
+    for reading in [
+        without_parameters(path),
+        trimmed(path),
+        trimmed(&without_parameters(path)),
+        path.to_owned(),
+    ] {
+        if !readings.contains(&reading) {
+            readings.push(reading);
         }
     }
     readings
 }
 
-/// The first route that matches `method` and `uri` (its query string ignored), if every reading
-/// of the path ([`readings`], in any case) reaches that same route.
+/// The first route that matches `method` and `uri` (its query string ignored, its path
+/// percent-decoded), if every reading of the path ([`readings`], in any case) reaches that
+/// same route.
 pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Route> {
     let path = uri.split('?').next().unwrap_or("");
     // A path that climbs (`/a/../b`), hides a dot segment or a separator behind percent
@@ -261,19 +288,18 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
     let decoded = decoded
         .as_deref()
         .map_or(path.as_bytes(), |bytes| &bytes[..]);
-    let disguised = encoded
-        || std::str::from_utf8(decoded).map_or(true, |text| {
-            text.chars().any(|c| c.is_control() || reads_as_ascii(c))
-        });
-    if !path.starts_with('/') || disguised || path.split('/').any(is_a_dot_segment) {
+    let text = std::str::from_utf8(decoded)
+        .ok()
+        .filter(|text| !text.chars().any(|c| c.is_control() || reads_as_ascii(c)))?;
+    if !path.starts_with('/') || encoded || path.split('/').any(is_a_dot_segment) {
         return None;
     }
     let mut found = None;
-    for reading in readings(path) {
-        for options in [PATH_MATCH, PATH_MATCH_ANY_CASE] {
+    for reading in readings(text) {
+        for (reading, folded) in [(fold(&reading), true), (reading, false)] {
             let at = routes
                 .iter()
-                .position(|route| route.matches(method, &reading, options));
+                .position(|route| route.matches(method, &reading, folded));
             match (found, at) {
                 (_, None) => return None,
                 (None, Some(at)) => found = Some(at),
@@ -429,8 +455,12 @@ mod tests {
         assert_eq!(action("/admin").as_deref(), Some("admin:site"));
         assert_eq!(action("/articles/private").as_deref(), Some("admin:site"));
         assert_eq!(action("/articles").as_deref(), Some("read:articles"));
+        // An encoded letter is the letter: the stricter route's.
+        for encoded in ["/articles/%70rivate/x", "/%61dmin/secret", "/admin%2Fx"] {
+            let expected = (!encoded.contains("%2F")).then_some("admin:site");
+            assert_eq!(action(encoded).as_deref(), expected, "{encoded}");
+        }
         for read_otherwise in [
-            "/articles/%70rivate/x",
             "/articles/%70RIVATE/x",
             "/articles/Private/x",
             "/articles/private;x/y",
@@ -453,7 +483,6 @@ mod tests {
             "/articles/..%C2%A0/admin",
             "/articles/%C2%A0../admin",
             "/articles/.%E3%80%80./admin",
-            "/%61dmin/secret",
             "/ADMIN/secret",
             "/Admin/secret",
             "/admin;x/secret",
@@ -479,11 +508,76 @@ mod tests {
         assert_eq!(action("/articles/a;b").as_deref(), Some("read:articles"));
     }
 
+    /// A glob and a path are matched as the server behind reads them, decoded: a route whose
+    /// glob holds a reserved character, a space or a letter past ASCII takes the path with that
+    /// character encoded too, in either case of the escape's digits, whichever way the route
+    /// was written; in any case of the letter, no route (a case-insensitive server reads `É` as
+    /// `é`).
+    #[test]
+    fn globs_and_paths_are_matched_decoded() {
+        let routes = vec![
+            Route::parse(None, "/users/me:settings/**", "admin:users").expect("valid"),
+            Route::parse(None, "/caf%C3%A9/**", "admin:cafe").expect("valid"),
+            Route::parse(None, "/thé/**", "admin:tea").expect("valid"),
+            Route::parse(None, "/files/a b/**", "admin:files").expect("valid"),
+            Route::parse(None, "/lit%2A/**", "admin:star").expect("valid"),
+            Route::parse(None, "/**", "read:public").expect("valid"),
+        ];
+        let action = |uri: &str| find(&routes, "GET", uri).map(|r| r.action.as_str().to_owned());
+        for (path, expected) in [
+            ("/users/me:settings/x", "admin:users"),
+            ("/users/me%3Asettings/x", "admin:users"),
+            ("/users/me%3asettings/x", "admin:users"),
+            ("/users/me%3Asettings", "admin:users"),
+            ("/café/x", "admin:cafe"),
+            ("/caf%C3%A9/x", "admin:cafe"),
+            ("/caf%c3%a9/x", "admin:cafe"),
+            ("/th%C3%A9/x", "admin:tea"),
+            ("/thé/x", "admin:tea"),
+            ("/files/a%20b/x", "admin:files"),
+            ("/files/a b/x", "admin:files"),
+            ("/lit*/x", "admin:star"),
+            ("/lit%2A/x", "admin:star"),
+            ("/litX/x", "read:public"),
+            ("/users/me/x", "read:public"),
+        ] {
+            assert_eq!(action(path).as_deref(), Some(expected), "{path}");
+        }
+        for other_case in [
+            "/CAF%C3%89/x",
+            "/caf%C3%89/x",
+            "/cafÉ/x",
+            "/TH%C3%89/x",
+            "/USERS/me%3Asettings/x",
+            "/Files/a%20b/x",
+        ] {
+            assert_eq!(action(other_case), None, "{other_case}");
+        }
+        assert_eq!(
+            routes[1].describe(),
+            "* /caf%C3%A9/**",
+            "the trail shows the route as written"
+        );
+    }
+
     #[test]
     fn bad_routes_are_refused() {
         assert!(Route::parse(Some("GE T"), "/a", "a:b").is_err());
         assert!(Route::parse(None, "a", "a:b").is_err());
         assert!(Route::parse(None, "/a[", "a:b").is_err());
         assert!(Route::parse(None, "/a", "").is_err());
+        for encoded in [
+            "/a%2Fb/**",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a%00",
+            "/a%FF/**",
+            "/a%C3",
+        ] {
+            let err = Route::parse(None, encoded, "a:b").expect_err(encoded);
+            assert!(err.to_string().starts_with("path: "), "{encoded}: {err}");
+        }
+        // A `%` that begins no escape is a literal one.
+        assert!(Route::parse(None, "/100%/x", "a:b").is_ok());
     }
 }

@@ -25,6 +25,9 @@ pub const DEFAULT_TOKEN_ENV: &str = "LEASE_TOKEN";
 /// token is in, so that nested runs and `verify` find it under any name.
 pub const TOKEN_ENV_VAR: &str = "LEASE_TOKEN_ENV";
 
+/// The most threads `workers` may ask the broker for.
+const MAX_WORKERS: usize = 256;
+
 /// The default `owner_timeout`: how long a broker's run may be silent or away.
 pub const DEFAULT_OWNER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -111,6 +114,9 @@ pub struct Config {
     pub store: Option<crate::store::etcd::Url>,
     /// The files of an `etcd+https://` store (`[etcd]`).
     pub etcd_tls: crate::store::etcd::TlsFiles,
+    /// The threads the broker answers requests on (`workers`, 1 to 256, read at start): one
+    /// by default, which event-driven servers measure best at on a few cores (docs/performance.md).
+    pub workers: usize,
 }
 
 /// A named set of defaults for `run` and `issue`; flags on the command line override each.
@@ -154,6 +160,7 @@ impl Default for Config {
             upstreams: BTreeMap::new(),
             store: None,
             etcd_tls: crate::store::etcd::TlsFiles::default(),
+            workers: 1,
         }
     }
 }
@@ -172,6 +179,7 @@ struct File {
     broker: Option<String>,
     operators: Option<Vec<OperatorValue>>,
     owner_timeout: Option<DurationValue>,
+    workers: Option<i64>,
     socket_group: Option<OperatorValue>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -616,6 +624,15 @@ impl Config {
             }
             config.owner_timeout = timeout;
         }
+        if let Some(workers) = file.workers {
+            config.workers = usize::try_from(workers)
+                .ok()
+                .filter(|n| (1..=MAX_WORKERS).contains(n))
+                .ok_or_else(|| {
+                    let why = format!("must be between 1 and {MAX_WORKERS} (threads)");
+                    at.error(None, "workers", why)
+                })?;
+        }
         config.tls = match (&file.tls_cert, &file.tls_key) {
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             (None, None) => None,
@@ -970,6 +987,18 @@ mod tests {
                 .socket_group,
             Some(4_294_967_294)
         );
+    }
+
+    #[test]
+    fn workers_is_a_count_of_threads_from_1_to_256() {
+        assert_eq!(parse("").expect("empty").workers, 1);
+        assert_eq!(parse("workers = 4\n").expect("valid").workers, 4);
+        assert_eq!(parse("workers = 256\n").expect("valid").workers, 256);
+        for bad in ["workers = 0\n", "workers = -1\n", "workers = 257\n"] {
+            let err = format!("{:#}", parse(bad).expect_err(bad));
+            assert!(err.contains("workers: must be between 1 and 256"), "{err}");
+        }
+        assert!(parse("workers = \"2\"\n").is_err());
     }
 
     #[test]

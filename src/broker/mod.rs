@@ -248,6 +248,9 @@ impl Shared {
                 if live.config.socket_group != before.config.socket_group {
                     log("a changed socket_group takes effect at the next start");
                 }
+                if live.config.workers != before.config.workers {
+                    log("a changed workers takes effect at the next start");
+                }
                 for (name, spec) in &live.config.upstreams {
                     let was = before
                         .config
@@ -564,7 +567,18 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         remote_decisions: Arc::new(tokio::sync::Semaphore::new(REMOTE_DECISIONS)),
         cuts: Mutex::new(HashMap::new()),
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread answers every request by default: on a few cores shared with the web server
+    // and the clients, a second worker costs more in wake-ups between the two than it adds
+    // (docs/performance.md, eighteenth session). `workers = N` spreads them over N threads.
+    let mut runtime = match shared.live().config.workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        workers => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+    };
+    let runtime = runtime
         .enable_all()
         .thread_name("lease-serve")
         .max_blocking_threads(BLOCKING_THREADS)

@@ -416,6 +416,48 @@ fn a_decision_waiting_for_a_records_lock_holds_up_no_other_decision() {
     });
 }
 
+/// The threads of process `pid` that its runtime named `lease-serve` (workers, and the blocking
+/// pool's threads while they live).
+fn serving_threads(pid: i32) -> usize {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    tasks
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "lease-serve")
+        .count()
+}
+
+/// One thread answers requests by default (the process's own); `workers = N` gives N threads of
+/// the runtime's, and decisions are made on them as on the one.
+#[test]
+fn workers_sets_how_many_threads_answer_requests() {
+    let sandbox = Sandbox::new();
+    let token = sandbox.issue("read:articles");
+    let body = r#"{"action":"read:articles"}"#;
+    for (workers, threads) in [(None, 0), (Some(3), 3)] {
+        if let Some(workers) = workers {
+            sandbox.write_config(&format!("workers = {workers}\n"));
+        }
+        let broker = Broker::start(&sandbox, &[]);
+        assert_eq!(
+            verify_over_http(&sandbox, &broker, Some(&token), body).status,
+            200
+        );
+        assert_eq!(
+            verify_on(&sandbox, &broker.socket, Some(&token), body).status,
+            200
+        );
+        // The blocking pool's threads are named as the workers are: none has been started by
+        // these reads on the local store (on etcd, each read is made on one).
+        if sandbox.store_url().is_none() {
+            assert_eq!(
+                serving_threads(broker.pid()),
+                threads,
+                "workers = {workers:?}"
+            );
+        }
+    }
+}
+
 /// The broker's open descriptors that `keep` holds, by the names they link to.
 fn descriptors(pid: i32, keep: impl Fn(&str) -> bool) -> Vec<String> {
     fs::read_dir(format!("/proc/{pid}/fd"))
@@ -1332,13 +1374,14 @@ fn the_broker_listens_privately_reloads_on_sighup_and_stops_on_sigterm() {
     fs::write(
         &config,
         format!(
-            "socket_group = {}\n[[route]]\nmethod = \"GET\"\npath = \"/drafts/*\"\naction = \"read:drafts\"\n",
+            "socket_group = {}\nworkers = 3\n[[route]]\nmethod = \"GET\"\npath = \"/drafts/*\"\naction = \"read:drafts\"\n",
             nix::unistd::getgid()
         ),
     )
     .expect("config");
     broker.signal(Signal::SIGHUP);
     broker.expect_log("a changed socket_group takes effect at the next start");
+    broker.expect_log("a changed workers takes effect at the next start");
     broker.expect_log("reloaded the config");
     let mode = fs::metadata(&broker.socket)
         .expect("socket")

@@ -29,21 +29,27 @@ const PATH_MATCH: MatchOptions = MatchOptions {
     require_literal_leading_dot: false,
 };
 
-/// `text` with every character in one case, as a case-insensitive server compares them: upper
-/// case, then lower (so `É` and `é` are one letter, and `Σ`, `σ` and `ς` one too). Glob syntax
-/// is ASCII punctuation, which folding leaves alone.
+/// `text` with every character in one case, as a case-insensitive server compares them: lower
+/// case, upper, then lower again (so `É` and `é` are one letter, `Σ`, `σ` and `ς` one, and `ẞ`,
+/// `ß` and `ss` one: `ẞ` is `ß` in lower case, whose upper case is `SS`). Glob syntax is ASCII
+/// punctuation, which folding leaves alone.
 fn fold(text: &str) -> String {
     text.chars()
+        .flat_map(char::to_lowercase)
         .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
         .collect()
 }
 
-/// A route's glob, percent-decoded as a request's path is before it is matched (`%3A` is `:`,
-/// `%C3%A9` is `é`; a glob character that was encoded, `%2A`, stays a literal `*`): one spelling
-/// of each path, whichever way the route and the request were written. An encoded separator
-/// (`%2F`, `%5C`) or a control character is refused: no request path holding one is routed.
+/// A route's glob as a request's path is matched: percent-decoded (`%3A` is `:`, `%C3%A9` is
+/// `é`) and in Unicode's compatibility form (NFKC: half-width `ｶ` is `カ`), so that a route
+/// and a request may each be written either way. A glob that no routed path could match is
+/// refused, naming why: one that encodes a glob character or `-` (which would change what a
+/// `[...]` class holds: write it as it is, `[*]` for a literal `*`), a separator, a control
+/// character or bytes that are not UTF-8, or holds what [`find`] never routes (`;`, `#`, `%`, a
+/// backslash, an empty or dot segment, a character some server reads as ASCII).
 fn canonical_glob(text: &str) -> Result<String> {
+    let shown = || text.escape_debug().to_string();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('%') {
@@ -56,30 +62,49 @@ fn canonical_glob(text: &str) -> Result<String> {
             })
             .count();
         if escapes == 0 {
-            out.push('%');
-            rest = &rest[at + 1..];
-            continue;
+            bail!(
+                "path: '{}' holds a '%' that begins no escape, and no path holding one is routed: write it as %25 only if it is no path a request could take",
+                shown()
+            );
         }
         let run = &rest[at..at + 3 * escapes];
         let bytes = crate::token::percent_decoded(run.as_bytes()).unwrap_or_default();
         let Ok(chars) = std::str::from_utf8(&bytes) else {
-            bail!("path: '{}' does not decode to UTF-8", text.escape_debug());
+            bail!("path: '{}' does not decode to UTF-8", shown());
         };
-        if let Some(c) = chars
-            .chars()
-            .find(|c| matches!(c, '/' | '\\') || c.is_control())
-        {
+        if chars.contains('/') {
             bail!(
-                "path: '{}' encodes {:?}, which no routed path holds",
-                text.escape_debug(),
-                c
+                "path: '{}' encodes a '/', and no request path holding one is routed",
+                shown()
             );
         }
-        out.push_str(&Pattern::escape(chars));
+        if let Some(c) = chars.chars().find(|c| "*?[]!-".contains(*c)) {
+            bail!(
+                "path: '{}' encodes {c:?}, a glob character: write it as it is ('[{c}]' for a literal one)",
+                shown()
+            );
+        }
+        out.push_str(chars);
         rest = &rest[at + 3 * escapes..];
     }
     out.push_str(rest);
-    Ok(out)
+    let never = out
+        .chars()
+        .find(|&c| matches!(c, ';' | '#' | '%' | '\\') || c.is_control() || reads_as_ascii(c))
+        .map(|c| format!("{c:?}"))
+        .or_else(|| out.contains("//").then(|| "an empty segment".to_owned()))
+        .or_else(|| {
+            out.split('/')
+                .any(|segment| segment == "." || segment == "..")
+                .then(|| "a dot segment".to_owned())
+        });
+    if let Some(what) = never {
+        bail!(
+            "path: '{}' holds {what}, and no request path holding it is routed (docs/api.md)",
+            shown()
+        );
+    }
+    Ok(out.nfkc().collect())
 }
 
 /// A route table as written (`[[route]]`, `[[upstream.NAME.route]]`).
@@ -294,8 +319,16 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
     if !path.starts_with('/') || encoded || path.split('/').any(is_a_dot_segment) {
         return None;
     }
+    // Read as it is and, past ASCII, in Unicode's compatibility form too (a server may
+    // normalize: `e` and a combining accent are `é`, half-width `ｶ` is `カ`).
+    let normal: Option<String> = (!text.is_ascii())
+        .then(|| text.nfkc().collect())
+        .filter(|normal: &String| normal != text);
     let mut found = None;
-    for reading in readings(text) {
+    for reading in readings(text)
+        .into_iter()
+        .chain(normal.as_deref().map(readings).unwrap_or_default())
+    {
         for (reading, folded) in [(fold(&reading), true), (reading, false)] {
             let at = routes
                 .iter()
@@ -520,7 +553,8 @@ mod tests {
             Route::parse(None, "/caf%C3%A9/**", "admin:cafe").expect("valid"),
             Route::parse(None, "/thé/**", "admin:tea").expect("valid"),
             Route::parse(None, "/files/a b/**", "admin:files").expect("valid"),
-            Route::parse(None, "/lit%2A/**", "admin:star").expect("valid"),
+            Route::parse(None, "/straße/**", "admin:street").expect("valid"),
+            Route::parse(None, "/カタログ/**", "admin:catalog").expect("valid"),
             Route::parse(None, "/**", "read:public").expect("valid"),
         ];
         let action = |uri: &str| find(&routes, "GET", uri).map(|r| r.action.as_str().to_owned());
@@ -536,9 +570,8 @@ mod tests {
             ("/thé/x", "admin:tea"),
             ("/files/a%20b/x", "admin:files"),
             ("/files/a b/x", "admin:files"),
-            ("/lit*/x", "admin:star"),
-            ("/lit%2A/x", "admin:star"),
-            ("/litX/x", "read:public"),
+            ("/stra%C3%9Fe/x", "admin:street"),
+            ("/%E3%82%AB%E3%82%BF%E3%83%AD%E3%82%B0/x", "admin:catalog"),
             ("/users/me/x", "read:public"),
         ] {
             assert_eq!(action(path).as_deref(), Some(expected), "{path}");
@@ -550,6 +583,13 @@ mod tests {
             "/TH%C3%89/x",
             "/USERS/me%3Asettings/x",
             "/Files/a%20b/x",
+            // `ẞ` is the capital of `ß` (Unicode folds both to `ss`).
+            "/stra%E1%BA%9Ee/x",
+            "/STRA%E1%BA%9EE/x",
+            // Not in Unicode's compatibility form: `e` and a combining acute accent, half-width
+            // katakana. A server that normalizes reads the stricter route's path.
+            "/cafe%CC%81/x",
+            "/%EF%BD%B6%EF%BE%80%EF%BE%9B%EF%BD%B8%EF%BE%9E/x",
         ] {
             assert_eq!(action(other_case), None, "{other_case}");
         }
@@ -566,18 +606,31 @@ mod tests {
         assert!(Route::parse(None, "a", "a:b").is_err());
         assert!(Route::parse(None, "/a[", "a:b").is_err());
         assert!(Route::parse(None, "/a", "").is_err());
-        for encoded in [
+        // Globs no routed path could match, and escapes of what would change a glob's meaning.
+        for never in [
             "/a%2Fb/**",
             "/a%2fb",
             "/a%5Cb",
             "/a%00",
             "/a%FF/**",
             "/a%C3",
+            "/100%/x",
+            "/100%25/x",
+            "/a%3Bb/**",
+            "/a;b/**",
+            "/a#b",
+            "/a//b",
+            "/a/../b",
+            "/./b",
+            "/\u{ff50}rivate/**",
+            "/lit%2A/**",
+            "/[%5D]",
+            "/[%21a]",
+            "/[a%2Dz]",
         ] {
-            let err = Route::parse(None, encoded, "a:b").expect_err(encoded);
-            assert!(err.to_string().starts_with("path: "), "{encoded}: {err}");
+            let err = Route::parse(None, never, "a:b").expect_err(never);
+            assert!(err.to_string().starts_with("path: "), "{never}: {err}");
         }
-        // A `%` that begins no escape is a literal one.
-        assert!(Route::parse(None, "/100%/x", "a:b").is_ok());
+        assert!(Route::parse(None, "/caf%C3%A9/[*]/v1.2/**", "a:b").is_ok());
     }
 }

@@ -279,6 +279,28 @@ fn read_standing(
     token: &Token,
     now: SystemTime,
 ) -> Result<(Standing, Option<Record>)> {
+    read_standing_within(store, token, now, usize::MAX)
+}
+
+/// The error of a walk that would read more than the ancestors it was allowed.
+#[derive(Debug)]
+struct Deeper;
+
+impl std::fmt::Display for Deeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the chain is deeper than this walk reads")
+    }
+}
+
+impl std::error::Error for Deeper {}
+
+/// [`read_standing`], reading at most `ancestors` records past the leaf (else [`Deeper`]).
+fn read_standing_within(
+    store: &Store,
+    token: &Token,
+    now: SystemTime,
+    mut ancestors: usize,
+) -> Result<(Standing, Option<Record>)> {
     let hash = token.hash();
     let id = hash.id();
     let leaf = match store.find(&hash)? {
@@ -296,7 +318,10 @@ fn read_standing(
             return Ok((Standing::Dead(denial), None));
         }
     };
-    walk(leaf, now, |id| store.load(id))
+    walk(leaf, now, |id| {
+        ancestors = ancestors.checked_sub(1).ok_or(Deeper)?;
+        store.load(id)
+    })
 }
 
 /// Marks a lease found past its expiry `expired`, once, and records that in the trail. The
@@ -636,7 +661,33 @@ impl Pending {
 /// [`authorize`] up to its first write: the broker makes the reading part on its own threads
 /// and hands only a [`Pending`] write to a thread that may block.
 pub fn assess(store: &Store, token: &Token, action: &Action, now: SystemTime) -> Result<Assessed> {
-    let records = match read_standing(store, token, now)? {
+    assess_from(read_standing(store, token, now)?, token, action)
+}
+
+/// [`assess`], if the token's chain has at most `ancestors` leases above its own; `None` for a
+/// deeper one, unread past that (the broker makes the decisions it can in a few reads on its
+/// runtime's thread, and a deep chain's, which may take thousands, on a thread that may block).
+pub fn assess_within(
+    store: &Store,
+    token: &Token,
+    action: &Action,
+    now: SystemTime,
+    ancestors: usize,
+) -> Result<Option<Assessed>> {
+    match read_standing_within(store, token, now, ancestors) {
+        Ok(standing) => assess_from(standing, token, action).map(Some),
+        Err(err) if err.is::<Deeper>() => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// [`assess`] of a token's standing as read.
+fn assess_from(
+    standing: (Standing, Option<Record>),
+    token: &Token,
+    action: &Action,
+) -> Result<Assessed> {
+    let records = match standing {
         (Standing::Dead(denial), Some(expired)) => {
             let write = Write::MarkExpired(denial, expired);
             return Ok(Assessed::Pending(Pending(Box::new(write))));

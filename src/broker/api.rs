@@ -833,11 +833,17 @@ pub(super) async fn decide(
     };
     // Reading the chain decides most requests here, on the runtime's thread (a few small files
     // on a local disk). Only a write, which may wait for a record's lock (a budget to charge,
-    // an expiry to mark), goes to a thread that may block; on a remote store, every read too.
-    let pending = if live.store.is_remote() {
+    // an expiry to mark), goes to a thread that may block; on a remote store, every read too,
+    // and a chain deeper than INLINE_ANCESTORS, which could hold the runtime's thread for as
+    // long as thousands of reads take.
+    let inline = if live.store.is_remote() {
         None
     } else {
-        match assess(&live, token.as_ref(), action, now) {
+        assess_within(&live, token.as_ref(), action, now).transpose()
+    };
+    let pending = match inline {
+        None => None,
+        Some(inline) => match inline {
             Ok(Assessed::Pending(pending)) => Some(pending),
             Ok(Assessed::Decided(decision)) => {
                 let client = (peer.shown.as_str(), route);
@@ -849,7 +855,7 @@ pub(super) async fn decide(
                 return decided(shared, &live, Err(err), action, client, noted)
                     .map_err(unavailable);
             }
-        }
+        },
     };
     let (sent, received) = tokio::sync::oneshot::channel();
     let shared = Arc::clone(shared);
@@ -860,7 +866,7 @@ pub(super) async fn decide(
                 let (live, action) = (Arc::clone(&live), action.clone());
                 off_runtime(move || pending.settle(&live.store, &action, now)).await
             }
-            None => remotely(&shared, &live, token, &action, now).await,
+            None => whole_off_runtime(&shared, &live, token, &action, now).await,
         };
         let answer = decided(
             &shared,
@@ -887,12 +893,12 @@ fn unavailable(why: String) -> Answer {
     error(StatusCode::SERVICE_UNAVAILABLE, &why)
 }
 
-/// A decision on a remote store, where every read may wait on the network: the whole of it in
-/// one hop, on a thread that may block. While the store does not answer, decisions would pile
+/// A decision on a remote store, where every read may wait on the network, or of a deep chain:
+/// the whole of it in one hop, on a thread that may block. While the store does not answer, decisions would pile
 /// up behind each other's calls and take every thread that may block (mints and commands
 /// too): at most REMOTE_DECISIONS are made at once, and each is answered (503) within
 /// REMOTE_DECISION whatever happens, waiting for its turn included.
-async fn remotely(
+async fn whole_off_runtime(
     shared: &Arc<Shared>,
     live: &Arc<Live>,
     token: Option<Token>,
@@ -987,6 +993,24 @@ async fn off_runtime<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|err| Err(anyhow::anyhow!("the decision failed: {err}")))
+}
+
+/// The most leases above a token's own that a decision reads on the runtime's thread.
+const INLINE_ANCESTORS: usize = 8;
+
+/// [`assess`], unless the token's chain is deeper than [`INLINE_ANCESTORS`] (`None`).
+fn assess_within(
+    live: &Live,
+    token: Option<&Token>,
+    action: &Action,
+    now: SystemTime,
+) -> anyhow::Result<Option<Assessed>> {
+    match token.filter(|token| token.is_well_formed()) {
+        Some(token) => {
+            crate::authorize::assess_within(&live.store, token, action, now, INLINE_ANCESTORS)
+        }
+        None => assess(live, token, action, now).map(Some),
+    }
 }
 
 /// What `lease verify` would decide, up to the first write (see [`Assessed`]).

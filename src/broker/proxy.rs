@@ -920,6 +920,9 @@ impl Progress {
         loop {
             let deadline = self.last() + limit;
             tokio::select! {
+                // The answer first: after a pause of the thread longer than `limit`, an answer
+                // that came meanwhile is taken, not timed out.
+                biased;
                 answered = &mut answer => return Ok(answered),
                 () = tokio::time::sleep_until(deadline) => {
                     if self.last() + limit <= tokio::time::Instant::now() {

@@ -458,6 +458,54 @@ fn workers_sets_how_many_threads_answer_requests() {
     }
 }
 
+/// A decision whose chain is more than a few leases deep is made on a thread that may block,
+/// not on the runtime's (a chain thousands deep would hold every other request that long), and
+/// decides as any other.
+#[test]
+fn a_deep_chains_decision_is_made_off_the_runtimes_thread() {
+    let sandbox = Sandbox::new();
+    if sandbox.store_url().is_some() {
+        // On etcd, every decision is made off the runtime's thread.
+        return;
+    }
+    let broker = Broker::start(&sandbox, &[]);
+    let mut token = sandbox.issue("read:articles");
+    let read = r#"{"action":"read:articles"}"#;
+    let write = r#"{"action":"write:articles"}"#;
+    assert_eq!(
+        verify_on(&sandbox, &broker.socket, Some(&token), read).status,
+        200
+    );
+    assert_eq!(
+        serving_threads(broker.pid()),
+        0,
+        "a root lease's, on the runtime's"
+    );
+    for depth in 1..=9 {
+        token = sandbox
+            .lease(["issue", "--scope", "read:articles"])
+            .env("LEASE_TOKEN", &token)
+            .run()
+            .success()
+            .stdout
+            .trim()
+            .to_owned();
+        assert_eq!(
+            verify_on(&sandbox, &broker.socket, Some(&token), read).status,
+            200
+        );
+        assert_eq!(
+            serving_threads(broker.pid()) > 0,
+            depth > 8,
+            "a lease with {depth} above it"
+        );
+    }
+    let reply = verify_on(&sandbox, &broker.socket, Some(&token), write);
+    assert_eq!(reply.status, 403, "{reply:?}");
+    let body: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+    assert_eq!(body["reason"], "out of scope", "{reply:?}");
+}
+
 /// The broker's open descriptors that `keep` holds, by the names they link to.
 fn descriptors(pid: i32, keep: impl Fn(&str) -> bool) -> Vec<String> {
     fs::read_dir(format!("/proc/{pid}/fd"))

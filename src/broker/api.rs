@@ -1158,6 +1158,11 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Answer> {
 
 async fn metrics(shared: &Arc<Shared>) -> Answer {
     let live = shared.live();
+    // One count at a time (the others wait their turn without a thread); a scrape that waits
+    // longer than a decision may leaves the gauge out rather than answer late.
+    let Ok(_turn) = tokio::time::timeout(REMOTE_DECISION, shared.metrics_scan.lock()).await else {
+        return metrics_answer(shared, None);
+    };
     let active = tokio::task::spawn_blocking(move || {
         let records = live.store.records(|_, _| {}).ok()?;
         let now = SystemTime::now();
@@ -1172,6 +1177,11 @@ async fn metrics(shared: &Arc<Shared>) -> Answer {
     .await
     .ok()
     .flatten();
+    metrics_answer(shared, active)
+}
+
+/// `/metrics`'s answer, with the gauge of active leases if they could be counted.
+fn metrics_answer(shared: &Shared, active: Option<usize>) -> Answer {
     let mut answer = plain(StatusCode::OK, &shared.metrics.render(active));
     answer.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -155,6 +155,9 @@ struct Shared {
     tcp_connections: Arc<tokio::sync::Semaphore>,
     /// Permits for [`REMOTE_DECISIONS`].
     remote_decisions: Arc<tokio::sync::Semaphore>,
+    /// Held while `/metrics` counts the active leases (every record read, on a thread that
+    /// may block): scrapes take turns, so a flood of them holds one such thread, not all.
+    metrics_scan: tokio::sync::Mutex<()>,
     /// The cut of each lease with proxied requests in flight, by its token's hash: one
     /// watcher per lease, however many requests it has open ([`proxy`]).
     cuts: Mutex<HashMap<String, std::sync::Weak<proxy::Cut>>>,
@@ -565,6 +568,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         by_uid: Arc::new(Mutex::new(HashMap::new())),
         tcp_connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         remote_decisions: Arc::new(tokio::sync::Semaphore::new(REMOTE_DECISIONS)),
+        metrics_scan: tokio::sync::Mutex::new(()),
         cuts: Mutex::new(HashMap::new()),
     });
     // One thread answers every request by default: on a few cores shared with the web server

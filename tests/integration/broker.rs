@@ -458,6 +458,46 @@ fn workers_sets_how_many_threads_answer_requests() {
     }
 }
 
+/// `/metrics` reads every record to count the active leases, on a thread that may block:
+/// scrapes take turns at it, so a flood of them (no token needed) holds one such thread, and
+/// mints, charges and runs' ends still find theirs.
+#[test]
+fn a_flood_of_metrics_scrapes_holds_one_thread_that_may_block() {
+    let sandbox = Sandbox::new();
+    if sandbox.store_url().is_some() {
+        // On etcd, decisions are made on those threads too: the count would not be the scans'.
+        return;
+    }
+    for _ in 0..60 {
+        sandbox.issue("read:articles");
+    }
+    let broker = Broker::start(&sandbox, &[]);
+    let url = format!("http://{}/metrics", broker.tcp);
+    let mut args = vec![
+        "-s",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        "24",
+    ];
+    args.extend(["-w", "%{http_code}\n"]);
+    for _ in 0..24 {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    let out = sandbox.command("curl").args(&args).run().success();
+    assert_eq!(
+        out.stdout.lines().filter(|l| *l == "200").count(),
+        24,
+        "{out:?}"
+    );
+    // The pool's threads stay 10 s after their work: as many as ever worked at once, and a few
+    // more (a scan's thread that has answered but is not yet back in the pool when the next
+    // scan is handed out gets a new one beside it: 1 to 3 in runs here). Scans all at once
+    // take all the pool's 8 (`BLOCKING_THREADS`).
+    let threads = serving_threads(broker.pid());
+    assert!((1..8).contains(&threads), "{threads} threads scanned");
+}
+
 /// A decision whose chain is more than a few leases deep is made on a thread that may block,
 /// not on the runtime's (a chain thousands deep would hold every other request that long), and
 /// decides as any other.

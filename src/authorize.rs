@@ -5,7 +5,7 @@
 //! Leases with use budgets are charged under their records' locks, so concurrent verifies never
 //! grant more than the budget. Anything that cannot be confirmed denies: fail closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use anyhow::Result;
@@ -343,6 +343,9 @@ pub fn walk(
     mut load: impl FnMut(&LeaseId) -> Result<Loaded>,
 ) -> Result<(Standing, Option<Record>)> {
     let mut records: Vec<Record> = Vec::new();
+    // The ids on the chain so far: a loop is found in one look, not by reading them all at
+    // each step (a chain thousands deep would take millions).
+    let mut seen: HashSet<LeaseId> = HashSet::new();
     let mut next = Some(leaf);
     while let Some(record) = next.take() {
         let depth = records.len();
@@ -364,7 +367,7 @@ pub fn walk(
         if let Some(parent_id) = &record.parent {
             match load(parent_id)? {
                 Loaded::Found(parent) if parent.id == *parent_id => {
-                    if parent.id == record.id || records.iter().any(|r| r.id == parent.id) {
+                    if parent.id == record.id || seen.contains(&parent.id) {
                         let detail = format!("lease {} is its own ancestor", record.id);
                         return Ok((dead(Reason::CorruptRecord, detail), None));
                     }
@@ -383,6 +386,7 @@ pub fn walk(
                 }
             }
         }
+        seen.insert(record.id.clone());
         records.push(record);
     }
     Ok((Standing::Live(records), None))

@@ -155,13 +155,12 @@ impl Glob {
         Glob { segments }
     }
 
-    /// Whether `path` matches: the segments by the same greedy walk as the characters of a
-    /// segment ([`wildcard`]), `**` standing for a star over segments.
-    fn matches(&self, path: &str) -> bool {
-        let path: Vec<Vec<char>> = path.split('/').map(|part| part.chars().collect()).collect();
+    /// Whether `path` ([`segments`]) matches: the segments by the same greedy walk as the
+    /// characters of a segment ([`wildcard`]), `**` standing for a star over segments.
+    fn matches(&self, path: &[Vec<char>]) -> bool {
         wildcard(
             &self.segments,
-            &path,
+            path,
             |segment| matches!(segment, Segment::Any),
             |segment, part| match segment {
                 Segment::Any => true,
@@ -174,6 +173,12 @@ impl Glob {
             },
         )
     }
+}
+
+/// `path`'s segments, each as its characters: what [`Glob::matches`] reads, made once for all
+/// the routes.
+fn segments(path: &str) -> Vec<Vec<char>> {
+    path.split('/').map(|part| part.chars().collect()).collect()
 }
 
 impl Token {
@@ -339,8 +344,9 @@ impl Route {
         format!("{} {}", self.method.as_deref().unwrap_or("*"), self.written)
     }
 
-    /// Whether the route takes `method` on `path` (decoded), or on `path` folded with `folded`.
-    fn matches(&self, method: &str, path: &str, folded: bool) -> bool {
+    /// Whether the route takes `method` on `path` (decoded, in [`segments`]), or on `path`
+    /// folded with `folded`.
+    fn matches(&self, method: &str, path: &[Vec<char>], folded: bool) -> bool {
         let form = usize::from(folded);
         // A HEAD is a GET without the body: a GET route allows it. Methods are case-sensitive
         // (RFC 9110 9.1): `get` is not `GET` to the server behind, so no route allows it.
@@ -441,6 +447,11 @@ fn readings(path: &str) -> Vec<String> {
 /// percent-decoded), if every reading of the path ([`readings`], in any case) reaches that
 /// same route.
 pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Route> {
+    position(routes, method, uri).map(|at| &routes[at])
+}
+
+/// [`find`]'s route, by its place in `routes`.
+pub fn position(routes: &[Route], method: &str, uri: &str) -> Option<usize> {
     let path = uri.split('?').next().unwrap_or("");
     // A path that climbs (`/a/../b`), hides a dot segment or a separator behind percent
     // encoding (`%2e%2e`, `%2f`, `%5c`), uses a backslash or an empty segment, or is not
@@ -483,9 +494,10 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
         .chain(normal.as_deref().map(readings).unwrap_or_default())
     {
         for (reading, folded) in [(fold(&reading), true), (reading, false)] {
+            let path = segments(&reading);
             let at = routes
                 .iter()
-                .position(|route| route.matches(method, &reading, folded));
+                .position(|route| route.matches(method, &path, folded));
             match (found, at) {
                 (_, None) => return None,
                 (None, Some(at)) => found = Some(at),
@@ -494,7 +506,7 @@ pub fn find<'a>(routes: &'a [Route], method: &str, uri: &str) -> Option<&'a Rout
             }
         }
     }
-    found.map(|at| &routes[at])
+    found
 }
 
 #[cfg(test)]
@@ -810,20 +822,20 @@ mod tests {
                 let bare = pattern.strip_suffix("/**").or_else(|| pattern.strip_suffix("/**/"));
                 let expected = theirs(&pattern)
                     || bare.is_some_and(|bare| !bare.is_empty() && theirs(bare));
-                prop_assert_eq!(Glob::new(&pattern).matches(&path), expected, "{} {}", pattern, path);
+                prop_assert_eq!(Glob::new(&pattern).matches(&segments(&path)), expected, "{} {}", pattern, path);
             }
         }
 
         #[test]
         fn a_long_path_is_matched_in_linear_time() {
-            let path = format!("/{}/x", "a_".repeat(30_000));
+            let path = segments(&format!("/{}/x", "a_".repeat(30_000)));
             let started = std::time::Instant::now();
             for pattern in ["/**/*_*_*.json", "/**/a*b*c*d/**/x", "/*-*.tar.gz"] {
                 assert!(!Glob::new(pattern).matches(&path));
             }
             assert!(Glob::new("/**/*_*_*/**").matches(&path));
             // Many segments: the walk over segments is as bounded as the one over characters.
-            let path = "/a_".repeat(20_000);
+            let path = segments(&"/a_".repeat(20_000));
             for pattern in ["/**/a/**/b/**/x", "/**/*_/**/*b/**/*_*_*.json"] {
                 assert!(!Glob::new(pattern).matches(&path));
             }

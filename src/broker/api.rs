@@ -124,7 +124,7 @@ async fn upstream_env(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
         challenge(answer.headers_mut());
         return answer;
     };
-    if let Err(refusal) = holder_off_runtime(&live, token).await {
+    if let Err(refusal) = holder_off_runtime(shared, &live, token).await {
         return refusal.answer();
     }
     match upstream_env_for(shared, &live, peer, host.as_deref(), &asked.name) {
@@ -272,10 +272,17 @@ async fn forward_auth(shared: &Arc<Shared>, peer: &Peer, request: Request<Incomi
     };
     let found = match named {
         Some(action) => action.map(|action| (action, None)),
-        None => agreed
-            .then(|| crate::route::find(&live.config.routes, method, uri))
-            .flatten()
-            .map(|route| (route.action.clone(), Some(route.describe()))),
+        None if agreed => match route_of(shared, &live, auth_routes, method, uri).await {
+            Ok(at) => at.map(|at| {
+                let route = &live.config.routes[at];
+                (route.action.clone(), Some(route.describe()))
+            }),
+            Err(Refusal(status, why)) => {
+                log(&format!("cannot route: client={peer}: {why}"));
+                return bare(status);
+            }
+        },
+        None => None,
     };
     let Some((action, route)) = found else {
         // Deny by default, a decision like any other: counted, and in the lease's trail. A
@@ -711,24 +718,64 @@ fn standing(live: &Live, token: &Token, now: SystemTime) -> Result<Standing, Ref
         .map_err(|err| Refusal(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")))
 }
 
-/// [`standing`], on a thread that may block (the store may wait on a lock or the network).
-async fn standing_off_runtime(live: &Arc<Live>, token: Token) -> Result<Standing, Refusal> {
+/// [`standing`], on a thread that may block (the store may wait on a lock or the network, and
+/// a chain may be thousands deep), in its turn ([`in_turn`]): a flood of them leaves mints and
+/// runs' ends a thread.
+async fn standing_off_runtime(
+    shared: &Shared,
+    live: &Arc<Live>,
+    token: Token,
+) -> Result<Standing, Refusal> {
     let live = Arc::clone(live);
     let now = SystemTime::now();
-    tokio::task::spawn_blocking(move || standing(&live, &token, now))
-        .await
-        .unwrap_or_else(|err| {
-            Err(Refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the broker failed: {err}"),
-            ))
-        })
+    let late = ("no answer", "the store is too slow, or cannot be reached");
+    in_turn(shared, late, move || standing(&live, &token, now)).await?
+}
+
+/// `work` on a thread that may block, taking turns with the decisions made there (at most
+/// REMOTE_DECISIONS at once), and its result within REMOTE_DECISION, its wait for a turn
+/// included; past it a `503` that says `late` (what did not happen within it, and why).
+async fn in_turn<T: Send + 'static>(
+    shared: &Shared,
+    late: (&str, &str),
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Refusal> {
+    let deadline = tokio::time::Instant::now() + REMOTE_DECISION;
+    let late = || {
+        let (what, why) = late;
+        let within = REMOTE_DECISION.as_secs();
+        Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what} within {within} s: {why}"),
+        )
+    };
+    let turn = Arc::clone(&shared.remote_decisions).acquire_owned();
+    let Ok(Ok(turn)) = tokio::time::timeout_at(deadline, turn).await else {
+        return Err(late());
+    };
+    let work = tokio::task::spawn_blocking(move || {
+        // Held until the work ends, past a 503 given meanwhile.
+        let _turn = turn;
+        work()
+    });
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(err)) => Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the broker failed: {err}"),
+        )),
+        Err(_) => Err(late()),
+    }
 }
 
 /// The live lease of `token` (its own record), or why there is none (see [`leaf_of`]; `503`
 /// when the store cannot be read), from a thread that may block.
-pub(super) async fn holder_off_runtime(live: &Arc<Live>, token: Token) -> Result<Record, Refusal> {
-    leaf_of(standing_off_runtime(live, token).await?)
+pub(super) async fn holder_off_runtime(
+    shared: &Shared,
+    live: &Arc<Live>,
+    token: Token,
+) -> Result<Record, Refusal> {
+    leaf_of(standing_off_runtime(shared, live, token).await?)
 }
 
 /// A request turned away before a lease could decide it (no token, or one that opens
@@ -773,7 +820,7 @@ pub(super) async fn no_route(
         let why = "no token: send the lease token as Authorization: Bearer TOKEN".to_owned();
         return refused(Reason::NoToken, Refusal(StatusCode::UNAUTHORIZED, why));
     };
-    let leaf = match standing_off_runtime(live, token).await? {
+    let leaf = match standing_off_runtime(shared, live, token).await? {
         Standing::Dead(denial) => return refused(denial.reason, refusal_of(&denial)),
         standing @ Standing::Live(_) => leaf_of(standing)?,
     };
@@ -788,6 +835,37 @@ pub(super) async fn no_route(
     event.reason = Some("no route".to_owned());
     live.store.audit().note(&event);
     Ok(())
+}
+
+/// The longest request path routed on the runtime's thread. Matching is linear in the path,
+/// but a path of tens of KiB, read in each way a server may read it and against every route,
+/// takes milliseconds: that would hold every other request as long, and anyone may send one
+/// (a path is routed before its token is read).
+const INLINE_PATH: usize = 4096;
+
+/// [`crate::route::position`] of `uri` in the routes `routes` finds in `owner`: a long path
+/// ([`INLINE_PATH`]) on a thread that may block, in its turn ([`in_turn`]).
+pub(super) async fn route_of<T: Send + Sync + 'static>(
+    shared: &Shared,
+    owner: &Arc<T>,
+    routes: fn(&T) -> &[crate::route::Route],
+    method: &str,
+    uri: &str,
+) -> Result<Option<usize>, Refusal> {
+    if uri.len() <= INLINE_PATH {
+        return Ok(crate::route::position(routes(owner), method, uri));
+    }
+    let (owner, method, uri) = (Arc::clone(owner), method.to_owned(), uri.to_owned());
+    let late = ("the path could not be routed", "the broker is busy");
+    in_turn(shared, late, move || {
+        crate::route::position(routes(&owner), &method, &uri)
+    })
+    .await
+}
+
+/// The routes of `/v1/auth`, for [`route_of`].
+fn auth_routes(live: &Live) -> &[crate::route::Route] {
+    &live.config.routes
 }
 
 /// The longest a decision on a remote store is waited for, its wait for a thread included
@@ -1159,11 +1237,15 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Answer> {
 async fn metrics(shared: &Arc<Shared>) -> Answer {
     let live = shared.live();
     // One count at a time (the others wait their turn without a thread); a scrape that waits
-    // longer than a decision may leaves the gauge out rather than answer late.
-    let Ok(_turn) = tokio::time::timeout(REMOTE_DECISION, shared.metrics_scan.lock()).await else {
+    // longer than a decision may leaves the gauge out rather than answer late. The turn is
+    // held by the count, not by this request: a client that leaves (its request dropped)
+    // does not hand the next one a turn while its count still runs.
+    let turn = Arc::clone(&shared.metrics_scan).acquire_owned();
+    let Ok(Ok(turn)) = tokio::time::timeout(REMOTE_DECISION, turn).await else {
         return metrics_answer(shared, None);
     };
     let active = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let records = live.store.records(|_, _| {}).ok()?;
         let now = SystemTime::now();
         let standings = crate::authorize::standings(records, now);

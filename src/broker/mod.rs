@@ -55,9 +55,10 @@ const MAX_BUFFER: usize = 2 * MAX_HEAD;
 /// unbounded pool grows to under load. Decisions that only read are made on the runtime's
 /// threads.
 const BLOCKING_THREADS: usize = 8;
-/// Decisions made at once on a remote store (each on a thread that may block): fewer than
-/// [`BLOCKING_THREADS`], so that mints and commands still find a thread while the store is
-/// slow to answer.
+/// Decisions made at once on a thread that may block (on a remote store, or of a deep chain),
+/// and reads of a lease's standing there (a request no route allows, the proxy's watch of a
+/// lease): fewer than [`BLOCKING_THREADS`], so that mints and commands still find a thread
+/// while the store is slow to answer or chains are deep.
 const REMOTE_DECISIONS: usize = BLOCKING_THREADS - 2;
 /// Connections served at once on the unix sockets, and apart from them on TCP (TLS handshakes
 /// included); more are closed as they come. Counted apart, so that a flood over TCP cannot take
@@ -155,9 +156,10 @@ struct Shared {
     tcp_connections: Arc<tokio::sync::Semaphore>,
     /// Permits for [`REMOTE_DECISIONS`].
     remote_decisions: Arc<tokio::sync::Semaphore>,
-    /// Held while `/metrics` counts the active leases (every record read, on a thread that
-    /// may block): scrapes take turns, so a flood of them holds one such thread, not all.
-    metrics_scan: tokio::sync::Mutex<()>,
+    /// The one permit to count the active leases for `/metrics` (every record read, on a
+    /// thread that may block), held by the count itself: scrapes take turns, so a flood of
+    /// them holds one such thread, not all, even from clients that leave before the answer.
+    metrics_scan: Arc<tokio::sync::Semaphore>,
     /// The cut of each lease with proxied requests in flight, by its token's hash: one
     /// watcher per lease, however many requests it has open ([`proxy`]).
     cuts: Mutex<HashMap<String, std::sync::Weak<proxy::Cut>>>,
@@ -568,7 +570,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         by_uid: Arc::new(Mutex::new(HashMap::new())),
         tcp_connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         remote_decisions: Arc::new(tokio::sync::Semaphore::new(REMOTE_DECISIONS)),
-        metrics_scan: tokio::sync::Mutex::new(()),
+        metrics_scan: Arc::new(tokio::sync::Semaphore::new(1)),
         cuts: Mutex::new(HashMap::new()),
     });
     // One thread answers every request by default: on a few cores shared with the web server

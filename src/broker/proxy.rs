@@ -28,7 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
 use super::api::{
-    Refusal, Trailed, decide, error, holder_off_runtime, no_route, status_of, turned_away,
+    Refusal, Trailed, decide, error, holder_off_runtime, no_route, route_of, status_of, turned_away,
 };
 use super::{Live, Peer, Shared, log};
 use crate::audit::{Event, EventKind};
@@ -46,6 +46,11 @@ pub(super) struct Upstream {
     spec: Spec,
     secret: Secret,
     client: Client<Connector, Counted>,
+}
+
+/// An upstream's routes, for [`route_of`].
+fn routes_of(upstream: &Upstream) -> &[crate::route::Route] {
+    &upstream.spec.routes
 }
 
 impl std::fmt::Debug for Upstream {
@@ -378,7 +383,17 @@ async fn forward(
         turned_away(shared, crate::authorize::Reason::NoToken, &what);
         return small(refused(StatusCode::UNAUTHORIZED, &why));
     };
-    let Some(route) = crate::route::find(&spec.routes, method.as_str(), &path) else {
+    let at = match route_of(shared, &upstream, routes_of, method.as_str(), &path).await {
+        Ok(at) => at,
+        Err(Refusal(status, why)) => {
+            log(&format!(
+                "cannot route: upstream={} client={peer}: {why}",
+                spec.name
+            ));
+            return small(error(status, &why));
+        }
+    };
+    let Some(route) = at.map(|at| &spec.routes[at]) else {
         // No route: deny by default, and never contact the upstream. A token that opens
         // nothing is told so first (401), as on a route; a live lease's request that no route
         // allows is a 403, and goes to its trail.
@@ -830,7 +845,8 @@ impl Cut {
                     forget();
                     return;
                 }
-                let Err(Refusal(status, why)) = holder_off_runtime(&live, token.clone()).await
+                let Err(Refusal(status, why)) =
+                    holder_off_runtime(&shared, &live, token.clone()).await
                 else {
                     continue;
                 };

@@ -460,7 +460,8 @@ fn workers_sets_how_many_threads_answer_requests() {
 
 /// `/metrics` reads every record to count the active leases, on a thread that may block:
 /// scrapes take turns at it, so a flood of them (no token needed) holds one such thread, and
-/// mints, charges and runs' ends still find theirs.
+/// mints, charges and runs' ends still find theirs; scrapes whose clients leave before the
+/// answer too (their counts still run: the next does not start beside them).
 #[test]
 fn a_flood_of_metrics_scrapes_holds_one_thread_that_may_block() {
     let sandbox = Sandbox::new();
@@ -468,10 +469,21 @@ fn a_flood_of_metrics_scrapes_holds_one_thread_that_may_block() {
         // On etcd, decisions are made on those threads too: the count would not be the scans'.
         return;
     }
-    for _ in 0..60 {
+    for _ in 0..200 {
         sandbox.issue("read:articles");
     }
     let broker = Broker::start(&sandbox, &[]);
+    // Scrapes whose clients leave a millisecond after they send (the pause is the client's
+    // behaviour under test, not a wait for the broker), one after the other: each is read and
+    // its count begun, or its turn awaited, before its client leaves; counts that went on
+    // past their clients took all 8 threads.
+    for _ in 0..24 {
+        let mut stream = std::net::TcpStream::connect(&broker.tcp).expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: lease\r\n\r\n")
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let url = format!("http://{}/metrics", broker.tcp);
     let mut args = vec![
         "-s",
@@ -1654,7 +1666,8 @@ fn forward_auth_takes_envoys_original_method_and_path_under_v1_auth() {
 
 /// A route's glob is matched in time linear in the path: a path of 60 KB against a glob of
 /// several stars is answered at once (a matcher that backtracks took hours on it, holding the
-/// broker's one thread, and everyone's decisions, for as long).
+/// broker's one thread, and everyone's decisions, for as long); and a path that long is routed
+/// on a thread that may block, not the runtime's (even linear, it takes milliseconds).
 #[test]
 fn a_long_path_against_a_glob_of_many_stars_is_answered_at_once() {
     let sandbox = Sandbox::new();
@@ -1663,18 +1676,30 @@ fn a_long_path_against_a_glob_of_many_stars_is_answered_at_once() {
     );
     let broker = Broker::start(&sandbox, &[]);
     let token = sandbox.issue("read:articles");
-    let mut headers = bearer(&token);
-    headers.push("X-Original-Method: GET".to_owned());
-    headers.push(format!("X-Original-URI: /{}", "a_".repeat(30_000)));
+    let ask = |path: &str| {
+        let mut headers = bearer(&token);
+        headers.push("X-Original-Method: GET".to_owned());
+        headers.push(format!("X-Original-URI: {path}"));
+        curl(
+            &sandbox,
+            &headers,
+            &[&format!("http://{}/v1/auth", broker.tcp)],
+        )
+    };
+    let on_etcd = sandbox.store_url().is_some();
+    assert_eq!(ask("/articles/1").status, 200);
+    if !on_etcd {
+        // On etcd, every decision is made on a thread that may block.
+        assert_eq!(serving_threads(broker.pid()), 0, "a short path's, inline");
+    }
     let started = Instant::now();
-    let reply = curl(
-        &sandbox,
-        &headers,
-        &[&format!("http://{}/v1/auth", broker.tcp)],
-    );
+    let reply = ask(&format!("/{}", "a_".repeat(30_000)));
     assert_eq!(reply.status, 200, "{reply:?}");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "answered in {took:?}");
+    if !on_etcd {
+        assert!(serving_threads(broker.pid()) >= 1, "a long path's, inline");
+    }
 }
 
 /// A request no route allows is a decision too: denied (403), in the trail with the lease and

@@ -729,14 +729,17 @@ async fn standing_off_runtime(
     let live = Arc::clone(live);
     let now = SystemTime::now();
     let late = ("no answer", "the store is too slow, or cannot be reached");
-    in_turn(shared, late, move || standing(&live, &token, now)).await?
+    in_turn(&shared.remote_decisions, late, move || {
+        standing(&live, &token, now)
+    })
+    .await?
 }
 
-/// `work` on a thread that may block, taking turns with the decisions made there (at most
-/// REMOTE_DECISIONS at once), and its result within REMOTE_DECISION, its wait for a turn
-/// included; past it a `503` that says `late` (what did not happen within it, and why).
+/// `work` on a thread that may block, taking a turn of `turns` (the decisions' or the long
+/// paths'), and its result within REMOTE_DECISION, its wait for a turn included; past it a
+/// `503` that says `late` (what did not happen within it, and why).
 async fn in_turn<T: Send + 'static>(
-    shared: &Shared,
+    turns: &Arc<tokio::sync::Semaphore>,
     late: (&str, &str),
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Refusal> {
@@ -749,7 +752,7 @@ async fn in_turn<T: Send + 'static>(
             format!("{what} within {within} s: {why}"),
         )
     };
-    let turn = Arc::clone(&shared.remote_decisions).acquire_owned();
+    let turn = Arc::clone(turns).acquire_owned();
     let Ok(Ok(turn)) = tokio::time::timeout_at(deadline, turn).await else {
         return Err(late());
     };
@@ -840,11 +843,15 @@ pub(super) async fn no_route(
 /// The longest request path routed on the runtime's thread. Matching is linear in the path,
 /// but a path of tens of KiB, read in each way a server may read it and against every route,
 /// takes milliseconds: that would hold every other request as long, and anyone may send one
-/// (a path is routed before its token is read).
+/// (a path is routed before its token is read). A path with `%` or past ASCII counts eight
+/// times its length: decoded and normalized, a few bytes may become many (NFKC makes 33 of
+/// `%EF%B7%BA`).
 const INLINE_PATH: usize = 4096;
 
 /// [`crate::route::position`] of `uri` in the routes `routes` finds in `owner`: a long path
-/// ([`INLINE_PATH`]) on a thread that may block, in its turn ([`in_turn`]).
+/// ([`INLINE_PATH`]) on a thread that may block, in a turn of the long paths' own
+/// ([`in_turn`]): a flood of them waits on itself, not on decisions, mints or a proxied
+/// lease's watch.
 pub(super) async fn route_of<T: Send + Sync + 'static>(
     shared: &Shared,
     owner: &Arc<T>,
@@ -852,12 +859,16 @@ pub(super) async fn route_of<T: Send + Sync + 'static>(
     method: &str,
     uri: &str,
 ) -> Result<Option<usize>, Refusal> {
-    if uri.len() <= INLINE_PATH {
+    // The query string is never routed.
+    let path = uri.split('?').next().unwrap_or("");
+    let plain = path.bytes().all(|byte| byte.is_ascii() && byte != b'%');
+    let weight = if plain { 1 } else { 8 };
+    if path.len() * weight <= INLINE_PATH {
         return Ok(crate::route::position(routes(owner), method, uri));
     }
     let (owner, method, uri) = (Arc::clone(owner), method.to_owned(), uri.to_owned());
     let late = ("the path could not be routed", "the broker is busy");
-    in_turn(shared, late, move || {
+    in_turn(&shared.long_paths, late, move || {
         crate::route::position(routes(&owner), &method, &uri)
     })
     .await

@@ -60,6 +60,9 @@ const BLOCKING_THREADS: usize = 8;
 /// lease): fewer than [`BLOCKING_THREADS`], so that mints and commands still find a thread
 /// while the store is slow to answer or chains are deep.
 const REMOTE_DECISIONS: usize = BLOCKING_THREADS - 2;
+/// Long paths routed at once, on threads that may block beyond [`BLOCKING_THREADS`] (anyone
+/// may send one: they wait on each other, not on decisions, mints or runs' ends).
+const LONG_PATHS: usize = 2;
 /// Connections served at once on the unix sockets, and apart from them on TCP (TLS handshakes
 /// included); more are closed as they come. Counted apart, so that a flood over TCP cannot take
 /// the connections that operators and local runs on the socket need.
@@ -156,6 +159,8 @@ struct Shared {
     tcp_connections: Arc<tokio::sync::Semaphore>,
     /// Permits for [`REMOTE_DECISIONS`].
     remote_decisions: Arc<tokio::sync::Semaphore>,
+    /// Permits for [`LONG_PATHS`].
+    long_paths: Arc<tokio::sync::Semaphore>,
     /// The one permit to count the active leases for `/metrics` (every record read, on a
     /// thread that may block), held by the count itself: scrapes take turns, so a flood of
     /// them holds one such thread, not all, even from clients that leave before the answer.
@@ -570,6 +575,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
         by_uid: Arc::new(Mutex::new(HashMap::new())),
         tcp_connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         remote_decisions: Arc::new(tokio::sync::Semaphore::new(REMOTE_DECISIONS)),
+        long_paths: Arc::new(tokio::sync::Semaphore::new(LONG_PATHS)),
         metrics_scan: Arc::new(tokio::sync::Semaphore::new(1)),
         cuts: Mutex::new(HashMap::new()),
     });
@@ -587,7 +593,7 @@ pub fn serve(request: ServeRequest) -> Result<Exit> {
     let runtime = runtime
         .enable_all()
         .thread_name("lease-serve")
-        .max_blocking_threads(BLOCKING_THREADS)
+        .max_blocking_threads(BLOCKING_THREADS + LONG_PATHS)
         .build()
         .context("starting the broker's runtime")?;
     let sockets: Vec<PathBuf> = bound

@@ -505,7 +505,7 @@ fn a_flood_of_metrics_scrapes_holds_one_thread_that_may_block() {
     // The pool's threads stay 10 s after their work: as many as ever worked at once, and a few
     // more (a scan's thread that has answered but is not yet back in the pool when the next
     // scan is handed out gets a new one beside it: 1 to 3 in runs here). Scans all at once
-    // take all the pool's 8 (`BLOCKING_THREADS`).
+    // take 8 of the pool's threads (`BLOCKING_THREADS`) and more.
     let threads = serving_threads(broker.pid());
     assert!((1..8).contains(&threads), "{threads} threads scanned");
 }

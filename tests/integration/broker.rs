@@ -1666,8 +1666,9 @@ fn forward_auth_takes_envoys_original_method_and_path_under_v1_auth() {
 
 /// A route's glob is matched in time linear in the path: a path of 60 KB against a glob of
 /// several stars is answered at once (a matcher that backtracks took hours on it, holding the
-/// broker's one thread, and everyone's decisions, for as long); and a path that long is routed
-/// on a thread that may block, not the runtime's (even linear, it takes milliseconds).
+/// broker's one thread, and everyone's decisions, for as long); and a long path (over 4 KiB,
+/// or 512 bytes holding `%`) is routed on a thread that may block, not the runtime's (even
+/// linear, it takes milliseconds).
 #[test]
 fn a_long_path_against_a_glob_of_many_stars_is_answered_at_once() {
     let sandbox = Sandbox::new();
@@ -1688,18 +1689,28 @@ fn a_long_path_against_a_glob_of_many_stars_is_answered_at_once() {
     };
     let on_etcd = sandbox.store_url().is_some();
     assert_eq!(ask("/articles/1").status, 200);
+    // A query string is not routed, and not counted.
+    assert_eq!(
+        ask(&format!("/articles/1?q={}", "x".repeat(8_000))).status,
+        200
+    );
     if !on_etcd {
         // On etcd, every decision is made on a thread that may block.
         assert_eq!(serving_threads(broker.pid()), 0, "a short path's, inline");
+    }
+    // A path with `%` counts eight times its length (decoding and NFKC lengthen it).
+    assert_eq!(ask(&"/caf%C3%A9".repeat(60)).status, 200);
+    if !on_etcd {
+        assert!(
+            serving_threads(broker.pid()) >= 1,
+            "600 bytes with %, inline"
+        );
     }
     let started = Instant::now();
     let reply = ask(&format!("/{}", "a_".repeat(30_000)));
     assert_eq!(reply.status, 200, "{reply:?}");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "answered in {took:?}");
-    if !on_etcd {
-        assert!(serving_threads(broker.pid()) >= 1, "a long path's, inline");
-    }
 }
 
 /// A request no route allows is a decision too: denied (403), in the trail with the lease and

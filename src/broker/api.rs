@@ -735,6 +735,11 @@ async fn standing_off_runtime(
     .await?
 }
 
+/// What did not happen within REMOTE_DECISION, and why: `late`'s words.
+fn late_by((what, why): (&str, &str)) -> String {
+    format!("{what} within {} s: {why}", REMOTE_DECISION.as_secs())
+}
+
 /// `work` on a thread that may block, taking a turn of `turns` (the decisions' or the long
 /// paths'), and its result within REMOTE_DECISION, its wait for a turn included; past it a
 /// `503` that says `late` (what did not happen within it, and why).
@@ -744,14 +749,7 @@ async fn in_turn<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Refusal> {
     let deadline = tokio::time::Instant::now() + REMOTE_DECISION;
-    let late = || {
-        let (what, why) = late;
-        let within = REMOTE_DECISION.as_secs();
-        Refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{what} within {within} s: {why}"),
-        )
-    };
+    let late = || Refusal(StatusCode::SERVICE_UNAVAILABLE, late_by(late));
     let turn = Arc::clone(turns).acquire_owned();
     let Ok(Ok(turn)) = tokio::time::timeout_at(deadline, turn).await else {
         return Err(late());
@@ -994,33 +992,23 @@ async fn whole_off_runtime(
     action: &Action,
     now: SystemTime,
 ) -> anyhow::Result<Decision> {
-    let deadline = tokio::time::Instant::now() + REMOTE_DECISION;
-    let cutoff = deadline.into_std();
-    let late = || {
-        anyhow::anyhow!(
-            "no decision within {} s: the store is too slow, or cannot be reached",
-            REMOTE_DECISION.as_secs()
-        )
-    };
-    let turn = Arc::clone(&shared.remote_decisions).acquire_owned();
-    let Ok(Ok(turn)) = tokio::time::timeout_at(deadline, turn).await else {
-        return Err(late());
-    };
+    // The same moment as the deadline `in_turn` sets, a moment before it (failing closed).
+    let cutoff = std::time::Instant::now() + REMOTE_DECISION;
+    let late = ("no decision", "the store is too slow, or cannot be reached");
     let (live, action) = (Arc::clone(live), action.clone());
-    let decided = off_runtime(move || {
-        // Held until the work ends, past a 503 given meanwhile.
-        let _turn = turn;
+    let made = in_turn(&shared.remote_decisions, late, move || {
         match assess(&live, token.as_ref(), &action, now)? {
             Assessed::Decided(decision) => Ok(decision),
             // Answered 503 already: no use is charged for a grant nobody gets (one charged
             // while the deadline passes is spent, failing closed).
-            Assessed::Pending(_) if std::time::Instant::now() >= cutoff => Err(late()),
+            Assessed::Pending(_) if std::time::Instant::now() >= cutoff => {
+                Err(anyhow::anyhow!(late_by(late)))
+            }
             Assessed::Pending(pending) => pending.settle(&live.store, &action, now),
         }
-    });
-    tokio::time::timeout_at(deadline, decided)
-        .await
-        .unwrap_or_else(|_| Err(late()))
+    })
+    .await;
+    made.map_err(|Refusal(_, why)| anyhow::anyhow!(why))?
 }
 
 /// A decision made: counted, logged (naming `client` and any route), and written to the trail
